@@ -1,0 +1,1 @@
+// Placeholder: assembles the built-in guests (filled in with the KVM backend).

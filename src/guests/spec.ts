@@ -1,0 +1,88 @@
+// What guest to run: `--guest builtin:sweep[,from=1M,to=100M]`, `builtin:hot,mib=N`,
+// `builtin:idle`, `builtin:random,rate=N` (sim only) — parsed once, used by every accelerator.
+
+import { ConfigError } from '../errors.js';
+import { parseSize } from '../size.js';
+import { SWEEP_DEFAULT_FROM } from './layout.js';
+
+export type GuestSpec =
+  | { readonly kind: 'sweep'; readonly from: number; readonly to: number | undefined; readonly rate: number | undefined }
+  | { readonly kind: 'hot'; readonly mib: number; readonly rate: number | undefined }
+  | { readonly kind: 'random'; readonly rate: number | undefined }
+  | { readonly kind: 'idle' };
+
+export const DEFAULT_GUEST = 'builtin:sweep';
+
+/**
+ * Parse a guest spec string. `rate=N` (pages per second) is honoured by the sim
+ * accelerator only; real guests run as fast as their CPU lets them.
+ */
+export function parseGuestSpec(text: string): GuestSpec {
+  const match = /^builtin:([a-z]+)(?:,(.*))?$/.exec(text);
+  if (!match) {
+    throw new ConfigError(`Invalid --guest "${text}": expected builtin:sweep, builtin:hot,mib=N, builtin:random or builtin:idle`);
+  }
+  const kind = match[1]!;
+  const options = new Map<string, string>();
+  for (const part of (match[2] ?? '').split(',').filter((p) => p !== '')) {
+    const eq = part.indexOf('=');
+    if (eq <= 0) throw new ConfigError(`Invalid --guest option "${part}" in "${text}": expected key=value`);
+    options.set(part.slice(0, eq), part.slice(eq + 1));
+  }
+  const take = (allowed: string[]): void => {
+    for (const key of options.keys()) {
+      if (!allowed.includes(key)) {
+        throw new ConfigError(`Unknown --guest option "${key}" for builtin:${kind} (allowed: ${allowed.join(', ') || 'none'})`);
+      }
+    }
+  };
+  const rate = (): number | undefined => {
+    const value = options.get('rate');
+    if (value === undefined) return undefined;
+    const n = Number(value);
+    if (!Number.isInteger(n) || n <= 0) throw new ConfigError(`Invalid --guest rate "${value}": expected pages per second, a positive integer`);
+    return n;
+  };
+  switch (kind) {
+    case 'sweep': {
+      take(['from', 'to', 'rate']);
+      const from = options.has('from') ? parseSize(options.get('from')!, 'guest sweep "from"') : SWEEP_DEFAULT_FROM;
+      const to = options.has('to') ? parseSize(options.get('to')!, 'guest sweep "to"') : undefined;
+      if (from < SWEEP_DEFAULT_FROM) throw new ConfigError(`Invalid --guest from=${options.get('from')}: the guest's own pages occupy the first ${SWEEP_DEFAULT_FROM / 1024} KiB`);
+      if (to !== undefined && to <= from) throw new ConfigError(`Invalid --guest: to (${to}) must be above from (${from})`);
+      return { kind: 'sweep', from, to, rate: rate() };
+    }
+    case 'hot': {
+      take(['mib', 'rate']);
+      const mib = Number(options.get('mib') ?? '');
+      if (!Number.isInteger(mib) || mib <= 0) throw new ConfigError(`Invalid --guest "${text}": builtin:hot needs mib=N, a positive integer`);
+      return { kind: 'hot', mib, rate: rate() };
+    }
+    case 'random':
+      take(['rate']);
+      return { kind: 'random', rate: rate() };
+    case 'idle':
+      take([]);
+      return { kind: 'idle' };
+    default:
+      throw new ConfigError(`Unknown built-in guest "${kind}" in "${text}": expected sweep, hot, random or idle`);
+  }
+}
+
+/** The byte range a sweeping guest walks for a given RAM size. */
+export function sweepRange(spec: GuestSpec, memorySize: number): { from: number; to: number } | undefined {
+  switch (spec.kind) {
+    case 'sweep': {
+      const to = Math.min(spec.to ?? memorySize, memorySize);
+      if (spec.from >= to) throw new ConfigError(`Guest sweep range ${spec.from}..${to} is empty for ${memorySize} bytes of RAM`);
+      return { from: spec.from, to };
+    }
+    case 'hot': {
+      const to = SWEEP_DEFAULT_FROM + spec.mib * 1024 * 1024;
+      if (to > memorySize) throw new ConfigError(`Guest working set of ${spec.mib} MiB does not fit in ${memorySize / 1048576} MiB of RAM above 1 MiB`);
+      return { from: SWEEP_DEFAULT_FROM, to };
+    }
+    default:
+      return undefined;
+  }
+}

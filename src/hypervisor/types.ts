@@ -1,0 +1,89 @@
+// The narrow interfaces every accelerator (kvm, sim, later v86) implements, so the
+// Machine and the migration engine never know which one runs the guest.
+
+import type { VmStateDescription, VmStateValue } from '../migration/vmstate-types.js';
+import type { GuestSpec } from '../guests/spec.js';
+
+export const PAGE_SIZE = 4096;
+export const PAGE_SHIFT = 12;
+
+export type AccelKind = 'kvm' | 'sim' | 'v86';
+
+/** One block of guest RAM, named as QEMU names it ("pc.ram"). */
+export interface GuestMemoryBlock {
+  readonly idstr: string;
+  /** Guest-physical address of the first byte. */
+  readonly guestAddress: number;
+  /** Length in bytes, a multiple of PAGE_SIZE. */
+  readonly size: number;
+  /** The host's view of the same memory, without a copy: writes are the guest's writes. */
+  readonly bytes: Uint8Array;
+}
+
+/** One bit per page, bit (i & 31) of word (i >> 5) for page i of the block. */
+export type DirtyBitmap = Uint32Array;
+
+export interface DirtyLog {
+  /** Begin logging writes to every block; what was logged before is forgotten. */
+  start(): void;
+  /** Pages written since start() or the previous sync(), one bitmap per block (in `memory` order); resets the log. */
+  sync(): DirtyBitmap[];
+  stop(): void;
+  readonly active: boolean;
+}
+
+/** The guest's port and MMIO accesses, served by the Machine's devices on the main thread. */
+export interface IoBus {
+  pioRead(port: number, size: 1 | 2 | 4): number;
+  pioWrite(port: number, size: 1 | 2 | 4, value: number): void;
+  mmioRead(address: number, size: 1 | 2 | 4 | 8): number;
+  mmioWrite(address: number, size: 1 | 2 | 4 | 8, value: number): void;
+}
+
+/** A piece of state saved at switchover through a state description (CPU, irqchip, a device). */
+export interface StateSection {
+  /** The section name in the stream ("cpu", "serial", "kvm-irqchip"). */
+  readonly idstr: string;
+  readonly instanceId: number;
+  readonly description: VmStateDescription;
+  /** Capture the state; only called while the guest is paused. Cannot fail. */
+  save(): VmStateValue;
+  /** Install loaded state; only called while the guest is not running. Throws VmStateError on a value it refuses. */
+  load(state: VmStateValue): void;
+}
+
+/** How the guest stopped on its own. */
+export type GuestExit =
+  | { readonly kind: 'shutdown'; readonly reason: string }
+  | { readonly kind: 'crash'; readonly error: Error };
+
+export interface AcceleratorConfig {
+  /** Guest RAM in bytes, a multiple of PAGE_SIZE. */
+  readonly memorySize: number;
+  readonly vcpus: number;
+  readonly guest: GuestSpec;
+  readonly ioBus: IoBus;
+  /**
+   * Set for a destination: memory and CPU state will arrive in a migration stream,
+   * so the guest image is not loaded and the vCPUs are not initialised for boot.
+   */
+  readonly incoming: boolean;
+}
+
+export interface Accelerator {
+  readonly kind: AccelKind;
+  readonly memory: readonly GuestMemoryBlock[];
+  readonly dirtyLog: DirtyLog;
+  /** CPU state per vCPU and any device state the accelerator itself holds. */
+  readonly stateSections: readonly StateSection[];
+  /** True while guest code runs (or the sim workload writes). */
+  readonly running: boolean;
+  /** Start or continue running the guest. */
+  resume(): void;
+  /** Stop every vCPU; resolves once no guest code runs (within ~10 ms). */
+  pause(): Promise<void>;
+  /** Called when the guest stops on its own (shutdown, triple fault, entry failure). */
+  onExit(listener: (exit: GuestExit) => void): void;
+  /** Release vCPUs, memory and file descriptors. */
+  destroy(): Promise<void>;
+}
