@@ -68,6 +68,15 @@ export interface AcceleratorConfig {
    * so the guest image is not loaded and the vCPUs are not initialised for boot.
    */
   readonly incoming: boolean;
+  /** A Linux kernel, initrd and command line (accelerators that boot an OS: v86). */
+  readonly kernel?: string;
+  readonly initrd?: string;
+  readonly append?: string;
+}
+
+/** Where an accelerator-emulated UART sends its output. */
+export interface ConsoleSink {
+  write(bytes: Uint8Array): void;
 }
 
 export interface Accelerator {
@@ -84,6 +93,11 @@ export interface Accelerator {
   pause(): Promise<void>;
   /** Called when the guest stops on its own (shutdown, triple fault, entry failure). */
   onExit(listener: (exit: GuestExit) => void): void;
+  /**
+   * Present on accelerators that emulate their own serial port (v86): the Machine then
+   * connects its console backend here instead of its own 16550A. Returns the input side.
+   */
+  connectConsole?(sink: ConsoleSink): { input(bytes: Uint8Array): void };
   /** Release vCPUs, memory and file descriptors. */
   destroy(): Promise<void>;
 }
