@@ -1,0 +1,151 @@
+// `ferry migrate --qmp SOCKET URI`: starts a migration over QMP, shows a live progress
+// bar from query-migrate, and ends with a summary. It only speaks QMP, so it drives a
+// real QEMU the same way it drives Ferry.
+
+import cliProgress from 'cli-progress';
+import { QmpClient } from '../qmp/client.js';
+import { formatBytes, formatMs, formatRate } from './format.js';
+
+export interface MigrateCommandOptions {
+  readonly qmp: string;
+  readonly uri: string;
+  readonly downtimeLimitMs?: number;
+  readonly maxBandwidth?: number;
+  /** Extra capabilities to switch on, e.g. ["xbzrle"]. */
+  readonly capabilities?: readonly string[];
+  readonly pollMs?: number;
+  /** Where progress and the summary go (stderr by default, stdout for the summary). */
+  readonly out?: NodeJS.WritableStream;
+  readonly progress?: boolean;
+  /** Called with every query-migrate answer (reports and benchmarks record the run). */
+  readonly onSample?: (info: QueryMigrateInfo, atMs: number) => void;
+}
+
+/** The parts of QEMU's query-migrate answer this command reads. */
+export interface QueryMigrateInfo {
+  status?: string;
+  'total-time'?: number;
+  'setup-time'?: number;
+  'expected-downtime'?: number;
+  downtime?: number;
+  'error-desc'?: string;
+  ram?: {
+    transferred: number;
+    remaining: number;
+    total: number;
+    duplicate: number;
+    normal: number;
+    'normal-bytes': number;
+    'dirty-pages-rate': number;
+    mbps: number;
+    'dirty-sync-count': number;
+    'pages-per-second'?: number;
+    'precopy-bytes'?: number;
+    'downtime-bytes'?: number;
+    'page-size'?: number;
+  };
+}
+
+export interface MigrationOutcome {
+  readonly status: string;
+  readonly info: QueryMigrateInfo;
+  readonly passes: number;
+}
+
+const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+
+/** Run a migration to its end through an open QMP client; resolves with the final query-migrate. */
+export async function runMigration(client: QmpClient, options: MigrateCommandOptions): Promise<MigrationOutcome> {
+  const params: Record<string, number> = {};
+  if (options.downtimeLimitMs !== undefined) params['downtime-limit'] = options.downtimeLimitMs;
+  if (options.maxBandwidth !== undefined) params['max-bandwidth'] = options.maxBandwidth;
+  if (Object.keys(params).length > 0) await client.execute('migrate-set-parameters', params);
+  const caps = [{ capability: 'events', state: true }, ...(options.capabilities ?? []).map((c) => ({ capability: c, state: true }))];
+  await client.execute('migrate-set-capabilities', { capabilities: caps });
+
+  const started = performance.now();
+  await client.execute('migrate', { uri: options.uri });
+  const showBar = options.progress ?? true;
+  const bar = showBar
+    ? new cliProgress.SingleBar({
+        format: ' {bar} {percentage}% | {transferred} sent, {remaining} left | pass {pass} | dirty {dirty} | {rate} | downtime ≈ {downtime}',
+        stream: (options.out ?? process.stderr) as NodeJS.WriteStream,
+        hideCursor: true,
+        clearOnComplete: false,
+        noTTYOutput: true,
+        notTTYSchedule: 1000,
+        barsize: 24,
+      }, cliProgress.Presets.shades_classic)
+    : undefined;
+  bar?.start(100, 0, payload(undefined));
+  const poll = options.pollMs ?? 100;
+  let info: QueryMigrateInfo = {};
+  try {
+    for (;;) {
+      info = (await client.execute('query-migrate')) as QueryMigrateInfo;
+      options.onSample?.(info, performance.now() - started);
+      if (bar && info.ram) {
+        const total = info.ram.total || 1;
+        // Progress is what is left of RAM, not bytes sent: later passes resend pages.
+        const done = Math.max(0, Math.min(100, Math.round(100 * (1 - info.ram.remaining / total))));
+        bar.update(done, payload(info));
+      }
+      if (info.status && TERMINAL.has(info.status)) break;
+      await new Promise((resolve) => setTimeout(resolve, poll));
+    }
+  } finally {
+    if (bar) {
+      if (info.status === 'completed') bar.update(100, payload(info));
+      bar.stop();
+    }
+  }
+  return { status: info.status ?? 'unknown', info, passes: info.ram?.['dirty-sync-count'] ?? 0 };
+}
+
+function payload(info: QueryMigrateInfo | undefined): Record<string, string> {
+  const ram = info?.ram;
+  const pageSize = ram?.['page-size'] ?? 4096;
+  return {
+    transferred: ram ? formatBytes(ram.transferred) : '-',
+    remaining: ram ? formatBytes(ram.remaining) : '-',
+    pass: ram ? String(ram['dirty-sync-count']) : '-',
+    dirty: ram ? `${formatRate(ram['dirty-pages-rate'] * pageSize)}` : '-',
+    rate: ram ? formatRate((ram.mbps * 1e6) / 8) : '-',
+    downtime: info?.['expected-downtime'] !== undefined ? formatMs(info['expected-downtime']) : '-',
+  };
+}
+
+/** The one-screen summary printed at the end. */
+export function formatSummary(outcome: MigrationOutcome): string {
+  const { info } = outcome;
+  const ram = info.ram;
+  const lines = [`Migration ${outcome.status}`];
+  if (info['total-time'] !== undefined) lines.push(`  total time      ${formatMs(info['total-time'])}`);
+  if (info['setup-time'] !== undefined) lines.push(`  setup time      ${formatMs(info['setup-time'])}`);
+  if (info.downtime !== undefined) lines.push(`  downtime        ${formatMs(info.downtime)}`);
+  if (ram) {
+    lines.push(`  passes          ${ram['dirty-sync-count']}`);
+    lines.push(`  transferred     ${formatBytes(ram.transferred)} (${ram.normal} pages sent whole, ${ram.duplicate} zero pages)`);
+    lines.push(`  RAM             ${formatBytes(ram.total)}`);
+    if (info['total-time']) lines.push(`  throughput      ${formatRate(ram.transferred / (info['total-time'] / 1000))} average, ${formatRate((ram.mbps * 1e6) / 8)} last`);
+  }
+  if (info['error-desc']) lines.push(`  error           ${info['error-desc']}`);
+  return lines.join('\n');
+}
+
+/** The `ferry migrate` command: returns the process exit code. */
+export async function migrateCommand(options: MigrateCommandOptions): Promise<number> {
+  const client = await QmpClient.connect(options.qmp);
+  try {
+    const outcome = await runMigration(client, options);
+    const summary = formatSummary(outcome);
+    if (outcome.status === 'completed') {
+      process.stdout.write(summary + '\n');
+      return 0;
+    }
+    process.stderr.write(summary + '\n');
+    return 1;
+  } finally {
+    await client.close();
+  }
+}
