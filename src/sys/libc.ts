@@ -1,0 +1,176 @@
+// The few libc calls Node lacks (open/close on device files, ioctl, mmap/munmap,
+// madvise, gettid, tgkill), one typed koffi binding each, with errno turned into
+// SystemCallError. The library is loaded once per thread (a worker loads its own).
+
+import koffi from 'koffi';
+import { SystemCallError } from '../errors.js';
+
+// Linux x86_64 values (asm-generic/fcntl.h, mman-common.h, errno-base.h, signal.h).
+export const O_RDONLY = 0o0;
+export const O_RDWR = 0o2;
+export const O_CLOEXEC = 0o2000000;
+export const PROT_NONE = 0x0;
+export const PROT_READ = 0x1;
+export const PROT_WRITE = 0x2;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const MADV_DONTNEED = 4;
+export const MADV_HUGEPAGE = 14;
+export const MADV_NOHUGEPAGE = 15;
+export const SIGUSR2 = 12;
+export const EPERM = 1;
+export const ENOENT = 2;
+export const EINTR = 4;
+export const EAGAIN = 11;
+export const EACCES = 13;
+export const EFAULT = 14;
+export const EBUSY = 16;
+export const EEXIST = 17;
+export const ENODEV = 19;
+export const EINVAL = 22;
+export const ENOTTY = 25;
+export const E2BIG = 7;
+export const ENOMEM = 12;
+export const ENXIO = 6;
+
+/** MAP_FAILED is (void *)-1. */
+const MAP_FAILED = 0xffffffffffffffffn;
+
+interface Bindings {
+  open(path: string, flags: number, mode: number): number;
+  close(fd: number): number;
+  ioctlPtr(fd: number, request: number, arg: Uint8Array | null): number;
+  ioctlInt(fd: number, request: number, arg: number | bigint): number;
+  mmap(addr: null, length: number, prot: number, flags: number, fd: number, offset: number | bigint): unknown;
+  munmap(addr: unknown, length: number): number;
+  madvise(addr: unknown, length: number, advice: number): number;
+  gettid(): number;
+  tgkill(tgid: number, tid: number, sig: number): number;
+  strerror(errnum: number): string;
+}
+
+let bindings: Bindings | undefined;
+
+function libc(): Bindings {
+  if (bindings) return bindings;
+  const lib = koffi.load('libc.so.6');
+  // ioctl and open are variadic in C. On x86_64 SysV a variadic call passes integer and
+  // pointer arguments exactly like a fixed one (only %al, the count of vector registers,
+  // differs, and the callee ignores it for non-float arguments), so fixed prototypes with
+  // the third argument's real type are correct and avoid koffi's slower variadic path.
+  bindings = {
+    open: lib.func('int open(const char *path, int flags, uint32_t mode)'),
+    close: lib.func('int close(int fd)'),
+    // `void *` from a Uint8Array: koffi passes a pointer to the array's own bytes for the
+    // duration of the call only, which is what every ioctl here needs (the kernel copies
+    // the struct in or out before returning).
+    ioctlPtr: lib.func('ioctl', 'int', ['int', 'unsigned long', 'void *']),
+    ioctlInt: lib.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']),
+    mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
+    munmap: lib.func('int munmap(void *addr, size_t length)'),
+    madvise: lib.func('int madvise(void *addr, size_t length, int advice)'),
+    gettid: lib.func('int gettid(void)'),
+    tgkill: lib.func('int tgkill(int tgid, int tid, int sig)'),
+    strerror: lib.func('const char *strerror(int errnum)'),
+  } as unknown as Bindings;
+  return bindings;
+}
+
+/** The errno of the last failed call on this thread, as a SystemCallError naming the call. */
+function fail(syscall: string, action: string): SystemCallError {
+  const errno = koffi.errno();
+  return new SystemCallError(syscall, errno, `${action} failed: ${libc().strerror(errno)} (errno ${errno})`);
+}
+
+export function errnoName(errno: number): string {
+  return libc().strerror(errno);
+}
+
+/** open(2) with O_CLOEXEC added, so fds never leak into spawned processes. */
+export function openPath(path: string, flags: number): number {
+  const fd = libc().open(path, flags | O_CLOEXEC, 0);
+  if (fd < 0) throw fail('open', `open("${path}", 0x${flags.toString(16)})`);
+  return fd;
+}
+
+export function closeFd(fd: number): void {
+  if (libc().close(fd) < 0) throw fail('close', `close(${fd})`);
+}
+
+/**
+ * ioctl with a pointer argument. `arg` must hold the whole struct the request names
+ * (the size encoded in `request`); it is pinned only for the duration of the call.
+ */
+export function ioctlPtr(fd: number, request: number, arg: Uint8Array | null, what: string): number {
+  const r = libc().ioctlPtr(fd, request, arg);
+  if (r < 0) throw fail('ioctl', `ioctl(${fd}, ${what})`);
+  return r;
+}
+
+/** ioctl with an integer argument (or none: pass 0). */
+export function ioctlInt(fd: number, request: number, arg: number | bigint, what: string): number {
+  const r = libc().ioctlInt(fd, request, arg);
+  if (r < 0) throw fail('ioctl', `ioctl(${fd}, ${what})`);
+  return r;
+}
+
+/**
+ * ioctl that may fail with an errno the caller handles itself (KVM_RUN → EINTR):
+ * returns the result, or -errno.
+ */
+export function ioctlIntRaw(fd: number, request: number, arg: number | bigint): number {
+  const r = libc().ioctlInt(fd, request, arg);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** A live mapping: its address (for structs that carry a pointer) and a view without copies. */
+export interface Mapping {
+  readonly address: bigint;
+  readonly length: number;
+  readonly bytes: Uint8Array;
+  /** koffi's pointer object, kept for munmap/madvise. */
+  readonly pointer: unknown;
+}
+
+/**
+ * mmap(2). The returned `bytes` is a koffi external view of the mapping: it stays valid
+ * until munmap, and must not be used after it (the process would fault).
+ */
+export function mmap(length: number, prot: number, flags: number, fd = -1, offset = 0): Mapping {
+  const pointer = libc().mmap(null, length, prot, flags, fd, offset);
+  const address = pointer === null ? 0n : koffi.address(pointer);
+  if (pointer === null || address === MAP_FAILED) {
+    throw fail('mmap', `mmap(length ${length}, prot 0x${prot.toString(16)}, flags 0x${flags.toString(16)}, fd ${fd})`);
+  }
+  const bytes = new Uint8Array(koffi.view(pointer, length));
+  return { address, length, bytes, pointer };
+}
+
+/** Anonymous private memory, zero-filled, not backed by swap reservations (guest RAM, bitmaps). */
+export function mmapAnonymous(length: number): Mapping {
+  return mmap(length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+}
+
+export function munmap(mapping: Mapping): void {
+  if (libc().munmap(mapping.pointer, mapping.length) < 0) {
+    throw fail('munmap', `munmap(0x${mapping.address.toString(16)}, ${mapping.length})`);
+  }
+}
+
+export function madvise(mapping: Mapping, advice: number): void {
+  if (libc().madvise(mapping.pointer, mapping.length, advice) < 0) {
+    throw fail('madvise', `madvise(0x${mapping.address.toString(16)}, ${mapping.length}, ${advice})`);
+  }
+}
+
+/** The kernel thread id of the calling thread (a worker's differs from the main thread's). */
+export function gettid(): number {
+  return libc().gettid();
+}
+
+/** Send `signal` to one thread of this process (tgkill(2)). */
+export function tgkill(tgid: number, tid: number, signal: number): void {
+  if (libc().tgkill(tgid, tid, signal) < 0) throw fail('tgkill', `tgkill(${tgid}, ${tid}, ${signal})`);
+}
