@@ -1,0 +1,233 @@
+// The `sim` accelerator: no guest code runs. Guest RAM is a SharedArrayBuffer that a
+// workload model in a worker thread writes at a set rate, marking a shared dirty
+// bitmap, so the migration engine can be exercised and measured on any machine.
+
+import { Worker } from 'node:worker_threads';
+import { ConfigError, GuestCrashError } from '../errors.js';
+import { writeGuestParams } from '../guests/params.js';
+import { sweepRange } from '../guests/spec.js';
+import { SWEEP_DEFAULT_FROM } from '../guests/layout.js';
+import type {
+  Accelerator, AcceleratorConfig, DirtyBitmap, DirtyLog, GuestExit, GuestMemoryBlock, StateSection,
+} from '../hypervisor/types.js';
+import { PAGE_SIZE } from '../hypervisor/types.js';
+import type { VmStateValue } from '../migration/vmstate-types.js';
+import {
+  CMD_EXIT, CMD_PAUSE, CMD_RUN, CTRL_BYTES, CTRL_REQUEST, SEQ_MASK, encodeRequest,
+} from './control.js';
+import type { SimCommand, SimWorkerData, SimWorkerMessage } from './control.js';
+import { SIM_CPU_STATE_DESCRIPTION, loadCpuState, saveCpuState } from './cpu-state.js';
+import {
+  CPU_STATE_BYTES, WORKLOAD_HOT, WORKLOAD_IDLE, WORKLOAD_RANDOM, WORKLOAD_SWEEP, readCpuState, seedPrng, writeCpuState,
+} from './workload.js';
+import type { WorkloadCpuState } from './workload.js';
+
+/**
+ * Pages per second the sim workload writes when the guest spec names no rate: what the
+ * built-in guest reaches under this host's KVM (MACHINE.md: ~200–300 K pages/s).
+ */
+export const SIM_DEFAULT_PAGES_PER_SECOND = 250_000;
+
+/** The random workload's fixed seed, so runs are repeatable (the state travels with the guest). */
+export const SIM_RANDOM_SEED = 0x46525259;
+
+/** The serial port the progress lines go to, as the real guest writes them. */
+const COM1_THR = 0x3f8;
+
+const RAM_IDSTR = 'pc.ram';
+
+function initialCpuState(config: AcceleratorConfig): WorkloadCpuState {
+  const spec = config.guest;
+  const base = { cursor: 0, pass: 0, steps: 0, prng: seedPrng(SIM_RANDOM_SEED), from: 0, to: 0 };
+  const rate = spec.kind === 'idle' ? SIM_DEFAULT_PAGES_PER_SECOND : (spec.rate ?? SIM_DEFAULT_PAGES_PER_SECOND);
+  // A destination's workload is whatever the stream says; until then it does nothing.
+  if (config.incoming) return { ...base, kind: WORKLOAD_IDLE, rate };
+  switch (spec.kind) {
+    case 'sweep':
+    case 'hot': {
+      const range = sweepRange(spec, config.memorySize)!;
+      return { ...base, kind: spec.kind === 'sweep' ? WORKLOAD_SWEEP : WORKLOAD_HOT, from: range.from, to: range.to, cursor: range.from, rate };
+    }
+    case 'random':
+      if (config.memorySize <= SWEEP_DEFAULT_FROM) {
+        throw new ConfigError(`Guest builtin:random needs RAM above 1 MiB; got ${config.memorySize} bytes`);
+      }
+      return { ...base, kind: WORKLOAD_RANDOM, from: SWEEP_DEFAULT_FROM, to: config.memorySize, rate };
+    case 'idle':
+      return { ...base, kind: WORKLOAD_IDLE, rate };
+  }
+}
+
+class SimDirtyLog implements DirtyLog {
+  private readonly shared: Uint32Array;
+  private readonly words: number;
+  private isActive = false;
+
+  constructor(shared: Uint32Array) {
+    this.shared = shared;
+    this.words = shared.length;
+  }
+
+  get active(): boolean {
+    return this.isActive;
+  }
+
+  start(): void {
+    this.clear();
+    this.isActive = true;
+  }
+
+  sync(): DirtyBitmap[] {
+    const out = new Uint32Array(this.words);
+    // Word by word with exchange: a bit the worker sets after we took its word stays
+    // for the next sync; none is lost between the read and the clear.
+    for (let i = 0; i < this.words; i++) {
+      if (Atomics.load(this.shared, i) !== 0) out[i] = Atomics.exchange(this.shared, i, 0);
+    }
+    // The worker marks pages whether or not logging is on (a page write racing with
+    // start() must not go unseen); outside start()..stop() nothing is reported.
+    if (!this.isActive) out.fill(0);
+    return [out];
+  }
+
+  stop(): void {
+    this.isActive = false;
+  }
+
+  private clear(): void {
+    for (let i = 0; i < this.words; i++) Atomics.store(this.shared, i, 0);
+  }
+}
+
+class SimAccelerator implements Accelerator {
+  readonly kind = 'sim' as const;
+  readonly memory: readonly GuestMemoryBlock[];
+  readonly dirtyLog: SimDirtyLog;
+  readonly stateSections: readonly StateSection[];
+
+  private readonly config: AcceleratorConfig;
+  private readonly worker: Worker;
+  private readonly control: Int32Array;
+  private readonly cpu: SharedArrayBuffer;
+  private readonly exitListeners: ((exit: GuestExit) => void)[] = [];
+  private readonly pauseWaiters: { seq: number; resolve: () => void }[] = [];
+  private seq = 0;
+  private isRunning = false;
+  private destroyed = false;
+  private exited: Promise<void>;
+
+  constructor(config: AcceleratorConfig) {
+    this.config = config;
+    const ram = new SharedArrayBuffer(config.memorySize);
+    const pages = config.memorySize / PAGE_SIZE;
+    const dirty = new SharedArrayBuffer(Math.ceil(pages / 32) * 4);
+    const control = new SharedArrayBuffer(CTRL_BYTES);
+    this.cpu = new SharedArrayBuffer(CPU_STATE_BYTES);
+    this.control = new Int32Array(control);
+    const bytes = new Uint8Array(ram);
+    this.memory = [{ idstr: RAM_IDSTR, guestAddress: 0, size: config.memorySize, bytes }];
+    this.dirtyLog = new SimDirtyLog(new Uint32Array(dirty));
+
+    const initial = initialCpuState(config);
+    if (!config.incoming) writeGuestParams(bytes, config.guest, config.memorySize);
+    writeCpuState(this.cpu, initial);
+
+    this.stateSections = [{
+      idstr: 'cpu',
+      instanceId: 0,
+      description: SIM_CPU_STATE_DESCRIPTION,
+      save: (): VmStateValue => saveCpuState(readCpuState(this.cpu)),
+      load: (state: VmStateValue): void => writeCpuState(this.cpu, loadCpuState(state, config.memorySize)),
+    }];
+
+    const workerData: SimWorkerData = { ram, dirty, control, cpu: this.cpu };
+    this.worker = new Worker(new URL('./workload-worker.js', import.meta.url), { workerData });
+    this.worker.on('message', (message: SimWorkerMessage) => this.onMessage(message));
+    this.worker.on('error', (error) => this.emitExit({ kind: 'crash', error: new GuestCrashError(`The sim workload worker failed: ${error.message}`, '', { cause: error }) }));
+    this.exited = new Promise((resolve) => {
+      this.worker.once('exit', (code) => {
+        if (!this.destroyed) {
+          this.emitExit({ kind: 'crash', error: new GuestCrashError(`The sim workload worker exited unexpectedly with code ${code}`, '') });
+        }
+        this.isRunning = false;
+        this.resolvePauses(Infinity);
+        resolve();
+      });
+    });
+  }
+
+  get running(): boolean {
+    return this.isRunning;
+  }
+
+  resume(): void {
+    if (this.destroyed || this.isRunning) return;
+    this.isRunning = true;
+    this.command(CMD_RUN);
+  }
+
+  pause(): Promise<void> {
+    if (this.destroyed) return Promise.resolve();
+    const waiting = this.pauseWaiters.at(-1);
+    if (!this.isRunning) return waiting ? new Promise((resolve) => this.pauseWaiters.push({ seq: waiting.seq, resolve })) : Promise.resolve();
+    this.isRunning = false;
+    const seq = this.command(CMD_PAUSE);
+    return new Promise((resolve) => this.pauseWaiters.push({ seq, resolve }));
+  }
+
+  onExit(listener: (exit: GuestExit) => void): void {
+    this.exitListeners.push(listener);
+  }
+
+  async destroy(): Promise<void> {
+    if (this.destroyed) return this.exited;
+    this.destroyed = true;
+    this.isRunning = false;
+    this.command(CMD_EXIT);
+    // The exit command ends the loop at once; terminate covers a worker that is stuck.
+    const timer = setTimeout(() => { void this.worker.terminate(); }, 1000);
+    await this.exited;
+    clearTimeout(timer);
+  }
+
+  private command(cmd: SimCommand): number {
+    this.seq = (this.seq + 1) & SEQ_MASK;
+    Atomics.store(this.control, CTRL_REQUEST, encodeRequest(this.seq, cmd));
+    Atomics.notify(this.control, CTRL_REQUEST);
+    return this.seq;
+  }
+
+  private onMessage(message: SimWorkerMessage): void {
+    switch (message.type) {
+      case 'output':
+        for (let i = 0; i < message.text.length; i++) this.config.ioBus.pioWrite(COM1_THR, 1, message.text.charCodeAt(i));
+        break;
+      case 'paused':
+        this.resolvePauses(message.seq);
+        break;
+      case 'exited':
+        break;
+    }
+  }
+
+  /** A pause acknowledged with `seq` also answers earlier ones the worker skipped over. */
+  private resolvePauses(seq: number): void {
+    while (this.pauseWaiters.length > 0 && this.pauseWaiters[0]!.seq <= seq) this.pauseWaiters.shift()!.resolve();
+  }
+
+  private emitExit(exit: GuestExit): void {
+    for (const listener of this.exitListeners) listener(exit);
+  }
+}
+
+/** Create the sim accelerator for `config`; the workload starts paused (call resume()). */
+export async function createSimAccelerator(config: AcceleratorConfig): Promise<Accelerator> {
+  if (!Number.isSafeInteger(config.memorySize) || config.memorySize <= 0 || config.memorySize % PAGE_SIZE !== 0) {
+    throw new ConfigError(`Cannot create the sim accelerator: memory size ${config.memorySize} is not a positive multiple of ${PAGE_SIZE}`);
+  }
+  // More vCPUs are accepted but modelled as one: the workload is a single writer.
+  if (!Number.isInteger(config.vcpus) || config.vcpus < 1) {
+    throw new ConfigError(`Cannot create the sim accelerator with ${config.vcpus} vCPUs: expected at least 1`);
+  }
+  return new SimAccelerator(config);
+}

@@ -1,0 +1,79 @@
+// The sim accelerator's "vCPU thread": runs the workload model, paced by a token bucket,
+// until the main thread asks it to pause or exit (see control.ts for the handshake).
+
+import { parentPort, workerData } from 'node:worker_threads';
+import { performance } from 'node:perf_hooks';
+import {
+  CMD_EXIT, CMD_PAUSE, CTRL_ACK, CTRL_REQUEST, requestCommand, requestSeq,
+} from './control.js';
+import type { SimWorkerData, SimWorkerMessage } from './control.js';
+import { TokenBucket } from './pacer.js';
+import { WorkloadModel, readCpuState, writeCpuState } from './workload.js';
+
+/**
+ * Pages written between two looks at the command word. Small enough that a batch takes
+ * well under a millisecond (pause latency), large enough that the look costs nothing.
+ */
+const MAX_BATCH = 1024;
+
+const data = workerData as SimWorkerData;
+const port = parentPort!;
+const control = new Int32Array(data.control);
+const ram = new Uint8Array(data.ram);
+const dirty = new Uint32Array(data.dirty);
+
+let pendingText = '';
+const post = (message: SimWorkerMessage): void => port.postMessage(message);
+const flushOutput = (): void => {
+  if (pendingText !== '') {
+    post({ type: 'output', text: pendingText });
+    pendingText = '';
+  }
+};
+
+let model: WorkloadModel | undefined;
+let bucket: TokenBucket | undefined;
+let ackedSeq = -1;
+
+for (;;) {
+  const req = Atomics.load(control, CTRL_REQUEST);
+  const cmd = requestCommand(req);
+  if (cmd === CMD_EXIT) break;
+  if (cmd === CMD_PAUSE || req === 0) {
+    if (model) {
+      writeCpuState(data.cpu, model.state);
+      model = undefined;
+    }
+    const seq = requestSeq(req);
+    if (req !== 0 && ackedSeq !== seq) {
+      // Output first: the ack must not overtake a line the guest wrote before stopping.
+      flushOutput();
+      ackedSeq = seq;
+      Atomics.store(control, CTRL_ACK, seq);
+      post({ type: 'paused', seq });
+    }
+    Atomics.wait(control, CTRL_REQUEST, req);
+    continue;
+  }
+  if (!model) {
+    // The main thread may have loaded new state while we were paused.
+    model = new WorkloadModel({ ram, dirty, output: (text) => { pendingText += text; } }, readCpuState(data.cpu));
+    bucket = new TokenBucket(model.state.rate);
+    bucket.reset(performance.now());
+  }
+  if (model.idle) {
+    Atomics.wait(control, CTRL_REQUEST, req);
+    continue;
+  }
+  const n = bucket!.take(performance.now(), MAX_BATCH);
+  if (n === 0) {
+    flushOutput();
+    // Sleeping on the command word: a pause wakes us at once.
+    Atomics.wait(control, CTRL_REQUEST, req, Math.max(bucket!.waitMs(), 0.05));
+    continue;
+  }
+  model.run(n);
+  flushOutput();
+}
+flushOutput();
+post({ type: 'exited' });
