@@ -1,0 +1,253 @@
+// What this machine lets Node move: loopback tcp and unix throughput between TWO Node
+// processes (raw sockets, then the same through Ferry's Channel, so the abstraction's cost
+// shows) and memcpy bandwidth. The migration benchmark reuses measureCeilings().
+
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect, listen } from '../src/transport/index.js';
+
+export interface CeilingOptions {
+  /** Bytes moved per socket run (default 2 GiB). */
+  readonly bytes?: number;
+  /** Runs per case; the figure reported is the median (default 3). */
+  readonly runs?: number;
+  /** Size of each write (default 1 MiB). */
+  readonly chunkSize?: number;
+  /** Size of the memcpy buffers (default 256 MiB). */
+  readonly memcpyBytes?: number;
+  /** Also measure through Ferry's Channel (default true). */
+  readonly channel?: boolean;
+}
+
+export interface Ceilings {
+  /** Raw net.Socket between two Node processes, loopback tcp, median bytes/s. */
+  readonly tcpBytesPerSec: number;
+  readonly unixBytesPerSec: number;
+  /** The same moves through transport.connect/listen Channels (NaN when not measured). */
+  readonly channelTcpBytesPerSec: number;
+  readonly channelUnixBytesPerSec: number;
+  /** Uint8Array.set of warm memory, median bytes/s. */
+  readonly memcpyBytesPerSec: number;
+  /** Every run's figure, by case name, in run order. */
+  readonly samples: Readonly<Record<CaseName, readonly number[]>>;
+  readonly bytes: number;
+  readonly chunkSize: number;
+  readonly runs: number;
+}
+
+type CaseName = 'tcp' | 'unix' | 'channel-tcp' | 'channel-unix' | 'memcpy';
+type PeerMode = 'raw' | 'channel';
+
+const PEER_FLAG = '--ceiling-peer';
+
+export async function measureCeilings(options: CeilingOptions = {}): Promise<Ceilings> {
+  const bytes = options.bytes ?? 2 * 1024 ** 3;
+  const runs = options.runs ?? 3;
+  const chunkSize = options.chunkSize ?? 1024 * 1024;
+  const withChannel = options.channel ?? true;
+  const samples: Record<CaseName, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [], memcpy: [] };
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-ceiling-'));
+  try {
+    // Interleave the cases run by run so that noise from other tenants spreads over all of them.
+    for (let run = 0; run < runs; run++) {
+      samples.tcp.push(await measureSocket('raw', 'tcp:127.0.0.1:0', bytes, chunkSize));
+      samples.unix.push(await measureSocket('raw', `unix:${join(dir, `raw-${run}.sock`)}`, bytes, chunkSize));
+      if (withChannel) {
+        samples['channel-tcp'].push(await measureSocket('channel', 'tcp:127.0.0.1:0', bytes, chunkSize));
+        samples['channel-unix'].push(
+          await measureSocket('channel', `unix:${join(dir, `channel-${run}.sock`)}`, bytes, chunkSize),
+        );
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  samples.memcpy.push(...measureMemcpy(options.memcpyBytes ?? 256 * 1024 ** 2, Math.max(runs, 5)));
+  return {
+    tcpBytesPerSec: median(samples.tcp),
+    unixBytesPerSec: median(samples.unix),
+    channelTcpBytesPerSec: withChannel ? median(samples['channel-tcp']) : Number.NaN,
+    channelUnixBytesPerSec: withChannel ? median(samples['channel-unix']) : Number.NaN,
+    memcpyBytesPerSec: median(samples.memcpy),
+    samples,
+    bytes,
+    chunkSize,
+    runs,
+  };
+}
+
+/** This process receives; a child Node process connects and sends `bytes` in `chunkSize` writes. */
+async function measureSocket(mode: PeerMode, uri: string, bytes: number, chunkSize: number): Promise<number> {
+  const receiver = mode === 'raw' ? await rawReceiver(uri) : await channelReceiver(uri);
+  const child = spawn(
+    process.execPath,
+    [fileURLToPath(import.meta.url), PEER_FLAG, mode, receiver.address, String(bytes), String(chunkSize)],
+    { stdio: ['ignore', 'inherit', 'inherit'] },
+  );
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+  try {
+    const { received, seconds } = await receiver.done;
+    const [code, signal] = await exited;
+    if (code !== 0) throw new Error(`Ceiling peer (${mode} ${uri}) exited with ${signal ?? `status ${code}`}`);
+    if (received !== bytes) throw new Error(`Ceiling run over ${uri} received ${received} of ${bytes} bytes`);
+    return received / seconds;
+  } finally {
+    if (child.exitCode === null) child.kill();
+    await receiver.close();
+  }
+}
+
+interface Receiver {
+  readonly address: string;
+  readonly done: Promise<{ received: number; seconds: number }>;
+  close(): Promise<void>;
+}
+
+/** The clock starts at the first byte, so process start-up is not counted. */
+async function rawReceiver(uri: string): Promise<Receiver> {
+  const server = net.createServer();
+  const path = uri.startsWith('unix:') ? uri.slice('unix:'.length) : undefined;
+  server.listen(path !== undefined ? { path } : { host: '127.0.0.1', port: 0 });
+  await once(server, 'listening');
+  const bound = server.address();
+  const address = path !== undefined ? uri : `tcp:127.0.0.1:${(bound as net.AddressInfo).port}`;
+  const done = new Promise<{ received: number; seconds: number }>((resolve, reject) => {
+    server.once('connection', (socket) => {
+      let received = 0;
+      let start = 0;
+      socket.on('data', (chunk: Buffer) => {
+        if (received === 0) start = performance.now();
+        received += chunk.byteLength;
+      });
+      socket.on('end', () => resolve({ received, seconds: (performance.now() - start) / 1000 }));
+      socket.on('error', reject);
+    });
+  });
+  return { address, done, close: () => new Promise((resolve) => server.close(() => resolve())) };
+}
+
+async function channelReceiver(uri: string): Promise<Receiver> {
+  const listener = await listen(uri);
+  const done = (async () => {
+    const channel = await listener.accept();
+    let received = 0;
+    let start = 0;
+    for (;;) {
+      const chunk = await channel.read();
+      if (chunk === null) break;
+      if (received === 0) start = performance.now();
+      received += chunk.byteLength;
+    }
+    const seconds = (performance.now() - start) / 1000;
+    channel.destroy();
+    return { received, seconds };
+  })();
+  return { address: listener.address, done, close: () => listener.close() };
+}
+
+async function runPeer(mode: PeerMode, uri: string, bytes: number, chunkSize: number): Promise<void> {
+  // One buffer written again and again: its content does not matter, only the path it takes.
+  const chunk = new Uint8Array(chunkSize).fill(0xa5);
+  if (mode === 'channel') {
+    const channel = await connect(uri);
+    for (let sent = 0; sent < bytes; sent += chunkSize) {
+      await channel.write(sent + chunkSize <= bytes ? chunk : chunk.subarray(0, bytes - sent));
+    }
+    await channel.end();
+    channel.destroy();
+    return;
+  }
+  const socket =
+    uri.startsWith('unix:') ? net.connect({ path: uri.slice('unix:'.length) }) : net.connect({ host: '127.0.0.1', port: Number(uri.split(':')[2]) });
+  await once(socket, 'connect');
+  for (let sent = 0; sent < bytes; sent += chunkSize) {
+    if (!socket.write(sent + chunkSize <= bytes ? chunk : chunk.subarray(0, bytes - sent))) await once(socket, 'drain');
+  }
+  socket.end();
+  await once(socket, 'finish');
+  socket.destroy();
+}
+
+function measureMemcpy(bytes: number, runs: number): number[] {
+  const source = new Uint8Array(bytes).fill(0x5a);
+  const target = new Uint8Array(bytes).fill(0);
+  target.set(source); // fault every page in before timing
+  const out: number[] = [];
+  for (let run = 0; run < runs; run++) {
+    const start = performance.now();
+    target.set(source);
+    out.push(bytes / ((performance.now() - start) / 1000));
+  }
+  return out;
+}
+
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+function gbps(bytesPerSec: number): string {
+  return Number.isNaN(bytesPerSec) ? '—' : `${(bytesPerSec / 1e9).toFixed(2)} GB/s`;
+}
+
+function printTable(ceilings: Ceilings): void {
+  const rows: [string, CaseName, number][] = [
+    ['loopback tcp, raw net.Socket', 'tcp', ceilings.tcpBytesPerSec],
+    ['loopback tcp, Ferry Channel', 'channel-tcp', ceilings.channelTcpBytesPerSec],
+    ['unix socket, raw net.Socket', 'unix', ceilings.unixBytesPerSec],
+    ['unix socket, Ferry Channel', 'channel-unix', ceilings.channelUnixBytesPerSec],
+    ['memcpy (Uint8Array.set, warm)', 'memcpy', ceilings.memcpyBytesPerSec],
+  ];
+  const moved = `${(ceilings.bytes / 1024 ** 3).toFixed(2)} GiB per run, ${ceilings.chunkSize / 1024} KiB writes`;
+  console.log(`Ceilings (two Node ${process.version} processes; ${moved}; median of ${ceilings.runs})`);
+  console.log(`${'case'.padEnd(32)}${'median'.padStart(12)}   runs`);
+  for (const [label, name, value] of rows) {
+    const runs = ceilings.samples[name].map((v) => (v / 1e9).toFixed(2)).join(' ');
+    console.log(`${label.padEnd(32)}${gbps(value).padStart(12)}   ${runs}`);
+  }
+  const ratio = (a: number, b: number): string => (Number.isNaN(a) ? '—' : `${((a / b) * 100).toFixed(0)}%`);
+  console.log(
+    `Channel / raw: tcp ${ratio(ceilings.channelTcpBytesPerSec, ceilings.tcpBytesPerSec)}, ` +
+      `unix ${ratio(ceilings.channelUnixBytesPerSec, ceilings.unixBytesPerSec)}`,
+  );
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === PEER_FLAG) {
+    await runPeer(argv[1] as PeerMode, argv[2]!, Number(argv[3]), Number(argv[4]));
+    return;
+  }
+  const { values } = await import('node:util').then((util) =>
+    util.parseArgs({
+      args: argv,
+      options: {
+        bytes: { type: 'string' },
+        runs: { type: 'string' },
+        chunk: { type: 'string' },
+        json: { type: 'boolean' },
+      },
+    }),
+  );
+  const { parseSize } = await import('../src/size.js');
+  const ceilings = await measureCeilings({
+    ...(values.bytes !== undefined ? { bytes: parseSize(values.bytes, '--bytes') } : {}),
+    ...(values.runs !== undefined ? { runs: Number(values.runs) } : {}),
+    ...(values.chunk !== undefined ? { chunkSize: parseSize(values.chunk, '--chunk') } : {}),
+  });
+  if (values.json) console.log(JSON.stringify(ceilings, null, 2));
+  else printTable(ceilings);
+}
+
+if (process.argv[1] !== undefined && fileURLToPath(import.meta.url) === process.argv[1]) {
+  main(process.argv.slice(2)).catch((err: unknown) => {
+    console.error(err instanceof Error ? err.message : err);
+    process.exitCode = 1;
+  });
+}

@@ -1,0 +1,178 @@
+// tcp: and unix: — connecting and listening stream sockets, as QEMU's migration/socket.c
+// does for both. A connection becomes a StreamChannel; a listener queues connections.
+
+import net from 'node:net';
+import { lookup } from 'node:dns/promises';
+import { lstat, unlink } from 'node:fs/promises';
+import { TransportError } from '../errors.js';
+import type { Channel, Listener } from './channel.js';
+import { toTransportError } from './errors.js';
+import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
+import { formatMigrationUri, type MigrationUri } from './uri.js';
+
+type SocketUri = Extract<MigrationUri, { kind: 'tcp' | 'unix' }>;
+
+export interface SocketOptions {
+  readonly writeHighWaterMark?: number;
+  readonly readHighWaterMark?: number;
+  /** Give up connecting after this long (default: the OS's own timeout). */
+  readonly connectTimeoutMs?: number;
+}
+
+/** Wrap a connected socket; tcp sockets get TCP_NODELAY so the last small write is not held back. */
+export function socketChannel(socket: net.Socket, description: string, options: SocketOptions): Channel {
+  if (socket.remoteFamily !== undefined) socket.setNoDelay(true);
+  return new StreamChannel({
+    description,
+    readable: socket,
+    writable: socket,
+    readHighWaterMark: options.readHighWaterMark ?? DEFAULT_READ_HIGH_WATER_MARK,
+  });
+}
+
+export function connectSocket(uri: SocketUri, options: SocketOptions = {}): Promise<Channel> {
+  const description = formatMigrationUri(uri);
+  const highWaterMark = options.writeHighWaterMark ?? DEFAULT_WRITE_HIGH_WATER_MARK;
+  return new Promise<Channel>((resolve, reject) => {
+    const socket =
+      uri.kind === 'tcp'
+        ? net.connect({
+            host: uri.host === '' ? 'localhost' : uri.host,
+            port: uri.port,
+            ...(uri.family === undefined ? {} : { family: uri.family }),
+            writableHighWaterMark: highWaterMark,
+          } as net.NetConnectOpts)
+        : net.connect({ path: uri.path, writableHighWaterMark: highWaterMark } as net.NetConnectOpts);
+    let timer: NodeJS.Timeout | undefined;
+    const fail = (err: unknown): void => {
+      if (timer) clearTimeout(timer);
+      socket.off('connect', onConnect);
+      socket.destroy();
+      reject(toTransportError(err, description, 'connecting to'));
+    };
+    const onConnect = (): void => {
+      if (timer) clearTimeout(timer);
+      socket.off('error', fail);
+      resolve(socketChannel(socket, description, options));
+    };
+    socket.once('error', fail);
+    socket.once('connect', onConnect);
+    if (options.connectTimeoutMs !== undefined) {
+      timer = setTimeout(
+        () => fail(new TransportError(`Timed out after ${options.connectTimeoutMs} ms connecting to ${description}`)),
+        options.connectTimeoutMs,
+      );
+    }
+  });
+}
+
+export async function listenSocket(uri: SocketUri, options: SocketOptions = {}): Promise<Listener> {
+  const description = formatMigrationUri(uri);
+  const highWaterMark = options.writeHighWaterMark ?? DEFAULT_WRITE_HIGH_WATER_MARK;
+  let listenOptions: net.ListenOptions;
+  if (uri.kind === 'tcp') {
+    let host: string | undefined = uri.host === '' ? undefined : uri.host;
+    if (host !== undefined && uri.family !== undefined && net.isIP(host) === 0) {
+      try {
+        host = (await lookup(host, { family: uri.family })).address;
+      } catch (err) {
+        throw toTransportError(err, description, 'listening on');
+      }
+    }
+    listenOptions = { port: uri.port, ...(host === undefined ? {} : { host }), ...(uri.family === 6 ? { ipv6Only: true } : {}) };
+  } else {
+    await removeStaleSocket(uri.path, description);
+    listenOptions = { path: uri.path };
+  }
+  const server = net.createServer({ highWaterMark } as net.ServerOpts);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err) => reject(toTransportError(err, description, 'listening on')));
+    server.listen(listenOptions, () => resolve());
+  });
+  return new SocketListener(server, uri, description, options);
+}
+
+/** QEMU unlinks a leftover socket file before binding; anything that is not a socket is left alone. */
+async function removeStaleSocket(path: string, description: string): Promise<void> {
+  try {
+    const stats = await lstat(path);
+    if (!stats.isSocket()) {
+      throw new TransportError(`Cannot listen on ${description}: ${path} exists and is not a socket`);
+    }
+    await unlink(path);
+  } catch (err) {
+    if (err instanceof TransportError) throw err;
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw toTransportError(err, description, 'listening on');
+  }
+}
+
+class SocketListener implements Listener {
+  readonly description: string;
+  readonly address: string;
+  readonly #server: net.Server;
+  readonly #uri: SocketUri;
+  readonly #options: SocketOptions;
+  #pending: Channel[] = [];
+  #waiters: { resolve(channel: Channel): void; reject(error: Error): void }[] = [];
+  #error: Error | null = null;
+  #closePromise: Promise<void> | null = null;
+
+  constructor(server: net.Server, uri: SocketUri, description: string, options: SocketOptions) {
+    this.#server = server;
+    this.#uri = uri;
+    this.#options = options;
+    this.description = description;
+    const bound = server.address();
+    if (uri.kind === 'tcp' && bound !== null && typeof bound === 'object') {
+      const host = bound.family === 'IPv6' || bound.address.includes(':') ? `[${bound.address}]` : bound.address;
+      this.address = `tcp:${host}:${bound.port}`;
+    } else {
+      this.address = description;
+    }
+    server.removeAllListeners('error');
+    server.on('error', (err) => this.#fail(toTransportError(err, description, 'listening on')));
+    server.on('connection', (socket) => this.#onConnection(socket));
+  }
+
+  accept(): Promise<Channel> {
+    const channel = this.#pending.shift();
+    if (channel) return Promise.resolve(channel);
+    if (this.#error) return Promise.reject(this.#error);
+    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+  }
+
+  close(): Promise<void> {
+    if (this.#closePromise) return this.#closePromise;
+    this.#fail(new TransportError(`Listener on ${this.address} was closed`));
+    for (const channel of this.#pending) channel.destroy();
+    this.#pending = [];
+    this.#closePromise = new Promise<void>((resolve) => {
+      this.#server.close(() => resolve());
+    }).then(async () => {
+      if (this.#uri.kind === 'unix') await unlink(this.#uri.path).catch(() => {});
+    });
+    return this.#closePromise;
+  }
+
+  #onConnection(socket: net.Socket): void {
+    if (this.#closePromise) {
+      socket.destroy();
+      return;
+    }
+    const peer =
+      this.#uri.kind === 'tcp' && socket.remoteAddress !== undefined
+        ? ` from ${socket.remoteAddress.includes(':') ? `[${socket.remoteAddress}]` : socket.remoteAddress}:${socket.remotePort}`
+        : '';
+    const channel = socketChannel(socket, `${this.address}${peer}`, this.#options);
+    const waiter = this.#waiters.shift();
+    if (waiter) waiter.resolve(channel);
+    else this.#pending.push(channel);
+  }
+
+  #fail(error: Error): void {
+    if (!this.#error) this.#error = error;
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const waiter of waiters) waiter.reject(this.#error);
+  }
+}

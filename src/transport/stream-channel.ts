@@ -1,0 +1,243 @@
+// A Channel over Node streams — a socket (tcp, unix, fd) or a child's pipes (exec) — built
+// for bulk throughput: writes hand the caller's buffer to the kernel without a copy, reads
+// pass on the chunks Node allocates, and both sides apply backpressure.
+
+import type { Readable, Writable } from 'node:stream';
+import { debuglog } from 'node:util';
+import { TransportError } from '../errors.js';
+import type { Channel } from './channel.js';
+import { errorCode, toTransportError } from './errors.js';
+
+const debug = debuglog('ferry');
+
+/** Bytes the channel queues before write() waits for the OS to drain them. */
+export const DEFAULT_WRITE_HIGH_WATER_MARK = 8 * 1024 * 1024;
+/** Bytes received but not yet read() before the channel stops reading from the OS. */
+export const DEFAULT_READ_HIGH_WATER_MARK = 8 * 1024 * 1024;
+
+export interface StreamChannelOptions {
+  readonly description: string;
+  /** Where bytes come from; null for a send-only channel (read() then reports end of stream). */
+  readonly readable: Readable | null;
+  /** Where bytes go; null for a receive-only channel (write() then rejects). */
+  readonly writable: Writable | null;
+  /**
+   * The writable's own high-water mark must be at least this for write() to resolve at once
+   * below it; transports create their sockets with `writableHighWaterMark` set to it.
+   */
+  readonly readHighWaterMark?: number;
+}
+
+interface Waiter<T> {
+  resolve(value: T): void;
+  reject(error: Error): void;
+}
+
+export class StreamChannel implements Channel {
+  readonly description: string;
+  readonly #readable: Readable | null;
+  readonly #writable: Writable | null;
+  readonly #readHighWaterMark: number;
+
+  // Received chunks not yet read(): an array with a moving head, so taking one is O(1).
+  #chunks: Uint8Array[] = [];
+  #head = 0;
+  #queuedBytes = 0;
+  #paused = false;
+  #readEnded = false;
+  #readWaiter: Waiter<Uint8Array | null> | null = null;
+
+  #drainWaiters: Waiter<void>[] = [];
+  #endPromise: Promise<void> | null = null;
+  #writeClosed = false;
+
+  /** The first failure; every later call reports it. */
+  #error: Error | null = null;
+  #destroyed = false;
+
+  constructor(options: StreamChannelOptions) {
+    this.description = options.description;
+    this.#readable = options.readable;
+    this.#writable = options.writable;
+    this.#readHighWaterMark = options.readHighWaterMark ?? DEFAULT_READ_HIGH_WATER_MARK;
+
+    const readable = this.#readable;
+    const writable = this.#writable;
+    if (readable) {
+      readable.on('data', (chunk: Uint8Array) => this.#onData(chunk));
+      readable.on('end', () => this.#onReadEnd());
+      readable.on('error', (err: Error) => this.#onError(err));
+      readable.on('close', () => this.#onReadClose());
+    } else {
+      this.#readEnded = true;
+    }
+    if (writable) {
+      if (writable !== (readable as unknown)) writable.on('error', (err: Error) => this.#onError(err));
+      writable.on('drain', () => this.#onDrain());
+      writable.on('close', () => this.#onWriteClose());
+    } else {
+      this.#writeClosed = true;
+    }
+  }
+
+  read(): Promise<Uint8Array | null> {
+    if (this.#head < this.#chunks.length) return Promise.resolve(this.#take());
+    if (this.#error) return Promise.reject(this.#error);
+    if (this.#readEnded) return Promise.resolve(null);
+    if (this.#readWaiter) {
+      return Promise.reject(new TransportError(`Cannot read from ${this.description}: another read() is still pending`));
+    }
+    return new Promise((resolve, reject) => {
+      this.#readWaiter = { resolve, reject };
+    });
+  }
+
+  write(data: Uint8Array): Promise<void> {
+    if (this.#error) return Promise.reject(this.#error);
+    if (this.#endPromise || this.#writeClosed || !this.#writable) {
+      return Promise.reject(new TransportError(`Cannot write to ${this.description}: its sending side is closed`));
+    }
+    if (data.byteLength === 0) return Promise.resolve();
+    // Writable.write wraps a Uint8Array in a Buffer over the same memory, and the socket
+    // hands that to the kernel (writev) as is: the caller's bytes are never copied here.
+    if (this.#writable.write(data)) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.#drainWaiters.push({ resolve, reject });
+    });
+  }
+
+  end(): Promise<void> {
+    if (this.#endPromise) return this.#endPromise;
+    if (this.#error) return Promise.reject(this.#error);
+    const writable = this.#writable;
+    if (!writable || this.#writeClosed) {
+      this.#endPromise = Promise.resolve();
+      return this.#endPromise;
+    }
+    this.#endPromise = new Promise<void>((resolve, reject) => {
+      const onFinish = (): void => {
+        cleanup();
+        resolve();
+      };
+      const onFail = (): void => {
+        cleanup();
+        reject(this.#error ?? new TransportError(`${this.description} closed before everything written was flushed`));
+      };
+      const cleanup = (): void => {
+        writable.off('finish', onFinish);
+        writable.off('close', onFail);
+        writable.off('error', onFail);
+      };
+      writable.on('finish', onFinish);
+      writable.on('close', onFail);
+      writable.on('error', onFail);
+      writable.end();
+    });
+    // The caller may drop this promise (destroy after end); its rejection is then reported elsewhere.
+    this.#endPromise.catch(() => {});
+    return this.#endPromise;
+  }
+
+  destroy(error?: Error): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    this.#fail(error ?? new TransportError(`${this.description} was closed`));
+    // Chunks that arrived are dropped: destroy means "now", not "after what is queued".
+    this.#chunks = [];
+    this.#head = 0;
+    this.#queuedBytes = 0;
+    this.#readable?.destroy();
+    if (this.#writable && this.#writable !== (this.#readable as unknown)) this.#writable.destroy();
+  }
+
+  /** Bytes received and waiting for read(). */
+  get queuedReadBytes(): number {
+    return this.#queuedBytes;
+  }
+
+  #take(): Uint8Array {
+    const chunk = this.#chunks[this.#head]!;
+    this.#chunks[this.#head] = EMPTY;
+    this.#head++;
+    if (this.#head === this.#chunks.length) {
+      this.#chunks = [];
+      this.#head = 0;
+    } else if (this.#head >= 1024) {
+      this.#chunks = this.#chunks.slice(this.#head);
+      this.#head = 0;
+    }
+    this.#queuedBytes -= chunk.byteLength;
+    // Resume at half the mark so a consumer that keeps pace does not toggle per chunk.
+    if (this.#paused && this.#queuedBytes <= this.#readHighWaterMark / 2 && !this.#destroyed) {
+      this.#paused = false;
+      this.#readable?.resume();
+    }
+    return chunk;
+  }
+
+  #onData(chunk: Uint8Array): void {
+    if (this.#destroyed) return;
+    const waiter = this.#readWaiter;
+    if (waiter) {
+      this.#readWaiter = null;
+      waiter.resolve(chunk);
+      return;
+    }
+    this.#chunks.push(chunk);
+    this.#queuedBytes += chunk.byteLength;
+    if (!this.#paused && this.#queuedBytes >= this.#readHighWaterMark) {
+      this.#paused = true;
+      this.#readable?.pause();
+    }
+  }
+
+  #onReadEnd(): void {
+    this.#readEnded = true;
+    const waiter = this.#readWaiter;
+    if (waiter && this.#head === this.#chunks.length) {
+      this.#readWaiter = null;
+      waiter.resolve(null);
+    }
+  }
+
+  #onReadClose(): void {
+    // A close without 'end' and without 'error' means someone destroyed the stream.
+    if (!this.#readEnded && !this.#error) {
+      this.#fail(new TransportError(`${this.description} was closed before the end of the stream`));
+    }
+  }
+
+  #onWriteClose(): void {
+    this.#writeClosed = true;
+    const waiters = this.#drainWaiters;
+    if (waiters.length === 0) return;
+    this.#drainWaiters = [];
+    const error = this.#error ?? new TransportError(`${this.description} closed while a write was waiting to drain`);
+    for (const waiter of waiters) waiter.reject(error);
+  }
+
+  #onDrain(): void {
+    const waiters = this.#drainWaiters;
+    this.#drainWaiters = [];
+    for (const waiter of waiters) waiter.resolve();
+  }
+
+  #onError(err: Error): void {
+    const writing = errorCode(err) === 'EPIPE' || (this.#writable?.writableLength ?? 0) > 0 || this.#drainWaiters.length > 0;
+    const error = toTransportError(err, this.description, writing ? 'writing to' : 'reading from');
+    debug('transport: %s: %s', this.description, error.message);
+    this.#fail(error);
+  }
+
+  #fail(error: Error): void {
+    if (!this.#error) this.#error = error;
+    const readWaiter = this.#readWaiter;
+    this.#readWaiter = null;
+    readWaiter?.reject(this.#error);
+    const drainWaiters = this.#drainWaiters;
+    this.#drainWaiters = [];
+    for (const waiter of drainWaiters) waiter.reject(this.#error);
+  }
+}
+
+const EMPTY = new Uint8Array(0);

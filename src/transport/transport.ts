@@ -1,0 +1,58 @@
+// The transport layer's front door: a migration URI in, a Channel (source) or a Listener
+// (destination) out. Each URI kind lives in its own file; this one only dispatches.
+
+import { ConfigError } from '../errors.js';
+import type { Channel, Listener } from './channel.js';
+import { execChannel } from './exec.js';
+import { fdChannel, SingleChannelListener } from './fd.js';
+import { connectSocket, listenSocket } from './socket.js';
+import { formatMigrationUri, parseMigrationUri, type MigrationUri } from './uri.js';
+
+export interface TransportOptions {
+  /** Maps a getfd name to its descriptor (the QMP server's FdRegistry.take); needed for fd:NAME. */
+  readonly resolveFdName?: (name: string) => number;
+  /** write() resolves at once while fewer bytes than this are queued (default 8 MiB). */
+  readonly writeHighWaterMark?: number;
+  /** Reading from the OS pauses while this many received bytes wait for read() (default 8 MiB). */
+  readonly readHighWaterMark?: number;
+  /** tcp:/unix: connect only: give up after this long. */
+  readonly connectTimeoutMs?: number;
+}
+
+/** Source side: open the URI and return a connected Channel. */
+export async function connect(uri: string | MigrationUri, options: TransportOptions = {}): Promise<Channel> {
+  const parsed = typeof uri === 'string' ? parseMigrationUri(uri) : uri;
+  switch (parsed.kind) {
+    case 'tcp':
+      if (parsed.port === 0) {
+        throw new ConfigError(`Cannot connect to ${formatMigrationUri(parsed)}: port 0 is only meaningful when listening`);
+      }
+      return connectSocket(parsed, options);
+    case 'unix':
+      return connectSocket(parsed, options);
+    case 'fd':
+    case 'fd-name':
+      return fdChannel(parsed, 'send', options);
+    case 'exec':
+      return execChannel(parsed.command, options);
+  }
+}
+
+/** Destination side: start listening on the URI (for tcp, port 0 picks a free port; see Listener.address). */
+export async function listen(uri: string | MigrationUri, options: TransportOptions = {}): Promise<Listener> {
+  const parsed = typeof uri === 'string' ? parseMigrationUri(uri) : uri;
+  switch (parsed.kind) {
+    case 'tcp':
+    case 'unix':
+      return listenSocket(parsed, options);
+    case 'fd':
+    case 'fd-name': {
+      const channel = fdChannel(parsed, 'receive', options);
+      return new SingleChannelListener(channel, channel.description);
+    }
+    case 'exec': {
+      const channel = await execChannel(parsed.command, options);
+      return new SingleChannelListener(channel, channel.description);
+    }
+  }
+}
