@@ -39,6 +39,7 @@ export interface SimWorkerData {
 
 /** Messages from the worker, in the order it sent them. */
 export type SimWorkerMessage =
+  | { readonly type: 'ready' }
   | { readonly type: 'output'; readonly text: string }
   | { readonly type: 'paused'; readonly seq: number }
   | { readonly type: 'exited' };

@@ -114,7 +114,11 @@ class SimAccelerator implements Accelerator {
   private seq = 0;
   private isRunning = false;
   private destroyed = false;
+  private workerGone = false;
   private exited: Promise<void>;
+  /** Settles once the worker runs its loop (starting a worker takes ~100 ms here). */
+  readonly ready: Promise<void>;
+  private markReady: () => void = () => {};
 
   constructor(config: AcceleratorConfig) {
     this.config = config;
@@ -142,18 +146,26 @@ class SimAccelerator implements Accelerator {
 
     const workerData: SimWorkerData = { ram, dirty, control, cpu: this.cpu };
     this.worker = new Worker(new URL('./workload-worker.js', import.meta.url), { workerData });
+    this.ready = new Promise((resolve) => { this.markReady = resolve; });
     this.worker.on('message', (message: SimWorkerMessage) => this.onMessage(message));
     this.worker.on('error', (error) => this.emitExit({ kind: 'crash', error: new GuestCrashError(`The sim workload worker failed: ${error.message}`, '', { cause: error }) }));
     this.exited = new Promise((resolve) => {
       this.worker.once('exit', (code) => {
+        this.workerGone = true;
         if (!this.destroyed) {
           this.emitExit({ kind: 'crash', error: new GuestCrashError(`The sim workload worker exited unexpectedly with code ${code}`, '') });
         }
         this.isRunning = false;
         this.resolvePauses(Infinity);
+        this.markReady();
         resolve();
       });
     });
+  }
+
+  /** The worker exited before it reported ready. */
+  get failedToStart(): boolean {
+    return this.workerGone && !this.destroyed;
   }
 
   get running(): boolean {
@@ -205,6 +217,9 @@ class SimAccelerator implements Accelerator {
       case 'paused':
         this.resolvePauses(message.seq);
         break;
+      case 'ready':
+        this.markReady();
+        break;
       case 'exited':
         break;
     }
@@ -229,5 +244,12 @@ export async function createSimAccelerator(config: AcceleratorConfig): Promise<A
   if (!Number.isInteger(config.vcpus) || config.vcpus < 1) {
     throw new ConfigError(`Cannot create the sim accelerator with ${config.vcpus} vCPUs: expected at least 1`);
   }
-  return new SimAccelerator(config);
+  const accel = new SimAccelerator(config);
+  // Resolve only with a worker that answers at once, so the first pause() is as quick as any.
+  await accel.ready;
+  if (accel.failedToStart) {
+    await accel.destroy();
+    throw new GuestCrashError('Cannot create the sim accelerator: its workload worker did not start', '');
+  }
+  return accel;
 }

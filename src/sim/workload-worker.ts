@@ -31,6 +31,8 @@ const flushOutput = (): void => {
   }
 };
 
+post({ type: 'ready' });
+
 let model: WorkloadModel | undefined;
 let bucket: TokenBucket | undefined;
 let ackedSeq = -1;
