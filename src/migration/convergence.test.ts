@@ -1,0 +1,59 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes } from './convergence.js';
+
+test('threshold is measured bandwidth (bytes/ms) times downtime-limit (ms)', () => {
+  const cases: Array<[number, number, number]> = [
+    // bytes/ms, downtime ms, threshold bytes
+    [1000, 300, 300_000],
+    [134217.728, 300, 40_265_318.4], // 128 MiB/s
+    [0, 300, 0], // nothing measured yet: iterate
+    [NaN, 300, 0],
+    [Infinity, 300, 0],
+    [5000, 0, 0], // a zero budget never completes while anything is pending
+  ];
+  for (const [bw, limit, expected] of cases) {
+    assert.equal(thresholdBytes(bw, limit), expected, `bw=${bw} limit=${limit}`);
+  }
+});
+
+test('iterate while the estimate is at least the threshold, otherwise sync and check', () => {
+  const cases: Array<[number, number, string]> = [
+    // pending estimate, threshold, decision
+    [10_000_000, 1_000_000, 'iterate'],
+    [1_000_000, 1_000_000, 'iterate'], // equal: QEMU iterates (pending >= threshold)
+    [999_999, 1_000_000, 'sync-and-check'],
+    [4096, 0, 'iterate'], // before any measurement
+    [0, 0, 'sync-and-check'], // all sent: check for completion
+    [0, 1_000_000, 'sync-and-check'],
+  ];
+  for (const [pending, threshold, expected] of cases) {
+    assert.equal(decideIteration(pending, threshold), expected, `pending=${pending} threshold=${threshold}`);
+  }
+});
+
+test('complete when the exact figure is below the threshold or nothing is left', () => {
+  const cases: Array<[number, number, boolean]> = [
+    [0, 0, true],
+    [0, 500, true],
+    [499, 500, true],
+    [500, 500, false],
+    [4096, 0, false],
+  ];
+  for (const [exact, threshold, expected] of cases) {
+    assert.equal(canComplete(exact, threshold), expected, `exact=${exact} threshold=${threshold}`);
+  }
+});
+
+test('bandwidth figures from one window, as query-migrate reports them', () => {
+  const f = measureBandwidth({ bytes: 12_500_000, pages: 3000, elapsedMs: 100 });
+  assert.equal(f.bytesPerMs, 125_000);
+  assert.equal(f.mbps, 1000); // 12.5 MB in 0.1 s = 1000 Mbit/s
+  assert.equal(f.pagesPerSecond, 30_000);
+  assert.deepEqual(measureBandwidth({ bytes: 100, pages: 1, elapsedMs: 0 }), { bytesPerMs: 0, mbps: 0, pagesPerSecond: 0 });
+});
+
+test('expected downtime is what remains over the bandwidth', () => {
+  assert.equal(expectedDowntimeMs(1_000_000, 10_000), 100);
+  assert.equal(expectedDowntimeMs(1_000_000, 0), 0);
+});
