@@ -1,0 +1,201 @@
+// A stand-in Machine for migration tests (this folder's, test/, and the QMP layer's): a
+// RAM block in a plain Uint8Array, a dirty log that records writes made through it, a
+// "workload" timer that keeps dirtying pages, and two small state sections.
+
+import { PAGE_SHIFT, PAGE_SIZE } from '../hypervisor/types.js';
+import type { DirtyBitmap, DirtyLog, GuestMemoryBlock, StateSection } from '../hypervisor/types.js';
+import { canTransition } from '../machine/run-state.js';
+import type { RunState } from '../machine/run-state.js';
+import type { VmStateDescription, VmStateValue } from './vmstate-types.js';
+import type { MigrationVm } from './vm.js';
+
+export class FakeDirtyLog implements DirtyLog {
+  #active = false;
+  readonly #bitmaps: Uint32Array[];
+
+  constructor(blocks: readonly GuestMemoryBlock[]) {
+    this.#bitmaps = blocks.map((b) => new Uint32Array(Math.ceil((b.size >>> PAGE_SHIFT) / 32)));
+  }
+
+  get active(): boolean {
+    return this.#active;
+  }
+
+  start(): void {
+    for (const b of this.#bitmaps) b.fill(0);
+    this.#active = true;
+  }
+
+  stop(): void {
+    this.#active = false;
+  }
+
+  sync(): DirtyBitmap[] {
+    return this.#bitmaps.map((b) => {
+      const copy = b.slice();
+      b.fill(0);
+      return copy;
+    });
+  }
+
+  mark(block: number, page: number): void {
+    if (!this.#active) return;
+    const bitmap = this.#bitmaps[block]!;
+    bitmap[page >>> 5] = (bitmap[page >>> 5]! | (1 << (page & 31))) >>> 0;
+  }
+}
+
+export const FAKE_CPU_DESCRIPTION: VmStateDescription = {
+  name: 'fake-cpu',
+  version: 2,
+  minimumVersion: 1,
+  fields: [
+    { name: 'rip', type: 'uint64' },
+    { name: 'flags', type: 'uint32' },
+    { name: 'regs', type: 'buffer', size: 16 },
+    { name: 'halted', type: 'bool', sinceVersion: 2 },
+  ],
+};
+
+export const FAKE_SERIAL_DESCRIPTION: VmStateDescription = {
+  name: 'fake-serial',
+  version: 1,
+  minimumVersion: 1,
+  fields: [
+    { name: 'ier', type: 'uint8' },
+    { name: 'lcr', type: 'uint8' },
+    { name: 'divider', type: 'uint16' },
+  ],
+};
+
+/** A state section holding a plain value; counts loads so tests can tell whether state was installed. */
+export class FakeSection implements StateSection {
+  loads = 0;
+  constructor(
+    readonly idstr: string,
+    readonly instanceId: number,
+    readonly description: VmStateDescription,
+    public state: VmStateValue,
+  ) {}
+
+  save(): VmStateValue {
+    return this.state;
+  }
+
+  load(state: VmStateValue): void {
+    this.loads++;
+    this.state = state;
+  }
+}
+
+export interface FakeVmOptions {
+  readonly memorySize: number;
+  readonly incoming?: boolean;
+  /** -S: a destination stays paused after loading. */
+  readonly startPaused?: boolean;
+  readonly machineType?: string;
+}
+
+export class FakeVm implements MigrationVm {
+  readonly memory: GuestMemoryBlock[];
+  readonly dirtyLog: FakeDirtyLog;
+  readonly stateSections: FakeSection[];
+  readonly machineType: string;
+  readonly cpu: FakeSection;
+  readonly serial: FakeSection;
+  autostart: boolean;
+  /** Every run-state change, in order (tests check the guest was never started). */
+  readonly runStates: RunState[] = [];
+  #runState: RunState;
+  #workload: ReturnType<typeof setInterval> | undefined;
+  #workloadCursor = 0;
+  #counter = 0;
+
+  constructor(options: FakeVmOptions) {
+    const bytes = new Uint8Array(options.memorySize);
+    this.memory = [{ idstr: 'pc.ram', guestAddress: 0, size: options.memorySize, bytes }];
+    this.dirtyLog = new FakeDirtyLog(this.memory);
+    this.machineType = options.machineType ?? 'pc-i440fx-7.2';
+    this.cpu = new FakeSection('fake-cpu', 0, FAKE_CPU_DESCRIPTION, {
+      rip: 0n, flags: 0, regs: new Uint8Array(16), halted: false,
+    });
+    this.serial = new FakeSection('fake-serial', 0, FAKE_SERIAL_DESCRIPTION, { ier: 0, lcr: 0, divider: 0 });
+    this.stateSections = [this.cpu, this.serial];
+    this.#runState = options.incoming ? 'inmigrate' : options.startPaused ? 'paused' : 'running';
+    this.autostart = !options.startPaused;
+  }
+
+  get ram(): Uint8Array {
+    return this.memory[0]!.bytes;
+  }
+
+  get runState(): RunState {
+    return this.#runState;
+  }
+
+  setRunState(state: RunState): void {
+    if (!canTransition(this.#runState, state)) throw new Error(`Fake VM: cannot change run state from ${this.#runState} to ${state}`);
+    this.#runState = state;
+    this.runStates.push(state);
+  }
+
+  /** A guest write: changes RAM and marks the page dirty, as a vCPU's write would. */
+  write(offset: number, value: number): void {
+    this.ram[offset] = value;
+    this.dirtyLog.mark(0, offset >>> PAGE_SHIFT);
+  }
+
+  /** Fill `pages` pages from `firstPage` with non-zero bytes derived from the page number. */
+  fillPages(firstPage: number, pages: number, seed = 1): void {
+    for (let p = firstPage; p < firstPage + pages; p++) {
+      const base = p * PAGE_SIZE;
+      for (let i = 0; i < PAGE_SIZE; i += 64) this.ram[base + i] = ((p * 31 + i + seed) & 0xff) | 1;
+      this.dirtyLog.mark(0, p);
+    }
+  }
+
+  /**
+   * Dirty `pagesPerTick` pages every `intervalMs` while running, sweeping RAM as the
+   * built-in sweep guest does (a counter byte per page).
+   */
+  startWorkload(pagesPerTick: number, intervalMs = 1): void {
+    this.stopWorkload();
+    const pages = this.memory[0]!.size >>> PAGE_SHIFT;
+    this.#workload = setInterval(() => {
+      if (this.#runState !== 'running') return;
+      for (let i = 0; i < pagesPerTick; i++) {
+        this.#counter = (this.#counter + 1) & 0xff || 1;
+        this.write(this.#workloadCursor * PAGE_SIZE + 8, this.#counter);
+        this.#workloadCursor = (this.#workloadCursor + 1) % pages;
+      }
+    }, intervalMs);
+  }
+
+  stopWorkload(): void {
+    if (this.#workload !== undefined) clearInterval(this.#workload);
+    this.#workload = undefined;
+  }
+
+  async pauseForMigration(): Promise<boolean> {
+    const wasRunning = this.#runState === 'running';
+    this.setRunState('finish-migrate');
+    return wasRunning;
+  }
+
+  resumeAfterMigration(wasRunning: boolean): void {
+    this.setRunState(wasRunning ? 'running' : 'paused');
+  }
+
+  startAfterIncoming(): void {
+    this.setRunState(this.autostart ? 'running' : 'paused');
+  }
+
+  /** QMP stop/cont as the Machine does them. */
+  stop(): void {
+    if (this.#runState === 'running') this.setRunState('paused');
+  }
+
+  cont(): void {
+    if (this.#runState === 'paused') this.setRunState('running');
+  }
+}

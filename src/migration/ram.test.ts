@@ -1,0 +1,136 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { StreamFormatError } from '../errors.js';
+import { PAGE_SIZE } from '../hypervisor/types.js';
+import { channelFromBytes, createCollectingChannel } from '../stream/memory-channel.js';
+import { RamChunkWriter } from '../stream/ram-codec.js';
+import { StreamReader } from '../stream/reader.js';
+import { StreamWriter } from '../stream/writer.js';
+import { FakeVm } from './fake-vm.js';
+import { RamHandler, isZeroPage } from './ram.js';
+import { RateLimiter } from './rate-limiter.js';
+
+const now = (): number => performance.now();
+
+function handler(vm: FakeVm, limiter = new RateLimiter(now, 0)): RamHandler {
+  return new RamHandler(vm, { now, limiter });
+}
+
+test('isZeroPage finds a single non-zero byte anywhere in the page, and nothing outside it', () => {
+  const words = new Uint32Array((3 * PAGE_SIZE) / 4);
+  const bytes = new Uint8Array(words.buffer);
+  assert.equal(isZeroPage(words, 1024), true);
+  for (const at of [0, 1, 2047, 4095]) {
+    bytes[PAGE_SIZE + at] = 0x80;
+    assert.equal(isZeroPage(words, 1024), false, `byte ${at}`);
+    bytes[PAGE_SIZE + at] = 0;
+  }
+  bytes[PAGE_SIZE - 1] = 1; // last byte of the page before
+  bytes[2 * PAGE_SIZE] = 1; // first byte of the page after
+  assert.equal(isZeroPage(words, 1024), true);
+});
+
+/** Run setup and complete into a collecting channel; returns the bytes and the handler. */
+async function saveAll(vm: FakeVm): Promise<{ bytes: Uint8Array; ram: RamHandler }> {
+  const sink = createCollectingChannel();
+  const w = new StreamWriter(sink);
+  const ram = handler(vm);
+  await ram.setup(w);
+  await ram.complete(w);
+  await w.flush();
+  ram.cleanup();
+  return { bytes: sink.bytes(), ram };
+}
+
+test('every page once: zero pages as ZERO (duplicate), the rest whole (normal)', async () => {
+  const src = new FakeVm({ memorySize: 64 * PAGE_SIZE });
+  src.fillPages(3, 5);
+  const { bytes, ram } = await saveAll(src);
+  assert.equal(ram.stats.duplicate, 59);
+  assert.equal(ram.stats.normal, 5);
+  assert.equal(ram.stats.normalBytes, 5 * PAGE_SIZE);
+  assert.equal(ram.stats.remainingPages, 0);
+  assert.equal(ram.stats.transferred, bytes.byteLength);
+  assert.ok(bytes.byteLength < 6 * PAGE_SIZE, `${bytes.byteLength} bytes for 5 data pages and 59 zero pages`);
+  assert.equal(src.dirtyLog.active, false, 'cleanup turns dirty logging off');
+
+  const dst = new FakeVm({ memorySize: 64 * PAGE_SIZE, incoming: true });
+  dst.ram.fill(0xee, 10 * PAGE_SIZE, 11 * PAGE_SIZE); // stale data where the source has zeros
+  const r = new StreamReader(channelFromBytes(bytes, { chunkSize: 1000 }));
+  const load = handler(dst);
+  await load.load(r, 4, 'ram'); // setup: MEM_SIZE … EOS
+  await load.load(r, 4, 'ram'); // complete: pages … EOS
+  assert.ok(load.memSizeSeen);
+  assert.deepEqual(dst.ram, src.ram);
+  assert.equal(await r.atEnd(), true);
+});
+
+test('pages dirtied after they were sent are sent again; dirty-sync-count counts syncs', async () => {
+  const vm = new FakeVm({ memorySize: 32 * PAGE_SIZE });
+  const sink = createCollectingChannel();
+  const w = new StreamWriter(sink);
+  const ram = handler(vm);
+  await ram.setup(w);
+  assert.equal(ram.stats.dirtySyncCount, 1);
+  await ram.iterate(w);
+  assert.equal(ram.pending(), 0);
+  vm.write(5 * PAGE_SIZE + 7, 9);
+  vm.write(6 * PAGE_SIZE, 1);
+  vm.write(6 * PAGE_SIZE + 1, 2);
+  assert.equal(ram.pending(), 0, 'the estimate does not sync');
+  assert.equal(ram.pendingExact(), 2 * PAGE_SIZE);
+  assert.equal(ram.stats.dirtySyncCount, 2);
+  await ram.iterate(w);
+  assert.equal(ram.stats.normal, 2);
+  assert.equal(ram.stats.duplicate, 32);
+  ram.cleanup();
+});
+
+test('an iteration stops when the rate limiter says the window is spent', async () => {
+  const vm = new FakeVm({ memorySize: 1024 * PAGE_SIZE });
+  vm.fillPages(0, 1024);
+  const limiter = new RateLimiter(now, 10 * 100 * PAGE_SIZE); // ~100 pages per 100 ms window
+  const ram = handler(vm, limiter);
+  const w = new StreamWriter(createCollectingChannel());
+  await ram.setup(w);
+  await ram.iterate(w);
+  const sent = ram.stats.normal;
+  assert.ok(sent >= 64 && sent < 300, `sent ${sent} pages in one window`);
+  assert.equal(ram.stats.remainingPages, 1024 - sent);
+  ram.cleanup();
+});
+
+test('destination refuses a MEM_SIZE that does not match its RAM, naming the block and sizes', async () => {
+  const sink = createCollectingChannel();
+  const w = new StreamWriter(sink);
+  const chunks = new RamChunkWriter(w);
+  chunks.memSize([{ idstr: 'pc.ram', size: 8 * PAGE_SIZE }]);
+  chunks.eos();
+  await w.flush();
+  const dst = new FakeVm({ memorySize: 16 * PAGE_SIZE, incoming: true });
+  const r = new StreamReader(channelFromBytes(sink.bytes()));
+  await assert.rejects(handler(dst).load(r, 4, 'ram'), (err: unknown) => {
+    assert.ok(err instanceof StreamFormatError);
+    assert.match(err.message, /"pc\.ram": length 32768 differs from the local 65536/);
+    assert.equal(err.section, 'ram');
+    return true;
+  });
+});
+
+test('destination refuses pages of unknown blocks and pages past the end of a block', async () => {
+  for (const [idstr, offset, pattern] of [['vga.vram', 0, /unknown block "vga\.vram"/], ['pc.ram', 16 * PAGE_SIZE, /offset 65536 of block "pc\.ram"/]] as const) {
+    const sink = createCollectingChannel();
+    const w = new StreamWriter(sink);
+    const chunks = new RamChunkWriter(w);
+    chunks.page(idstr, offset, new Uint8Array(PAGE_SIZE).fill(1));
+    chunks.eos();
+    await w.flush();
+    const dst = new FakeVm({ memorySize: 16 * PAGE_SIZE, incoming: true });
+    await assert.rejects(handler(dst).load(new StreamReader(channelFromBytes(sink.bytes())), 4, 'ram'), pattern);
+  }
+});
+
+test('a RAM section of another version is refused', async () => {
+  const dst = new FakeVm({ memorySize: 16 * PAGE_SIZE, incoming: true });
+  await assert.rejects(handler(dst).load(new StreamReader(channelFromBytes(new Uint8Array(8))), 5, 'ram'), /RAM version 5 is not 4/);
+});

@@ -1,0 +1,335 @@
+// The RAM savevm handler ("ram", instance 0, version 4), both sides: the source walks a
+// to-send bitmap (every page on the first pass, then what the dirty log reports),
+// sending all-zero pages as ZERO chunks, under the rate limiter; the destination
+// writes chunks straight into guest RAM. Counters feed query-migrate's `ram`.
+
+import { MigrationError, StreamFormatError } from '../errors.js';
+import { PAGE_SHIFT, PAGE_SIZE } from '../hypervisor/types.js';
+import type { GuestMemoryBlock } from '../hypervisor/types.js';
+import { RamChunkWriter, readRamChunks } from '../stream/ram-codec.js';
+import type { RamChunkSink } from '../stream/ram-codec.js';
+import type { StreamReader } from '../stream/reader.js';
+import type { StreamWriter } from '../stream/writer.js';
+import type { VmdescDevice } from '../stream/format.js';
+import type { RateLimiter } from './rate-limiter.js';
+import type { SaveVmHandler } from './savevm.js';
+import type { MigrationVm } from './vm.js';
+
+export const RAM_IDSTR = 'ram';
+export const RAM_VERSION = 4;
+const WORDS_PER_PAGE = PAGE_SIZE / 4;
+/** How often (in pages) the sender looks at the clock and the rate limiter. */
+const CHECK_EVERY_PAGES = 64;
+
+/** Whether the page starting at `word` is all zeros; stops at the first non-zero word group. */
+export function isZeroPage(words: Uint32Array, word: number): boolean {
+  const end = word + WORDS_PER_PAGE;
+  for (let i = word; i < end; i += 8) {
+    if ((words[i]! | words[i + 1]! | words[i + 2]! | words[i + 3]! | words[i + 4]! | words[i + 5]! | words[i + 6]! | words[i + 7]!) !== 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+function wordsOf(block: GuestMemoryBlock): Uint32Array {
+  const { bytes } = block;
+  if (bytes.byteOffset % 4 !== 0 || bytes.byteLength % PAGE_SIZE !== 0) {
+    throw new MigrationError(`Cannot migrate RAM block "${block.idstr}": its memory is not page-sized and 4-byte aligned`);
+  }
+  return new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+}
+
+function popcount32(v: number): number {
+  v -= (v >>> 1) & 0x55555555;
+  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
+  return (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+}
+
+/** The figures query-migrate reports under `ram` (QEMU's ram_counters). */
+export class RamStats {
+  /** Bytes of RAM data put on the stream (pages and chunk headers). */
+  transferred = 0;
+  /** Zero pages sent as ZERO chunks (QEMU still calls them duplicate). */
+  duplicate = 0;
+  /** Pages sent whole. */
+  normal = 0;
+  dirtySyncCount = 0;
+  /** Pages dirtied per second, measured over periods of at least a second. */
+  dirtyPagesRate = 0;
+  /** RAM bytes sent while the guest still ran, and after it stopped. */
+  precopyBytes = 0;
+  downtimeBytes = 0;
+  /** Pages still to send (the to-send bitmap's population). */
+  remainingPages = 0;
+  totalBytes = 0;
+
+  get normalBytes(): number {
+    return this.normal * PAGE_SIZE;
+  }
+
+  get remainingBytes(): number {
+    return this.remainingPages * PAGE_SIZE;
+  }
+
+  /** Pages sent, zero or whole: what pages-per-second counts. */
+  get pagesSent(): number {
+    return this.duplicate + this.normal;
+  }
+}
+
+export interface RamHandlerOptions {
+  readonly now: () => number;
+  readonly limiter: RateLimiter;
+  /** How long one iterate() may run before it returns so the event loop can breathe. */
+  readonly sliceMs?: number;
+  /** Told of every dirty-log sync with the new dirty-sync-count (MIGRATION_PASS). */
+  readonly onSync?: (pass: number) => void;
+}
+
+export class RamHandler implements SaveVmHandler {
+  readonly idstr = RAM_IDSTR;
+  readonly instanceId = 0;
+  readonly version = RAM_VERSION;
+  readonly minimumVersion = RAM_VERSION;
+  readonly stats = new RamStats();
+
+  readonly #vm: MigrationVm;
+  readonly #opts: RamHandlerOptions;
+  readonly #sliceMs: number;
+  #words: Uint32Array[] = [];
+  /** Pages still to send, one bit per page (the DirtyBitmap layout). */
+  #toSend: Uint32Array[] = [];
+  #cursorBlock = 0;
+  #cursorWord = 0;
+  #stopped = false;
+  #rateWindowStart = 0;
+  #rateWindowPages = 0;
+  #loggingStarted = false;
+  #memSizeSeen = false;
+
+  constructor(vm: MigrationVm, options: RamHandlerOptions) {
+    this.#vm = vm;
+    this.#opts = options;
+    this.#sliceMs = options.sliceMs ?? 20;
+  }
+
+  /** Pages sent from now on count as downtime bytes (the guest is stopped). */
+  markStopped(): void {
+    this.#stopped = true;
+  }
+
+  // ---- source ----
+
+  async setup(w: StreamWriter): Promise<void> {
+    const memory = this.#vm.memory;
+    this.#words = memory.map(wordsOf);
+    this.#toSend = memory.map((b) => {
+      const pages = b.size >>> PAGE_SHIFT;
+      const bitmap = new Uint32Array(Math.ceil(pages / 32)).fill(0xffffffff);
+      if (pages % 32 !== 0) bitmap[bitmap.length - 1] = (2 ** (pages % 32) - 1) >>> 0;
+      return bitmap;
+    });
+    this.stats.totalBytes = memory.reduce((sum, b) => sum + b.size, 0);
+    this.stats.remainingPages = this.stats.totalBytes >>> PAGE_SHIFT;
+    const before = w.bytesWritten;
+    new RamChunkWriter(w).memSize(memory.map((b) => ({ idstr: b.idstr, size: b.size })));
+    this.#vm.dirtyLog.start();
+    this.#loggingStarted = true;
+    this.#rateWindowStart = this.#opts.now();
+    // QEMU syncs once at setup (ram_init_bitmaps): the first pass, every page, is pass 1.
+    this.#sync();
+    new RamChunkWriter(w).eos();
+    this.stats.transferred += w.bytesWritten - before;
+  }
+
+  pending(): number {
+    return this.stats.remainingBytes;
+  }
+
+  pendingExact(): number {
+    this.#sync();
+    return this.stats.remainingBytes;
+  }
+
+  async iterate(w: StreamWriter): Promise<void> {
+    await this.#send(w, true);
+  }
+
+  async complete(w: StreamWriter): Promise<VmdescDevice | undefined> {
+    this.#sync();
+    await this.#send(w, false);
+    return undefined;
+  }
+
+  cleanup(): void {
+    if (this.#loggingStarted && this.#vm.dirtyLog.active) this.#vm.dirtyLog.stop();
+    this.#loggingStarted = false;
+  }
+
+  /** Fold the dirty log into the to-send bitmap (QEMU's migration_bitmap_sync). */
+  #sync(): void {
+    const logged = this.#vm.dirtyLog.sync();
+    let dirtied = 0;
+    let added = 0;
+    for (let b = 0; b < this.#toSend.length; b++) {
+      const toSend = this.#toSend[b]!;
+      const log = logged[b];
+      if (!log) continue;
+      const n = Math.min(log.length, toSend.length);
+      for (let i = 0; i < n; i++) {
+        const bits = log[i]!;
+        if (bits === 0) continue;
+        dirtied += popcount32(bits);
+        added += popcount32(bits & ~toSend[i]!);
+        toSend[i] = (toSend[i]! | bits) >>> 0;
+      }
+    }
+    this.stats.remainingPages += added;
+    this.stats.dirtySyncCount++;
+    this.#rateWindowPages += dirtied;
+    const now = this.#opts.now();
+    const elapsed = now - this.#rateWindowStart;
+    if (elapsed >= 1000) {
+      this.stats.dirtyPagesRate = Math.round((this.#rateWindowPages * 1000) / elapsed);
+      this.#rateWindowPages = 0;
+      this.#rateWindowStart = now;
+    }
+    this.#opts.onSync?.(this.stats.dirtySyncCount);
+  }
+
+  /**
+   * Send pages from the to-send bitmap, from where the last call stopped, then EOS.
+   * `limited`: stop when the rate limiter's window is spent or the time slice is over
+   * (an iteration); otherwise send everything (completion, guest stopped).
+   */
+  async #send(w: StreamWriter, limited: boolean): Promise<void> {
+    const chunks = new RamChunkWriter(w);
+    const memory = this.#vm.memory;
+    const limiter = this.#opts.limiter;
+    const now = this.#opts.now;
+    const deadline = now() + this.#sliceMs;
+    const stats = this.stats;
+    let bytesMark = w.bytesWritten;
+    let sinceCheck = 0;
+    let visitedBlocks = 0;
+    outer: while (visitedBlocks <= memory.length && stats.remainingPages > 0) {
+      const b = this.#cursorBlock;
+      const block = memory[b];
+      const toSend = this.#toSend[b];
+      const words = this.#words[b];
+      if (!block || !toSend || !words) {
+        this.#cursorBlock = 0;
+        this.#cursorWord = 0;
+        visitedBlocks++;
+        continue;
+      }
+      while (this.#cursorWord < toSend.length) {
+        const wi = this.#cursorWord;
+        let bits = toSend[wi]!;
+        if (bits === 0) {
+          this.#cursorWord++;
+          continue;
+        }
+        while (bits !== 0) {
+          const bit = 31 - Math.clz32(bits & -bits);
+          bits = (bits & ~(1 << bit)) >>> 0;
+          toSend[wi] = bits;
+          stats.remainingPages--;
+          const page = wi * 32 + bit;
+          const offset = page * PAGE_SIZE;
+          if (isZeroPage(words, page * WORDS_PER_PAGE)) {
+            chunks.zero(block.idstr, offset);
+            stats.duplicate++;
+          } else {
+            chunks.page(block.idstr, offset, block.bytes.subarray(offset, offset + PAGE_SIZE));
+            stats.normal++;
+          }
+          if (++sinceCheck >= CHECK_EVERY_PAGES) {
+            sinceCheck = 0;
+            const written = w.bytesWritten - bytesMark;
+            bytesMark = w.bytesWritten;
+            this.#account(written);
+            if (w.needsFlush) await w.flush();
+            if (limited && (limiter.exceeded() || now() >= deadline)) break outer;
+          }
+        }
+        this.#cursorWord++;
+      }
+      this.#cursorBlock = (b + 1) % Math.max(1, memory.length);
+      this.#cursorWord = 0;
+      visitedBlocks++;
+    }
+    chunks.eos();
+    this.#account(w.bytesWritten - bytesMark);
+    if (w.needsFlush) await w.flush();
+  }
+
+  #account(bytes: number): void {
+    this.stats.transferred += bytes;
+    if (this.#stopped) this.stats.downtimeBytes += bytes;
+    else this.stats.precopyBytes += bytes;
+    this.#opts.limiter.account(bytes);
+  }
+
+  // ---- destination ----
+
+  async load(r: StreamReader, versionId: number, section: string): Promise<void> {
+    if (versionId !== RAM_VERSION) {
+      throw new StreamFormatError(`Cannot load section "${section}": RAM version ${versionId} is not ${RAM_VERSION}`, r.offset, section);
+    }
+    await readRamChunks(r, this.#sink(r, section), section);
+  }
+
+  #sink(r: StreamReader, section: string): RamChunkSink {
+    const memory = this.#vm.memory;
+    const words = memory.map(wordsOf);
+    let last: GuestMemoryBlock | undefined;
+    let lastIndex = -1;
+    const find = (idstr: string, offset: number): number => {
+      if (last === undefined || last.idstr !== idstr) {
+        lastIndex = memory.findIndex((b) => b.idstr === idstr);
+        last = memory[lastIndex];
+        if (last === undefined) {
+          throw new StreamFormatError(`Cannot load RAM page: unknown block "${idstr}"`, r.offset, section);
+        }
+      }
+      if (!Number.isInteger(offset) || offset < 0 || offset % PAGE_SIZE !== 0 || offset + PAGE_SIZE > last.size) {
+        throw new StreamFormatError(`Cannot load RAM page at offset ${offset} of block "${idstr}" (${last.size} bytes)`, r.offset, section);
+      }
+      return lastIndex;
+    };
+    return {
+      memSize: (total: number, blocks: readonly { idstr: string; size: number }[]) => {
+        for (const sent of blocks) {
+          const local = memory.find((b) => b.idstr === sent.idstr);
+          if (!local) throw new StreamFormatError(`Cannot load RAM: unknown block "${sent.idstr}" (${sent.size} bytes)`, r.offset, section);
+          if (local.size !== sent.size) {
+            // QEMU: "Length mismatch: %s: 0x..." — the destination must be started with the same -m.
+            throw new StreamFormatError(`Cannot load RAM block "${sent.idstr}": length ${sent.size} differs from the local ${local.size}`, r.offset, section);
+          }
+        }
+        const localTotal = memory.reduce((s, b) => s + b.size, 0);
+        if (total !== localTotal) {
+          throw new StreamFormatError(`Cannot load RAM: total ${total} bytes differs from the local ${localTotal}`, r.offset, section);
+        }
+        this.#memSizeSeen = true;
+      },
+      pageTarget: (idstr: string, offset: number) => {
+        const b = find(idstr, offset);
+        return { ram: memory[b]!.bytes, offset };
+      },
+      zero: (idstr: string, offset: number, fill: number) => {
+        const b = find(idstr, offset);
+        // Fresh destination memory is already zero: reading it does not allocate, writing would.
+        if (fill === 0 && isZeroPage(words[b]!, offset / 4)) return;
+        memory[b]!.bytes.fill(fill, offset, offset + PAGE_SIZE);
+      },
+    };
+  }
+
+  /** Whether a MEM_SIZE record arrived (a stream without one never set up RAM). */
+  get memSizeSeen(): boolean {
+    return this.#memSizeSeen;
+  }
+}
