@@ -1,0 +1,321 @@
+// The RAM section's data, version 4 (QEMU ram.c): chunks of `be64 offset|flags`, the block
+// idstr unless CONTINUE, then the payload — MEM_SIZE block lists, whole pages, zero pages
+// and XBZRLE deltas — ended by EOS. Also XBZRLE's delta encoding itself (xbzrle.c).
+
+import { StreamFormatError } from '../errors.js';
+import { hex } from './format.js';
+import type { StreamReader } from './reader.js';
+import type { StreamWriter } from './writer.js';
+
+export const RAM_SAVE_FLAG_ZERO = 0x02;
+export const RAM_SAVE_FLAG_MEM_SIZE = 0x04;
+export const RAM_SAVE_FLAG_PAGE = 0x08;
+export const RAM_SAVE_FLAG_EOS = 0x10;
+export const RAM_SAVE_FLAG_CONTINUE = 0x20;
+export const RAM_SAVE_FLAG_XBZRLE = 0x40;
+/** Flags a QEMU stream may carry that Ferry refuses (RDMA, legacy compression, 8.0 multifd). */
+export const RAM_SAVE_FLAG_HOOK = 0x80;
+export const RAM_SAVE_FLAG_COMPRESS_PAGE = 0x100;
+export const RAM_SAVE_FLAG_MULTIFD_FLUSH = 0x200;
+
+/** The byte after an XBZRLE chunk header (ram.c ENCODING_FLAG_XBZRLE). */
+export const ENCODING_FLAG_XBZRLE = 0x01;
+export const RAM_PAGE_SIZE = 4096;
+const PAGE_MASK = RAM_PAGE_SIZE - 1;
+/** Decoding caps: more blocks than this in MEM_SIZE is not a VM anyone runs. */
+export const MAX_RAM_BLOCKS = 1024;
+const TWO_32 = 0x100000000;
+/** Offsets above 2^53 cannot be held in a number; no real block is that large. */
+const MAX_OFFSET_HIGH_WORD = 0x1fffff;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder('utf-8');
+
+export class RamChunkWriter {
+  readonly #w: StreamWriter;
+  /** QEMU's last_sent_block: the next chunk for the same block sets CONTINUE and omits the idstr. */
+  #lastBlock: string | null = null;
+  readonly #names = new Map<string, Uint8Array>();
+
+  constructor(w: StreamWriter) {
+    this.#w = w;
+  }
+
+  /** The setup chunk: total RAM bytes, then every block's idstr and used length (ram_save_setup). */
+  memSize(blocks: ReadonlyArray<{ idstr: string; size: number }>): void {
+    let total = 0;
+    for (const b of blocks) {
+      if (!Number.isSafeInteger(b.size) || b.size < 0) {
+        throw new StreamFormatError(`Cannot write RAM block "${b.idstr}": size ${b.size} is not a byte count`, this.#w.bytesWritten, 'ram');
+      }
+      total += b.size;
+    }
+    if (total & PAGE_MASK) {
+      throw new StreamFormatError(`Cannot write MEM_SIZE: total RAM ${total} bytes is not a multiple of ${RAM_PAGE_SIZE}`, this.#w.bytesWritten, 'ram');
+    }
+    this.#w.be64(total + RAM_SAVE_FLAG_MEM_SIZE);
+    for (const b of blocks) {
+      const name = this.#name(b.idstr);
+      this.#w.u8(name.byteLength);
+      this.#w.bytes(name);
+      this.#w.be64(b.size);
+    }
+  }
+
+  page(idstr: string, offset: number, data: Uint8Array): void {
+    if (data.byteLength !== RAM_PAGE_SIZE) {
+      throw new StreamFormatError(`Cannot write RAM page at ${offset} of "${idstr}": ${data.byteLength} bytes, not ${RAM_PAGE_SIZE}`, this.#w.bytesWritten, 'ram');
+    }
+    this.#header(idstr, offset, RAM_SAVE_FLAG_PAGE);
+    this.#w.bytes(data);
+  }
+
+  /** A page of zeros, 9 bytes instead of 4105 (QEMU's save_zero_page: fill byte 0). */
+  zero(idstr: string, offset: number): void {
+    this.#header(idstr, offset, RAM_SAVE_FLAG_ZERO);
+    this.#w.u8(0);
+  }
+
+  /** A page as an XBZRLE delta against the copy the destination already has (ram.c save_xbzrle_page). */
+  xbzrle(idstr: string, offset: number, encoded: Uint8Array): void {
+    if (encoded.byteLength > RAM_PAGE_SIZE) {
+      throw new StreamFormatError(`Cannot write XBZRLE page at ${offset} of "${idstr}": ${encoded.byteLength} encoded bytes exceed a page`, this.#w.bytesWritten, 'ram');
+    }
+    this.#header(idstr, offset, RAM_SAVE_FLAG_XBZRLE);
+    this.#w.u8(ENCODING_FLAG_XBZRLE);
+    this.#w.be16(encoded.byteLength);
+    this.#w.bytes(encoded);
+  }
+
+  /** End of this section's RAM data; the next section starts without a last block, as in QEMU. */
+  eos(): void {
+    this.#w.be64(RAM_SAVE_FLAG_EOS);
+    this.#lastBlock = null;
+  }
+
+  #header(idstr: string, offset: number, flag: number): void {
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset & PAGE_MASK) {
+      throw new StreamFormatError(`Cannot write RAM chunk for "${idstr}": offset ${offset} is not page-aligned`, this.#w.bytesWritten, 'ram');
+    }
+    const w = this.#w;
+    if (idstr === this.#lastBlock) {
+      w.be64(offset + (flag | RAM_SAVE_FLAG_CONTINUE));
+      return;
+    }
+    const name = this.#name(idstr);
+    w.be64(offset + flag);
+    w.u8(name.byteLength);
+    w.bytes(name);
+    this.#lastBlock = idstr;
+  }
+
+  #name(idstr: string): Uint8Array {
+    let name = this.#names.get(idstr);
+    if (name === undefined) {
+      name = encoder.encode(idstr);
+      if (name.byteLength === 0 || name.byteLength > 255) {
+        throw new StreamFormatError(`Cannot write RAM block idstr "${idstr.slice(0, 40)}": ${name.byteLength} bytes, expected 1 to 255`, this.#w.bytesWritten, 'ram');
+      }
+      this.#names.set(idstr, name);
+    }
+    return name;
+  }
+}
+
+export interface RamChunkSink {
+  memSize(total: number, blocks: Array<{ idstr: string; size: number }>): void;
+  /** returns the RAM to copy the page into, and the byte offset in it; throws if the block/offset is unknown */
+  pageTarget(idstr: string, offset: number): { ram: Uint8Array; offset: number };
+  zero(idstr: string, offset: number, fill: number): void;
+  xbzrle?(idstr: string, offset: number, encoded: Uint8Array): void;
+}
+
+/**
+ * Read chunks until EOS, handing each to `sink`. The block named by the previous chunk
+ * carries over CONTINUE chunks within this call (QEMU keeps it per incoming stream; a
+ * section's first page always names its block, so per call is equivalent for valid input).
+ */
+export async function readRamChunks(r: StreamReader, sink: RamChunkSink, section: string): Promise<void> {
+  let lastBlock: string | null = null;
+  for (;;) {
+    if (r.available() < 8) await r.ensure(8, section);
+    const at = r.offset;
+    const high = r.be32();
+    const low = r.be32();
+    const flags = low & PAGE_MASK;
+    if (high > MAX_OFFSET_HIGH_WORD) {
+      throw new StreamFormatError(`RAM chunk at offset ${at}: address 0x${hex(high, 8)}${hex(low >>> 0, 8)} is beyond 2^53`, at, section);
+    }
+    const offset = high * TWO_32 + ((low & ~PAGE_MASK) >>> 0);
+    const kind = flags & ~RAM_SAVE_FLAG_CONTINUE;
+    const cont = (flags & RAM_SAVE_FLAG_CONTINUE) !== 0;
+
+    if (kind === RAM_SAVE_FLAG_PAGE || kind === RAM_SAVE_FLAG_ZERO || kind === RAM_SAVE_FLAG_XBZRLE) {
+      let block: string;
+      if (cont) {
+        if (lastBlock === null) {
+          throw new StreamFormatError(`RAM chunk at offset ${at} says CONTINUE but no block was named before it`, at, section);
+        }
+        block = lastBlock;
+      } else {
+        block = await readIdstr(r, section, at);
+        lastBlock = block;
+      }
+      if (kind === RAM_SAVE_FLAG_PAGE) {
+        if (r.available() < RAM_PAGE_SIZE) await r.ensure(RAM_PAGE_SIZE, section);
+        const target = sink.pageTarget(block, offset);
+        r.copyTo(target.ram, target.offset, RAM_PAGE_SIZE);
+      } else if (kind === RAM_SAVE_FLAG_ZERO) {
+        if (r.available() < 1) await r.ensure(1, section);
+        sink.zero(block, offset, r.u8());
+      } else {
+        await r.ensure(3, section);
+        const encoding = r.u8();
+        if (encoding !== ENCODING_FLAG_XBZRLE) {
+          throw new StreamFormatError(`Failed to load XBZRLE page at offset ${at}: encoding 0x${hex(encoding, 2)} is not 0x01`, at, section);
+        }
+        const len = r.be16();
+        if (len > RAM_PAGE_SIZE) {
+          throw new StreamFormatError(`Failed to load XBZRLE page at offset ${at}: length ${len} exceeds a page`, at, section);
+        }
+        await r.ensure(len, section);
+        const encoded = r.bytes(len);
+        if (!sink.xbzrle) {
+          throw new StreamFormatError(`RAM chunk at offset ${at} is an XBZRLE page, but this destination keeps no XBZRLE state`, at, section);
+        }
+        sink.xbzrle(block, offset, encoded);
+      }
+      continue;
+    }
+    if (cont) {
+      throw new StreamFormatError(`Unknown RAM flags 0x${hex(flags, 3)} at offset ${at}: CONTINUE without a page`, at, section);
+    }
+    if (kind === RAM_SAVE_FLAG_EOS) return;
+    if (kind === RAM_SAVE_FLAG_MEM_SIZE) {
+      await readMemSize(r, sink, section, offset);
+      continue;
+    }
+    throw new StreamFormatError(`Unknown RAM flags 0x${hex(flags, 3)} at offset ${at}${describeFlags(flags)}`, at, section);
+  }
+}
+
+/** MEM_SIZE: blocks follow until their lengths add up to the total (ram.c ram_load_precopy). */
+async function readMemSize(r: StreamReader, sink: RamChunkSink, section: string, total: number): Promise<void> {
+  const blocks: Array<{ idstr: string; size: number }> = [];
+  let remaining = total;
+  while (remaining > 0) {
+    if (blocks.length >= MAX_RAM_BLOCKS) {
+      throw new StreamFormatError(`RAM block list has more than ${MAX_RAM_BLOCKS} blocks`, r.offset, section);
+    }
+    const at = r.offset;
+    const idstr = await readIdstr(r, section, at);
+    await r.ensure(8, section);
+    const high = r.be32();
+    const low = r.be32();
+    const size = high * TWO_32 + low;
+    if (high > MAX_OFFSET_HIGH_WORD || size > remaining) {
+      throw new StreamFormatError(`RAM block "${idstr}" at offset ${at}: length ${high > MAX_OFFSET_HIGH_WORD ? 'beyond 2^53' : size} exceeds the ${remaining} bytes left of the ${total} announced`, at, section);
+    }
+    blocks.push({ idstr, size });
+    remaining -= size;
+  }
+  sink.memSize(total, blocks);
+}
+
+async function readIdstr(r: StreamReader, section: string, chunkAt: number): Promise<string> {
+  if (r.available() < 1) await r.ensure(1, section);
+  const len = r.u8();
+  if (len === 0) throw new StreamFormatError(`RAM chunk at offset ${chunkAt} names a block with an empty idstr`, chunkAt, section);
+  if (r.available() < len) await r.ensure(len, section);
+  return decoder.decode(r.bytes(len));
+}
+
+function describeFlags(flags: number): string {
+  const names: string[] = [];
+  if (flags & RAM_SAVE_FLAG_HOOK) names.push('HOOK (RDMA)');
+  if (flags & RAM_SAVE_FLAG_COMPRESS_PAGE) names.push('COMPRESS_PAGE (legacy compression)');
+  if (flags & RAM_SAVE_FLAG_MULTIFD_FLUSH) names.push('MULTIFD_FLUSH (QEMU 8.0+)');
+  return names.length > 0 ? `: ${names.join(', ')} not supported` : '';
+}
+
+// ---- XBZRLE (xbzrle.c): zero-run / non-zero-run pairs over old XOR new, ULEB128 lengths ----
+
+/**
+ * Encode `newPage` against `oldPage` into `out`. Returns the encoded length (0 when the
+ * pages are equal: nothing to send), or -1 when the encoding would not fit in `out`
+ * (send the page whole). Same format as QEMU's xbzrle_encode_buffer.
+ */
+export function xbzrleEncode(oldPage: Uint8Array, newPage: Uint8Array, out: Uint8Array): number {
+  const n = newPage.byteLength;
+  if (oldPage.byteLength !== n) {
+    throw new StreamFormatError(`Cannot XBZRLE-encode pages of ${oldPage.byteLength} and ${n} bytes`, 0, 'ram');
+  }
+  if (n > 0x3fff) throw new StreamFormatError(`Cannot XBZRLE-encode a ${n}-byte page: runs are limited to 16383 bytes`, 0, 'ram');
+  const dlen = out.byteLength;
+  let i = 0;
+  let d = 0;
+  while (i < n) {
+    if (d + 2 > dlen) return -1;
+    const zStart = i;
+    while (i < n && oldPage[i] === newPage[i]) i++;
+    if (i - zStart === n) return 0;
+    if (i === n) return d; // a trailing unchanged run is not encoded
+    d = putUleb(out, d, i - zStart);
+    if (d + 2 > dlen) return -1;
+    const nzStart = i;
+    while (i < n && oldPage[i] !== newPage[i]) i++;
+    const nzLen = i - nzStart;
+    d = putUleb(out, d, nzLen);
+    if (d + nzLen > dlen) return -1;
+    out.set(newPage.subarray(nzStart, i), d);
+    d += nzLen;
+  }
+  return d;
+}
+
+/** Apply an XBZRLE delta to `page` (which holds the old contents). Throws StreamFormatError on a malformed delta. */
+export function xbzrleDecode(encoded: Uint8Array, page: Uint8Array): void {
+  const slen = encoded.byteLength;
+  const dlen = page.byteLength;
+  let i = 0;
+  let d = 0;
+  const bad = (why: string): never => {
+    throw new StreamFormatError(`Failed to load XBZRLE page - decode error: ${why} at byte ${i} of ${slen}`, 0, 'ram');
+  };
+  while (i < slen) {
+    if (slen - i < 2) bad('truncated zero run');
+    let [count, used] = getUleb(encoded, i);
+    if (used < 0 || (i > 0 && count === 0)) bad('invalid zero-run length');
+    i += used;
+    d += count;
+    if (d > dlen) bad(`zero run past the ${dlen}-byte page`);
+    if (slen - i < 2) bad('truncated data run');
+    [count, used] = getUleb(encoded, i);
+    if (used < 0 || count === 0) bad('invalid data-run length');
+    i += used;
+    if (d + count > dlen || i + count > slen) bad(`data run of ${count} bytes overflows`);
+    page.set(encoded.subarray(i, i + count), d);
+    d += count;
+    i += count;
+  }
+}
+
+/** ULEB128 for values below 2^14 (uleb128_encode_small). */
+function putUleb(out: Uint8Array, d: number, v: number): number {
+  if (v < 0x80) {
+    out[d] = v;
+    return d + 1;
+  }
+  out[d] = (v & 0x7f) | 0x80;
+  out[d + 1] = v >>> 7;
+  return d + 2;
+}
+
+/** [value, bytes used], or used = -1 for more than two bytes (uleb128_decode_small). */
+function getUleb(src: Uint8Array, i: number): [number, number] {
+  const first = src[i]!;
+  if (!(first & 0x80)) return [first, 1];
+  const second = src[i + 1]!;
+  if (second & 0x80) return [0, -1];
+  return [(first & 0x7f) | (second << 7), 2];
+}

@@ -1,0 +1,240 @@
+// The buffered reader under every incoming stream (QEMU's QEMUFile, read side): chunks
+// from the channel are kept as they arrived and read in place, so a RAM page is copied
+// once, from the received chunk straight into guest RAM. Every read is bounds-checked.
+
+import { FerryError, StreamTruncatedError, TransportError } from '../errors.js';
+import type { Channel } from '../transport/channel.js';
+
+const EMPTY = new Uint8Array(0);
+
+export class StreamReader {
+  readonly #channel: Channel;
+  /** The chunk being read, a DataView over it, and the read position in it. */
+  #cur: Uint8Array = EMPTY;
+  #curView: DataView = new DataView(EMPTY.buffer);
+  #pos = 0;
+  /** Chunks received after #cur, oldest first, from #head on. */
+  #queue: Uint8Array[] = [];
+  #head = 0;
+  /** Unread bytes in #cur and #queue together. */
+  #buffered = 0;
+  #consumed = 0;
+  #eof = false;
+  #failure: Error | null = null;
+  /** Scratch for integers that straddle two chunks. */
+  readonly #scratch = new Uint8Array(8);
+  readonly #scratchView = new DataView(this.#scratch.buffer);
+
+  constructor(channel: Channel) {
+    this.#channel = channel;
+  }
+
+  /** Bytes consumed so far, counted from the start of the stream. */
+  get offset(): number {
+    return this.#consumed;
+  }
+
+  /** Bytes buffered now: reads of up to this many bytes need no await. */
+  available(): number {
+    return this.#buffered;
+  }
+
+  /**
+   * Resolve once at least `n` bytes are buffered. Rejects with StreamTruncatedError if
+   * the stream ends first (naming `section` and the offset), TransportError if the
+   * channel broke.
+   */
+  async ensure(n: number, section?: string): Promise<void> {
+    if (this.#buffered >= n) return;
+    if (!(await this.fill(n))) {
+      throw new StreamTruncatedError(
+        `Stream ended at offset ${this.#consumed + this.#buffered}${section === undefined ? '' : ` in section "${section}"`}: ` +
+          `needed ${n} bytes at offset ${this.#consumed}, only ${this.#buffered} remain`,
+        this.#consumed + this.#buffered,
+        section,
+      );
+    }
+  }
+
+  /** Buffer at least `n` bytes if the stream has them: false when it ends first. */
+  async fill(n: number): Promise<boolean> {
+    while (this.#buffered < n) {
+      if (this.#eof) return false;
+      if (this.#failure) throw this.#failure;
+      let chunk: Uint8Array | null;
+      try {
+        chunk = await this.#channel.read();
+      } catch (err) {
+        this.#failure =
+          err instanceof FerryError
+            ? err
+            : new TransportError(`Cannot read from ${this.#channel.description} at offset ${this.#consumed + this.#buffered}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+        throw this.#failure;
+      }
+      if (chunk === null) {
+        this.#eof = true;
+        return false;
+      }
+      if (chunk.byteLength === 0) continue;
+      if (this.#pos >= this.#cur.byteLength && this.#head >= this.#queue.length) {
+        this.#setCurrent(chunk);
+      } else {
+        this.#queue.push(chunk);
+      }
+      this.#buffered += chunk.byteLength;
+    }
+    return true;
+  }
+
+  /** True when the channel ended exactly here (nothing buffered, nothing more to come). */
+  async atEnd(): Promise<boolean> {
+    if (this.#buffered > 0) return false;
+    return !(await this.fill(1));
+  }
+
+  u8(): number {
+    this.#need(1);
+    if (this.#pos >= this.#cur.byteLength) this.#advance();
+    this.#buffered--;
+    this.#consumed++;
+    return this.#cur[this.#pos++]!;
+  }
+
+  be16(): number {
+    if (this.#cur.byteLength - this.#pos >= 2) {
+      const v = this.#curView.getUint16(this.#pos);
+      this.#take(2);
+      return v;
+    }
+    this.#gather(2);
+    return this.#scratchView.getUint16(0);
+  }
+
+  be32(): number {
+    if (this.#cur.byteLength - this.#pos >= 4) {
+      const v = this.#curView.getUint32(this.#pos);
+      this.#take(4);
+      return v;
+    }
+    this.#gather(4);
+    return this.#scratchView.getUint32(0);
+  }
+
+  be64(): bigint {
+    if (this.#cur.byteLength - this.#pos >= 8) {
+      const v = this.#curView.getBigUint64(this.#pos);
+      this.#take(8);
+      return v;
+    }
+    this.#gather(8);
+    return this.#scratchView.getBigUint64(0);
+  }
+
+  /** The next `n` bytes, as a copy the caller owns. */
+  bytes(n: number): Uint8Array {
+    const out = new Uint8Array(n);
+    this.copyTo(out, 0, n);
+    return out;
+  }
+
+  /** Copy the next `n` bytes straight into `target` at `targetOffset` (guest RAM: no intermediate copy). */
+  copyTo(target: Uint8Array, targetOffset: number, n: number): void {
+    if (!Number.isInteger(n) || n < 0 || !Number.isInteger(targetOffset) || targetOffset < 0 || targetOffset + n > target.byteLength) {
+      throw new StreamTruncatedError(
+        `Cannot copy ${n} stream bytes to offset ${targetOffset} of a ${target.byteLength}-byte target`,
+        this.#consumed,
+      );
+    }
+    this.#need(n);
+    let done = 0;
+    while (done < n) {
+      if (this.#pos >= this.#cur.byteLength) this.#advance();
+      const take = Math.min(n - done, this.#cur.byteLength - this.#pos);
+      target.set(this.#cur.subarray(this.#pos, this.#pos + take), targetOffset + done);
+      this.#pos += take;
+      done += take;
+    }
+    this.#buffered -= n;
+    this.#consumed += n;
+  }
+
+  /** Skip `n` bytes (which must be buffered). */
+  skip(n: number): void {
+    this.#need(n);
+    let left = n;
+    while (left > 0) {
+      if (this.#pos >= this.#cur.byteLength) this.#advance();
+      const take = Math.min(left, this.#cur.byteLength - this.#pos);
+      this.#pos += take;
+      left -= take;
+    }
+    this.#buffered -= n;
+    this.#consumed += n;
+  }
+
+  /** The byte `at` bytes ahead, without consuming it (must be buffered). */
+  peekU8(at = 0): number {
+    this.#need(at + 1);
+    let index = this.#pos + at;
+    if (index < this.#cur.byteLength) return this.#cur[index]!;
+    index -= this.#cur.byteLength;
+    for (let q = this.#head; q < this.#queue.length; q++) {
+      const chunk = this.#queue[q]!;
+      if (index < chunk.byteLength) return chunk[index]!;
+      index -= chunk.byteLength;
+    }
+    /* c8 ignore next */
+    throw new StreamTruncatedError(`Cannot peek ${at + 1} bytes ahead at offset ${this.#consumed}`, this.#consumed);
+  }
+
+  /** Reads are synchronous: the caller awaited ensure() first. A read past that is a truncation, not a crash. */
+  #need(n: number): void {
+    if (n > this.#buffered) {
+      throw new StreamTruncatedError(
+        `Cannot read ${n} bytes at offset ${this.#consumed}: only ${this.#buffered} are buffered (ensure() was not awaited)`,
+        this.#consumed,
+      );
+    }
+  }
+
+  #take(n: number): void {
+    this.#pos += n;
+    this.#buffered -= n;
+    this.#consumed += n;
+  }
+
+  /** Read `n` bytes (≤ 8) that may straddle chunks into #scratch. */
+  #gather(n: number): void {
+    this.#need(n);
+    for (let i = 0; i < n; i++) {
+      if (this.#pos >= this.#cur.byteLength) this.#advance();
+      this.#scratch[i] = this.#cur[this.#pos++]!;
+    }
+    this.#buffered -= n;
+    this.#consumed += n;
+  }
+
+  /** Move to the next queued chunk (the caller checked that one exists). */
+  #advance(): void {
+    const next = this.#queue[this.#head];
+    if (next === undefined) {
+      throw new StreamTruncatedError(`Stream reader lost its place at offset ${this.#consumed}`, this.#consumed);
+    }
+    this.#queue[this.#head] = EMPTY;
+    this.#head++;
+    if (this.#head === this.#queue.length) {
+      this.#queue = [];
+      this.#head = 0;
+    } else if (this.#head > 1024) {
+      this.#queue = this.#queue.slice(this.#head);
+      this.#head = 0;
+    }
+    this.#setCurrent(next);
+  }
+
+  #setCurrent(chunk: Uint8Array): void {
+    this.#cur = chunk;
+    this.#curView = new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    this.#pos = 0;
+  }
+}

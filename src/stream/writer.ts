@@ -1,0 +1,182 @@
+// The buffered writer under every outgoing stream (QEMU's QEMUFile, write side): big-endian
+// integers and byte runs go into one buffer that is handed to the channel when full, and
+// the first error is remembered so callers check once per section instead of per write.
+
+import { StreamFormatError, TransportError } from '../errors.js';
+import type { Channel } from '../transport/channel.js';
+
+const DEFAULT_BUFFER_SIZE = 1024 * 1024;
+const MIN_BUFFER_SIZE = 64;
+
+/**
+ * A fresh buffer for the next batch. Handed-over buffers belong to the channel, so they
+ * are never reused. In Node, Buffer.allocUnsafeSlow skips zero-filling (we overwrite every
+ * byte we send); elsewhere (browsers) a plain Uint8Array is used. Feature-detected, not
+ * imported, so this module stays free of `node:` imports.
+ */
+type Allocator = (size: number) => Uint8Array;
+const nodeBuffer = (globalThis as { Buffer?: { allocUnsafeSlow?: (n: number) => Uint8Array } }).Buffer;
+const allocate: Allocator =
+  typeof nodeBuffer?.allocUnsafeSlow === 'function'
+    ? (size) => {
+        const b = nodeBuffer.allocUnsafeSlow!(size);
+        return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+      }
+    : (size) => new Uint8Array(size);
+
+export class StreamWriter {
+  readonly #channel: Channel;
+  readonly #bufferSize: number;
+  #buf: Uint8Array;
+  #view: DataView;
+  #pos = 0;
+  /** Channel writes whose promise has not settled, and who waits for them all to settle. */
+  #unsettled = 0;
+  #drained: Array<() => void> = [];
+  #handedOver = 0;
+  #error: Error | null = null;
+  #closed = false;
+
+  constructor(channel: Channel, options?: { bufferSize?: number }) {
+    const size = options?.bufferSize ?? DEFAULT_BUFFER_SIZE;
+    if (!Number.isInteger(size) || size < MIN_BUFFER_SIZE) {
+      throw new TransportError(`Cannot create a stream writer for ${channel.description}: buffer size ${size} is below ${MIN_BUFFER_SIZE} bytes`);
+    }
+    this.#channel = channel;
+    this.#bufferSize = size;
+    this.#buf = allocate(size);
+    this.#view = new DataView(this.#buf.buffer, this.#buf.byteOffset, size);
+  }
+
+  /** All bytes accepted so far, buffered or sent (QEMU's qemu_file_transferred). */
+  get bytesWritten(): number {
+    return this.#handedOver + this.#pos;
+  }
+
+  /** True when the caller should `await flush()`: a full buffer went out and the channel has not taken it yet. */
+  get needsFlush(): boolean {
+    return this.#unsettled > 0 || this.#pos >= this.#bufferSize;
+  }
+
+  /** The first error (a channel write that failed, or one set by setError); later writes are dropped. */
+  get error(): Error | null {
+    return this.#error;
+  }
+
+  /** Record an error found by a caller (QEMU's qemu_file_set_error); the first one wins. */
+  setError(error: Error): void {
+    this.#error ??= error;
+  }
+
+  u8(v: number): void {
+    if (this.#pos + 1 > this.#bufferSize) this.#handOver();
+    this.#buf[this.#pos++] = v;
+  }
+
+  be16(v: number): void {
+    if (this.#pos + 2 > this.#bufferSize) this.#handOver();
+    this.#view.setUint16(this.#pos, v);
+    this.#pos += 2;
+  }
+
+  be32(v: number): void {
+    if (this.#pos + 4 > this.#bufferSize) this.#handOver();
+    this.#view.setUint32(this.#pos, v);
+    this.#pos += 4;
+  }
+
+  be64(v: bigint | number): void {
+    if (this.#pos + 8 > this.#bufferSize) this.#handOver();
+    if (typeof v === 'number') {
+      // Numbers stay off the bigint path (RAM chunk headers are written per page).
+      if (!Number.isSafeInteger(v) || v < 0) {
+        throw new StreamFormatError(`Cannot write be64 ${v}: not a non-negative safe integer (pass a bigint)`, this.bytesWritten);
+      }
+      this.#view.setUint32(this.#pos, Math.floor(v / 0x100000000));
+      this.#view.setUint32(this.#pos + 4, v >>> 0);
+    } else {
+      this.#view.setBigUint64(this.#pos, BigInt.asUintN(64, v));
+    }
+    this.#pos += 8;
+  }
+
+  /** Copies `data` into the buffer (the caller may change it afterwards). */
+  bytes(data: Uint8Array): void {
+    let from = 0;
+    const n = data.byteLength;
+    while (from < n) {
+      if (this.#pos === this.#bufferSize) this.#handOver();
+      const take = Math.min(n - from, this.#bufferSize - this.#pos);
+      this.#buf.set(from === 0 && take === n ? data : data.subarray(from, from + take), this.#pos);
+      this.#pos += take;
+      from += take;
+    }
+  }
+
+  /** Hand buffered bytes to the channel and wait until it can take more; rejects with the first error. */
+  async flush(): Promise<void> {
+    if (this.#pos > 0) this.#handOver();
+    if (this.#unsettled > 0) {
+      await new Promise<void>((resolve) => this.#drained.push(resolve));
+    }
+    if (this.#error) throw this.#error;
+  }
+
+  /** Flush, then end the channel's sending side. */
+  async close(): Promise<void> {
+    await this.flush();
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      await this.#channel.end();
+    } catch (err) {
+      this.setError(asTransportError(err, `Cannot close ${this.#channel.description}`));
+      throw this.#error;
+    }
+  }
+
+  /** Give the current buffer to the channel and continue in a fresh one. */
+  #handOver(): void {
+    const filled = this.#pos;
+    if (filled === 0) return;
+    const out = filled === this.#bufferSize ? this.#buf : this.#buf.subarray(0, filled);
+    this.#handedOver += filled;
+    this.#buf = allocate(this.#bufferSize);
+    this.#view = new DataView(this.#buf.buffer, this.#buf.byteOffset, this.#bufferSize);
+    this.#pos = 0;
+    if (this.#error) return; // QEMUFile: once failed, writes are dropped.
+    if (this.#closed) {
+      this.setError(new TransportError(`Cannot write to ${this.#channel.description}: the stream was closed`));
+      return;
+    }
+    let write: Promise<void>;
+    try {
+      write = this.#channel.write(out);
+    } catch (err) {
+      this.setError(asTransportError(err, `Cannot write to ${this.#channel.description}`));
+      return;
+    }
+    this.#unsettled++;
+    // The rejection handler is attached at once so a failed write is never unhandled.
+    write.then(
+      () => this.#settled(),
+      (err: unknown) => {
+        this.setError(asTransportError(err, `Cannot write to ${this.#channel.description}`));
+        this.#settled();
+      },
+    );
+  }
+
+  #settled(): void {
+    if (--this.#unsettled > 0) return;
+    const waiters = this.#drained;
+    this.#drained = [];
+    for (const resolve of waiters) resolve();
+  }
+}
+
+function asTransportError(err: unknown, action: string): Error {
+  if (err instanceof TransportError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new TransportError(`${action}: ${message}`, { cause: err });
+}
