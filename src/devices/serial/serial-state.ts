@@ -139,7 +139,9 @@ export function serialStateToValue(s: SerialState): VmStateValue {
     msr: s.msr,
     scr: s.scr,
     fcr_vmstate: s.fcr,
-    'serial/thr_ipending': { thr_ipending: s.thrIpending },
+    // Unused while IER.THRI is off (enabling it re-samples LSR.THRE), so it saves as 0
+    // then: a destination derives the same, and save → load → save is stable.
+    'serial/thr_ipending': { thr_ipending: s.ier & UART_IER_THRI ? s.thrIpending : 0 },
     'serial/tsr': { tsr_retry: s.tsrRetry, thr: s.thr, tsr: s.tsr },
     'serial/recv_fifo': { recv_fifo: fifoValue(s.recvFifo) },
     'serial/xmit_fifo': { xmit_fifo: fifoValue(s.xmitFifo) },
