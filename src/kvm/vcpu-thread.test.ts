@@ -1,0 +1,133 @@
+// The vCPU thread protocol (mailbox, IO order, HLT, pause, crash reports) with the real
+// run loop over a scripted KVM_RUN (testing/fake-vcpu-worker.ts): runs on any host.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { GuestCrashError } from '../errors.js';
+import type { IoBus } from '../hypervisor/types.js';
+import { KvmRunView, SEGMENT_NAMES, zeroRegs } from './structs.js';
+import type { KvmSregs } from './structs.js';
+import { VcpuThread } from './vcpu-thread.js';
+import type { VcpuExit } from './vcpu-thread.js';
+import type { FakeStep } from './testing/fake-vcpu-worker.js';
+import * as M from './vcpu-mailbox.js';
+
+const FAKE_WORKER = new URL('./testing/fake-vcpu-worker.js', import.meta.url);
+
+function fakeSregs(): KvmSregs {
+  const seg = { base: 0n, limit: 0xffff, selector: 0, type: 3, present: 1, dpl: 0, db: 0, s: 1, l: 0, g: 0, avl: 0, unusable: 0 };
+  const s: Record<string, unknown> = Object.fromEntries(SEGMENT_NAMES.map((n) => [n, { ...seg }]));
+  return {
+    ...(s as Pick<KvmSregs, (typeof SEGMENT_NAMES)[number]>),
+    gdt: { base: 0n, limit: 0 }, idt: { base: 0n, limit: 0 }, cr0: 0x60000010n, cr2: 0n, cr3: 0n, cr4: 0n, cr8: 0n,
+    efer: 0n, apic_base: 0xfee00900n, interrupt_bitmap: [0n, 0n, 0n, 0n],
+  };
+}
+
+function setup(script: FakeStep[]): { thread: VcpuThread; log: string[]; exits: VcpuExit[]; progress: Int32Array } {
+  const runPage = new SharedArrayBuffer(4096);
+  const progressBuf = new SharedArrayBuffer(4);
+  const log: string[] = [];
+  const exits: VcpuExit[] = [];
+  const bus: IoBus = {
+    pioRead: (port, size) => { log.push(`in ${port.toString(16)}/${size}`); return 0x5a; },
+    pioWrite: (port, size, value) => { log.push(`out ${port.toString(16)}/${size}=${value.toString(16)}`); },
+    mmioRead: (address, size) => { log.push(`mmio-read ${address.toString(16)}/${size}`); return 0; },
+    mmioWrite: (address, size, value) => { log.push(`mmio-write ${address.toString(16)}/${size}=${value.toString(16)}`); },
+  };
+  const handle = {
+    id: 0, fd: -1, runMapping: { length: 4096 }, run: new KvmRunView(new Uint8Array(runPage)),
+    getRegs: () => ({ ...zeroRegs(), rip: 0x10042n }), getSregs: fakeSregs,
+  };
+  const thread = new VcpuThread(handle, bus, (e) => exits.push(e), {
+    workerUrl: FAKE_WORKER, extraWorkerData: { runPage, progress: progressBuf, script },
+  });
+  return { thread, log, exits, progress: new Int32Array(progressBuf) };
+}
+
+async function until(what: string, check: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+test('IO exits reach the IoBus in guest order; an IN is answered after earlier OUTs; HLT sleeps until kicked', async () => {
+  const { thread, log, progress } = setup([
+    { out: 0x3f8, size: 1, values: [0x68, 0x69] },
+    { mmioWrite: 0xfee00000, len: 4, value: 0xdeadbeef },
+    { in: 0x60, size: 1 },
+    { echo: 0xe9 },
+    { hlt: true },
+  ]);
+  try {
+    await thread.ready();
+    assert.equal(thread.state, M.STATE_PAUSED, 'a new vCPU waits to be resumed');
+    thread.resume();
+    await until('HLT', () => thread.state === M.STATE_HALTED);
+    assert.deepEqual(log, ['out 3f8/1=68', 'out 3f8/1=69', 'mmio-write fee00000/4=deadbeef', 'in 60/1', 'out e9/4=5a']);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(Atomics.load(progress, 0), 0, 'a halted vCPU does not run');
+    thread.kick();
+    await until('the guest to run after the kick', () => Atomics.load(progress, 0) > 0);
+  } finally {
+    await thread.stop();
+  }
+  assert.equal(thread.state, M.STATE_STOPPED);
+});
+
+test('pause stops a guest that never exits within 10 ms, and resume continues it', async () => {
+  const { thread, progress } = setup([]);
+  try {
+    await thread.ready();
+    thread.resume();
+    await until('progress', () => Atomics.load(progress, 0) > 1000);
+    const times: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const t0 = performance.now();
+      await thread.pause();
+      times.push(performance.now() - t0);
+      const frozen = Atomics.load(progress, 0);
+      await new Promise((r) => setTimeout(r, 10));
+      assert.equal(Atomics.load(progress, 0), frozen, 'no progress while paused');
+      assert.equal(thread.vcpu.run.immediateExit, 0, 'immediate_exit is cleared once paused');
+      thread.resume();
+      await until('progress after resume', () => Atomics.load(progress, 0) > frozen);
+    }
+    times.sort((a, b) => a - b);
+    assert.ok(times[2]! < 10, `median pause ${times[2]!.toFixed(2)} ms`);
+  } finally {
+    await thread.stop();
+  }
+});
+
+test('a pause requested while an IN is outstanding completes the IN first', async () => {
+  const { thread, log } = setup([{ in: 0x61, size: 2 }, { echo: 0xe9 }]);
+  try {
+    await thread.ready();
+    thread.resume();
+    await until('the IN', () => log.includes('in 61/2'));
+    await thread.pause();
+    thread.resume();
+    await until('the echo', () => log.includes('out e9/4=5a'));
+  } finally {
+    await thread.stop();
+  }
+});
+
+test('a triple fault is reported through onExit as a GuestCrashError with a register dump', async () => {
+  const { thread, exits } = setup([{ out: 0x3f8, size: 1, values: [0x41] }, { shutdown: true }]);
+  try {
+    await thread.ready();
+    thread.resume();
+    await until('the exit', () => exits.length > 0);
+    const exit = exits[0]!;
+    assert.equal(exit.kind, 'crash');
+    assert.ok(exit.kind === 'crash' && exit.error instanceof GuestCrashError);
+    assert.match(exit.error.message, /triple-faulted/);
+    assert.match((exit.error as GuestCrashError).registerDump, /RIP\s*=0000000000010042/);
+    await thread.pause();
+  } finally {
+    await thread.stop();
+  }
+});

@@ -1,0 +1,260 @@
+// The main-thread side of a vCPU's worker: starts it, resumes and pauses it (pause
+// within milliseconds even if the guest never exits: immediate_exit + SIGUSR2 to the
+// worker's thread), and services its IO/MMIO traffic on the IoBus in guest order.
+
+import { Worker } from 'node:worker_threads';
+import { debuglog } from 'node:util';
+import { GuestCrashError } from '../errors.js';
+import { SIGUSR2, tgkill } from '../sys/libc.js';
+import type { IoBus } from '../hypervisor/types.js';
+import * as K from './ioctls.js';
+import * as M from './vcpu-mailbox.js';
+import { formatRegisterDump } from './register-dump.js';
+import type { KvmRegs, KvmRunView, KvmSregs } from './structs.js';
+import type { VcpuWorkerData } from './vcpu-worker.js';
+
+const trace = debuglog('ferry');
+
+/** How the guest stopped on its own, as the accelerator reports it. */
+export type VcpuExit =
+  | { readonly kind: 'shutdown'; readonly reason: string }
+  | { readonly kind: 'crash'; readonly error: Error };
+
+/** Kept registered while any vCPU thread exists: without a listener SIGUSR2 would kill the process. */
+function ignoreKick(): void {}
+let kickListeners = 0;
+
+function holdKickSignal(): void {
+  if (kickListeners++ === 0) process.on('SIGUSR2', ignoreKick);
+}
+
+function releaseKickSignal(): void {
+  if (--kickListeners === 0) process.off('SIGUSR2', ignoreKick);
+}
+
+// Atomics.waitAsync is in Node 20 (V8) but only in TypeScript's ES2024 lib; tsconfig targets ES2023.
+type WaitAsyncResult = { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
+const waitAsync = (Atomics as unknown as {
+  waitAsync(array: Int32Array, index: number, value: number, timeoutMs?: number): WaitAsyncResult;
+}).waitAsync;
+
+const WORKER_URL = new URL('./vcpu-worker.js', import.meta.url);
+/** How long pause() waits between kicks before sending the signal again. */
+const KICK_RETRY_MS = 2;
+
+/** What the thread needs of a vCPU (KvmVcpu; a stand-in in tests). */
+export interface VcpuHandle {
+  readonly id: number;
+  readonly fd: number;
+  readonly runMapping: { readonly length: number };
+  /** The main thread's view of kvm_run (immediate_exit is written through it). */
+  readonly run: KvmRunView;
+  getRegs(): KvmRegs;
+  getSregs(): KvmSregs;
+}
+
+export interface VcpuThreadOptions {
+  /** The worker module; tests pass a scripted stand-in for KVM_RUN. */
+  readonly workerUrl?: URL;
+  readonly extraWorkerData?: Readonly<Record<string, unknown>>;
+}
+
+export class VcpuThread {
+  readonly vcpu: VcpuHandle;
+  private readonly box = M.createMailbox();
+  private readonly worker: Worker;
+  private readonly ioBus: IoBus;
+  private readonly onExit: (exit: VcpuExit) => void;
+  private servicing: Promise<void>;
+  private workerError: Error | undefined;
+  private stopped = false;
+
+  constructor(vcpu: VcpuHandle, ioBus: IoBus, onExit: (exit: VcpuExit) => void, options: VcpuThreadOptions = {}) {
+    this.vcpu = vcpu;
+    this.ioBus = ioBus;
+    this.onExit = onExit;
+    Atomics.store(this.box, M.CONTROL, M.CONTROL_PAUSE);
+    holdKickSignal();
+    const workerData: VcpuWorkerData = { vcpuFd: vcpu.fd, mmapSize: vcpu.runMapping.length, mailbox: this.box.buffer as SharedArrayBuffer };
+    this.worker = new Worker(options.workerUrl ?? WORKER_URL, { workerData: { ...options.extraWorkerData, ...workerData }, name: `vcpu ${vcpu.id}` });
+    this.worker.on('error', (err) => {
+      this.workerError = err;
+      this.onExit({ kind: 'crash', error: new GuestCrashError(`vCPU ${vcpu.id} thread failed: ${err.message}`, '', { cause: err }) });
+    });
+    this.servicing = this.serviceLoop();
+  }
+
+  get state(): number {
+    return Atomics.load(this.box, M.STATE);
+  }
+
+  /** Resolves once the worker has mapped kvm_run and published its thread id. */
+  async ready(timeoutMs = 10_000): Promise<void> {
+    await this.waitForState((s) => s !== M.STATE_STARTING, timeoutMs, 'start');
+  }
+
+  private setControl(control: number): void {
+    Atomics.store(this.box, M.CONTROL, control);
+    Atomics.add(this.box, M.WAKE, 1);
+    Atomics.notify(this.box, M.WAKE);
+  }
+
+  resume(): void {
+    this.vcpu.run.immediateExit = 0;
+    this.setControl(M.CONTROL_RUN);
+  }
+
+  /** Wake a halted vCPU (HLT sleeps until kicked, resumed or paused). */
+  kick(): void {
+    Atomics.add(this.box, M.WAKE, 1);
+    Atomics.notify(this.box, M.WAKE);
+  }
+
+  /** Interrupt KVM_RUN: immediate_exit makes any entry return at once, the signal ends the current one. */
+  private interrupt(): void {
+    const tid = Atomics.load(this.box, M.TID);
+    if (tid > 0 && this.state === M.STATE_RUNNING) {
+      try {
+        tgkill(process.pid, tid, SIGUSR2);
+      } catch (err) {
+        trace('vcpu %d: tgkill failed: %s', this.vcpu.id, (err as Error).message);
+      }
+    }
+  }
+
+  /** Stop running guest code; resolves when the worker is out of KVM_RUN with IO completed. */
+  async pause(timeoutMs = 5_000): Promise<void> {
+    // immediate_exit first, so the worker's acknowledgement (which clears it) comes after.
+    this.vcpu.run.immediateExit = 1;
+    this.setControl(M.CONTROL_PAUSE);
+    this.interrupt();
+    await this.waitForState((s) => s === M.STATE_PAUSED || s === M.STATE_STOPPED, timeoutMs, 'pause', () => this.interrupt());
+  }
+
+  private async waitForState(done: (state: number) => boolean, timeoutMs: number, what: string, retry?: () => void): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const state = Atomics.load(this.box, M.STATE);
+      if (done(state)) return;
+      if (this.workerError) throw this.workerError;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new GuestCrashError(`vCPU ${this.vcpu.id} did not ${what} within ${timeoutMs} ms (worker state ${state})`, '');
+      const wait = waitAsync(this.box, M.STATE, state, Math.min(left, retry ? KICK_RETRY_MS : left));
+      if (wait.async) await wait.value;
+      if (retry && Atomics.load(this.box, M.STATE) === state) retry();
+    }
+  }
+
+  private async serviceLoop(): Promise<void> {
+    while (!this.stopped) {
+      const seen = Atomics.load(this.box, M.DOORBELL);
+      this.drainRing();
+      this.answerRequest();
+      if (this.stopped) break;
+      const wait = waitAsync(this.box, M.DOORBELL, seen);
+      if (wait.async) await wait.value;
+    }
+    this.drainRing();
+  }
+
+  private drainRing(): void {
+    let head = Atomics.load(this.box, M.HEAD);
+    const tail = Atomics.load(this.box, M.TAIL);
+    if (head === tail) return;
+    while (head !== tail) {
+      const at = M.RING_BASE + (head % M.RING_ENTRIES) * M.ENTRY_WORDS;
+      const b = this.box;
+      this.dispatch({ kind: b[at]!, a: b[at + 1]!, b: b[at + 2]!, size: b[at + 3]!, valueLo: b[at + 4]!, valueHi: b[at + 5]! });
+      head++;
+    }
+    Atomics.store(this.box, M.HEAD, head);
+    Atomics.notify(this.box, M.HEAD);
+  }
+
+  private dispatch(e: M.RingEntry): void {
+    try {
+      switch (e.kind) {
+        case M.KIND_PIO_WRITE:
+          this.ioBus.pioWrite(e.a & 0xffff, e.size as 1 | 2 | 4, M.joinValue(e.valueLo, e.valueHi));
+          return;
+        case M.KIND_MMIO_WRITE:
+          this.ioBus.mmioWrite(M.joinValue(e.a, e.b), e.size as 1 | 2 | 4 | 8, M.joinValue(e.valueLo, e.valueHi));
+          return;
+        case M.KIND_EXIT:
+          this.reportExit(e.a, e.b, M.joinValue(e.valueLo, e.valueHi));
+          return;
+        default:
+          throw new RangeError(`unknown vCPU mailbox entry kind ${e.kind}`);
+      }
+    } catch (err) {
+      // A device that throws is a VMM bug the user must see: report it as a crash.
+      this.onExit({ kind: 'crash', error: new GuestCrashError(`vCPU ${this.vcpu.id}: I/O handling failed: ${(err as Error).message}`, this.dump(), { cause: err }) });
+    }
+  }
+
+  private answerRequest(): void {
+    if (Atomics.load(this.box, M.REQ_STATE) !== M.REQ_PENDING) return;
+    const b = this.box;
+    const kind = b[M.REQ_KIND]!;
+    const address = M.joinValue(b[M.REQ_ADDR_LO]!, b[M.REQ_ADDR_HI]!);
+    const size = b[M.REQ_SIZE]!;
+    let value = 0;
+    try {
+      value = kind === M.KIND_PIO_READ
+        ? this.ioBus.pioRead(address & 0xffff, size as 1 | 2 | 4)
+        : this.ioBus.mmioRead(address, size as 1 | 2 | 4 | 8);
+    } catch (err) {
+      // Answer all-ones (what reading a floating bus gives) so the vCPU is not stuck, and report.
+      value = size >= 4 ? 0xffffffff : (1 << (size * 8)) - 1;
+      this.onExit({ kind: 'crash', error: new GuestCrashError(`vCPU ${this.vcpu.id}: I/O read at 0x${address.toString(16)} failed: ${(err as Error).message}`, '', { cause: err }) });
+    }
+    const [lo, hi] = M.splitValue(value);
+    b[M.REQ_VALUE_LO] = lo;
+    b[M.REQ_VALUE_HI] = hi;
+    Atomics.store(b, M.REQ_STATE, M.REQ_DONE);
+    Atomics.notify(b, M.REQ_STATE);
+  }
+
+  private dump(): string {
+    try {
+      return formatRegisterDump(this.vcpu.getRegs(), this.vcpu.getSregs());
+    } catch (err) {
+      return `(registers unavailable: ${(err as Error).message})`;
+    }
+  }
+
+  private reportExit(reason: number, detail: number, hardwareReason: number): void {
+    const id = this.vcpu.id;
+    if (reason === K.KVM_EXIT_SYSTEM_EVENT && (detail === 1 || detail === 2)) {
+      // KVM_SYSTEM_EVENT_SHUTDOWN (1) / RESET (2): the guest asked to stop.
+      this.onExit({ kind: 'shutdown', reason: detail === 1 ? 'guest-shutdown' : 'guest-reset' });
+      return;
+    }
+    let message: string;
+    if (reason === M.EXIT_RUN_FAILED) message = `vCPU ${id}: KVM_RUN failed with errno ${detail}`;
+    else if (reason === K.KVM_EXIT_SHUTDOWN) message = `vCPU ${id}: the guest triple-faulted (KVM_EXIT_SHUTDOWN)`;
+    else if (reason === K.KVM_EXIT_FAIL_ENTRY) message = `vCPU ${id}: VM entry failed (KVM_EXIT_FAIL_ENTRY, hardware reason 0x${hardwareReason.toString(16)}, cpu ${detail})`;
+    else if (reason === K.KVM_EXIT_INTERNAL_ERROR) message = `vCPU ${id}: KVM internal error (KVM_EXIT_INTERNAL_ERROR, suberror ${detail})`;
+    else message = `vCPU ${id}: unexpected ${K.exitReasonName(reason)}${detail ? ` (detail ${detail})` : ''}`;
+    const dump = this.dump();
+    this.onExit({ kind: 'crash', error: new GuestCrashError(`${message}\n${dump}`, dump) });
+  }
+
+  /** Stop the worker for good; the vCPU fd may then be closed. */
+  async stop(timeoutMs = 5_000): Promise<void> {
+    if (this.stopped) return;
+    this.vcpu.run.immediateExit = 1;
+    this.setControl(M.CONTROL_STOP);
+    this.interrupt();
+    try {
+      await this.waitForState((s) => s === M.STATE_STOPPED, timeoutMs, 'stop', () => this.interrupt());
+    } finally {
+      this.stopped = true;
+      Atomics.add(this.box, M.DOORBELL, 1);
+      Atomics.notify(this.box, M.DOORBELL);
+      await this.servicing;
+      await this.worker.terminate();
+      releaseKickSignal();
+    }
+  }
+}
