@@ -214,15 +214,18 @@ async function loadSubsections(
 ): Promise<void> {
   const subs = desc.subsections ?? [];
   if (subs.length === 0 && !topLevel) return;
+  const lengths = new Set(subs.map((s) => encoder.encode(s.description.name).byteLength));
   const seen = new Set<string>();
   for (;;) {
-    if (!(await r.fill(2)) || r.peekU8(0) !== QEMU_VM_SUBSECTION) return;
+    if (!(await r.fill(1)) || r.peekU8(0) !== QEMU_VM_SUBSECTION) return;
     const at = r.offset;
+    // Section data is always followed by its footer, so running out of bytes while
+    // peeking is truncation. Inside a nested struct this byte may be the parent's next
+    // field: as QEMU does, only a name of a length we know is looked at further.
+    await r.ensure(2, section);
+    if (!topLevel && !lengths.has(r.peekU8(1))) return;
+    await r.ensure(2 + r.peekU8(1), section);
     const len = r.peekU8(1);
-    if (!(await r.fill(2 + len))) {
-      if (topLevel) await r.ensure(2 + len, section);
-      return;
-    }
     const nameBytes = new Uint8Array(len);
     for (let i = 0; i < len; i++) nameBytes[i] = r.peekU8(2 + i);
     const name = decoder.decode(nameBytes);
