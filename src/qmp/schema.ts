@@ -51,7 +51,9 @@ export type InferFields<F extends Fields> = Simplify<
 >;
 
 /** The TypeScript type of values a schema accepts. */
-export type Infer<S> = S extends StrSchema
+export type Infer<S> = 0 extends 1 & S
+  ? unknown // S is `any` (a schema of unknown shape): stop here instead of expanding forever
+  : S extends StrSchema
   ? string
   : S extends IntSchema | UintSchema | NumberSchema
     ? number
@@ -132,7 +134,8 @@ export function validateFields<F extends Fields>(fields: F, value: Record<string
   return checkFields(fields, value, path) as InferFields<F>;
 }
 
-function checkFields(fields: Fields, value: Record<string, unknown>, path: string): Record<string, unknown> {
+/** validateFields with the types erased, for the dispatcher (which holds schemas of every shape). */
+export function checkFields(fields: Fields, value: Record<string, unknown>, path = ''): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   const known = new Set<string>();
   for (const [key, schema] of Object.entries(fields)) {
@@ -161,7 +164,8 @@ export const validate: <S extends Schema>(schema: S, value: unknown, path: strin
   // a recursive conditional type through a switch.
   check as never;
 
-function check(schema: Schema, value: unknown, path: string): unknown {
+/** validate with the types erased, for callers that hold a schema of unknown shape. */
+export function check(schema: Schema, value: unknown, path: string): unknown {
   switch (schema.kind) {
     case 'str':
       if (typeof value !== 'string') throw typeError(path, schema);
