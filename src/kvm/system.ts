@@ -59,7 +59,12 @@ export class KvmSystem {
     }
     const system = new KvmSystem(fd, path);
     try {
-      const version = ioctlInt(fd, K.KVM_GET_API_VERSION, 0, 'KVM_GET_API_VERSION');
+      let version: number;
+      try {
+        version = ioctlInt(fd, K.KVM_GET_API_VERSION, 0, 'KVM_GET_API_VERSION');
+      } catch (err) {
+        throw new KvmUnavailableError(`${path} is not a KVM device (KVM_GET_API_VERSION failed: ${err instanceof Error ? err.message : String(err)}): point Ferry at /dev/kvm, or run with --accel sim.`, { cause: err });
+      }
       if (version !== K.KVM_API_VERSION) {
         throw new KvmUnavailableError(`${path} speaks KVM API version ${version}, Ferry needs ${K.KVM_API_VERSION}: use a kernel with the standard KVM API, or run with --accel sim.`);
       }

@@ -1,0 +1,226 @@
+// The kvm accelerator: guest RAM as one anonymous mmap registered as KVM slot 0
+// ("pc.ram" at guest address 0), vCPUs on worker threads entered directly in long
+// mode, KVM's dirty log, and one "cpu" state section per vCPU. No in-kernel irqchip or
+// PIT: the built-in guests need neither, so there is no kernel device state to save.
+
+import { debuglog } from 'node:util';
+import { ConfigError } from '../errors.js';
+import { loadBuiltinGuest } from '../guests/builtin.js';
+import { CODE_MAX, STACK_TOP } from '../guests/layout.js';
+import { longModeEntryRegisters, longModeSpecialRegisters } from '../guests/long-mode.js';
+import { KvmSystem, probeKvm } from '../kvm/system.js';
+import { zeroRegs } from '../kvm/structs.js';
+import type { KvmSregs } from '../kvm/structs.js';
+import { cpuidForVcpu } from '../kvm/vcpu.js';
+import type { KvmVcpu } from '../kvm/vcpu.js';
+import { VcpuThread } from '../kvm/vcpu-thread.js';
+import type { KvmVm } from '../kvm/vm.js';
+import { mmapAnonymous, munmap } from '../sys/libc.js';
+import type { Mapping } from '../sys/libc.js';
+import { CPU_SECTION_IDSTR, CPU_STATE_DESCRIPTION, cpuStateFromValue, cpuStateToValue } from './kvm-cpu-state.js';
+import { PAGE_SIZE } from './types.js';
+import type {
+  Accelerator, AcceleratorConfig, DirtyBitmap, DirtyLog, GuestExit, GuestMemoryBlock, StateSection,
+} from './types.js';
+
+const trace = debuglog('ferry');
+
+const RAM_SLOT = 0;
+/** The block name QEMU gives a PC's main RAM, so streams line up with QEMU's. */
+export const RAM_BLOCK_IDSTR = 'pc.ram';
+/**
+ * Secondary vCPUs (the built-in guests are single-threaded) park on `hlt; jmp .-1` at
+ * the end of the code area; without an irqchip nothing ever wakes them.
+ */
+const AP_PARK_ADDR = CODE_MAX - 0x10;
+const AP_PARK_CODE = Uint8Array.of(0xf4, 0xeb, 0xfd);
+
+/** Whether KVM can be used on this host; `reason` is one line saying what to do. */
+export function kvmAvailable(): { ok: true } | { ok: false; reason: string } {
+  return probeKvm();
+}
+
+class KvmDirtyLog implements DirtyLog {
+  private on = false;
+  constructor(private readonly vm: KvmVm) {}
+
+  get active(): boolean {
+    return this.on;
+  }
+
+  start(): void {
+    if (this.on) {
+      // Forget what was logged so far, as the interface asks.
+      this.vm.fetchDirtyLog(RAM_SLOT);
+      return;
+    }
+    this.vm.setDirtyLogging(RAM_SLOT, true);
+    this.on = true;
+  }
+
+  sync(): DirtyBitmap[] {
+    if (!this.on) throw new RangeError('Dirty log sync() before start()');
+    return [this.vm.fetchDirtyLog(RAM_SLOT)];
+  }
+
+  stop(): void {
+    if (!this.on) return;
+    this.vm.setDirtyLogging(RAM_SLOT, false);
+    this.on = false;
+  }
+}
+
+function bootVcpu(vcpu: KvmVcpu, index: number): void {
+  const base = vcpu.getSregs();
+  const lm = longModeSpecialRegisters();
+  const sregs: KvmSregs = {
+    ...base,
+    cs: lm.cs, ds: lm.ds, es: lm.es, fs: lm.fs, gs: lm.gs, ss: lm.ss, tr: lm.tr,
+    gdt: lm.gdt, idt: lm.idt, cr0: lm.cr0, cr3: lm.cr3, cr4: lm.cr4, efer: lm.efer,
+  };
+  vcpu.setSregs(sregs);
+  const entry = longModeEntryRegisters();
+  const regs = { ...zeroRegs(), ...entry };
+  if (index > 0) {
+    regs.rip = BigInt(AP_PARK_ADDR);
+    regs.rsp = BigInt(STACK_TOP - index * PAGE_SIZE);
+  }
+  vcpu.setRegs(regs);
+}
+
+class KvmAccelerator implements Accelerator {
+  readonly kind = 'kvm' as const;
+  readonly memory: readonly GuestMemoryBlock[];
+  readonly dirtyLog: DirtyLog;
+  readonly stateSections: readonly StateSection[];
+  private isRunning = false;
+  private destroyed = false;
+  private readonly listeners: Array<(exit: GuestExit) => void> = [];
+  /** Exits before anyone listened (e.g. a crash right after resume), delivered to the first listener. */
+  private unheard: GuestExit[] = [];
+
+  constructor(
+    private readonly system: KvmSystem,
+    private readonly vm: KvmVm,
+    private readonly ram: Mapping,
+    private readonly vcpus: readonly KvmVcpu[],
+    private readonly threads: readonly VcpuThread[],
+  ) {
+    this.memory = [{ idstr: RAM_BLOCK_IDSTR, guestAddress: 0, size: ram.length, bytes: ram.bytes }];
+    this.dirtyLog = new KvmDirtyLog(vm);
+    this.stateSections = vcpus.map((vcpu, i): StateSection => ({
+      idstr: CPU_SECTION_IDSTR,
+      instanceId: i,
+      description: CPU_STATE_DESCRIPTION,
+      save: () => cpuStateToValue(vcpu.getState()),
+      load: (value) => {
+        const { refusedMsrs } = vcpu.setState(cpuStateFromValue(value));
+        if (refusedMsrs.length > 0) {
+          // KVM lists some MSRs it then refuses to restore on another CPU model; the
+          // guest runs without them, as QEMU's filtered MSR list would.
+          trace('kvm: vCPU %d refused MSRs %s on load', i, refusedMsrs.map((m) => '0x' + m.toString(16)).join(', '));
+        }
+      },
+    }));
+  }
+
+  get running(): boolean {
+    return this.isRunning;
+  }
+
+  emit(exit: GuestExit): void {
+    if (this.listeners.length === 0) this.unheard.push(exit);
+    for (const listener of this.listeners) listener(exit);
+  }
+
+  resume(): void {
+    if (this.destroyed) throw new RangeError('Cannot resume a destroyed kvm accelerator');
+    this.isRunning = true;
+    for (const t of this.threads) t.resume();
+  }
+
+  async pause(): Promise<void> {
+    await Promise.all(this.threads.map((t) => t.pause()));
+    this.isRunning = false;
+  }
+
+  onExit(listener: (exit: GuestExit) => void): void {
+    this.listeners.push(listener);
+    const unheard = this.unheard;
+    this.unheard = [];
+    for (const exit of unheard) listener(exit);
+  }
+
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.isRunning = false;
+    const results = await Promise.allSettled(this.threads.map((t) => t.stop()));
+    for (const vcpu of this.vcpus) vcpu.close();
+    this.vm.close();
+    munmap(this.ram);
+    this.system.close();
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+}
+
+export async function createKvmAccelerator(config: AcceleratorConfig): Promise<Accelerator> {
+  if (!Number.isSafeInteger(config.memorySize) || config.memorySize <= 0 || config.memorySize % PAGE_SIZE !== 0) {
+    throw new ConfigError(`Guest memory size ${config.memorySize} must be a positive multiple of ${PAGE_SIZE} bytes`);
+  }
+  if (!Number.isInteger(config.vcpus) || config.vcpus < 1 || config.vcpus > 255) {
+    throw new ConfigError(`Invalid vCPU count ${config.vcpus}: expected 1 to 255`);
+  }
+  const system = KvmSystem.open();
+  const cleanup: Array<() => void> = [() => system.close()];
+  const threads: VcpuThread[] = [];
+  try {
+    const vm = system.createVm();
+    cleanup.unshift(() => vm.close());
+    // SAFETY: guest RAM stays mapped until destroy(), after the vCPUs and the VM are gone.
+    const ram = mmapAnonymous(config.memorySize);
+    cleanup.unshift(() => munmap(ram));
+    vm.addMemorySlot(RAM_SLOT, 0, ram);
+
+    const cpuid = system.supportedCpuid();
+    const vcpus: KvmVcpu[] = [];
+    for (let i = 0; i < config.vcpus; i++) {
+      const vcpu = vm.createVcpu(i);
+      cleanup.unshift(() => vcpu.close());
+      // CPUID before the special registers: KVM accepts EFER.LME only when CPUID shows long mode.
+      vcpu.setCpuid(cpuidForVcpu(cpuid, i));
+      vcpus.push(vcpu);
+    }
+
+    if (!config.incoming) {
+      loadBuiltinGuest(ram.bytes, config.guest, config.memorySize);
+      ram.bytes.set(AP_PARK_CODE, AP_PARK_ADDR);
+      vcpus.forEach((vcpu, i) => bootVcpu(vcpu, i));
+    }
+
+    let accelerator: KvmAccelerator | undefined;
+    const pendingExits: GuestExit[] = [];
+    for (const vcpu of vcpus) {
+      const thread = new VcpuThread(vcpu, config.ioBus, (exit) => {
+        if (accelerator) accelerator.emit(exit);
+        else pendingExits.push(exit);
+      });
+      threads.push(thread);
+    }
+    await Promise.all(threads.map((t) => t.ready()));
+    accelerator = new KvmAccelerator(system, vm, ram, vcpus, threads);
+    for (const exit of pendingExits) accelerator.emit(exit);
+    return accelerator;
+  } catch (err) {
+    await Promise.allSettled(threads.map((t) => t.stop()));
+    for (const undo of cleanup) {
+      try {
+        undo();
+      } catch (cleanupErr) {
+        trace('kvm: cleanup after a failed start: %s', (cleanupErr as Error).message);
+      }
+    }
+    throw err;
+  }
+}
