@@ -5,7 +5,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { FerryError } from '../errors.js';
 import { parseSize } from '../size.js';
-import { FERRY_VERSION } from '../version.js';
+import { FERRY_VERSION } from '../qmp/ferry-version.js';
 
 const debug = process.argv.includes('--debug');
 

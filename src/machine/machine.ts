@@ -20,7 +20,7 @@ export interface MachineOptions {
   readonly kernel?: string;
   readonly initrd?: string;
   readonly append?: string;
-  /** Bytes the guest writes to its console; input comes back through `consoleInput`. */
+  /** Bytes the guest writes to its console (no serial device when absent); input comes back through `consoleInput`. */
   readonly console?: { write(bytes: Uint8Array): void };
   /** -S: do not start the vCPUs until `cont`. */
   readonly startPaused?: boolean;
@@ -80,8 +80,10 @@ export class Machine extends EventEmitter<MachineEvents> {
     const accel = await createAccelerator(kind, config);
     const devices: StateSection[] = [];
     let consoleInput: ((bytes: Uint8Array) => void) | undefined;
-    const sink = options.console ?? { write: () => {} };
-    if (accel.connectConsole) {
+    const sink = options.console;
+    if (!sink) {
+      // QEMU's -serial none: no UART at all.
+    } else if (accel.connectConsole) {
       consoleInput = accel.connectConsole(sink).input;
     } else {
       const { attachSerial } = await import('./serial-wiring.js');

@@ -1,0 +1,89 @@
+// `ferry run`: builds the VM from the command line, serves QMP, optionally waits for an
+// incoming migration, and lives until `quit`, a guest shutdown or a signal.
+
+import { openCharBackend } from '../chardev/char-backend.js';
+import { ConfigError, errorMessage, FerryError } from '../errors.js';
+import { parseGuestSpec } from '../guests/spec.js';
+import type { AccelKind } from '../hypervisor/types.js';
+import { Vmm } from '../vmm/vmm.js';
+
+export interface RunCommandOptions {
+  memory: number;
+  accel?: AccelKind;
+  guest: string;
+  kernel?: string;
+  initrd?: string;
+  append?: string;
+  smp: number;
+  qmp: string[];
+  serial: string;
+  S?: boolean;
+  name?: string;
+  incoming?: string;
+}
+
+export async function runCommand(opts: RunCommandOptions): Promise<void> {
+  if (opts.memory % 4096 !== 0 || opts.memory < 2 * 1024 * 1024) {
+    throw new ConfigError(`Invalid memory size ${opts.memory} bytes: it must be a multiple of 4 KiB and at least 2 MiB`);
+  }
+  if (opts.accel !== 'v86' && (opts.kernel !== undefined || opts.initrd !== undefined || opts.append !== undefined)) {
+    throw new ConfigError('--kernel, --initrd and --append boot Linux, which needs --accel v86 here');
+  }
+  const guest = parseGuestSpec(opts.guest);
+  const console = await openCharBackend(opts.serial);
+  let vmm: Vmm | undefined;
+  let ending = false;
+  const end = async (code: number, message?: string): Promise<void> => {
+    if (ending) return;
+    ending = true;
+    if (message) process.stderr.write(`ferry: ${message}\n`);
+    await vmm?.destroy().catch(() => {});
+    await console.close().catch(() => {});
+    process.exit(code);
+  };
+
+  try {
+    vmm = await Vmm.create({
+      accel: opts.accel ?? 'auto',
+      memorySize: opts.memory,
+      vcpus: opts.smp,
+      guest,
+      ...(opts.kernel !== undefined ? { kernel: opts.kernel } : {}),
+      ...(opts.initrd !== undefined ? { initrd: opts.initrd } : {}),
+      ...(opts.append !== undefined ? { append: opts.append } : {}),
+      ...(console.kind !== 'none' ? { console } : {}),
+      startPaused: Boolean(opts.S),
+      incoming: opts.incoming !== undefined,
+      notice: (message) => process.stderr.write(`ferry: ${message}\n`),
+      qmp: opts.qmp,
+      ...(opts.name !== undefined ? { name: opts.name } : {}),
+      onQuit: (code) => void end(code),
+    });
+  } catch (err) {
+    await console.close().catch(() => {});
+    throw err;
+  }
+  const { machine, migration } = vmm;
+  console.onInput((bytes) => machine.consoleInput(bytes));
+
+  machine.on('shutdown', ({ reason }) => void end(0, reason === 'guest-shutdown' ? undefined : `guest shut down (${reason})`));
+  machine.on('crash', (err) => {
+    const dump = err instanceof FerryError && 'registerDump' in err ? `\n${String((err as { registerDump: string }).registerDump)}` : '';
+    const detail = process.argv.includes('--debug') ? dump : '';
+    void end(1, `${errorMessage(err)} — the guest cannot continue; check the guest image (run with --debug for the register dump)${detail}`);
+  });
+  migration.onStatus((status, side) => {
+    if (side === 'incoming' && status === 'failed') {
+      // As QEMU: a destination whose incoming migration failed has no guest to run.
+      void end(1, `incoming migration failed: ${migration.incomingError ?? 'unknown error'}`);
+    }
+  });
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(signal, () => void end(signal === 'SIGINT' ? 130 : 143));
+  }
+
+  if (opts.incoming !== undefined && opts.incoming !== 'defer') {
+    const { address } = await migration.migrateIncoming(opts.incoming);
+    process.stderr.write(`ferry: waiting for an incoming migration on ${address}\n`);
+  }
+}

@@ -1,0 +1,267 @@
+// A running Ferry VM: the Machine, its QMP server and its migration engine, wired
+// together. This is where QMP commands meet the subsystems that carry them out and
+// where machine and migration events become QMP events.
+
+import { createHash } from 'node:crypto';
+import { FerryError, QmpError } from '../errors.js';
+import { Machine, type MachineOptions } from '../machine/machine.js';
+import { Migration } from '../migration/migration.js';
+import { DEFAULT_MIGRATION_PARAMETERS } from '../migration/parameters.js';
+import type { CapabilityStatus } from '../migration/parameters.js';
+import { QmpServer } from '../qmp/server.js';
+import { t, type Fields, type Schema } from '../qmp/schema.js';
+import { connect, listen } from '../transport/index.js';
+import { checkSweepCounters, readGuestParams } from '../guests/params.js';
+
+export interface VmmOptions extends MachineOptions {
+  readonly name?: string;
+  /** QMP addresses to listen on. */
+  readonly qmp?: readonly string[];
+  /** Called when the VM should end (QMP quit, guest shutdown) with the exit code. */
+  readonly onQuit?: (code: number) => void;
+}
+
+export class Vmm {
+  readonly machine: Machine;
+  readonly qmp: QmpServer;
+  readonly migration: Migration;
+  readonly name: string | undefined;
+  private readonly onQuit: (code: number) => void;
+
+  private constructor(machine: Machine, options: VmmOptions) {
+    this.machine = machine;
+    this.name = options.name;
+    this.onQuit = options.onQuit ?? (() => {});
+    this.qmp = new QmpServer();
+    const resolveFdName = (name: string): number => this.qmp.fds.take(name);
+    this.migration = new Migration({
+      vm: machine,
+      connect: (uri) => connect(uri, { resolveFdName }),
+      listen: (uri) => listen(uri, { resolveFdName }),
+      now: () => performance.now(),
+      emit: (event, data) => this.qmp.emit(event, data),
+      schedule: (fn) => setImmediate(fn),
+    });
+    machine.on('stop', () => this.qmp.emit('STOP'));
+    machine.on('resume', () => this.qmp.emit('RESUME'));
+    machine.on('shutdown', ({ guest, reason }) => this.qmp.emit('SHUTDOWN', { guest, reason }));
+    this.registerVmCommands();
+    this.registerMigrationCommands();
+    this.registerFerryCommands();
+  }
+
+  static async create(options: VmmOptions): Promise<Vmm> {
+    const machine = await Machine.create(options);
+    const vmm = new Vmm(machine, options);
+    try {
+      for (const address of options.qmp ?? []) await vmm.qmp.listen(stripQemuServerOptions(address));
+    } catch (err) {
+      await vmm.destroy();
+      throw err;
+    }
+    return vmm;
+  }
+
+  async destroy(): Promise<void> {
+    await this.migration.close().catch(() => {});
+    await this.qmp.close();
+    await this.machine.destroy();
+  }
+
+  private registerVmCommands(): void {
+    const { qmp, machine } = this;
+    qmp.register({
+      name: 'query-status',
+      handler: () => ({ status: machine.runState, running: machine.isRunning, singlestep: false }),
+    });
+    qmp.register({ name: 'stop', handler: () => machine.stop() });
+    qmp.register({
+      name: 'cont',
+      handler: () => {
+        try {
+          machine.cont();
+        } catch (err) {
+          throw new QmpError('GenericError', (err as Error).message, { cause: err });
+        }
+      },
+    });
+    qmp.register({
+      name: 'quit',
+      handler: (_args, ctx) => {
+        ctx.afterReply(() => {
+          qmp.emit('SHUTDOWN', { guest: false, reason: 'host-qmp-quit' });
+          this.onQuit(0);
+        });
+      },
+    });
+    qmp.register({
+      name: 'query-kvm',
+      handler: () => ({ enabled: machine.accelKind === 'kvm', present: machine.accelKind === 'kvm' }),
+    });
+    qmp.register({ name: 'query-name', handler: () => (this.name !== undefined ? { name: this.name } : {}) });
+    qmp.register({
+      name: 'human-monitor-command',
+      args: { 'command-line': t.str, 'cpu-index?': t.int },
+      handler: (args) => this.hmp(args['command-line']),
+    });
+  }
+
+  private registerMigrationCommands(): void {
+    const { qmp, migration } = this;
+    const wrap = <T>(fn: () => T): T => {
+      try {
+        return fn();
+      } catch (err) {
+        if (err instanceof QmpError) throw err;
+        throw new QmpError('GenericError', (err as Error).message, { cause: err });
+      }
+    };
+    qmp.register({
+      name: 'migrate',
+      args: { uri: t.str, 'blk?': t.bool, 'inc?': t.bool, 'detach?': t.bool, 'resume?': t.bool },
+      handler: (args) => {
+        if (args.resume) throw new QmpError('GenericError', 'Cannot resume a migration: post-copy recovery is not supported by Ferry');
+        if (args.blk || args.inc) throw new QmpError('GenericError', 'Block migration is not supported by Ferry (it has no block devices)');
+        wrap(() => migration.migrate(args.uri));
+      },
+    });
+    qmp.register({
+      name: 'migrate-incoming',
+      args: { uri: t.str },
+      handler: async (args) => {
+        try {
+          await migration.migrateIncoming(args.uri);
+        } catch (err) {
+          throw new QmpError('GenericError', (err as Error).message, { cause: err });
+        }
+      },
+    });
+    qmp.register({ name: 'migrate_cancel', handler: () => wrap(() => migration.cancel()) });
+    qmp.register({ name: 'query-migrate', handler: () => migration.queryMigrate() as unknown as Record<string, unknown> });
+    qmp.register({
+      name: 'migrate-set-capabilities',
+      args: { capabilities: t.array(t.object({ capability: t.str, state: t.bool })) },
+      handler: (args) => wrap(() => migration.setCapabilities(args.capabilities as CapabilityStatus[])),
+    });
+    qmp.register({ name: 'query-migrate-capabilities', handler: () => migration.queryCapabilities() });
+    qmp.register({
+      name: 'migrate-set-parameters',
+      args: parameterSchema(),
+      handler: (args) => wrap(() => migration.setParameters(args as Record<string, unknown>)),
+    });
+    qmp.register({ name: 'query-migrate-parameters', handler: () => migration.queryParameters() as unknown as Record<string, unknown> });
+    qmp.register({
+      name: 'migrate-continue',
+      args: { state: t.str },
+      handler: (args) => {
+        throw new QmpError('GenericError', `Migration not in expected state: ${args.state} (Ferry has no pause-before-switchover)`);
+      },
+    });
+    qmp.register({
+      name: 'migrate-start-postcopy',
+      handler: () => {
+        throw new QmpError('GenericError', "Enable postcopy with migrate_set_capability before the start of migration");
+      },
+    });
+  }
+
+  /** Ferry's own commands (x-ferry-*, as QEMU prefixes its extensions): inspection for tests and people. */
+  private registerFerryCommands(): void {
+    const { qmp, machine } = this;
+    qmp.register({
+      name: 'x-ferry-query-guest',
+      handler: () => {
+        const ram = machine.memory[0]?.bytes;
+        const params = ram ? readGuestParams(ram) : undefined;
+        const result: Record<string, unknown> = { accel: machine.accelKind, 'memory-size': machine.memorySize };
+        if (params) {
+          result['pass'] = params.pass;
+          result['sweep-from'] = params.from;
+          result['sweep-to'] = params.to;
+        }
+        return result;
+      },
+    });
+    qmp.register({
+      name: 'x-ferry-check-memory',
+      handler: () => {
+        if (machine.isRunning) throw new QmpError('GenericError', 'Stop the guest first: the memory check needs a guest that does not run');
+        const ram = machine.memory[0]?.bytes;
+        if (!ram) throw new QmpError('GenericError', 'The guest has no RAM');
+        const check = checkSweepCounters(ram);
+        return { ok: check.ok, pass: check.pass, ahead: check.ahead, ...(check.problem ? { problem: check.problem } : {}) };
+      },
+    });
+    qmp.register({
+      name: 'x-ferry-ram-digest',
+      handler: () => {
+        if (machine.isRunning) throw new QmpError('GenericError', 'Stop the guest first: a digest of running memory means nothing');
+        const hash = createHash('sha256');
+        for (const block of machine.memory) {
+          hash.update(block.idstr);
+          hash.update(block.bytes);
+        }
+        return { sha256: hash.digest('hex') };
+      },
+    });
+    qmp.register({
+      name: 'x-ferry-query-state',
+      handler: () => {
+        if (machine.isRunning) throw new QmpError('GenericError', 'Stop the guest first: CPU state is only read while paused');
+        return { sections: machine.stateSections.map((s) => ({ idstr: s.idstr, 'instance-id': s.instanceId, state: toJson(s.save()) })) };
+      },
+    });
+    qmp.register({
+      name: 'x-ferry-console-input',
+      args: { data: t.str },
+      handler: (args) => {
+        machine.consoleInput(new TextEncoder().encode(args.data));
+      },
+    });
+  }
+
+  private hmp(commandLine: string): string {
+    const words = commandLine.trim().split(/\s+/);
+    const [command, sub] = words;
+    if (command === 'info' && sub === 'migrate') return this.migration.infoMigrateText();
+    if (command === 'info' && sub === 'status') {
+      return `VM status: ${this.machine.runState === 'running' ? 'running' : `paused (${this.machine.runState})`}\n`;
+    }
+    if (command === 'info' && sub === 'migrate_parameters') {
+      return Object.entries(this.migration.queryParameters()).map(([k, v]) => `${k}: ${String(v)}`).join('\n') + '\n';
+    }
+    if (command === 'info' && sub === 'migrate_capabilities') {
+      return this.migration.queryCapabilities().map((c) => `${c.capability}: ${c.state ? 'on' : 'off'}`).join('\n') + '\n';
+    }
+    throw new QmpError('GenericError', `Unknown HMP command "${commandLine}": Ferry understands info migrate, info status, info migrate_parameters, info migrate_capabilities`);
+  }
+}
+
+/** QEMU's `-qmp unix:PATH,server=on,wait=off`: the options only restate what Ferry always does. */
+export function stripQemuServerOptions(address: string): string {
+  const parts = address.split(',');
+  const known = /^(server(=on)?|wait=off|nowait)$/;
+  for (const option of parts.slice(1)) {
+    if (!known.test(option)) throw new FerryError('FERRY_ERR_CONFIG', `Unsupported QMP option "${option}" in "${address}": Ferry always serves and never waits`);
+  }
+  return parts[0]!;
+}
+
+function parameterSchema(): Fields {
+  const fields: Record<string, Schema> = {};
+  for (const [name, value] of Object.entries(DEFAULT_MIGRATION_PARAMETERS)) {
+    fields[`${name}?`] = typeof value === 'boolean' ? t.bool : typeof value === 'string' ? (name.startsWith('tls') ? t.nullable(t.str) : t.str) : t.int;
+  }
+  return fields;
+}
+
+/** State values as JSON: bigints as decimal strings, buffers as hex. */
+function toJson(value: unknown): unknown {
+  if (typeof value === 'bigint') return value.toString();
+  if (value instanceof Uint8Array) return Buffer.from(value).toString('hex');
+  if (Array.isArray(value)) return value.map(toJson);
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toJson(v)]));
+  }
+  return value;
+}
