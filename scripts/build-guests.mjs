@@ -1,6 +1,6 @@
 // Assembles the built-in guests (src/guests/*.S) with GNU as + ld + objcopy into flat
 // binaries under dist/guests/: sweep.bin (64-bit, loaded at CODE_ADDR by the VMM) and
-// sweep-bootsector.bin (a 512-byte boot sector for QEMU). Run by `npm run build`.
+// sweep-bootsector.bin (a 512-byte boot sector for QEMU), plus a test fixture. Run by `npm run build`.
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,6 +14,8 @@ const outDir = join(root, 'dist', 'guests');
 const GUESTS = [
   { source: 'sweep.S', output: 'sweep.bin', asFlags: ['--64'], ldFlags: ['-m', 'elf_x86_64', '-Ttext=0x10000'], maxSize: 0x60000 - 0x10000 },
   { source: 'sweep-bootsector.S', output: 'sweep-bootsector.bin', asFlags: ['--32'], ldFlags: ['-m', 'elf_i386', '-Ttext=0x7c00'], exactSize: 512 },
+  // Test fixture: runs the 64-bit guest under QEMU TCG the way Ferry enters it (long-mode-qemu.test.ts).
+  { source: 'testing/long-mode-trampoline.S', output: 'long-mode-trampoline.bin', asFlags: ['--32'], ldFlags: ['-m', 'elf_i386', '-Ttext=0x7c00'], exactSize: 512 },
 ];
 
 function run(tool, args) {
