@@ -74,13 +74,11 @@ function inner(s: VmStateValue, key: string): VmStateValue | undefined {
 }
 
 /**
- * QEMU's vmstate_serial, field for field. QEMU's isa-serial wraps it in a struct field
- * "state" of a section also named "serial"; the bytes on the wire are the same, the
- * description here stays flat so the fields are this section's own.
- * The two timers are carried as their be64 expiry (QEMU's "timer" type is 8 bytes);
- * Ferry never sends them (it re-arms the FIFO timeout from the FIFO on load).
+ * QEMU's vmstate_serial, field for field. The two timers are carried as their be64
+ * expiry (QEMU's "timer" type is 8 bytes); Ferry never sends them (it re-arms the FIFO
+ * timeout from the FIFO contents on load).
  */
-export const SERIAL_STATE_DESCRIPTION: VmStateDescription = {
+export const VMSTATE_SERIAL: VmStateDescription = {
   name: 'serial',
   version: 3,
   minimumVersion: 2,
@@ -122,12 +120,28 @@ export const SERIAL_STATE_DESCRIPTION: VmStateDescription = {
   ],
 };
 
+/**
+ * The section "serial" as QEMU's isa-serial writes it (vmstate_isa_serial): one struct
+ * field "state" holding vmstate_serial. The bytes are those of vmstate_serial alone; the
+ * wrapper makes the vmdesc JSON the same as QEMU's, so tools see one device layout.
+ */
+export const SERIAL_STATE_DESCRIPTION: VmStateDescription = {
+  name: 'serial',
+  version: 3,
+  minimumVersion: 2,
+  fields: [{ name: 'state', type: 'struct', struct: VMSTATE_SERIAL }],
+};
+
 function fifoValue(f: Fifo8): VmStateValue {
   return { data: f.data.slice(), head: f.head, num: f.num };
 }
 
-/** The state as a value for the engine: QEMU's field names, subsection state under the subsection's name. */
+/** The section's value for the engine: QEMU's field names, subsection state under the subsection's name. */
 export function serialStateToValue(s: SerialState): VmStateValue {
+  return { state: serialCoreToValue(s) };
+}
+
+function serialCoreToValue(s: SerialState): VmStateValue {
   return {
     divider: s.divider,
     rbr: s.rbr,
@@ -171,10 +185,16 @@ function fifoFromValue(v: VmStateValue | undefined, name: string): Fifo8 {
 }
 
 /**
- * A loaded value as device state, with QEMU's post_load checks and defaults for what
- * an older stream or an absent subsection leaves out.
+ * A loaded section value as device state, with QEMU's post_load checks and defaults for
+ * what an older stream or an absent subsection leaves out.
  */
-export function serialStateFromValue(v: VmStateValue): SerialState {
+export function serialStateFromValue(value: VmStateValue): SerialState {
+  const v = inner(value, 'state');
+  if (!v) throw new VmStateError('Cannot load section "serial": field "state" is missing');
+  return serialCoreFromValue(v);
+}
+
+function serialCoreFromValue(v: VmStateValue): SerialState {
   const u8 = (name: string, fallback?: number): number => int(v, name, 0, 0xff, fallback);
   const iir = u8('iir');
   const ier = u8('ier');

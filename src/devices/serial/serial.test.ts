@@ -9,7 +9,7 @@ import {
   UART_LCR_DLAB, UART_LSR_DR, UART_LSR_OE, UART_LSR_TEMT, UART_LSR_THRE, UART_MCR_DTR, UART_MCR_LOOP,
   UART_MCR_OUT1, UART_MCR_OUT2, UART_MCR_RTS, UART_MSR_CTS, UART_MSR_DCD, UART_MSR_DSR, UART_MSR_RI,
 } from './serial.js';
-import { SERIAL_STATE_DESCRIPTION, serialStateFromValue } from './serial-state.js';
+import { SERIAL_STATE_DESCRIPTION, VMSTATE_SERIAL, serialStateFromValue } from './serial-state.js';
 import type { VmStateDescription, VmStateValue } from '../../migration/vmstate-types.js';
 
 const RBR = COM1_BASE, THR = COM1_BASE, DLL = COM1_BASE, IER = COM1_BASE + 1, DLM = COM1_BASE + 1;
@@ -23,6 +23,15 @@ function make() {
   const rd = (port: number): number => uart.pioRead(port, 1);
   const wr = (port: number, v: number): void => uart.pioWrite(port, 1, v);
   return { uart, out, irqs, rd, wr };
+}
+
+/** The section value with some of vmstate_serial's fields replaced. */
+function patched(saved: VmStateValue, fields: VmStateValue): VmStateValue {
+  return { state: { ...(saved['state'] as VmStateValue), ...fields } };
+}
+
+function core(saved: VmStateValue): VmStateValue {
+  return saved['state'] as VmStateValue;
 }
 
 test('serial: power-on register values match a 16550A after reset', () => {
@@ -122,7 +131,7 @@ test('serial: IIR priorities — line status > rx data > THR empty > modem statu
   assert.equal(rd(IIR) & 0x0f, UART_IIR_NO_INT);
   // Modem status: restore a delta through state, then it is the only source left.
   const state = uart.save();
-  uart.load({ ...state, msr: 0xb0 | 0x01 });
+  uart.load(patched(state, { msr: 0xb0 | 0x01 }));
   assert.equal(rd(IIR) & 0x0f, 0x00, 'MSI has id 0 with the pending bit clear');
   assert.equal(uart.irq, true);
   wr(MCR, 0);
@@ -236,8 +245,8 @@ test('serial: save → load round trip restores every register, the FIFO and the
   a.uart.receive(Uint8Array.from([10, 20, 30, 40, 50]));
   a.rd(RBR); // head moves: the ring is not at 0
   const saved = a.uart.save();
-  assert.equal(saved['fcr_vmstate'], UART_FCR_FE | 0x40);
-  assert.deepEqual((saved['serial/recv_fifo'] as { recv_fifo: { num: number; head: number } }).recv_fifo.num, 4);
+  assert.equal(core(saved)['fcr_vmstate'], UART_FCR_FE | 0x40);
+  assert.deepEqual((core(saved)['serial/recv_fifo'] as { recv_fifo: { num: number; head: number } }).recv_fifo.num, 4);
 
   const b = make();
   b.uart.load(saved);
@@ -257,7 +266,7 @@ test('serial: save → load round trip restores every register, the FIFO and the
 
 test('serial: subsections are sent only when QEMU would send them', () => {
   const { uart, rd, wr } = make();
-  const needed = (s: VmStateValue): string[] => (SERIAL_STATE_DESCRIPTION.subsections ?? []).filter((x) => x.needed(s)).map((x) => x.description.name);
+  const needed = (s: VmStateValue): string[] => (VMSTATE_SERIAL.subsections ?? []).filter((x) => x.needed(core(s))).map((x) => x.description.name);
   assert.deepEqual(needed(uart.save()), []);
   wr(IER, UART_IER_THRI);
   rd(IIR); // acknowledged: thr_ipending 0 matches IIR
@@ -274,32 +283,33 @@ test('serial: subsections are sent only when QEMU would send them', () => {
   uart.close();
 });
 
-test('serial: load takes a version 2 stream (no FCR) and defaults what is absent', () => {
+test('serial: load takes state without fcr_vmstate (a version 2 vmstate_serial) and defaults what is absent', () => {
   const { uart, rd } = make();
   const v2: VmStateValue = { divider: 12, rbr: 0, ier: 0x02, iir: 0x02, lcr: 3, mcr: 8, lsr: 0x60, msr: 0xb0, scr: 0 };
-  uart.load(v2);
+  uart.load({ state: v2 });
   assert.equal(rd(IIR), UART_IIR_THRI, 'thr_ipending derived from IIR');
   assert.equal(rd(IIR), UART_IIR_NO_INT);
-  assert.equal(serialStateFromValue(v2).fcr, 0);
+  assert.equal(serialStateFromValue({ state: v2 }).fcr, 0);
 });
 
 test('serial: load refuses inconsistent or out-of-range state', () => {
   const { uart } = make();
   const good = uart.save();
-  assert.throws(() => uart.load({ ...good, lsr: 0x20 }), (e: unknown) => e instanceof VmStateError && /transmitter not empty, tsr_retry=0/.test(e.message));
-  assert.throws(() => uart.load({ ...good, lcr: 300 }), /field "lcr" = 300/);
-  assert.throws(() => uart.load({ ...good, 'serial/recv_fifo': { recv_fifo: { data: new Uint8Array(4), head: 0, num: 1 } } }), /recv_fifo.data is not 16 bytes/);
-  assert.throws(() => uart.load({ ...good, 'serial/recv_fifo': { recv_fifo: { data: new Uint8Array(16), head: 0, num: 17 } } }), /"num" = 17/);
+  assert.throws(() => uart.load(patched(good, { lsr: 0x20 })), (e: unknown) => e instanceof VmStateError && /transmitter not empty, tsr_retry=0/.test(e.message));
+  assert.throws(() => uart.load(patched(good, { lcr: 300 })), /field "lcr" = 300/);
+  assert.throws(() => uart.load(patched(good, { 'serial/recv_fifo': { recv_fifo: { data: new Uint8Array(4), head: 0, num: 1 } } })), /recv_fifo.data is not 16 bytes/);
+  assert.throws(() => uart.load(patched(good, { 'serial/recv_fifo': { recv_fifo: { data: new Uint8Array(16), head: 0, num: 17 } } })), /"num" = 17/);
+  assert.throws(() => uart.load({}), /field "state" is missing/);
   // A refused load leaves the device as it was.
   assert.deepEqual(uart.save(), good);
 });
 
 test('serial: a pending transmit in a loaded stream is sent, not lost', async () => {
   const { uart, out } = make();
-  uart.load({ ...uart.save(), lsr: 0x20, 'serial/tsr': { tsr_retry: 1, thr: 0x42, tsr: 0x42 } });
+  uart.load(patched(uart.save(), { lsr: 0x20, 'serial/tsr': { tsr_retry: 1, thr: 0x42, tsr: 0x42 } }));
   uart.flushOutput();
   assert.deepEqual(out, [0x42]);
-  assert.equal(uart.save()['lsr'], UART_LSR_THRE | UART_LSR_TEMT);
+  assert.equal(core(uart.save())['lsr'], UART_LSR_THRE | UART_LSR_TEMT);
 });
 
 /** The description as one line per field: the wire format of section "serial". */
@@ -313,8 +323,13 @@ function encodeDescription(d: VmStateDescription, indent = ''): string[] {
   return lines;
 }
 
-test('serial: the state description is QEMU\'s vmstate_serial, field by field', () => {
+test('serial: the state description is QEMU\'s vmstate_isa_serial around vmstate_serial, field by field', () => {
   assert.deepEqual(encodeDescription(SERIAL_STATE_DESCRIPTION), [
+    'serial v3 (min 2)',
+    '  state: struct',
+    ...encodeDescription(VMSTATE_SERIAL, '    '),
+  ]);
+  assert.deepEqual(encodeDescription(VMSTATE_SERIAL), [
     'serial v3 (min 2)',
     '  divider: uint16 since v2',
     '  rbr: uint8',
