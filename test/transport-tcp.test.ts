@@ -210,3 +210,32 @@ test('tcp: destroy() rejects a pending read, and write after end() is refused', 
   await assert.rejects(source.read(), /was closed/);
   await close();
 });
+
+test('tcp: a destination that closes early (cleanly) fails the source writes instead of hanging them', async () => {
+  const { source, destination, close } = await pair('tcp:127.0.0.1:0');
+  const chunk = new Uint8Array(1 * MiB);
+  await source.write(chunk);
+  assert.ok(await destination.read());
+  destination.destroy();
+  const failure = await (async () => {
+    for (let i = 0; i < 256; i++) await source.write(chunk);
+    return null;
+  })().catch((err: unknown) => err);
+  assert.ok(failure instanceof TransportError, `expected a TransportError, got ${String(failure)}`);
+  assert.match(failure.message, /peer closed the connection|reset by the peer/);
+  assert.match(failure.message, /tcp:127\.0\.0\.1:\d+/);
+  source.destroy();
+  await close();
+});
+
+test('tcp: writes of views over a SharedArrayBuffer (guest RAM shared with a worker) arrive intact', async () => {
+  const { source, destination, close } = await pair('tcp:127.0.0.1:0');
+  const shared = new Uint8Array(new SharedArrayBuffer(4 * MiB));
+  shared.set(randomPayload(4 * MiB));
+  const expected = sha256(shared.slice());
+  const [, received] = await Promise.all([sendAll(source, shared, 1 * MiB), receiveAll(destination)]);
+  assert.equal(received.sha256, expected);
+  source.destroy();
+  destination.destroy();
+  await close();
+});

@@ -44,18 +44,23 @@ export function connectSocket(uri: SocketUri, options: SocketOptions = {}): Prom
           } as net.NetConnectOpts)
         : net.connect({ path: uri.path, writableHighWaterMark: highWaterMark } as net.NetConnectOpts);
     let timer: NodeJS.Timeout | undefined;
+    let settled = false;
     const fail = (err: unknown): void => {
+      if (settled) return;
+      settled = true;
       if (timer) clearTimeout(timer);
       socket.off('connect', onConnect);
       socket.destroy();
       reject(toTransportError(err, description, 'connecting to'));
     };
     const onConnect = (): void => {
+      if (settled) return;
+      settled = true;
       if (timer) clearTimeout(timer);
       socket.off('error', fail);
       resolve(socketChannel(socket, description, options));
     };
-    socket.once('error', fail);
+    socket.on('error', fail);
     socket.once('connect', onConnect);
     if (options.connectTimeoutMs !== undefined) {
       timer = setTimeout(
@@ -86,7 +91,8 @@ export async function listenSocket(uri: SocketUri, options: SocketOptions = {}):
   }
   const server = net.createServer({ highWaterMark } as net.ServerOpts);
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (err) => reject(toTransportError(err, description, 'listening on')));
+    // Stays attached on failure too: a server that never listened must not throw later.
+    server.on('error', (err) => reject(toTransportError(err, description, 'listening on')));
     server.listen(listenOptions, () => resolve());
   });
   return new SocketListener(server, uri, description, options);

@@ -22,8 +22,8 @@ export interface StreamChannelOptions {
   /** Where bytes go; null for a receive-only channel (write() then rejects). */
   readonly writable: Writable | null;
   /**
-   * The writable's own high-water mark must be at least this for write() to resolve at once
-   * below it; transports create their sockets with `writableHighWaterMark` set to it.
+   * Received bytes allowed to wait for read() before the readable is paused. (The write
+   * side's mark is the writable's own: transports create it with `writableHighWaterMark`.)
    */
   readonly readHighWaterMark?: number;
 }
@@ -96,6 +96,10 @@ export class StreamChannel implements Channel {
     if (this.#error) return Promise.reject(this.#error);
     if (this.#endPromise || this.#writeClosed || !this.#writable) {
       return Promise.reject(new TransportError(`Cannot write to ${this.description}: its sending side is closed`));
+    }
+    if (this.#writable.writableEnded) {
+      // Node ends the sending side itself when the peer ends its own (allowHalfOpen off).
+      return Promise.reject(new TransportError(`Cannot write to ${this.description}: the peer closed the connection`));
     }
     if (data.byteLength === 0) return Promise.resolve();
     // Writable.write wraps a Uint8Array in a Buffer over the same memory, and the socket
