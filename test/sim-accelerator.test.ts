@@ -159,6 +159,12 @@ test('sim: pause, pause again and resume in quick succession all settle', async 
     await Promise.all([p1, p2, p3]);
     assert.equal(a.running, false);
     await a.pause();
+    // A pause overtaken by a resume still settles, though the worker may never see it.
+    const overtaken = a.pause();
+    a.resume();
+    await overtaken;
+    assert.equal(a.running, true);
+    await a.pause();
   });
 });
 

@@ -175,6 +175,9 @@ class SimAccelerator implements Accelerator {
   resume(): void {
     if (this.destroyed || this.isRunning) return;
     this.isRunning = true;
+    // The worker may never see a pause that a resume overtook, so never acknowledge it:
+    // answer those callers now (the resume that superseded them was someone's choice).
+    this.resolvePauses(this.seq);
     this.command(CMD_RUN);
   }
 

@@ -386,3 +386,28 @@ test('serial: the XFR bit re-arms THRE', () => {
   assert.equal(uart.irq, true);
   assert.equal(rd(IIR), UART_IIR_FE | UART_IIR_THRI);
 });
+
+test('serial: Linux 8250 autoconfig sees a 16550A (IER test, loopback test, FIFO type)', () => {
+  const { rd, wr } = make();
+  // IER read-back test
+  wr(IER, 0);
+  assert.equal(rd(IER) & 0x0f, 0);
+  wr(IER, 0x0f);
+  assert.equal(rd(IER) & 0x0f, 0x0f);
+  wr(IER, 0);
+  // Loopback test: OUT2|RTS in loopback reads back as DCD|CTS
+  wr(MCR, UART_MCR_LOOP | 0x0a);
+  assert.equal(rd(MSR) & 0xf0, 0x90);
+  wr(MCR, UART_MCR_OUT2);
+  // FIFO type: enabling FIFOs with trigger 14 makes IIR bits 7:6 read 3 (16550A)
+  wr(FCR, 0xe7);
+  assert.equal(rd(IIR) >> 6, 3);
+  // 16750 test: bit 5 of FCR (64-byte FIFO) is not kept, so IIR bit 5 stays clear
+  wr(LCR, UART_LCR_DLAB);
+  wr(FCR, UART_FCR_FE | 0x20);
+  wr(LCR, 0);
+  assert.equal(rd(IIR) & 0x20, 0);
+  // Scratch test
+  wr(SCR, 0xa5);
+  assert.equal(rd(SCR), 0xa5);
+});
