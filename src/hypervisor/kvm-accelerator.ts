@@ -28,6 +28,8 @@ const trace = debuglog('ferry');
 const RAM_SLOT = 0;
 /** The block name QEMU gives a PC's main RAM, so streams line up with QEMU's. */
 export const RAM_BLOCK_IDSTR = 'pc.ram';
+/** RAM is one slot from 0; it must end below the PCI hole, where KVM_TSS_ADDRESS also lives. */
+export const MAX_MEMORY = 0xe0000000;
 /**
  * Secondary vCPUs (the built-in guests are single-threaded) park on `hlt; jmp .-1` at
  * the end of the code area; without an irqchip nothing ever wakes them.
@@ -168,6 +170,9 @@ class KvmAccelerator implements Accelerator {
 export async function createKvmAccelerator(config: AcceleratorConfig): Promise<Accelerator> {
   if (!Number.isSafeInteger(config.memorySize) || config.memorySize <= 0 || config.memorySize % PAGE_SIZE !== 0) {
     throw new ConfigError(`Guest memory size ${config.memorySize} must be a positive multiple of ${PAGE_SIZE} bytes`);
+  }
+  if (config.memorySize > MAX_MEMORY) {
+    throw new ConfigError(`Guest memory of ${config.memorySize} bytes is more than the kvm accelerator supports (${MAX_MEMORY / 1048576} MiB): RAM is one block below the 32-bit PCI hole and KVM's TSS pages`);
   }
   if (!Number.isInteger(config.vcpus) || config.vcpus < 1 || config.vcpus > 255) {
     throw new ConfigError(`Invalid vCPU count ${config.vcpus}: expected 1 to 255`);

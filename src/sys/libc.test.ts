@@ -23,6 +23,11 @@ test('mmapAnonymous gives zeroed memory that reads back what was written, withou
   }
 });
 
+test('mappings beyond what koffi.view can expose are refused with an error, not a crash', () => {
+  assert.throws(() => mmapAnonymous(2 ** 32 + 4096), RangeError);
+  assert.throws(() => mmapAnonymous(0), RangeError);
+});
+
 test('openPath reports ENOENT with the path in the message', () => {
   assert.throws(() => openPath('/nonexistent/ferry-device', O_RDWR), (err: unknown) => {
     assert.ok(err instanceof SystemCallError);

@@ -35,6 +35,9 @@ export const E2BIG = 7;
 export const ENOMEM = 12;
 export const ENXIO = 6;
 
+/** The largest mapping koffi.view can expose (measured: 4 GiB works, more aborts). */
+export const MAX_VIEW_BYTES = 2 ** 32;
+
 /** MAP_FAILED is (void *)-1. */
 const MAP_FAILED = 0xffffffffffffffffn;
 
@@ -139,6 +142,11 @@ export interface Mapping {
  * until munmap, and must not be used after it (the process would fault).
  */
 export function mmap(length: number, prot: number, flags: number, fd = -1, offset = 0): Mapping {
+  // koffi.view aborts the whole process (a fatal N-API error, not an exception) above
+  // 4 GiB, so refuse such a mapping here with an error that can be handled.
+  if (!Number.isSafeInteger(length) || length <= 0 || length > MAX_VIEW_BYTES) {
+    throw new RangeError(`Cannot map ${length} bytes: a mapping seen from TypeScript must be 1 byte to ${MAX_VIEW_BYTES} bytes (4 GiB)`);
+  }
   const pointer = libc().mmap(null, length, prot, flags, fd, offset);
   const address = pointer === null ? 0n : koffi.address(pointer);
   if (pointer === null || address === MAP_FAILED) {
