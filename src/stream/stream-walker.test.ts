@@ -115,5 +115,3 @@ test('walker: truncation at every offset is a StreamTruncatedError', async () =>
     });
   }
 });
-  }
-});
