@@ -287,6 +287,11 @@ test('sim: load refuses state that does not fit, and a bad config is a ConfigErr
   await withSim(2 * MiB, { kind: 'idle' }, async (a) => {
     const bad = { 'x-ferry-sim-magic': 0x434d4953, kind: 1, from: 1n << 20n, to: 1n << 30n, cursor: 1n << 20n, pass: 0n, rate: 1n, steps: 0n, prng: [1, 2, 3, 4] };
     assert.throws(() => a.stateSections[0]!.load(bad), VmStateError);
+    const good = a.stateSections[0]!.save();
+    a.resume();
+    assert.throws(() => a.stateSections[0]!.load(good), /while the sim workload is running/);
+    await a.pause();
+    a.stateSections[0]!.load(good);
   }, true);
   const ioBus = new RecordingBus();
   await assert.rejects(createSimAccelerator({ memorySize: 1000, vcpus: 1, guest: { kind: 'idle' }, ioBus, incoming: false }), ConfigError);

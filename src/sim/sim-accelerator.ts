@@ -3,7 +3,7 @@
 // bitmap, so the migration engine can be exercised and measured on any machine.
 
 import { Worker } from 'node:worker_threads';
-import { ConfigError, GuestCrashError } from '../errors.js';
+import { ConfigError, GuestCrashError, VmStateError } from '../errors.js';
 import { writeGuestParams } from '../guests/params.js';
 import { sweepRange } from '../guests/spec.js';
 import { SWEEP_DEFAULT_FROM } from '../guests/layout.js';
@@ -115,7 +115,7 @@ class SimAccelerator implements Accelerator {
   private isRunning = false;
   private destroyed = false;
   private workerGone = false;
-  private exited: Promise<void>;
+  private readonly exited: Promise<void>;
   /** Settles once the worker runs its loop (starting a worker takes ~100 ms here). */
   readonly ready: Promise<void>;
   private markReady: () => void = () => {};
@@ -141,18 +141,26 @@ class SimAccelerator implements Accelerator {
       instanceId: 0,
       description: SIM_CPU_STATE_DESCRIPTION,
       save: (): VmStateValue => saveCpuState(readCpuState(this.cpu)),
-      load: (state: VmStateValue): void => writeCpuState(this.cpu, loadCpuState(state, config.memorySize)),
+      load: (state: VmStateValue): void => {
+        // The worker reads this state when it next starts running; under it, it would be ignored.
+        if (this.isRunning) throw new VmStateError('Cannot load section "cpu" while the sim workload is running');
+        writeCpuState(this.cpu, loadCpuState(state, config.memorySize));
+      },
     }];
 
     const workerData: SimWorkerData = { ram, dirty, control, cpu: this.cpu };
     this.worker = new Worker(new URL('./workload-worker.js', import.meta.url), { workerData });
     this.ready = new Promise((resolve) => { this.markReady = resolve; });
     this.worker.on('message', (message: SimWorkerMessage) => this.onMessage(message));
-    this.worker.on('error', (error) => this.emitExit({ kind: 'crash', error: new GuestCrashError(`The sim workload worker failed: ${error.message}`, '', { cause: error }) }));
+    let failed = false;
+    this.worker.on('error', (error) => {
+      failed = true;
+      this.emitExit({ kind: 'crash', error: new GuestCrashError(`The sim workload worker failed: ${error.message}`, '', { cause: error }) });
+    });
     this.exited = new Promise((resolve) => {
       this.worker.once('exit', (code) => {
         this.workerGone = true;
-        if (!this.destroyed) {
+        if (!this.destroyed && !failed) {
           this.emitExit({ kind: 'crash', error: new GuestCrashError(`The sim workload worker exited unexpectedly with code ${code}`, '') });
         }
         this.isRunning = false;
