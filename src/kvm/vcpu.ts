@@ -35,6 +35,12 @@ export function cpuidForVcpu(supported: readonly KvmCpuidEntry[], vcpuId: number
   });
 }
 
+/*
+ * SAFETY (every ioctl below): the buffer is a fresh Uint8Array of exactly the struct size
+ * the request number encodes (SIZEOF, golden-checked), or larger for the variable-length
+ * structs (kvm_msrs, kvm_cpuid2, XSAVE2) whose count field the kernel reads first; koffi
+ * pins it only for the call, and the kernel copies in or out before returning.
+ */
 export class KvmVcpu {
   readonly vm: KvmVm;
   readonly id: number;

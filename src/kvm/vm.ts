@@ -2,7 +2,6 @@
 // per-slot dirty logging (KVM_GET_DIRTY_LOG, with KVM_CLEAR_DIRTY_LOG where the kernel
 // offers manual protection), and vCPU creation.
 
-import { KvmUnavailableError } from '../errors.js';
 import { closeFd, ioctlInt, ioctlPtr, mmapAnonymous, munmap } from '../sys/libc.js';
 import type { Mapping } from '../sys/libc.js';
 import * as K from './ioctls.js';
@@ -152,11 +151,5 @@ export class KvmVm {
       entry.bitmap = undefined;
     }
     closeFd(this.fd);
-  }
-}
-
-export function requireVmCapability(vm: KvmVm, cap: number, name: string): void {
-  if (vm.checkExtension(cap) <= 0) {
-    throw new KvmUnavailableError(`KVM VM lacks ${name} (capability ${cap}), which Ferry needs: use a newer kernel, or run with --accel sim.`);
   }
 }
