@@ -90,6 +90,7 @@ function sampleState(): KvmCpuState {
       triple_fault: { pending: 0 }, exception_has_payload: 0, exception_payload: 0n,
     },
     mpState: 0,
+    debugRegs: { db: [0n, 0x401000n, 0n, 0n], dr6: 0xffff0ff0n, dr7: 0x400n },
   };
 }
 
@@ -110,8 +111,8 @@ test('a cpu state survives state → value → bytes → value → state', () =>
   encode(CPU_STATE_DESCRIPTION, cpuStateToValue(state), bytes);
   // The exact size pins the layout: 18 regs × 8; segment = 8 + 4 + 2 + 9 × 1 = 23 bytes (no
   // padding on the wire); dtable = 10; controls 7 × 8; bitmap 32; xsave 4 + 4096;
-  // xcrs 4 + 12; msrs 4 + 3 × 12; events 17 + 12 + 8 = 37; mp_state 4.
-  assert.equal(bytes.length, 144 + 8 * 23 + 2 * 10 + 56 + 32 + 4100 + 16 + 40 + 37 + 4);
+  // xcrs 4 + 12; msrs 4 + 3 × 12; events 17 + 12 + 8 = 37; mp_state 4; dr 4 × 8, dr6, dr7.
+  assert.equal(bytes.length, 144 + 8 * 23 + 2 * 10 + 56 + 32 + 4100 + 16 + 40 + 37 + 4 + 48);
   // rax is first, big-endian: regs.rax = 0.
   assert.deepEqual(bytes.slice(8, 16), [0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x01], 'rbx = 0x1000000001');
   const decoded = decode(CPU_STATE_DESCRIPTION, Uint8Array.from(bytes), { pos: 0 });

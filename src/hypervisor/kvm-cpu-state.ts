@@ -96,6 +96,9 @@ export const CPU_STATE_DESCRIPTION: VmStateDescription = {
     { name: 'msrs', type: 'struct', struct: MSR, countField: 'msr_count', maxLength: MAX_MSRS },
     { name: 'events', type: 'struct', struct: VCPU_EVENTS },
     { name: 'mp_state', type: 'uint32' },
+    { name: 'dr', type: 'uint64', count: 4 },
+    { name: 'dr6', type: 'uint64' },
+    { name: 'dr7', type: 'uint64' },
   ],
 };
 
@@ -128,6 +131,9 @@ export function cpuStateToValue(s: KvmCpuState): VmStateValue {
   value['msrs'] = s.msrs.map((m) => ({ index: m.index, data: m.data }));
   value['events'] = eventsToValue(s.events);
   value['mp_state'] = s.mpState;
+  value['dr'] = [...s.debugRegs.db];
+  value['dr6'] = s.debugRegs.dr6;
+  value['dr7'] = s.debugRegs.dr7;
   return value;
 }
 
@@ -207,5 +213,10 @@ export function cpuStateFromValue(v: VmStateValue): KvmCpuState {
     exception_has_payload: u8('exception_has_payload'),
     exception_payload: u64(e, 'exception_payload', ep),
   };
-  return { regs, sregs: sregs as KvmSregs, xsave: new Uint8Array(xsave), xcrs, msrs, events, mpState: uint(v, 'mp_state', p, 32) };
+  const debugRegs = {
+    db: list(v, 'dr', p, 4).map((w, i) => u64({ w }, 'w', `${p}.dr[${i}]`)),
+    dr6: u64(v, 'dr6', p),
+    dr7: u64(v, 'dr7', p),
+  };
+  return { regs, sregs: sregs as KvmSregs, xsave: new Uint8Array(xsave), xcrs, msrs, events, mpState: uint(v, 'mp_state', p, 32), debugRegs };
 }

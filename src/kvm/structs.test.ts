@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { SIZEOF } from './ioctls.js';
 import {
   KVM_RUN_OFFSETS, KvmRunView, REG_NAMES, SEGMENT_NAMES, cpuid2Buffer, decodeCpuid2, decodeMsrList, decodeMsrs,
-  decodeRegs, decodeSregs, decodeVcpuEvents, decodeXcrs, encodeClearDirtyLog, encodeCpuid2, encodeDirtyLog,
+  decodeDebugRegs, decodeRegs, decodeSregs, decodeVcpuEvents, decodeXcrs, encodeClearDirtyLog, encodeCpuid2, encodeDebugRegs, encodeDirtyLog,
   encodeEnableCap, encodeMemoryRegion, encodeMsrs, encodeRegs, encodeSregs, encodeVcpuEvents, encodeXcrs, zeroRegs,
 } from './structs.js';
 import type { KvmSegment, KvmSregs, KvmVcpuEvents } from './structs.js';
@@ -166,6 +166,18 @@ test('kvm_userspace_memory_region, kvm_dirty_log, kvm_clear_dirty_log, kvm_enabl
   assert.equal(cap.byteLength, 104);
   assert.equal(dv(cap).getUint32(0, true), 168);
   assert.equal(dv(cap).getBigUint64(8, true), 3n);
+});
+
+test('kvm_debugregs: db[4] at 0, dr6 at 32, dr7 at 40, flags at 48 left zero', () => {
+  const d = { db: [1n, 2n, 3n, 4n], dr6: 0xffff0ff0n, dr7: 0x400n };
+  const bytes = encodeDebugRegs(d);
+  const v = dv(bytes);
+  assert.equal(bytes.byteLength, 128);
+  assert.equal(v.getBigUint64(24, true), 4n);
+  assert.equal(v.getBigUint64(32, true), 0xffff0ff0n);
+  assert.equal(v.getBigUint64(40, true), 0x400n);
+  assert.equal(v.getBigUint64(48, true), 0n);
+  assert.deepEqual(decodeDebugRegs(bytes), d);
 });
 
 test('kvm_cpuid2: nent, padding, 40-byte entries; decode rejects nent beyond the buffer', () => {

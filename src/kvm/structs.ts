@@ -276,6 +276,32 @@ export function decodeVcpuEvents(bytes: Uint8Array): KvmVcpuEvents {
   };
 }
 
+// ---- kvm_debugregs -----------------------------------------------------------------
+
+export interface KvmDebugRegs {
+  /** DR0..DR3, the breakpoint addresses. */
+  db: bigint[];
+  dr6: bigint;
+  dr7: bigint;
+}
+
+export function encodeDebugRegs(d: KvmDebugRegs): Uint8Array {
+  if (d.db.length !== 4) throw new RangeError(`kvm_debugregs.db needs 4 registers, got ${d.db.length}`);
+  const out = new Uint8Array(SIZEOF.kvm_debugregs);
+  const v = dv(out);
+  d.db.forEach((x, i) => v.setBigUint64(i * 8, x, true));
+  v.setBigUint64(32, d.dr6, true);
+  v.setBigUint64(40, d.dr7, true);
+  // flags (48) and reserved[9] stay zero: KVM rejects nonzero flags.
+  return out;
+}
+
+export function decodeDebugRegs(bytes: Uint8Array): KvmDebugRegs {
+  need(bytes, SIZEOF.kvm_debugregs, 'kvm_debugregs');
+  const v = dv(bytes);
+  return { db: [0, 1, 2, 3].map((i) => v.getBigUint64(i * 8, true)), dr6: v.getBigUint64(32, true), dr7: v.getBigUint64(40, true) };
+}
+
 // ---- memory slots and the dirty log -------------------------------------------------
 
 export interface KvmUserspaceMemoryRegion {

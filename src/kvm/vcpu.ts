@@ -7,10 +7,10 @@ import { MAP_SHARED, PROT_READ, PROT_WRITE, closeFd, ioctlPtr, mmap, munmap } fr
 import type { Mapping } from '../sys/libc.js';
 import * as K from './ioctls.js';
 import {
-  KvmRunView, decodeMsrs, decodeRegs, decodeSregs, decodeVcpuEvents, decodeXcrs, encodeCpuid2, encodeMsrs,
+  KvmRunView, decodeDebugRegs, decodeMsrs, decodeRegs, decodeSregs, decodeVcpuEvents, decodeXcrs, encodeCpuid2, encodeDebugRegs, encodeMsrs,
   encodeRegs, encodeSregs, encodeVcpuEvents, encodeXcrs,
 } from './structs.js';
-import type { KvmCpuidEntry, KvmMsrEntry, KvmRegs, KvmSregs, KvmVcpuEvents, KvmXcr } from './structs.js';
+import type { KvmCpuidEntry, KvmDebugRegs, KvmMsrEntry, KvmRegs, KvmSregs, KvmVcpuEvents, KvmXcr } from './structs.js';
 import type { KvmVm } from './vm.js';
 
 /** Everything KVM holds for one x86 vCPU without an in-kernel irqchip. */
@@ -23,6 +23,7 @@ export interface KvmCpuState {
   msrs: KvmMsrEntry[];
   events: KvmVcpuEvents;
   mpState: number;
+  debugRegs: KvmDebugRegs;
 }
 
 /** CPUID leaves that report the APIC id: leaf 1 EBX[31:24], leaves 0xb and 0x1f EDX. */
@@ -183,6 +184,16 @@ export class KvmVcpu {
     ioctlPtr(this.fd, K.KVM_SET_MP_STATE, buf, `KVM_SET_MP_STATE(vcpu ${this.id}, ${state})`);
   }
 
+  getDebugRegs(): KvmDebugRegs {
+    const buf = new Uint8Array(K.SIZEOF.kvm_debugregs);
+    ioctlPtr(this.fd, K.KVM_GET_DEBUGREGS, buf, `KVM_GET_DEBUGREGS(vcpu ${this.id})`);
+    return decodeDebugRegs(buf);
+  }
+
+  setDebugRegs(regs: KvmDebugRegs): void {
+    ioctlPtr(this.fd, K.KVM_SET_DEBUGREGS, encodeDebugRegs(regs), `KVM_SET_DEBUGREGS(vcpu ${this.id})`);
+  }
+
   /**
    * The whole vCPU state. Only while the vCPU is out of KVM_RUN and any IO/MMIO exit has
    * been completed by a KVM_RUN with immediate_exit (the worker guarantees both when paused).
@@ -199,6 +210,7 @@ export class KvmVcpu {
       msrs: entries,
       events: this.getVcpuEvents(),
       mpState: this.getMpState(),
+      debugRegs: this.getDebugRegs(),
     };
   }
 
@@ -212,6 +224,7 @@ export class KvmVcpu {
       const refusedMsrs = this.setMsrs(state.msrs);
       this.setVcpuEvents(state.events);
       this.setMpState(state.mpState);
+      this.setDebugRegs(state.debugRegs);
       return { refusedMsrs };
     } catch (err) {
       if (err instanceof SystemCallError) {
