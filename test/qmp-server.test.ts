@@ -401,6 +401,29 @@ describe('several clients and events', () => {
   });
 });
 
+describe('flow control', () => {
+  for (const kind of ['unix', 'tcp'] as const) {
+    test(`2000 pipelined commands in one write over ${kind} are all answered, in order`, async () => {
+      const server = newServer();
+      server.register({
+        name: 'x-tick',
+        args: { n: t.int },
+        handler: async ({ n }) => {
+          await new Promise((r) => setImmediate(r));
+          return { n };
+        },
+      });
+      const raw = await Raw.ready(await server.listen(kind === 'unix' ? `unix:${sockPath()}` : 'tcp:127.0.0.1:0'));
+      const count = 2000;
+      raw.send(Array.from({ length: count }, (_, n) => JSON.stringify({ execute: 'x-tick', arguments: { n }, id: n })).join('\n') + '\n');
+      for (let n = 0; n < count; n++) assert.deepEqual(await raw.next(), { return: { n }, id: n });
+      await stillServes(raw);
+      raw.destroy();
+      await server.close();
+    });
+  }
+});
+
 describe('handlers', () => {
   let server: QmpServer;
   let raw: Raw;

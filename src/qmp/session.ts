@@ -15,6 +15,8 @@ const debug = debuglog('ferry');
 
 /** A client that lets this much output pile up unread is dropped rather than let it grow memory. */
 export const MAX_UNREAD_OUTPUT_BYTES = 16 * 1024 * 1024;
+/** Requests queued unanswered before the session stops reading (and resumes at a quarter). */
+export const MAX_QUEUED_REQUESTS = 256;
 /** Fds passed but not yet taken by a command; more than this are closed on arrival. */
 export const MAX_PENDING_PASSED_FDS = 32;
 
@@ -51,6 +53,7 @@ export class QmpSession implements QmpSessionInfo {
   readonly #passedFds: number[] = [];
   #reader: ScmRightsReader | undefined;
   #pumping = false;
+  #readingPaused = false;
   #closed = false;
 
   constructor(id: number, socket: net.Socket, transport: 'unix' | 'tcp', address: string, host: SessionHost) {
@@ -148,6 +151,7 @@ export class QmpSession implements QmpSessionInfo {
   #enqueue(frames: (Frame | { readonly kind: 'end' })[]): void {
     if (frames.length === 0 || this.#closed) return;
     this.#queue.push(...frames);
+    if (this.#queue.length > MAX_QUEUED_REQUESTS) this.#setReading(false);
     if (!this.#pumping) void this.#pump();
   }
 
@@ -157,6 +161,7 @@ export class QmpSession implements QmpSessionInfo {
       while (!this.#closed) {
         const frame = this.#queue.shift();
         if (frame === undefined) break;
+        if (this.#readingPaused && this.#queue.length < MAX_QUEUED_REQUESTS / 4) this.#setReading(true);
         if (frame.kind === 'end') {
           this.#socket.end(() => this.close());
           break;
@@ -174,6 +179,20 @@ export class QmpSession implements QmpSessionInfo {
       }
     } finally {
       this.#pumping = false;
+    }
+  }
+
+  /** Flow control: a client that pipelines faster than its commands run waits in the kernel. */
+  #setReading(on: boolean): void {
+    if (this.#readingPaused === !on || this.#closed) return;
+    this.#readingPaused = !on;
+    if (this.#reader) {
+      if (on) this.#reader.resume();
+      else this.#reader.pause();
+    } else if (on) {
+      this.#socket.resume();
+    } else {
+      this.#socket.pause();
     }
   }
 

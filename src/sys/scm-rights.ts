@@ -152,6 +152,15 @@ export interface ScmRightsHandlers {
   error(err: SystemCallError): void;
 }
 
+/** koffi's uv_poll handle (koffi.node.poll), level-triggered like libuv's epoll use. */
+interface PollHandle {
+  start(options: typeof POLL_EVENTS, callback: () => void): void;
+  stop(): void;
+  close(): void;
+}
+
+const POLL_EVENTS = { readable: true, disconnect: true } as const;
+
 /** recvmsg calls per readiness callback, so one busy client cannot starve the event loop. */
 const READS_PER_WAKEUP = 16;
 
@@ -164,8 +173,9 @@ const READS_PER_WAKEUP = 16;
 export class ScmRightsReader {
   readonly #fd: number;
   readonly #handlers: ScmRightsHandlers;
-  readonly #poll: { close(): void; unref(): void };
+  readonly #poll: PollHandle;
   #closed = false;
+  #paused = false;
 
   constructor(socketFd: number, handlers: ScmRightsHandlers) {
     const b = libc();
@@ -173,7 +183,20 @@ export class ScmRightsReader {
     if (fd < 0) throw syscallError('dup', socketFd, koffi.errno());
     this.#fd = fd;
     this.#handlers = handlers;
-    this.#poll = koffi.node.poll(fd, { readable: true, disconnect: true }, () => this.#drain());
+    this.#poll = koffi.node.poll(fd, POLL_EVENTS, () => this.#drain()) as PollHandle;
+  }
+
+  /** Stop reading for now (the consumer is behind); the kernel buffers, then the peer blocks. */
+  pause(): void {
+    if (this.#closed || this.#paused) return;
+    this.#paused = true;
+    this.#poll.stop();
+  }
+
+  resume(): void {
+    if (this.#closed || !this.#paused) return;
+    this.#paused = false;
+    this.#poll.start(POLL_EVENTS, () => this.#drain());
   }
 
   /** Stop reading and release the duplicated fd (the original socket is the caller's). */
@@ -187,7 +210,7 @@ export class ScmRightsReader {
 
   #drain(): void {
     const b = libc();
-    for (let i = 0; i < READS_PER_WAKEUP && !this.#closed; i++) {
+    for (let i = 0; i < READS_PER_WAKEUP && !this.#closed && !this.#paused; i++) {
       prepareMsghdr(b, READ_CHUNK, CONTROL_SIZE);
       // SAFETY: as in sendWithFds; the kernel writes at most READ_CHUNK data bytes and
       // CONTROL_SIZE control bytes into the scratch area, as msghdr says.
