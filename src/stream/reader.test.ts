@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { StreamTruncatedError, TransportError } from '../errors.js';
+import { StreamFormatError, StreamTruncatedError, TransportError } from '../errors.js';
 import { createMemoryChannelPair } from './memory-channel.js';
 import { StreamReader } from './reader.js';
 import { fromHex, readerOf } from './testing.js';
@@ -66,7 +66,8 @@ test('reader: a read without ensure() is a StreamTruncatedError, not a RangeErro
   await r.ensure(1);
   assert.throws(() => r.be32(), StreamTruncatedError);
   assert.throws(() => r.bytes(2), StreamTruncatedError);
-  assert.throws(() => r.copyTo(new Uint8Array(4), 2, 4), StreamTruncatedError);
+  assert.throws(() => r.copyTo(new Uint8Array(4), 2, 4), StreamFormatError);
+  assert.throws(() => r.copyTo(new Uint8Array(4), 0, 4), StreamTruncatedError);
   assert.equal(r.u8(), 1);
   assert.throws(() => r.u8(), StreamTruncatedError);
 });

@@ -2,7 +2,7 @@
 // from the channel are kept as they arrived and read in place, so a RAM page is copied
 // once, from the received chunk straight into guest RAM. Every read is bounds-checked.
 
-import { FerryError, StreamTruncatedError, TransportError } from '../errors.js';
+import { FerryError, StreamFormatError, StreamTruncatedError, TransportError } from '../errors.js';
 import type { Channel } from '../transport/channel.js';
 
 const EMPTY = new Uint8Array(0);
@@ -140,8 +140,9 @@ export class StreamReader {
   /** Copy the next `n` bytes straight into `target` at `targetOffset` (guest RAM: no intermediate copy). */
   copyTo(target: Uint8Array, targetOffset: number, n: number): void {
     if (!Number.isInteger(n) || n < 0 || !Number.isInteger(targetOffset) || targetOffset < 0 || targetOffset + n > target.byteLength) {
-      throw new StreamTruncatedError(
-        `Cannot copy ${n} stream bytes to offset ${targetOffset} of a ${target.byteLength}-byte target`,
+      // The target offset usually comes from the stream (a RAM page address): a bad one is the stream's fault.
+      throw new StreamFormatError(
+        `Cannot copy ${n} stream bytes at offset ${this.#consumed} to offset ${targetOffset} of a ${target.byteLength}-byte target`,
         this.#consumed,
       );
     }
