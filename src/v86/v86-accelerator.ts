@@ -46,9 +46,16 @@ const V86_RAM_MAX = 2 ** 31 - V86_RAM_GRANULE;
 const VGA_MEMORY_BYTES = 256 * 1024;
 /** Boot-time serial output kept until a console connects. */
 const EARLY_CONSOLE_BYTES = 64 * 1024;
-/** Guest execution between dirty-log comparisons, at least; raised to twice the comparison's cost. */
+/**
+ * While dirty logging, guest code runs in bursts of BURST_RATIO × the last comparison's
+ * cost (clamped), so comparing takes at most ~1/(1+BURST_RATIO) of a busy guest's time;
+ * the cap bounds how long the main thread is held (QMP, the migration loop).
+ */
+const BURST_RATIO = 3;
 const BURST_MIN_MS = 10;
-const BURST_MAX_MS = 50;
+const BURST_MAX_MS = 60;
+/** A halted guest waits at least this multiple of the comparison's cost before its next burst. */
+const IDLE_WAIT_RATIO = 2;
 
 /**
  * The v86 state section. `state` is a v86 state file without guest RAM; the other fields
@@ -309,8 +316,9 @@ export class V86Accelerator implements Accelerator {
   /**
    * Wrap v86's slice (cpu.main_loop, called by its scheduler) so that, while the dirty
    * log is on, guest code runs in bursts and every burst ends with a comparison. The
-   * returned delay makes v86 wait at least as long as the comparison took, so a guest
-   * that halts between timer ticks cannot turn the comparisons into a busy loop.
+   * returned delay makes a halted guest wait a multiple of the comparison's cost, so a
+   * guest that halts between timer ticks cannot turn the comparisons into a busy loop.
+   * The price: guest code runs at roughly 65–75% speed while a migration is under way.
    */
   #installBursts(): void {
     const cpu = this.#core.cpu;
@@ -319,12 +327,12 @@ export class V86Accelerator implements Accelerator {
     const log = this.dirtyLog;
     cpu.main_loop = () => {
       if (!log.active) return slice();
-      const burstMs = Math.min(BURST_MAX_MS, Math.max(BURST_MIN_MS, 2 * log.stats.lastCollectMs));
+      const burstMs = Math.min(BURST_MAX_MS, Math.max(BURST_MIN_MS, BURST_RATIO * log.stats.lastCollectMs));
       const start = performance.now();
       let next = slice();
       while (next < 1 && !core.stopping && performance.now() - start < burstMs) next = slice();
       log.collect();
-      return next < 1 ? next : Math.max(next, log.stats.lastCollectMs);
+      return next < 1 ? next : Math.max(next, IDLE_WAIT_RATIO * log.stats.lastCollectMs);
     };
   }
 
