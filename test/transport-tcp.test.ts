@@ -32,8 +32,26 @@ test('tcp: port 0 listens on a real port, and 8 MiB arrive intact from source to
   const [, received] = await Promise.all([sendAll(source, data), receiveAll(destination)]);
   assert.equal(received.bytes, data.byteLength);
   assert.equal(received.sha256, sha256(data));
+  // The destination's own end() after the source's end of stream resolves instead of hanging.
+  await destination.end();
+  assert.equal(await source.read(), null);
   destination.destroy();
   source.destroy();
+  await listener.close();
+});
+
+test('tcp: a listener hands out several connections in arrival order (multifd-style)', async () => {
+  const listener = await listen('tcp:127.0.0.1:0');
+  const first = await connect(listener.address);
+  await first.write(new Uint8Array([1]));
+  const second = await connect(listener.address);
+  await second.write(new Uint8Array([2]));
+  await sleep(50);
+  const a = await listener.accept();
+  const b = await listener.accept();
+  assert.deepEqual([...(await a.read())!], [1]);
+  assert.deepEqual([...(await b.read())!], [2]);
+  for (const channel of [first, second, a, b]) channel.destroy();
   await listener.close();
 });
 

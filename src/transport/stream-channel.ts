@@ -114,7 +114,8 @@ export class StreamChannel implements Channel {
     if (this.#endPromise) return this.#endPromise;
     if (this.#error) return Promise.reject(this.#error);
     const writable = this.#writable;
-    if (!writable || this.#writeClosed) {
+    // Node may have ended the sending side already, when the peer ended first (allowHalfOpen off).
+    if (!writable || writable.writableFinished || (this.#writeClosed && writable.writableLength === 0)) {
       this.#endPromise = Promise.resolve();
       return this.#endPromise;
     }
@@ -125,7 +126,8 @@ export class StreamChannel implements Channel {
       };
       const onFail = (): void => {
         cleanup();
-        reject(this.#error ?? new TransportError(`${this.description} closed before everything written was flushed`));
+        if (writable.writableFinished && !this.#error) resolve();
+        else reject(this.#error ?? new TransportError(`${this.description} closed before everything written was flushed`));
       };
       const cleanup = (): void => {
         writable.off('finish', onFinish);
@@ -135,7 +137,7 @@ export class StreamChannel implements Channel {
       writable.on('finish', onFinish);
       writable.on('close', onFail);
       writable.on('error', onFail);
-      writable.end();
+      if (!writable.writableEnded) writable.end();
     });
     // The caller may drop this promise (destroy after end); its rejection is then reported elsewhere.
     this.#endPromise.catch(() => {});

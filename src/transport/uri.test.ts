@@ -1,3 +1,5 @@
+// QEMU's migration URI forms, their canonical text, and a message for each way to get one wrong.
+
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ConfigError } from '../errors.js';
