@@ -31,7 +31,7 @@ function setup(script: FakeStep[]): { thread: VcpuThread; log: string[]; exits: 
   const bus: IoBus = {
     pioRead: (port, size) => { log.push(`in ${port.toString(16)}/${size}`); return 0x5a; },
     pioWrite: (port, size, value) => { log.push(`out ${port.toString(16)}/${size}=${value.toString(16)}`); },
-    mmioRead: (address, size) => { log.push(`mmio-read ${address.toString(16)}/${size}`); return 0; },
+    mmioRead: (address, size) => { log.push(`mmio-read ${address.toString(16)}/${size}`); return 0x1234567; },
     mmioWrite: (address, size, value) => { log.push(`mmio-write ${address.toString(16)}/${size}=${value.toString(16)}`); },
   };
   const handle = {
@@ -113,6 +113,33 @@ test('a pause requested while an IN is outstanding completes the IN first', asyn
   } finally {
     await thread.stop();
   }
+});
+
+test('an MMIO read above 4 GiB is answered through the IoBus and completes before a pause', async () => {
+  const { thread, log } = setup([{ mmioRead: 0x1_0000_2000, len: 4 }, { echo: 0xe9 }, { hlt: true }]);
+  try {
+    await thread.ready();
+    thread.resume();
+    await until('HLT', () => thread.state === M.STATE_HALTED);
+    assert.deepEqual(log, ['mmio-read 100002000/4', 'out e9/4=1234567']);
+  } finally {
+    await thread.stop();
+  }
+});
+
+test('stop() ends a worker that is halted, and one blocked on a read the bus answers', async () => {
+  const halted = setup([{ hlt: true }]);
+  await halted.thread.ready();
+  halted.thread.resume();
+  await until('HLT', () => halted.thread.state === M.STATE_HALTED);
+  await halted.thread.stop();
+  assert.equal(halted.thread.state, M.STATE_STOPPED);
+  const spinning = setup([]);
+  await spinning.thread.ready();
+  spinning.thread.resume();
+  await until('progress', () => Atomics.load(spinning.progress, 0) > 0);
+  await spinning.thread.stop();
+  assert.equal(spinning.thread.state, M.STATE_STOPPED);
 });
 
 test('a triple fault is reported through onExit as a GuestCrashError with a register dump', async () => {

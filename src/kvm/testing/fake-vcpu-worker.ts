@@ -15,6 +15,8 @@ export type FakeStep =
   /** Write the value the last IN completed with to this port. */
   | { readonly echo: number }
   | { readonly mmioWrite: number; readonly len: 1 | 2 | 4 | 8; readonly value: number }
+  /** An MMIO read; its result is what a following `echo` writes out. */
+  | { readonly mmioRead: number; readonly len: 1 | 2 | 4 | 8 }
   | { readonly hlt: true }
   | { readonly shutdown: true };
 
@@ -38,6 +40,7 @@ const run = new KvmRunView(page);
 const progress = new Int32Array(data.progress);
 let step = 0;
 let pendingIn: { size: number } | undefined;
+let pendingMmioRead: { len: number } | undefined;
 let lastIn = 0;
 
 function exitIo(direction: number, port: number, size: number, count: number): number {
@@ -55,6 +58,10 @@ function fakeKvmRun(): number {
   if (pendingIn) {
     lastIn = run.readIoData(IO_DATA_OFFSET, pendingIn.size);
     pendingIn = undefined;
+  }
+  if (pendingMmioRead) {
+    lastIn = run.readMmioData(pendingMmioRead.len);
+    pendingMmioRead = undefined;
   }
   if (run.immediateExit) return -EINTR;
   const s = data.script[step];
@@ -82,6 +89,14 @@ function fakeKvmRun(): number {
     view.setUint32(KVM_RUN_OFFSETS.mmio_len, s.len, true);
     view.setUint8(KVM_RUN_OFFSETS.mmio_is_write, 1);
     run.writeMmioData(s.len, s.value);
+    return 0;
+  }
+  if ('mmioRead' in s) {
+    view.setUint32(KVM_RUN_OFFSETS.exit_reason, K.KVM_EXIT_MMIO, true);
+    view.setBigUint64(KVM_RUN_OFFSETS.mmio_phys_addr, BigInt(s.mmioRead), true);
+    view.setUint32(KVM_RUN_OFFSETS.mmio_len, s.len, true);
+    view.setUint8(KVM_RUN_OFFSETS.mmio_is_write, 0);
+    pendingMmioRead = { len: s.len };
     return 0;
   }
   view.setUint32(KVM_RUN_OFFSETS.exit_reason, 'hlt' in s ? K.KVM_EXIT_HLT : K.KVM_EXIT_SHUTDOWN, true);
