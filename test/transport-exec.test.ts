@@ -93,3 +93,11 @@ test('exec: the command runs under sh -c, so pipelines and redirections work', a
   await sendAll(source, data);
   assert.equal(sha256(readFileSync(file)), sha256(data));
 });
+
+test('exec: a shell that cannot be started is a TransportError naming the command', async () => {
+  await assert.rejects(connect('exec:cat > /dev/null', { shell: '/nonexistent/sh' }), (err: unknown) => {
+    assert.ok(err instanceof TransportError);
+    assert.match(err.message, /^Cannot start exec:cat > \/dev\/null: spawn \/nonexistent\/sh ENOENT$/);
+    return true;
+  });
+});

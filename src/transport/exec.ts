@@ -15,6 +15,8 @@ const EXIT_WAIT_MS = 2000;
 export interface ExecOptions {
   readonly writeHighWaterMark?: number;
   readonly readHighWaterMark?: number;
+  /** The shell that runs the command with -c (default /bin/sh, as QEMU uses). */
+  readonly shell?: string;
 }
 
 type ExitStatus = { readonly code: number | null; readonly signal: NodeJS.Signals | null };
@@ -25,7 +27,7 @@ export function execChannel(command: string, options: ExecOptions = {}): Promise
   return new Promise<Channel>((resolve, reject) => {
     let child: ChildProcess;
     try {
-      child = spawn('sh', ['-c', command], { stdio: ['pipe', 'pipe', 'pipe'] });
+      child = spawn(options.shell ?? '/bin/sh', ['-c', command], { stdio: ['pipe', 'pipe', 'pipe'] });
     } catch (err) {
       reject(new TransportError(`Cannot start ${description}: ${errorText(err)}`, { cause: err }));
       return;

@@ -1,6 +1,7 @@
 // The transport layer's front door: a migration URI in, a Channel (source) or a Listener
 // (destination) out. Each URI kind lives in its own file; this one only dispatches.
 
+import { debuglog } from 'node:util';
 import { ConfigError } from '../errors.js';
 import type { Channel, Listener } from './channel.js';
 import { execChannel } from './exec.js';
@@ -17,11 +18,16 @@ export interface TransportOptions {
   readonly readHighWaterMark?: number;
   /** tcp:/unix: connect only: give up after this long. */
   readonly connectTimeoutMs?: number;
+  /** exec: only: the shell that runs the command with -c (default /bin/sh). */
+  readonly shell?: string;
 }
+
+const debug = debuglog('ferry');
 
 /** Source side: open the URI and return a connected Channel. */
 export async function connect(uri: string | MigrationUri, options: TransportOptions = {}): Promise<Channel> {
   const parsed = typeof uri === 'string' ? parseMigrationUri(uri) : uri;
+  debug('transport: connecting to %s', formatMigrationUri(parsed));
   switch (parsed.kind) {
     case 'tcp':
       if (parsed.port === 0) {
@@ -41,6 +47,7 @@ export async function connect(uri: string | MigrationUri, options: TransportOpti
 /** Destination side: start listening on the URI (for tcp, port 0 picks a free port; see Listener.address). */
 export async function listen(uri: string | MigrationUri, options: TransportOptions = {}): Promise<Listener> {
   const parsed = typeof uri === 'string' ? parseMigrationUri(uri) : uri;
+  debug('transport: listening on %s', formatMigrationUri(parsed));
   switch (parsed.kind) {
     case 'tcp':
     case 'unix':
