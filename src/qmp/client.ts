@@ -71,8 +71,13 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
     this.#unix = unix;
     this.#framer = new JsonFramer({ maxMessageBytes });
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    socket.on('error', (err) => this.#shutdown(new TransportError(`QMP connection to ${address} failed: ${err.message}`, { cause: err })));
-    socket.on('close', () => this.#shutdown(new TransportError(`QMP connection to ${address} closed`)));
+    // Before the greeting, connect() prefixes "Cannot connect to QMP at …" itself.
+    socket.on('error', (err) =>
+      this.#shutdown(new TransportError(this.#greeting ? `QMP connection to ${address} failed: ${err.message}` : err.message, { cause: err })),
+    );
+    socket.on('close', () =>
+      this.#shutdown(new TransportError(this.#greeting ? `QMP connection to ${address} closed` : 'the server closed the connection before greeting')),
+    );
   }
 
   /**
@@ -159,7 +164,11 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
         await new Promise((resolve) => setTimeout(resolve, FD_SEND_RETRY_MS));
       }
     } catch (err) {
+      // Nothing was sent: settle the reply we were waiting for so its timer cannot fire.
+      const pending = this.#pending.get(id);
       this.#pending.delete(id);
+      reply.catch(() => {});
+      pending?.reject(err as Error);
       throw err;
     }
     if (sent < bytes.length) this.#socket.write(bytes.subarray(sent));

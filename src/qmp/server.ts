@@ -166,7 +166,13 @@ export class QmpServer {
     const session = new QmpSession(this.#nextSessionId++, socket, transport, address, this.#host);
     this.#sessions.add(session);
     debug('qmp: session %d connected on %s', session.id, address);
-    session.start();
+    try {
+      session.start();
+    } catch (err) {
+      // E.g. EMFILE from dup(): this client cannot be served, the others carry on.
+      debug('qmp: session %d could not start: %s', session.id, err instanceof Error ? err.message : String(err));
+      session.close();
+    }
   }
 
   readonly #host: SessionHost;

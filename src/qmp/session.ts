@@ -177,6 +177,10 @@ export class QmpSession implements QmpSessionInfo {
         this.write(result.line, after.length === 0 ? undefined : () => runAll(after, this.id));
         result.written?.();
       }
+    } catch (err) {
+      // dispatch() answers every failure itself; reaching here is a server bug.
+      debug('qmp: session %d dispatch failed: %s', this.id, err instanceof Error ? err.stack : String(err));
+      this.close();
     } finally {
       this.#pumping = false;
     }
