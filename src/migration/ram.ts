@@ -140,7 +140,7 @@ export class RamHandler implements SaveVmHandler {
     // QEMU syncs once at setup (ram_init_bitmaps): the first pass, every page, is pass 1.
     this.#sync();
     new RamChunkWriter(w).eos();
-    this.stats.transferred += w.bytesWritten - before;
+    this.#account(w.bytesWritten - before);
   }
 
   pending(): number {

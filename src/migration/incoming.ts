@@ -1,0 +1,75 @@
+// The destination side: read the header, dispatch each section to the handler
+// registered under its idstr + instance, check footers and versions, and only after EOF
+// — the whole stream read and checked — install device state. Errors name the section
+// and the byte offset.
+
+import { StreamFormatError } from '../errors.js';
+import type { StreamReader } from '../stream/reader.js';
+import { readHeader, readSectionFooter, readSectionHeader, readVmdesc } from '../stream/format.js';
+import type { Vmdesc } from '../stream/format.js';
+import type { SaveVmEntry, SaveVmRegistry } from './savevm.js';
+
+export interface LoadedStream {
+  readonly machineType: string;
+  readonly vmdesc: Vmdesc | null;
+  readonly sections: number;
+}
+
+/**
+ * Read a whole stream into the registry's handlers, then commit them. Throws
+ * StreamFormatError / StreamTruncatedError (from the reader) before anything is
+ * committed if the stream is not complete and well-formed.
+ */
+export async function loadVmStream(r: StreamReader, registry: SaveVmRegistry, localMachineType: string): Promise<LoadedStream> {
+  const { machineType } = await readHeader(r);
+  if (machineType !== localMachineType) {
+    // QEMU's words for the same check in its configuration section.
+    throw new StreamFormatError(`Machine type received is '${machineType}' and local is '${localMachineType}'`, r.offset, 'configuration');
+  }
+  const open = new Map<number, { entry: SaveVmEntry; versionId: number }>();
+  let sections = 0;
+  for (;;) {
+    const header = await readSectionHeader(r);
+    if (header.kind === 'eof') break;
+    let entry: SaveVmEntry;
+    let versionId: number;
+    if (header.kind === 'start' || header.kind === 'full') {
+      const found = registry.find(header.idstr, header.instanceId);
+      if (!found) {
+        throw new StreamFormatError(`Unknown savevm section or instance '${header.idstr}' ${header.instanceId}`, r.offset, header.idstr);
+      }
+      const { handler } = found;
+      if (header.versionId > handler.version) {
+        throw new StreamFormatError(`Cannot load section "${header.idstr}": version ${header.versionId} is newer than ${handler.version}`, r.offset, header.idstr);
+      }
+      if (header.versionId < handler.minimumVersion) {
+        throw new StreamFormatError(`Cannot load section "${header.idstr}": version ${header.versionId} is older than the minimum ${handler.minimumVersion}`, r.offset, header.idstr);
+      }
+      if (header.kind === 'start' && handler.iterate === undefined && handler.setup === undefined) {
+        throw new StreamFormatError(`Cannot load section "${header.idstr}": a START section for a non-iterative handler`, r.offset, header.idstr);
+      }
+      if (open.has(header.sectionId)) {
+        throw new StreamFormatError(`Cannot load section "${header.idstr}": section id ${header.sectionId} was already used`, r.offset, header.idstr);
+      }
+      entry = found;
+      versionId = header.versionId;
+      if (header.kind === 'start') open.set(header.sectionId, { entry, versionId });
+      else open.set(header.sectionId, { entry, versionId: -1 });
+    } else {
+      const known = open.get(header.sectionId);
+      if (!known || known.versionId < 0) {
+        throw new StreamFormatError(`Cannot load a ${header.kind.toUpperCase()} section: section id ${header.sectionId} was not started`, r.offset);
+      }
+      entry = known.entry;
+      versionId = known.versionId;
+    }
+    const name = entry.handler.idstr;
+    await entry.handler.load(r, versionId, name);
+    await readSectionFooter(r, header.sectionId, name);
+    sections++;
+  }
+  // A stream may end at EOF (older writers); a vmdesc after it is read and checked when present.
+  const vmdesc = await readVmdesc(r);
+  for (const { handler } of registry.entries) handler.commit?.();
+  return { machineType, vmdesc, sections };
+}

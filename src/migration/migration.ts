@@ -1,0 +1,264 @@
+// The migration facade the QMP layer calls: migrate, migrate-incoming, migrate_cancel,
+// query-migrate, parameters and capabilities, "info migrate", status listeners. It owns
+// the status machines and builds the savevm handler table for each run.
+
+import { MigrationError, errorMessage } from '../errors.js';
+import type { Channel, Listener } from '../transport/channel.js';
+import { StreamReader } from '../stream/reader.js';
+import { loadVmStream } from './incoming.js';
+import { OutgoingMigration } from './outgoing.js';
+import {
+  DEFAULT_MIGRATION_PARAMETERS, IMPLEMENTED_CAPABILITIES, applyCapabilities, applyParameters,
+  capabilityList, defaultCapabilities,
+} from './parameters.js';
+import type { CapabilityStatus, MigrationCapabilities, MigrationParameters } from './parameters.js';
+import { buildMigrationInfo, formatInfoMigrate } from './query.js';
+import type { MigrationInfo } from './query.js';
+import { RamHandler } from './ram.js';
+import { RateLimiter } from './rate-limiter.js';
+import { SaveVmRegistry } from './savevm.js';
+import { globalStateHandler, stateSectionHandler } from './state-handlers.js';
+import { MigrationStateMachine, isMigrationRunning } from './states.js';
+import type { MigrationStatus } from './states.js';
+import type { MigrationVm } from './vm.js';
+import type { RunState } from '../machine/run-state.js';
+
+export interface MigrationOptions {
+  readonly vm: MigrationVm;
+  /** Open the outgoing channel for a migrate URI (transport/). */
+  readonly connect: (uri: string) => Promise<Channel>;
+  /** Start listening for a migrate-incoming URI (transport/). */
+  readonly listen: (uri: string) => Promise<Listener>;
+  /** Milliseconds, high resolution (performance.now). */
+  readonly now: () => number;
+  /** Send a QMP event (MIGRATION, MIGRATION_PASS); called only when the `events` capability is on. */
+  readonly emit: (event: string, data: Record<string, unknown>) => void;
+  /** Run `fn` on a later turn of the event loop (setImmediate in Node); defaults to setTimeout(fn, 0). */
+  readonly schedule?: (fn: () => void) => void;
+  /** StreamWriter buffer size for the outgoing stream. */
+  readonly bufferSize?: number;
+}
+
+export type MigrationSide = 'outgoing' | 'incoming';
+export type MigrationStatusListener = (status: MigrationStatus, side: MigrationSide) => void;
+
+/** QEMU's QERR_MIGRATION_ACTIVE. */
+const MIGRATION_ACTIVE = "There's a migration process in progress";
+
+export class Migration {
+  readonly #o: MigrationOptions;
+  readonly #outgoingState = new MigrationStateMachine();
+  readonly #incomingState = new MigrationStateMachine();
+  readonly #listeners: MigrationStatusListener[] = [];
+  #parameters: MigrationParameters = { ...DEFAULT_MIGRATION_PARAMETERS };
+  #capabilities: MigrationCapabilities = defaultCapabilities();
+  #outgoing: OutgoingMigration | undefined;
+  #ram: RamHandler | undefined;
+  #limiter: RateLimiter | undefined;
+  #running: Promise<void> = Promise.resolve();
+  #incomingRun: Promise<void> = Promise.resolve();
+  #incomingError: string | undefined;
+  #listener: Listener | undefined;
+
+  constructor(options: MigrationOptions) {
+    this.#o = options;
+    this.#outgoingState.onChange((status) => this.#statusChanged(status, 'outgoing'));
+    this.#incomingState.onChange((status) => this.#statusChanged(status, 'incoming'));
+  }
+
+  /** The outgoing migration's status. */
+  get status(): MigrationStatus {
+    return this.#outgoingState.status;
+  }
+
+  get incomingStatus(): MigrationStatus {
+    return this.#incomingState.status;
+  }
+
+  /** Why the last incoming migration failed, if it did. */
+  get incomingError(): string | undefined {
+    return this.#incomingError;
+  }
+
+  onStatus(listener: MigrationStatusListener): () => void {
+    this.#listeners.push(listener);
+    return () => {
+      const i = this.#listeners.indexOf(listener);
+      if (i >= 0) this.#listeners.splice(i, 1);
+    };
+  }
+
+  /** Resolves when the current outgoing run has ended, whatever its outcome (tests, CLI). */
+  whenSettled(): Promise<void> {
+    return this.#running;
+  }
+
+  /** Resolves when the current incoming run has ended, whatever its outcome. */
+  whenIncomingSettled(): Promise<void> {
+    return this.#incomingRun;
+  }
+
+  /**
+   * QMP `migrate`: checks, moves to setup and returns at once; connecting and sending
+   * run in the background. Throws MigrationError when a migration cannot start now.
+   */
+  migrate(uri: string): void {
+    const vm = this.#o.vm;
+    if (isMigrationRunning(this.#outgoingState.status)) throw new MigrationError(MIGRATION_ACTIVE);
+    if (vm.runState === 'inmigrate' || isMigrationRunning(this.#incomingState.status)) {
+      throw new MigrationError('Guest is waiting for an incoming migration');
+    }
+    const limiter = new RateLimiter(this.#o.now, this.#parameters['max-bandwidth']);
+    const ram = new RamHandler(vm, {
+      now: this.#o.now,
+      limiter,
+      onSync: (pass) => {
+        if (this.#capabilities.events) this.#o.emit('MIGRATION_PASS', { pass });
+      },
+    });
+    let outgoing: OutgoingMigration | undefined;
+    const registry = this.#buildRegistry(ram, () => outgoing?.stateBeforeStop ?? vm.runState);
+    outgoing = new OutgoingMigration({
+      vm,
+      connect: () => this.#o.connect(uri),
+      state: this.#outgoingState,
+      registry,
+      ram,
+      limiter,
+      parameters: () => this.#parameters,
+      now: this.#o.now,
+      sleep: (ms) => this.#sleep(ms),
+      ...(this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : {}),
+    });
+    this.#outgoing = outgoing;
+    this.#ram = ram;
+    this.#limiter = limiter;
+    this.#outgoingState.transition('setup');
+    this.#running = outgoing.run();
+  }
+
+  /**
+   * QMP `migrate-incoming` (and `--incoming URI`): listens, and resolves with the bound
+   * address once it does; the stream is read in the background. The run state stays
+   * inmigrate until the whole stream is in.
+   */
+  async migrateIncoming(uri: string): Promise<{ address: string }> {
+    const vm = this.#o.vm;
+    if (vm.runState !== 'inmigrate') {
+      throw new MigrationError("'-incoming' was not specified on the command line");
+    }
+    if (isMigrationRunning(this.#incomingState.status) || this.#incomingState.status === 'completed') {
+      throw new MigrationError('The incoming migration has already been started');
+    }
+    this.#incomingError = undefined;
+    this.#incomingState.transition('setup');
+    let listener: Listener;
+    try {
+      listener = await this.#o.listen(uri);
+    } catch (err) {
+      this.#incomingError = errorMessage(err);
+      this.#incomingState.transition('failed');
+      throw err;
+    }
+    this.#listener = listener;
+    this.#incomingRun = this.#runIncoming(listener);
+    return { address: listener.address };
+  }
+
+  async #runIncoming(listener: Listener): Promise<void> {
+    const vm = this.#o.vm;
+    const ram = new RamHandler(vm, { now: this.#o.now, limiter: new RateLimiter(this.#o.now, 0) });
+    const globalState = globalStateHandler(() => vm.runState);
+    const registry = this.#buildRegistry(ram, () => vm.runState, globalState);
+    let channel: Channel | undefined;
+    try {
+      channel = await listener.accept();
+      this.#incomingState.transition('active');
+      await loadVmStream(new StreamReader(channel), registry, vm.machineType);
+      registry.cleanupAll();
+      const source = globalState.received;
+      // QEMU: a source that was not running gives a destination in the same state; otherwise autostart decides.
+      if (source !== undefined && source !== 'running') vm.setRunState('paused');
+      else vm.startAfterIncoming();
+      this.#incomingState.transition('completed');
+    } catch (err) {
+      registry.cleanupAll();
+      channel?.destroy(err instanceof Error ? err : undefined);
+      this.#incomingError = errorMessage(err);
+      if (isMigrationRunning(this.#incomingState.status)) this.#incomingState.transition('failed');
+    } finally {
+      this.#listener = undefined;
+      await listener.close().catch(() => {
+        // Closing a listener that already failed has nothing left to report.
+      });
+    }
+  }
+
+  /** QMP `migrate_cancel`: nothing to do unless an outgoing migration is in setup or active (as QEMU). */
+  cancel(): void {
+    this.#outgoing?.cancel();
+  }
+
+  queryMigrate(): MigrationInfo {
+    const info = buildMigrationInfo(
+      this.#outgoing && this.#ram
+        ? { status: this.#outgoingState.status, figures: this.#outgoing.figures, ram: this.#ram.stats, now: this.#o.now() }
+        : undefined,
+      this.#incomingState.status,
+    );
+    if (this.#outgoingState.status === 'none' && this.#incomingState.status === 'failed' && this.#incomingError !== undefined) {
+      info['error-desc'] = this.#incomingError;
+    }
+    return info;
+  }
+
+  infoMigrateText(): string {
+    return formatInfoMigrate(this.queryMigrate());
+  }
+
+  /** QMP `migrate-set-parameters`: validated as QEMU does; max-bandwidth applies at once. */
+  setParameters(request: Readonly<Record<string, unknown>>): void {
+    this.#parameters = applyParameters(this.#parameters, request);
+    this.#limiter?.setLimit(this.#parameters['max-bandwidth']);
+  }
+
+  queryParameters(): MigrationParameters {
+    return { ...this.#parameters };
+  }
+
+  /** QMP `migrate-set-capabilities`: refused during a migration and for capabilities Ferry lacks. */
+  setCapabilities(request: readonly CapabilityStatus[]): void {
+    if (isMigrationRunning(this.#outgoingState.status)) throw new MigrationError(MIGRATION_ACTIVE);
+    this.#capabilities = applyCapabilities(this.#capabilities, request, IMPLEMENTED_CAPABILITIES);
+  }
+
+  queryCapabilities(): CapabilityStatus[] {
+    return capabilityList(this.#capabilities);
+  }
+
+  /** Stop listening for an incoming migration that has not connected yet. */
+  async close(): Promise<void> {
+    this.cancel();
+    await this.#listener?.close();
+  }
+
+  #buildRegistry(ram: RamHandler, runState: () => RunState, globalState = globalStateHandler(runState)): SaveVmRegistry {
+    const registry = new SaveVmRegistry();
+    registry.register(ram);
+    registry.register(globalState);
+    for (const section of this.#o.vm.stateSections) registry.register(stateSectionHandler(section));
+    return registry;
+  }
+
+  #statusChanged(status: MigrationStatus, side: MigrationSide): void {
+    if (this.#capabilities.events) this.#o.emit('MIGRATION', { status });
+    for (const listener of [...this.#listeners]) listener(status, side);
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      if (ms <= 0 && this.#o.schedule) this.#o.schedule(resolve);
+      else setTimeout(resolve, Math.max(0, ms));
+    });
+  }
+}

@@ -1,0 +1,267 @@
+// The source side of one migration, as QEMU's migration thread: setup (START sections),
+// iterations while what is pending exceeds bandwidth × downtime-limit, then a stop of
+// the guest, END and FULL sections, EOF and the vmdesc. It runs in the background and
+// yields to the event loop between iterations so QMP stays responsive.
+
+import { MigrationCancelledError, MigrationError, errorMessage } from '../errors.js';
+import { PAGE_SIZE } from '../hypervisor/types.js';
+import type { Channel } from '../transport/channel.js';
+import { StreamWriter } from '../stream/writer.js';
+import {
+  writeEof, writeHeader, writeSectionFooter, writeSectionPart, writeSectionStart, writeVmdesc,
+} from '../stream/format.js';
+import type { VmdescDevice } from '../stream/format.js';
+import { BUFFER_DELAY_MS, canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes } from './convergence.js';
+import type { MigrationParameters } from './parameters.js';
+import type { RamHandler } from './ram.js';
+import type { SaveVmRegistry } from './savevm.js';
+import type { MigrationStateMachine } from './states.js';
+import type { MigrationVm } from './vm.js';
+import type { RunState } from '../machine/run-state.js';
+import type { RateLimiter } from './rate-limiter.js';
+
+export interface OutgoingOptions {
+  readonly vm: MigrationVm;
+  readonly connect: () => Promise<Channel>;
+  readonly state: MigrationStateMachine;
+  readonly registry: SaveVmRegistry;
+  readonly ram: RamHandler;
+  readonly limiter: RateLimiter;
+  readonly parameters: () => Readonly<MigrationParameters>;
+  readonly now: () => number;
+  readonly sleep: (ms: number) => Promise<void>;
+  /** Write buffer size handed to the StreamWriter. */
+  readonly bufferSize?: number;
+}
+
+/** Times (ms) and rates query-migrate reports for the source. */
+export interface OutgoingFigures {
+  readonly startTime: number;
+  readonly setupTime: number | undefined;
+  readonly totalTime: number | undefined;
+  readonly downtime: number | undefined;
+  readonly expectedDowntime: number;
+  readonly mbps: number;
+  readonly pagesPerSecond: number;
+  readonly thresholdBytes: number;
+  readonly errorDesc: string | undefined;
+}
+
+export class OutgoingMigration {
+  readonly #o: OutgoingOptions;
+  readonly #startTime: number;
+  #setupTime: number | undefined;
+  #totalTime: number | undefined;
+  #downtime: number | undefined;
+  #expectedDowntime = 0;
+  #mbps = 0;
+  #pagesPerSecond = 0;
+  #bytesPerMs = 0;
+  #threshold = 0;
+  #errorDesc: string | undefined;
+  #channel: Channel | undefined;
+  #writer: StreamWriter | undefined;
+  #cancelRequested = false;
+  #pausedByUs = false;
+  #wasRunning = false;
+  #windowStart = 0;
+  #windowBytes = 0;
+  #windowPages = 0;
+  #stateBeforeStop: RunState | undefined;
+
+  constructor(options: OutgoingOptions) {
+    this.#o = options;
+    this.#startTime = options.now();
+  }
+
+  get figures(): OutgoingFigures {
+    return {
+      startTime: this.#startTime,
+      setupTime: this.#setupTime,
+      totalTime: this.#totalTime,
+      downtime: this.#downtime,
+      expectedDowntime: this.#expectedDowntime,
+      mbps: this.#mbps,
+      pagesPerSecond: this.#pagesPerSecond,
+      thresholdBytes: this.#threshold,
+      errorDesc: this.#errorDesc,
+    };
+  }
+
+  /** The run state the guest had just before the switchover stopped it (QEMU's global state). */
+  get stateBeforeStop(): RunState | undefined {
+    return this.#stateBeforeStop;
+  }
+
+  /**
+   * migrate_cancel: setup/active → cancelling; the loop notices at its next step, and
+   * tearing the channel down unblocks a write waiting on a slow peer.
+   */
+  cancel(): void {
+    const { state } = this.#o;
+    if (!state.transitionFrom('setup', 'cancelling') && !state.transitionFrom('active', 'cancelling')) return;
+    this.#cancelRequested = true;
+    this.#channel?.destroy(new MigrationCancelledError());
+  }
+
+  /** Runs the whole migration; never rejects — the outcome is the state machine's status. */
+  async run(): Promise<void> {
+    const { state, registry, vm } = this.#o;
+    try {
+      const channel = await this.#o.connect();
+      this.#channel = channel;
+      this.#checkCancelled();
+      const w = new StreamWriter(channel, this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : undefined);
+      this.#writer = w;
+
+      writeHeader(w, vm.machineType);
+      for (const { sectionId, handler } of registry.iterative) {
+        writeSectionStart(w, 'start', sectionId, handler.idstr, handler.instanceId, handler.version);
+        await handler.setup?.(w);
+        writeSectionFooter(w, sectionId);
+      }
+      await this.#flush(w);
+      this.#checkCancelled();
+      this.#setupTime = this.#o.now() - this.#startTime;
+      state.transition('active');
+      this.#startWindow(w);
+
+      await this.#iterate(w);
+      await this.#complete(w);
+    } catch (err) {
+      this.#fail(err);
+    }
+  }
+
+  async #iterate(w: StreamWriter): Promise<void> {
+    const { registry, limiter } = this.#o;
+    for (;;) {
+      this.#checkCancelled();
+      this.#updateCounters(w);
+      const pending = this.#pending(false);
+      if (decideIteration(pending, this.#threshold) === 'iterate') {
+        if (limiter.exceeded()) {
+          await this.#o.sleep(Math.max(1, limiter.waitMs()));
+          continue;
+        }
+        for (const { sectionId, handler } of registry.iterative) {
+          writeSectionPart(w, 'part', sectionId);
+          await handler.iterate!(w);
+          writeSectionFooter(w, sectionId);
+        }
+        await this.#flush(w);
+      } else {
+        const exact = this.#pending(true);
+        if (canComplete(exact, this.#threshold)) return;
+      }
+      // A macrotask boundary, not just a microtask: QMP commands and timers run here.
+      await this.#o.sleep(0);
+    }
+  }
+
+  async #complete(w: StreamWriter): Promise<void> {
+    const { registry, vm, ram, state } = this.#o;
+    const stopStart = this.#o.now();
+    this.#stateBeforeStop = vm.runState;
+    this.#wasRunning = await vm.pauseForMigration();
+    this.#pausedByUs = true;
+    this.#checkCancelled();
+    ram.markStopped();
+
+    for (const { sectionId, handler } of registry.iterative) {
+      writeSectionPart(w, 'end', sectionId);
+      await handler.complete(w);
+      writeSectionFooter(w, sectionId);
+    }
+    const devices: VmdescDevice[] = [];
+    for (const { sectionId, handler } of registry.nonIterative) {
+      writeSectionStart(w, 'full', sectionId, handler.idstr, handler.instanceId, handler.version);
+      const entry = await handler.complete(w);
+      writeSectionFooter(w, sectionId);
+      if (entry) devices.push(entry);
+    }
+    writeEof(w);
+    writeVmdesc(w, { page_size: PAGE_SIZE, devices });
+    await w.close();
+    if (w.error) throw w.error;
+    this.#checkCancelled();
+
+    const end = this.#o.now();
+    // Without a return path the downtime ends with the last byte flushed (ARCHITECTURE.md).
+    this.#downtime = end - stopStart;
+    this.#totalTime = end - this.#startTime;
+    this.#updateCounters(w, true);
+    registry.cleanupAll();
+    vm.setRunState('postmigrate');
+    state.transition('completed');
+  }
+
+  #pending(exact: boolean): number {
+    let sum = 0;
+    for (const { handler } of this.#o.registry.iterative) {
+      sum += (exact ? handler.pendingExact?.() : undefined) ?? handler.pending?.() ?? 0;
+    }
+    return sum;
+  }
+
+  #startWindow(w: StreamWriter): void {
+    this.#windowStart = this.#o.now();
+    this.#windowBytes = w.bytesWritten;
+    this.#windowPages = this.#o.ram.stats.pagesSent;
+  }
+
+  /** QEMU's migration_update_counters: once per 100 ms window, re-measure and re-derive. */
+  #updateCounters(w: StreamWriter, final = false): void {
+    const now = this.#o.now();
+    const elapsed = now - this.#windowStart;
+    if (!final && elapsed < BUFFER_DELAY_MS) return;
+    const figures = measureBandwidth({
+      bytes: w.bytesWritten - this.#windowBytes,
+      pages: this.#o.ram.stats.pagesSent - this.#windowPages,
+      elapsedMs: elapsed,
+    });
+    if (final) {
+      // The completed figure covers the whole migration, as QEMU's final mbps does.
+      const whole = measureBandwidth({ bytes: w.bytesWritten, pages: this.#o.ram.stats.pagesSent, elapsedMs: now - this.#startTime });
+      this.#mbps = whole.mbps;
+      this.#pagesPerSecond = Math.round(whole.pagesPerSecond);
+      return;
+    }
+    this.#bytesPerMs = figures.bytesPerMs;
+    this.#mbps = figures.mbps;
+    this.#pagesPerSecond = Math.round(figures.pagesPerSecond);
+    this.#threshold = thresholdBytes(this.#bytesPerMs, this.#o.parameters()['downtime-limit']);
+    if (w.bytesWritten - this.#windowBytes > 10000) {
+      this.#expectedDowntime = expectedDowntimeMs(this.#o.ram.stats.remainingBytes, this.#bytesPerMs);
+    }
+    this.#startWindow(w);
+  }
+
+  async #flush(w: StreamWriter): Promise<void> {
+    await w.flush();
+    if (w.error) throw w.error;
+  }
+
+  #checkCancelled(): void {
+    if (this.#cancelRequested) throw new MigrationCancelledError();
+  }
+
+  #fail(err: unknown): void {
+    const { state, registry, vm } = this.#o;
+    const cancelled = this.#cancelRequested || state.status === 'cancelling';
+    this.#channel?.destroy(err instanceof Error ? err : new MigrationError(errorMessage(err)));
+    registry.cleanupAll();
+    this.#totalTime = this.#o.now() - this.#startTime;
+    // Back to where the guest was before anything else hears of the outcome.
+    if (this.#pausedByUs) {
+      this.#pausedByUs = false;
+      vm.resumeAfterMigration(this.#wasRunning);
+    }
+    if (cancelled) {
+      state.transitionFrom('cancelling', 'cancelled');
+      return;
+    }
+    this.#errorDesc = errorMessage(err);
+    if (state.status === 'setup' || state.status === 'active' || state.status === 'device') state.transition('failed');
+  }
+}

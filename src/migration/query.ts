@@ -1,0 +1,144 @@
+// query-migrate's MigrationInfo with QEMU 7.2's fields and when each appears
+// (fill_source_migration_info / populate_ram_info), and the text of HMP "info migrate"
+// in QEMU's layout, built from that same object.
+
+import { PAGE_SIZE } from '../hypervisor/types.js';
+import type { OutgoingFigures } from './outgoing.js';
+import type { RamStats } from './ram.js';
+import type { MigrationStatus } from './states.js';
+
+export interface MigrationStatsInfo {
+  transferred: number;
+  remaining: number;
+  total: number;
+  duplicate: number;
+  skipped: number;
+  normal: number;
+  'normal-bytes': number;
+  'dirty-pages-rate': number;
+  mbps: number;
+  'dirty-sync-count': number;
+  'postcopy-requests': number;
+  'page-size': number;
+  'multifd-bytes': number;
+  'pages-per-second': number;
+  'precopy-bytes': number;
+  'downtime-bytes': number;
+  'postcopy-bytes': number;
+  'dirty-sync-missed-zero-copy': number;
+}
+
+export interface MigrationInfo {
+  status?: MigrationStatus;
+  ram?: MigrationStatsInfo;
+  'total-time'?: number;
+  'expected-downtime'?: number;
+  downtime?: number;
+  'setup-time'?: number;
+  'error-desc'?: string;
+}
+
+export interface SourceView {
+  readonly status: MigrationStatus;
+  readonly figures: OutgoingFigures;
+  readonly ram: RamStats;
+  readonly now: number;
+}
+
+const WITH_RAM: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>([
+  'active', 'cancelling', 'postcopy-active', 'pre-switchover', 'device', 'postcopy-paused', 'postcopy-recover', 'completed',
+]);
+
+/**
+ * The source's MigrationInfo, or the destination's (status only, as QEMU's
+ * fill_destination_migration_info) when no outgoing migration ever ran.
+ */
+export function buildMigrationInfo(source: SourceView | undefined, destinationStatus: MigrationStatus): MigrationInfo {
+  const info: MigrationInfo = {};
+  if (destinationStatus !== 'none') info.status = destinationStatus;
+  if (!source || source.status === 'none') return info;
+  const { status, figures, ram, now } = source;
+  info.status = status;
+  if (status === 'failed') {
+    if (figures.errorDesc !== undefined) info['error-desc'] = figures.errorDesc;
+    return info;
+  }
+  if (!WITH_RAM.has(status)) return info;
+  info['setup-time'] = figures.setupTime ?? 0;
+  if (status === 'completed') {
+    info['total-time'] = figures.totalTime ?? 0;
+    info.downtime = figures.downtime ?? 0;
+  } else {
+    info['total-time'] = Math.round(now - figures.startTime);
+    info['expected-downtime'] = figures.expectedDowntime;
+  }
+  const completed = status === 'completed';
+  info.ram = {
+    transferred: ram.transferred,
+    remaining: completed ? 0 : ram.remainingBytes,
+    total: ram.totalBytes,
+    duplicate: ram.duplicate,
+    skipped: 0,
+    normal: ram.normal,
+    'normal-bytes': ram.normalBytes,
+    'dirty-pages-rate': completed ? 0 : ram.dirtyPagesRate,
+    mbps: figures.mbps,
+    'dirty-sync-count': ram.dirtySyncCount,
+    'postcopy-requests': 0,
+    'page-size': PAGE_SIZE,
+    'multifd-bytes': 0,
+    'pages-per-second': figures.pagesPerSecond,
+    'precopy-bytes': ram.precopyBytes,
+    'downtime-bytes': ram.downtimeBytes,
+    'postcopy-bytes': 0,
+    'dirty-sync-missed-zero-copy': 0,
+  };
+  return info;
+}
+
+const kb = (bytes: number): number => Math.floor(bytes / 1024);
+
+/** HMP "info migrate" as QEMU 7.2 prints it (hmp_info_migrate). */
+export function formatInfoMigrate(info: MigrationInfo): string {
+  const lines: string[] = [
+    'globals:',
+    'store-global-state: on',
+    'only-migratable: off',
+    'send-configuration: on',
+    'send-section-footer: on',
+    'decompress-error-check: on',
+    'clear-bitmap-shift: 18',
+  ];
+  if (info.status !== undefined) {
+    lines.push(info.status === 'failed' && info['error-desc'] !== undefined
+      ? `Migration status: ${info.status} (${info['error-desc']})`
+      : `Migration status: ${info.status}`);
+    lines.push(`total time: ${info['total-time'] ?? 0} ms`);
+    if (info['expected-downtime'] !== undefined) lines.push(`expected downtime: ${info['expected-downtime']} ms`);
+    if (info.downtime !== undefined) lines.push(`downtime: ${info.downtime} ms`);
+    if (info['setup-time'] !== undefined) lines.push(`setup: ${info['setup-time']} ms`);
+  }
+  const ram = info.ram;
+  if (ram) {
+    lines.push(
+      `transferred ram: ${kb(ram.transferred)} kbytes`,
+      `throughput: ${ram.mbps.toFixed(2)} mbps`,
+      `remaining ram: ${kb(ram.remaining)} kbytes`,
+      `total ram: ${kb(ram.total)} kbytes`,
+      `duplicate: ${ram.duplicate} pages`,
+      `skipped: ${ram.skipped} pages`,
+      `normal: ${ram.normal} pages`,
+      `normal bytes: ${kb(ram['normal-bytes'])} kbytes`,
+      `dirty sync count: ${ram['dirty-sync-count']}`,
+      `page size: ${kb(ram['page-size'])} kbytes`,
+      `multifd bytes: ${kb(ram['multifd-bytes'])} kbytes`,
+      `pages-per-second: ${ram['pages-per-second']}`,
+    );
+    if (ram['dirty-pages-rate']) lines.push(`dirty pages rate: ${ram['dirty-pages-rate']} pages`);
+    if (ram['postcopy-requests']) lines.push(`postcopy request count: ${ram['postcopy-requests']}`);
+    if (ram['precopy-bytes']) lines.push(`precopy ram: ${kb(ram['precopy-bytes'])} kbytes`);
+    if (ram['downtime-bytes']) lines.push(`downtime ram: ${kb(ram['downtime-bytes'])} kbytes`);
+    if (ram['postcopy-bytes']) lines.push(`postcopy ram: ${kb(ram['postcopy-bytes'])} kbytes`);
+  }
+  return lines.join('\n') + '\n';
+}

@@ -1,0 +1,99 @@
+// FULL-section savevm handlers for non-iterative state: one per StateSection (CPU,
+// devices) through the VMState engine, plus QEMU's "globalstate" section that carries
+// the source's run state so a paused source gives a paused destination.
+
+import { StreamFormatError } from '../errors.js';
+import type { StateSection } from '../hypervisor/types.js';
+import type { RunState } from '../machine/run-state.js';
+import type { StreamReader } from '../stream/reader.js';
+import type { StreamWriter } from '../stream/writer.js';
+import type { VmdescDevice } from '../stream/format.js';
+import { vmstateLoad, vmstateSave } from './vmstate.js';
+import type { VmStateDescription, VmStateValue } from './vmstate-types.js';
+import type { SaveVmHandler } from './savevm.js';
+
+/**
+ * A StateSection as a FULL-section handler. Loaded state is kept aside and installed by
+ * commit(), after the whole stream was read and checked, so a stream that breaks later
+ * leaves the destination's devices untouched.
+ */
+export function stateSectionHandler(section: StateSection): SaveVmHandler {
+  let loaded: VmStateValue | undefined;
+  return {
+    idstr: section.idstr,
+    instanceId: section.instanceId,
+    version: section.description.version,
+    minimumVersion: section.description.minimumVersion,
+    async complete(w: StreamWriter): Promise<VmdescDevice> {
+      return vmstateSave(w, section.description, section.save(), { idstr: section.idstr, instanceId: section.instanceId });
+    },
+    async load(r: StreamReader, versionId: number, name: string): Promise<void> {
+      loaded = await vmstateLoad(r, section.description, versionId, name);
+    },
+    commit(): void {
+      if (loaded !== undefined) section.load(loaded);
+      loaded = undefined;
+    },
+    cleanup(): void {
+      loaded = undefined;
+    },
+  };
+}
+
+/** QEMU's global state: `uint32 size` then a 100-byte NUL-padded run state name. */
+export const GLOBAL_STATE_DESCRIPTION: VmStateDescription = {
+  name: 'globalstate',
+  version: 1,
+  minimumVersion: 1,
+  fields: [
+    { name: 'size', type: 'uint32' },
+    { name: 'runstate', type: 'buffer', size: 100 },
+  ],
+};
+
+const RUNSTATE_BYTES = 100;
+
+export interface GlobalStateHandler extends SaveVmHandler {
+  /** The run state the source reported, once a stream carried it. */
+  readonly received: string | undefined;
+}
+
+/** `runState()` is read at switchover (source); `received` is set on load (destination). */
+export function globalStateHandler(runState: () => RunState): GlobalStateHandler {
+  let received: string | undefined;
+  let pending: string | undefined;
+  return {
+    idstr: 'globalstate',
+    instanceId: 0,
+    version: 1,
+    minimumVersion: 1,
+    get received() {
+      return received;
+    },
+    async complete(w: StreamWriter): Promise<VmdescDevice> {
+      const name = new TextEncoder().encode(runState());
+      const buf = new Uint8Array(RUNSTATE_BYTES);
+      buf.set(name.subarray(0, RUNSTATE_BYTES - 1));
+      return vmstateSave(w, GLOBAL_STATE_DESCRIPTION, { size: Math.min(name.length, RUNSTATE_BYTES - 1) + 1, runstate: buf }, {
+        idstr: 'globalstate',
+        instanceId: 0,
+      });
+    },
+    async load(r: StreamReader, versionId: number, name: string): Promise<void> {
+      const value = await vmstateLoad(r, GLOBAL_STATE_DESCRIPTION, versionId, name);
+      const size = value['size'];
+      const bytes = value['runstate'];
+      if (typeof size !== 'number' || !(bytes instanceof Uint8Array) || size < 1 || size > RUNSTATE_BYTES) {
+        throw new StreamFormatError(`Cannot load section "${name}": run state size ${String(size)} is not 1 to ${RUNSTATE_BYTES}`, r.offset, name);
+      }
+      const end = bytes.indexOf(0);
+      pending = new TextDecoder().decode(bytes.subarray(0, end < 0 ? size : Math.min(end, size)));
+    },
+    commit(): void {
+      received = pending;
+    },
+    cleanup(): void {
+      pending = undefined;
+    },
+  };
+}

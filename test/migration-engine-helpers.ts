@@ -1,0 +1,68 @@
+// Shared set-up for the migration engine's integration tests: two fake VMs, each with a
+// Migration, joined by an in-memory channel pair (or any channels a test supplies).
+
+import { createHash } from 'node:crypto';
+import { setImmediate } from 'node:timers';
+import { Migration } from '../src/migration/migration.js';
+import { FakeVm } from '../src/migration/fake-vm.js';
+import type { FakeVmOptions } from '../src/migration/fake-vm.js';
+import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
+import type { Channel, Listener } from '../src/transport/channel.js';
+
+export interface RecordedEvent {
+  readonly event: string;
+  readonly data: Record<string, unknown>;
+}
+
+export interface Side {
+  readonly vm: FakeVm;
+  readonly migration: Migration;
+  readonly events: RecordedEvent[];
+}
+
+export function listenerFor(channel: Promise<Channel> | Channel): Listener {
+  return {
+    description: 'memory:listen',
+    address: 'memory:b',
+    accept: async () => channel,
+    close: async () => {},
+  };
+}
+
+export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise<Channel>; listen?: () => Promise<Listener> }): Side {
+  const vm = new FakeVm(vmOptions);
+  const events: RecordedEvent[] = [];
+  const migration = new Migration({
+    vm,
+    connect: io.connect ?? (() => Promise.reject(new Error('this side does not connect'))),
+    listen: io.listen ?? (() => Promise.reject(new Error('this side does not listen'))),
+    now: () => performance.now(),
+    emit: (event, data) => events.push({ event, data }),
+    schedule: (fn) => setImmediate(fn),
+  });
+  return { vm, migration, events };
+}
+
+/** A source and a destination joined by an in-memory pair with socket-like backpressure. */
+export function makePair(memorySize: number, options?: { highWaterMark?: number; destination?: Partial<FakeVmOptions> }): { src: Side; dst: Side; channels: [Channel, Channel] } {
+  const channels = createMemoryChannelPair(options?.highWaterMark !== undefined ? { highWaterMark: options.highWaterMark } : undefined);
+  const src = makeSide({ memorySize }, { connect: async () => channels[0] });
+  const dst = makeSide({ memorySize, incoming: true, ...options?.destination }, { listen: async () => listenerFor(channels[1]) });
+  return { src, dst, channels };
+}
+
+export function digest(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+export async function waitFor(what: string, predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const start = performance.now();
+  while (!predicate()) {
+    if (performance.now() - start > timeoutMs) throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+export function statuses(events: readonly RecordedEvent[]): unknown[] {
+  return events.filter((e) => e.event === 'MIGRATION').map((e) => e.data['status']);
+}
