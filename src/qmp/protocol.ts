@@ -33,12 +33,21 @@ export type QmpReply =
   | { readonly return: unknown; readonly id?: unknown }
   | { readonly error: QmpErrorBody; readonly id?: unknown };
 
-/** Wall-clock time with microseconds, as QEMU stamps events. */
-export function qmpTimestamp(nowMs: number = performance.timeOrigin + performance.now()): QmpTimestamp {
+/**
+ * Wall-clock time with microseconds, as QEMU stamps events. The monotonic clock gives the
+ * microseconds; if the wall clock has been stepped away from it, the wall clock wins.
+ */
+export function qmpTimestamp(nowMs: number = preciseWallClockMs()): QmpTimestamp {
   const micros = Math.floor(nowMs * 1000);
   return { seconds: Math.floor(micros / 1_000_000), microseconds: micros % 1_000_000 };
 }
 
 export function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function preciseWallClockMs(): number {
+  const precise = performance.timeOrigin + performance.now();
+  const wall = Date.now();
+  return Math.abs(precise - wall) < 2 ? precise : wall;
 }
