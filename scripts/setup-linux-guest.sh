@@ -113,8 +113,8 @@ cp /usr/share/seabios/bios.bin "$OUT/bios.bin"
 cp /usr/share/seabios/vgabios-stdvga.bin "$OUT/vgabios.bin"
 
 {
-  echo "kernel: $(basename "$KDEB")"
-  echo "busybox: $(basename "$BDEB")"
+  echo "kernel: $(dpkg-deb -f "$KDEB" Package) $(dpkg-deb -f "$KDEB" Version) i386 ($(basename "$VMLINUZ"), sha256 $(sha256sum "$OUT/vmlinuz" | cut -c1-16)…)"
+  echo "busybox: $(dpkg-deb -f "$BDEB" Package) $(dpkg-deb -f "$BDEB" Version) i386"
   echo "seabios: $(dpkg-query -W -f='${Package} ${Version}' seabios)"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 } > "$OUT/MANIFEST"
