@@ -378,6 +378,48 @@ describe('several clients and events', () => {
     await server.close();
   });
 
+  test('a client that leaves before its reply is written harms nothing', async () => {
+    const server = newServer();
+    let finished = false;
+    server.register({
+      name: 'x-slow',
+      handler: async () => {
+        await new Promise((r) => setTimeout(r, 50));
+        finished = true;
+        return { big: 'x'.repeat(100_000) };
+      },
+    });
+    const addr = await server.listen(`unix:${sockPath()}`);
+    const stays = await Raw.ready(addr);
+    const leaves = await Raw.ready(addr);
+    leaves.send('{"execute":"x-slow"}\n');
+    await new Promise((r) => setTimeout(r, 10));
+    leaves.destroy();
+    for (let i = 0; i < 100 && !finished; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(finished, true);
+    await stillServes(stays);
+    assert.equal(server.sessionCount, 1);
+    stays.destroy();
+    await server.close();
+  });
+
+  test('a client that never reads its events is dropped before its backlog grows without bound', async () => {
+    const server = newServer();
+    const addr = await server.listen('tcp:127.0.0.1:0');
+    const reader = await Raw.ready(addr);
+    const sleeper = await Raw.ready(addr);
+    sleeper.socket.pause(); // reads nothing more, so the server's output to it piles up
+    const data = { blob: 'y'.repeat(4096) };
+    for (let i = 0; i < 6000 && server.sessionCount === 2; i++) {
+      server.emit('X_FLOOD', data);
+      if (i % 500 === 0) await new Promise((r) => setTimeout(r, 1));
+    }
+    assert.equal(server.sessionCount, 1, 'the sleeping client should have been dropped');
+    sleeper.destroy();
+    reader.socket.destroy();
+    await server.close();
+  });
+
   test('one client’s commands run one at a time, replies in request order', async () => {
     const server = newServer();
     const log: string[] = [];
