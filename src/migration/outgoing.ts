@@ -68,10 +68,18 @@ export class OutgoingMigration {
   #windowBytes = 0;
   #windowPages = 0;
   #stateBeforeStop: RunState | undefined;
+  /** Rejects when migrate_cancel arrives, so a connect that hangs cannot hold the cancel up. */
+  #cancelSignal: Promise<never>;
+  #signalCancel: (err: Error) => void = () => {};
 
   constructor(options: OutgoingOptions) {
     this.#o = options;
     this.#startTime = options.now();
+    this.#cancelSignal = new Promise<never>((_, reject) => {
+      this.#signalCancel = reject;
+    });
+    // Only ever awaited through Promise.race; never leave its rejection unhandled.
+    this.#cancelSignal.catch(() => {});
   }
 
   get figures(): OutgoingFigures {
@@ -101,6 +109,7 @@ export class OutgoingMigration {
     const { state } = this.#o;
     if (!state.transitionFrom('setup', 'cancelling') && !state.transitionFrom('active', 'cancelling')) return;
     this.#cancelRequested = true;
+    this.#signalCancel(new MigrationCancelledError());
     this.#channel?.destroy(new MigrationCancelledError());
   }
 
@@ -108,7 +117,15 @@ export class OutgoingMigration {
   async run(): Promise<void> {
     const { state, registry, vm } = this.#o;
     try {
-      const channel = await this.#o.connect();
+      const connecting = this.#o.connect();
+      // A connection that completes after a cancel is closed at once.
+      connecting.then(
+        (late) => {
+          if (this.#cancelRequested && late !== this.#channel) late.destroy(new MigrationCancelledError());
+        },
+        () => {},
+      );
+      const channel = await Promise.race([connecting, this.#cancelSignal]);
       this.#channel = channel;
       this.#checkCancelled();
       const w = new StreamWriter(channel, this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : undefined);
