@@ -403,6 +403,26 @@ describe('several clients and events', () => {
     await server.close();
   });
 
+  test('what a command arranged for after its reply (quit) still runs if the client left first', async () => {
+    const server = newServer();
+    let quitRan = false;
+    server.register({
+      name: 'x-quit',
+      handler: async (_args, ctx) => {
+        await new Promise((r) => setTimeout(r, 30));
+        ctx.afterReply(() => (quitRan = true));
+        return {};
+      },
+    });
+    const raw = await Raw.ready(await server.listen(`unix:${sockPath()}`));
+    raw.send('{"execute":"x-quit"}\n');
+    await new Promise((r) => setTimeout(r, 5));
+    raw.destroy();
+    for (let i = 0; i < 100 && !quitRan; i++) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(quitRan, true);
+    await server.close();
+  });
+
   test('a client that never reads its events is dropped before its backlog grows without bound', async () => {
     const server = newServer();
     const addr = await server.listen('tcp:127.0.0.1:0');

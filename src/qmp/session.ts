@@ -103,12 +103,18 @@ export class QmpSession implements QmpSessionInfo {
     return this.#passedFds.shift();
   }
 
-  /** Write one JSON line; `done` runs once it has been handed to the OS. */
+  /**
+   * Write one JSON line; `done` runs once it has been handed to the OS — or at once if the
+   * client is gone, because what a command arranged to do after its reply (`quit`) must
+   * still happen when nobody is left to read the reply.
+   */
   write(line: string, done?: () => void): void {
-    if (this.#closed) return;
-    if (this.#socket.writableLength > MAX_UNREAD_OUTPUT_BYTES) {
+    if (!this.#closed && this.#socket.writableLength > MAX_UNREAD_OUTPUT_BYTES) {
       debug('qmp: session %d is not reading its output (%d bytes queued); dropping it', this.id, this.#socket.writableLength);
       this.close();
+    }
+    if (this.#closed) {
+      if (done !== undefined) queueMicrotask(done);
       return;
     }
     this.#socket.write(line + QMP_LINE_END, done === undefined ? undefined : () => done());
@@ -173,6 +179,7 @@ export class QmpSession implements QmpSessionInfo {
         }
         const result = await this.#host.dispatch(this, frame);
         if (result.line === undefined) continue;
+        // The client may have left while the command ran; write() then runs the hooks at once.
         const after = result.after;
         this.write(result.line, after.length === 0 ? undefined : () => runAll(after, this.id));
         result.written?.();
