@@ -10,6 +10,12 @@ export interface Channel {
    */
   read(): Promise<Uint8Array | null>;
   /**
+   * Optional: give back a chunk that read() returned, once the caller is done with it, so
+   * the transport reads into that memory again instead of allocating (warm memory is far
+   * cheaper to receive into). The caller must not touch the chunk afterwards.
+   */
+  release?(chunk: Uint8Array): void;
+  /**
    * Hand bytes to the channel. The channel owns `data` afterwards (the caller must not
    * change it). Resolves as soon as the channel can take more (at once below its
    * high-water mark, after the OS drained it otherwise); rejects if the peer is gone.

@@ -7,6 +7,7 @@ import { lstat, unlink } from 'node:fs/promises';
 import { TransportError } from '../errors.js';
 import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
+import { PooledReads } from './read-pool.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import { formatMigrationUri, type MigrationUri } from './uri.js';
 
@@ -19,30 +20,69 @@ export interface SocketOptions {
   readonly connectTimeoutMs?: number;
 }
 
-/** Wrap a connected socket; tcp sockets get TCP_NODELAY so the last small write is not held back. */
-export function socketChannel(socket: net.Socket, description: string, options: SocketOptions): Channel {
+/**
+ * Wrap a connected socket; tcp sockets get TCP_NODELAY so the last small write is not held
+ * back. `pooledReads` is given when the socket was created with its `onread`.
+ */
+export function socketChannel(
+  socket: net.Socket,
+  description: string,
+  options: SocketOptions,
+  pooledReads?: PooledReads,
+): Channel {
   if (socket.remoteFamily !== undefined) socket.setNoDelay(true);
   return new StreamChannel({
     description,
     readable: socket,
     writable: socket,
     readHighWaterMark: options.readHighWaterMark ?? DEFAULT_READ_HIGH_WATER_MARK,
+    ...(pooledReads ? { pooledReads } : {}),
   });
+}
+
+/**
+ * net.Server has no `onread` option, so an accepted socket (taken paused, before any read)
+ * is rebuilt around the same libuv handle with one. The original object gives up the
+ * handle and is destroyed when the new one closes, which keeps the server's connection
+ * count right. Where Node's internals differ from what this expects, the socket is used as is.
+ */
+function adoptAcceptedSocket(accepted: net.Socket, highWaterMark: number): { socket: net.Socket; pooledReads?: PooledReads } {
+  const internals = accepted as unknown as { _handle?: object | null };
+  const handle = internals._handle;
+  if (!handle || typeof (handle as { readStart?: unknown }).readStart !== 'function') {
+    accepted.resume();
+    return { socket: accepted };
+  }
+  const pooledReads = new PooledReads();
+  const socket = new net.Socket({
+    handle,
+    onread: pooledReads.onread,
+    allowHalfOpen: false,
+    readable: true,
+    writable: true,
+    writableHighWaterMark: highWaterMark,
+  } as net.SocketConstructorOpts);
+  internals._handle = null;
+  socket.once('close', () => accepted.destroy());
+  accepted.on('error', () => {});
+  return { socket, pooledReads };
 }
 
 export function connectSocket(uri: SocketUri, options: SocketOptions = {}): Promise<Channel> {
   const description = formatMigrationUri(uri);
   const highWaterMark = options.writeHighWaterMark ?? DEFAULT_WRITE_HIGH_WATER_MARK;
   return new Promise<Channel>((resolve, reject) => {
+    const pooledReads = new PooledReads();
+    const common = { writableHighWaterMark: highWaterMark, onread: pooledReads.onread };
     const socket =
       uri.kind === 'tcp'
         ? net.connect({
             host: uri.host === '' ? 'localhost' : uri.host,
             port: uri.port,
             ...(uri.family === undefined ? {} : { family: uri.family }),
-            writableHighWaterMark: highWaterMark,
+            ...common,
           } as net.NetConnectOpts)
-        : net.connect({ path: uri.path, writableHighWaterMark: highWaterMark } as net.NetConnectOpts);
+        : net.connect({ path: uri.path, ...common } as net.NetConnectOpts);
     let timer: NodeJS.Timeout | undefined;
     let settled = false;
     const fail = (err: unknown): void => {
@@ -58,7 +98,7 @@ export function connectSocket(uri: SocketUri, options: SocketOptions = {}): Prom
       settled = true;
       if (timer) clearTimeout(timer);
       socket.off('error', fail);
-      resolve(socketChannel(socket, description, options));
+      resolve(socketChannel(socket, description, options, pooledReads));
     };
     socket.on('error', fail);
     socket.once('connect', onConnect);
@@ -89,7 +129,7 @@ export async function listenSocket(uri: SocketUri, options: SocketOptions = {}):
     await removeStaleSocket(uri.path, description);
     listenOptions = { path: uri.path };
   }
-  const server = net.createServer({ highWaterMark } as net.ServerOpts);
+  const server = net.createServer({ highWaterMark, pauseOnConnect: true } as net.ServerOpts);
   await new Promise<void>((resolve, reject) => {
     // Stays attached on failure too: a server that never listened must not throw later.
     server.on('error', (err) => reject(toTransportError(err, description, 'listening on')));
@@ -152,24 +192,25 @@ class SocketListener implements Listener {
     this.#fail(new TransportError(`Listener on ${this.address} was closed`));
     for (const channel of this.#pending) channel.destroy();
     this.#pending = [];
-    this.#closePromise = new Promise<void>((resolve) => {
-      this.#server.close(() => resolve());
-    }).then(async () => {
-      if (this.#uri.kind === 'unix') await unlink(this.#uri.path).catch(() => {});
-    });
+    // Stop listening only: the server's close callback would also wait for every accepted
+    // connection to end, and those belong to whoever accepted them.
+    this.#server.close();
+    this.#closePromise = this.#uri.kind === 'unix' ? unlink(this.#uri.path).catch(() => {}) : Promise.resolve();
     return this.#closePromise;
   }
 
-  #onConnection(socket: net.Socket): void {
+  #onConnection(accepted: net.Socket): void {
     if (this.#closePromise) {
-      socket.destroy();
+      accepted.destroy();
       return;
     }
+    const highWaterMark = this.#options.writeHighWaterMark ?? DEFAULT_WRITE_HIGH_WATER_MARK;
+    const { socket, pooledReads } = adoptAcceptedSocket(accepted, highWaterMark);
     const peer =
       this.#uri.kind === 'tcp' && socket.remoteAddress !== undefined
         ? ` from ${socket.remoteAddress.includes(':') ? `[${socket.remoteAddress}]` : socket.remoteAddress}:${socket.remotePort}`
         : '';
-    const channel = socketChannel(socket, `${this.address}${peer}`, this.#options);
+    const channel = socketChannel(socket, `${this.address}${peer}`, this.#options, pooledReads);
     const waiter = this.#waiters.shift();
     if (waiter) waiter.resolve(channel);
     else this.#pending.push(channel);

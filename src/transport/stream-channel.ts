@@ -7,6 +7,7 @@ import { debuglog } from 'node:util';
 import { TransportError } from '../errors.js';
 import type { Channel } from './channel.js';
 import { errorCode, toTransportError } from './errors.js';
+import type { PooledReads, ReadBufferPool } from './read-pool.js';
 
 const debug = debuglog('ferry');
 
@@ -26,6 +27,11 @@ export interface StreamChannelOptions {
    * side's mark is the writable's own: transports create it with `writableHighWaterMark`.)
    */
   readonly readHighWaterMark?: number;
+  /**
+   * Set when the readable is a net.Socket created with this object's `onread`: chunks
+   * then come from a pool that release() refills, and 'data' events are not used.
+   */
+  readonly pooledReads?: PooledReads;
 }
 
 interface Waiter<T> {
@@ -38,6 +44,7 @@ export class StreamChannel implements Channel {
   readonly #readable: Readable | null;
   readonly #writable: Writable | null;
   readonly #readHighWaterMark: number;
+  readonly #pool: ReadBufferPool | null;
 
   // Received chunks not yet read(): an array with a moving head, so taking one is O(1).
   #chunks: Uint8Array[] = [];
@@ -60,11 +67,19 @@ export class StreamChannel implements Channel {
     this.#readable = options.readable;
     this.#writable = options.writable;
     this.#readHighWaterMark = options.readHighWaterMark ?? DEFAULT_READ_HIGH_WATER_MARK;
+    this.#pool = options.pooledReads?.pool ?? null;
 
     const readable = this.#readable;
     const writable = this.#writable;
     if (readable) {
-      readable.on('data', (chunk: Uint8Array) => this.#onData(chunk));
+      if (options.pooledReads) {
+        options.pooledReads.attach((chunk) => {
+          this.#onData(chunk);
+          return true;
+        });
+      } else {
+        readable.on('data', (chunk: Uint8Array) => this.#onData(chunk));
+      }
       readable.on('end', () => this.#onReadEnd());
       readable.on('error', (err: Error) => this.#onError(err));
       readable.on('close', () => this.#onReadClose());
@@ -154,6 +169,11 @@ export class StreamChannel implements Channel {
     this.#queuedBytes = 0;
     this.#readable?.destroy();
     if (this.#writable && this.#writable !== (this.#readable as unknown)) this.#writable.destroy();
+  }
+
+  /** Take back a chunk read() returned, to read into it again; the caller must not use it after. */
+  release(chunk: Uint8Array): void {
+    this.#pool?.release(chunk);
   }
 
   /** Bytes received and waiting for read(). */

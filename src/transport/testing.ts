@@ -21,7 +21,7 @@ export async function sendAll(channel: Channel, data: Uint8Array, chunkSize = 25
   await channel.end();
 }
 
-/** Read to the end of the stream; the hash and length of everything received. */
+/** Read to the end of the stream, releasing each chunk; the hash and length of everything received. */
 export async function receiveAll(channel: Channel): Promise<{ bytes: number; sha256: string; chunks: number }> {
   const hash = createHash('sha256');
   let bytes = 0;
@@ -32,6 +32,8 @@ export async function receiveAll(channel: Channel): Promise<{ bytes: number; sha
     hash.update(chunk);
     bytes += chunk.byteLength;
     chunks++;
+    // Released chunks are read into again: a pool bug would show up as a wrong hash.
+    channel.release?.(chunk);
   }
   return { bytes, sha256: hash.digest('hex'), chunks };
 }
