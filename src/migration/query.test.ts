@@ -1,0 +1,105 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { OutgoingFigures } from './outgoing.js';
+import { buildMigrationInfo, formatInfoMigrate } from './query.js';
+import { RamStats } from './ram.js';
+
+function figures(over: Partial<OutgoingFigures> = {}): OutgoingFigures {
+  return {
+    startTime: 1000, setupTime: 12, totalTime: undefined, downtime: undefined, expectedDowntime: 40,
+    mbps: 812.345, pagesPerSecond: 24000, thresholdBytes: 0, errorDesc: undefined, ...over,
+  };
+}
+
+function ram(): RamStats {
+  const r = new RamStats();
+  r.transferred = 10 * 1024 * 1024 + 100;
+  r.duplicate = 200_000;
+  r.normal = 2500;
+  r.dirtySyncCount = 4;
+  r.dirtyPagesRate = 1234;
+  r.precopyBytes = 10 * 1024 * 1024;
+  r.downtimeBytes = 100;
+  r.remainingPages = 300;
+  r.totalBytes = 1024 * 1024 * 1024;
+  return r;
+}
+
+test('no migration ever: {} (query-migrate returns an empty object, as QEMU)', () => {
+  assert.deepEqual(buildMigrationInfo(undefined, 'none'), {});
+});
+
+test('destination only: status alone', () => {
+  assert.deepEqual(buildMigrationInfo(undefined, 'active'), { status: 'active' });
+});
+
+test('setup: status only; cancelled: status only; failed: status and error-desc', () => {
+  assert.deepEqual(buildMigrationInfo({ status: 'setup', figures: figures(), ram: ram(), now: 1500 }, 'none'), { status: 'setup' });
+  assert.deepEqual(buildMigrationInfo({ status: 'cancelled', figures: figures(), ram: ram(), now: 1500 }, 'none'), { status: 'cancelled' });
+  assert.deepEqual(
+    buildMigrationInfo({ status: 'failed', figures: figures({ errorDesc: 'Unable to write to socket: Broken pipe' }), ram: ram(), now: 1500 }, 'none'),
+    { status: 'failed', 'error-desc': 'Unable to write to socket: Broken pipe' },
+  );
+});
+
+test('active: total-time so far, expected-downtime, ram with remaining and dirty-pages-rate', () => {
+  const info = buildMigrationInfo({ status: 'active', figures: figures(), ram: ram(), now: 1500.4 }, 'none');
+  assert.equal(info['total-time'], 500);
+  assert.equal(info['expected-downtime'], 40);
+  assert.equal(info['setup-time'], 12);
+  assert.equal(info.downtime, undefined);
+  assert.deepEqual(info.ram, {
+    transferred: 10485860, remaining: 1228800, total: 1073741824, duplicate: 200000, skipped: 0,
+    normal: 2500, 'normal-bytes': 10240000, 'dirty-pages-rate': 1234, mbps: 812.345,
+    'dirty-sync-count': 4, 'postcopy-requests': 0, 'page-size': 4096, 'multifd-bytes': 0,
+    'pages-per-second': 24000, 'precopy-bytes': 10485760, 'downtime-bytes': 100,
+    'postcopy-bytes': 0, 'dirty-sync-missed-zero-copy': 0,
+  });
+});
+
+test('completed: total-time and downtime, remaining and dirty-pages-rate zero', () => {
+  const info = buildMigrationInfo({ status: 'completed', figures: figures({ totalTime: 800, downtime: 35 }), ram: ram(), now: 9999 }, 'none');
+  assert.equal(info['total-time'], 800);
+  assert.equal(info.downtime, 35);
+  assert.equal(info['expected-downtime'], undefined);
+  assert.equal(info.ram?.remaining, 0);
+  assert.equal(info.ram?.['dirty-pages-rate'], 0);
+});
+
+test('info migrate text in QEMU 7.2 HMP layout', () => {
+  const info = buildMigrationInfo({ status: 'active', figures: figures(), ram: ram(), now: 1500 }, 'none');
+  assert.equal(formatInfoMigrate(info), [
+    'globals:',
+    'store-global-state: on',
+    'only-migratable: off',
+    'send-configuration: on',
+    'send-section-footer: on',
+    'decompress-error-check: on',
+    'clear-bitmap-shift: 18',
+    'Migration status: active',
+    'total time: 500 ms',
+    'expected downtime: 40 ms',
+    'setup: 12 ms',
+    'transferred ram: 10240 kbytes',
+    'throughput: 812.35 mbps',
+    'remaining ram: 1200 kbytes',
+    'total ram: 1048576 kbytes',
+    'duplicate: 200000 pages',
+    'skipped: 0 pages',
+    'normal: 2500 pages',
+    'normal bytes: 10000 kbytes',
+    'dirty sync count: 4',
+    'page size: 4 kbytes',
+    'multifd bytes: 0 kbytes',
+    'pages-per-second: 24000',
+    'dirty pages rate: 1234 pages',
+    'precopy ram: 10240 kbytes',
+    'downtime ram: 0 kbytes',
+    '',
+  ].join('\n'));
+});
+
+test('info migrate for a failed migration puts the error beside the status', () => {
+  const text = formatInfoMigrate({ status: 'failed', 'error-desc': 'Connection refused' });
+  assert.match(text, /^Migration status: failed \(Connection refused\)\ntotal time: 0 ms\n$/m);
+});
