@@ -1,0 +1,108 @@
+// Starts `ferry run` as a child process and connects to its QMP socket: what the demo,
+// the benchmarks and the integration tests use to put two real VMs side by side.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { QmpClient } from '../qmp/client.js';
+
+export const FERRY_MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
+
+export interface FerryProcessOptions {
+  /** Folder for the QMP socket and console log. */
+  readonly dir: string;
+  /** A name for files and messages ("src", "dst"). */
+  readonly name: string;
+  /** Arguments after `ferry run` (the QMP socket and serial are added). */
+  readonly args: readonly string[];
+  /** Serial console spec; default file:<dir>/<name>.console. */
+  readonly serial?: string;
+  readonly startTimeoutMs?: number;
+}
+
+export class FerryProcess {
+  readonly child: ChildProcess;
+  readonly qmpPath: string;
+  readonly consolePath: string;
+  qmp!: QmpClient;
+  stderr = '';
+  private exitPromise: Promise<number | null>;
+
+  private constructor(child: ChildProcess, qmpPath: string, consolePath: string) {
+    this.child = child;
+    this.qmpPath = qmpPath;
+    this.consolePath = consolePath;
+    child.stderr?.setEncoding('utf8');
+    child.stderr?.on('data', (text: string) => {
+      this.stderr += text;
+    });
+    this.exitPromise = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+  }
+
+  static async start(options: FerryProcessOptions): Promise<FerryProcess> {
+    const qmpPath = join(options.dir, `${options.name}.qmp`);
+    const consolePath = join(options.dir, `${options.name}.console`);
+    const args = [FERRY_MAIN, 'run', ...options.args, '--qmp', `unix:${qmpPath}`, '--serial', options.serial ?? `file:${consolePath}`];
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const vm = new FerryProcess(child, qmpPath, consolePath);
+    const deadline = Date.now() + (options.startTimeoutMs ?? 15_000);
+    for (;;) {
+      if (child.exitCode !== null) throw new Error(`ferry run (${options.name}) exited with ${child.exitCode}: ${vm.stderr.trim()}`);
+      if (existsSync(qmpPath)) {
+        try {
+          vm.qmp = await QmpClient.connect(qmpPath);
+          break;
+        } catch {
+          // The socket file can exist a moment before the server accepts.
+        }
+      }
+      if (Date.now() > deadline) {
+        child.kill('SIGKILL');
+        throw new Error(`ferry run (${options.name}) did not open its QMP socket within ${options.startTimeoutMs ?? 15_000} ms: ${vm.stderr.trim()}`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return vm;
+  }
+
+  /** The address a `--incoming tcp:HOST:0` destination really listens on (from its stderr). */
+  async incomingAddress(timeoutMs = 10_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const match = /waiting for an incoming migration on (\S+)/.exec(this.stderr);
+      if (match) return match[1]!;
+      if (this.child.exitCode !== null || Date.now() > deadline) {
+        throw new Error(`destination did not report its incoming address: ${this.stderr.trim()}`);
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  execute<R = Record<string, unknown>>(command: string, args?: Record<string, unknown>): Promise<R> {
+    return this.qmp.execute<R>(command, args);
+  }
+
+  get exited(): Promise<number | null> {
+    return this.exitPromise;
+  }
+
+  /** QMP quit, then SIGKILL if it lingers. */
+  async quit(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      try {
+        await this.qmp.execute('quit');
+      } catch {
+        // Already going away.
+      }
+      const timer = setTimeout(() => this.child.kill('SIGKILL'), 3000);
+      await this.exitPromise;
+      clearTimeout(timer);
+    }
+    await this.qmp?.close().catch(() => {});
+  }
+
+  kill(): void {
+    this.child.kill('SIGKILL');
+  }
+}
