@@ -35,12 +35,19 @@ export interface Ceilings {
   readonly memcpyBytesPerSec: number;
   /** Every run's figure, by case name, in run order. */
   readonly samples: Readonly<Record<CaseName, readonly number[]>>;
+  /**
+   * CPU seconds the receiving process spent per GB received (user + system), median per
+   * socket case: less sensitive to other tenants than throughput, and where reading
+   * into fresh versus reused buffers shows.
+   */
+  readonly receiverCpuSecondsPerGB: Readonly<Record<SocketCase, number>>;
   readonly bytes: number;
   readonly chunkSize: number;
   readonly runs: number;
 }
 
-type CaseName = 'tcp' | 'unix' | 'channel-tcp' | 'channel-unix' | 'memcpy';
+type SocketCase = 'tcp' | 'unix' | 'channel-tcp' | 'channel-unix';
+type CaseName = SocketCase | 'memcpy';
 type PeerMode = 'raw' | 'channel';
 
 const PEER_FLAG = '--ceiling-peer';
@@ -51,17 +58,20 @@ export async function measureCeilings(options: CeilingOptions = {}): Promise<Cei
   const chunkSize = options.chunkSize ?? 1024 * 1024;
   const withChannel = options.channel ?? true;
   const samples: Record<CaseName, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [], memcpy: [] };
+  const cpu: Record<SocketCase, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [] };
+  const record = (name: SocketCase, result: SocketResult): void => {
+    samples[name].push(result.bytesPerSec);
+    cpu[name].push(result.cpuSecondsPerGB);
+  };
   const dir = mkdtempSync(join(tmpdir(), 'ferry-ceiling-'));
   try {
     // Interleave the cases run by run so that noise from other tenants spreads over all of them.
     for (let run = 0; run < runs; run++) {
-      samples.tcp.push(await measureSocket('raw', 'tcp:127.0.0.1:0', bytes, chunkSize));
-      samples.unix.push(await measureSocket('raw', `unix:${join(dir, `raw-${run}.sock`)}`, bytes, chunkSize));
+      record('tcp', await measureSocket('raw', 'tcp:127.0.0.1:0', bytes, chunkSize));
+      record('unix', await measureSocket('raw', `unix:${join(dir, `raw-${run}.sock`)}`, bytes, chunkSize));
       if (withChannel) {
-        samples['channel-tcp'].push(await measureSocket('channel', 'tcp:127.0.0.1:0', bytes, chunkSize));
-        samples['channel-unix'].push(
-          await measureSocket('channel', `unix:${join(dir, `channel-${run}.sock`)}`, bytes, chunkSize),
-        );
+        record('channel-tcp', await measureSocket('channel', 'tcp:127.0.0.1:0', bytes, chunkSize));
+        record('channel-unix', await measureSocket('channel', `unix:${join(dir, `channel-${run}.sock`)}`, bytes, chunkSize));
       }
     }
   } finally {
@@ -75,6 +85,12 @@ export async function measureCeilings(options: CeilingOptions = {}): Promise<Cei
     channelUnixBytesPerSec: withChannel ? median(samples['channel-unix']) : Number.NaN,
     memcpyBytesPerSec: median(samples.memcpy),
     samples,
+    receiverCpuSecondsPerGB: {
+      tcp: median(cpu.tcp),
+      unix: median(cpu.unix),
+      'channel-tcp': median(cpu['channel-tcp']),
+      'channel-unix': median(cpu['channel-unix']),
+    },
     bytes,
     chunkSize,
     runs,
@@ -82,7 +98,12 @@ export async function measureCeilings(options: CeilingOptions = {}): Promise<Cei
 }
 
 /** This process receives; a child Node process connects and sends `bytes` in `chunkSize` writes. */
-async function measureSocket(mode: PeerMode, uri: string, bytes: number, chunkSize: number): Promise<number> {
+interface SocketResult {
+  readonly bytesPerSec: number;
+  readonly cpuSecondsPerGB: number;
+}
+
+async function measureSocket(mode: PeerMode, uri: string, bytes: number, chunkSize: number): Promise<SocketResult> {
   const receiver = mode === 'raw' ? await rawReceiver(uri) : await channelReceiver(uri);
   const child = spawn(
     process.execPath,
@@ -91,11 +112,14 @@ async function measureSocket(mode: PeerMode, uri: string, bytes: number, chunkSi
   );
   const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
   try {
+    const cpuBefore = process.cpuUsage();
     const { received, seconds } = await receiver.done;
+    const cpuUsed = process.cpuUsage(cpuBefore);
     const [code, signal] = await exited;
     if (code !== 0) throw new Error(`Ceiling peer (${mode} ${uri}) exited with ${signal ?? `status ${code}`}`);
     if (received !== bytes) throw new Error(`Ceiling run over ${uri} received ${received} of ${bytes} bytes`);
-    return received / seconds;
+    const cpuSeconds = (cpuUsed.user + cpuUsed.system) / 1e6;
+    return { bytesPerSec: received / seconds, cpuSecondsPerGB: cpuSeconds / (received / 1e9) };
   } finally {
     if (child.exitCode === null) child.kill();
     await receiver.close();
@@ -201,9 +225,9 @@ function gbps(bytesPerSec: number): string {
 
 function printTable(ceilings: Ceilings): void {
   const rows: [string, CaseName, number][] = [
-    ['loopback tcp, raw net.Socket', 'tcp', ceilings.tcpBytesPerSec],
+    ['loopback tcp, raw \'data\' events', 'tcp', ceilings.tcpBytesPerSec],
     ['loopback tcp, Ferry Channel', 'channel-tcp', ceilings.channelTcpBytesPerSec],
-    ['unix socket, raw net.Socket', 'unix', ceilings.unixBytesPerSec],
+    ['unix socket, raw \'data\' events', 'unix', ceilings.unixBytesPerSec],
     ['unix socket, Ferry Channel', 'channel-unix', ceilings.channelUnixBytesPerSec],
     ['memcpy (Uint8Array.set, warm)', 'memcpy', ceilings.memcpyBytesPerSec],
   ];
@@ -211,10 +235,11 @@ function printTable(ceilings: Ceilings): void {
   console.log(`Ceilings (two Node ${process.version} processes; ${moved}; median of ${ceilings.runs})`);
   // Other tenants' load moves these figures a lot; say how busy the machine was.
   console.log(`load average at the end: ${loadavg().map((v) => v.toFixed(2)).join(' ')}`);
-  console.log(`${'case'.padEnd(32)}${'median'.padStart(12)}   runs`);
+  console.log(`${'case'.padEnd(32)}${'median'.padStart(12)}${'recv CPU s/GB'.padStart(15)}   runs (GB/s)`);
   for (const [label, name, value] of rows) {
     const runs = ceilings.samples[name].map((v) => (v / 1e9).toFixed(2)).join(' ');
-    console.log(`${label.padEnd(32)}${gbps(value).padStart(12)}   ${runs}`);
+    const cpu = name === 'memcpy' ? '' : ceilings.receiverCpuSecondsPerGB[name].toFixed(2);
+    console.log(`${label.padEnd(32)}${gbps(value).padStart(12)}${cpu.padStart(15)}   ${runs}`);
   }
   const ratio = (a: number, b: number): string => (Number.isNaN(a) ? '—' : `${((a / b) * 100).toFixed(0)}%`);
   console.log(

@@ -96,6 +96,10 @@ class ExecChannel implements Channel {
     return chunk;
   }
 
+  release(chunk: Uint8Array): void {
+    this.#inner.release(chunk);
+  }
+
   async write(data: Uint8Array): Promise<void> {
     try {
       await this.#inner.write(data);

@@ -6,10 +6,8 @@ import { close, read, write } from 'node:fs';
 import { TransportError } from '../errors.js';
 import type { Channel } from './channel.js';
 import { toTransportError } from './errors.js';
+import { READ_BUFFER_SIZE, ReadBufferPool } from './read-pool.js';
 import { DEFAULT_WRITE_HIGH_WATER_MARK } from './stream-channel.js';
-
-/** Bytes asked for per fs.read: large enough that the thread-pool round trip is amortized. */
-export const FILE_READ_SIZE = 1024 * 1024;
 
 interface Waiter {
   resolve(): void;
@@ -20,6 +18,8 @@ export class FileChannel implements Channel {
   readonly description: string;
   readonly #fd: number;
   readonly #highWaterMark: number;
+  // One fs.read per buffer: large enough that the thread-pool round trip is amortized.
+  readonly #pool = new ReadBufferPool(READ_BUFFER_SIZE);
 
   #queue: Uint8Array[] = [];
   #queuedBytes = 0;
@@ -49,7 +49,7 @@ export class FileChannel implements Channel {
       return Promise.reject(new TransportError(`Cannot read from ${this.description}: another read() is still pending`));
     }
     this.#reading = true;
-    const buffer = new Uint8Array(FILE_READ_SIZE);
+    const buffer = this.#pool.take();
     return new Promise((resolve, reject) => {
       read(this.#fd, buffer, 0, buffer.byteLength, null, (err, bytesRead) => {
         this.#reading = false;
@@ -62,6 +62,7 @@ export class FileChannel implements Channel {
           return reject(this.#error);
         }
         if (bytesRead === 0) {
+          this.#pool.release(buffer);
           this.#eof = true;
           return resolve(null);
         }
@@ -69,6 +70,10 @@ export class FileChannel implements Channel {
         resolve(bytesRead === buffer.byteLength ? buffer : buffer.subarray(0, bytesRead));
       });
     });
+  }
+
+  release(chunk: Uint8Array): void {
+    this.#pool.release(chunk);
   }
 
   write(data: Uint8Array): Promise<void> {
