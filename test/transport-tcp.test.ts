@@ -257,3 +257,16 @@ test('tcp: writes of views over a SharedArrayBuffer (guest RAM shared with a wor
   destination.destroy();
   await close();
 });
+
+test('tcp: the ,ipv4 option restricts a host name to IPv4', async () => {
+  const listener = await listen('tcp:127.0.0.1:0');
+  const port = listener.address.split(':')[2];
+  const accepted = listener.accept();
+  const source = await connect(`tcp:localhost:${port},ipv4`);
+  assert.equal(source.description, `tcp:localhost:${port},ipv4`);
+  const destination = await accepted;
+  assert.match(destination.description, /from 127\.0\.0\.1:\d+$/);
+  source.destroy();
+  destination.destroy();
+  await listener.close();
+});

@@ -8,6 +8,7 @@ import { ConfigError, TransportError } from '../errors.js';
 import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { FileChannel } from './file-channel.js';
+import { PooledReads } from './read-pool.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import type { MigrationUri } from './uri.js';
 
@@ -60,14 +61,17 @@ export function fdChannel(uri: FdUri, role: FdRole, options: FdOptions = {}): Ch
   const readHighWaterMark = options.readHighWaterMark ?? DEFAULT_READ_HIGH_WATER_MARK;
   if (stats.isSocket() || stats.isFIFO()) {
     const pipe = stats.isFIFO();
+    const readable = !pipe || role === 'receive';
+    const pooledReads = readable ? new PooledReads() : undefined;
     let socket: net.Socket;
     try {
       socket = new net.Socket({
         fd,
-        readable: !pipe || role === 'receive',
+        readable,
         writable: !pipe || role === 'send',
         allowHalfOpen: false,
         writableHighWaterMark,
+        ...(pooledReads ? { onread: pooledReads.onread } : {}),
       } as net.SocketConstructorOpts);
     } catch (err) {
       throw toTransportError(err, description, 'opening');
@@ -75,9 +79,10 @@ export function fdChannel(uri: FdUri, role: FdRole, options: FdOptions = {}): Ch
     if (!pipe && socket.remoteFamily !== undefined) socket.setNoDelay(true);
     return new StreamChannel({
       description,
-      readable: !pipe || role === 'receive' ? socket : null,
+      readable: readable ? socket : null,
       writable: !pipe || role === 'send' ? socket : null,
       readHighWaterMark,
+      ...(pooledReads ? { pooledReads } : {}),
     });
   }
   if (stats.isFile() || stats.isCharacterDevice()) {
