@@ -182,10 +182,11 @@ export class FakeVm implements MigrationVm {
 
   /**
    * A guest that never lets the dirty log come back empty: `pages` more pages are
-   * written just before every sync while it runs (a timer alone can miss a sync).
+   * written just before every sync while it runs (a timer alone can miss a sync),
+   * sweeping the first `workingSetPages` pages (all of RAM by default).
    */
-  startSyncWorkload(pages: number): void {
-    const total = this.memory[0]!.size >>> PAGE_SHIFT;
+  startSyncWorkload(pages: number, workingSetPages?: number): void {
+    const total = Math.min(workingSetPages ?? Infinity, this.memory[0]!.size >>> PAGE_SHIFT);
     this.dirtyLog.beforeSync = () => {
       if (this.#runState !== 'running') return;
       for (let i = 0; i < pages; i++) {

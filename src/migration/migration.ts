@@ -112,6 +112,8 @@ export class Migration {
     const ram = new RamHandler(vm, {
       now: this.#o.now,
       limiter,
+      // The cache is sized when a migration starts; QEMU also resizes a running one.
+      ...(this.#capabilities.xbzrle ? { xbzrleCacheSize: this.#parameters['xbzrle-cache-size'] } : {}),
       onSync: (pass) => {
         if (this.#capabilities.events) this.#o.emit('MIGRATION_PASS', { pass });
       },
@@ -202,7 +204,7 @@ export class Migration {
   queryMigrate(): MigrationInfo {
     const info = buildMigrationInfo(
       this.#outgoing && this.#ram
-        ? { status: this.#outgoingState.status, figures: this.#outgoing.figures, ram: this.#ram.stats, now: this.#o.now() }
+        ? { status: this.#outgoingState.status, figures: this.#outgoing.figures, ram: this.#ram.stats, now: this.#o.now(), xbzrle: this.#ram.xbzrle }
         : undefined,
       this.#incomingState.status,
     );

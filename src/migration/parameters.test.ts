@@ -74,14 +74,15 @@ test("capabilities: QEMU's list, all off; events can be turned on", () => {
   const list = capabilityList(caps);
   assert.deepEqual(list.map((c) => c.capability), [...MIGRATION_CAPABILITIES]);
   assert.ok(list.every((c) => c.state === false));
-  const next = applyCapabilities(caps, [{ capability: 'events', state: true }]);
+  const next = applyCapabilities(caps, [{ capability: 'events', state: true }, { capability: 'xbzrle', state: true }]);
   assert.equal(next.events, true);
+  assert.equal(next.xbzrle, true);
   assert.equal(caps.events, false);
 });
 
 test('capabilities Ferry does not carry out are refused when turned on, never silently accepted', () => {
   const caps = defaultCapabilities();
-  for (const capability of ['multifd', 'postcopy-ram', 'auto-converge', 'xbzrle', 'zero-copy-send']) {
+  for (const capability of ['multifd', 'postcopy-ram', 'auto-converge', 'zero-copy-send', 'return-path', 'compress']) {
     assert.throws(() => applyCapabilities(caps, [{ capability, state: true }]), (err: unknown) => {
       return err instanceof MigrationError && err.message.includes(`'${capability}' is not supported by Ferry`);
     });

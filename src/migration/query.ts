@@ -6,6 +6,7 @@ import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { OutgoingFigures } from './outgoing.js';
 import type { RamStats } from './ram.js';
 import type { MigrationStatus } from './states.js';
+import type { XbzrleCache } from './xbzrle-cache.js';
 
 export interface MigrationStatsInfo {
   transferred: number;
@@ -28,9 +29,20 @@ export interface MigrationStatsInfo {
   'dirty-sync-missed-zero-copy': number;
 }
 
+export interface XbzrleCacheInfo {
+  'cache-size': number;
+  bytes: number;
+  pages: number;
+  'cache-miss': number;
+  'cache-miss-rate': number;
+  'encoding-rate': number;
+  overflow: number;
+}
+
 export interface MigrationInfo {
   status?: MigrationStatus;
   ram?: MigrationStatsInfo;
+  'xbzrle-cache'?: XbzrleCacheInfo;
   'total-time'?: number;
   'expected-downtime'?: number;
   downtime?: number;
@@ -43,6 +55,8 @@ export interface SourceView {
   readonly figures: OutgoingFigures;
   readonly ram: RamStats;
   readonly now: number;
+  /** The source's XBZRLE cache, when the capability is on. */
+  readonly xbzrle?: XbzrleCache | undefined;
 }
 
 const WITH_RAM: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>([
@@ -93,6 +107,18 @@ export function buildMigrationInfo(source: SourceView | undefined, destinationSt
     'postcopy-bytes': 0,
     'dirty-sync-missed-zero-copy': 0,
   };
+  const x = source.xbzrle;
+  if (x) {
+    info['xbzrle-cache'] = {
+      'cache-size': x.cacheSize,
+      bytes: x.bytes,
+      pages: x.pages,
+      'cache-miss': x.cacheMiss,
+      'cache-miss-rate': x.cacheMissRate,
+      'encoding-rate': x.encodingRate,
+      overflow: x.overflow,
+    };
+  }
   return info;
 }
 
@@ -139,6 +165,18 @@ export function formatInfoMigrate(info: MigrationInfo): string {
     if (ram['precopy-bytes']) lines.push(`precopy ram: ${kb(ram['precopy-bytes'])} kbytes`);
     if (ram['downtime-bytes']) lines.push(`downtime ram: ${kb(ram['downtime-bytes'])} kbytes`);
     if (ram['postcopy-bytes']) lines.push(`postcopy ram: ${kb(ram['postcopy-bytes'])} kbytes`);
+  }
+  const x = info['xbzrle-cache'];
+  if (x) {
+    lines.push(
+      `cache size: ${x['cache-size']} bytes`,
+      `xbzrle transferred: ${kb(x.bytes)} kbytes`,
+      `xbzrle pages: ${x.pages} pages`,
+      `xbzrle cache miss: ${x['cache-miss']} pages`,
+      `xbzrle cache miss rate: ${x['cache-miss-rate'].toFixed(2)}`,
+      `xbzrle encoding rate: ${x['encoding-rate'].toFixed(2)}`,
+      `xbzrle overflow: ${x.overflow}`,
+    );
   }
   return lines.join('\n') + '\n';
 }

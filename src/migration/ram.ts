@@ -6,12 +6,13 @@
 import { MigrationError, StreamFormatError } from '../errors.js';
 import { PAGE_SHIFT, PAGE_SIZE } from '../hypervisor/types.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
-import { RamChunkWriter, readRamChunks } from '../stream/ram-codec.js';
+import { RamChunkWriter, readRamChunks, xbzrleDecode } from '../stream/ram-codec.js';
 import type { RamChunkSink } from '../stream/ram-codec.js';
 import type { StreamReader } from '../stream/reader.js';
 import type { StreamWriter } from '../stream/writer.js';
 import type { VmdescDevice } from '../stream/format.js';
 import type { RateLimiter } from './rate-limiter.js';
+import { XBZRLE_SEND_PAGE, XBZRLE_UNCHANGED, XbzrleCache } from './xbzrle-cache.js';
 import type { SaveVmHandler } from './savevm.js';
 import type { MigrationVm } from './vm.js';
 
@@ -85,6 +86,8 @@ export interface RamHandlerOptions {
   readonly sliceMs?: number;
   /** Told of every dirty-log sync with the new dirty-sync-count (MIGRATION_PASS). */
   readonly onSync?: (pass: number) => void;
+  /** The `xbzrle` capability: pages sent again go as deltas against a cache of this many bytes. */
+  readonly xbzrleCacheSize?: number;
 }
 
 export class RamHandler implements SaveVmHandler {
@@ -93,6 +96,8 @@ export class RamHandler implements SaveVmHandler {
   readonly version = RAM_VERSION;
   readonly minimumVersion = RAM_VERSION;
   readonly stats = new RamStats();
+  /** Present when the `xbzrle` capability is on (source side). */
+  readonly xbzrle: XbzrleCache | undefined;
 
   readonly #vm: MigrationVm;
   readonly #opts: RamHandlerOptions;
@@ -107,11 +112,16 @@ export class RamHandler implements SaveVmHandler {
   #rateWindowPages = 0;
   #loggingStarted = false;
   #memSizeSeen = false;
+  /** QEMU enables XBZRLE only once the first round (every page) is done. */
+  #xbzrleActive = false;
+  /** RAM-wide page number of each block's first page (XBZRLE cache keys). */
+  #blockBasePage: number[] = [];
 
   constructor(vm: MigrationVm, options: RamHandlerOptions) {
     this.#vm = vm;
     this.#opts = options;
     this.#sliceMs = options.sliceMs ?? 20;
+    this.xbzrle = options.xbzrleCacheSize !== undefined ? new XbzrleCache(options.xbzrleCacheSize) : undefined;
   }
 
   /** Pages sent from now on count as downtime bytes (the guest is stopped). */
@@ -131,6 +141,12 @@ export class RamHandler implements SaveVmHandler {
       return bitmap;
     });
     this.stats.totalBytes = memory.reduce((sum, b) => sum + b.size, 0);
+    let base = 0;
+    this.#blockBasePage = memory.map((b) => {
+      const first = base;
+      base += b.size >>> PAGE_SHIFT;
+      return first;
+    });
     this.stats.remainingPages = this.stats.totalBytes >>> PAGE_SHIFT;
     const before = w.bytesWritten;
     new RamChunkWriter(w).memSize(memory.map((b) => ({ idstr: b.idstr, size: b.size })));
@@ -187,6 +203,7 @@ export class RamHandler implements SaveVmHandler {
     }
     this.stats.remainingPages += added;
     this.stats.dirtySyncCount++;
+    if (this.xbzrle) this.xbzrle.generation = this.stats.dirtySyncCount;
     this.#rateWindowPages += dirtied;
     const now = this.#opts.now();
     const elapsed = now - this.#rateWindowStart;
@@ -210,6 +227,7 @@ export class RamHandler implements SaveVmHandler {
     const now = this.#opts.now;
     const deadline = now() + this.#sliceMs;
     const stats = this.stats;
+    const xbz = this.xbzrle;
     let bytesMark = w.bytesWritten;
     let sinceCheck = 0;
     let visitedBlocks = 0;
@@ -241,6 +259,15 @@ export class RamHandler implements SaveVmHandler {
           if (isZeroPage(words, page * WORDS_PER_PAGE)) {
             chunks.zero(block.idstr, offset);
             stats.duplicate++;
+            if (xbz) xbz.zeroSent(this.#blockBasePage[b]! + page);
+          } else if (xbz && this.#xbzrleActive) {
+            const len = xbz.encode(this.#blockBasePage[b]! + page, block.bytes, offset);
+            if (len === XBZRLE_SEND_PAGE) {
+              chunks.page(block.idstr, offset, xbz.current);
+              stats.normal++;
+            } else if (len !== XBZRLE_UNCHANGED) {
+              chunks.xbzrle(block.idstr, offset, xbz.encoded.subarray(0, len));
+            }
           } else {
             chunks.page(block.idstr, offset, block.bytes.subarray(offset, offset + PAGE_SIZE));
             stats.normal++;
@@ -259,6 +286,8 @@ export class RamHandler implements SaveVmHandler {
       this.#cursorBlock = (b + 1) % Math.max(1, memory.length);
       this.#cursorWord = 0;
       visitedBlocks++;
+      // A wrap to the first block ends a round: from the second round on, XBZRLE applies.
+      if (this.#cursorBlock === 0) this.#xbzrleActive = xbz !== undefined;
     }
     chunks.eos();
     this.#account(w.bytesWritten - bytesMark);
@@ -318,6 +347,15 @@ export class RamHandler implements SaveVmHandler {
       pageTarget: (idstr: string, offset: number) => {
         const b = find(idstr, offset);
         return { ram: memory[b]!.bytes, offset };
+      },
+      xbzrle: (idstr: string, offset: number, encoded: Uint8Array) => {
+        const b = find(idstr, offset);
+        try {
+          // The page holds what the source's cache held: the delta applies in place.
+          xbzrleDecode(encoded, memory[b]!.bytes.subarray(offset, offset + PAGE_SIZE));
+        } catch (err) {
+          throw new StreamFormatError(`Cannot load XBZRLE page at offset ${offset} of block "${idstr}": ${err instanceof Error ? err.message : String(err)}`, r.offset, section, { cause: err });
+        }
       },
       zero: (idstr: string, offset: number, fill: number) => {
         const b = find(idstr, offset);
