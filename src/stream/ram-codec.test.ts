@@ -262,6 +262,27 @@ test('xbzrle: round trip over random edits', () => {
   }
 });
 
+test('xbzrle: unaligned views encode exactly as aligned ones (word-wise and byte-wise paths agree)', () => {
+  const backing = new Uint8Array(3 * PAGE + 8);
+  const oldPage = backing.subarray(1, 1 + PAGE);
+  const newPage = backing.subarray(PAGE + 7, 2 * PAGE + 7);
+  for (let i = 0; i < PAGE; i++) oldPage[i] = (i * 7) & 0xff;
+  newPage.set(oldPage);
+  for (const [at, len] of [[0, 1], [3, 9], [100, 300], [1021, 4], [4000, 96]] as const) {
+    for (let i = at; i < at + len; i++) newPage[i] = oldPage[i]! ^ 0x5a;
+  }
+  const unaligned = new Uint8Array(PAGE);
+  const aligned = new Uint8Array(PAGE);
+  const n1 = xbzrleEncode(oldPage, newPage, unaligned);
+  const n2 = xbzrleEncode(oldPage.slice(), newPage.slice(), aligned);
+  assert.ok(n1 > 0);
+  assert.equal(n1, n2);
+  assert.deepEqual(unaligned.subarray(0, n1), aligned.subarray(0, n2));
+  const page = oldPage.slice();
+  xbzrleDecode(aligned.subarray(0, n2), page);
+  assert.deepEqual(page, newPage.slice());
+});
+
 test('xbzrle: malformed deltas are StreamFormatErrors, never a crash', () => {
   const page = new Uint8Array(PAGE);
   for (const hex of ['05', '0000', '00 00', '0a 00', '8080 01', 'ff7f 01 00', '00 05 0102', '00 8120 ' + '00'.repeat(4097), '01 01 aa 00 01 bb']) {

@@ -251,19 +251,23 @@ export function xbzrleEncode(oldPage: Uint8Array, newPage: Uint8Array, out: Uint
     throw new StreamFormatError(`Cannot XBZRLE-encode pages of ${oldPage.byteLength} and ${n} bytes`, 0, 'ram');
   }
   if (n > 0x3fff) throw new StreamFormatError(`Cannot XBZRLE-encode a ${n}-byte page: runs are limited to 16383 bytes`, 0, 'ram');
+  // Compare a word at a time where both pages allow it (guest RAM and caches are page-aligned).
+  const aligned = n % 4 === 0 && oldPage.byteOffset % 4 === 0 && newPage.byteOffset % 4 === 0;
+  const o32 = aligned ? new Uint32Array(oldPage.buffer, oldPage.byteOffset, n >>> 2) : null;
+  const n32 = aligned ? new Uint32Array(newPage.buffer, newPage.byteOffset, n >>> 2) : null;
   const dlen = out.byteLength;
   let i = 0;
   let d = 0;
   while (i < n) {
     if (d + 2 > dlen) return -1;
     const zStart = i;
-    while (i < n && oldPage[i] === newPage[i]) i++;
+    i = equalRunEnd(oldPage, newPage, o32, n32, i, n);
     if (i - zStart === n) return 0;
     if (i === n) return d; // a trailing unchanged run is not encoded
     d = putUleb(out, d, i - zStart);
     if (d + 2 > dlen) return -1;
     const nzStart = i;
-    while (i < n && oldPage[i] !== newPage[i]) i++;
+    i = changedRunEnd(oldPage, newPage, o32, n32, i, n);
     const nzLen = i - nzStart;
     d = putUleb(out, d, nzLen);
     if (d + nzLen > dlen) return -1;
@@ -271,6 +275,40 @@ export function xbzrleEncode(oldPage: Uint8Array, newPage: Uint8Array, out: Uint
     d += nzLen;
   }
   return d;
+}
+
+/** First index ≥ i where the pages differ (or n). */
+function equalRunEnd(a: Uint8Array, b: Uint8Array, a32: Uint32Array | null, b32: Uint32Array | null, i: number, n: number): number {
+  if (a32 && b32) {
+    while (i < n && i & 3 && a[i] === b[i]) i++;
+    if (i < n && (i & 3) === 0) {
+      let w = i >>> 2;
+      const words = n >>> 2;
+      while (w < words && a32[w] === b32[w]) w++;
+      i = w << 2;
+    }
+  }
+  while (i < n && a[i] === b[i]) i++;
+  return i;
+}
+
+/** First index ≥ i where the pages are equal again (or n). */
+function changedRunEnd(a: Uint8Array, b: Uint8Array, a32: Uint32Array | null, b32: Uint32Array | null, i: number, n: number): number {
+  if (a32 && b32) {
+    while (i < n && i & 3 && a[i] !== b[i]) i++;
+    if (i < n && (i & 3) === 0) {
+      let w = i >>> 2;
+      const words = n >>> 2;
+      // A word continues the run only if all four bytes differ: no zero byte in the XOR.
+      for (; w < words; w++) {
+        const x = (a32[w]! ^ b32[w]!) >>> 0;
+        if (((x - 0x01010101) & ~x & 0x80808080) !== 0) break;
+      }
+      i = w << 2;
+    }
+  }
+  while (i < n && a[i] !== b[i]) i++;
+  return i;
 }
 
 /** Apply an XBZRLE delta to `page` (which holds the old contents). Throws StreamFormatError on a malformed delta. */
