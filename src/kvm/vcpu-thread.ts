@@ -129,6 +129,9 @@ export class VcpuThread {
     this.setControl(M.CONTROL_PAUSE);
     this.interrupt();
     await this.waitForState((s) => s === M.STATE_PAUSED || s === M.STATE_STOPPED, timeoutMs, 'pause', () => this.interrupt());
+    // Writes the guest made before it stopped must reach the devices before anyone saves
+    // device state: the service loop may not have run since the worker posted them.
+    this.drainRing();
   }
 
   private async waitForState(done: (state: number) => boolean, timeoutMs: number, what: string, retry?: () => void): Promise<void> {
@@ -194,6 +197,10 @@ export class VcpuThread {
 
   private answerRequest(): void {
     if (Atomics.load(this.box, M.REQ_STATE) !== M.REQ_PENDING) return;
+    // The worker posts its writes before it raises a request: drain them now (the drain
+    // before this call may have run just before the last of them arrived), so a read
+    // never overtakes a write the guest made earlier.
+    this.drainRing();
     const b = this.box;
     const kind = b[M.REQ_KIND]!;
     const address = M.joinValue(b[M.REQ_ADDR_LO]!, b[M.REQ_ADDR_HI]!);
