@@ -8,6 +8,7 @@ import { Machine, type MachineOptions } from '../machine/machine.js';
 import { Migration } from '../migration/migration.js';
 import { DEFAULT_MIGRATION_PARAMETERS } from '../migration/parameters.js';
 import type { CapabilityStatus } from '../migration/parameters.js';
+import type { VmStateDescription, VmStateValue } from '../migration/vmstate-types.js';
 import { QmpServer } from '../qmp/server.js';
 import { t, type Fields, type Schema } from '../qmp/schema.js';
 import { connect, listen } from '../transport/index.js';
@@ -208,7 +209,7 @@ export class Vmm {
       name: 'x-ferry-query-state',
       handler: () => {
         if (machine.isRunning) throw new QmpError('GenericError', 'Stop the guest first: CPU state is only read while paused');
-        return { sections: machine.stateSections.map((s) => ({ idstr: s.idstr, 'instance-id': s.instanceId, state: toJson(s.save()) })) };
+        return { sections: machine.stateSections.map((s) => ({ idstr: s.idstr, 'instance-id': s.instanceId, state: toJson(migratedState(s.description, s.save())) })) };
       },
     });
     qmp.register({
@@ -253,6 +254,23 @@ function parameterSchema(): Fields {
     fields[`${name}?`] = typeof value === 'boolean' ? t.bool : typeof value === 'string' ? (name.startsWith('tls') ? t.nullable(t.str) : t.str) : t.int;
   }
   return fields;
+}
+
+/** The state as the stream carries it: subsections that are not needed are not sent, so not compared. */
+function migratedState(description: VmStateDescription, state: VmStateValue): VmStateValue {
+  const result: VmStateValue = { ...state };
+  for (const sub of description.subsections ?? []) {
+    const inner = result[sub.key];
+    if (!sub.needed(state)) delete result[sub.key];
+    else if (inner && typeof inner === 'object') result[sub.key] = migratedState(sub.description, inner as VmStateValue);
+  }
+  for (const field of description.fields) {
+    const value = result[field.name];
+    if (field.type === 'struct' && field.struct && value && typeof value === 'object' && !Array.isArray(value)) {
+      result[field.name] = migratedState(field.struct, value as VmStateValue);
+    }
+  }
+  return result;
 }
 
 /** State values as JSON: bigints as decimal strings, buffers as hex. */

@@ -1,0 +1,180 @@
+// Two real Ferry processes, a real socket, a running guest: the migration succeeds over
+// every transport, and afterwards the destination's RAM and CPU state equal the source's
+// at the switchover, the memory check passes, and the guest's pass counter goes on.
+
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FerryProcess } from '../src/cli/ferry-process.js';
+import { runMigration } from '../src/cli/migrate-command.js';
+import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Guest { pass: number }
+interface Check { ok: boolean; pass: number; problem?: string }
+
+/** Accelerators to run every case under; kvm only where /dev/kvm opens. */
+function accelerators(): Array<{ accel: string; skip: string | false }> {
+  const kvm = kvmAvailable();
+  return [
+    { accel: 'sim', skip: false },
+    { accel: 'kvm', skip: kvm.ok ? false : `needs /dev/kvm: ${kvm.reason}` },
+  ];
+}
+
+function scratch(t: TestContext): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-e2e-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function started(t: TestContext, dir: string, name: string, args: string[]): Promise<FerryProcess> {
+  const vm = await FerryProcess.start({ dir, name, args });
+  t.after(() => vm.quit());
+  return vm;
+}
+
+/** Everything a successful migration must leave behind, checked on both sides. */
+async function assertSameGuest(source: FerryProcess, dest: FerryProcess): Promise<void> {
+  assert.equal((await source.execute<{ status: string }>('query-status')).status, 'postmigrate');
+  // The destination was started with -S: loaded, paused, not yet run.
+  const destStatus = await waitForStatus(dest, (s) => s !== 'inmigrate');
+  assert.equal(destStatus, 'paused');
+  const [srcDigest, dstDigest] = await Promise.all([source.execute('x-ferry-ram-digest'), dest.execute('x-ferry-ram-digest')]);
+  assert.deepEqual(dstDigest, srcDigest, 'RAM digest differs between source and destination');
+  const [srcState, dstState] = await Promise.all([source.execute('x-ferry-query-state'), dest.execute('x-ferry-query-state')]);
+  assert.deepEqual(dstState, srcState, 'CPU/device state differs');
+  const srcCheck = await source.execute<Check>('x-ferry-check-memory');
+  const dstCheck = await dest.execute<Check>('x-ferry-check-memory');
+  assert.ok(srcCheck.ok, srcCheck.problem);
+  assert.ok(dstCheck.ok, dstCheck.problem);
+  assert.equal(dstCheck.pass, srcCheck.pass);
+  // The guest goes on from there.
+  await dest.execute('cont');
+  const start = (await dest.execute<Guest>('x-ferry-query-guest')).pass;
+  await waitFor(async () => (await dest.execute<Guest>('x-ferry-query-guest')).pass > start, 'the pass counter to move on the destination');
+  await dest.execute('stop');
+  const after = await dest.execute<Check>('x-ferry-check-memory');
+  assert.ok(after.ok, after.problem);
+  assert.ok(after.pass > srcCheck.pass);
+}
+
+async function waitForStatus(vm: FerryProcess, done: (status: string) => boolean, timeoutMs = 20_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { status } = await vm.execute<{ status: string }>('query-status');
+    if (done(status)) return status;
+    if (Date.now() > deadline) throw new Error(`run state still ${status} after ${timeoutMs} ms`);
+    await sleep(20);
+  }
+}
+
+async function waitFor(cond: () => Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+const GUEST = ['-m', '64M', '--guest', 'builtin:sweep,rate=20000'];
+
+for (const { accel, skip } of accelerators()) {
+  const args = [...GUEST, '--accel', accel];
+  const guestArgs = accel === 'kvm' ? ['-m', '64M', '--accel', 'kvm'] : args;
+
+  test(`${accel}: live migration over tcp keeps the guest`, { skip }, async (t) => {
+    const dir = scratch(t);
+    const dest = await started(t, dir, 'dst', [...guestArgs, '-S', '--incoming', 'tcp:127.0.0.1:0']);
+    const source = await started(t, dir, 'src', guestArgs);
+    await sleep(300);
+    const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: await dest.incomingAddress(), maxBandwidth: 0, progress: false });
+    assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+    assert.ok(outcome.info.downtime !== undefined && outcome.info.downtime >= 0);
+    assert.ok(outcome.passes >= 1);
+    await assertSameGuest(source, dest);
+  });
+
+  test(`${accel}: live migration over a unix socket`, { skip }, async (t) => {
+    const dir = scratch(t);
+    const path = join(dir, 'migration.sock');
+    const dest = await started(t, dir, 'dst', [...guestArgs, '-S', '--incoming', `unix:${path}`]);
+    const source = await started(t, dir, 'src', guestArgs);
+    await dest.incomingAddress();
+    const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: `unix:${path}`, maxBandwidth: 0, progress: false });
+    assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+    await assertSameGuest(source, dest);
+  });
+
+  test(`${accel}: over tcp on IPv6 loopback, with migrate-incoming after --incoming defer`, { skip }, async (t) => {
+    const dir = scratch(t);
+    const dest = await started(t, dir, 'dst', [...guestArgs, '-S', '--incoming', 'defer']);
+    const port = await freePort('::1');
+    await dest.execute('migrate-incoming', { uri: `tcp:[::1]:${port}` });
+    const source = await started(t, dir, 'src', guestArgs);
+    const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: `tcp:[::1]:${port}`, maxBandwidth: 0, progress: false });
+    assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+    await assertSameGuest(source, dest);
+  });
+
+  test(`${accel}: exec: saves a snapshot file that a new VM restores`, { skip }, async (t) => {
+    const dir = scratch(t);
+    const file = join(dir, 'vm.snapshot');
+    const source = await started(t, dir, 'src', guestArgs);
+    await sleep(200);
+    const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: `exec:cat > ${file}`, maxBandwidth: 0, progress: false });
+    assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+    assert.ok(statSync(file).size > 0);
+    const dest = await started(t, dir, 'dst', [...guestArgs, '-S', '--incoming', `exec:cat ${file}`]);
+    await assertSameGuest(source, dest);
+  });
+
+  test(`${accel}: fd:NAME — a connected socket handed to the source with getfd`, { skip }, async (t) => {
+    const dir = scratch(t);
+    const dest = await started(t, dir, 'dst', [...guestArgs, '-S', '--incoming', 'tcp:127.0.0.1:0']);
+    const source = await started(t, dir, 'src', guestArgs);
+    const [host, port] = splitHostPort(await dest.incomingAddress());
+    const socket = net.connect(port, host);
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    const fd = (socket as unknown as { _handle: { fd: number } })._handle.fd;
+    await source.qmp.sendFd('migration', fd);
+    // The source now has its own copy of the descriptor; ours must not read or close the stream.
+    socket.pause();
+    const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: 'fd:migration', maxBandwidth: 0, progress: false });
+    socket.destroy();
+    assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+    await assertSameGuest(source, dest);
+  });
+}
+
+test('sim: an idle 1 GiB guest moves as a few MB of zero pages', async (t) => {
+  const dir = scratch(t);
+  const args = ['-m', '1G', '--accel', 'sim', '--guest', 'builtin:idle'];
+  const dest = await started(t, dir, 'dst', [...args, '-S', '--incoming', 'tcp:127.0.0.1:0']);
+  const source = await started(t, dir, 'src', args);
+  const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: await dest.incomingAddress(), maxBandwidth: 0, progress: false });
+  assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+  const ram = outcome.info.ram!;
+  assert.ok(ram.transferred < 8 * 1024 * 1024, `sent ${ram.transferred} bytes for an idle 1 GiB guest`);
+  assert.ok(ram.duplicate >= (1024 * 1024 * 1024) / 4096 - 16, `only ${ram.duplicate} zero pages`);
+  const [a, b] = await Promise.all([source.execute('x-ferry-ram-digest'), dest.execute('x-ferry-ram-digest')]);
+  assert.deepEqual(a, b);
+});
+
+function splitHostPort(address: string): [string, number] {
+  const match = /^tcp:(.*):(\d+)$/.exec(address);
+  assert.ok(match, `not a tcp address: ${address}`);
+  return [match[1]!.replace(/^\[|\]$/g, ''), Number(match[2])];
+}
+
+async function freePort(host: string): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
