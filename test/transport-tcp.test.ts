@@ -270,3 +270,20 @@ test('tcp: the ,ipv4 option restricts a host name to IPv4', async () => {
   destination.destroy();
   await listener.close();
 });
+
+test('tcp: destroy() rejects a write that is waiting for the reader to drain', async () => {
+  const { source, destination, close } = await pair('tcp:127.0.0.1:0');
+  const chunk = new Uint8Array(1 * MiB);
+  let blocked: Promise<void> | null = null;
+  // Nobody reads the destination, so the socket buffers fill and a write has to wait.
+  for (let i = 0; i < 512 && blocked === null; i++) {
+    const write = source.write(chunk);
+    const settled = await Promise.race([write.then(() => true), sleep(100).then(() => false)]);
+    if (!settled) blocked = write;
+  }
+  assert.ok(blocked, 'a write should have waited for the unread destination');
+  source.destroy(new Error('migrate_cancel'));
+  await assert.rejects(blocked, /migrate_cancel/);
+  destination.destroy();
+  await close();
+});
