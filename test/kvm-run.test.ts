@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { VmStateError } from '../src/errors.js';
 import { O_RDWR, closeFd, openPath } from '../src/sys/libc.js';
 import { createKvmAccelerator } from '../src/hypervisor/kvm-accelerator.js';
 import type { Accelerator, GuestExit, IoBus } from '../src/hypervisor/types.js';
@@ -70,6 +71,7 @@ test('the sweep guest boots in long mode and reports passes on the serial port',
     await until('"pass 3" on the serial port', () => serial.text.includes('pass 3\n') || exits.length > 0);
     assert.deepEqual(exits, []);
     assert.match(serial.text, /^pass 1\npass 2\npass 3\n/);
+    assert.throws(() => acc.stateSections[0]!.save(), VmStateError, 'no CPU state from a running vCPU');
     await acc.pause();
     const check = checkSweepCounters(acc.memory[0]!.bytes);
     assert.ok(check.ok, check.problem);

@@ -4,7 +4,7 @@
 // PIT: the built-in guests need neither, so there is no kernel device state to save.
 
 import { debuglog } from 'node:util';
-import { ConfigError } from '../errors.js';
+import { ConfigError, VmStateError } from '../errors.js';
 import { loadBuiltinGuest } from '../guests/builtin.js';
 import { CODE_MAX, STACK_TOP } from '../guests/layout.js';
 import { longModeEntryRegisters, longModeSpecialRegisters } from '../guests/long-mode.js';
@@ -14,6 +14,7 @@ import type { KvmSregs } from '../kvm/structs.js';
 import { cpuidForVcpu } from '../kvm/vcpu.js';
 import type { KvmVcpu } from '../kvm/vcpu.js';
 import { VcpuThread } from '../kvm/vcpu-thread.js';
+import { STATE_PAUSED as VCPU_PAUSED, STATE_STOPPED as VCPU_STOPPED } from '../kvm/vcpu-mailbox.js';
 import type { KvmVm } from '../kvm/vm.js';
 import { mmapAnonymous, munmap } from '../sys/libc.js';
 import type { Mapping } from '../sys/libc.js';
@@ -110,12 +111,24 @@ class KvmAccelerator implements Accelerator {
   ) {
     this.memory = [{ idstr: RAM_BLOCK_IDSTR, guestAddress: 0, size: ram.length, bytes: ram.bytes }];
     this.dirtyLog = new KvmDirtyLog(vm);
+    // KVM would happily read registers of a vCPU that is about to run again; the
+    // interface promises these run only while paused, so hold callers to it.
+    const requirePaused = (i: number, action: string): void => {
+      const state = threads[i]!.state;
+      if (state !== VCPU_PAUSED && state !== VCPU_STOPPED) {
+        throw new VmStateError(`Cannot ${action} the CPU state of vCPU ${i} while it runs: pause the guest first`);
+      }
+    };
     this.stateSections = vcpus.map((vcpu, i): StateSection => ({
       idstr: CPU_SECTION_IDSTR,
       instanceId: i,
       description: CPU_STATE_DESCRIPTION,
-      save: () => cpuStateToValue(vcpu.getState()),
+      save: () => {
+        requirePaused(i, 'save');
+        return cpuStateToValue(vcpu.getState());
+      },
       load: (value) => {
+        requirePaused(i, 'load');
         const { refusedMsrs } = vcpu.setState(cpuStateFromValue(value));
         if (refusedMsrs.length > 0) {
           // KVM lists some MSRs it then refuses to restore on another CPU model; the
