@@ -147,6 +147,31 @@ test('the peer gone during switchover: the stopped source runs again', async () 
   assert.equal(src.vm.dirtyLog.active, false);
 });
 
+test('a cancel that arrives once every byte is flushed is too late: completed, the source stays stopped', async () => {
+  const sink = createCollectingChannel();
+  let cancelDuringEnd: (() => void) | undefined;
+  const end = sink.end.bind(sink);
+  const channel: Channel = {
+    description: sink.description,
+    read: () => sink.read(),
+    write: (data) => sink.write(data),
+    destroy: (err) => sink.destroy(err),
+    end: async () => {
+      await end();
+      cancelDuringEnd?.();
+    },
+  };
+  const src = makeSide({ memorySize: 1 * MiB }, { connect: async () => channel });
+  eventsOn(src);
+  cancelDuringEnd = () => src.migration.cancel();
+  src.migration.migrate('memory:');
+  await src.migration.whenSettled();
+  assert.equal(src.migration.status, 'completed');
+  assert.deepEqual(statuses(src.events), ['setup', 'active', 'cancelling', 'completed']);
+  assert.equal(src.vm.runState, 'postmigrate');
+  assert.ok(!src.vm.runStates.includes('running'), 'never resumed: the destination has the guest now');
+});
+
 test('connection refused: failed with the transport error, guest untouched', async () => {
   const src = makeSide({ memorySize: 1 * MiB }, {
     connect: () => Promise.reject(new TransportError('Cannot connect to tcp:127.0.0.1:1: connection refused')),

@@ -201,7 +201,8 @@ export class OutgoingMigration {
     writeVmdesc(w, { page_size: PAGE_SIZE, devices });
     await w.close();
     if (w.error) throw w.error;
-    this.#checkCancelled();
+    // Every byte is out: the destination will start the guest. A cancel that arrives now
+    // is too late — running the source again would leave two copies running.
 
     const end = this.#o.now();
     // Without a return path the downtime ends with the last byte flushed (ARCHITECTURE.md).

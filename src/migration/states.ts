@@ -32,7 +32,8 @@ const ALLOWED: Record<MigrationStatus, readonly MigrationStatus[]> = {
   active: ['completed', 'failed', 'cancelling', 'pre-switchover', 'device', 'postcopy-active'],
   'pre-switchover': ['device', 'failed', 'cancelling'],
   device: ['completed', 'failed', 'cancelling'],
-  cancelling: ['cancelled', 'failed'],
+  // completed: a cancel that arrived after the last byte was flushed (the destination has it all).
+  cancelling: ['cancelled', 'failed', 'completed'],
   cancelled: ['setup'],
   completed: ['setup'],
   failed: ['setup'],
