@@ -184,7 +184,6 @@ export class StreamReader {
       if (index < chunk.byteLength) return chunk[index]!;
       index -= chunk.byteLength;
     }
-    /* c8 ignore next */
     throw new StreamTruncatedError(`Cannot peek ${at + 1} bytes ahead at offset ${this.#consumed}`, this.#consumed);
   }
 
