@@ -41,6 +41,8 @@ export interface Ceilings {
    * into fresh versus reused buffers shows.
    */
   readonly receiverCpuSecondsPerGB: Readonly<Record<SocketCase, number>>;
+  /** The same for the sending process (measured in the peer around its send loop). */
+  readonly senderCpuSecondsPerGB: Readonly<Record<SocketCase, number>>;
   readonly bytes: number;
   readonly chunkSize: number;
   readonly runs: number;
@@ -59,9 +61,11 @@ export async function measureCeilings(options: CeilingOptions = {}): Promise<Cei
   const withChannel = options.channel ?? true;
   const samples: Record<CaseName, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [], memcpy: [] };
   const cpu: Record<SocketCase, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [] };
+  const senderCpu: Record<SocketCase, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [] };
   const record = (name: SocketCase, result: SocketResult): void => {
     samples[name].push(result.bytesPerSec);
     cpu[name].push(result.cpuSecondsPerGB);
+    senderCpu[name].push(result.senderCpuSecondsPerGB);
   };
   const dir = mkdtempSync(join(tmpdir(), 'ferry-ceiling-'));
   try {
@@ -91,6 +95,12 @@ export async function measureCeilings(options: CeilingOptions = {}): Promise<Cei
       'channel-tcp': median(cpu['channel-tcp']),
       'channel-unix': median(cpu['channel-unix']),
     },
+    senderCpuSecondsPerGB: {
+      tcp: median(senderCpu.tcp),
+      unix: median(senderCpu.unix),
+      'channel-tcp': median(senderCpu['channel-tcp']),
+      'channel-unix': median(senderCpu['channel-unix']),
+    },
     bytes,
     chunkSize,
     runs,
@@ -101,6 +111,7 @@ export async function measureCeilings(options: CeilingOptions = {}): Promise<Cei
 interface SocketResult {
   readonly bytesPerSec: number;
   readonly cpuSecondsPerGB: number;
+  readonly senderCpuSecondsPerGB: number;
 }
 
 async function measureSocket(mode: PeerMode, uri: string, bytes: number, chunkSize: number): Promise<SocketResult> {
@@ -108,8 +119,10 @@ async function measureSocket(mode: PeerMode, uri: string, bytes: number, chunkSi
   const child = spawn(
     process.execPath,
     [fileURLToPath(import.meta.url), PEER_FLAG, mode, receiver.address, String(bytes), String(chunkSize)],
-    { stdio: ['ignore', 'inherit', 'inherit'] },
+    { stdio: ['ignore', 'pipe', 'inherit'] },
   );
+  let peerReport = '';
+  child.stdout!.setEncoding('utf8').on('data', (text: string) => (peerReport += text));
   const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
   try {
     const cpuBefore = process.cpuUsage();
@@ -119,7 +132,12 @@ async function measureSocket(mode: PeerMode, uri: string, bytes: number, chunkSi
     if (code !== 0) throw new Error(`Ceiling peer (${mode} ${uri}) exited with ${signal ?? `status ${code}`}`);
     if (received !== bytes) throw new Error(`Ceiling run over ${uri} received ${received} of ${bytes} bytes`);
     const cpuSeconds = (cpuUsed.user + cpuUsed.system) / 1e6;
-    return { bytesPerSec: received / seconds, cpuSecondsPerGB: cpuSeconds / (received / 1e9) };
+    const senderCpuSeconds = Number(peerReport.trim());
+    return {
+      bytesPerSec: received / seconds,
+      cpuSecondsPerGB: cpuSeconds / (received / 1e9),
+      senderCpuSecondsPerGB: senderCpuSeconds / (received / 1e9),
+    };
   } finally {
     if (child.exitCode === null) child.kill();
     await receiver.close();
@@ -176,7 +194,22 @@ async function channelReceiver(uri: string): Promise<Receiver> {
   return { address: listener.address, done, close: () => listener.close() };
 }
 
+/** Sends, then prints the CPU seconds it spent sending for the parent to read. */
 async function runPeer(mode: PeerMode, uri: string, bytes: number, chunkSize: number): Promise<void> {
+  await sendFromPeer(mode, uri, bytes, chunkSize, process.cpuUsage());
+}
+
+async function sendFromPeer(
+  mode: PeerMode,
+  uri: string,
+  bytes: number,
+  chunkSize: number,
+  cpuStart: NodeJS.CpuUsage,
+): Promise<void> {
+  const reportCpu = (): void => {
+    const used = process.cpuUsage(cpuStart);
+    process.stdout.write(`${(used.user + used.system) / 1e6}\n`);
+  };
   // One buffer written again and again: its content does not matter, only the path it takes.
   const chunk = new Uint8Array(chunkSize).fill(0xa5);
   if (mode === 'channel') {
@@ -185,6 +218,7 @@ async function runPeer(mode: PeerMode, uri: string, bytes: number, chunkSize: nu
       await channel.write(sent + chunkSize <= bytes ? chunk : chunk.subarray(0, bytes - sent));
     }
     await channel.end();
+    reportCpu();
     channel.destroy();
     return;
   }
@@ -196,6 +230,7 @@ async function runPeer(mode: PeerMode, uri: string, bytes: number, chunkSize: nu
   }
   socket.end();
   await once(socket, 'finish');
+  reportCpu();
   socket.destroy();
 }
 
@@ -235,11 +270,12 @@ function printTable(ceilings: Ceilings): void {
   console.log(`Ceilings (two Node ${process.version} processes; ${moved}; median of ${ceilings.runs})`);
   // Other tenants' load moves these figures a lot; say how busy the machine was.
   console.log(`load average at the end: ${loadavg().map((v) => v.toFixed(2)).join(' ')}`);
-  console.log(`${'case'.padEnd(32)}${'median'.padStart(12)}${'recv CPU s/GB'.padStart(15)}   runs (GB/s)`);
+  console.log(`${'case'.padEnd(32)}${'median'.padStart(12)}${'CPU s/GB send'.padStart(15)}${'recv'.padStart(6)}   runs (GB/s)`);
   for (const [label, name, value] of rows) {
     const runs = ceilings.samples[name].map((v) => (v / 1e9).toFixed(2)).join(' ');
-    const cpu = name === 'memcpy' ? '' : ceilings.receiverCpuSecondsPerGB[name].toFixed(2);
-    console.log(`${label.padEnd(32)}${gbps(value).padStart(12)}${cpu.padStart(15)}   ${runs}`);
+    const send = name === 'memcpy' ? '' : ceilings.senderCpuSecondsPerGB[name].toFixed(2);
+    const recv = name === 'memcpy' ? '' : ceilings.receiverCpuSecondsPerGB[name].toFixed(2);
+    console.log(`${label.padEnd(32)}${gbps(value).padStart(12)}${send.padStart(15)}${recv.padStart(6)}   ${runs}`);
   }
   const ratio = (a: number, b: number): string => (Number.isNaN(a) ? '—' : `${((a / b) * 100).toFixed(0)}%`);
   console.log(
