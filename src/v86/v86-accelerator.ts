@@ -140,7 +140,7 @@ function readImage(path: string, what: string): ArrayBuffer {
 // ---- the parts of v86 Ferry touches, typed here (v86.d.ts covers only the public API) ----
 
 /** A WebAssembly.Memory (the lib settings here do not include the WebAssembly types). */
-interface WasmMemory {
+export interface WasmMemory {
   readonly buffer: ArrayBuffer;
 }
 
@@ -176,8 +176,11 @@ interface V86Emulator {
 
 type V86Constructor = new (options: Record<string, unknown>) => V86Emulator;
 
-/** Guest RAM inside v86's wasm memory; the view is re-created if the memory grew (detaching the old one). */
-class V86RamBlock implements GuestMemoryBlock {
+/**
+ * Guest RAM inside v86's wasm memory; the view is re-created if the memory grew, which
+ * detaches every view made before (v86's JIT grows it at run time: seen during boot).
+ */
+export class V86RamBlock implements GuestMemoryBlock {
   readonly idstr = RAM_IDSTR;
   readonly guestAddress = 0;
   readonly size: number;
