@@ -1,0 +1,140 @@
+// A failed or cancelled migration never loses the guest: the source keeps running, and a
+// destination never starts a guest from an incomplete stream. Real processes, real sockets.
+
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FerryProcess } from '../src/cli/ferry-process.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const ARGS = ['-m', '64M', '--accel', 'sim', '--guest', 'builtin:sweep,rate=20000'];
+
+interface MigrateInfo { status: string; 'error-desc'?: string; ram?: { 'dirty-sync-count': number; transferred: number } }
+
+function scratch(t: TestContext): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-safety-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function started(t: TestContext, dir: string, name: string, args: string[]): Promise<FerryProcess> {
+  const vm = await FerryProcess.start({ dir, name, args });
+  t.after(() => vm.quit());
+  return vm;
+}
+
+async function waitMigration(vm: FerryProcess, done: (info: MigrateInfo) => boolean, timeoutMs = 20_000): Promise<MigrateInfo> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await vm.execute<MigrateInfo>('query-migrate');
+    if (done(info)) return info;
+    if (Date.now() > deadline) throw new Error(`migration still ${info.status} after ${timeoutMs} ms`);
+    await sleep(20);
+  }
+}
+
+/** The source guest runs: status running and its pass counter moves. */
+async function assertRunning(vm: FerryProcess): Promise<void> {
+  assert.equal((await vm.execute<{ status: string }>('query-status')).status, 'running');
+  const first = (await vm.execute<{ pass: number }>('x-ferry-query-guest')).pass;
+  const deadline = Date.now() + 10_000;
+  while ((await vm.execute<{ pass: number }>('x-ferry-query-guest')).pass <= first) {
+    if (Date.now() > deadline) assert.fail('the source guest does not run: its pass counter is stuck');
+    await sleep(25);
+  }
+}
+
+/** The destination refused the stream: it exits non-zero, says why, and never ran the guest. */
+async function assertDestinationFailed(dest: FerryProcess, pattern: RegExp): Promise<void> {
+  const code = await Promise.race([dest.exited, sleep(15_000).then(() => 'timeout' as const)]);
+  assert.notEqual(code, 'timeout', 'the destination did not give up');
+  assert.equal(code, 1);
+  assert.match(dest.stderr, /incoming migration failed/);
+  assert.match(dest.stderr, pattern);
+  assert.doesNotMatch(dest.stderr, /\bat .*\.js:\d+/, 'no stack trace without --debug');
+}
+
+test('cancel during setup: the source guest keeps running, the destination fails cleanly', async (t) => {
+  const dir = scratch(t);
+  const dest = await started(t, dir, 'dst', [...ARGS, '--incoming', 'tcp:127.0.0.1:0']);
+  const source = await started(t, dir, 'src', ARGS);
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * 1024 });
+  // Both commands go out back to back: the cancel reaches the engine while it sets up.
+  const migrate = source.execute('migrate', { uri: await dest.incomingAddress() });
+  const info0 = await source.execute<MigrateInfo>('query-migrate');
+  await source.execute('migrate_cancel');
+  await migrate;
+  assert.ok(['setup', 'active', 'cancelling', 'cancelled'].includes(info0.status), info0.status);
+  const info = await waitMigration(source, (i) => i.status === 'cancelled');
+  assert.equal(info.status, 'cancelled');
+  await assertRunning(source);
+  await assertDestinationFailed(dest, /./);
+});
+
+test('cancel while active: the source guest keeps running, the destination says why it failed', async (t) => {
+  const dir = scratch(t);
+  const dest = await started(t, dir, 'dst', [...ARGS, '--incoming', 'tcp:127.0.0.1:0']);
+  const source = await started(t, dir, 'src', ARGS);
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 * 1024 });
+  await source.execute('migrate', { uri: await dest.incomingAddress() });
+  await waitMigration(source, (i) => i.status === 'active' && (i.ram?.transferred ?? 0) > 1024 * 1024);
+  await source.execute('migrate_cancel');
+  await waitMigration(source, (i) => i.status === 'cancelled');
+  await assertRunning(source);
+  await assertDestinationFailed(dest, /Stream ended|truncat|closed|reset/i);
+});
+
+test('destination killed mid-stream: the source fails the migration and its guest runs again', async (t) => {
+  const dir = scratch(t);
+  const dest = await started(t, dir, 'dst', [...ARGS, '--incoming', 'tcp:127.0.0.1:0']);
+  const source = await started(t, dir, 'src', ARGS);
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 * 1024 });
+  await source.execute('migrate', { uri: await dest.incomingAddress() });
+  await waitMigration(source, (i) => i.status === 'active' && (i.ram?.transferred ?? 0) > 1024 * 1024);
+  dest.kill();
+  const info = await waitMigration(source, (i) => i.status === 'failed');
+  assert.ok(info['error-desc'] && info['error-desc'].length > 0, 'failed without an error-desc');
+  await assertRunning(source);
+});
+
+test('source killed mid-stream: the destination reports the error and never starts the guest', async (t) => {
+  const dir = scratch(t);
+  const dest = await started(t, dir, 'dst', [...ARGS, '--incoming', 'tcp:127.0.0.1:0']);
+  const source = await started(t, dir, 'src', ARGS);
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 * 1024 });
+  await source.execute('migrate', { uri: await dest.incomingAddress() });
+  await waitMigration(source, (i) => i.status === 'active' && (i.ram?.transferred ?? 0) > 1024 * 1024);
+  const status = await dest.execute<{ status: string }>('query-status');
+  assert.equal(status.status, 'inmigrate');
+  source.kill();
+  await assertDestinationFailed(dest, /offset \d+/);
+});
+
+test('connection refused reaches error-desc and the MIGRATION failed event', async (t) => {
+  const dir = scratch(t);
+  const source = await started(t, dir, 'src', ARGS);
+  await source.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+  const failed = source.qmp.waitForEvent('MIGRATION', (e) => (e.data as { status?: string } | undefined)?.status === 'failed', 10_000);
+  await source.execute('migrate', { uri: 'unix:' + join(dir, 'nobody-listens.sock') });
+  await failed;
+  const info = await waitMigration(source, (i) => i.status === 'failed');
+  assert.match(info['error-desc'] ?? '', /nobody-listens|refused|ENOENT|No such file/i);
+  await assertRunning(source);
+});
+
+test('a workload that cannot converge stays active with passes counting, and cancel works', async (t) => {
+  const dir = scratch(t);
+  const args = ['-m', '16M', '--accel', 'sim', '--guest', 'builtin:sweep,rate=200000'];
+  const dest = await started(t, dir, 'dst', [...args, '--incoming', 'tcp:127.0.0.1:0']);
+  const source = await started(t, dir, 'src', args);
+  // 8 MiB/s against a guest dirtying far more: the remaining set never fits in 300 ms.
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * 1024 });
+  await source.execute('migrate', { uri: await dest.incomingAddress() });
+  const later = await waitMigration(source, (i) => (i.ram?.['dirty-sync-count'] ?? 0) >= 3, 60_000);
+  assert.equal(later.status, 'active');
+  await source.execute('migrate_cancel');
+  await waitMigration(source, (i) => i.status === 'cancelled');
+  await assertRunning(source);
+});
