@@ -37,6 +37,8 @@ export interface MigrationOptions {
   readonly schedule?: (fn: () => void) => void;
   /** StreamWriter buffer size for the outgoing stream. */
   readonly bufferSize?: number;
+  /** Diagnostics: convergence decisions, outcomes (wire util.debuglog('ferry') here). */
+  readonly trace?: (message: string) => void;
 }
 
 export type MigrationSide = 'outgoing' | 'incoming';
@@ -131,6 +133,7 @@ export class Migration {
       now: this.#o.now,
       sleep: (ms) => this.#sleep(ms),
       ...(this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : {}),
+      ...(this.#o.trace ? { trace: this.#o.trace } : {}),
     });
     this.#outgoing = outgoing;
     this.#ram = ram;
@@ -187,6 +190,7 @@ export class Migration {
       registry.cleanupAll();
       channel?.destroy(err instanceof Error ? err : undefined);
       this.#incomingError = errorMessage(err);
+      this.#o.trace?.(`migration: incoming failed: ${this.#incomingError}`);
       if (isMigrationRunning(this.#incomingState.status)) this.#incomingState.transition('failed');
     } finally {
       this.#listener = undefined;

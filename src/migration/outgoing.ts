@@ -32,6 +32,8 @@ export interface OutgoingOptions {
   readonly sleep: (ms: number) => Promise<void>;
   /** Write buffer size handed to the StreamWriter. */
   readonly bufferSize?: number;
+  /** Diagnostics (the Node side wires util.debuglog('ferry') here). */
+  readonly trace?: (message: string) => void;
 }
 
 /** Times (ms) and rates query-migrate reports for the source. */
@@ -169,7 +171,9 @@ export class OutgoingMigration {
         await this.#flush(w);
       } else {
         const exact = this.#pending(true);
-        if (canComplete(exact, this.#threshold)) return;
+        const fits = canComplete(exact, this.#threshold);
+        this.#o.trace?.(`migration: exact pending ${exact} B, threshold ${Math.round(this.#threshold)} B (${this.#bytesPerMs.toFixed(1)} B/ms × ${this.#o.parameters()['downtime-limit']} ms): ${fits ? 'stopping the guest' : 'iterating on'}`);
+        if (fits) return;
       }
       // A macrotask boundary, not just a microtask: QMP commands and timers run here.
       await this.#o.sleep(0);
@@ -209,6 +213,7 @@ export class OutgoingMigration {
     this.#downtime = end - stopStart;
     this.#totalTime = end - this.#startTime;
     this.#updateCounters(w, true);
+    this.#o.trace?.(`migration: completed in ${this.#totalTime.toFixed(1)} ms, downtime ${this.#downtime.toFixed(1)} ms, ${w.bytesWritten} B`);
     registry.cleanupAll();
     vm.setRunState('postmigrate');
     state.transition('completed');
@@ -280,6 +285,7 @@ export class OutgoingMigration {
       return;
     }
     this.#errorDesc = errorMessage(err);
+    this.#o.trace?.(`migration: failed: ${this.#errorDesc}`);
     if (state.status === 'setup' || state.status === 'active' || state.status === 'device') state.transition('failed');
   }
 }
