@@ -3,8 +3,10 @@
 // of the channel: a non-zero exit fails end() and read(), with the tail of its stderr.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import type net from 'node:net';
 import { TransportError } from '../errors.js';
 import type { Channel } from './channel.js';
+import { adoptWithPooledReads } from './read-pool.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 
 /** How much of the command's stderr is kept for error messages. */
@@ -57,14 +59,16 @@ class ExecChannel implements Channel {
     this.#child = child;
     this.description = description;
     const stdin = child.stdin!;
-    const stdout = child.stdout!;
     const stderr = child.stderr!;
+    // Adopted in the same tick as spawn(), before the pipe can have delivered anything.
+    const { socket: stdout, pooledReads } = adoptWithPooledReads(child.stdout as net.Socket, { writable: false });
     setWritableHighWaterMark(stdin, options.writeHighWaterMark ?? DEFAULT_WRITE_HIGH_WATER_MARK);
     this.#inner = new StreamChannel({
       description,
       readable: stdout,
       writable: stdin,
       readHighWaterMark: options.readHighWaterMark ?? DEFAULT_READ_HIGH_WATER_MARK,
+      ...(pooledReads ? { pooledReads } : {}),
     });
     stderr.setEncoding('utf8');
     stderr.on('data', (text: string) => {

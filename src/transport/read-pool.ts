@@ -2,6 +2,8 @@
 // the consumer gets a view of the bytes read, and Channel.release() returns the buffer.
 // Reusing warm memory costs a receiver about a third of the CPU of fresh buffers per read.
 
+import net from 'node:net';
+
 /** Size of one receive buffer: one read syscall takes up to this much. */
 export const READ_BUFFER_SIZE = 1024 * 1024;
 /** Released buffers kept for reuse; beyond this they are left to the garbage collector. */
@@ -63,4 +65,36 @@ export class PooledReads {
     this.#early = [];
     for (const chunk of early) sink(chunk);
   }
+}
+
+/**
+ * Rebuild a socket that Node created for us (an accepted connection, a child's stdout)
+ * around the same libuv handle, with a pooled `onread` — Node offers `onread` only to
+ * sockets the caller constructs. Must run before the original has delivered any data.
+ * The original gives up the handle and is destroyed when the new socket closes, so its
+ * owner's bookkeeping (a server's connection count, a child's 'close') still completes.
+ * Where Node's internals are not as expected, the original is returned unchanged.
+ */
+export function adoptWithPooledReads(
+  original: net.Socket,
+  options: { writable: boolean; writableHighWaterMark?: number },
+): { socket: net.Socket; pooledReads?: PooledReads } {
+  const internals = original as unknown as { _handle?: object | null };
+  const handle = internals._handle;
+  if (!handle || typeof (handle as { readStart?: unknown }).readStart !== 'function' || original.readableLength > 0) {
+    return { socket: original };
+  }
+  const pooledReads = new PooledReads();
+  const socket = new net.Socket({
+    handle,
+    onread: pooledReads.onread,
+    allowHalfOpen: false,
+    readable: true,
+    writable: options.writable,
+    ...(options.writableHighWaterMark === undefined ? {} : { writableHighWaterMark: options.writableHighWaterMark }),
+  } as net.SocketConstructorOpts);
+  internals._handle = null;
+  socket.once('close', () => original.destroy());
+  original.on('error', () => {});
+  return { socket, pooledReads };
 }

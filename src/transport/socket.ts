@@ -7,7 +7,7 @@ import { lstat, unlink } from 'node:fs/promises';
 import { TransportError } from '../errors.js';
 import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
-import { PooledReads } from './read-pool.js';
+import { adoptWithPooledReads, PooledReads } from './read-pool.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import { formatMigrationUri, type MigrationUri } from './uri.js';
 
@@ -38,34 +38,6 @@ export function socketChannel(
     readHighWaterMark: options.readHighWaterMark ?? DEFAULT_READ_HIGH_WATER_MARK,
     ...(pooledReads ? { pooledReads } : {}),
   });
-}
-
-/**
- * net.Server has no `onread` option, so an accepted socket (taken paused, before any read)
- * is rebuilt around the same libuv handle with one. The original object gives up the
- * handle and is destroyed when the new one closes, which keeps the server's connection
- * count right. Where Node's internals differ from what this expects, the socket is used as is.
- */
-function adoptAcceptedSocket(accepted: net.Socket, highWaterMark: number): { socket: net.Socket; pooledReads?: PooledReads } {
-  const internals = accepted as unknown as { _handle?: object | null };
-  const handle = internals._handle;
-  if (!handle || typeof (handle as { readStart?: unknown }).readStart !== 'function') {
-    accepted.resume();
-    return { socket: accepted };
-  }
-  const pooledReads = new PooledReads();
-  const socket = new net.Socket({
-    handle,
-    onread: pooledReads.onread,
-    allowHalfOpen: false,
-    readable: true,
-    writable: true,
-    writableHighWaterMark: highWaterMark,
-  } as net.SocketConstructorOpts);
-  internals._handle = null;
-  socket.once('close', () => accepted.destroy());
-  accepted.on('error', () => {});
-  return { socket, pooledReads };
 }
 
 export function connectSocket(uri: SocketUri, options: SocketOptions = {}): Promise<Channel> {
@@ -205,7 +177,9 @@ class SocketListener implements Listener {
       return;
     }
     const highWaterMark = this.#options.writeHighWaterMark ?? DEFAULT_WRITE_HIGH_WATER_MARK;
-    const { socket, pooledReads } = adoptAcceptedSocket(accepted, highWaterMark);
+    // net.Server has no `onread` option: the accepted socket (taken paused, before any
+    // read) is rebuilt around the same handle with one.
+    const { socket, pooledReads } = adoptWithPooledReads(accepted, { writable: true, writableHighWaterMark: highWaterMark });
     const peer =
       this.#uri.kind === 'tcp' && socket.remoteAddress !== undefined
         ? ` from ${socket.remoteAddress.includes(':') ? `[${socket.remoteAddress}]` : socket.remoteAddress}:${socket.remotePort}`
