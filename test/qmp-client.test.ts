@@ -124,12 +124,16 @@ test('connecting where nobody listens is a TransportError naming the address', a
     e instanceof TransportError && /Cannot connect to QMP at tcp:127\.0\.0\.1:1/.test(e.message));
 });
 
-test('a server that never greets times out', async () => {
-  const silent = net.createServer(() => {});
+test('a server that never greets times out', async (t) => {
+  const sockets: net.Socket[] = [];
+  const silent = net.createServer((socket) => void sockets.push(socket));
+  t.after(() => {
+    for (const socket of sockets) socket.destroy();
+    silent.close();
+  });
   await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
   const port = (silent.address() as net.AddressInfo).port;
   await assert.rejects(QmpClient.connect(`tcp:127.0.0.1:${port}`, { timeoutMs: 100 }), /no greeting within 100 ms/);
-  silent.close();
 });
 
 test('a bad address is a ConfigError', async () => {

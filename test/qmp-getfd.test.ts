@@ -178,8 +178,9 @@ describe('getfd over a unix QMP socket', () => {
     assert.equal(openFds(), base);
   });
 
-  test('server.close() closes fds still held', async () => {
+  test('server.close() closes fds still held', async (t) => {
     const s = new QmpServer();
+    t.after(() => s.close());
     const p = join(dir, 'close.sock');
     await s.listen(p);
     const client = await QmpClient.connect(p);

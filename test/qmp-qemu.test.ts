@@ -119,8 +119,9 @@ describe('against QEMU 7.2', { skip: qemuMissing }, () => {
     await client.close();
   });
 
-  test('Ferry’s server answers the same bad requests with QEMU’s classes and words', async () => {
+  test('Ferry’s server answers the same bad requests with QEMU’s classes and words', async (t) => {
     const ferry = new QmpServer();
+    t.after(() => ferry.close());
     const ferryPath = join(dir, 'ferry.sock');
     await ferry.listen(ferryPath);
     // Each line is sent to both on a fresh, unnegotiated connection, then negotiated ones.

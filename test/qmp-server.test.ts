@@ -45,7 +45,9 @@ class Raw {
       ? net.connect(Number(address.slice(address.lastIndexOf(':') + 1)), address.slice(4, address.lastIndexOf(':')).replace(/^\[|\]$/g, ''))
       : net.connect(address.replace(/^unix:/, ''));
     await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-    return new Raw(socket);
+    const raw = new Raw(socket);
+    raws.add(raw);
+    return raw;
   }
 
   /** Open, read the greeting, negotiate. */
@@ -106,8 +108,22 @@ async function stillServes(raw: Raw): Promise<void> {
   assert.ok('return' in reply, `expected a return, got ${JSON.stringify(reply)}`);
 }
 
+// Every server and raw client a test makes is closed at the end of the file even when
+// the test fails half-way, so a failure reports instead of hanging the run.
+const servers = new Set<QmpServer>();
+const raws = new Set<Raw>();
+after(async () => {
+  for (const raw of raws) raw.destroy();
+  await Promise.all([...servers].map((s) => s.close()));
+});
+
+function track(server: QmpServer): QmpServer {
+  servers.add(server);
+  return server;
+}
+
 function newServer(): QmpServer {
-  const server = new QmpServer();
+  const server = track(new QmpServer());
   server.register({
     name: 'x-test-migrate',
     args: {
@@ -281,7 +297,7 @@ describe('framing over a real socket', () => {
   });
 
   test('an oversized message is refused, that client is dropped, others are unharmed', async () => {
-    const small = new QmpServer({ maxMessageBytes: 64 * 1024 });
+    const small = track(new QmpServer({ maxMessageBytes: 64 * 1024 }));
     const addr = await small.listen(`unix:${sockPath()}`);
     const bystander = await Raw.ready(addr);
     const hog = await Raw.ready(addr);
@@ -493,7 +509,7 @@ describe('handlers', () => {
   let raw: Raw;
   const afterLog: string[] = [];
   before(async () => {
-    server = new QmpServer();
+    server = track(new QmpServer());
     server.register({ name: 'x-qmp-error', handler: () => { throw new QmpError('DeviceNotFound', "Device 'x' not found"); } });
     server.register({ name: 'x-ferry-error', handler: async () => { throw new MigrationError('Cannot migrate: already running'); } });
     server.register({ name: 'x-plain-error', handler: () => { throw new TypeError('boom at step 3'); } });
@@ -557,10 +573,10 @@ describe('handlers', () => {
 describe('listening', () => {
   test('a stale unix socket file is replaced; a regular file in the way is refused; close removes the socket', async () => {
     const path = sockPath();
-    const first = new QmpServer();
+    const first = track(new QmpServer());
     await first.listen(path);
     // Simulate a crashed process: the socket file stays behind.
-    const stale = new QmpServer();
+    const stale = track(new QmpServer());
     await assert.rejects(stale.listen('tcp:127.0.0.1:99999'), ConfigError);
     await stale.listen(`unix:${path},server=on,wait=off`);
     await stillServes(await Raw.ready(path));
@@ -570,7 +586,7 @@ describe('listening', () => {
 
     const file = join(dir, 'not-a-socket');
     writeFileSync(file, 'keep me');
-    await assert.rejects(new QmpServer().listen(`unix:${file}`), /exists and is not a socket/);
+    await assert.rejects(track(new QmpServer()).listen(`unix:${file}`), /exists and is not a socket/);
     assert.equal(readFileSync(file, 'utf8'), 'keep me');
   });
 
@@ -594,7 +610,7 @@ describe('listening', () => {
   test('a port in use is a TransportError naming the address', async () => {
     const server = newServer();
     const addr = await server.listen('tcp:127.0.0.1:0');
-    await assert.rejects(new QmpServer().listen(addr), (e: Error) => e.name === 'TransportError' && e.message.includes(addr));
+    await assert.rejects(track(new QmpServer()).listen(addr), (e: Error) => e.name === 'TransportError' && e.message.includes(addr));
     await server.close();
   });
 });
