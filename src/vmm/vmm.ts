@@ -3,7 +3,7 @@
 // where machine and migration events become QMP events.
 
 import { createHash } from 'node:crypto';
-import { FerryError, QmpError } from '../errors.js';
+import { ConfigError, QmpError } from '../errors.js';
 import { Machine, type MachineOptions } from '../machine/machine.js';
 import { Migration } from '../migration/migration.js';
 import { DEFAULT_MIGRATION_PARAMETERS } from '../migration/parameters.js';
@@ -240,10 +240,13 @@ export class Vmm {
 
 /** QEMU's `-qmp unix:PATH,server=on,wait=off`: the options only restate what Ferry always does. */
 export function stripQemuServerOptions(address: string): string {
+  if (!/^(unix:.+|tcp:.+:\d+)/.test(address)) {
+    throw new ConfigError(`Invalid --qmp "${address}": expected unix:PATH or tcp:HOST:PORT`);
+  }
   const parts = address.split(',');
   const known = /^(server(=on)?|wait=off|nowait)$/;
   for (const option of parts.slice(1)) {
-    if (!known.test(option)) throw new FerryError('FERRY_ERR_CONFIG', `Unsupported QMP option "${option}" in "${address}": Ferry always serves and never waits`);
+    if (!known.test(option)) throw new ConfigError(`Unsupported QMP option "${option}" in "${address}": Ferry always serves and never waits`);
   }
   return parts[0]!;
 }

@@ -1,0 +1,93 @@
+// The `ferry` command as a person meets it: bad input gets one clear line and a
+// non-zero exit (no stack trace without --debug); `run` shows the guest's progress;
+// `migrate` shows progress and a summary, and fails with the error.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FERRY_MAIN, FerryProcess } from '../src/cli/ferry-process.js';
+
+function ferry(args: string[], timeoutMs = 15_000) {
+  return spawnSync(process.execPath, [FERRY_MAIN, ...args], { encoding: 'utf8', timeout: timeoutMs });
+}
+
+const BAD_INPUT: Array<[string, string[], RegExp]> = [
+  ['an unknown flag', ['run', '--frobnicate'], /unknown option '--frobnicate'/],
+  ['a bad memory size', ['run', '-m', 'lots'], /Invalid memory size "lots"/],
+  ['a memory size that is not whole pages', ['run', '-m', '1000B', '--accel', 'sim'], /multiple of 4 KiB/],
+  ['an unknown accelerator', ['run', '--accel', 'hvf'], /--accel.*hvf.*kvm, sim, v86|Allowed choices/],
+  ['a bad guest spec', ['run', '--accel', 'sim', '--guest', 'builtin:dance'], /Unknown built-in guest "dance"/],
+  ['a bad guest option', ['run', '--accel', 'sim', '--guest', 'builtin:hot,mb=3'], /Unknown --guest option "mb"/],
+  ['a bad serial spec', ['run', '--accel', 'sim', '--serial', 'telnet:1'], /--serial "telnet:1"/],
+  ['a bad QMP address', ['run', '--accel', 'sim', '--qmp', 'udp:1'], /udp:1/],
+  ['a bad incoming URI', ['run', '--accel', 'sim', '--incoming', 'rdma:1.2.3.4:5'], /rdma/],
+  ['kvm where /dev/kvm cannot be opened', ['run', '--accel', 'kvm'], /dev\/kvm/],
+  ['a kernel without v86', ['run', '--accel', 'sim', '--kernel', '/nonexistent'], /--accel v86/],
+  ['a migrate without a reachable QMP socket', ['migrate', '--qmp', '/nonexistent/qmp.sock', 'tcp:127.0.0.1:1'], /nonexistent/],
+];
+
+for (const [what, args, message] of BAD_INPUT) {
+  test(`bad input: ${what}`, (t) => {
+    if (what.startsWith('kvm') && spawnSync('test', ['-r', '/dev/kvm']).status === 0) {
+      t.skip('this machine has /dev/kvm, so --accel kvm is not bad input here');
+      return;
+    }
+    const result = ferry(args);
+    assert.notEqual(result.status, 0, `exit status for ${args.join(' ')}`);
+    assert.match(result.stderr, message);
+    assert.doesNotMatch(result.stderr, /\n\s+at .*:\d+:\d+/, 'a stack trace without --debug');
+    assert.ok(result.stderr.trim().split('\n').length <= 3, `more than a short message:\n${result.stderr}`);
+  });
+}
+
+test('--debug shows the stack trace', () => {
+  const result = ferry(['run', '--accel', 'sim', '--guest', 'builtin:dance', '--debug']);
+  assert.notEqual(result.status, 0);
+  assert.match(result.stderr, /at .*:\d+:\d+/);
+});
+
+test('ferry run prints the guest\'s progress on the serial console (stdio)', async () => {
+  const child = spawn(process.execPath, [FERRY_MAIN, 'run', '--accel', 'sim', '-m', '16M', '--guest', 'builtin:sweep,rate=50000'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (text: string) => (out += text));
+  const deadline = Date.now() + 15_000;
+  while (!/pass 2\n/.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  child.kill('SIGTERM');
+  await new Promise((r) => child.once('exit', r));
+  assert.match(out, /pass 1\npass 2\n/);
+});
+
+test('ferry migrate shows a summary and exits 0; a failing migration exits 1 with the error', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const args = ['-m', '32M', '--accel', 'sim', '--guest', 'builtin:sweep,rate=20000'];
+  const dest = await FerryProcess.start({ dir, name: 'dst', args: [...args, '--incoming', 'tcp:127.0.0.1:0'] });
+  t.after(() => dest.quit());
+  const source = await FerryProcess.start({ dir, name: 'src', args });
+  t.after(() => source.quit());
+  const uri = await dest.incomingAddress();
+  const run = (argv: string[]) => new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [FERRY_MAIN, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    child.once('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+  const ok = await run(['migrate', '--qmp', source.qmpPath, uri, '--max-bandwidth', '0', '--downtime-limit', '300']);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stdout, /Migration completed/);
+  assert.match(ok.stdout, /downtime\s+\d+/);
+  assert.match(ok.stdout, /passes\s+\d+/);
+  assert.match(ok.stderr, /pass \d+/, 'the progress bar names the pass');
+
+  const other = await FerryProcess.start({ dir, name: 'other', args });
+  t.after(() => other.quit());
+  const bad = await run(['migrate', '--qmp', other.qmpPath, `unix:${join(dir, 'nobody.sock')}`]);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /Migration failed/);
+  assert.match(bad.stderr, /error\s+.*nobody\.sock/);
+});
