@@ -20,17 +20,21 @@ test('max-bandwidth limits throughput: 4 MiB of data at 4 MiB/s takes most of a 
   const mid = src.migration.queryMigrate();
   assert.equal(mid.status, 'active');
   assert.ok(mid.ram);
+  // A measurement window of 100–199 ms can straddle two rate-limit windows: at most twice the limit.
   const limitMbps = (4 * MiB * 8) / 1e6;
-  assert.ok(mid.ram.mbps > 0 && mid.ram.mbps < limitMbps * 1.5, `mbps ${mid.ram.mbps} against a limit of ${limitMbps}`);
-  assert.ok(mid.ram.transferred < 0.35 * 4 * MiB * 1.6, `${mid.ram.transferred} bytes after 350 ms`);
+  assert.ok(mid.ram.mbps > 0 && mid.ram.mbps <= limitMbps * 2.1, `mbps ${mid.ram.mbps} against a limit of ${limitMbps}`);
+  // 350 ms touch at most 4 windows of 4 MiB/10 (one more for timer slack).
+  assert.ok(mid.ram.transferred <= 5 * (4 * MiB) / 10, `${mid.ram.transferred} bytes after 350 ms`);
   await src.migration.whenSettled();
   await dst.migration.whenIncomingSettled();
   const elapsed = performance.now() - start;
   assert.equal(src.migration.status, 'completed');
   assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
-  // Pre-copy runs at the limit until what is left fits bandwidth × downtime-limit
-  // (4 MiB/s × 300 ms ≈ 1.2 MiB): at least ~2.8 MiB at 4 MiB/s, minus the first window.
-  assert.ok(elapsed >= 550, `took ${elapsed.toFixed(0)} ms`);
+  // Pre-copy runs at the limit until what is left fits bandwidth × downtime-limit. The
+  // measured bandwidth is at most twice the limit (see above), so the threshold is at most
+  // 8 MiB/s × 300 ms ≈ 2.4 MiB: at least 1.6 MiB go at the limit — 4 windows, ≥ 300 ms.
+  // Without the limit this takes a few tens of milliseconds.
+  assert.ok(elapsed >= 300, `took ${elapsed.toFixed(0)} ms`);
 });
 
 test('a new max-bandwidth applies to a migration already running; 0 lifts the limit', async () => {
@@ -59,6 +63,18 @@ test('timers keep firing during an unlimited migration (QMP stays responsive)', 
   src.vm.fillPages(0, 8192);
   src.migration.setParameters({ 'max-bandwidth': 0 });
   await dst.migration.migrateIncoming('memory:');
+  // What this (shared, 2-core) machine does to a 1 ms timer with no migration at all.
+  let baseline = 0;
+  {
+    let prev = performance.now();
+    const idle = setInterval(() => {
+      const now = performance.now();
+      baseline = Math.max(baseline, now - prev);
+      prev = now;
+    }, 1);
+    await new Promise((r) => setTimeout(r, 300));
+    clearInterval(idle);
+  }
   let maxGap = 0;
   let last = performance.now();
   let ticks = 0;
@@ -80,6 +96,6 @@ test('timers keep firing during an unlimited migration (QMP stays responsive)', 
   }
   assert.equal(src.migration.status, 'completed');
   assert.ok(ticks >= 3, `${ticks} ticks`);
-  // Slices are 20 ms; allow for a loaded 2-core machine and garbage collection.
-  assert.ok(maxGap < 250, `the event loop was blocked for ${maxGap.toFixed(0)} ms`);
+  // Slices are 20 ms; allow for garbage collection on top of what the machine does anyway.
+  assert.ok(maxGap < baseline + 150, `the event loop was blocked for ${maxGap.toFixed(0)} ms (${baseline.toFixed(0)} ms without a migration)`);
 });

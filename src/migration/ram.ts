@@ -226,6 +226,8 @@ export class RamHandler implements SaveVmHandler {
     const limiter = this.#opts.limiter;
     const now = this.#opts.now;
     const deadline = now() + this.#sliceMs;
+    // Look at the limiter often enough that one window overshoots its budget by ~1/8 at most.
+    const checkEvery = limited ? Math.max(1, Math.min(CHECK_EVERY_PAGES, Math.floor(limiter.windowBudget / (8 * PAGE_SIZE)))) : CHECK_EVERY_PAGES;
     const stats = this.stats;
     const xbz = this.xbzrle;
     let bytesMark = w.bytesWritten;
@@ -272,7 +274,7 @@ export class RamHandler implements SaveVmHandler {
             chunks.page(block.idstr, offset, block.bytes.subarray(offset, offset + PAGE_SIZE));
             stats.normal++;
           }
-          if (++sinceCheck >= CHECK_EVERY_PAGES) {
+          if (++sinceCheck >= checkEvery) {
             sinceCheck = 0;
             const written = w.bytesWritten - bytesMark;
             bytesMark = w.bytesWritten;
