@@ -3,6 +3,7 @@
 // Linux guest and by one running a write loop in tmpfs.
 // Run: node dist/bench/v86-dirty.js [--runs N]   (needs scripts/setup-linux-guest.sh first)
 
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createV86AcceleratorInstance, linuxGuestAvailable, linuxGuestDir } from '../src/v86/v86-accelerator.js';
 import type { V86Accelerator } from '../src/v86/v86-accelerator.js';
 import { ShadowDirtyLog } from '../src/v86/shadow-dirty-log.js';
@@ -61,7 +62,23 @@ class Console {
   }
 }
 
-async function dirtyRate(acc: V86Accelerator, seconds: number): Promise<{ pagesPerSecond: number; collects: number; collectShare: number }> {
+/** Event-loop delay while the guest runs (what QMP and the migration loop wait for), p50/p99/max in ms. */
+async function loopDelay(seconds: number, during: () => Promise<void> = () => sleep(seconds * 1000)): Promise<string> {
+  const h = monitorEventLoopDelay({ resolution: 5 });
+  h.enable();
+  await during();
+  h.disable();
+  const ms = (ns: number): string => (ns / 1e6).toFixed(1);
+  return `event-loop delay p50 ${ms(h.percentile(50))} / p99 ${ms(h.percentile(99))} / max ${ms(h.max)} ms`;
+}
+
+async function dirtyRate(acc: V86Accelerator, seconds: number): Promise<{ pagesPerSecond: number; collects: number; collectShare: number; delay: string }> {
+  let result = { pagesPerSecond: 0, collects: 0, collectShare: 0 };
+  const delay = await loopDelay(seconds, async () => { result = await measureDirty(acc, seconds); });
+  return { ...result, delay };
+}
+
+async function measureDirty(acc: V86Accelerator, seconds: number): Promise<{ pagesPerSecond: number; collects: number; collectShare: number }> {
   acc.dirtyLog.start();
   const t0 = performance.now();
   let pages = 0;
@@ -114,14 +131,15 @@ async function main(): Promise<void> {
   }
   console.log(`memory-less state: ${(stateBytes / 1024).toFixed(0)} KiB; save ${range(saves)} ms; load ${range(loads)} ms`);
 
+  console.log(`idle guest, no dirty logging: ${await loopDelay(5)}`);
   const idle = await dirtyRate(acc, 5);
-  console.log(`idle guest: ${idle.pagesPerSecond.toFixed(0)} pages/s dirtied; ${idle.collects} comparisons, ${(idle.collectShare * 100).toFixed(0)}% of the time comparing`);
+  console.log(`idle guest: ${idle.pagesPerSecond.toFixed(0)} pages/s dirtied; ${idle.collects} comparisons, ${(idle.collectShare * 100).toFixed(0)}% of the time comparing; ${idle.delay}`);
   // Random bytes over a 16 MiB tmpfs file, again and again: every write is a real change
   // (rewriting identical bytes is not one, so cat/cp loops would show almost nothing).
   input.input(new TextEncoder().encode('while :; do dd if=/dev/urandom of=/tmp/w bs=4096 count=4096 conv=notrunc 2>/dev/null; done &\n'));
-  await sleep(1000);
+  console.log(`write loop, no dirty logging: ${await loopDelay(5)}`);
   const busy = await dirtyRate(acc, 5);
-  console.log(`write loop in tmpfs: ${busy.pagesPerSecond.toFixed(0)} pages/s dirtied; ${busy.collects} comparisons, ${(busy.collectShare * 100).toFixed(0)}% of the time comparing`);
+  console.log(`write loop in tmpfs: ${busy.pagesPerSecond.toFixed(0)} pages/s dirtied; ${busy.collects} comparisons, ${(busy.collectShare * 100).toFixed(0)}% of the time comparing; ${busy.delay}`);
   input.input(new TextEncoder().encode('kill %1\n'));
   await acc.destroy();
 }
