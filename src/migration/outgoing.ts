@@ -62,7 +62,6 @@ export class OutgoingMigration {
   #threshold = 0;
   #errorDesc: string | undefined;
   #channel: Channel | undefined;
-  #writer: StreamWriter | undefined;
   #cancelRequested = false;
   #pausedByUs = false;
   #wasRunning = false;
@@ -131,7 +130,6 @@ export class OutgoingMigration {
       this.#channel = channel;
       this.#checkCancelled();
       const w = new StreamWriter(channel, this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : undefined);
-      this.#writer = w;
 
       writeHeader(w, vm.machineType);
       for (const { sectionId, handler } of registry.iterative) {

@@ -58,9 +58,10 @@ test('active: total-time so far, expected-downtime, ram with remaining and dirty
 });
 
 test('completed: total-time and downtime, remaining and dirty-pages-rate zero', () => {
-  const info = buildMigrationInfo({ status: 'completed', figures: figures({ totalTime: 800, downtime: 35 }), ram: ram(), now: 9999 }, 'none');
-  assert.equal(info['total-time'], 800);
+  const info = buildMigrationInfo({ status: 'completed', figures: figures({ totalTime: 800.4, downtime: 34.6, setupTime: 1.7 }), ram: ram(), now: 9999 }, 'none');
+  assert.equal(info['total-time'], 800, 'whole milliseconds, as QEMU');
   assert.equal(info.downtime, 35);
+  assert.equal(info['setup-time'], 2);
   assert.equal(info['expected-downtime'], undefined);
   assert.equal(info.ram?.remaining, 0);
   assert.equal(info.ram?.['dirty-pages-rate'], 0);

@@ -78,10 +78,11 @@ export function buildMigrationInfo(source: SourceView | undefined, destinationSt
     return info;
   }
   if (!WITH_RAM.has(status)) return info;
-  info['setup-time'] = figures.setupTime ?? 0;
+  // QEMU reports whole milliseconds (uint64) for every time.
+  info['setup-time'] = Math.round(figures.setupTime ?? 0);
   if (status === 'completed') {
-    info['total-time'] = figures.totalTime ?? 0;
-    info.downtime = figures.downtime ?? 0;
+    info['total-time'] = Math.round(figures.totalTime ?? 0);
+    info.downtime = Math.round(figures.downtime ?? 0);
   } else {
     info['total-time'] = Math.round(now - figures.startTime);
     info['expected-downtime'] = figures.expectedDowntime;
