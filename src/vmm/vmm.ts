@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { ConfigError, QmpError } from '../errors.js';
 import { Machine, type MachineOptions } from '../machine/machine.js';
 import { Migration } from '../migration/migration.js';
-import { DEFAULT_MIGRATION_PARAMETERS } from '../migration/parameters.js';
+import { DEFAULT_MIGRATION_PARAMETERS, MIGRATION_CAPABILITIES } from '../migration/parameters.js';
 import type { CapabilityStatus } from '../migration/parameters.js';
 import type { VmStateDescription, VmStateValue } from '../migration/vmstate-types.js';
 import { QmpServer } from '../qmp/server.js';
@@ -141,7 +141,7 @@ export class Vmm {
     qmp.register({ name: 'query-migrate', handler: () => migration.queryMigrate() as unknown as Record<string, unknown> });
     qmp.register({
       name: 'migrate-set-capabilities',
-      args: { capabilities: t.array(t.object({ capability: t.str, state: t.bool })) },
+      args: { capabilities: t.array(t.object({ capability: t.enum(MIGRATION_CAPABILITIES), state: t.bool })) },
       handler: (args) => wrap(() => migration.setCapabilities(args.capabilities as CapabilityStatus[])),
     });
     qmp.register({ name: 'query-migrate-capabilities', handler: () => migration.queryCapabilities() });
@@ -254,7 +254,7 @@ export function stripQemuServerOptions(address: string): string {
 function parameterSchema(): Fields {
   const fields: Record<string, Schema> = {};
   for (const [name, value] of Object.entries(DEFAULT_MIGRATION_PARAMETERS)) {
-    fields[`${name}?`] = typeof value === 'boolean' ? t.bool : typeof value === 'string' ? (name.startsWith('tls') ? t.nullable(t.str) : t.str) : t.int;
+    fields[`${name}?`] = typeof value === 'boolean' ? t.bool : typeof value === 'string' ? (name.startsWith('tls') ? t.nullable(t.str) : t.str) : t.uint;
   }
   return fields;
 }
