@@ -294,6 +294,7 @@ test('sim: load refuses state that does not fit, and a bad config is a ConfigErr
     a.stateSections[0]!.load(good);
   }, true);
   const ioBus = new RecordingBus();
+  await assert.rejects(createSimAccelerator({ memorySize: 8 * 1024 ** 3, vcpus: 1, guest: { kind: 'idle' }, ioBus, incoming: false }), /at most 4294967296/);
   await assert.rejects(createSimAccelerator({ memorySize: 1000, vcpus: 1, guest: { kind: 'idle' }, ioBus, incoming: false }), ConfigError);
   await assert.rejects(createSimAccelerator({ memorySize: MiB, vcpus: 1, guest: { kind: 'random', rate: undefined }, ioBus, incoming: false }), /needs RAM above 1 MiB/);
 });
@@ -311,4 +312,17 @@ test('sim: pause stays quick while the workload is still faulting fresh memory i
     latencies.sort((x, y) => x - y);
     assert.ok(latencies[2]! < 10, `median pause latency ${latencies[2]!.toFixed(2)} ms during first touch`);
   });
+});
+
+test('sim: works from `node --input-type=module -e` (the worker must not inherit that flag)', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const url = new URL('../src/sim/sim-accelerator.js', import.meta.url).href;
+  const script = `
+    const { createSimAccelerator } = await import(${JSON.stringify(url)});
+    const ioBus = { pioRead: () => 0, pioWrite() {}, mmioRead: () => 0, mmioWrite() {} };
+    const a = await createSimAccelerator({ memorySize: 4 << 20, vcpus: 1, guest: { kind: 'idle' }, ioBus, incoming: false });
+    await a.destroy();
+    process.stdout.write('ok');
+  `;
+  assert.equal(execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 }), 'ok');
 });

@@ -31,6 +31,12 @@ export const SIM_DEFAULT_PAGES_PER_SECOND = 250_000;
 /** The random workload's fixed seed, so runs are repeatable (the state travels with the guest). */
 export const SIM_RANDOM_SEED = 0x46525259;
 
+/**
+ * The largest guest RAM the sim holds: one Uint8Array over a SharedArrayBuffer, whose
+ * length Node 20 caps at 4 GiB (page arithmetic in the worker also relies on it).
+ */
+export const SIM_MAX_MEMORY = 4 * 1024 ** 3;
+
 /** The serial port the progress lines go to, as the real guest writes them. */
 const COM1_THR = 0x3f8;
 
@@ -115,6 +121,8 @@ class SimAccelerator implements Accelerator {
   private isRunning = false;
   private destroyed = false;
   private workerGone = false;
+  /** The worker's first error, for the message when it never started. */
+  startError: Error | undefined;
   private readonly exited: Promise<void>;
   /** Settles once the worker runs its loop (starting a worker takes ~100 ms here). */
   readonly ready: Promise<void>;
@@ -149,12 +157,18 @@ class SimAccelerator implements Accelerator {
     }];
 
     const workerData: SimWorkerData = { ram, dirty, control, cpu: this.cpu };
-    this.worker = new Worker(new URL('./workload-worker.js', import.meta.url), { workerData });
+    this.worker = new Worker(new URL('./workload-worker.js', import.meta.url), {
+      workerData,
+      // Workers inherit the process's flags; --input-type (from `node -e`) would make
+      // loading a module file fail.
+      execArgv: process.execArgv.filter((arg) => !arg.startsWith('--input-type')),
+    });
     this.ready = new Promise((resolve) => { this.markReady = resolve; });
     this.worker.on('message', (message: SimWorkerMessage) => this.onMessage(message));
     let failed = false;
     this.worker.on('error', (error) => {
       failed = true;
+      this.startError ??= error;
       this.emitExit({ kind: 'crash', error: new GuestCrashError(`The sim workload worker failed: ${error.message}`, '', { cause: error }) });
     });
     this.exited = new Promise((resolve) => {
@@ -251,6 +265,9 @@ export async function createSimAccelerator(config: AcceleratorConfig): Promise<A
   if (!Number.isSafeInteger(config.memorySize) || config.memorySize <= 0 || config.memorySize % PAGE_SIZE !== 0) {
     throw new ConfigError(`Cannot create the sim accelerator: memory size ${config.memorySize} is not a positive multiple of ${PAGE_SIZE}`);
   }
+  if (config.memorySize > SIM_MAX_MEMORY) {
+    throw new ConfigError(`Cannot create the sim accelerator with ${config.memorySize} bytes of RAM: at most ${SIM_MAX_MEMORY} (4 GiB)`);
+  }
   // More vCPUs are accepted but modelled as one: the workload is a single writer.
   if (!Number.isInteger(config.vcpus) || config.vcpus < 1) {
     throw new ConfigError(`Cannot create the sim accelerator with ${config.vcpus} vCPUs: expected at least 1`);
@@ -260,7 +277,8 @@ export async function createSimAccelerator(config: AcceleratorConfig): Promise<A
   await accel.ready;
   if (accel.failedToStart) {
     await accel.destroy();
-    throw new GuestCrashError('Cannot create the sim accelerator: its workload worker did not start', '');
+    const reason = accel.startError ? `: ${accel.startError.message}` : '';
+    throw new GuestCrashError(`Cannot create the sim accelerator: its workload worker did not start${reason}`, '', { cause: accel.startError });
   }
   return accel;
 }

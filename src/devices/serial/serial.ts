@@ -213,6 +213,8 @@ export class Serial16550 {
     this.flushPendingTransmit();
     if (this.fifoEnabled && this.s.recvFifo.num > 0 && this.s.recvFifo.num < this.triggerLevel) this.armTimeout();
     this.updateIrq();
+    // Input typed here while the state was on its way may flow now.
+    this.pumpInput();
   }
 
   /** Back to the power-on state (the host input queue is kept). */
