@@ -78,6 +78,8 @@ test('an idle 64 MiB guest moves as zero pages: counted as duplicate, a few MB o
   assert.equal(info.ram.normal, 3);
   assert.ok(info.ram.transferred < 1 * MiB, `${info.ram.transferred} bytes`);
   assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+  assert.deepEqual(src.events, [], 'without the events capability, no MIGRATION or MIGRATION_PASS events');
+  assert.deepEqual(dst.events, []);
 });
 
 test('a paused source gives a paused destination; -S keeps a destination paused', async () => {
