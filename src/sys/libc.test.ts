@@ -23,6 +23,17 @@ test('mmapAnonymous gives zeroed memory that reads back what was written, withou
   }
 });
 
+test('a populated mapping is zero-filled and writable', () => {
+  const m = mmapAnonymous(1 << 20, { populate: true });
+  try {
+    assert.equal(m.bytes.every((b) => b === 0), true);
+    m.bytes[(1 << 20) - 1] = 9;
+    assert.equal(m.bytes[(1 << 20) - 1], 9);
+  } finally {
+    munmap(m);
+  }
+});
+
 test('mappings beyond what koffi.view can expose are refused with an error, not a crash', () => {
   assert.throws(() => mmapAnonymous(2 ** 32 + 4096), RangeError);
   assert.throws(() => mmapAnonymous(0), RangeError);

@@ -16,6 +16,7 @@ export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
+export const MAP_POPULATE = 0x8000;
 export const MADV_DONTNEED = 4;
 export const MADV_HUGEPAGE = 14;
 export const MADV_NOHUGEPAGE = 15;
@@ -156,9 +157,13 @@ export function mmap(length: number, prot: number, flags: number, fd = -1, offse
   return { address, length, bytes, pointer };
 }
 
-/** Anonymous private memory, zero-filled, not backed by swap reservations (guest RAM, bitmaps). */
-export function mmapAnonymous(length: number): Mapping {
-  return mmap(length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+/**
+ * Anonymous private memory, zero-filled, not backed by swap reservations (guest RAM,
+ * bitmaps). `populate` faults every page in now (MAP_POPULATE), so that a migration
+ * destination does not pay the first-touch cost while the stream arrives.
+ */
+export function mmapAnonymous(length: number, options: { populate?: boolean } = {}): Mapping {
+  return mmap(length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (options.populate ? MAP_POPULATE : 0));
 }
 
 export function munmap(mapping: Mapping): void {
