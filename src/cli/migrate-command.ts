@@ -3,7 +3,10 @@
 // real QEMU the same way it drives Ferry.
 
 import cliProgress from 'cli-progress';
+import { writeFile } from 'node:fs/promises';
 import { QmpClient } from '../qmp/client.js';
+import { MigrationRecorder, querySourceFacts } from '../report/migration-record.js';
+import { renderMigrationReport } from '../report/migration-report.js';
 import { formatBytes, formatMs, formatRate } from './format.js';
 
 export interface MigrateCommandOptions {
@@ -19,6 +22,8 @@ export interface MigrateCommandOptions {
   readonly progress?: boolean;
   /** Called with every query-migrate answer (reports and benchmarks record the run). */
   readonly onSample?: (info: QueryMigrateInfo, atMs: number) => void;
+  /** Write a self-contained HTML report of the run to this file (migrateCommand only). */
+  readonly report?: string;
 }
 
 /** The parts of QEMU's query-migrate answer this command reads. */
@@ -137,7 +142,21 @@ export function formatSummary(outcome: MigrationOutcome): string {
 export async function migrateCommand(options: MigrateCommandOptions): Promise<number> {
   const client = await QmpClient.connect(options.qmp);
   try {
-    const outcome = await runMigration(client, options);
+    const recorder = options.report !== undefined ? new MigrationRecorder(client) : undefined;
+    const userOnSample = options.onSample;
+    recorder?.start();
+    const outcome = await runMigration(client, {
+      ...options,
+      ...(recorder
+        ? {
+            onSample: (info: QueryMigrateInfo, atMs: number) => {
+              recorder.onSample(info, atMs);
+              userOnSample?.(info, atMs);
+            },
+          }
+        : {}),
+    });
+    if (recorder && options.report !== undefined) await writeReport(client, recorder, options, outcome);
     const summary = formatSummary(outcome);
     if (outcome.status === 'completed') {
       process.stdout.write(summary + '\n');
@@ -148,4 +167,23 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
   } finally {
     await client.close();
   }
+}
+
+/** Read back what the source ran with (after the run, so the limits set by this command show) and write the page. */
+async function writeReport(client: QmpClient, recorder: MigrationRecorder, options: MigrateCommandOptions, outcome: MigrationOutcome): Promise<void> {
+  const facts = await querySourceFacts(client);
+  const record = await recorder.finish(
+    {
+      title: `Migration to ${options.uri}`,
+      accelerator: facts.accelerator,
+      uri: options.uri,
+      memoryBytes: outcome.info.ram?.total ?? 0,
+      downtimeLimitMs: facts.downtimeLimitMs,
+      maxBandwidth: facts.maxBandwidth === 0 ? Number.POSITIVE_INFINITY : facts.maxBandwidth,
+      notes: [`Source QMP socket ${options.qmp}.`],
+    },
+    outcome.info,
+  );
+  await writeFile(options.report!, renderMigrationReport(record));
+  (options.out ?? process.stderr).write(`Report written to ${options.report}\n`);
 }
