@@ -134,3 +134,20 @@ test('a RAM section of another version is refused', async () => {
   const dst = new FakeVm({ memorySize: 16 * PAGE_SIZE, incoming: true });
   await assert.rejects(handler(dst).load(new StreamReader(channelFromBytes(new Uint8Array(8))), 5, 'ram'), /RAM version 5 is not 4/);
 });
+
+test('dirty-pages-rate: pages dirtied per second, measured over periods of at least a second', async () => {
+  let t = 0;
+  const clock = (): number => t;
+  const vm = new FakeVm({ memorySize: 64 * PAGE_SIZE });
+  const ram = new RamHandler(vm, { now: clock, limiter: new RateLimiter(clock, 0) });
+  await ram.setup(new StreamWriter(createCollectingChannel()));
+  for (let p = 0; p < 10; p++) vm.write(p * PAGE_SIZE, 1);
+  t = 500;
+  ram.pendingExact();
+  assert.equal(ram.stats.dirtyPagesRate, 0, 'half a second is not a period yet');
+  for (let p = 0; p < 30; p++) vm.write(p * PAGE_SIZE, 2);
+  t = 2000;
+  ram.pendingExact();
+  assert.equal(ram.stats.dirtyPagesRate, 20, '40 pages dirtied in 2 s');
+  ram.cleanup();
+});
