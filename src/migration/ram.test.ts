@@ -151,3 +151,33 @@ test('dirty-pages-rate: pages dirtied per second, measured over periods of at le
   assert.equal(ram.stats.dirtyPagesRate, 20, '40 pages dirtied in 2 s');
   ram.cleanup();
 });
+
+test('memory whose buffer is replaced mid-migration (grown WebAssembly memory) is read from the new buffer, never as zeros', async () => {
+  const vm = new FakeVm({ memorySize: 16 * PAGE_SIZE });
+  let current = new Uint8Array(16 * PAGE_SIZE);
+  for (let p = 0; p < 16; p++) current[p * PAGE_SIZE + 1] = p + 1;
+  // A block whose `bytes` getter must be fetched anew, as v86's is.
+  const block = { idstr: 'pc.ram', guestAddress: 0, size: 16 * PAGE_SIZE, get bytes() { return current; } };
+  (vm.memory as unknown[])[0] = block;
+  const sink = createCollectingChannel();
+  const w = new StreamWriter(sink);
+  const ram = handler(vm);
+  await ram.setup(w);
+  // "Grow": the contents move to a new buffer and the old one is detached.
+  const moved = new Uint8Array(16 * PAGE_SIZE);
+  moved.set(current);
+  structuredClone(current.buffer, { transfer: [current.buffer] });
+  current = moved;
+  await ram.complete(w);
+  await w.flush();
+  ram.cleanup();
+  assert.equal(ram.stats.normal, 16, 'every page read as data from the new buffer');
+  assert.equal(ram.stats.duplicate, 0);
+
+  const dst = new FakeVm({ memorySize: 16 * PAGE_SIZE, incoming: true });
+  const r = new StreamReader(channelFromBytes(sink.bytes()));
+  const load = handler(dst);
+  await load.load(r, 4, 'ram');
+  await load.load(r, 4, 'ram');
+  assert.deepEqual(dst.ram, moved);
+});

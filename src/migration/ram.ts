@@ -25,6 +25,8 @@ const CHECK_EVERY_PAGES = 64;
 /** Whether the page starting at `word` is all zeros; stops at the first non-zero word group. */
 export function isZeroPage(words: Uint32Array, word: number): boolean {
   const end = word + WORDS_PER_PAGE;
+  // A detached view (grown WebAssembly memory) reads as undefined, which would pass for zeros.
+  if (end > words.length) throw new MigrationError(`Cannot check page at word ${word}: the RAM view holds ${words.length} words (detached?)`);
   for (let i = word; i < end; i += 8) {
     if ((words[i]! | words[i + 1]! | words[i + 2]! | words[i + 3]! | words[i + 4]! | words[i + 5]! | words[i + 6]! | words[i + 7]!) !== 0) {
       return false;
@@ -33,8 +35,14 @@ export function isZeroPage(words: Uint32Array, word: number): boolean {
   return true;
 }
 
-function wordsOf(block: GuestMemoryBlock): Uint32Array {
+/**
+ * The block's memory as 32-bit words. `block.bytes` is fetched anew by every caller and
+ * the view rebuilt when its buffer changed: an accelerator's memory may be replaced under
+ * us (v86's WebAssembly memory detaches its old buffer when it grows).
+ */
+function wordsOf(block: GuestMemoryBlock, cached?: Uint32Array): Uint32Array {
   const { bytes } = block;
+  if (cached !== undefined && cached.buffer === bytes.buffer && cached.byteOffset === bytes.byteOffset) return cached;
   if (bytes.byteOffset % 4 !== 0 || bytes.byteLength % PAGE_SIZE !== 0) {
     throw new MigrationError(`Cannot migrate RAM block "${block.idstr}": its memory is not page-sized and 4-byte aligned`);
   }
@@ -133,7 +141,7 @@ export class RamHandler implements SaveVmHandler {
 
   async setup(w: StreamWriter): Promise<void> {
     const memory = this.#vm.memory;
-    this.#words = memory.map(wordsOf);
+    this.#words = memory.map((b) => wordsOf(b));
     this.#toSend = memory.map((b) => {
       const pages = b.size >>> PAGE_SHIFT;
       const bitmap = new Uint32Array(Math.ceil(pages / 32)).fill(0xffffffff);
@@ -237,7 +245,7 @@ export class RamHandler implements SaveVmHandler {
       const b = this.#cursorBlock;
       const block = memory[b];
       const toSend = this.#toSend[b];
-      const words = this.#words[b];
+      let words = this.#words[b];
       if (!block || !toSend || !words) {
         this.#cursorBlock = 0;
         this.#cursorWord = 0;
@@ -258,6 +266,8 @@ export class RamHandler implements SaveVmHandler {
           stats.remainingPages--;
           const page = wi * 32 + bit;
           const offset = page * PAGE_SIZE;
+          // Cheap when nothing changed: compares the view's buffer with the block's current one.
+          words = wordsOf(block, words);
           if (isZeroPage(words, page * WORDS_PER_PAGE)) {
             chunks.zero(block.idstr, offset);
             stats.duplicate++;
@@ -285,6 +295,7 @@ export class RamHandler implements SaveVmHandler {
         }
         this.#cursorWord++;
       }
+      this.#words[b] = words;
       this.#cursorBlock = (b + 1) % Math.max(1, memory.length);
       this.#cursorWord = 0;
       visitedBlocks++;
@@ -314,7 +325,7 @@ export class RamHandler implements SaveVmHandler {
 
   #sink(r: StreamReader, section: string): RamChunkSink {
     const memory = this.#vm.memory;
-    const words = memory.map(wordsOf);
+    const words = memory.map((b) => wordsOf(b));
     let last: GuestMemoryBlock | undefined;
     let lastIndex = -1;
     const find = (idstr: string, offset: number): number => {
@@ -362,6 +373,7 @@ export class RamHandler implements SaveVmHandler {
       zero: (idstr: string, offset: number, fill: number) => {
         const b = find(idstr, offset);
         // Fresh destination memory is already zero: reading it does not allocate, writing would.
+        words[b] = wordsOf(memory[b]!, words[b]);
         if (fill === 0 && isZeroPage(words[b]!, offset / 4)) return;
         memory[b]!.bytes.fill(fill, offset, offset + PAGE_SIZE);
       },
