@@ -172,11 +172,12 @@ export class Migration {
 
   async #runIncoming(listener: Listener): Promise<void> {
     const vm = this.#o.vm;
-    const ram = new RamHandler(vm, { now: this.#o.now, limiter: new RateLimiter(this.#o.now, 0) });
-    const globalState = globalStateHandler(() => vm.runState);
-    const registry = this.#buildRegistry(ram, () => vm.runState, globalState);
     let channel: Channel | undefined;
+    let registry: SaveVmRegistry | undefined;
     try {
+      const ram = new RamHandler(vm, { now: this.#o.now, limiter: new RateLimiter(this.#o.now, 0) });
+      const globalState = globalStateHandler(() => vm.runState);
+      registry = this.#buildRegistry(ram, () => vm.runState, globalState);
       channel = await listener.accept();
       this.#incomingState.transition('active');
       await loadVmStream(new StreamReader(channel), registry, vm.machineType);
@@ -187,7 +188,7 @@ export class Migration {
       else vm.startAfterIncoming();
       this.#incomingState.transition('completed');
     } catch (err) {
-      registry.cleanupAll();
+      registry?.cleanupAll();
       channel?.destroy(err instanceof Error ? err : undefined);
       this.#incomingError = errorMessage(err);
       this.#o.trace?.(`migration: incoming failed: ${this.#incomingError}`);
