@@ -102,6 +102,8 @@ export interface FakeVmOptions {
    * fresh anonymous page costs ~6 µs (a fault), which would dwarf what tests measure.
    */
   readonly prefault?: boolean;
+  /** More RAM blocks after "pc.ram" (e.g. "vga.vram"), each its own dirty bitmap. */
+  readonly extraBlocks?: readonly { readonly idstr: string; readonly size: number }[];
 }
 
 export class FakeVm implements MigrationVm {
@@ -120,9 +122,15 @@ export class FakeVm implements MigrationVm {
   #counter = 0;
 
   constructor(options: FakeVmOptions) {
-    const bytes = new Uint8Array(options.memorySize);
-    if (options.prefault ?? true) bytes.fill(0);
-    this.memory = [{ idstr: 'pc.ram', guestAddress: 0, size: options.memorySize, bytes }];
+    const blocks = [{ idstr: 'pc.ram', size: options.memorySize }, ...(options.extraBlocks ?? [])];
+    let guestAddress = 0;
+    this.memory = blocks.map(({ idstr, size }) => {
+      const bytes = new Uint8Array(size);
+      if (options.prefault ?? true) bytes.fill(0);
+      const block = { idstr, guestAddress, size, bytes };
+      guestAddress += size;
+      return block;
+    });
     this.dirtyLog = new FakeDirtyLog(this.memory);
     this.machineType = options.machineType ?? 'pc-i440fx-7.2';
     this.cpu = new FakeSection('fake-cpu', 0, FAKE_CPU_DESCRIPTION, {

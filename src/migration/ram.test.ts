@@ -181,3 +181,34 @@ test('memory whose buffer is replaced mid-migration (grown WebAssembly memory) i
   await load.load(r, 4, 'ram');
   assert.deepEqual(dst.ram, moved);
 });
+
+test('several RAM blocks: each listed in MEM_SIZE, dirty pages of each resent, all equal after loading', async () => {
+  const blocks = [{ idstr: 'vga.vram', size: 8 * PAGE_SIZE }, { idstr: 'pc.bios', size: 40 * PAGE_SIZE }];
+  const src = new FakeVm({ memorySize: 16 * PAGE_SIZE, extraBlocks: blocks });
+  for (const b of src.memory) for (let i = 0; i < b.size; i += 512) b.bytes[i] = (i >>> 9) | 1;
+  src.memory[1]!.bytes.fill(0, 0, 2 * PAGE_SIZE); // two zero pages in the middle block
+  const sink = createCollectingChannel();
+  const w = new StreamWriter(sink);
+  const ram = handler(src);
+  await ram.setup(w);
+  await ram.iterate(w);
+  src.memory[1]!.bytes[3 * PAGE_SIZE] = 0x55;
+  src.dirtyLog.mark(1, 3);
+  src.memory[2]!.bytes[39 * PAGE_SIZE + 9] = 0x66;
+  src.dirtyLog.mark(2, 39);
+  await ram.complete(w);
+  await w.flush();
+  ram.cleanup();
+  assert.equal(ram.stats.duplicate, 2);
+  assert.equal(ram.stats.normal, 16 + 8 + 40 - 2 + 2);
+
+  const dst = new FakeVm({ memorySize: 16 * PAGE_SIZE, extraBlocks: blocks, incoming: true });
+  const r = new StreamReader(channelFromBytes(sink.bytes(), { chunkSize: 333 }));
+  const load = handler(dst);
+  for (let section = 0; section < 3; section++) await load.load(r, 4, 'ram');
+  for (let b = 0; b < 3; b++) assert.deepEqual(dst.memory[b]!.bytes, src.memory[b]!.bytes, src.memory[b]!.idstr);
+
+  // A destination without one of the blocks refuses the block list.
+  const short = new FakeVm({ memorySize: 16 * PAGE_SIZE, extraBlocks: blocks.slice(0, 1), incoming: true });
+  await assert.rejects(handler(short).load(new StreamReader(channelFromBytes(sink.bytes())), 4, 'ram'), /unknown block "pc\.bios"/);
+});
