@@ -109,13 +109,15 @@ test('the boot-sector sweep guest sweeps 1 MiB..end of RAM under QEMU and writes
       '-accel', 'tcg', '-m', '32', '-display', 'none', '-no-reboot',
       '-drive', `file=${BOOTSECTOR},format=raw`,
       '-serial', `file:${serialPath}`, '-qmp', `unix:${qmpPath},server=on,wait=off`,
-    ], { stdio: 'ignore' });
+    ], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (text: string) => (stderr += text));
     const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
     try {
       const serial = (): string => (existsSync(serialPath) ? readFileSync(serialPath, 'latin1') : '');
       const deadline = Date.now() + 60_000;
       while (serial().length < 3) {
-        if (child.exitCode !== null) assert.fail(`QEMU exited (${child.exitCode}); serial: ${JSON.stringify(serial())}`);
+        if (child.exitCode !== null) assert.fail(`QEMU exited (${child.exitCode}): ${stderr.trim()}; serial: ${JSON.stringify(serial())}`);
         if (Date.now() > deadline) assert.fail(`fewer than 3 passes within 60 s; serial: ${JSON.stringify(serial())}`);
         await new Promise((r) => setTimeout(r, 50));
       }
