@@ -212,3 +212,18 @@ test('several RAM blocks: each listed in MEM_SIZE, dirty pages of each resent, a
   const short = new FakeVm({ memorySize: 16 * PAGE_SIZE, extraBlocks: blocks.slice(0, 1), incoming: true });
   await assert.rejects(handler(short).load(new StreamReader(channelFromBytes(sink.bytes())), 4, 'ram'), /unknown block "pc\.bios"/);
 });
+
+test('dirty bits past the end of a block (a rounded-up bitmap) are ignored', async () => {
+  const vm = new FakeVm({ memorySize: 40 * PAGE_SIZE }); // 40 pages: the second bitmap word is partial
+  const ram = handler(vm);
+  const w = new StreamWriter(createCollectingChannel());
+  await ram.setup(w);
+  await ram.iterate(w);
+  assert.equal(ram.pending(), 0);
+  vm.dirtyLog.mark(0, 39);
+  vm.dirtyLog.mark(0, 45); // no such page
+  assert.equal(ram.pendingExact(), PAGE_SIZE);
+  await ram.complete(w);
+  assert.equal(ram.stats.pagesSent, 41);
+  ram.cleanup();
+});

@@ -201,8 +201,11 @@ export class RamHandler implements SaveVmHandler {
       const log = logged[b];
       if (!log) continue;
       const n = Math.min(log.length, toSend.length);
+      const pages = this.#vm.memory[b]!.size >>> PAGE_SHIFT;
       for (let i = 0; i < n; i++) {
-        const bits = log[i]!;
+        let bits = log[i]!;
+        // Bits past the block's last page (a bitmap rounded up by its accelerator) mean nothing.
+        if (i === (pages >>> 5) && (pages & 31) !== 0) bits = (bits & (2 ** (pages & 31) - 1)) >>> 0;
         if (bits === 0) continue;
         dirtied += popcount32(bits);
         added += popcount32(bits & ~toSend[i]!);
