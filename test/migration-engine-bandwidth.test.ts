@@ -19,13 +19,16 @@ test('max-bandwidth limits throughput: 4 MiB of data at 4 MiB/s takes most of a 
   // Well before the earliest possible end (≥ 300 ms, see below).
   await new Promise((r) => setTimeout(r, 150));
   const mid = src.migration.queryMigrate();
-  assert.equal(mid.status, 'active');
+  const at = performance.now() - start; // a busy machine may run the timer late
+  if (at < 300) assert.equal(mid.status, 'active');
   assert.ok(mid.ram);
   // A measurement window of 100–199 ms can straddle two rate-limit windows: at most twice the limit.
   const limitMbps = (4 * MiB * 8) / 1e6;
   assert.ok(mid.ram.mbps <= limitMbps * 2.1, `mbps ${mid.ram.mbps} against a limit of ${limitMbps}`);
-  // 150 ms touch at most 2 windows of 4 MiB/10 (two more for timer slack on a busy machine).
-  assert.ok(mid.ram.transferred <= 4 * (4 * MiB) / 10, `${mid.ram.transferred} bytes after 150 ms`);
+  // `at` ms touch at most floor(at / 100) + 1 windows of 4 MiB/10 (plus one for the
+  // ~1/8 overshoot and the MEM_SIZE record).
+  const windows = Math.floor(at / 100) + 2;
+  assert.ok(mid.ram.transferred <= windows * (4 * MiB) / 10, `${mid.ram.transferred} bytes after ${at.toFixed(0)} ms`);
   await src.migration.whenSettled();
   await dst.migration.whenIncomingSettled();
   const elapsed = performance.now() - start;
@@ -43,11 +46,14 @@ test('a new max-bandwidth applies to a migration already running; 0 lifts the li
   src.vm.fillPages(0, 2048);
   src.migration.setParameters({ 'max-bandwidth': 1 * MiB });
   await dst.migration.migrateIncoming('memory:');
+  const start = performance.now();
   src.migration.migrate('memory:');
   await new Promise((r) => setTimeout(r, 250));
   const slow = src.migration.queryMigrate();
-  assert.equal(slow.status, 'active');
-  assert.ok((slow.ram?.transferred ?? 0) < 1 * MiB, `${slow.ram?.transferred} bytes at 1 MiB/s after 250 ms`);
+  const at = performance.now() - start;
+  assert.equal(slow.status, 'active', 'at 1 MiB/s, 8 MiB take seconds');
+  const windows = Math.floor(at / 100) + 2;
+  assert.ok((slow.ram?.transferred ?? 0) <= windows * MiB / 10, `${slow.ram?.transferred} bytes at 1 MiB/s after ${at.toFixed(0)} ms`);
   const lifted = performance.now();
   src.migration.setParameters({ 'max-bandwidth': 0 });
   assert.equal(src.migration.queryParameters()['max-bandwidth'], 0);
