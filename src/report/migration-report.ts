@@ -42,7 +42,9 @@ export function averageThroughput(record: MigrationRecord): number | undefined {
 }
 
 function timeMarkers(record: MigrationRecord): Marker[] {
-  const markers: Marker[] = record.passEvents.map((e) => ({ at: e.atMs, label: `pass ${e.pass}`, color: PALETTE.muted }));
+  // Many short passes would bury the chart in labels: name about a dozen of them.
+  const every = Math.ceil(record.passEvents.length / 12);
+  const markers: Marker[] = record.passEvents.map((e, i) => ({ at: e.atMs, label: i % every === 0 ? `pass ${e.pass}` : '', color: PALETTE.muted }));
   if (record.switchoverMs !== undefined) {
     const end = record.final['total-time'];
     markers.push({
@@ -55,8 +57,6 @@ function timeMarkers(record: MigrationRecord): Marker[] {
   return markers;
 }
 
-const mb = (v: number): string => `${(v / 1e6).toPrecision(3)}`;
-const mib = (v: number): string => `${Number((v / 1048576).toPrecision(3))}`;
 
 /** The charts and figures of one run, as an HTML fragment; `id` keeps element ids unique on a page. */
 export function migrationSection(record: MigrationRecord, id: string): string {
@@ -98,12 +98,12 @@ export function migrationSection(record: MigrationRecord, id: string): string {
     title: 'Throughput over time (bytes sent between polls)',
     xLabel: 'ms since migrate',
     yLabel: 'MB/s',
-    series: [{ name: 'throughput', color: PALETTE.ferry, points: throughput }],
+    series: [{ name: 'throughput', color: PALETTE.ferry, points: throughput.map(([t, v]): [number, number] => [t, v / 1e6]) }],
     xMarkers: markers,
-    yFormat: mb,
   });
-  const remaining = record.samples.filter((s) => s.info.ram).map((s): [number, number] => [s.atMs, s.info.ram!.remaining]);
-  const sent = record.samples.filter((s) => s.info.ram).map((s): [number, number] => [s.atMs, s.info.ram!.transferred]);
+  const MIB = 1048576;
+  const remaining = record.samples.filter((s) => s.info.ram).map((s): [number, number] => [s.atMs, s.info.ram!.remaining / MIB]);
+  const sent = record.samples.filter((s) => s.info.ram).map((s): [number, number] => [s.atMs, s.info.ram!.transferred / MIB]);
   const progressChart = lineChart({
     id: `${id}-progress`,
     title: 'RAM left to send, and bytes sent so far',
@@ -114,7 +114,6 @@ export function migrationSection(record: MigrationRecord, id: string): string {
       { name: 'sent', color: PALETTE.ferry, points: sent, dashed: true },
     ],
     xMarkers: markers,
-    yFormat: mib,
   });
   const expected = record.samples
     .filter((s) => s.info['expected-downtime'] !== undefined)
@@ -127,7 +126,6 @@ export function migrationSection(record: MigrationRecord, id: string): string {
     categories: ['downtime'],
     series: [{ name: 'downtime', color: PALETTE.ferry, values: [final.downtime ?? null], nullLabel: record.status === 'completed' ? 'n/a' : 'did not finish' }],
     yMarkers: [{ at: record.downtimeLimitMs, label: `limit ${record.downtimeLimitMs} ms`, color: PALETTE.limit }],
-    yFormat: (v) => `${Number(v.toPrecision(3))}`,
   });
   const expectedChart = lineChart({
     id: `${id}-expected`,

@@ -60,7 +60,7 @@ export interface BarChartSpec {
   readonly height?: number;
 }
 
-const MARGIN = { top: 40, right: 20, bottom: 54, left: 72 };
+const MARGIN = { top: 56, right: 20, bottom: 54, left: 72 };
 const FONT = 'font-family="system-ui, -apple-system, Segoe UI, sans-serif"';
 
 /** Round tick values covering [min, max] (about `count` of them): 1, 2, 2.5 or 5 × 10^n apart. */
@@ -77,11 +77,16 @@ export function niceTicks(min: number, max: number, count = 5): number[] {
   return ticks;
 }
 
-function fmt(value: number): string {
-  if (Math.abs(value) >= 1e6) return `${(value / 1e6).toPrecision(3)}M`;
-  if (Math.abs(value) >= 1e3) return `${(value / 1e3).toPrecision(3)}k`;
+/** Axis figures without exponents: 1250 → "1.25k", 0.5 → "0.5". */
+export function shortNumber(value: number): string {
+  const abs = Math.abs(value);
+  if (abs >= 1e6) return `${Number((value / 1e6).toPrecision(3))}M`;
+  if (abs >= 1e4) return `${Number((value / 1e3).toPrecision(3))}k`;
+  if (abs >= 100) return String(Math.round(value));
   return String(Number(value.toPrecision(3)));
 }
+
+const fmt = shortNumber;
 
 function n(value: number): string {
   return Number.isFinite(value) ? value.toFixed(1) : '0';
@@ -97,15 +102,21 @@ function frame(id: string, title: string, width: number, height: number, kind: s
   );
 }
 
+/** The legend sits on its own row under the title, so long titles and names never collide. */
 function legend(items: readonly { name: string; color: string; dashed?: boolean }[], width: number): string {
-  let x = width - MARGIN.right;
+  let x = MARGIN.left;
+  let y = 32;
   let out = '';
-  for (const item of [...items].reverse()) {
-    const textWidth = item.name.length * 6.6 + 26;
-    x -= textWidth;
+  for (const item of items) {
+    const itemWidth = item.name.length * 6.4 + 30;
+    if (x + itemWidth > width - MARGIN.right && x > MARGIN.left) {
+      x = MARGIN.left;
+      y += 14;
+    }
     out +=
-      `<g class="legend-item"><rect x="${n(x)}" y="12" width="14" height="10" rx="2" fill="${item.color}"${item.dashed ? ' fill-opacity="0.45"' : ''}/>` +
-      `<text x="${n(x + 18)}" y="21" font-size="12" fill="#374151">${escapeHtml(item.name)}</text></g>`;
+      `<g class="legend-item"><rect x="${n(x)}" y="${y}" width="14" height="10" rx="2" fill="${item.color}"${item.dashed ? ' fill-opacity="0.45"' : ''}/>` +
+      `<text x="${n(x + 18)}" y="${y + 9}" font-size="12" fill="#374151">${escapeHtml(item.name)}</text></g>`;
+    x += itemWidth;
   }
   return out;
 }
@@ -124,7 +135,7 @@ function yAxis(ticks: readonly number[], scale: (v: number) => number, x0: numbe
 
 /** A line chart; every point is a <circle class="point"> (hidden when dots are off) so it can be counted. */
 export function lineChart(spec: LineChartSpec): string {
-  const width = spec.width ?? 720;
+  const width = spec.width ?? 680;
   const height = spec.height ?? 300;
   const xFormat = spec.xFormat ?? fmt;
   const yFormat = spec.yFormat ?? fmt;
@@ -149,15 +160,17 @@ export function lineChart(spec: LineChartSpec): string {
   }
   body += `<line x1="${x0}" x2="${x1}" y1="${y0}" y2="${y0}" stroke="#9ca3af"/>`;
   body += `<text x="${n((x0 + x1) / 2)}" y="${height - 12}" font-size="12" text-anchor="middle" fill="#374151">${escapeHtml(spec.xLabel)}</text>`;
-  for (const m of spec.xMarkers ?? []) {
+  (spec.xMarkers ?? []).forEach((m, i) => {
+    // Alternate label heights: pass markers can sit a few pixels apart.
+    const labelY = y1 + 12 + (i % 2) * 13;
     if (m.to !== undefined) {
       body += `<rect class="marker" x="${n(sx(m.at))}" y="${y1}" width="${n(Math.max(1.5, sx(m.to) - sx(m.at)))}" height="${y0 - y1}" fill="${m.color}" fill-opacity="0.15"><title>${escapeHtml(m.label)}</title></rect>`;
-      body += `<text x="${n(sx(m.at) + 3)}" y="${y1 + 12}" font-size="11" fill="${m.color}">${escapeHtml(m.label)}</text>`;
+      body += `<text x="${n(sx(m.at) + 3)}" y="${labelY}" font-size="11" fill="${m.color}">${escapeHtml(m.label)}</text>`;
     } else {
       body += `<line class="marker" x1="${n(sx(m.at))}" x2="${n(sx(m.at))}" y1="${y1}" y2="${y0}" stroke="${m.color}" stroke-dasharray="4 3"><title>${escapeHtml(m.label)}</title></line>`;
-      body += `<text x="${n(sx(m.at) + 3)}" y="${y1 + 12}" font-size="11" fill="${m.color}">${escapeHtml(m.label)}</text>`;
+      if (m.label) body += `<text x="${n(sx(m.at) + 3)}" y="${labelY}" font-size="11" fill="${m.color}">${escapeHtml(m.label)}</text>`;
     }
-  }
+  });
   for (const m of spec.yMarkers ?? []) {
     body += `<line class="marker" x1="${x0}" x2="${x1}" y1="${n(sy(m.at))}" y2="${n(sy(m.at))}" stroke="${m.color}" stroke-dasharray="6 3"/>`;
     body += `<text x="${x1 - 4}" y="${n(sy(m.at) - 4)}" font-size="11" text-anchor="end" fill="${m.color}">${escapeHtml(m.label)}</text>`;
@@ -181,7 +194,7 @@ export function lineChart(spec: LineChartSpec): string {
 
 /** Grouped bars, one group per category; every bar (or labelled gap) is a <rect class="bar">. */
 export function barChart(spec: BarChartSpec): string {
-  const width = spec.width ?? 720;
+  const width = spec.width ?? 680;
   const height = spec.height ?? 300;
   const yFormat = spec.yFormat ?? fmt;
   const values = spec.series.flatMap((s) => [
