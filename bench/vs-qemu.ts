@@ -83,7 +83,7 @@ function parseOptions(argv: string[]): BenchOptions {
   return {
     quick,
     reps: Math.round(positive(values.reps, quick ? 1 : 3, '--reps')),
-    capMs: positive(values['cap-s'], quick ? 10 : 20, '--cap-s') * 1000,
+    capMs: positive(values['cap-s'], 15, '--cap-s') * 1000,
     sizesMiB: list(values.sizes, quick ? '256M' : '256M,1G').map((s) => parseSize(s, '--sizes', 'M') / 1048576),
     transports: transports as BenchTransport[],
     limits: list(values.limits, quick ? '300' : '300,30').map((s) => positive(s, 300, '--limits')),

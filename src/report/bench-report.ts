@@ -60,7 +60,8 @@ export function acceleratorNotice(accelerators: Readonly<Record<Side, string>>, 
 }
 
 function sideCell(metric: Metric, side: SideSummary): string {
-  return formatStat(metric, side);
+  const text = escapeHtml(formatStat(metric, side));
+  return side[metric] ? text : `<span class="worse">${text}</span>`;
 }
 
 /** The run that stands for a side of a cell: the completed one with the median total time, else the first tried. */
@@ -131,8 +132,8 @@ export function renderBenchReport(results: BenchResults): string {
   const columns = [
     { header: 'case', left: true, cell: (s: CellSummary) => s.cell.key },
     ...METRICS.flatMap((m) => [
-      { header: `Ferry ${metricTitle(m)}`, cell: (s: CellSummary) => sideCell(m, s.ferry) },
-      { header: `QEMU ${metricTitle(m)}`, cell: (s: CellSummary) => sideCell(m, s.qemu) },
+      { header: `Ferry ${metricTitle(m)}`, html: true, cell: (s: CellSummary) => sideCell(m, s.ferry) },
+      { header: `QEMU ${metricTitle(m)}`, html: true, cell: (s: CellSummary) => sideCell(m, s.qemu) },
       {
         header: 'F/Q',
         html: true,
@@ -155,7 +156,7 @@ export function renderBenchReport(results: BenchResults): string {
     `<h2>Table</h2><p class="lead">Median [min–max] over completed runs; F/Q is Ferry's median over QEMU's (green: Ferry better by more than 5%, red: worse). ` +
     `Throughput is bytes sent over total time. A figure marked (k/n done) comes from the k runs of n that converged. ` +
     `The last two columns are pages/s: how fast each guest wrote before the migration (from its pass counter), and query-migrate's dirty-pages-rate while it ran — the same field on both sides, the load each engine had to outrun.</p>` +
-    table(summaries, columns, (s) => (s.ferry.completed === 0 || s.qemu.completed === 0 ? 'nc' : ''));
+    table(summaries, columns);
   const details = summaries
     .map((s, i) => {
       const runsOf = (side: Side): BenchRun[] => results.runs.filter((r) => r.cellKey === s.cell.key && r.side === side);

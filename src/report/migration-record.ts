@@ -86,8 +86,11 @@ export function derivePasses(samples: readonly MigrationSample[]): PassFigures[]
     const end = ends[i]!;
     const ram = end.info.ram!;
     const sync = ram['dirty-sync-count'];
-    // QEMU reports dirty-sync-count 0 during setup; nothing is sent before the first sync.
-    if (sync === 0) continue;
+    // dirty-sync-count 0 is setup: pass 1 starts where it ends.
+    if (sync === 0) {
+      previous = { atMs: end.atMs, normal: ram.normal, duplicate: ram.duplicate, transferred: ram.transferred };
+      continue;
+    }
     const pageSize = ram['page-size'] ?? 4096;
     const nextStart = firstOfSync.get(sync + 1);
     const dirtyPages = nextStart?.info.ram ? Math.round(nextStart.info.ram.remaining / pageSize) : Math.round(ram.remaining / pageSize);
