@@ -18,6 +18,14 @@ export interface GuestMemoryBlock {
   readonly size: number;
   /** The host's view of the same memory, without a copy: writes are the guest's writes. */
   readonly bytes: Uint8Array;
+  /**
+   * Optional: one byte per page, bit 0 set where the host has ever backed the page. A
+   * page without it has never been touched and reads as zero — the RAM handler sends it
+   * as a ZERO page without reading it (a read would fault it in).
+   */
+  residency?(): Uint8Array;
+  /** Optional: back [offset, offset + length) with host memory now, in bulk (a destination about to write there). */
+  populate?(offset: number, length: number): void;
 }
 
 /** One bit per page, bit (i & 31) of word (i >> 5) for page i of the block. */

@@ -31,7 +31,9 @@ export function requestSeq(req: number): number {
 
 /** What the worker gets at start. */
 export interface SimWorkerData {
-  readonly ram: SharedArrayBuffer;
+  /** Guest RAM: an mmap'd region of this process (src/sys/host-memory.ts), seen by address. */
+  readonly ramAddress: bigint;
+  readonly ramSize: number;
   readonly dirty: SharedArrayBuffer;
   readonly control: SharedArrayBuffer;
   readonly cpu: SharedArrayBuffer;

@@ -1,4 +1,4 @@
-// The `sim` accelerator: no guest code runs. Guest RAM is a SharedArrayBuffer that a
+// The `sim` accelerator: no guest code runs. Guest RAM is anonymous mmap memory that a
 // workload model in a worker thread writes at a set rate, marking a shared dirty
 // bitmap, so the migration engine can be exercised and measured on any machine.
 
@@ -21,6 +21,7 @@ import {
   CPU_STATE_BYTES, WORKLOAD_HOT, WORKLOAD_IDLE, WORKLOAD_RANDOM, WORKLOAD_SWEEP, readCpuState, seedPrng, writeCpuState,
 } from './workload.js';
 import type { WorkloadCpuState } from './workload.js';
+import { HostMemory } from '../sys/host-memory.js';
 
 /**
  * Pages per second the sim workload writes when the guest spec names no rate: what the
@@ -32,8 +33,8 @@ export const SIM_DEFAULT_PAGES_PER_SECOND = 250_000;
 export const SIM_RANDOM_SEED = 0x46525259;
 
 /**
- * The largest guest RAM the sim holds: one Uint8Array over a SharedArrayBuffer, whose
- * length Node 20 caps at 4 GiB (page arithmetic in the worker also relies on it).
+ * The largest guest RAM the sim holds: one Uint8Array over an mmap (koffi.view), whose
+ * length koffi caps at 4 GiB (page arithmetic in the worker also relies on it).
  */
 export const SIM_MAX_MEMORY = 4 * 1024 ** 3;
 
@@ -115,6 +116,7 @@ class SimAccelerator implements Accelerator {
   private readonly worker: Worker;
   private readonly control: Int32Array;
   private readonly cpu: SharedArrayBuffer;
+  private readonly host: HostMemory;
   private readonly exitListeners: ((exit: GuestExit) => void)[] = [];
   private readonly pauseWaiters: { seq: number; resolve: () => void }[] = [];
   private seq = 0;
@@ -130,14 +132,21 @@ class SimAccelerator implements Accelerator {
 
   constructor(config: AcceleratorConfig) {
     this.config = config;
-    const ram = new SharedArrayBuffer(config.memorySize);
+    // mmap'd rather than a SharedArrayBuffer: the migration asks the kernel which pages
+    // were never touched and populates a destination's RAM in bulk (host-memory.ts).
+    const host = HostMemory.allocate(config.memorySize);
+    this.host = host;
     const pages = config.memorySize / PAGE_SIZE;
     const dirty = new SharedArrayBuffer(Math.ceil(pages / 32) * 4);
     const control = new SharedArrayBuffer(CTRL_BYTES);
     this.cpu = new SharedArrayBuffer(CPU_STATE_BYTES);
     this.control = new Int32Array(control);
-    const bytes = new Uint8Array(ram);
-    this.memory = [{ idstr: RAM_IDSTR, guestAddress: 0, size: config.memorySize, bytes }];
+    const bytes = host.bytes;
+    this.memory = [{
+      idstr: RAM_IDSTR, guestAddress: 0, size: config.memorySize, bytes,
+      residency: () => host.residency(),
+      populate: (offset, length) => host.populate(offset, length),
+    }];
     this.dirtyLog = new SimDirtyLog(new Uint32Array(dirty));
 
     const initial = initialCpuState(config);
@@ -156,7 +165,7 @@ class SimAccelerator implements Accelerator {
       },
     }];
 
-    const workerData: SimWorkerData = { ram, dirty, control, cpu: this.cpu };
+    const workerData: SimWorkerData = { ramAddress: host.address, ramSize: host.size, dirty, control, cpu: this.cpu };
     this.worker = new Worker(new URL('./workload-worker.js', import.meta.url), {
       workerData,
       // Workers inherit the process's flags; --input-type (from `node -e`) would make
@@ -225,6 +234,7 @@ class SimAccelerator implements Accelerator {
     const timer = setTimeout(() => { void this.worker.terminate(); }, 1000);
     await this.exited;
     clearTimeout(timer);
+    this.host.release();
   }
 
   private command(cmd: SimCommand): number {

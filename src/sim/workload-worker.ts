@@ -9,6 +9,7 @@ import {
 import type { SimWorkerData, SimWorkerMessage } from './control.js';
 import { TokenBucket } from './pacer.js';
 import { WorkloadModel, readCpuState, writeCpuState } from './workload.js';
+import { viewAt } from '../sys/libc.js';
 
 /**
  * Pages written between two looks at the command word. Small enough that a batch stays
@@ -20,7 +21,8 @@ const MAX_BATCH = 256;
 const data = workerData as SimWorkerData;
 const port = parentPort!;
 const control = new Int32Array(data.control);
-const ram = new Uint8Array(data.ram);
+// The main thread owns the mapping and unmaps it only after this worker has exited.
+const ram = viewAt(data.ramAddress, data.ramSize);
 const dirty = new Uint32Array(data.dirty);
 
 let pendingText = '';

@@ -20,6 +20,8 @@ export const MAP_POPULATE = 0x8000;
 export const MADV_DONTNEED = 4;
 export const MADV_HUGEPAGE = 14;
 export const MADV_NOHUGEPAGE = 15;
+/** Linux ≥ 5.14: fault pages in (writable) from inside the kernel, far cheaper than touching them. */
+export const MADV_POPULATE_WRITE = 23;
 export const SIGUSR2 = 12;
 export const EPERM = 1;
 export const ENOENT = 2;
@@ -50,6 +52,8 @@ interface Bindings {
   mmap(addr: null, length: number, prot: number, flags: number, fd: number, offset: number | bigint): unknown;
   munmap(addr: unknown, length: number): number;
   madvise(addr: unknown, length: number, advice: number): number;
+  madviseAt(addr: bigint, length: number, advice: number): number;
+  mincore(addr: bigint, length: number, vec: Uint8Array): number;
   gettid(): number;
   tgkill(tgid: number, tid: number, sig: number): number;
   strerror(errnum: number): string;
@@ -75,6 +79,10 @@ function libc(): Bindings {
     mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
     munmap: lib.func('int munmap(void *addr, size_t length)'),
     madvise: lib.func('int madvise(void *addr, size_t length, int advice)'),
+    // The same calls on a raw address (a bigint): koffi turns it into the pointer value.
+    madviseAt: lib.func('int madvise(void *addr, size_t length, int advice)'),
+    // `vec` is written by the kernel during the call only (one byte per page).
+    mincore: lib.func('int mincore(void *addr, size_t length, _Out_ uint8_t *vec)'),
     gettid: lib.func('int gettid(void)'),
     tgkill: lib.func('int tgkill(int tgid, int tid, int sig)'),
     strerror: lib.func('const char *strerror(int errnum)'),
@@ -176,6 +184,33 @@ export function madvise(mapping: Mapping, advice: number): void {
   if (libc().madvise(mapping.pointer, mapping.length, advice) < 0) {
     throw fail('madvise', `madvise(0x${mapping.address.toString(16)}, ${mapping.length}, ${advice})`);
   }
+}
+
+/**
+ * madvise(2) on part of a mapping, by address. Returns the errno instead of throwing, so
+ * callers can fall back where the kernel lacks an advice (EINVAL for an unknown one).
+ */
+export function madviseRange(address: bigint, length: number, advice: number): number {
+  return libc().madviseAt(address, length, advice) < 0 ? koffi.errno() : 0;
+}
+
+/**
+ * mincore(2): for each page of [address, address + length), bit 0 of `vec` is set when
+ * the page is resident. `address` must be page-aligned; `vec` holds one byte per page.
+ */
+export function mincore(address: bigint, length: number, vec: Uint8Array): void {
+  if (libc().mincore(address, length, vec) < 0) {
+    throw fail('mincore', `mincore(0x${address.toString(16)}, ${length})`);
+  }
+}
+
+/** A view of memory mapped elsewhere in this process (another thread's mapping), by address. */
+export function viewAt(address: bigint, length: number): Uint8Array {
+  if (!Number.isSafeInteger(length) || length <= 0 || length > MAX_VIEW_BYTES) {
+    throw new RangeError(`Cannot view ${length} bytes: 1 byte to ${MAX_VIEW_BYTES} bytes (4 GiB)`);
+  }
+  // SAFETY: the caller guarantees the mapping at `address` outlives the view.
+  return new Uint8Array(koffi.view(address as unknown as object, length));
 }
 
 /** The kernel thread id of the calling thread (a worker's differs from the main thread's). */
