@@ -16,7 +16,7 @@ import type { KvmVcpu } from '../kvm/vcpu.js';
 import { VcpuThread } from '../kvm/vcpu-thread.js';
 import { STATE_PAUSED as VCPU_PAUSED, STATE_STOPPED as VCPU_STOPPED } from '../kvm/vcpu-mailbox.js';
 import type { KvmVm } from '../kvm/vm.js';
-import { mmapAnonymous, munmap } from '../sys/libc.js';
+import { MADV_POPULATE_WRITE, madviseRange, mincore, mmapAnonymous, munmap } from '../sys/libc.js';
 import type { Mapping } from '../sys/libc.js';
 import { CPU_SECTION_IDSTR, CPU_STATE_DESCRIPTION, cpuStateFromValue, cpuStateToValue } from './kvm-cpu-state.js';
 import { PAGE_SIZE } from './types.js';
@@ -109,7 +109,17 @@ class KvmAccelerator implements Accelerator {
     private readonly vcpus: readonly KvmVcpu[],
     private readonly threads: readonly VcpuThread[],
   ) {
-    this.memory = [{ idstr: RAM_BLOCK_IDSTR, guestAddress: 0, size: ram.length, bytes: ram.bytes }];
+    this.memory = [{
+      idstr: RAM_BLOCK_IDSTR, guestAddress: 0, size: ram.length, bytes: ram.bytes,
+      residency: () => {
+        const vec = new Uint8Array(Math.ceil(ram.length / 4096));
+        mincore(ram.address, ram.length, vec);
+        return vec;
+      },
+      populate: (offset, length) => {
+        madviseRange(ram.address + BigInt(offset), Math.min(length, ram.length - offset), MADV_POPULATE_WRITE);
+      },
+    }];
     this.dirtyLog = new KvmDirtyLog(vm);
     // KVM would happily read registers of a vCPU that is about to run again; the
     // interface promises these run only while paused, so hold callers to it.
