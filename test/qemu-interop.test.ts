@@ -1,0 +1,103 @@
+// Ferry next to QEMU 7.2: QEMU's own analyze-migration.py decodes a stream that a
+// running Ferry saved with `migrate "exec:cat > FILE"`, and `ferry migrate` (which only
+// speaks QMP) drives a live migration between two real QEMU processes.
+
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { FERRY_MAIN, FerryProcess } from '../src/cli/ferry-process.js';
+import { runMigration } from '../src/cli/migrate-command.js';
+import { QmpClient } from '../src/qmp/client.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const SCRIPT = join(ROOT, '.cache', 'qemu-scripts', 'analyze-migration.py');
+const QEMU = 'qemu-system-x86_64';
+const BOOTSECTOR = join(ROOT, 'dist', 'guests', 'sweep-bootsector.bin');
+const SCRIPT_SKIP = existsSync(SCRIPT) ? false : 'QEMU\'s analyze-migration.py not fetched: run scripts/fetch-qemu-scripts.sh (as root) first';
+const QEMU_SKIP = spawnSync(QEMU, ['--version']).error ? `needs ${QEMU} (apt-get install qemu-system-x86)` : false;
+
+function scratch(t: TestContext): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-qemu-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('analyze-migration.py decodes a snapshot that a running Ferry saved with exec:cat', { skip: SCRIPT_SKIP }, async (t) => {
+  const dir = scratch(t);
+  const vm = await FerryProcess.start({ dir, name: 'src', args: ['--accel', 'sim', '-m', '16M', '--guest', 'builtin:sweep,rate=20000'] });
+  t.after(() => vm.quit());
+  await new Promise((r) => setTimeout(r, 300));
+  const file = join(dir, 'vm.snapshot');
+  const outcome = await runMigration(vm.qmp, { qmp: vm.qmpPath, uri: `exec:cat > ${file}`, maxBandwidth: 0, progress: false });
+  assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+
+  // The device state, decoded by QEMU's tool from the stream's own vmdesc.
+  const dump = spawnSync('python3', [SCRIPT, '-f', file], { cwd: dir, encoding: 'utf8', timeout: 60_000 });
+  assert.equal(dump.status, 0, dump.stderr);
+  const decoded = JSON.parse(dump.stdout) as Record<string, Record<string, unknown>>;
+  const names = Object.keys(decoded);
+  assert.ok(names.some((n) => n.startsWith('cpu')), `no cpu section in ${names.join(', ')}`);
+  assert.ok(names.some((n) => n.startsWith('serial')), `no serial section in ${names.join(', ')}`);
+
+  // Guest RAM, extracted by QEMU's tool, equals the source's RAM at the switchover.
+  const extract = spawnSync('python3', [SCRIPT, '-x', '-f', file], { cwd: dir, encoding: 'utf8', timeout: 60_000 });
+  assert.equal(extract.status, 0, extract.stderr);
+  const ram = readFileSync(join(dir, 'pc.ram'));
+  const { createHash } = await import('node:crypto');
+  const expected = (await vm.execute<{ sha256: string }>('x-ferry-ram-digest')).sha256;
+  const actual = createHash('sha256').update('pc.ram').update(ram).digest('hex');
+  assert.equal(actual, expected, 'the RAM QEMU\'s tool extracted differs from the source\'s');
+});
+
+test('ferry migrate drives a live migration between two QEMU 7.2 processes over QMP', { skip: QEMU_SKIP, timeout: 180_000 }, async (t) => {
+  const dir = scratch(t);
+  const accel = existsSync('/dev/kvm') ? 'kvm' : 'tcg';
+  const qemu = (name: string, extra: string[]) => {
+    const qmp = join(dir, `${name}.qmp`);
+    const child = spawn(QEMU, ['-accel', accel, '-m', '32', '-display', 'none', '-nodefaults', '-serial', `file:${join(dir, `${name}.serial`)}`,
+      '-drive', `file=${BOOTSECTOR},format=raw,if=ide`, '-qmp', `unix:${qmp},server=on,wait=off`, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    t.after(() => child.kill('SIGKILL'));
+    return { child, qmp, stderr: () => stderr };
+  };
+  const dest = qemu('dst', ['-incoming', 'unix:' + join(dir, 'mig.sock')]);
+  const source = qemu('src', []);
+  const connect = async (path: string, vm: { child: { exitCode: number | null }; stderr: () => string }): Promise<QmpClient> => {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      try {
+        return await QmpClient.connect(path);
+      } catch (err) {
+        if (vm.child.exitCode !== null) assert.fail(`QEMU exited (${vm.child.exitCode}): ${vm.stderr()}`);
+        if (Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  };
+  // QEMU's QMP monitor serves one client at a time: connect only when needed.
+  await (await connect(source.qmp, source)).close();
+  const dstQmp = await connect(dest.qmp, dest);
+  t.after(() => dstQmp.close());
+  // Let the boot-sector guest sweep a few passes first (it writes a byte per pass).
+  const serial = join(dir, 'src.serial');
+  const deadline = Date.now() + 60_000;
+  while (!existsSync(serial) || readFileSync(serial).length < 2) {
+    if (Date.now() > deadline) assert.fail(`the QEMU guest did not start sweeping: ${source.stderr()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const result = spawnSync(process.execPath, [FERRY_MAIN, 'migrate', '--qmp', source.qmp, 'unix:' + join(dir, 'mig.sock'), '--max-bandwidth', '0', '--no-progress'], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(result.status, 0, `${result.stdout}\n${result.stderr}`);
+  assert.match(result.stdout, /Migration completed/);
+  assert.match(result.stdout, /downtime/);
+  const status = await dstQmp.execute<{ status: string }>('query-status');
+  assert.equal(status.status, 'running');
+  const srcQmp = await connect(source.qmp, source);
+  t.after(() => srcQmp.close());
+  const srcStatus = await srcQmp.execute<{ status: string }>('query-status');
+  assert.equal(srcStatus.status, 'postmigrate');
+});
