@@ -19,6 +19,8 @@ import type { MigrationVm } from './vm.js';
 export const RAM_IDSTR = 'ram';
 export const RAM_VERSION = 4;
 const WORDS_PER_PAGE = PAGE_SIZE / 4;
+/** The destination backs guest RAM in regions of this size ahead of the pages landing in it. */
+const POPULATE_CHUNK = 2 * 1024 * 1024;
 /** How often (in pages) the sender looks at the clock and the rate limiter. */
 const CHECK_EVERY_PAGES = 64;
 
@@ -124,6 +126,17 @@ export class RamHandler implements SaveVmHandler {
   #xbzrleActive = false;
   /** RAM-wide page number of each block's first page (XBZRLE cache keys). */
   #blockBasePage: number[] = [];
+  /**
+   * Source: per block, the host's residency at setup (bit 0 per page); a page the host
+   * never backed reads as zero, so its first send is a ZERO chunk without reading it —
+   * reading would fault it in, which costs more than the whole rest of its trip. Each
+   * entry is used once: a page written later is in the dirty log and re-read for real.
+   */
+  #untouched: (Uint8Array | undefined)[] = [];
+  /** Destination: per block, pages known to hold zeros (never backed, never written since). */
+  #knownZero: (Uint8Array | undefined)[] = [];
+  /** Destination: per block, 2 MiB regions already backed in bulk before pages land in them. */
+  #populated: (Uint8Array | undefined)[] = [];
 
   constructor(vm: MigrationVm, options: RamHandlerOptions) {
     this.#vm = vm;
@@ -160,6 +173,8 @@ export class RamHandler implements SaveVmHandler {
     new RamChunkWriter(w).memSize(memory.map((b) => ({ idstr: b.idstr, size: b.size })));
     this.#vm.dirtyLog.start();
     this.#loggingStarted = true;
+    // After logging started: a page touched from here on is in the log, whatever this says.
+    this.#untouched = memory.map((b) => b.residency?.());
     this.#rateWindowStart = this.#opts.now();
     // QEMU syncs once at setup (ram_init_bitmaps): the first pass, every page, is pass 1.
     this.#sync();
@@ -271,7 +286,13 @@ export class RamHandler implements SaveVmHandler {
           const offset = page * PAGE_SIZE;
           // Cheap when nothing changed: compares the view's buffer with the block's current one.
           words = wordsOf(block, words);
-          if (isZeroPage(words, page * WORDS_PER_PAGE)) {
+          const untouched = this.#untouched[b];
+          let neverBacked = false;
+          if (untouched !== undefined && page < untouched.length) {
+            neverBacked = (untouched[page]! & 1) === 0;
+            untouched[page] = 1;
+          }
+          if (neverBacked || isZeroPage(words, page * WORDS_PER_PAGE)) {
             chunks.zero(block.idstr, offset);
             stats.duplicate++;
             if (xbz) xbz.zeroSent(this.#blockBasePage[b]! + page);
@@ -323,6 +344,17 @@ export class RamHandler implements SaveVmHandler {
     if (versionId !== RAM_VERSION) {
       throw new StreamFormatError(`Cannot load section "${section}": RAM version ${versionId} is not ${RAM_VERSION}`, r.offset, section);
     }
+    const memory = this.#vm.memory;
+    if (this.#knownZero.length === 0) {
+      this.#knownZero = memory.map((b) => {
+        const residency = b.residency?.();
+        if (!residency) return undefined;
+        // Fresh destination memory: every page the host never backed holds zeros.
+        for (let i = 0; i < residency.length; i++) residency[i] = (residency[i]! & 1) ^ 1;
+        return residency;
+      });
+      this.#populated = memory.map((b) => (b.populate ? new Uint8Array(Math.ceil(b.size / POPULATE_CHUNK)) : undefined));
+    }
     await readRamChunks(r, this.#sink(r, section), section);
   }
 
@@ -362,10 +394,12 @@ export class RamHandler implements SaveVmHandler {
       },
       pageTarget: (idstr: string, offset: number) => {
         const b = find(idstr, offset);
+        this.#aboutToWrite(b, offset);
         return { ram: memory[b]!.bytes, offset };
       },
       xbzrle: (idstr: string, offset: number, encoded: Uint8Array) => {
         const b = find(idstr, offset);
+        this.#aboutToWrite(b, offset);
         try {
           // The page holds what the source's cache held: the delta applies in place.
           xbzrleDecode(encoded, memory[b]!.bytes.subarray(offset, offset + PAGE_SIZE));
@@ -375,12 +409,33 @@ export class RamHandler implements SaveVmHandler {
       },
       zero: (idstr: string, offset: number, fill: number) => {
         const b = find(idstr, offset);
-        // Fresh destination memory is already zero: reading it does not allocate, writing would.
+        const knownZero = this.#knownZero[b];
+        if (knownZero !== undefined && knownZero[offset >>> PAGE_SHIFT] === 1) {
+          if (fill === 0) return;
+          knownZero[offset >>> PAGE_SHIFT] = 0;
+        }
+        // Fresh destination memory is already zero: checking it is cheaper than writing.
         words[b] = wordsOf(memory[b]!, words[b]);
         if (fill === 0 && isZeroPage(words[b]!, offset / 4)) return;
         memory[b]!.bytes.fill(fill, offset, offset + PAGE_SIZE);
       },
     };
+  }
+
+  /**
+   * A page is about to be written on the destination: it no longer holds zeros, and its
+   * 2 MiB region is backed in one call first — faulting pages in one by one from here
+   * costs tens of µs each on these machines; the kernel does a region in well under one.
+   */
+  #aboutToWrite(block: number, offset: number): void {
+    const knownZero = this.#knownZero[block];
+    if (knownZero !== undefined) knownZero[offset >>> PAGE_SHIFT] = 0;
+    const populated = this.#populated[block];
+    if (populated === undefined) return;
+    const region = Math.floor(offset / POPULATE_CHUNK);
+    if (populated[region] === 1) return;
+    populated[region] = 1;
+    this.#vm.memory[block]!.populate?.(region * POPULATE_CHUNK, POPULATE_CHUNK);
   }
 
   /** Whether a MEM_SIZE record arrived (a stream without one never set up RAM). */

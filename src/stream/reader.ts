@@ -233,6 +233,10 @@ export class StreamReader {
   }
 
   #setCurrent(chunk: Uint8Array): void {
+    // The chunk we leave is fully read and nothing refers into it (bytes() copies), so a
+    // channel that lends pooled buffers may fill it again: the receiver then never pays
+    // for fresh memory (Channel.release).
+    if (this.#cur !== EMPTY) this.#channel.release?.(this.#cur);
     this.#cur = chunk;
     this.#curView = new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     this.#pos = 0;

@@ -19,8 +19,11 @@ export interface Channel {
    * Hand bytes to the channel. The channel owns `data` afterwards (the caller must not
    * change it). Resolves as soon as the channel can take more (at once below its
    * high-water mark, after the OS drained it otherwise); rejects if the peer is gone.
+   * `done`, when given, is called once the channel no longer holds `data` (the OS has
+   * it), so the caller may fill it again: a writer that reuses its buffers never pays
+   * for fresh memory. A channel that cannot tell simply never calls it.
    */
-  write(data: Uint8Array): Promise<void>;
+  write(data: Uint8Array, done?: () => void): Promise<void>;
   /** Flush everything written and close the sending side; resolves when flushed. */
   end(): Promise<void>;
   /** Tear the channel down now; pending reads and writes reject with `error` (or a closed error). */

@@ -104,9 +104,9 @@ class ExecChannel implements Channel {
     this.#inner.release(chunk);
   }
 
-  async write(data: Uint8Array): Promise<void> {
+  async write(data: Uint8Array, done?: () => void): Promise<void> {
     try {
-      await this.#inner.write(data);
+      await this.#inner.write(data, done);
     } catch (err) {
       throw await this.#explain(err);
     }

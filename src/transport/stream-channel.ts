@@ -107,7 +107,7 @@ export class StreamChannel implements Channel {
     });
   }
 
-  write(data: Uint8Array): Promise<void> {
+  write(data: Uint8Array, done?: () => void): Promise<void> {
     if (this.#error) return Promise.reject(this.#error);
     if (this.#endPromise || this.#writeClosed || !this.#writable) {
       return Promise.reject(new TransportError(`Cannot write to ${this.description}: its sending side is closed`));
@@ -116,10 +116,16 @@ export class StreamChannel implements Channel {
       // Node ends the sending side itself when the peer ends its own (allowHalfOpen off).
       return Promise.reject(new TransportError(`Cannot write to ${this.description}: the peer closed the connection`));
     }
-    if (data.byteLength === 0) return Promise.resolve();
+    if (data.byteLength === 0) {
+      done?.();
+      return Promise.resolve();
+    }
     // Writable.write wraps a Uint8Array in a Buffer over the same memory, and the socket
     // hands that to the kernel (writev) as is: the caller's bytes are never copied here.
-    if (this.#writable.write(data)) return Promise.resolve();
+    // Its callback runs once the kernel has the bytes: then `data` is the caller's again.
+    // (On an error the callback gets it too; the buffer is just as free then.)
+    const accepted = done ? this.#writable.write(data, () => done()) : this.#writable.write(data);
+    if (accepted) return Promise.resolve();
     return new Promise((resolve, reject) => {
       this.#drainWaiters.push({ resolve, reject });
     });
