@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { runMigration, type QueryMigrateInfo } from '../../src/cli/migrate-command.js';
 import { FerryProcess } from '../../src/cli/ferry-process.js';
 import type { QmpClient } from '../../src/qmp/client.js';
-import { MigrationRecorder } from '../../src/report/migration-record.js';
+import { MigrationRecorder, settleFinalInfo } from '../../src/report/migration-record.js';
 import { stat, type BenchCell, type BenchRun, type Side } from '../../src/report/bench-summary.js';
 import { QemuProcess } from './qemu-process.js';
 
@@ -53,20 +53,25 @@ async function sweepCounter(side: Side, vm: Vm): Promise<number> {
 
 /**
  * Wait until the guest has finished a whole pass (all of its RAM touched, the sweep in its
- * steady state), then measure its dirty rate over `windowMs` from the pass counter.
+ * steady state), then measure its dirty rate from one change of the pass counter to a
+ * later one at least `windowMs` on: timing edge to edge keeps a slow guest (one pass a
+ * second) from reading as 0 or double.
  */
 export async function settleSweep(side: Side, vm: Vm, memoryMiB: number, timeoutMs: number, windowMs = 1000): Promise<number> {
   const deadline = Date.now() + timeoutMs;
-  while ((await sweepCounter(side, vm)) < 2) {
-    if (Date.now() > deadline) throw new Error(`the ${side} sweep guest did not complete a pass within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const poll = async (until: (count: number, atMs: number) => boolean): Promise<[number, number]> => {
+    for (;;) {
+      const count = await sweepCounter(side, vm);
+      const atMs = performance.now();
+      if (until(count, atMs)) return [count, atMs];
+      if (Date.now() > deadline) throw new Error(`the ${side} sweep guest did not make progress within ${timeoutMs} ms (pass counter ${count})`);
+      await new Promise((r) => setTimeout(r, 15));
+    }
+  };
+  const [first] = await poll((count) => count >= 2);
+  const [c0, t0] = await poll((count) => count > first);
+  const [c1, t1] = await poll((count, atMs) => count > c0 && atMs - t0 >= windowMs);
   const pagesPerPass = (memoryMiB * 1024 * 1024 - SWEEP_FROM) / PAGE;
-  const c0 = await sweepCounter(side, vm);
-  const t0 = performance.now();
-  await new Promise((r) => setTimeout(r, windowMs));
-  const c1 = await sweepCounter(side, vm);
-  const t1 = performance.now();
   return ((c1 - c0) * pagesPerPass * 1000) / (t1 - t0);
 }
 
@@ -149,6 +154,7 @@ export async function runOnce(options: RunOptions): Promise<BenchRun> {
       },
     });
     if (cancel) await cancel;
+    const info = await settleFinalInfo(source.qmp, outcome.info);
     const label = `${side === 'ferry' ? 'Ferry' : 'QEMU'} (${options.accel}), ${cell.key}, rep ${options.rep + 1}`;
     const record = await recorder.finish(
       {
@@ -160,10 +166,9 @@ export async function runOnce(options: RunOptions): Promise<BenchRun> {
         maxBandwidth: UNLIMITED_BANDWIDTH,
         notes: guestPagesPerSec !== undefined ? [`Guest dirty rate before the migration: ${Math.round(guestPagesPerSec).toLocaleString('en-US')} pages/s.`] : [],
       },
-      outcome.info,
+      info,
       cancelledAt,
     );
-    const info = outcome.info;
     let destinationStatus: string | undefined;
     if (destination && outcome.status === 'completed') {
       destinationStatus = await waitRunning(destination.qmp, 10_000);

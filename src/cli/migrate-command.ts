@@ -5,7 +5,7 @@
 import cliProgress from 'cli-progress';
 import { writeFile } from 'node:fs/promises';
 import { QmpClient } from '../qmp/client.js';
-import { MigrationRecorder, querySourceFacts } from '../report/migration-record.js';
+import { MigrationRecorder, querySourceFacts, settleFinalInfo } from '../report/migration-record.js';
 import { renderMigrationReport } from '../report/migration-report.js';
 import { formatBytes, formatMs, formatRate } from './format.js';
 
@@ -172,17 +172,18 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
 /** Read back what the source ran with (after the run, so the limits set by this command show) and write the page. */
 async function writeReport(client: QmpClient, recorder: MigrationRecorder, options: MigrateCommandOptions, outcome: MigrationOutcome): Promise<void> {
   const facts = await querySourceFacts(client);
+  const final = await settleFinalInfo(client, outcome.info);
   const record = await recorder.finish(
     {
       title: `Migration to ${options.uri}`,
       accelerator: facts.accelerator,
       uri: options.uri,
-      memoryBytes: outcome.info.ram?.total ?? 0,
+      memoryBytes: final.ram?.total ?? 0,
       downtimeLimitMs: facts.downtimeLimitMs,
       maxBandwidth: facts.maxBandwidth === 0 ? Number.POSITIVE_INFINITY : facts.maxBandwidth,
       notes: [`Source QMP socket ${options.qmp}.`],
     },
-    outcome.info,
+    final,
   );
   await writeFile(options.report!, renderMigrationReport(record));
   (options.out ?? process.stderr).write(`Report written to ${options.report}\n`);

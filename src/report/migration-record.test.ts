@@ -2,7 +2,8 @@
 // switchover estimate QEMU's figures allow.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { derivePasses, estimateSwitchoverMs, parseEnginePasses } from './migration-record.js';
+import type { QmpClient } from '../qmp/client.js';
+import { derivePasses, estimateSwitchoverMs, parseEnginePasses, settleFinalInfo } from './migration-record.js';
 import { sampleSamples } from './testing/sample-records.js';
 
 test('derivePasses: one pass per dirty-sync-count, figures are deltas across it', () => {
@@ -55,4 +56,19 @@ test('estimateSwitchoverMs: total-time minus downtime, only for a completed run'
   assert.equal(estimateSwitchoverMs({ status: 'completed', 'total-time': 380, downtime: 30 }), 350);
   assert.equal(estimateSwitchoverMs({ status: 'cancelled', 'total-time': 380 }), undefined);
   assert.equal(estimateSwitchoverMs({ status: 'completed', 'total-time': 380 }), undefined);
+});
+
+test('settleFinalInfo asks again while QEMU says completed but has not filled in total-time yet', async () => {
+  const answers = [
+    { status: 'completed', 'total-time': 0, downtime: 0 },
+    { status: 'completed', 'total-time': 812, downtime: 240 },
+  ];
+  let asked = 0;
+  const client = { execute: async () => answers[Math.min(asked++, answers.length - 1)] } as unknown as QmpClient;
+  const settled = await settleFinalInfo(client, { status: 'completed', 'total-time': 0 });
+  assert.equal(settled['total-time'], 812);
+  assert.equal(asked, 2);
+  // A failed run, or one with its figures, is returned as it is.
+  assert.deepEqual(await settleFinalInfo(client, { status: 'failed' }), { status: 'failed' });
+  assert.equal(asked, 2);
 });

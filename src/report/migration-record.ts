@@ -267,3 +267,19 @@ export async function querySourceFacts(client: QmpClient): Promise<SourceFacts> 
     maxBandwidth: typeof bandwidth === 'number' ? bandwidth : undefined,
   };
 }
+
+/**
+ * The final query-migrate answer with its figures filled in. QEMU 7.2 sets the state to
+ * completed in migration_completion() and only then, in migration_iteration_finish(),
+ * computes total-time and downtime: a poll in between reads "completed" with both 0.
+ * Ask again (briefly) until they appear.
+ */
+export async function settleFinalInfo(client: QmpClient, info: QueryMigrateInfo, timeoutMs = 2000): Promise<QueryMigrateInfo> {
+  const deadline = performance.now() + timeoutMs;
+  let current = info;
+  while (current.status === 'completed' && !current['total-time'] && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 10));
+    current = await client.execute<QueryMigrateInfo>('query-migrate');
+  }
+  return current;
+}

@@ -62,3 +62,17 @@ test('barChart draws a bar per value, a dashed gap with its label for null, and 
   assert.match(svg, /data-points="4"/);
   assert.match(svg, />lines</, 'a category label can take two lines');
 });
+
+test('barChart with many categories (a run of 120 passes) keeps every bar a valid, positive width', () => {
+  const categories = Array.from({ length: 120 }, (_, i) => `pass ${i + 1}`);
+  const svg = barChart({
+    id: 'many',
+    title: 'Many',
+    yLabel: 'pages',
+    categories,
+    series: ['a', 'b', 'c'].map((name) => ({ name, color: '#000', values: categories.map((_, i) => i) })),
+  });
+  assert.equal(count(svg, /<rect class="bar"/g), 360);
+  for (const match of svg.matchAll(/<rect class="bar[^>]* width="([^"]+)"/g)) assert.ok(Number(match[1]) > 0, `width ${match[1]}`);
+  assert.ok(count(svg, />pass \d+</g) < 40, 'labels thinned out so they do not overlap');
+});

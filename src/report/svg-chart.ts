@@ -160,15 +160,22 @@ export function lineChart(spec: LineChartSpec): string {
   }
   body += `<line x1="${x0}" x2="${x1}" y1="${y0}" y2="${y0}" stroke="#9ca3af"/>`;
   body += `<text x="${n((x0 + x1) / 2)}" y="${height - 12}" font-size="12" text-anchor="middle" fill="#374151">${escapeHtml(spec.xLabel)}</text>`;
-  (spec.xMarkers ?? []).forEach((m, i) => {
-    // Alternate label heights: pass markers can sit a few pixels apart.
-    const labelY = y1 + 12 + (i % 2) * 13;
+  // Line markers' labels go on two rows; one that would overlap a label on both rows is
+  // left out (its line stays, with the label as a tooltip). Spans (the switchover) always
+  // get a third row of their own.
+  const rowEnds = [Number.NEGATIVE_INFINITY, Number.NEGATIVE_INFINITY];
+  (spec.xMarkers ?? []).forEach((m) => {
+    const x = sx(m.at) + 3;
+    const row = m.to !== undefined ? 2 : rowEnds.findIndex((end) => x > end + 4);
+    const labelY = y1 + 12 + Math.max(0, row) * 13;
+    const label = row >= 0 ? m.label : '';
+    if (row >= 0 && row < 2 && label) rowEnds[row] = x + label.length * 6;
     if (m.to !== undefined) {
       body += `<rect class="marker" x="${n(sx(m.at))}" y="${y1}" width="${n(Math.max(1.5, sx(m.to) - sx(m.at)))}" height="${y0 - y1}" fill="${m.color}" fill-opacity="0.15"><title>${escapeHtml(m.label)}</title></rect>`;
-      body += `<text x="${n(sx(m.at) + 3)}" y="${labelY}" font-size="11" fill="${m.color}">${escapeHtml(m.label)}</text>`;
+      if (label) body += `<text x="${n(x)}" y="${labelY}" font-size="11" fill="${m.color}">${escapeHtml(label)}</text>`;
     } else {
       body += `<line class="marker" x1="${n(sx(m.at))}" x2="${n(sx(m.at))}" y1="${y1}" y2="${y0}" stroke="${m.color}" stroke-dasharray="4 3"><title>${escapeHtml(m.label)}</title></line>`;
-      if (m.label) body += `<text x="${n(sx(m.at) + 3)}" y="${labelY}" font-size="11" fill="${m.color}">${escapeHtml(m.label)}</text>`;
+      if (label) body += `<text x="${n(x)}" y="${labelY}" font-size="11" fill="${m.color}">${escapeHtml(label)}</text>`;
     }
   });
   for (const m of spec.yMarkers ?? []) {
@@ -210,13 +217,18 @@ export function barChart(spec: BarChartSpec): string {
   const sy = (v: number): number => y0 - (v / (yMax || 1)) * (y0 - y1);
   const groupWidth = (x1 - x0) / Math.max(1, spec.categories.length);
   const barWidth = Math.min(48, (groupWidth * 0.8) / Math.max(1, spec.series.length));
+  // The gap between bars shrinks with them: a run with 80 passes still draws every bar.
+  const gap = Math.min(2, barWidth * 0.2);
+  const inner = Math.max(0.2, barWidth - gap);
+  // Category labels need ~48 px each; with more groups than fit, name every k-th.
+  const labelEvery = Math.max(1, Math.ceil(48 / groupWidth));
 
   let body = yAxis(yTicks, sy, x0, x1, yFormat, spec.yLabel, height);
   body += `<line x1="${x0}" x2="${x1}" y1="${y0}" y2="${y0}" stroke="#9ca3af"/>`;
   let count = 0;
   spec.categories.forEach((category, ci) => {
     const groupLeft = x0 + ci * groupWidth + (groupWidth - barWidth * spec.series.length) / 2;
-    const words = category.split('\n');
+    const words = ci % labelEvery === 0 ? category.split('\n') : [];
     words.forEach((line, li) => {
       body += `<text x="${n(x0 + (ci + 0.5) * groupWidth)}" y="${y0 + 15 + li * 13}" font-size="11" text-anchor="middle" fill="#374151">${escapeHtml(line)}</text>`;
     });
@@ -227,14 +239,15 @@ export function barChart(spec: BarChartSpec): string {
       if (value === null) {
         const label = s.nullLabel ?? 'n/a';
         body +=
-          `<rect class="bar missing" data-series="${escapeHtml(s.name)}" data-category="${escapeHtml(category)}" x="${n(x + 1)}" y="${n(y0 - 40)}" width="${n(barWidth - 2)}" height="40" fill="none" stroke="${s.color}" stroke-dasharray="3 2">` +
+          `<rect class="bar missing" data-series="${escapeHtml(s.name)}" data-category="${escapeHtml(category)}" x="${n(x + gap / 2)}" y="${n(y0 - 40)}" width="${n(inner)}" height="40" fill="none" stroke="${s.color}" stroke-dasharray="3 2">` +
           `<title>${escapeHtml(`${s.name}, ${category.replace(/\n/g, ' ')}: ${label}`)}</title></rect>` +
-          `<text x="${n(x + barWidth / 2)}" y="${n(y0 - 44)}" font-size="9" text-anchor="middle" fill="${s.color}">${escapeHtml(label)}</text>`;
+          // Upright inside the dashed box, so neighbouring gaps' labels cannot collide.
+          `<text x="${n(x + barWidth / 2 + 3)}" y="${n(y0 - 20)}" font-size="9" text-anchor="middle" fill="${s.color}" transform="rotate(-90 ${n(x + barWidth / 2 + 3)} ${n(y0 - 20)})">${escapeHtml(label)}</text>`;
         return;
       }
       const top = sy(value);
       body +=
-        `<rect class="bar" data-series="${escapeHtml(s.name)}" data-category="${escapeHtml(category)}" x="${n(x + 1)}" y="${n(top)}" width="${n(barWidth - 2)}" height="${n(Math.max(0.5, y0 - top))}" rx="2" fill="${s.color}">` +
+        `<rect class="bar" data-series="${escapeHtml(s.name)}" data-category="${escapeHtml(category)}" x="${n(x + gap / 2)}" y="${n(top)}" width="${n(inner)}" height="${n(Math.max(0.5, y0 - top))}" rx="2" fill="${s.color}">` +
         `<title>${escapeHtml(`${s.name}, ${category.replace(/\n/g, ' ')}: ${yFormat(value)}`)}</title></rect>`;
       const range = s.ranges?.[ci];
       if (range) {
