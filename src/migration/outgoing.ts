@@ -59,6 +59,7 @@ export class OutgoingMigration {
   #mbps = 0;
   #pagesPerSecond = 0;
   #bytesPerMs = 0;
+  #recentBytesPerMs: number[] = [];
   #threshold = 0;
   #errorDesc: string | undefined;
   #channel: Channel | undefined;
@@ -248,7 +249,14 @@ export class OutgoingMigration {
       this.#pagesPerSecond = Math.round(whole.pagesPerSecond);
       return;
     }
-    this.#bytesPerMs = figures.bytesPerMs;
+    // The switchover decision uses a cautious bandwidth: the lower of this window and the
+    // median of the last few. One 100 ms window can read high (the channel's queue filling,
+    // a burst while the other core was free); acting on it overruns the downtime limit,
+    // while erring low only costs another pass.
+    this.#recentBytesPerMs.push(figures.bytesPerMs);
+    if (this.#recentBytesPerMs.length > 5) this.#recentBytesPerMs.shift();
+    const sorted = [...this.#recentBytesPerMs].sort((a, b) => a - b);
+    this.#bytesPerMs = Math.min(figures.bytesPerMs, sorted[sorted.length >> 1]!);
     this.#mbps = figures.mbps;
     this.#pagesPerSecond = Math.round(figures.pagesPerSecond);
     this.#threshold = thresholdBytes(this.#bytesPerMs, this.#o.parameters()['downtime-limit']);

@@ -5,34 +5,45 @@
 // these machines while the kernel populates gigabytes per second.
 
 import { debuglog } from 'node:util';
-import { MADV_DONTNEED, MADV_POPULATE_WRITE, mincore, mmapAnonymous, madviseRange, type Mapping } from './libc.js';
+import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, mincore, mmapAnonymous, madviseRange, type Mapping } from './libc.js';
 
 const trace = debuglog('ferry');
 const PAGE = 4096;
 
+/** Transparent huge pages come in 2 MiB; guest RAM is aligned to them. */
+const HUGE_PAGE = 2 * 1024 * 1024;
+
 export class HostMemory {
   readonly mapping: Mapping;
+  /** The 2 MiB-aligned start of guest RAM inside the mapping, and a view of it. */
+  readonly address: bigint;
+  readonly bytes: Uint8Array;
   private populateWorks = true;
 
-  private constructor(mapping: Mapping) {
+  private constructor(mapping: Mapping, size: number) {
     this.mapping = mapping;
+    const aligned = (mapping.address + BigInt(HUGE_PAGE - 1)) & ~BigInt(HUGE_PAGE - 1);
+    const skip = Number(aligned - mapping.address);
+    this.address = aligned;
+    this.bytes = mapping.bytes.subarray(skip, skip + size);
   }
 
-  /** Zero-filled memory that costs nothing until touched. */
+  /**
+   * Zero-filled memory that costs nothing until touched, backed by transparent huge
+   * pages where the kernel offers them (as QEMU asks for guest RAM): on these machines
+   * the first touch of each 4 KiB page traps to the hypervisor below (~8-40 µs), while a
+   * 2 MiB page takes one trap for 512 of them.
+   */
   static allocate(size: number): HostMemory {
-    return new HostMemory(mmapAnonymous(size));
-  }
-
-  get address(): bigint {
-    return this.mapping.address;
-  }
-
-  get bytes(): Uint8Array {
-    return this.mapping.bytes;
+    const mapping = mmapAnonymous(size + HUGE_PAGE);
+    const memory = new HostMemory(mapping, size);
+    const errno = madviseRange(memory.address, size, MADV_HUGEPAGE);
+    if (errno !== 0) trace('MADV_HUGEPAGE failed with errno %d; guest RAM uses 4 KiB pages', errno);
+    return memory;
   }
 
   get size(): number {
-    return this.mapping.length;
+    return this.bytes.byteLength;
   }
 
   /** One byte per page: bit 0 set where the page is resident (has ever been touched). */
@@ -47,6 +58,7 @@ export class HostMemory {
     if (!this.populateWorks || length <= 0) return;
     const start = Math.max(0, offset - (offset % PAGE));
     const end = Math.min(this.size, offset + length);
+    if (end <= start) return;
     const errno = madviseRange(this.address + BigInt(start), end - start, MADV_POPULATE_WRITE);
     if (errno !== 0) {
       // EINVAL: a kernel older than 5.14. Pages then fault in as they are written.

@@ -3,6 +3,7 @@
 // where machine and migration events become QMP events.
 
 import { createHash } from 'node:crypto';
+import { debuglog } from 'node:util';
 import { ConfigError, QmpError } from '../errors.js';
 import { Machine, type MachineOptions } from '../machine/machine.js';
 import { Migration } from '../migration/migration.js';
@@ -13,6 +14,8 @@ import { QmpServer } from '../qmp/server.js';
 import { t, type Fields, type Schema } from '../qmp/schema.js';
 import { connect, listen } from '../transport/index.js';
 import { checkSweepCounters, readGuestParams } from '../guests/params.js';
+
+const trace = debuglog('ferry');
 
 export interface VmmOptions extends MachineOptions {
   readonly name?: string;
@@ -42,6 +45,7 @@ export class Vmm {
       now: () => performance.now(),
       emit: (event, data) => this.qmp.emit(event, data),
       schedule: (fn) => setImmediate(fn),
+      trace: (message) => trace('%s', message),
     });
     machine.on('stop', () => this.qmp.emit('STOP'));
     machine.on('resume', () => this.qmp.emit('RESUME'));
