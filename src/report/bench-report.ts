@@ -25,7 +25,7 @@ import { barChart, PALETTE } from './svg-chart.js';
 /** "256M tcp\n300 ms": short enough to sit under a group of bars. */
 export function shortCellLabel(cell: BenchCell): string {
   const size = cell.memoryMiB >= 1024 ? `${cell.memoryMiB / 1024}G` : `${cell.memoryMiB}M`;
-  const transport = cell.transport === 'exec-file' ? 'exec→file' : cell.transport;
+  const transport = cell.transport === 'exec-file' ? 'file' : cell.transport;
   return `${size}${cell.guest === 'idle' ? ' idle' : ''} ${transport}\n${cell.downtimeLimitMs} ms`;
 }
 

@@ -61,14 +61,16 @@ function timeMarkers(record: MigrationRecord): Marker[] {
 /** The charts and figures of one run, as an HTML fragment; `id` keeps element ids unique on a page. */
 export function migrationSection(record: MigrationRecord, id: string): string {
   const final = record.final;
-  const ram = final.ram;
-  const average = averageThroughput(record);
+  // A cancelled run's final answer has no RAM figures: show where it had got to.
+  const lastSample = [...record.samples].reverse().find((s) => s.info.ram);
+  const ram = final.ram ?? lastSample?.info.ram;
+  const average = averageThroughput(record) ?? (ram && lastSample && lastSample.atMs > 0 ? (ram.transferred * 1000) / lastSample.atMs : undefined);
   const headline = cards([
     ['status', record.cancelledAfterMs !== undefined ? `did not converge (cancelled at ${formatMs(record.cancelledAfterMs)})` : record.status],
     ['total time', final['total-time'] !== undefined ? formatMs(final['total-time']) : '—'],
     ['downtime', final.downtime !== undefined ? `${formatMs(final.downtime)} (limit ${record.downtimeLimitMs} ms)` : `— (limit ${record.downtimeLimitMs} ms)`],
-    ['passes', ram ? String(ram['dirty-sync-count']) : '—'],
-    ['sent', ram ? formatBytes(ram.transferred) : '—'],
+    ['passes', ram ? String(ram['dirty-sync-count']) + (final.ram ? '' : ' before the cancel') : '—'],
+    ['sent', ram ? formatBytes(ram.transferred) + (final.ram ? '' : ' before the cancel') : '—'],
     ['average throughput', average !== undefined ? formatRate(average) : '—'],
   ]);
   const facts =

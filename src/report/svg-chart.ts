@@ -241,8 +241,10 @@ export function barChart(spec: BarChartSpec): string {
         body +=
           `<rect class="bar missing" data-series="${escapeHtml(s.name)}" data-category="${escapeHtml(category)}" x="${n(x + gap / 2)}" y="${n(y0 - 40)}" width="${n(inner)}" height="40" fill="none" stroke="${s.color}" stroke-dasharray="3 2">` +
           `<title>${escapeHtml(`${s.name}, ${category.replace(/\n/g, ' ')}: ${label}`)}</title></rect>` +
-          // Upright inside the dashed box, so neighbouring gaps' labels cannot collide.
-          `<text x="${n(x + barWidth / 2 + 3)}" y="${n(y0 - 20)}" font-size="9" text-anchor="middle" fill="${s.color}" transform="rotate(-90 ${n(x + barWidth / 2 + 3)} ${n(y0 - 20)})">${escapeHtml(label)}</text>`;
+          // Narrow gaps get the label upright inside the box, so neighbours' labels cannot collide.
+          (barWidth < label.length * 6
+            ? `<text x="${n(x + barWidth / 2 + 3)}" y="${n(y0 - 20)}" font-size="9" text-anchor="middle" fill="${s.color}" transform="rotate(-90 ${n(x + barWidth / 2 + 3)} ${n(y0 - 20)})">${escapeHtml(label)}</text>`
+            : `<text x="${n(x + barWidth / 2)}" y="${n(y0 - 44)}" font-size="11" text-anchor="middle" fill="${s.color}">${escapeHtml(label)}</text>`);
         return;
       }
       const top = sy(value);
