@@ -219,6 +219,32 @@ export class Migration {
     return info;
   }
 
+  /**
+   * Ferry's own per-pass account of the last outgoing migration (x-ferry-query-migrate-passes):
+   * what each pass sent and what the guest dirtied, and when the guest was stopped.
+   */
+  queryPasses(): { passes: Array<Record<string, number | undefined>>; 'switchover-ms'?: number; 'total-ms'?: number; 'downtime-limit': number } {
+    const passes = (this.#ram?.passHistory() ?? []).map((p) => {
+      const start = p.startMs - (this.#outgoing?.figures.startTime ?? 0);
+      return {
+        pass: p.pass,
+        'start-ms': Math.round(start * 10) / 10,
+        'end-ms': p.endMs === undefined ? undefined : Math.round((p.endMs - (this.#outgoing?.figures.startTime ?? 0)) * 10) / 10,
+        'pages-sent': p.pagesSent,
+        'zero-pages': p.zeroPages,
+        'bytes-sent': p.bytesSent,
+        'dirty-pages': p.dirtyPages,
+      };
+    });
+    const figures = this.#outgoing?.figures;
+    return {
+      passes,
+      ...(figures?.switchoverTime !== undefined ? { 'switchover-ms': Math.round(figures.switchoverTime * 10) / 10 } : {}),
+      ...(figures?.totalTime !== undefined ? { 'total-ms': Math.round(figures.totalTime * 10) / 10 } : {}),
+      'downtime-limit': this.#parameters['downtime-limit'],
+    };
+  }
+
   infoMigrateText(): string {
     return formatInfoMigrate(this.queryMigrate());
   }

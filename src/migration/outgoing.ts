@@ -47,6 +47,8 @@ export interface OutgoingFigures {
   readonly pagesPerSecond: number;
   readonly thresholdBytes: number;
   readonly errorDesc: string | undefined;
+  /** Milliseconds from the start to the moment the vCPUs were stopped, once they were. */
+  readonly switchoverTime: number | undefined;
 }
 
 export class OutgoingMigration {
@@ -59,6 +61,7 @@ export class OutgoingMigration {
   #mbps = 0;
   #pagesPerSecond = 0;
   #bytesPerMs = 0;
+  #switchoverAt: number | undefined;
   #recentBytesPerMs: number[] = [];
   #threshold = 0;
   #errorDesc: string | undefined;
@@ -95,6 +98,7 @@ export class OutgoingMigration {
       pagesPerSecond: this.#pagesPerSecond,
       thresholdBytes: this.#threshold,
       errorDesc: this.#errorDesc,
+      switchoverTime: this.#switchoverAt === undefined ? undefined : this.#switchoverAt - this.#startTime,
     };
   }
 
@@ -182,6 +186,7 @@ export class OutgoingMigration {
   async #complete(w: StreamWriter): Promise<void> {
     const { registry, vm, ram, state } = this.#o;
     const stopStart = this.#o.now();
+    this.#switchoverAt = stopStart;
     this.#stateBeforeStop = vm.runState;
     this.#wasRunning = await vm.pauseForMigration();
     this.#pausedByUs = true;
@@ -212,6 +217,7 @@ export class OutgoingMigration {
     this.#downtime = end - stopStart;
     this.#totalTime = end - this.#startTime;
     this.#updateCounters(w, true);
+    ram.finishPasses();
     this.#o.trace?.(`migration: completed in ${this.#totalTime.toFixed(1)} ms, downtime ${this.#downtime.toFixed(1)} ms, ${w.bytesWritten} B`);
     registry.cleanupAll();
     vm.setRunState('postmigrate');
@@ -280,6 +286,7 @@ export class OutgoingMigration {
     const cancelled = this.#cancelRequested || state.status === 'cancelling';
     this.#channel?.destroy(err instanceof Error ? err : new MigrationError(errorMessage(err)));
     registry.cleanupAll();
+    this.#o.ram.finishPasses();
     this.#totalTime = this.#o.now() - this.#startTime;
     // Back to where the guest was before anything else hears of the outcome.
     if (this.#pausedByUs) {

@@ -6,7 +6,7 @@ import { channelFromBytes, createCollectingChannel } from '../stream/memory-chan
 import { RamChunkWriter } from '../stream/ram-codec.js';
 import { StreamReader } from '../stream/reader.js';
 import { StreamWriter } from '../stream/writer.js';
-import { FakeVm } from './fake-vm.js';
+import { FakeDirtyLog, FakeVm } from './fake-vm.js';
 import { RamHandler, isZeroPage } from './ram.js';
 import { RateLimiter } from './rate-limiter.js';
 
@@ -226,4 +226,36 @@ test('dirty bits past the end of a block (a rounded-up bitmap) are ignored', asy
   await ram.complete(w);
   assert.equal(ram.stats.pagesSent, 41);
   ram.cleanup();
+});
+
+test('the pass history: pass 1 is every page, later passes what the dirty log reported and what was sent', async () => {
+  const size = 64 * 4096;
+  const bytes = new Uint8Array(size);
+  for (let p = 0; p < 64; p += 2) bytes[p * 4096] = 1;
+  const memory = [{ idstr: 'pc.ram', guestAddress: 0, size, bytes }];
+  const dirtyLog = new FakeDirtyLog(memory);
+  let clock = 0;
+  const now = () => clock;
+  const ram = new RamHandler({ memory, dirtyLog } as never, { now, limiter: new RateLimiter(now, 0) });
+  const w = new StreamWriter(createCollectingChannel());
+  await ram.setup(w);
+  clock = 10;
+  while (ram.pending() > 0) await ram.iterate(w);
+  for (const page of [3, 5, 7]) {
+    bytes[page * 4096] = 9;
+    dirtyLog.mark(0, page);
+  }
+  clock = 20;
+  ram.pendingExact();
+  while (ram.pending() > 0) await ram.iterate(w);
+  clock = 30;
+  ram.finishPasses();
+  const passes = ram.passHistory();
+  assert.equal(passes.length, 2);
+  assert.deepEqual({ ...passes[0] }, { pass: 1, startMs: 0, endMs: 20, dirtyPages: 64, pagesSent: 64, zeroPages: 32, bytesSent: passes[0]!.bytesSent });
+  assert.ok(passes[0]!.bytesSent > 32 * 4096);
+  assert.equal(passes[1]!.dirtyPages, 3);
+  assert.equal(passes[1]!.pagesSent, 3);
+  assert.equal(passes[1]!.zeroPages, 0);
+  assert.equal(passes[1]!.endMs, 30);
 });

@@ -57,6 +57,20 @@ function popcount32(v: number): number {
   return (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
 }
 
+/** One pass over the to-send bitmap, from one dirty-log sync to the next (for reports). */
+export interface RamPass {
+  /** The dirty-sync-count that opened it (1 is the first pass: every page). */
+  readonly pass: number;
+  /** Milliseconds on the engine's clock. */
+  readonly startMs: number;
+  endMs: number | undefined;
+  /** Pages the sync that opened the pass found written since the one before (all pages for pass 1). */
+  readonly dirtyPages: number;
+  pagesSent: number;
+  zeroPages: number;
+  bytesSent: number;
+}
+
 /** The figures query-migrate reports under `ram` (QEMU's ram_counters). */
 export class RamStats {
   /** Bytes of RAM data put on the stream (pages and chunk headers). */
@@ -137,6 +151,8 @@ export class RamHandler implements SaveVmHandler {
   #knownZero: (Uint8Array | undefined)[] = [];
   /** Destination: per block, 2 MiB regions already backed in bulk before pages land in them. */
   #populated: (Uint8Array | undefined)[] = [];
+  /** Per-pass figures, oldest first (source). */
+  readonly passes: RamPass[] = [];
 
   constructor(vm: MigrationVm, options: RamHandlerOptions) {
     this.#vm = vm;
@@ -229,6 +245,16 @@ export class RamHandler implements SaveVmHandler {
     }
     this.stats.remainingPages += added;
     this.stats.dirtySyncCount++;
+    const now0 = this.#opts.now();
+    this.#closePass(now0);
+    // The first sync (setup) finds nothing logged yet: its pass is every page.
+    const firstPass = this.passes.length === 0;
+    this.passes.push({
+      pass: this.stats.dirtySyncCount, startMs: now0, endMs: undefined,
+      dirtyPages: firstPass ? this.stats.remainingPages : dirtied,
+      pagesSent: 0, zeroPages: 0, bytesSent: 0,
+    });
+    this.#passMark = { pages: this.stats.pagesSent, zero: this.stats.duplicate, bytes: this.stats.transferred };
     if (this.xbzrle) this.xbzrle.generation = this.stats.dirtySyncCount;
     this.#rateWindowPages += dirtied;
     const now = this.#opts.now();
@@ -329,6 +355,29 @@ export class RamHandler implements SaveVmHandler {
     chunks.eos();
     this.#account(w.bytesWritten - bytesMark);
     if (w.needsFlush) await w.flush();
+  }
+
+  #passMark = { pages: 0, zero: 0, bytes: 0 };
+
+  /** Bring the open pass's figures up to date; with `endMs`, close it. */
+  #closePass(endMs?: number): void {
+    const open = this.passes[this.passes.length - 1];
+    if (!open || open.endMs !== undefined) return;
+    open.pagesSent = this.stats.pagesSent - this.#passMark.pages;
+    open.zeroPages = this.stats.duplicate - this.#passMark.zero;
+    open.bytesSent = this.stats.transferred - this.#passMark.bytes;
+    if (endMs !== undefined) open.endMs = endMs;
+  }
+
+  /** The per-pass figures with the open pass brought up to date. */
+  passHistory(): readonly RamPass[] {
+    this.#closePass();
+    return this.passes;
+  }
+
+  /** The migration ended: close the last pass. */
+  finishPasses(): void {
+    this.#closePass(this.#opts.now());
   }
 
   #account(bytes: number): void {

@@ -148,6 +148,10 @@ export class Vmm {
       args: { capabilities: t.array(t.object({ capability: t.enum(MIGRATION_CAPABILITIES), state: t.bool })) },
       handler: (args) => wrap(() => migration.setCapabilities(args.capabilities as CapabilityStatus[])),
     });
+    qmp.register({
+      name: 'x-ferry-query-migrate-passes',
+      handler: () => JSON.parse(JSON.stringify(migration.queryPasses())) as Record<string, unknown>,
+    });
     qmp.register({ name: 'query-migrate-capabilities', handler: () => migration.queryCapabilities() });
     qmp.register({
       name: 'migrate-set-parameters',
