@@ -251,6 +251,8 @@ test('a QEMU 7.2 migration stream walks with Ferry\'s reader: header, RAM blocks
     assert.equal(vmdesc.page_size, 4096);
 
     const blocks = new Map<string, Uint8Array>();
+    // QEMU starts a section with a CONTINUE chunk when the block did not change: one state for the stream.
+    const ramState = { lastBlock: null as string | null };
     const sink: RamChunkSink = {
       memSize: (total, list) => {
         assert.equal(list.reduce((n, b) => n + b.size, 0), total);
@@ -266,7 +268,7 @@ test('a QEMU 7.2 migration stream walks with Ferry\'s reader: header, RAM blocks
     const decoded = new Map<string, DecodedRecord>();
     const result = await walkStream(readerOf(bytes, 65536), {
       openSection: (s) => {
-        if (s.idstr === 'ram') return { load: (r, _k, _s, name) => readRamChunks(r, sink, name) };
+        if (s.idstr === 'ram') return { load: (r, _k, _s, name) => readRamChunks(r, sink, name, ramState) };
         const device = vmdesc.devices.find((d) => d.name === s.idstr && d.instance_id === s.instanceId);
         if (!device) throw new StreamFormatError(`section "${s.idstr}" is not in the vmdesc`, 0, s.idstr);
         return { load: async (r, _k, _s, name) => void decoded.set(`${name}/${s.instanceId}`, await decodeByVmdesc(r, device, name)) };

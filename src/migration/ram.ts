@@ -7,7 +7,7 @@ import { MigrationError, StreamFormatError } from '../errors.js';
 import { PAGE_SHIFT, PAGE_SIZE } from '../hypervisor/types.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
 import { RamChunkWriter, readRamChunks, xbzrleDecode } from '../stream/ram-codec.js';
-import type { RamChunkSink } from '../stream/ram-codec.js';
+import type { RamChunkSink, RamStreamState } from '../stream/ram-codec.js';
 import type { StreamReader } from '../stream/reader.js';
 import type { StreamWriter } from '../stream/writer.js';
 import type { VmdescDevice } from '../stream/format.js';
@@ -151,6 +151,8 @@ export class RamHandler implements SaveVmHandler {
   #knownZero: (Uint8Array | undefined)[] = [];
   /** Destination: per block, 2 MiB regions already backed in bulk before pages land in them. */
   #populated: (Uint8Array | undefined)[] = [];
+  /** Destination: the last block named, kept across sections as QEMU's loader does. */
+  readonly #loadState: RamStreamState = { lastBlock: null };
   /** Per-pass figures, oldest first (source). */
   readonly passes: RamPass[] = [];
 
@@ -404,7 +406,7 @@ export class RamHandler implements SaveVmHandler {
       });
       this.#populated = memory.map((b) => (b.populate ? new Uint8Array(Math.ceil(b.size / POPULATE_CHUNK)) : undefined));
     }
-    await readRamChunks(r, this.#sink(r, section), section);
+    await readRamChunks(r, this.#sink(r, section), section, this.#loadState);
   }
 
   #sink(r: StreamReader, section: string): RamChunkSink {

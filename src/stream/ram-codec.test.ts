@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { FerryError, StreamFormatError, StreamTruncatedError } from '../errors.js';
 import {
   RamChunkWriter, readRamChunks, xbzrleDecode, xbzrleEncode,
-  RAM_SAVE_FLAG_EOS, RAM_SAVE_FLAG_PAGE,
+  RAM_SAVE_FLAG_CONTINUE, RAM_SAVE_FLAG_EOS, RAM_SAVE_FLAG_PAGE, RAM_SAVE_FLAG_ZERO,
 } from './ram-codec.js';
-import type { RamChunkSink } from './ram-codec.js';
+import type { RamChunkSink, RamStreamState } from './ram-codec.js';
 import { asciiHex, fromHex, readerOf, toHex, writtenBytes } from './testing.js';
 
 const PAGE = 4096;
@@ -288,4 +288,31 @@ test('xbzrle: malformed deltas are StreamFormatErrors, never a crash', () => {
   for (const hex of ['05', '0000', '00 00', '0a 00', '8080 01', 'ff7f 01 00', '00 05 0102', '00 8120 ' + '00'.repeat(4097), '01 01 aa 00 01 bb']) {
     assert.throws(() => xbzrleDecode(fromHex(hex), page), (e: unknown) => e instanceof FerryError && e instanceof StreamFormatError, hex);
   }
+});
+
+test('a CONTINUE chunk at the start of a section means the block named in an earlier section (QEMU 7.2 sends this)', async () => {
+  // Section 1 names pc.ram; section 2 starts with a CONTINUE page, as QEMU's sender does
+  // when its last_sent_block is unchanged across iterations.
+  const bytes = await writtenBytes((w) => {
+    new RamChunkWriter(w).zero('pc.ram', 0);
+    w.be64(RAM_SAVE_FLAG_EOS);
+    w.be64(4096 | RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE);
+    w.u8(0);
+    w.be64(RAM_SAVE_FLAG_EOS);
+  });
+  const zeros: string[] = [];
+  const sink: RamChunkSink = {
+    memSize: () => {},
+    pageTarget: () => { throw new Error('no pages here'); },
+    zero: (idstr, offset) => void zeros.push(`${idstr}@${offset}`),
+  };
+  const state: RamStreamState = { lastBlock: null };
+  const r = readerOf(bytes);
+  await readRamChunks(r, sink, 'ram', state);
+  await readRamChunks(r, sink, 'ram', state);
+  assert.deepEqual(zeros, ['pc.ram@0', 'pc.ram@4096']);
+  // Without the stream's state, the second section's CONTINUE names nothing: refused.
+  const fresh = readerOf(bytes);
+  await readRamChunks(fresh, sink, 'ram');
+  await assert.rejects(readRamChunks(fresh, sink, 'ram'), /CONTINUE but no block was named/);
 });

@@ -130,13 +130,20 @@ export interface RamChunkSink {
   xbzrle?(idstr: string, offset: number, encoded: Uint8Array): void;
 }
 
+/** What a RAM loader remembers between sections of one stream. */
+export interface RamStreamState {
+  /** The block the last page chunk named: a CONTINUE chunk means this block. */
+  lastBlock: string | null;
+}
+
 /**
  * Read chunks until EOS, handing each to `sink`. The block named by the previous chunk
- * carries over CONTINUE chunks within this call (QEMU keeps it per incoming stream; a
- * section's first page always names its block, so per call is equivalent for valid input).
+ * carries over CONTINUE chunks. QEMU 7.2's loader keeps it for the whole incoming
+ * stream (a static in ram_block_from_stream), and its sender does start a new section
+ * with a CONTINUE chunk when the block did not change — so a loader of a whole stream
+ * passes one `state` to every call; without one, the block is forgotten at each call.
  */
-export async function readRamChunks(r: StreamReader, sink: RamChunkSink, section: string): Promise<void> {
-  let lastBlock: string | null = null;
+export async function readRamChunks(r: StreamReader, sink: RamChunkSink, section: string, state: RamStreamState = { lastBlock: null }): Promise<void> {
   for (;;) {
     if (r.available() < 8) await r.ensure(8, section);
     const at = r.offset;
@@ -153,13 +160,13 @@ export async function readRamChunks(r: StreamReader, sink: RamChunkSink, section
     if (kind === RAM_SAVE_FLAG_PAGE || kind === RAM_SAVE_FLAG_ZERO || kind === RAM_SAVE_FLAG_XBZRLE) {
       let block: string;
       if (cont) {
-        if (lastBlock === null) {
+        if (state.lastBlock === null) {
           throw new StreamFormatError(`RAM chunk at offset ${at} says CONTINUE but no block was named before it`, at, section);
         }
-        block = lastBlock;
+        block = state.lastBlock;
       } else {
         block = await readIdstr(r, section, at);
-        lastBlock = block;
+        state.lastBlock = block;
       }
       if (kind === RAM_SAVE_FLAG_PAGE) {
         if (r.available() < RAM_PAGE_SIZE) await r.ensure(RAM_PAGE_SIZE, section);
