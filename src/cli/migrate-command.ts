@@ -95,7 +95,11 @@ export async function runMigration(client: QmpClient, options: MigrateCommandOpt
         const done = Math.max(0, Math.min(100, Math.round(100 * (1 - info.ram.remaining / total))));
         bar.update(done, payload(info));
       }
-      if (info.status && TERMINAL.has(info.status)) break;
+      if (info.status && TERMINAL.has(info.status)) {
+        // QEMU 7.2 can answer "completed" a moment before it has set total-time and downtime.
+        info = await settleFinalInfo(client, info);
+        break;
+      }
       await new Promise((resolve) => setTimeout(resolve, poll));
     }
   } finally {
