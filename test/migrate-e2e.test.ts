@@ -2,17 +2,16 @@
 // every transport, and afterwards the destination's RAM and CPU state equal the source's
 // at the switchover, the memory check passes, and the guest's pass counter goes on.
 
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FerryProcess } from '../src/cli/ferry-process.js';
+import type { FerryProcess } from '../src/cli/ferry-process.js';
+import { scratch, sleep, started, waitFor } from './e2e-helpers.js';
 import { runMigration } from '../src/cli/migrate-command.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Guest { pass: number }
 interface Check { ok: boolean; pass: number; problem?: string }
@@ -24,18 +23,6 @@ function accelerators(): Array<{ accel: string; skip: string | false }> {
     { accel: 'sim', skip: false },
     { accel: 'kvm', skip: kvm.ok ? false : `needs /dev/kvm: ${kvm.reason}` },
   ];
-}
-
-function scratch(t: TestContext): string {
-  const dir = mkdtempSync(join(tmpdir(), 'ferry-e2e-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-async function started(t: TestContext, dir: string, name: string, args: string[]): Promise<FerryProcess> {
-  const vm = await FerryProcess.start({ dir, name, args });
-  t.after(() => vm.quit());
-  return vm;
 }
 
 /** Everything a successful migration must leave behind, checked on both sides. */
@@ -70,14 +57,6 @@ async function waitForStatus(vm: FerryProcess, done: (status: string) => boolean
     if (done(status)) return status;
     if (Date.now() > deadline) throw new Error(`run state still ${status} after ${timeoutMs} ms`);
     await sleep(20);
-  }
-}
-
-async function waitFor(cond: () => Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
   }
 }
 

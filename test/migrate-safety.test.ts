@@ -3,37 +3,11 @@
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FerryProcess } from '../src/cli/ferry-process.js';
+import type { FerryProcess } from '../src/cli/ferry-process.js';
+import { migrateSlowly, scratch, sleep, started, waitMigration, type MigrateInfo } from './e2e-helpers.js';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const ARGS = ['-m', '64M', '--accel', 'sim', '--guest', 'builtin:sweep,rate=20000'];
-
-interface MigrateInfo { status: string; 'error-desc'?: string; ram?: { 'dirty-sync-count': number; transferred: number } }
-
-function scratch(t: TestContext): string {
-  const dir = mkdtempSync(join(tmpdir(), 'ferry-safety-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-async function started(t: TestContext, dir: string, name: string, args: string[]): Promise<FerryProcess> {
-  const vm = await FerryProcess.start({ dir, name, args });
-  t.after(() => vm.quit());
-  return vm;
-}
-
-async function waitMigration(vm: FerryProcess, done: (info: MigrateInfo) => boolean, timeoutMs = 20_000): Promise<MigrateInfo> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const info = await vm.execute<MigrateInfo>('query-migrate');
-    if (done(info)) return info;
-    if (Date.now() > deadline) throw new Error(`migration still ${info.status} after ${timeoutMs} ms`);
-    await sleep(20);
-  }
-}
 
 /** The source guest runs: status running and its pass counter moves. */
 async function assertRunning(vm: FerryProcess): Promise<void> {
@@ -77,9 +51,7 @@ test('cancel while active: the source guest keeps running, the destination says 
   const dir = scratch(t);
   const dest = await started(t, dir, 'dst', [...ARGS, '--incoming', 'tcp:127.0.0.1:0']);
   const source = await started(t, dir, 'src', ARGS);
-  await source.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 * 1024 });
-  await source.execute('migrate', { uri: await dest.incomingAddress() });
-  await waitMigration(source, (i) => i.status === 'active' && (i.ram?.transferred ?? 0) > 1024 * 1024);
+  await migrateSlowly(source, await dest.incomingAddress());
   await source.execute('migrate_cancel');
   await waitMigration(source, (i) => i.status === 'cancelled');
   await assertRunning(source);
@@ -90,9 +62,7 @@ test('destination killed mid-stream: the source fails the migration and its gues
   const dir = scratch(t);
   const dest = await started(t, dir, 'dst', [...ARGS, '--incoming', 'tcp:127.0.0.1:0']);
   const source = await started(t, dir, 'src', ARGS);
-  await source.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 * 1024 });
-  await source.execute('migrate', { uri: await dest.incomingAddress() });
-  await waitMigration(source, (i) => i.status === 'active' && (i.ram?.transferred ?? 0) > 1024 * 1024);
+  await migrateSlowly(source, await dest.incomingAddress());
   dest.kill();
   const info = await waitMigration(source, (i) => i.status === 'failed');
   assert.ok(info['error-desc'] && info['error-desc'].length > 0, 'failed without an error-desc');
@@ -103,9 +73,7 @@ test('source killed mid-stream: the destination reports the error and never star
   const dir = scratch(t);
   const dest = await started(t, dir, 'dst', [...ARGS, '--incoming', 'tcp:127.0.0.1:0']);
   const source = await started(t, dir, 'src', ARGS);
-  await source.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 * 1024 });
-  await source.execute('migrate', { uri: await dest.incomingAddress() });
-  await waitMigration(source, (i) => i.status === 'active' && (i.ram?.transferred ?? 0) > 1024 * 1024);
+  await migrateSlowly(source, await dest.incomingAddress());
   const status = await dest.execute<{ status: string }>('query-status');
   assert.equal(status.status, 'inmigrate');
   source.kill();

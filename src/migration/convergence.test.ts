@@ -57,3 +57,14 @@ test('expected downtime is what remains over the bandwidth', () => {
   assert.equal(expectedDowntimeMs(1_000_000, 10_000), 100);
   assert.equal(expectedDowntimeMs(1_000_000, 0), 0);
 });
+
+test('the final sync\'s own cost comes out of the downtime budget', () => {
+  // 1000 B/ms × 300 ms = 300 000 B; a 100 ms sync leaves room for 200 000 B.
+  const threshold = thresholdBytes(1000, 300);
+  assert.equal(canComplete(250_000, threshold), true);
+  assert.equal(canComplete(250_000, threshold, 100, 1000), false);
+  assert.equal(canComplete(150_000, threshold, 100, 1000), true);
+  // A sync slower than the whole limit only lets a clean (nothing pending) stop through.
+  assert.equal(canComplete(1, threshold, 400, 1000), false);
+  assert.equal(canComplete(0, threshold, 400, 1000), true);
+});

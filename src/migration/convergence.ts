@@ -26,8 +26,15 @@ export function decideIteration(pendingEstimate: number, threshold: number): Ite
   return pendingEstimate > 0 && pendingEstimate >= threshold ? 'iterate' : 'sync-and-check';
 }
 
-/** After the exact sync: stop the guest and complete if what is left fits the budget. */
-export function canComplete(pendingExact: number, threshold: number): boolean {
+/**
+ * After the exact sync: stop the guest and complete if what is left fits the budget.
+ * `fixedCostMs` is downtime spent whatever the page count — above all the final dirty
+ * sync, which runs again once the guest has stopped (one KVM ioctl, but a full compare
+ * against a shadow copy for an accelerator without a dirty log). QEMU leaves it out of
+ * the decision; counting it keeps the downtime within the limit where a sync is costly.
+ */
+export function canComplete(pendingExact: number, threshold: number, fixedCostMs = 0, bandwidthBytesPerMs = 0): boolean {
+  if (fixedCostMs > 0 && bandwidthBytesPerMs > 0) threshold = Math.max(0, threshold - fixedCostMs * bandwidthBytesPerMs);
   return pendingExact === 0 || pendingExact < threshold;
 }
 

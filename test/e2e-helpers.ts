@@ -1,0 +1,48 @@
+// Scaffolding shared by the tests that run real ferry processes: a scratch folder and
+// VMs that are cleaned up with the test, polling helpers, and a migration held "active"
+// by a bandwidth cap so a test can act on it mid-stream.
+
+import type { TestContext } from 'node:test';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FerryProcess } from '../src/cli/ferry-process.js';
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export interface MigrateInfo { status: string; 'error-desc'?: string; ram?: { 'dirty-sync-count': number; transferred: number } }
+
+/** A temporary folder removed after the test. */
+export function scratch(t: TestContext, prefix = 'ferry-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** `ferry run ARGS` with a QMP socket in `dir`, quit after the test. */
+export async function started(t: TestContext, dir: string, name: string, args: string[]): Promise<FerryProcess> {
+  const vm = await FerryProcess.start({ dir, name, args });
+  t.after(() => vm.quit());
+  return vm;
+}
+
+export async function waitFor(cond: () => Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+export async function waitMigration(vm: FerryProcess, done: (info: MigrateInfo) => boolean, timeoutMs = 20_000): Promise<MigrateInfo> {
+  let info: MigrateInfo = { status: 'unknown' };
+  await waitFor(async () => done((info = await vm.execute<MigrateInfo>('query-migrate'))), `the migration (still ${info.status})`, timeoutMs);
+  return info;
+}
+
+/** Start a migration capped at 4 MiB/s and wait until over 1 MiB went: it is active now and will be for a while. */
+export async function migrateSlowly(source: FerryProcess, uri: string): Promise<void> {
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 * 1024 });
+  await source.execute('migrate', { uri });
+  await waitMigration(source, (i) => i.status === 'active' && (i.ram?.transferred ?? 0) > 1024 * 1024);
+}
