@@ -107,9 +107,10 @@ export function runVcpuLoop(box: Int32Array, run: KvmRunView, kvmRun: () => numb
     pendingCompletion = false;
     if (r < 0) {
       if (-r === EINTR || -r === EAGAIN) {
-        // Interrupted by the kick signal or immediate_exit. If we were resumed meanwhile,
-        // drop the stale immediate_exit so the next run enters the guest.
-        if (Atomics.load(box, M.CONTROL) === M.CONTROL_RUN) run.immediateExit = 0;
+        // Interrupted by the kick signal or immediate_exit: look at CONTROL again. The
+        // worker never clears immediate_exit here — the main thread sets it before a pause
+        // or stop and clears it in resume(); clearing it here raced with a pause whose
+        // CONTROL write had not landed yet, and the vCPU then ran on and never paused.
         continue;
       }
       post(M.KIND_EXIT, M.EXIT_RUN_FAILED, -r, 0, 0);

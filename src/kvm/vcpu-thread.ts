@@ -128,7 +128,12 @@ export class VcpuThread {
     this.vcpu.run.immediateExit = 1;
     this.setControl(M.CONTROL_PAUSE);
     this.interrupt();
-    await this.waitForState((s) => s === M.STATE_PAUSED || s === M.STATE_STOPPED, timeoutMs, 'pause', () => this.interrupt());
+    await this.waitForState((s) => s === M.STATE_PAUSED || s === M.STATE_STOPPED, timeoutMs, 'pause', () => {
+      // The worker may have cleared immediate_exit after an interrupted run that it took
+      // for a resume (it read CONTROL before our pause landed): set it again, then kick.
+      if (this.state === M.STATE_RUNNING) this.vcpu.run.immediateExit = 1;
+      this.interrupt();
+    });
     // Writes the guest made before it stopped must reach the devices before anyone saves
     // device state: the service loop may not have run since the worker posted them.
     this.drainRing();
@@ -254,7 +259,10 @@ export class VcpuThread {
     this.setControl(M.CONTROL_STOP);
     this.interrupt();
     try {
-      await this.waitForState((s) => s === M.STATE_STOPPED, timeoutMs, 'stop', () => this.interrupt());
+      await this.waitForState((s) => s === M.STATE_STOPPED, timeoutMs, 'stop', () => {
+        if (this.state === M.STATE_RUNNING) this.vcpu.run.immediateExit = 1;
+        this.interrupt();
+      });
     } finally {
       this.stopped = true;
       Atomics.add(this.box, M.DOORBELL, 1);
