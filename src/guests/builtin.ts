@@ -32,7 +32,7 @@ export function readSweepImage(): Uint8Array {
  * GDT, the parameter block, and the code at CODE_ADDR. The vCPU is then entered with
  * longModeSpecialRegisters() and longModeEntryRegisters().
  */
-export function loadBuiltinGuest(ram: Uint8Array, spec: GuestSpec, memorySize: number, image = readSweepImage(), reportEvery = 1): void {
+export function loadBuiltinGuest(ram: Uint8Array, spec: GuestSpec, memorySize: number, image = readSweepImage(), reportEvery?: number): void {
   if (image.byteLength > CODE_MAX - CODE_ADDR) {
     throw new ConfigError(`Built-in guest image of ${image.byteLength} bytes exceeds the ${CODE_MAX - CODE_ADDR} bytes reserved at 0x${CODE_ADDR.toString(16)}`);
   }

@@ -17,7 +17,9 @@ function view(ram: Uint8Array): DataView {
 }
 
 /** Write the parameter block for `spec` into guest RAM (which starts at guest address 0). */
-export function writeGuestParams(ram: Uint8Array, spec: GuestSpec, memorySize: number, reportEvery = 1): void {
+/** `reportEvery`: print "pass N" every this many passes (default: the spec's `report=`, else every pass). */
+export function writeGuestParams(ram: Uint8Array, spec: GuestSpec, memorySize: number, reportEvery?: number): void {
+  const every = reportEvery ?? ('report' in spec ? spec.report : undefined) ?? 1;
   if (ram.byteLength < PARAMS_ADDR + PAGE) throw new ConfigError(`Guest RAM of ${ram.byteLength} bytes is too small for the built-in guest`);
   const dv = view(ram);
   const range = sweepRange(spec, memorySize);
@@ -26,7 +28,7 @@ export function writeGuestParams(ram: Uint8Array, spec: GuestSpec, memorySize: n
   dv.setBigUint64(PARAMS_ADDR + PARAM_FROM_OFFSET, BigInt(range?.from ?? 0), true);
   dv.setBigUint64(PARAMS_ADDR + PARAM_TO_OFFSET, BigInt(range?.to ?? 0), true);
   dv.setBigUint64(PARAMS_ADDR + PARAM_PASS_OFFSET, 0n, true);
-  dv.setUint32(PARAMS_ADDR + PARAM_REPORT_EVERY_OFFSET, reportEvery, true);
+  dv.setUint32(PARAMS_ADDR + PARAM_REPORT_EVERY_OFFSET, every, true);
 }
 
 export interface GuestParams {

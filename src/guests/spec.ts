@@ -1,4 +1,4 @@
-// What guest to run: `--guest builtin:sweep[,from=1M,to=100M]`, `builtin:hot,mib=N`,
+// What guest to run: `--guest builtin:sweep[,from=1M,to=100M][,report=N]`, `builtin:hot,mib=N`,
 // `builtin:idle`, `builtin:random,rate=N` (sim only) — parsed once, used by every accelerator.
 
 import { ConfigError } from '../errors.js';
@@ -6,8 +6,8 @@ import { parseSize } from '../size.js';
 import { SWEEP_DEFAULT_FROM } from './layout.js';
 
 export type GuestSpec =
-  | { readonly kind: 'sweep'; readonly from: number; readonly to: number | undefined; readonly rate: number | undefined }
-  | { readonly kind: 'hot'; readonly mib: number; readonly rate: number | undefined }
+  | { readonly kind: 'sweep'; readonly from: number; readonly to: number | undefined; readonly rate: number | undefined; readonly report?: number }
+  | { readonly kind: 'hot'; readonly mib: number; readonly rate: number | undefined; readonly report?: number }
   | { readonly kind: 'random'; readonly rate: number | undefined }
   | { readonly kind: 'idle' };
 
@@ -36,6 +36,14 @@ export function parseGuestSpec(text: string): GuestSpec {
       }
     }
   };
+  // report=N: print the pass number every N passes (a fast guest would flood the console).
+  const report = (): { report?: number } => {
+    const value = options.get('report');
+    if (value === undefined) return {};
+    const n = Number(value);
+    if (!Number.isInteger(n) || n <= 0 || n > 0xffffffff) throw new ConfigError(`Invalid --guest report "${value}": expected a number of passes, a positive integer`);
+    return { report: n };
+  };
   const rate = (): number | undefined => {
     const value = options.get('rate');
     if (value === undefined) return undefined;
@@ -45,18 +53,18 @@ export function parseGuestSpec(text: string): GuestSpec {
   };
   switch (kind) {
     case 'sweep': {
-      take(['from', 'to', 'rate']);
+      take(['from', 'to', 'rate', 'report']);
       const from = options.has('from') ? parseSize(options.get('from')!, 'guest sweep "from"') : SWEEP_DEFAULT_FROM;
       const to = options.has('to') ? parseSize(options.get('to')!, 'guest sweep "to"') : undefined;
       if (from < SWEEP_DEFAULT_FROM) throw new ConfigError(`Invalid --guest from=${options.get('from')}: the guest's own pages occupy the first ${SWEEP_DEFAULT_FROM / 1024} KiB`);
       if (to !== undefined && to <= from) throw new ConfigError(`Invalid --guest: to (${to}) must be above from (${from})`);
-      return { kind: 'sweep', from, to, rate: rate() };
+      return { kind: 'sweep', from, to, rate: rate(), ...report() };
     }
     case 'hot': {
-      take(['mib', 'rate']);
+      take(['mib', 'rate', 'report']);
       const mib = Number(options.get('mib') ?? '');
       if (!Number.isInteger(mib) || mib <= 0) throw new ConfigError(`Invalid --guest "${text}": builtin:hot needs mib=N, a positive integer`);
-      return { kind: 'hot', mib, rate: rate() };
+      return { kind: 'hot', mib, rate: rate(), ...report() };
     }
     case 'random':
       take(['rate']);
