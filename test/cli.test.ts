@@ -91,3 +91,20 @@ test('ferry migrate shows a summary and exits 0; a failing migration exits 1 wit
   assert.match(bad.stderr, /Migration failed/);
   assert.match(bad.stderr, /error\s+.*nobody\.sock/);
 });
+
+test('ferry demo migrates the built-in guest and shows it kept running', async () => {
+  const result = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [FERRY_MAIN, 'demo', '--accel', 'sim', '-m', '32M'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    child.once('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+  assert.equal(result.code, 0, `${result.stdout}\n${result.stderr}`);
+  assert.match(result.stdout, /Migration completed/);
+  assert.match(result.stdout, /Source:\s+postmigrate/);
+  const moved = /pass counter went (\d+) → (\d+)/.exec(result.stdout);
+  assert.ok(moved, result.stdout);
+  assert.ok(Number(moved[2]) > Number(moved[1]), 'the guest did not go on at the destination');
+});

@@ -1,0 +1,57 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { QmpClient } from '../qmp/client.js';
+import { formatSummary, runMigration, type QueryMigrateInfo } from './migrate-command.js';
+
+/** A QMP peer that records commands and answers query-migrate from a script. */
+function fakeClient(answers: QueryMigrateInfo[]) {
+  const calls: Array<[string, unknown]> = [];
+  const client = {
+    execute: async (name: string, args?: unknown) => {
+      calls.push([name, args]);
+      if (name === 'query-migrate') return answers.length > 1 ? answers.shift() : answers[0];
+      return {};
+    },
+  };
+  return { client: client as unknown as QmpClient, calls };
+}
+
+const ram = (over: Partial<NonNullable<QueryMigrateInfo['ram']>> = {}): NonNullable<QueryMigrateInfo['ram']> => ({
+  transferred: 100 * 1048576, remaining: 0, total: 256 * 1048576, duplicate: 10, normal: 25_000, 'normal-bytes': 25_000 * 4096,
+  'dirty-pages-rate': 0, mbps: 8000, 'dirty-sync-count': 4, ...over,
+});
+
+test('runMigration sets parameters and the events capability, starts, polls to the end, and reports every sample', async () => {
+  const { client, calls } = fakeClient([
+    { status: 'setup' },
+    { status: 'active', 'expected-downtime': 40, ram: ram({ remaining: 64 * 1048576, 'dirty-sync-count': 2 }) },
+    // QEMU 7.2 may say completed before it has set total-time: the command asks again.
+    { status: 'completed', 'total-time': 0, ram: ram() },
+    { status: 'completed', 'total-time': 812, downtime: 37, 'setup-time': 9, ram: ram() },
+  ]);
+  const samples: string[] = [];
+  const outcome = await runMigration(client, {
+    qmp: 'unused', uri: 'tcp:127.0.0.1:4444', downtimeLimitMs: 50, maxBandwidth: 0, capabilities: ['xbzrle'], progress: false, pollMs: 1,
+    onSample: (info) => samples.push(info.status ?? '?'),
+  });
+  assert.deepEqual(calls.slice(0, 3), [
+    ['migrate-set-parameters', { 'downtime-limit': 50, 'max-bandwidth': 0 }],
+    ['migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }, { capability: 'xbzrle', state: true }] }],
+    ['migrate', { uri: 'tcp:127.0.0.1:4444' }],
+  ]);
+  assert.deepEqual(samples, ['setup', 'active', 'completed']);
+  assert.equal(outcome.status, 'completed');
+  assert.equal(outcome.info['total-time'], 812);
+  assert.equal(outcome.passes, 4);
+});
+
+test('the summary names time, downtime, passes and bytes; a failure carries its error', () => {
+  const done = formatSummary({ status: 'completed', passes: 4, info: { status: 'completed', 'total-time': 812, downtime: 37, 'setup-time': 9, ram: ram() } });
+  assert.match(done, /^Migration completed/);
+  assert.match(done, /total time\s+812 ms/);
+  assert.match(done, /downtime\s+37 ms/);
+  assert.match(done, /passes\s+4/);
+  assert.match(done, /transferred\s+100\.0 MiB \(25000 pages sent whole, 10 zero pages\)/);
+  const failed = formatSummary({ status: 'failed', passes: 0, info: { status: 'failed', 'error-desc': 'Connection refused at tcp:127.0.0.1:1' } });
+  assert.match(failed, /^Migration failed\n  error\s+Connection refused at tcp:127.0.0.1:1$/);
+});
