@@ -3,23 +3,11 @@
 // RAM, and the segment/control register values that go with them.
 
 import { ConfigError } from '../errors.js';
+import type { KvmSegment } from '../kvm/structs.js';
 import { CODE_ADDR, GDT_ADDR, PD_ADDR, PD_COUNT, PDPT_ADDR, PML4_ADDR, STACK_TOP } from './layout.js';
 
-/** A segment register as the CPU caches it (the shape of KVM's kvm_segment). */
-export interface SegmentState {
-  base: bigint;
-  limit: number;
-  selector: number;
-  type: number;
-  present: number;
-  dpl: number;
-  db: number;
-  s: number;
-  l: number;
-  g: number;
-  avl: number;
-  unusable: number;
-}
+/** A segment register as the CPU caches it: KVM's kvm_segment, one type for both. */
+export type SegmentState = KvmSegment;
 
 // Descriptor flag nibbles and access bytes, written as Intel SDM vol. 3 §3.4.5 lays them out.
 // Code: present, DPL 0, code/data, execute/read, accessed; flags G=1, L=1 (64-bit).
