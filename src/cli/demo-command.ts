@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AccelKind } from '../hypervisor/types.js';
-import { formatBytes } from './format.js';
+import { formatBytes } from '../format.js';
 import { FerryProcess } from './ferry-process.js';
 import { formatSummary, runMigration } from './migrate-command.js';
 

@@ -7,7 +7,7 @@ import { writeFile } from 'node:fs/promises';
 import { QmpClient } from '../qmp/client.js';
 import { MigrationRecorder, querySourceFacts, settleFinalInfo } from '../report/migration-record.js';
 import { renderMigrationReport } from '../report/migration-report.js';
-import { formatBytes, formatMs, formatRate } from './format.js';
+import { formatBytes, formatMs, formatRate } from '../format.js';
 
 export interface MigrateCommandOptions {
   readonly qmp: string;

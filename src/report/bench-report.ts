@@ -2,7 +2,7 @@
 // per cell for total time, downtime, throughput and bytes (medians with min–max), the
 // table with ratios, and each cell's representative run of either side in full.
 
-import { formatBytes } from '../size.js';
+import { formatBytes } from '../format.js';
 import {
   formatPagesPerSec,
   formatRatio,
@@ -19,7 +19,8 @@ import {
   type SideSummary,
 } from './bench-summary.js';
 import { cards, escapeHtml, page, table } from './html.js';
-import { formatMs, formatRate, migrationSection } from './migration-report.js';
+import { formatMs, formatRate } from '../format.js';
+import { migrationSection } from './migration-report.js';
 import { barChart, PALETTE } from './svg-chart.js';
 
 /** "256M tcp\n300 ms": short enough to sit under a group of bars. */

@@ -2,9 +2,9 @@
 // Ferry/QEMU ratios, and the Markdown table. Shared by bench/vs-qemu.ts (which measures)
 // and bench-report.ts (which draws), so the table and the page cannot disagree.
 
-import { formatBytes } from '../size.js';
+import { formatBytes } from '../format.js';
 import type { MigrationRecord } from './migration-record.js';
-import { formatMs, formatRate } from './migration-report.js';
+import { formatMs, formatRate } from '../format.js';
 
 export type Side = 'ferry' | 'qemu';
 export type BenchTransport = 'tcp' | 'unix' | 'exec-file';

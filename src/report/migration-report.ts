@@ -2,21 +2,10 @@
 // throughput and RAM left over time with the passes and the switchover marked, and the
 // downtime against its limit. `ferry migrate --report` and the QEMU benchmark use it.
 
-import { formatBytes } from '../size.js';
+import { formatBytes, formatMs, formatRate } from '../format.js';
 import { cards, escapeHtml, page, table } from './html.js';
 import type { MigrationRecord, MigrationSample } from './migration-record.js';
 import { barChart, lineChart, PALETTE, type Marker } from './svg-chart.js';
-
-export function formatMs(ms: number): string {
-  if (ms >= 10_000) return `${(ms / 1000).toFixed(1)} s`;
-  if (ms >= 1000) return `${(ms / 1000).toFixed(2)} s`;
-  return `${Math.round(ms)} ms`;
-}
-
-export function formatRate(bytesPerSecond: number): string {
-  if (bytesPerSecond >= 1e9) return `${(bytesPerSecond / 1e9).toFixed(2)} GB/s`;
-  return `${(bytesPerSecond / 1e6).toFixed(bytesPerSecond >= 1e8 ? 0 : 1)} MB/s`;
-}
 
 /** Throughput between consecutive samples (bytes/s at the later sample's time): what the wire really carried. */
 export function throughputSeries(samples: readonly MigrationSample[]): Array<[number, number]> {

@@ -1,11 +1,11 @@
-// Human-readable figures for the CLI: bytes, rates, durations.
+// Human-readable figures for people (CLI output, reports): bytes, rates, durations.
 
-export { formatBytes } from '../size.js';
+export { formatBytes } from './size.js';
 
 /** Bytes per second as MB/s (10^6), the unit QEMU's mbps field is closest to. */
 export function formatRate(bytesPerSecond: number): string {
   if (bytesPerSecond >= 1e9) return `${(bytesPerSecond / 1e9).toFixed(2)} GB/s`;
-  return `${(bytesPerSecond / 1e6).toFixed(1)} MB/s`;
+  return `${(bytesPerSecond / 1e6).toFixed(bytesPerSecond >= 1e8 ? 0 : 1)} MB/s`;
 }
 
 export function formatMs(ms: number): string {
