@@ -259,3 +259,30 @@ test('the pass history: pass 1 is every page, later passes what the dirty log re
   assert.equal(passes[1]!.zeroPages, 0);
   assert.equal(passes[1]!.endMs, 30);
 });
+
+test('a never-backed page written after setup and synced before the first pass reaches it is sent with its data', async () => {
+  const pages = 64;
+  const src = new FakeVm({ memorySize: pages * PAGE_SIZE });
+  // The host says no page was ever backed (fresh anonymous memory, as mincore reports it).
+  src.memory[0]!.residency = () => new Uint8Array(pages);
+  const sink = createCollectingChannel();
+  const w = new StreamWriter(sink);
+  const ram = handler(src);
+  await ram.setup(w);
+  // The guest writes page 40 before pass 1 gets there, and a sync folds its dirty bit into
+  // the to-send bit that is still pending (QEMU syncs when pending drops under the threshold).
+  src.write(40 * PAGE_SIZE + 8, 0x5a);
+  ram.pendingExact();
+  await ram.iterate(w);
+  await ram.complete(w);
+  await w.flush();
+  ram.cleanup();
+  assert.equal(ram.stats.normal, 1, 'page 40 goes whole');
+
+  const dst = new FakeVm({ memorySize: pages * PAGE_SIZE, incoming: true });
+  const r = new StreamReader(channelFromBytes(sink.bytes()));
+  const load = handler(dst);
+  for (let i = 0; i < 3; i++) await load.load(r, 4, 'ram');
+  assert.equal(dst.ram[40 * PAGE_SIZE + 8], 0x5a);
+  assert.deepEqual(dst.ram, src.ram);
+});

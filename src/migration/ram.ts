@@ -144,7 +144,9 @@ export class RamHandler implements SaveVmHandler {
    * Source: per block, the host's residency at setup (bit 0 per page); a page the host
    * never backed reads as zero, so its first send is a ZERO chunk without reading it —
    * reading would fault it in, which costs more than the whole rest of its trip. Each
-   * entry is used once: a page written later is in the dirty log and re-read for real.
+   * entry is used once, and every sync marks the pages the log reports as backed: a page
+   * written after setup is read for real, even when its dirty bit is folded in before the
+   * first pass reaches it.
    */
   #untouched: (Uint8Array | undefined)[] = [];
   /** Destination: per block, pages known to hold zeros (never backed, never written since). */
@@ -234,6 +236,10 @@ export class RamHandler implements SaveVmHandler {
       const log = logged[b];
       if (!log) continue;
       const n = Math.min(log.length, toSend.length);
+      // A page written since setup no longer reads as zero, whatever the host said then:
+      // its dirty bit may be folded into a to-send bit that is still pending, and the
+      // first pass must then read it rather than send it as never backed.
+      const untouched = this.#untouched[b];
       const pages = this.#vm.memory[b]!.size >>> PAGE_SHIFT;
       for (let i = 0; i < n; i++) {
         let bits = log[i]!;
@@ -242,6 +248,7 @@ export class RamHandler implements SaveVmHandler {
         if (bits === 0) continue;
         dirtied += popcount32(bits);
         added += popcount32(bits & ~toSend[i]!);
+        if (untouched !== undefined) markWritten(untouched, i, bits);
         toSend[i] = (toSend[i]! | bits) >>> 0;
       }
     }
@@ -492,5 +499,15 @@ export class RamHandler implements SaveVmHandler {
   /** Whether a MEM_SIZE record arrived (a stream without one never set up RAM). */
   get memSizeSeen(): boolean {
     return this.#memSizeSeen;
+  }
+}
+
+/** Set bit 0 (backed) in `residency` for each page of word `word` whose bit is set in `bits`. */
+function markWritten(residency: Uint8Array, word: number, bits: number): void {
+  const base = word * 32;
+  while (bits !== 0) {
+    const bit = 31 - Math.clz32(bits & -bits);
+    bits = (bits & ~(1 << bit)) >>> 0;
+    if (base + bit < residency.length) residency[base + bit] = 1;
   }
 }
