@@ -287,3 +287,22 @@ test('tcp: destroy() rejects a write that is waiting for the reader to drain', a
   destination.destroy();
   await close();
 });
+
+test('tcp: a write the kernel takes at once gives its buffer back before write() returns, exactly once', async (t) => {
+  // A sender that only awaits promises never reaches Node's process.nextTick queue, where
+  // the socket's own write callback waits; the buffer must come back without it, or the
+  // stream writer takes a fresh one (a page fault per 4 KiB) for every write.
+  const { source, destination, close } = await pair('tcp:127.0.0.1:0');
+  t.after(async () => {
+    source.destroy();
+    destination.destroy();
+    await close();
+  });
+  let given = 0;
+  await source.write(new Uint8Array(4096).fill(7), () => given++);
+  assert.equal(given, 1, 'given back at once');
+  await sleep(20); // the socket's deferred callback has run by now
+  assert.equal(given, 1, 'and not a second time');
+  const received = await destination.read();
+  assert.equal(received?.byteLength, 4096);
+});

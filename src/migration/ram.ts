@@ -348,7 +348,7 @@ export class RamHandler implements SaveVmHandler {
             const written = w.bytesWritten - bytesMark;
             bytesMark = w.bytesWritten;
             this.#account(written);
-            if (w.needsFlush) await w.flush();
+            if (w.backlogged) await w.settled();
             if (limited && (limiter.exceeded() || now() >= deadline)) break outer;
           }
         }

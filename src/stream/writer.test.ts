@@ -123,3 +123,30 @@ test('writer: a channel whose write throws synchronously becomes the stream erro
 test('writer: refuses a buffer too small to hold a header', () => {
   assert.throws(() => new StreamWriter(createCollectingChannel(), { bufferSize: 8 }), TransportError);
 });
+
+test('writer: settled() waits for the channel without cutting the buffer being filled short', async () => {
+  const [a, b] = createMemoryChannelPair({ highWaterMark: 100 });
+  const sizes: number[] = [];
+  const write = a.write.bind(a);
+  a.write = (data, done) => {
+    sizes.push(data.byteLength);
+    return write(data, done);
+  };
+  const w = new StreamWriter(a, { bufferSize: 64 });
+  w.bytes(new Uint8Array(64 * 3 + 10)); // three full buffers out, 10 bytes kept
+  assert.equal(w.backlogged, true);
+  let settled = false;
+  const settling = w.settled().then(() => {
+    settled = true;
+  });
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(settled, false, 'settled() waits while the peer has not read');
+  let got = 0;
+  while (got < 192) got += (await b.read())!.byteLength;
+  await settling;
+  assert.equal(w.backlogged, false);
+  assert.deepEqual(sizes, [64, 64, 64], 'the 10 bytes stay in the writer');
+  w.bytes(new Uint8Array(54));
+  await w.flush();
+  assert.deepEqual(sizes, [64, 64, 64, 64], 'and go out in a full buffer');
+});

@@ -117,13 +117,27 @@ export class StreamWriter {
     }
   }
 
-  /** Hand buffered bytes to the channel and wait until it can take more; rejects with the first error. */
-  async flush(): Promise<void> {
-    if (this.#pos > 0) this.#handOver();
+  /** True while buffers handed to the channel are not taken yet (it pushed back, or has not said). */
+  get backlogged(): boolean {
+    return this.#unsettled > 0;
+  }
+
+  /**
+   * Wait until the channel has taken every buffer handed over so far, keeping the one
+   * being filled: a sender that produces faster than the channel takes waits here
+   * without cutting its writes short. Rejects with the first error.
+   */
+  async settled(): Promise<void> {
     if (this.#unsettled > 0) {
       await new Promise<void>((resolve) => this.#drained.push(resolve));
     }
     if (this.#error) throw this.#error;
+  }
+
+  /** Hand buffered bytes to the channel and wait until it can take more; rejects with the first error. */
+  async flush(): Promise<void> {
+    if (this.#pos > 0) this.#handOver();
+    await this.settled();
   }
 
   /** Flush, then end the channel's sending side. */
