@@ -78,10 +78,11 @@ for (const { accel, skip } of accelerators()) {
     await assertSameGuest(source, dest);
   });
 
-  test(`${accel}: live migration over a unix socket`, { skip }, async (t) => {
+  test(`${accel}: live migration over a unix socket, to a destination started with --mem-prealloc`, { skip }, async (t) => {
     const dir = scratch(t);
     const path = join(dir, 'migration.sock');
-    const dest = await started(t, dir, 'dst', [...guestArgs, '-S', '--incoming', `unix:${path}`]);
+    // --mem-prealloc: a destination whose RAM is backed before the stream arrives.
+    const dest = await started(t, dir, 'dst', [...guestArgs, '-S', '--mem-prealloc', '--incoming', `unix:${path}`]);
     const source = await started(t, dir, 'src', guestArgs);
     await dest.incomingAddress();
     const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: `unix:${path}`, maxBandwidth: 0, progress: false });

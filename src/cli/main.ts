@@ -76,6 +76,7 @@ program
   .option('-S', 'do not start the guest until QMP "cont"')
   .option('--name <name>', 'a name for this VM (query-name)')
   .option('--incoming <uri>', 'wait for a migration: tcp:HOST:PORT, unix:PATH, fd:N, exec:COMMAND, or "defer" for QMP migrate-incoming')
+  .option('--mem-prealloc', 'back all guest RAM with host memory at start (QEMU\'s -mem-prealloc): a destination then takes pages at wire speed')
   .action(async (opts) => {
     const { runCommand } = await import('./run-command.js');
     await runCommand(opts);

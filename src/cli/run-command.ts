@@ -20,6 +20,7 @@ export interface RunCommandOptions {
   S?: boolean;
   name?: string;
   incoming?: string;
+  memPrealloc?: boolean;
 }
 
 export async function runCommand(opts: RunCommandOptions): Promise<void> {
@@ -54,6 +55,7 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
       ...(console.kind !== 'none' ? { console } : {}),
       startPaused: Boolean(opts.S),
       incoming: opts.incoming !== undefined,
+      memPrealloc: Boolean(opts.memPrealloc),
       notice: (message) => process.stderr.write(`ferry: ${message}\n`),
       qmp: opts.qmp,
       ...(opts.name !== undefined ? { name: opts.name } : {}),

@@ -16,8 +16,7 @@ import type { KvmVcpu } from '../kvm/vcpu.js';
 import { VcpuThread } from '../kvm/vcpu-thread.js';
 import { STATE_PAUSED as VCPU_PAUSED, STATE_STOPPED as VCPU_STOPPED } from '../kvm/vcpu-mailbox.js';
 import type { KvmVm } from '../kvm/vm.js';
-import { MADV_HUGEPAGE, MADV_POPULATE_WRITE, madviseRange, mincore, mmapAnonymous, munmap } from '../sys/libc.js';
-import type { Mapping } from '../sys/libc.js';
+import { HostMemory } from '../sys/host-memory.js';
 import { CPU_SECTION_IDSTR, CPU_STATE_DESCRIPTION, cpuStateFromValue, cpuStateToValue } from './kvm-cpu-state.js';
 import { PAGE_SIZE } from './types.js';
 import type {
@@ -105,21 +104,11 @@ class KvmAccelerator implements Accelerator {
   constructor(
     private readonly system: KvmSystem,
     private readonly vm: KvmVm,
-    private readonly ram: Mapping,
+    private readonly ram: HostMemory,
     private readonly vcpus: readonly KvmVcpu[],
     private readonly threads: readonly VcpuThread[],
   ) {
-    this.memory = [{
-      idstr: RAM_BLOCK_IDSTR, guestAddress: 0, size: ram.length, bytes: ram.bytes,
-      residency: () => {
-        const vec = new Uint8Array(Math.ceil(ram.length / 4096));
-        mincore(ram.address, ram.length, vec);
-        return vec;
-      },
-      populate: (offset, length) => {
-        madviseRange(ram.address + BigInt(offset), Math.min(length, ram.length - offset), MADV_POPULATE_WRITE);
-      },
-    }];
+    this.memory = [ram.block(RAM_BLOCK_IDSTR)];
     this.dirtyLog = new KvmDirtyLog(vm);
     // KVM would happily read registers of a vCPU that is about to run again; the
     // interface promises these run only while paused, so hold callers to it.
@@ -183,7 +172,7 @@ class KvmAccelerator implements Accelerator {
     const results = await Promise.allSettled(this.threads.map((t) => t.stop()));
     for (const vcpu of this.vcpus) vcpu.close();
     this.vm.close();
-    munmap(this.ram);
+    this.ram.unmap();
     this.system.close();
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
@@ -207,15 +196,12 @@ export async function createKvmAccelerator(config: AcceleratorConfig): Promise<A
     const vm = system.createVm();
     cleanup.unshift(() => vm.close());
     // SAFETY: guest RAM stays mapped until destroy(), after the vCPUs and the VM are gone.
-    // A destination receives every page: fault them in now rather than during the
-    // migration (MACHINE.md: first touch runs at 1–2.7 GB/s, below the wire speed).
-    const ram = mmapAnonymous(config.memorySize);
-    cleanup.unshift(() => munmap(ram));
-    // Transparent huge pages for guest RAM, as QEMU asks for: fewer faults on the host
-    // and fewer TLB misses in the guest; KVM's dirty log stays per 4 KiB page.
-    madviseRange(ram.address, ram.length, MADV_HUGEPAGE);
-    // A destination backs its RAM before the stream arrives (QEMU's -mem-prealloc).
-    if (config.incoming) madviseRange(ram.address, ram.length, MADV_POPULATE_WRITE);
+    // Transparent huge pages, as QEMU asks for: fewer faults on the host and fewer TLB
+    // misses in the guest; KVM's dirty log stays per 4 KiB page. Backed now only with
+    // --mem-prealloc; otherwise an incoming migration backs it 2 MiB at a time (ram.ts).
+    const host = HostMemory.allocate(config.memorySize, { prealloc: config.memPrealloc ?? false });
+    cleanup.unshift(() => host.unmap());
+    const ram = host.region;
     vm.addMemorySlot(RAM_SLOT, 0, ram);
 
     const cpuid = system.supportedCpuid();
@@ -244,7 +230,7 @@ export async function createKvmAccelerator(config: AcceleratorConfig): Promise<A
       threads.push(thread);
     }
     await Promise.all(threads.map((t) => t.ready()));
-    accelerator = new KvmAccelerator(system, vm, ram, vcpus, threads);
+    accelerator = new KvmAccelerator(system, vm, host, vcpus, threads);
     for (const exit of pendingExits) accelerator.emit(exit);
     return accelerator;
   } catch (err) {

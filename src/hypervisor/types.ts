@@ -76,6 +76,8 @@ export interface AcceleratorConfig {
    * so the guest image is not loaded and the vCPUs are not initialised for boot.
    */
   readonly incoming: boolean;
+  /** QEMU's -mem-prealloc: back all guest RAM with host memory before the guest (or a migration) starts. */
+  readonly memPrealloc?: boolean;
   /** A Linux kernel, initrd and command line (accelerators that boot an OS: v86). */
   readonly kernel?: string;
   readonly initrd?: string;

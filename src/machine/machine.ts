@@ -26,6 +26,8 @@ export interface MachineOptions {
   readonly startPaused?: boolean;
   /** The guest's memory and state will arrive in a migration stream. */
   readonly incoming?: boolean;
+  /** QEMU's -mem-prealloc: back all guest RAM before the guest or a migration starts. */
+  readonly memPrealloc?: boolean;
   /** Told when `auto` had to fall back to sim, and why. */
   readonly notice?: (message: string) => void;
 }
@@ -73,6 +75,7 @@ export class Machine extends EventEmitter<MachineEvents> {
       guest: options.guest,
       ioBus,
       incoming: options.incoming ?? false,
+      memPrealloc: options.memPrealloc ?? false,
       ...(options.kernel !== undefined ? { kernel: options.kernel } : {}),
       ...(options.initrd !== undefined ? { initrd: options.initrd } : {}),
       ...(options.append !== undefined ? { append: options.append } : {}),

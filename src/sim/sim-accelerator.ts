@@ -134,7 +134,7 @@ class SimAccelerator implements Accelerator {
     this.config = config;
     // mmap'd rather than a SharedArrayBuffer: the migration asks the kernel which pages
     // were never touched and populates a destination's RAM in bulk (host-memory.ts).
-    const host = HostMemory.allocate(config.memorySize);
+    const host = HostMemory.allocate(config.memorySize, { prealloc: config.memPrealloc ?? false });
     this.host = host;
     const pages = config.memorySize / PAGE_SIZE;
     const dirty = new SharedArrayBuffer(Math.ceil(pages / 32) * 4);
@@ -142,11 +142,7 @@ class SimAccelerator implements Accelerator {
     this.cpu = new SharedArrayBuffer(CPU_STATE_BYTES);
     this.control = new Int32Array(control);
     const bytes = host.bytes;
-    this.memory = [{
-      idstr: RAM_IDSTR, guestAddress: 0, size: config.memorySize, bytes,
-      residency: () => host.residency(),
-      populate: (offset, length) => host.populate(offset, length),
-    }];
+    this.memory = [host.block(RAM_IDSTR)];
     this.dirtyLog = new SimDirtyLog(new Uint32Array(dirty));
 
     const initial = initialCpuState(config);

@@ -5,7 +5,8 @@
 // these machines while the kernel populates gigabytes per second.
 
 import { debuglog } from 'node:util';
-import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, mincore, mmapAnonymous, madviseRange, type Mapping } from './libc.js';
+import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, mincore, mmapAnonymous, madviseRange, munmap, type Mapping } from './libc.js';
+import type { GuestMemoryBlock } from '../hypervisor/types.js';
 
 const trace = debuglog('ferry');
 const PAGE = 4096;
@@ -34,12 +35,29 @@ export class HostMemory {
    * the first touch of each 4 KiB page traps to the hypervisor below (~8-40 µs), while a
    * 2 MiB page takes one trap for 512 of them.
    */
-  static allocate(size: number): HostMemory {
+  static allocate(size: number, options?: { prealloc?: boolean }): HostMemory {
     const mapping = mmapAnonymous(size + HUGE_PAGE);
     const memory = new HostMemory(mapping, size);
     const errno = madviseRange(memory.address, size, MADV_HUGEPAGE);
     if (errno !== 0) trace('MADV_HUGEPAGE failed with errno %d; guest RAM uses 4 KiB pages', errno);
+    // QEMU's -mem-prealloc: pay for backing every page now rather than while the guest
+    // (or an incoming migration, which writes every page) first touches it.
+    if (options?.prealloc) memory.populate(0, size);
     return memory;
+  }
+
+  /** The guest's RAM as the accelerator and the migration see it: one block at `guestAddress`. */
+  block(idstr: string, guestAddress = 0): GuestMemoryBlock {
+    return {
+      idstr, guestAddress, size: this.size, bytes: this.bytes,
+      residency: () => this.residency(),
+      populate: (offset, length) => this.populate(offset, length),
+    };
+  }
+
+  /** The aligned guest RAM as a mapping (what KVM_SET_USER_MEMORY_REGION registers). */
+  get region(): Mapping {
+    return { address: this.address, length: this.size, bytes: this.bytes, pointer: this.mapping.pointer };
   }
 
   get size(): number {
@@ -75,5 +93,10 @@ export class HostMemory {
    */
   release(): void {
     madviseRange(this.address, this.size, MADV_DONTNEED);
+  }
+
+  /** Unmap it: only once nothing (a vCPU, KVM, a view) can reach it any more. */
+  unmap(): void {
+    munmap(this.mapping);
   }
 }

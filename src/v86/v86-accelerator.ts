@@ -458,5 +458,15 @@ export async function createV86AcceleratorInstance(config: AcceleratorConfig, op
     await emulator.destroy();
     throw new ConfigError(`Cannot start the v86 guest: asked for ${size} bytes of RAM, v86 made ${String(actual)} (it needs at least 64 MiB with an initrd)`);
   }
-  return new V86Accelerator(emulator, release);
+  const accelerator = new V86Accelerator(emulator, release);
+  if (config.memPrealloc) prefault(accelerator.memory[0]!.bytes);
+  return accelerator;
+}
+
+/**
+ * --mem-prealloc for memory v86 allocated inside WebAssembly, which Ferry cannot madvise:
+ * write each page's first byte back to itself, so the host backs every page now.
+ */
+function prefault(bytes: Uint8Array): void {
+  for (let at = 0; at < bytes.length; at += PAGE_SIZE) bytes[at] = bytes[at]!;
 }

@@ -1,0 +1,51 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { HostMemory } from './host-memory.js';
+
+const MiB = 1024 * 1024;
+const resident = (vec: Uint8Array): number => vec.reduce((n, b) => n + (b & 1), 0);
+
+test('host memory: fresh RAM is not backed, reads as zero, and is 2 MiB-aligned', () => {
+  const host = HostMemory.allocate(8 * MiB);
+  try {
+    assert.equal(host.address % BigInt(2 * MiB), 0n);
+    assert.equal(host.size, 8 * MiB);
+    assert.equal(resident(host.residency()), 0);
+    assert.equal(host.bytes[5 * MiB], 0);
+  } finally {
+    host.unmap();
+  }
+});
+
+test('host memory: prealloc (QEMU\'s -mem-prealloc) backs every page at once, populate a range', () => {
+  const pre = HostMemory.allocate(8 * MiB, { prealloc: true });
+  const lazy = HostMemory.allocate(8 * MiB);
+  try {
+    assert.equal(resident(pre.residency()), (8 * MiB) / 4096);
+    lazy.populate(2 * MiB, 2 * MiB);
+    const vec = lazy.residency();
+    assert.ok(resident(vec.subarray(512, 1024)) === 512, 'the populated 2 MiB are backed');
+    assert.equal(resident(vec.subarray(0, 512)), 0, 'what lies before is not');
+    assert.equal(pre.bytes.reduce((n, b) => n + b, 0), 0, 'and it all still reads as zero');
+  } finally {
+    pre.unmap();
+    lazy.unmap();
+  }
+});
+
+test('host memory: block() is the guest\'s view — same bytes, residency and populate', () => {
+  const host = HostMemory.allocate(4 * MiB);
+  try {
+    const block = host.block('pc.ram');
+    assert.equal(block.idstr, 'pc.ram');
+    assert.equal(block.guestAddress, 0);
+    assert.equal(block.size, 4 * MiB);
+    block.bytes[12345] = 9;
+    assert.equal(host.bytes[12345], 9);
+    assert.equal(resident(block.residency!()) >= 1, true);
+    assert.equal(host.region.address, host.address);
+    assert.equal(host.region.length, 4 * MiB);
+  } finally {
+    host.unmap();
+  }
+});
