@@ -1,6 +1,8 @@
-// `npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick]`: live migrations
-// between two ferry processes, measured through QMP's query-migrate, and in the same run
-// the ceilings they are read against (loopback socket throughput, memcpy).
+// `npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off]`:
+// live migrations between two ferry processes, measured through QMP's query-migrate, and
+// in the same run the ceilings they are read against (loopback socket throughput, memcpy).
+// Each dirtying cell runs twice by default: to a destination that backs its RAM as pages
+// arrive (the default) and to one started with --mem-prealloc (QEMU's -mem-prealloc).
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,7 +14,7 @@ import { runMigration, type QueryMigrateInfo } from '../src/cli/migrate-command.
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 import { measureCeilings } from './ceiling.js';
 
-interface Cell { memory: string; guest: string; transport: 'tcp' | 'unix' }
+interface Cell { memory: string; guest: string; transport: 'tcp' | 'unix'; prealloc: boolean }
 interface Run { status: string; totalMs: number; downtimeMs: number; bytes: number; passes: number; throughput: number; expectedDowntimeOk: boolean }
 
 const { values } = parseArgs({
@@ -21,11 +23,16 @@ const { values } = parseArgs({
     reps: { type: 'string', default: '3' },
     quick: { type: 'boolean', default: false },
     'downtime-limit': { type: 'string', default: '300' },
+    'mem-prealloc': { type: 'string', default: 'both' },
   },
 });
 const reps = Number(values.reps);
 const downtimeLimit = Number(values['downtime-limit']);
 const accel = values.accel ?? (kvmAvailable().ok ? 'kvm' : 'sim');
+const PREALLOC_MODES: Record<string, boolean[]> = { both: [false, true], on: [true], off: [false] };
+const preallocOption = values['mem-prealloc'] ?? 'both';
+if (!(preallocOption in PREALLOC_MODES)) throw new Error(`--mem-prealloc must be both, on or off, not "${preallocOption}"`);
+const preallocModes = PREALLOC_MODES[preallocOption]!;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -41,7 +48,8 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
   const args = ['--accel', accel, '-m', cell.memory, ...(accel === 'v86' ? [] : ['--guest', cell.guest])];
   const incoming = cell.transport === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, `mig-${rep}.sock`)}`;
   const serial = (name: string) => (accel === 'v86' ? `unix:${join(dir, `${name}-${rep}.console`)}` : 'null');
-  const dest = await FerryProcess.start({ dir, name: `dst-${rep}`, args: [...args, '--incoming', incoming], serial: serial('dst'), startTimeoutMs: 120_000 });
+  const destArgs = [...args, ...(cell.prealloc ? ['--mem-prealloc'] : []), '--incoming', incoming];
+  const dest = await FerryProcess.start({ dir, name: `dst-${rep}`, args: destArgs, serial: serial('dst'), startTimeoutMs: 120_000 });
   const source = await FerryProcess.start({ dir, name: `src-${rep}`, args, serial: serial('src'), startTimeoutMs: 120_000 });
   let console: ConsoleClient | undefined;
   try {
@@ -86,7 +94,13 @@ async function main(): Promise<void> {
   const cells: Cell[] = [];
   const memories = accel === 'v86' ? ['128M', '512M'] : values.quick ? ['256M'] : ['256M', '1G'];
   const guests = accel === 'v86' ? ['idle', 'busy'] : ['builtin:sweep', 'builtin:idle'];
-  for (const memory of memories) for (const guest of guests) for (const transport of ['tcp', 'unix'] as const) cells.push({ memory, guest, transport });
+  for (const memory of memories) {
+    for (const guest of guests) {
+      // An idle guest sends zero pages, which a destination does not back either way.
+      const modes = /idle/.test(guest) ? [false] : preallocModes;
+      for (const prealloc of modes) for (const transport of ['tcp', 'unix'] as const) cells.push({ memory, guest, transport, prealloc });
+    }
+  }
 
   console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${reps} reps per cell; median [min–max]`);
   if (accel === 'sim') console.log('(sim: no guest code runs; a workload model writes guest RAM — the sweep at 250 000 pages/s, about what the real sweep guest does under this machine\'s KVM)');
@@ -96,8 +110,10 @@ async function main(): Promise<void> {
   const unixCeiling = Math.max(ceilings.unixBytesPerSec, ceilings.channelUnixBytesPerSec || 0);
   console.log(`Ceilings in this run (two Node processes, one connection, 1 MiB writes): loopback tcp ${gbs(tcpCeiling)}, unix ${gbs(unixCeiling)}; memcpy ${gbs(ceilings.memcpyBytesPerSec)}`);
   console.log('');
-  console.log('| RAM | guest | transport | total time | downtime | throughput | % of socket ceiling | sent | passes | converged |');
-  console.log('|---|---|---|---|---|---|---|---|---|---|');
+  console.log('Destination "lazy" backs its RAM 2 MiB at a time as pages arrive (the default); "prealloc" was started with --mem-prealloc, as QEMU\'s -mem-prealloc.');
+  console.log('');
+  console.log('| RAM | guest | destination | transport | total time | downtime | throughput | % of socket ceiling | sent | passes | converged |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|');
   const dir = mkdtempSync(join(tmpdir(), 'ferry-bench-'));
   try {
     for (const cell of cells) {
@@ -106,7 +122,7 @@ async function main(): Promise<void> {
       const ok = runs.filter((r) => r.status === 'completed');
       const ceiling = cell.transport === 'tcp' ? tcpCeiling : unixCeiling;
       const isIdle = /idle/.test(cell.guest);
-      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} |`);
+      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} |`);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });

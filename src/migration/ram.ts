@@ -305,6 +305,8 @@ export class RamHandler implements SaveVmHandler {
         visitedBlocks++;
         continue;
       }
+      // Cheap when nothing changed: compares the view's buffer with the block's current one.
+      words = wordsOf(block, words);
       while (this.#cursorWord < toSend.length) {
         const wi = this.#cursorWord;
         let bits = toSend[wi]!;
@@ -319,8 +321,6 @@ export class RamHandler implements SaveVmHandler {
           stats.remainingPages--;
           const page = wi * 32 + bit;
           const offset = page * PAGE_SIZE;
-          // Cheap when nothing changed: compares the view's buffer with the block's current one.
-          words = wordsOf(block, words);
           const untouched = this.#untouched[b];
           let neverBacked = false;
           if (untouched !== undefined && page < untouched.length) {
@@ -349,6 +349,8 @@ export class RamHandler implements SaveVmHandler {
             bytesMark = w.bytesWritten;
             this.#account(written);
             if (w.backlogged) await w.settled();
+            // Memory can only be replaced (a grown WebAssembly memory) while this awaited.
+            words = wordsOf(block, words);
             if (limited && (limiter.exceeded() || now() >= deadline)) break outer;
           }
         }
