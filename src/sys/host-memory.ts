@@ -5,7 +5,7 @@
 // these machines while the kernel populates gigabytes per second.
 
 import { debuglog } from 'node:util';
-import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, mincore, mmapAnonymous, madviseRange, munmap, type Mapping } from './libc.js';
+import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, addressOf, mincore, mmapAnonymous, madviseRange, munmap, type Mapping } from './libc.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
 
 const trace = debuglog('ferry');
@@ -99,4 +99,27 @@ export class HostMemory {
   unmap(): void {
     munmap(this.mapping);
   }
+}
+
+/**
+ * Residency of memory Ferry did not map itself (v86's WebAssembly memory): one byte per
+ * page of `bytes`, bit 0 set where the host has backed it. A view that does not start on
+ * a page boundary reports every page as backed, which assumes nothing.
+ */
+export function residencyOf(bytes: Uint8Array): Uint8Array {
+  const vec = new Uint8Array(Math.ceil(bytes.byteLength / PAGE));
+  const address = addressOf(bytes);
+  if (address % BigInt(PAGE) !== 0n || bytes.byteLength % PAGE !== 0) return vec.fill(1);
+  mincore(address, bytes.byteLength, vec);
+  return vec;
+}
+
+/** Back [offset, offset + length) of `bytes` now (MADV_POPULATE_WRITE); false where the kernel cannot. */
+export function populateOf(bytes: Uint8Array, offset: number, length: number): boolean {
+  const start = offset - (offset % PAGE);
+  const end = Math.min(bytes.byteLength, offset + length);
+  if (end <= start) return true;
+  const address = addressOf(bytes) + BigInt(start);
+  if (address % BigInt(PAGE) !== 0n) return false;
+  return madviseRange(address, end - start, MADV_POPULATE_WRITE) === 0;
 }

@@ -204,6 +204,11 @@ export function mincore(address: bigint, length: number, vec: Uint8Array): void 
   }
 }
 
+/** The address of a view's first byte (an ArrayBuffer's backing store, e.g. WebAssembly memory). */
+export function addressOf(view: Uint8Array): bigint {
+  return koffi.address(view);
+}
+
 /** A view of memory mapped elsewhere in this process (another thread's mapping), by address. */
 export function viewAt(address: bigint, length: number): Uint8Array {
   if (!Number.isSafeInteger(length) || length <= 0 || length > MAX_VIEW_BYTES) {

@@ -28,6 +28,7 @@ import type {
   Accelerator, AcceleratorConfig, ConsoleSink, GuestExit, GuestMemoryBlock, StateSection,
 } from '../hypervisor/types.js';
 import { PAGE_SIZE } from '../hypervisor/types.js';
+import { populateOf, residencyOf } from '../sys/host-memory.js';
 import type { VmStateDescription, VmStateValue } from '../migration/vmstate-types.js';
 import { ShadowDirtyLog } from './shadow-dirty-log.js';
 import { readV86StateSummary, V86_STATE_VERSION } from './v86-state-file.js';
@@ -201,6 +202,22 @@ export class V86RamBlock implements GuestMemoryBlock {
     if (this.#view.buffer !== buffer) this.#view = new Uint8Array(buffer, this.#offset, this.size);
     return this.#view;
   }
+
+  /**
+   * Which pages the host ever backed (mincore on the wasm memory): the rest read as zero,
+   * so a source sends them as ZERO without reading them and a destination skips them —
+   * reading a never-touched page faults it in, which costs more than sending it.
+   */
+  residency(): Uint8Array {
+    return residencyOf(this.bytes);
+  }
+
+  /** Back a range in one call before the destination writes pages there. */
+  populate(offset: number, length: number): void {
+    if (this.#populateWorks) this.#populateWorks = populateOf(this.bytes, offset, length);
+  }
+
+  #populateWorks = true;
 }
 
 export interface V86AcceleratorOptions {
