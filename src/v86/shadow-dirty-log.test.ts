@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ShadowDirtyLog } from './shadow-dirty-log.js';
 import { PAGE_SIZE } from '../hypervisor/types.js';
+import { HostMemory } from '../sys/host-memory.js';
 
 function bitmapPages(bitmap: Uint32Array): number[] {
   const pages: number[] = [];
@@ -112,4 +113,35 @@ test('follows the RAM view when it is re-created over a new buffer (wasm memory 
 
 test('refuses RAM that is not a whole number of pages', () => {
   assert.throws(() => new ShadowDirtyLog(() => new Uint8Array(PAGE_SIZE + 1)), /not a multiple/);
+});
+
+test('with the host\'s residency: never-backed pages are skipped (and stay unbacked), every real change is still reported', () => {
+  const pages = 2048; // 8 MiB
+  const host = HostMemory.allocate(pages * PAGE_SIZE);
+  try {
+    const ram = host.bytes;
+    const backedCount = (): number => host.residency().reduce((n, b) => n + (b & 1), 0);
+    // Touch pages spread over the first 2 MiB only (a THP region backs all of its 512).
+    for (const p of [3, 40, 41, 300]) ram[p * PAGE_SIZE + 5] = 1;
+    const before = backedCount();
+    const log = new ShadowDirtyLog(() => ram, undefined, () => host.residency());
+    log.start();
+    assert.equal(log.collect(), 0);
+    assert.equal(backedCount(), before, 'start and collect back no page of their own');
+    // A change in a backed page, a write that makes a never-backed page backed, and a
+    // write of the byte already there.
+    ram[40 * PAGE_SIZE + 5] = 2;
+    ram[1500 * PAGE_SIZE + 100] = 9;
+    ram[3 * PAGE_SIZE + 5] = 1;
+    log.collect();
+    ram[41 * PAGE_SIZE] = 7;
+    assert.deepEqual(bitmapPages(log.sync()[0]!), [40, 41, 1500]);
+    // Back to the old value after a collect: reported again, as without residency.
+    ram[1500 * PAGE_SIZE + 100] = 0;
+    assert.deepEqual(bitmapPages(log.sync()[0]!), [1500]);
+    assert.deepEqual(bitmapPages(log.sync()[0]!), []);
+    log.stop();
+  } finally {
+    host.unmap();
+  }
 });

@@ -53,7 +53,18 @@ export class ShadowDirtyLog implements DirtyLog {
   #lastCollectMs = 0;
   #totalCollectMs = 0;
 
-  constructor(ram: () => Uint8Array, now: () => number = () => performance.now()) {
+  /**
+   * `residency`, when given, tells which pages of RAM the host ever backed (mincore):
+   * the others read as zero and cannot have changed, so they are neither copied nor
+   * compared — reading one would back it, a page fault each (~13 µs here), and a guest
+   * usually leaves most of its RAM untouched.
+   */
+  readonly #residency: (() => Uint8Array) | undefined;
+  /** Pages whose shadow may hold something other than zeros (they were backed once). */
+  #everBacked: Uint8Array | undefined;
+
+  constructor(ram: () => Uint8Array, now: () => number = () => performance.now(), residency?: () => Uint8Array) {
+    this.#residency = residency;
     this.#ram = ram;
     this.#size = ram().byteLength;
     if (this.#size % PAGE_SIZE !== 0) {
@@ -75,7 +86,23 @@ export class ShadowDirtyLog implements DirtyLog {
   start(): void {
     const ram = this.#ram();
     // A fresh copy each start: the previous log is forgotten, as the interface says.
-    this.#shadow = ram.slice();
+    const backed = this.#residency?.();
+    if (backed === undefined) {
+      this.#shadow = ram.slice();
+      this.#everBacked = undefined;
+    } else {
+      // Zero-filled and itself untouched; only the pages the host backed are copied in.
+      const shadow = new Uint8Array(this.#size);
+      const ever = new Uint8Array(this.#pages);
+      for (let page = 0; page < this.#pages; page++) {
+        if ((backed[page]! & 1) === 0) continue;
+        ever[page] = 1;
+        const off = page * PAGE_SIZE;
+        shadow.set(ram.subarray(off, off + PAGE_SIZE), off);
+      }
+      this.#shadow = shadow;
+      this.#everBacked = ever;
+    }
     this.#marks = new Uint32Array(Math.ceil(this.#pages / 32));
     this.#collects = 0;
     this.#totalCollectMs = 0;
@@ -98,10 +125,13 @@ export class ShadowDirtyLog implements DirtyLog {
     const ram = asBuffer(this.#ram());
     const copy = asBuffer(shadow);
     const marks = this.#marks;
+    const ever = this.#everBacked;
+    const backed = ever === undefined ? undefined : this.#residency?.();
     let changed = 0;
     // Buffer#compare is memcmp: ~10 ms for 128 MiB here, against ~40 ms for a JS word loop.
     for (let chunk = 0; chunk < this.#size; chunk += CHUNK_BYTES) {
       const end = Math.min(chunk + CHUNK_BYTES, this.#size);
+      if (backed !== undefined && ever !== undefined && !touchedSinceStart(backed, ever, chunk >>> PAGE_SHIFT, end >>> PAGE_SHIFT)) continue;
       if (ram.compare(copy, chunk, end, chunk, end) === 0) continue;
       for (let off = chunk; off < end; off += PAGE_SIZE) {
         if (ram.compare(copy, off, off + PAGE_SIZE, off, off + PAGE_SIZE) === 0) continue;
@@ -126,6 +156,19 @@ export class ShadowDirtyLog implements DirtyLog {
     this.#marks = new Uint32Array(out.length);
     return [out];
   }
+}
+
+/**
+ * Whether any page in [first, end) is backed now or was when last looked at; records the
+ * former in `ever`. A chunk that is neither reads as zero and its shadow is zero: equal.
+ */
+function touchedSinceStart(backed: Uint8Array, ever: Uint8Array, first: number, end: number): boolean {
+  let any = false;
+  for (let page = first; page < end; page++) {
+    if ((backed[page]! & 1) !== 0) ever[page] = 1;
+    if (ever[page] === 1) any = true;
+  }
+  return any;
 }
 
 /** A Buffer over the same bytes (no copy), for its memcmp-backed compare. */

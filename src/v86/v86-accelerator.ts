@@ -249,7 +249,7 @@ export class V86Accelerator implements Accelerator {
     const cpu = this.#core.cpu;
     const ram = new V86RamBlock(cpu.wasm_memory, cpu.mem8.byteOffset, cpu.memory_size[0]!);
     this.memory = [ram];
-    this.dirtyLog = new ShadowDirtyLog(() => ram.bytes);
+    this.dirtyLog = new ShadowDirtyLog(() => ram.bytes, undefined, () => ram.residency());
     this.stateSections = [{
       idstr: V86_STATE_IDSTR,
       instanceId: 0,
