@@ -13,9 +13,14 @@ import { FerryProcess } from '../src/cli/ferry-process.js';
 import { runMigration, type QueryMigrateInfo } from '../src/cli/migrate-command.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 import { measureCeilings } from './ceiling.js';
+import { cpuBetween, sampleCpu } from './cpu-usage.js';
 
 interface Cell { memory: string; guest: string; transport: 'tcp' | 'unix'; prealloc: boolean }
-interface Run { status: string; totalMs: number; downtimeMs: number; bytes: number; passes: number; throughput: number; expectedDowntimeOk: boolean }
+interface Run {
+  status: string; totalMs: number; downtimeMs: number; bytes: number; passes: number; throughput: number; expectedDowntimeOk: boolean;
+  /** Main-thread CPU of source and destination during the migration, and how busy the machine was (0–1). */
+  srcMainMs: number; dstMainMs: number; machineBusy: number;
+}
 
 const { values } = parseArgs({
   options: {
@@ -70,7 +75,10 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
       }
     }
     const address = await dest.incomingAddress();
+    const pids = [source.child.pid!, dest.child.pid!];
+    const before = sampleCpu(pids);
     const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: address, maxBandwidth: 0, downtimeLimitMs: downtimeLimit, progress: false, pollMs: 50 });
+    const cpu = cpuBetween(before, sampleCpu(pids));
     const info: QueryMigrateInfo = outcome.info;
     const totalMs = info['total-time'] ?? NaN;
     const bytes = info.ram?.transferred ?? NaN;
@@ -82,6 +90,9 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
       passes: outcome.passes,
       throughput: bytes / (totalMs / 1000),
       expectedDowntimeOk: (info.downtime ?? Infinity) <= downtimeLimit,
+      srcMainMs: cpu.processes.get(pids[0]!)?.mainMs ?? NaN,
+      dstMainMs: cpu.processes.get(pids[1]!)?.mainMs ?? NaN,
+      machineBusy: cpu.machineBusy,
     };
   } finally {
     console?.close();
@@ -112,8 +123,10 @@ async function main(): Promise<void> {
   console.log('');
   console.log('Destination "lazy" backs its RAM 2 MiB at a time as pages arrive (the default); "prealloc" was started with --mem-prealloc, as QEMU\'s -mem-prealloc.');
   console.log('');
-  console.log('| RAM | guest | destination | transport | total time | downtime | throughput | % of socket ceiling | sent | passes | converged |');
-  console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+  console.log('CPU: main-thread CPU time of the source and the destination during the migration, and how busy the machine\'s cores were (from /proc, 10 ms ticks).');
+  console.log('');
+  console.log('| RAM | guest | destination | transport | total time | downtime | throughput | % of socket ceiling | sent | passes | converged | CPU src / dst main | machine busy |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   const dir = mkdtempSync(join(tmpdir(), 'ferry-bench-'));
   try {
     for (const cell of cells) {
@@ -122,7 +135,7 @@ async function main(): Promise<void> {
       const ok = runs.filter((r) => r.status === 'completed');
       const ceiling = cell.transport === 'tcp' ? tcpCeiling : unixCeiling;
       const isIdle = /idle/.test(cell.guest);
-      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} |`);
+      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % |`);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
