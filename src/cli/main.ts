@@ -2,12 +2,28 @@
 // The `ferry` command: parses the command line with commander and hands each
 // subcommand to its module. User-facing errors are one line; --debug adds the stack.
 
+import { existsSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { FerryError } from '../errors.js';
 import { parseSize } from '../size.js';
 import { FERRY_VERSION } from '../qmp/ferry-version.js';
 
 const debug = process.argv.includes('--debug');
+
+// `ferry run` with the sim accelerator: start its worker thread now, so it boots while the
+// rest of Ferry loads (src/sim/prestart.ts). A guess from the raw arguments; if wrong, the
+// unused worker is dropped when the process ends.
+if (simLikely(process.argv.slice(2))) {
+  void import('../sim/prestart.js').then((m) => m.prestartWorkloadWorker()).catch(() => {});
+}
+
+function simLikely(args: readonly string[]): boolean {
+  if (args[0] !== 'run' || args.includes('--help') || args.includes('-h')) return false;
+  const at = args.indexOf('--accel');
+  const accel = at >= 0 ? args[at + 1] : args.find((a) => a.startsWith('--accel='))?.slice('--accel='.length);
+  if (accel !== undefined) return accel === 'sim';
+  return !existsSync('/dev/kvm');
+}
 
 function fail(err: unknown): never {
   if (debug) {

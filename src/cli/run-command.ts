@@ -5,7 +5,7 @@ import { openCharBackend } from '../chardev/char-backend.js';
 import { ConfigError, errorMessage, FerryError } from '../errors.js';
 import { parseGuestSpec } from '../guests/spec.js';
 import type { AccelKind } from '../hypervisor/types.js';
-import { Vmm } from '../vmm/vmm.js';
+import type { Vmm, VmmOptions } from '../vmm/vmm.js';
 
 export interface RunCommandOptions {
   memory: number;
@@ -44,7 +44,7 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
   };
 
   try {
-    vmm = await Vmm.create({
+    const options: VmmOptions = {
       accel: opts.accel ?? 'auto',
       memorySize: opts.memory,
       vcpus: opts.smp,
@@ -60,7 +60,18 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
       qmp: opts.qmp,
       ...(opts.name !== undefined ? { name: opts.name } : {}),
       onQuit: (code) => void end(code),
-    });
+    };
+    // The machine first, and the guest running, before the QMP and migration modules load:
+    // those are most of Ferry's code, and the guest does not need them to start.
+    const { Machine } = await import('../machine/machine.js');
+    const machine = await Machine.create(options);
+    try {
+      const { Vmm } = await import('../vmm/vmm.js');
+      vmm = await Vmm.create(options, machine);
+    } catch (err) {
+      await machine.destroy().catch(() => {});
+      throw err;
+    }
   } catch (err) {
     await console.close().catch(() => {});
     throw err;

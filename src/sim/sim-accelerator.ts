@@ -15,7 +15,8 @@ import type { VmStateValue } from '../migration/vmstate-types.js';
 import {
   CMD_EXIT, CMD_PAUSE, CMD_RUN, CTRL_BYTES, CTRL_REQUEST, SEQ_MASK, encodeRequest,
 } from './control.js';
-import type { SimCommand, SimWorkerData, SimWorkerMessage } from './control.js';
+import type { SimCommand, SimWorkerData, SimWorkerInit, SimWorkerMessage } from './control.js';
+import { WORKLOAD_WORKER_URL, takePrestartedWorker, workloadWorkerOptions } from './prestart.js';
 import { SIM_CPU_STATE_DESCRIPTION, loadCpuState, saveCpuState } from './cpu-state.js';
 import {
   CPU_STATE_BYTES, WORKLOAD_HOT, WORKLOAD_IDLE, WORKLOAD_RANDOM, WORKLOAD_SWEEP, readCpuState, seedPrng, writeCpuState,
@@ -162,12 +163,8 @@ class SimAccelerator implements Accelerator {
     }];
 
     const workerData: SimWorkerData = { ramAddress: host.address, ramSize: host.size, dirty, control, cpu: this.cpu };
-    this.worker = new Worker(new URL('./workload-worker.js', import.meta.url), {
-      workerData,
-      // Workers inherit the process's flags; --input-type (from `node -e`) would make
-      // loading a module file fail.
-      execArgv: process.execArgv.filter((arg) => !arg.startsWith('--input-type')),
-    });
+    const early = takePrestartedWorker();
+    this.worker = early ?? new Worker(WORKLOAD_WORKER_URL, { workerData, ...workloadWorkerOptions() });
     this.ready = new Promise((resolve) => { this.markReady = resolve; });
     this.worker.on('message', (message: SimWorkerMessage) => this.onMessage(message));
     let failed = false;
@@ -176,6 +173,7 @@ class SimAccelerator implements Accelerator {
       this.startError ??= error;
       this.emitExit({ kind: 'crash', error: new GuestCrashError(`The sim workload worker failed: ${error.message}`, '', { cause: error }) });
     });
+    if (early) early.postMessage({ type: 'init', data: workerData } satisfies SimWorkerInit);
     this.exited = new Promise((resolve) => {
       this.worker.once('exit', (code) => {
         this.workerGone = true;

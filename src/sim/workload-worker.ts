@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import {
   CMD_EXIT, CMD_PAUSE, CTRL_ACK, CTRL_REQUEST, requestCommand, requestSeq,
 } from './control.js';
-import type { SimWorkerData, SimWorkerMessage } from './control.js';
+import type { SimWorkerData, SimWorkerInit, SimWorkerMessage } from './control.js';
 import { TokenBucket } from './pacer.js';
 import { WorkloadModel, readCpuState, writeCpuState } from './workload.js';
 import { viewAt } from '../sys/libc.js';
@@ -18,8 +18,12 @@ import { viewAt } from '../sys/libc.js';
  */
 const MAX_BATCH = 256;
 
-const data = workerData as SimWorkerData;
 const port = parentPort!;
+// A worker started ahead of its VM (prestart.ts) has its modules loaded already and
+// learns its memory and control words from the first message.
+const data = (workerData as SimWorkerData | undefined) ?? (await new Promise<SimWorkerData>((resolve) => {
+  port.once('message', (message: SimWorkerInit) => resolve(message.data));
+}));
 const control = new Int32Array(data.control);
 // The main thread owns the mapping and unmaps it only after this worker has exited.
 const ram = viewAt(data.ramAddress, data.ramSize);

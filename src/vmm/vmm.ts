@@ -55,8 +55,9 @@ export class Vmm {
     this.registerFerryCommands();
   }
 
-  static async create(options: VmmOptions): Promise<Vmm> {
-    const machine = await Machine.create(options);
+  /** Create the machine (or take one already created from the same options) and serve QMP. */
+  static async create(options: VmmOptions, created?: Machine): Promise<Vmm> {
+    const machine = created ?? (await Machine.create(options));
     const vmm = new Vmm(machine, options);
     try {
       for (const address of options.qmp ?? []) await vmm.qmp.listen(stripQemuServerOptions(address));
