@@ -54,6 +54,8 @@ interface Bindings {
   madvise(addr: unknown, length: number, advice: number): number;
   madviseAt(addr: bigint, length: number, advice: number): number;
   mincore(addr: bigint, length: number, vec: Uint8Array): number;
+  setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
+  getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number[]): number;
   gettid(): number;
   tgkill(tgid: number, tid: number, sig: number): number;
   strerror(errnum: number): string;
@@ -86,6 +88,9 @@ function libc(): Bindings {
     gettid: lib.func('int gettid(void)'),
     tgkill: lib.func('int tgkill(int tgid, int tid, int sig)'),
     strerror: lib.func('const char *strerror(int errnum)'),
+    // `value` is read by the kernel during the call only.
+    setsockopt: lib.func('int setsockopt(int fd, int level, int name, void *value, uint32_t len)'),
+    getsockopt: lib.func('int getsockopt(int fd, int level, int name, _Out_ uint8_t *value, _Inout_ uint32_t *len)'),
   } as unknown as Bindings;
   return bindings;
 }
@@ -207,6 +212,27 @@ export function mincore(address: bigint, length: number, vec: Uint8Array): void 
 /** The address of a view's first byte (an ArrayBuffer's backing store, e.g. WebAssembly memory). */
 export function addressOf(view: Uint8Array): bigint {
   return koffi.address(view);
+}
+
+const SOL_SOCKET = 1;
+const SO_SNDBUF = 7;
+
+/**
+ * setsockopt(SO_SNDBUF): how many bytes the kernel may hold for a socket's peer. The
+ * kernel doubles the value for its bookkeeping and caps it at net.core.wmem_max. Returns
+ * 0, or the errno.
+ */
+export function setSendBufferSize(fd: number, bytes: number): number {
+  const value = new Uint8Array(4);
+  new DataView(value.buffer).setInt32(0, bytes, true);
+  return libc().setsockopt(fd, SOL_SOCKET, SO_SNDBUF, value, 4) < 0 ? koffi.errno() : 0;
+}
+
+/** getsockopt(SO_SNDBUF): the send buffer the kernel gives the socket now (doubled, as it reports it). */
+export function sendBufferSize(fd: number): number {
+  const value = new Uint8Array(4);
+  if (libc().getsockopt(fd, SOL_SOCKET, SO_SNDBUF, value, [4]) < 0) throw fail('getsockopt', `getsockopt(${fd}, SO_SNDBUF)`);
+  return new DataView(value.buffer).getInt32(0, true);
 }
 
 /** A view of memory mapped elsewhere in this process (another thread's mapping), by address. */

@@ -4,12 +4,16 @@
 import net from 'node:net';
 import { lookup } from 'node:dns/promises';
 import { lstat, unlink } from 'node:fs/promises';
+import { debuglog } from 'node:util';
+import { setSendBufferSize } from '../sys/libc.js';
 import { TransportError } from '../errors.js';
 import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { adoptWithPooledReads, PooledReads } from './read-pool.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import { formatMigrationUri, type MigrationUri } from './uri.js';
+
+const debug = debuglog('ferry');
 
 type SocketUri = Extract<MigrationUri, { kind: 'tcp' | 'unix' }>;
 
@@ -31,6 +35,7 @@ export function socketChannel(
   pooledReads?: PooledReads,
 ): Channel {
   if (socket.remoteFamily !== undefined) socket.setNoDelay(true);
+  else enlargeUnixSendBuffer(socket, description);
   return new StreamChannel({
     description,
     readable: socket,
@@ -196,4 +201,30 @@ class SocketListener implements Listener {
     this.#waiters = [];
     for (const waiter of waiters) waiter.reject(this.#error);
   }
+}
+
+/**
+ * A unix socket's send buffer defaults to net.core.wmem_default (208 KiB on Debian), where
+ * loopback tcp grows to 4 MiB. Whenever the sender's event loop is busy — a v86 guest runs
+ * on the same thread — each turn can then move only that much, and a migration over unix
+ * crawls. Ask for as much as tcp gets; the kernel caps it at net.core.wmem_max.
+ */
+const UNIX_SEND_BUFFER = 4 * 1024 * 1024;
+
+function enlargeUnixSendBuffer(socket: net.Socket, description: string): void {
+  const fd = socketFd(socket);
+  if (fd === undefined) return;
+  const errno = setSendBufferSize(fd, UNIX_SEND_BUFFER);
+  if (errno !== 0) debug('transport: %s: SO_SNDBUF not raised (errno %d)', description, errno);
+}
+
+/**
+ * The descriptor under a net.Socket (its libuv handle's), or undefined when it is closed
+ * or not on Linux. Node has no public API for it; `_handle.fd` has been there on POSIX in
+ * every supported release.
+ */
+export function socketFd(socket: net.Socket): number | undefined {
+  if (socket.destroyed || process.platform !== 'linux') return undefined;
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
