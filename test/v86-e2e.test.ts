@@ -107,7 +107,8 @@ describe('v86: live migration of a running Linux guest between ferry processes',
   for (const transport of ['tcp', 'unix'] as const) {
     test(`over ${transport}: same RAM on both sides, and the same shell, file, heartbeat and uptime after the move`, async () => {
       const uri = transport === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, `mig-${started.length}.sock`)}`;
-      const dest = await startVm(`dest-${transport}`, ['-S', '--incoming', uri]);
+      // The unix case's destination also backs its RAM up front (--mem-prealloc).
+      const dest = await startVm(`dest-${transport}`, ['-S', ...(transport === 'unix' ? ['--mem-prealloc'] : []), '--incoming', uri]);
       const source = current;
       await source.process.execute('migrate-set-parameters', { 'max-bandwidth': 0 });
       const upBefore = await uptime(source);
