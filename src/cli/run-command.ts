@@ -79,12 +79,17 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
   const { machine, migration } = vmm;
   console.onInput((bytes) => machine.consoleInput(bytes));
 
-  machine.on('shutdown', ({ reason }) => void end(0, reason === 'guest-shutdown' ? undefined : `guest shut down (${reason})`));
-  machine.on('crash', (err) => {
+  const onShutdown = (reason: string): void => void end(0, reason === 'guest-shutdown' ? undefined : `guest shut down (${reason})`);
+  const onCrash = (err: Error): void => {
     const dump = err instanceof FerryError && 'registerDump' in err ? `\n${String((err as { registerDump: string }).registerDump)}` : '';
     const detail = process.argv.includes('--debug') ? dump : '';
     void end(1, `${errorMessage(err)} — the guest cannot continue; check the guest image (run with --debug for the register dump)${detail}`);
-  });
+  };
+  machine.on('shutdown', ({ reason }) => onShutdown(reason));
+  machine.on('crash', onCrash);
+  // The guest runs while QMP and migration load: it may have stopped on its own already.
+  if (machine.runState === 'internal-error' && machine.lastCrash) onCrash(machine.lastCrash);
+  else if (machine.runState === 'shutdown') onShutdown('guest-shutdown');
   migration.onStatus((status, side) => {
     if (side === 'incoming' && status === 'failed') {
       // As QEMU: a destination whose incoming migration failed has no guest to run.

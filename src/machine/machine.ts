@@ -213,9 +213,13 @@ export class Machine extends EventEmitter<MachineEvents> {
       this.emit('shutdown', { guest: true, reason: exit.reason });
     } else {
       if (canTransition(this.state, 'internal-error')) this.setRunState('internal-error');
+      this.lastCrash = exit.error;
       this.emit('crash', exit.error);
     }
   }
+
+  /** Why the guest last crashed, for whoever starts listening after it did (a guest that faults at once). */
+  lastCrash: Error | undefined;
 
   async destroy(): Promise<void> {
     await this.accel.destroy();

@@ -1,7 +1,7 @@
-// Starting the sim's workload worker before the VM exists. A worker thread takes ~55 ms to
-// boot its own Node instance and ~15 ms more to load koffi; `ferry run` starts one as soon
-// as the command line says the sim will be used, so that happens while the main thread
-// loads the VMM's modules instead of after. The accelerator then takes it and sends it
+// Starting the sim's workload worker before the VM exists. A worker thread boots its own
+// Node instance and loads koffi, which takes tens of milliseconds; `ferry run` starts one
+// as soon as the command line says the sim will be used, so that happens while the main
+// thread loads the VMM's modules instead of after. The accelerator then takes it and sends it
 // what it would otherwise have got as workerData (control.ts: SimWorkerInit).
 
 import { Worker } from 'node:worker_threads';
