@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FERRY_MAIN, FerryProcess } from '../src/cli/ferry-process.js';
+import { runFerry } from './e2e-helpers.js';
 
 function ferry(args: string[], timeoutMs = 15_000) {
   return spawnSync(process.execPath, [FERRY_MAIN, ...args], { encoding: 'utf8', timeout: timeoutMs });
@@ -93,14 +94,7 @@ test('ferry migrate shows a summary and exits 0; a failing migration exits 1 wit
 });
 
 test('ferry demo migrates the built-in guest and shows it kept running', async () => {
-  const result = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, [FERRY_MAIN, 'demo', '--accel', 'sim', '-m', '32M'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    child.once('exit', (code) => resolve({ code, stdout, stderr }));
-  });
+  const result = await runFerry(['demo', '--accel', 'sim', '-m', '32M']);
   assert.equal(result.code, 0, `${result.stdout}\n${result.stderr}`);
   assert.match(result.stdout, /Migration completed/);
   assert.match(result.stdout, /Source:\s+postmigrate/);

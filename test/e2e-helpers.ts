@@ -6,7 +6,8 @@ import type { TestContext } from 'node:test';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FerryProcess } from '../src/cli/ferry-process.js';
+import { spawn } from 'node:child_process';
+import { FERRY_MAIN, FerryProcess } from '../src/cli/ferry-process.js';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -45,4 +46,16 @@ export async function migrateSlowly(source: FerryProcess, uri: string): Promise<
   await source.execute('migrate-set-parameters', { 'max-bandwidth': 4 * 1024 * 1024 });
   await source.execute('migrate', { uri });
   await waitMigration(source, (i) => i.status === 'active' && (i.ram?.transferred ?? 0) > 1024 * 1024);
+}
+
+/** Run `ferry ARGS` to the end, collecting its output (for commands that take a while, e.g. `demo`). */
+export function runFerry(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [FERRY_MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+    child.once('exit', (code) => resolve({ code, stdout, stderr }));
+  });
 }

@@ -3,21 +3,13 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { FERRY_MAIN } from '../src/cli/ferry-process.js';
+import { runFerry } from './e2e-helpers.js';
 import { linuxGuestAvailable } from '../src/v86/v86-accelerator.js';
 
 const SKIP = linuxGuestAvailable() ? false : 'the Linux guest is not built: run scripts/setup-linux-guest.sh (as root) first';
 
 test('ferry demo --accel v86 boots Linux, migrates it, and keeps the same shell going', { skip: SKIP, timeout: 300_000 }, async () => {
-  const result = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, [FERRY_MAIN, 'demo', '--accel', 'v86'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    child.once('exit', (code) => resolve({ code, stdout, stderr }));
-  });
+  const result = await runFerry(['demo', '--accel', 'v86']);
   assert.equal(result.code, 0, `${result.stdout}\n${result.stderr}`);
   assert.match(result.stdout, /the guest is up: heartbeat \d+/);
   assert.match(result.stdout, /Migration completed/);

@@ -3,10 +3,11 @@
 // Also: is QEMU installed, and which accelerator it can use on this host.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, openSync, closeSync, constants } from 'node:fs';
+import { copyFileSync, openSync, closeSync, constants } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { QmpClient } from '../../src/qmp/client.js';
+import type { QmpClient } from '../../src/qmp/client.js';
+import { connectWhenListening } from '../../src/cli/ferry-process.js';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 /** The machine type both sides use (QEMU 7.2's default for x86_64, named so a change of default cannot split them). */
@@ -78,24 +79,7 @@ export class QemuProcess {
     if (options.incoming !== undefined) args.push('-incoming', options.incoming);
     const child = spawn(QEMU_BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     const vm = new QemuProcess(child, qmpPath);
-    const timeoutMs = options.startTimeoutMs ?? 15_000;
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      if (child.exitCode !== null) throw new Error(`${QEMU_BINARY} (${options.name}) exited with ${child.exitCode}: ${vm.stderr.trim()}`);
-      if (existsSync(qmpPath)) {
-        try {
-          vm.qmp = await QmpClient.connect(qmpPath);
-          break;
-        } catch {
-          // QEMU creates the socket file a moment before it accepts on it.
-        }
-      }
-      if (Date.now() > deadline) {
-        child.kill('SIGKILL');
-        throw new Error(`${QEMU_BINARY} (${options.name}) did not open its QMP socket within ${timeoutMs} ms: ${vm.stderr.trim()}`);
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    vm.qmp = await connectWhenListening(child, qmpPath, `${QEMU_BINARY} (${options.name})`, options.startTimeoutMs ?? 15_000, () => vm.stderr);
     return vm;
   }
 

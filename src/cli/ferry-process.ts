@@ -46,23 +46,7 @@ export class FerryProcess {
     const args = [FERRY_MAIN, 'run', ...options.args, '--qmp', `unix:${qmpPath}`, '--serial', options.serial ?? `file:${consolePath}`];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     const vm = new FerryProcess(child, qmpPath, consolePath);
-    const deadline = Date.now() + (options.startTimeoutMs ?? 15_000);
-    for (;;) {
-      if (child.exitCode !== null) throw new Error(`ferry run (${options.name}) exited with ${child.exitCode}: ${vm.stderr.trim()}`);
-      if (existsSync(qmpPath)) {
-        try {
-          vm.qmp = await QmpClient.connect(qmpPath);
-          break;
-        } catch {
-          // The socket file can exist a moment before the server accepts.
-        }
-      }
-      if (Date.now() > deadline) {
-        child.kill('SIGKILL');
-        throw new Error(`ferry run (${options.name}) did not open its QMP socket within ${options.startTimeoutMs ?? 15_000} ms: ${vm.stderr.trim()}`);
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    vm.qmp = await connectWhenListening(child, qmpPath, `ferry run (${options.name})`, options.startTimeoutMs ?? 15_000, () => vm.stderr);
     return vm;
   }
 
@@ -104,5 +88,30 @@ export class FerryProcess {
 
   kill(): void {
     this.child.kill('SIGKILL');
+  }
+}
+
+/**
+ * Connect to the QMP socket of a VM process just spawned (Ferry or QEMU), waiting until it
+ * listens: the socket file can exist a moment before the server accepts on it. Fails,
+ * with the process's stderr, if it exits first or does not listen within `timeoutMs`
+ * (then it is killed).
+ */
+export async function connectWhenListening(child: ChildProcess, qmpPath: string, what: string, timeoutMs: number, stderr: () => string): Promise<QmpClient> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}: ${stderr().trim()}`);
+    if (existsSync(qmpPath)) {
+      try {
+        return await QmpClient.connect(qmpPath);
+      } catch {
+        // Not accepting yet.
+      }
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`${what} did not open its QMP socket within ${timeoutMs} ms: ${stderr().trim()}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
   }
 }

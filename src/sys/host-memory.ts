@@ -66,18 +66,13 @@ export class HostMemory {
 
   /** One byte per page: bit 0 set where the page is resident (has ever been touched). */
   residency(): Uint8Array {
-    const vec = new Uint8Array(Math.ceil(this.size / PAGE));
-    mincore(this.address, this.size, vec);
-    return vec;
+    return residencyAt(this.address, this.size);
   }
 
   /** Back [offset, offset + length) with memory now; a no-op where the kernel cannot. */
   populate(offset: number, length: number): void {
-    if (!this.populateWorks || length <= 0) return;
-    const start = Math.max(0, offset - (offset % PAGE));
-    const end = Math.min(this.size, offset + length);
-    if (end <= start) return;
-    const errno = madviseRange(this.address + BigInt(start), end - start, MADV_POPULATE_WRITE);
+    if (!this.populateWorks) return;
+    const errno = populateAt(this.address, this.size, offset, length);
     if (errno !== 0) {
       // EINVAL: a kernel older than 5.14. Pages then fault in as they are written.
       trace('MADV_POPULATE_WRITE failed with errno %d; guest RAM will fault in page by page', errno);
@@ -101,25 +96,35 @@ export class HostMemory {
   }
 }
 
+/** One byte per page of the page-aligned [address, address + size): bit 0 set where backed. */
+function residencyAt(address: bigint, size: number): Uint8Array {
+  const vec = new Uint8Array(Math.ceil(size / PAGE));
+  mincore(address, size, vec);
+  return vec;
+}
+
+/** MADV_POPULATE_WRITE on [offset, offset + length) of the region at `address`; 0 or the errno. */
+function populateAt(address: bigint, size: number, offset: number, length: number): number {
+  const start = Math.max(0, offset - (offset % PAGE));
+  const end = Math.min(size, offset + length);
+  if (length <= 0 || end <= start) return 0;
+  return madviseRange(address + BigInt(start), end - start, MADV_POPULATE_WRITE);
+}
+
 /**
  * Residency of memory Ferry did not map itself (v86's WebAssembly memory): one byte per
  * page of `bytes`, bit 0 set where the host has backed it. A view that does not start on
  * a page boundary reports every page as backed, which assumes nothing.
  */
 export function residencyOf(bytes: Uint8Array): Uint8Array {
-  const vec = new Uint8Array(Math.ceil(bytes.byteLength / PAGE));
   const address = addressOf(bytes);
-  if (address % BigInt(PAGE) !== 0n || bytes.byteLength % PAGE !== 0) return vec.fill(1);
-  mincore(address, bytes.byteLength, vec);
-  return vec;
+  if (address % BigInt(PAGE) !== 0n || bytes.byteLength % PAGE !== 0) return new Uint8Array(Math.ceil(bytes.byteLength / PAGE)).fill(1);
+  return residencyAt(address, bytes.byteLength);
 }
 
 /** Back [offset, offset + length) of `bytes` now (MADV_POPULATE_WRITE); false where the kernel cannot. */
 export function populateOf(bytes: Uint8Array, offset: number, length: number): boolean {
-  const start = offset - (offset % PAGE);
-  const end = Math.min(bytes.byteLength, offset + length);
-  if (end <= start) return true;
-  const address = addressOf(bytes) + BigInt(start);
+  const address = addressOf(bytes);
   if (address % BigInt(PAGE) !== 0n) return false;
-  return madviseRange(address, end - start, MADV_POPULATE_WRITE) === 0;
+  return populateAt(address, bytes.byteLength, offset, length) === 0;
 }
