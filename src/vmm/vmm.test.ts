@@ -1,0 +1,85 @@
+// One VM as QMP sees it, in this process: the Machine (sim), its QMP server on a unix
+// socket and the migration engine, wired by Vmm. The commands and events that come from
+// the wiring here — the run-state commands, Ferry's x-ferry-* inspection commands,
+// HMP, and the refusals — each get a check; the engine itself is tested in migration/.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseGuestSpec } from '../guests/spec.js';
+import { QmpClient } from '../qmp/client.js';
+import { Vmm } from './vmm.js';
+
+const MiB = 1024 * 1024;
+
+async function vmWithClient(t: import('node:test').TestContext, extra: { incoming?: boolean; name?: string } = {}): Promise<{ vmm: Vmm; qmp: QmpClient; quits: number[] }> {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-vmm-'));
+  const path = join(dir, 'qmp.sock');
+  const quits: number[] = [];
+  const vmm = await Vmm.create({
+    accel: 'sim', memorySize: 8 * MiB, guest: parseGuestSpec('builtin:sweep,to=4M,rate=200000'),
+    qmp: [`unix:${path},server=on,wait=off`], onQuit: (code) => quits.push(code), ...extra,
+  });
+  const qmp = await QmpClient.connect(path);
+  t.after(async () => {
+    qmp.close();
+    await vmm.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { vmm, qmp, quits };
+}
+
+test('vmm: query-status, stop and cont follow the machine, with STOP and RESUME events', async (t) => {
+  const { qmp, vmm } = await vmWithClient(t, { name: 'guest-1' });
+  assert.deepEqual(await qmp.execute('query-status'), { status: 'running', running: true, singlestep: false });
+  assert.deepEqual(await qmp.execute('query-name'), { name: 'guest-1' });
+  assert.deepEqual(await qmp.execute('query-kvm'), { enabled: false, present: false });
+  await qmp.execute('stop');
+  await qmp.waitForEvent('STOP', undefined, 5000);
+  assert.equal(vmm.machine.runState, 'paused');
+  await qmp.execute('cont');
+  await qmp.waitForEvent('RESUME', undefined, 5000);
+  assert.equal((await qmp.execute<{ status: string }>('query-status')).status, 'running');
+});
+
+test('vmm: x-ferry-* inspect the guest — pass counter, memory check, RAM digest and state only while stopped', async (t) => {
+  const { qmp } = await vmWithClient(t);
+  const deadline = Date.now() + 10_000;
+  while (((await qmp.execute<{ pass?: number }>('x-ferry-query-guest')).pass ?? 0) < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const guest = await qmp.execute<{ accel: string; 'memory-size': number; pass: number }>('x-ferry-query-guest');
+  assert.equal(guest.accel, 'sim');
+  assert.equal(guest['memory-size'], 8 * MiB);
+  assert.ok(guest.pass >= 1);
+  await assert.rejects(qmp.execute('x-ferry-ram-digest'), /Stop the guest first/);
+  await assert.rejects(qmp.execute('x-ferry-check-memory'), /Stop the guest first/);
+  await assert.rejects(qmp.execute('x-ferry-query-state'), /Stop the guest first/);
+  await qmp.execute('stop');
+  const check = await qmp.execute<{ ok: boolean; pass: number }>('x-ferry-check-memory');
+  assert.equal(check.ok, true);
+  const digest = await qmp.execute<{ sha256: string }>('x-ferry-ram-digest');
+  assert.match(digest.sha256, /^[0-9a-f]{64}$/);
+  assert.deepEqual(await qmp.execute('x-ferry-ram-digest'), digest, 'a stopped guest digests the same twice');
+  const state = await qmp.execute<{ sections: Array<{ idstr: string }> }>('x-ferry-query-state');
+  assert.ok(state.sections.some((s) => s.idstr === 'cpu'));
+});
+
+test('vmm: HMP info status and info migrate; refused commands say why, as QEMU does', async (t) => {
+  const { qmp } = await vmWithClient(t);
+  assert.match(await qmp.execute<string>('human-monitor-command', { 'command-line': 'info status' }), /VM status: running/);
+  assert.match(await qmp.execute<string>('human-monitor-command', { 'command-line': 'info migrate' }), /./);
+  await assert.rejects(qmp.execute('migrate-start-postcopy'), /Enable postcopy/);
+  await assert.rejects(qmp.execute('migrate-continue', { state: 'pre-switchover' }), /no pause-before-switchover/);
+  await assert.rejects(qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' }), /incoming|-incoming/i);
+});
+
+test('vmm: cont after a shutdown is refused with QEMU\'s words; quit answers, then asks to end', async (t) => {
+  const { qmp, vmm, quits } = await vmWithClient(t, { incoming: true });
+  assert.equal((await qmp.execute<{ status: string }>('query-status')).status, 'inmigrate');
+  vmm.machine.setRunState('shutdown');
+  await assert.rejects(qmp.execute('cont'), /Resetting the Virtual Machine is required/);
+  assert.deepEqual(await qmp.execute('quit'), {});
+  await qmp.waitForEvent('SHUTDOWN', undefined, 5000);
+  assert.deepEqual(quits, [0]);
+});
