@@ -65,8 +65,9 @@ async function main(): Promise<void> {
     ram.cleanup();
   }
   // Destination: the same stream into fresh memory, as a receiving ferry does.
-  for (const populate of [false, true]) {
-    const dst = HostMemory.allocate(SIZE);
+  for (const mode of ['faults', 'bulk', 'prealloc'] as const) {
+    const populate = mode !== 'faults';
+    const dst = HostMemory.allocate(SIZE, { prealloc: mode === 'prealloc' });
     const dstMemory = [{
       idstr: 'pc.ram', guestAddress: 0, size: SIZE, bytes: dst.bytes,
       residency: () => dst.residency(),
@@ -82,7 +83,7 @@ async function main(): Promise<void> {
     const t0 = now();
     for (let i = 0; i < keptSections; i++) await ram.load(r, 4, 'ram');
     const ms = now() - t0;
-    console.log(`destination (${populate ? 'regions backed in bulk' : 'page faults one by one'}): ${(SIZE / 1e6 / (ms / 1000)).toFixed(0)} MB/s (${ms.toFixed(0)} ms)`);
+    console.log(`destination (${mode === 'prealloc' ? 'memory backed before (--mem-prealloc)' : populate ? 'regions backed in bulk' : 'page faults one by one'}): ${(SIZE / 1e6 / (ms / 1000)).toFixed(0)} MB/s (${ms.toFixed(0)} ms)`);
     const a = new Uint32Array(src.bytes.buffer, src.bytes.byteOffset, SIZE / 4);
     const b = new Uint32Array(dst.bytes.buffer, dst.bytes.byteOffset, SIZE / 4);
     for (let i = 0; i < a.length; i += 1024) if (a[i] !== b[i]) throw new Error(`mismatch at word ${i}: ${a[i]} vs ${b[i]}; next ${a[i+1024]} vs ${b[i+1024]}`);

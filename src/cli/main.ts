@@ -1,22 +1,13 @@
 #!/usr/bin/env node
-// The `ferry` command: parses the command line with commander and hands each
-// subcommand to its module. User-facing errors are one line; --debug adds the stack.
+// The `ferry` command's entry point. It loads almost nothing itself: for `ferry run` with
+// the sim accelerator it first starts the workload worker thread (src/sim/prestart.ts),
+// which needs ~100 ms to boot its own Node instance, and only then loads the command line
+// (cli.ts) and through it the VMM — so the two overlap on the machine's cores.
 
 import { existsSync } from 'node:fs';
-import { Command, InvalidArgumentError, Option } from 'commander';
-import { FerryError } from '../errors.js';
-import { parseSize } from '../size.js';
-import { FERRY_VERSION } from '../qmp/ferry-version.js';
+import { prestartWorkloadWorker } from '../sim/prestart.js';
 
-const debug = process.argv.includes('--debug');
-
-// `ferry run` with the sim accelerator: start its worker thread now, so it boots while the
-// rest of Ferry loads (src/sim/prestart.ts). A guess from the raw arguments; if wrong, the
-// unused worker is dropped when the process ends.
-if (simLikely(process.argv.slice(2))) {
-  void import('../sim/prestart.js').then((m) => m.prestartWorkloadWorker()).catch(() => {});
-}
-
+/** A guess from the raw arguments; if wrong, the unused worker is dropped when the process ends. */
 function simLikely(args: readonly string[]): boolean {
   if (args[0] !== 'run' || args.includes('--help') || args.includes('-h')) return false;
   const at = args.indexOf('--accel');
@@ -25,123 +16,12 @@ function simLikely(args: readonly string[]): boolean {
   return !existsSync('/dev/kvm');
 }
 
-function fail(err: unknown): never {
-  if (debug) {
-    console.error(err);
-  } else if (err instanceof FerryError) {
-    console.error(`ferry: ${err.message}`);
-  } else {
-    const message = err instanceof Error ? err.message : String(err);
-    console.error(`ferry: ${message} (run with --debug for details)`);
-  }
-  process.exit(1);
-}
-
-function sizeArg(what: string, defaultUnit = 'M') {
-  return (value: string): number => {
-    try {
-      return parseSize(value, what, defaultUnit);
-    } catch (err) {
-      throw new InvalidArgumentError((err as Error).message);
-    }
-  };
-}
-
-function intArg(what: string, min = 0) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${what} must be an integer ≥ ${min}, got "${value}"`);
-    return n;
-  };
-}
-
-/** Rates as QEMU takes them: bytes/s, with K/M/G suffixes (128M = 128 MiB/s). */
-function rateArg(value: string): number {
+if (simLikely(process.argv.slice(2))) {
   try {
-    return parseSize(value, 'bandwidth');
-  } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
+    prestartWorkloadWorker();
+  } catch {
+    // The accelerator starts its own worker and reports any failure then.
   }
 }
 
-function collect(value: string, previous: string[] = []): string[] {
-  return [...previous, value];
-}
-
-const program = new Command();
-program
-  .name('ferry')
-  .description('A virtual machine monitor in TypeScript, built around QEMU\'s live-migration design')
-  .version(FERRY_VERSION, '-V, --version')
-  .option('--debug', 'print stack traces and internal detail on errors')
-  .showHelpAfterError('(run "ferry help" for usage)')
-  .configureOutput({ outputError: (str, write) => write(str) });
-
-program
-  .command('run')
-  .description('run a guest (and optionally wait for an incoming migration)')
-  .option('-m, --memory <size>', 'guest RAM, e.g. 256M or 1G (a bare number means MiB, as in QEMU)', sizeArg('memory size'), 128 * 1024 * 1024)
-  .addOption(new Option('--accel <name>', 'accelerator: kvm, sim (a workload model, no guest code) or v86 (x86 emulator, boots Linux); default kvm where /dev/kvm opens, else sim').choices(['kvm', 'sim', 'v86']))
-  .option('--guest <spec>', 'built-in guest: builtin:sweep[,from=1M,to=100M], builtin:hot,mib=N, builtin:random, builtin:idle (sim also takes rate=PAGES_PER_SEC)', 'builtin:sweep')
-  .option('--kernel <file>', 'Linux kernel (bzImage) to boot (v86)')
-  .option('--initrd <file>', 'initial ramdisk (v86)')
-  .option('--append <cmdline>', 'kernel command line (v86)')
-  .option('--smp <n>', 'number of vCPUs', intArg('--smp', 1), 1)
-  .option('--qmp <uri>', 'QMP server: unix:PATH or tcp:HOST:PORT (QEMU\'s ",server=on,wait=off" suffix is accepted); repeatable', collect, [])
-  .option('--serial <spec>', 'serial console: stdio, file:PATH, unix:PATH (a socket you connect to), none', 'stdio')
-  .option('-S', 'do not start the guest until QMP "cont"')
-  .option('--name <name>', 'a name for this VM (query-name)')
-  .option('--incoming <uri>', 'wait for a migration: tcp:HOST:PORT, unix:PATH, fd:N, exec:COMMAND, or "defer" for QMP migrate-incoming')
-  .option('--mem-prealloc', 'back all guest RAM with host memory at start (QEMU\'s -mem-prealloc): a destination then takes pages at wire speed')
-  .action(async (opts) => {
-    const { runCommand } = await import('./run-command.js');
-    await runCommand(opts);
-  });
-
-program
-  .command('migrate')
-  .description('migrate a running VM (Ferry or QEMU) through its QMP socket, with a live progress bar')
-  .requiredOption('--qmp <socket>', 'the source\'s QMP socket: a unix socket path or tcp:HOST:PORT')
-  .argument('<uri>', 'where to send it: tcp:HOST:PORT, unix:PATH, fd:NAME, exec:COMMAND')
-  .option('--downtime-limit <ms>', 'largest acceptable downtime in milliseconds', intArg('--downtime-limit', 1))
-  .option('--max-bandwidth <rate>', 'bandwidth cap in bytes/s with K/M/G suffixes, e.g. 128M; 0 for unlimited', rateArg)
-  .option('--xbzrle', 'turn on the xbzrle capability (delta-encode re-sent pages)')
-  .option('--no-progress', 'no progress bar, only the summary')
-  .option('--report <file.html>', 'write a self-contained HTML report of the migration')
-  .action(async (uri: string, opts) => {
-    const { migrateCommand } = await import('./migrate-command.js');
-    process.exitCode = await migrateCommand({
-      qmp: opts.qmp,
-      uri,
-      ...(opts.downtimeLimit !== undefined ? { downtimeLimitMs: opts.downtimeLimit } : {}),
-      ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
-      ...(opts.xbzrle ? { capabilities: ['xbzrle'] } : {}),
-      progress: opts.progress,
-      ...(opts.report !== undefined ? { report: opts.report } : {}),
-    });
-  });
-
-program
-  .command('qmp')
-  .description('send one QMP command and print its answer, e.g. ferry qmp /tmp/vm.sock query-status')
-  .argument('<socket>', 'a unix socket path or tcp:HOST:PORT')
-  .argument('<command>', 'the QMP command, e.g. query-migrate')
-  .argument('[args...]', 'arguments as key=value (values are JSON where they parse: 300, true, {"a":1})')
-  .option('--pretty', 'indent the JSON answer')
-  .action(async (socket: string, command: string, args: string[], opts) => {
-    const { qmpCommand } = await import('./qmp-command.js');
-    process.exitCode = await qmpCommand(socket, command, args, { pretty: Boolean(opts.pretty) });
-  });
-
-program
-  .command('demo')
-  .description('start a source and a destination, live-migrate the guest between them, and show that it kept running')
-  .addOption(new Option('--accel <name>', 'accelerator for both sides').choices(['kvm', 'sim', 'v86']))
-  .option('-m, --memory <size>', 'guest RAM', sizeArg('memory size'))
-  .action(async (opts) => {
-    const { demoCommand } = await import('./demo-command.js');
-    process.exitCode = await demoCommand(opts);
-  });
-
-process.on('unhandledRejection', fail);
-program.parseAsync(process.argv).catch(fail);
+await import('./cli.js');

@@ -9,7 +9,7 @@ import {
 import type { SimWorkerData, SimWorkerInit, SimWorkerMessage } from './control.js';
 import { TokenBucket } from './pacer.js';
 import { WorkloadModel, readCpuState, writeCpuState } from './workload.js';
-import { viewAt } from '../sys/libc.js';
+import { viewAt } from '../sys/view.js';
 
 /**
  * Pages written between two looks at the command word. Small enough that a batch stays

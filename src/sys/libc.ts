@@ -4,6 +4,7 @@
 
 import koffi from 'koffi';
 import { SystemCallError } from '../errors.js';
+import { MAX_VIEW_BYTES } from './view.js';
 
 // Linux x86_64 values (asm-generic/fcntl.h, mman-common.h, errno-base.h, signal.h).
 export const O_RDONLY = 0o0;
@@ -38,8 +39,7 @@ export const E2BIG = 7;
 export const ENOMEM = 12;
 export const ENXIO = 6;
 
-/** The largest mapping koffi.view can expose (measured: 4 GiB works, more aborts). */
-export const MAX_VIEW_BYTES = 2 ** 32;
+export { MAX_VIEW_BYTES, viewAt } from './view.js';
 
 /** MAP_FAILED is (void *)-1. */
 const MAP_FAILED = 0xffffffffffffffffn;
@@ -233,15 +233,6 @@ export function sendBufferSize(fd: number): number {
   const value = new Uint8Array(4);
   if (libc().getsockopt(fd, SOL_SOCKET, SO_SNDBUF, value, [4]) < 0) throw fail('getsockopt', `getsockopt(${fd}, SO_SNDBUF)`);
   return new DataView(value.buffer).getInt32(0, true);
-}
-
-/** A view of memory mapped elsewhere in this process (another thread's mapping), by address. */
-export function viewAt(address: bigint, length: number): Uint8Array {
-  if (!Number.isSafeInteger(length) || length <= 0 || length > MAX_VIEW_BYTES) {
-    throw new RangeError(`Cannot view ${length} bytes: 1 byte to ${MAX_VIEW_BYTES} bytes (4 GiB)`);
-  }
-  // SAFETY: the caller guarantees the mapping at `address` outlives the view.
-  return new Uint8Array(koffi.view(address as unknown as object, length));
 }
 
 /** The kernel thread id of the calling thread (a worker's differs from the main thread's). */
