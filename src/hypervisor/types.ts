@@ -26,6 +26,8 @@ export interface GuestMemoryBlock {
   residency?(): Uint8Array;
   /** Optional: back [offset, offset + length) with host memory now, in bulk (a destination about to write there). */
   populate?(offset: number, length: number): void;
+  /** Optional: populate() on another thread; the caller goes on at once (and may write the range meanwhile). */
+  populateInBackground?(offset: number, length: number): Promise<void>;
 }
 
 /** One bit per page, bit (i & 31) of word (i >> 5) for page i of the block. */

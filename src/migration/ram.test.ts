@@ -286,3 +286,45 @@ test('a never-backed page written after setup and synced before the first pass r
   assert.equal(dst.ram[40 * PAGE_SIZE + 8], 0x5a);
   assert.deepEqual(dst.ram, src.ram);
 });
+
+test('destination: dense pages back the next regions in the background, sparse pages do not, each region once', async () => {
+  const REGION = 2 * 1024 * 1024;
+  const regionPages = REGION / PAGE_SIZE;
+  const src = new FakeVm({ memorySize: 16 * REGION });
+  // Regions 0-1 dense (every page), then one page in each of regions 8 and 12 (sparse).
+  src.fillPages(0, 2 * regionPages);
+  src.fillPages(8 * regionPages, 1);
+  src.fillPages(12 * regionPages, 1);
+  const { bytes } = await saveAll(src);
+
+  const dst = new FakeVm({ memorySize: 16 * REGION, incoming: true });
+  const block = dst.memory[0]!;
+  const foreground: number[] = [];
+  const background: number[] = [];
+  let running = 0;
+  let mostAtOnce = 0;
+  Object.assign(block, {
+    populate: (offset: number) => { foreground.push(offset / REGION); },
+    populateInBackground: async (offset: number) => {
+      background.push(offset / REGION);
+      mostAtOnce = Math.max(mostAtOnce, ++running);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+      running--;
+    },
+  });
+  const r = new StreamReader(channelFromBytes(bytes, { chunkSize: 64 * 1024 }));
+  const load = handler(dst);
+  await load.load(r, 4, 'ram');
+  await load.load(r, 4, 'ram');
+  assert.deepEqual(dst.ram, src.ram);
+  // Region 0 is backed where its first page lands; its 64th page starts regions 1 and 2 in
+  // the background (two at once at most); region 1's 64th finds 2 still in flight or done.
+  assert.equal(foreground[0], 0);
+  assert.ok(background.includes(1), `background: ${background.join(',')}`);
+  assert.ok(mostAtOnce <= 2, `${mostAtOnce} background populates at once`);
+  const all = [...foreground, ...background];
+  assert.equal(new Set(all).size, all.length, `a region backed twice: ${all.join(',')}`);
+  // The sparse pages' regions are backed in the foreground, and nothing is backed ahead of them.
+  assert.ok(foreground.includes(8) && foreground.includes(12), `foreground: ${foreground.join(',')}`);
+  for (const ahead of [9, 10, 11, 13, 14, 15]) assert.ok(!all.includes(ahead), `region ${ahead} was backed for nothing`);
+});

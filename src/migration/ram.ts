@@ -21,6 +21,14 @@ export const RAM_VERSION = 4;
 const WORDS_PER_PAGE = PAGE_SIZE / 4;
 /** The destination backs guest RAM in regions of this size ahead of the pages landing in it. */
 const POPULATE_CHUNK = 2 * 1024 * 1024;
+/**
+ * Destination: once this many pages of one 2 MiB region have arrived, the pages are
+ * coming densely (a first pass), and the next regions are backed in the background.
+ */
+const DENSE_REGION_PAGES = 64;
+/** How many regions past the one being written are backed ahead, and at most at once. */
+const POPULATE_AHEAD_REGIONS = 4;
+const POPULATE_AHEAD_IN_FLIGHT = 2;
 /** How often (in pages) the sender looks at the clock and the rate limiter. */
 const CHECK_EVERY_PAGES = 64;
 
@@ -153,6 +161,9 @@ export class RamHandler implements SaveVmHandler {
   #knownZero: (Uint8Array | undefined)[] = [];
   /** Destination: per block, 2 MiB regions already backed in bulk before pages land in them. */
   #populated: (Uint8Array | undefined)[] = [];
+  /** Destination: the region pages last landed in, how many landed there, and background populates running. */
+  #lastRegion = { block: -1, region: -1, pages: 0 };
+  #populatesInFlight = 0;
   /** Destination: the last block named, kept across sections as QEMU's loader does. */
   readonly #loadState: RamStreamState = { lastBlock: null };
   /** Per-pass figures, oldest first (source). */
@@ -493,9 +504,38 @@ export class RamHandler implements SaveVmHandler {
     const populated = this.#populated[block];
     if (populated === undefined) return;
     const region = Math.floor(offset / POPULATE_CHUNK);
+    const last = this.#lastRegion;
+    if (last.block === block && last.region === region) {
+      if (++last.pages === DENSE_REGION_PAGES) this.#populateAhead(block, region);
+    } else {
+      last.block = block;
+      last.region = region;
+      last.pages = 1;
+    }
     if (populated[region] === 1) return;
     populated[region] = 1;
     this.#vm.memory[block]!.populate?.(region * POPULATE_CHUNK, POPULATE_CHUNK);
+  }
+
+  /**
+   * Pages are landing densely in `region` (a first pass sends them in order): back the
+   * next regions on another thread meanwhile, so that this one copies pages instead of
+   * waiting for the kernel to find memory for them. A region is backed once, by whichever
+   * comes first; the two may overlap safely (populating leaves present pages alone).
+   */
+  #populateAhead(block: number, region: number): void {
+    const mem = this.#vm.memory[block]!;
+    const populated = this.#populated[block]!;
+    if (mem.populateInBackground === undefined) return;
+    const end = Math.min(populated.length, region + 1 + POPULATE_AHEAD_REGIONS);
+    for (let r = region + 1; r < end && this.#populatesInFlight < POPULATE_AHEAD_IN_FLIGHT; r++) {
+      if (populated[r] === 1) continue;
+      populated[r] = 1;
+      this.#populatesInFlight++;
+      void mem.populateInBackground(r * POPULATE_CHUNK, POPULATE_CHUNK).finally(() => {
+        this.#populatesInFlight--;
+      });
+    }
   }
 
   /** Whether a MEM_SIZE record arrived (a stream without one never set up RAM). */

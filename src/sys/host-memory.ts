@@ -5,7 +5,7 @@
 // these machines while the kernel populates gigabytes per second.
 
 import { debuglog } from 'node:util';
-import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, addressOf, mincore, mmapAnonymous, madviseRange, munmap, type Mapping } from './libc.js';
+import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, addressOf, mincore, mmapAnonymous, madviseRange, madviseRangeInBackground, munmap, type Mapping } from './libc.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
 
 const trace = debuglog('ferry');
@@ -52,6 +52,7 @@ export class HostMemory {
       idstr, guestAddress, size: this.size, bytes: this.bytes,
       residency: () => this.residency(),
       populate: (offset, length) => this.populate(offset, length),
+      populateInBackground: (offset, length) => this.populateInBackground(offset, length),
     };
   }
 
@@ -78,6 +79,18 @@ export class HostMemory {
       trace('MADV_POPULATE_WRITE failed with errno %d; guest RAM will fault in page by page', errno);
       this.populateWorks = false;
     }
+  }
+
+  /**
+   * populate() on libuv's thread pool, while this thread goes on. Safe while the range is
+   * being written: MADV_POPULATE_WRITE backs missing pages and leaves present ones alone.
+   */
+  async populateInBackground(offset: number, length: number): Promise<void> {
+    if (!this.populateWorks) return;
+    const start = Math.max(0, offset - (offset % PAGE));
+    const end = Math.min(this.size, offset + length);
+    if (length <= 0 || end <= start) return;
+    await madviseRangeInBackground(this.address + BigInt(start), end - start, MADV_POPULATE_WRITE);
   }
 
   /**

@@ -52,7 +52,10 @@ interface Bindings {
   mmap(addr: null, length: number, prot: number, flags: number, fd: number, offset: number | bigint): unknown;
   munmap(addr: unknown, length: number): number;
   madvise(addr: unknown, length: number, advice: number): number;
-  madviseAt(addr: bigint, length: number, advice: number): number;
+  madviseAt: ((addr: bigint, length: number, advice: number) => number) & {
+    /** koffi runs the call on libuv's thread pool and reports back on this thread. */
+    async(addr: bigint, length: number, advice: number, done: (err: unknown, result: number) => void): void;
+  };
   mincore(addr: bigint, length: number, vec: Uint8Array): number;
   setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
   getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number[]): number;
@@ -197,6 +200,18 @@ export function madvise(mapping: Mapping, advice: number): void {
  */
 export function madviseRange(address: bigint, length: number, advice: number): number {
   return libc().madviseAt(address, length, advice) < 0 ? koffi.errno() : 0;
+}
+
+/**
+ * madviseRange on libuv's thread pool: this thread goes on while the kernel works (a
+ * destination populates guest RAM ahead of the pages arriving this way). Resolves to
+ * true when madvise succeeded; a failure is not an error here, since the memory then
+ * simply faults in when written.
+ */
+export function madviseRangeInBackground(address: bigint, length: number, advice: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    libc().madviseAt.async(address, length, advice, (err, result) => resolve(!err && result === 0));
+  });
 }
 
 /**
