@@ -12,7 +12,7 @@ import { ConsoleClient } from '../src/cli/console-client.js';
 import { FerryProcess } from '../src/cli/ferry-process.js';
 import { runMigration, type QueryMigrateInfo } from '../src/cli/migrate-command.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
-import { measureCeilings } from './ceiling.js';
+import { describeFirstTouch, measureCeilings } from './ceiling.js';
 import { cpuBetween, sampleCpu } from './cpu-usage.js';
 
 interface Cell { memory: string; guest: string; transport: 'tcp' | 'unix'; prealloc: boolean }
@@ -120,6 +120,7 @@ async function main(): Promise<void> {
   const tcpCeiling = Math.max(ceilings.tcpBytesPerSec, ceilings.channelTcpBytesPerSec || 0);
   const unixCeiling = Math.max(ceilings.unixBytesPerSec, ceilings.channelUnixBytesPerSec || 0);
   console.log(`Ceilings in this run (two Node processes, one connection, 1 MiB writes): loopback tcp ${gbs(tcpCeiling)}, unix ${gbs(unixCeiling)}; memcpy ${gbs(ceilings.memcpyBytesPerSec)}`);
+  console.log(`The host backed fresh memory at ${describeFirstTouch(ceilings.firstTouchBytesPerSec)}: ~0.6 GB/s is memory this VM never used before (its nested hypervisor maps it on first touch), ~20 GB/s memory it did. A lazy destination pays this for every page it receives.`);
   console.log('');
   console.log('Destination "lazy" backs its RAM 2 MiB at a time as pages arrive (the default); "prealloc" was started with --mem-prealloc, as QEMU\'s -mem-prealloc.');
   console.log('');
