@@ -49,13 +49,17 @@ const ms = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${Math.ro
 const gbs = (x: number) => `${(x / 1e9).toFixed(2)} GB/s`;
 const mb = (x: number) => `${(x / 1e6).toFixed(1)} MB`;
 
+/** Runs whose downtime overran the limit, with the engine's account of where it went. */
+const overruns: string[] = [];
+
 async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
   const args = ['--accel', accel, '-m', cell.memory, ...(accel === 'v86' ? [] : ['--guest', cell.guest])];
   const incoming = cell.transport === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, `mig-${rep}.sock`)}`;
   const serial = (name: string) => (accel === 'v86' ? `unix:${join(dir, `${name}-${rep}.console`)}` : 'null');
   const destArgs = [...args, ...(cell.prealloc ? ['--mem-prealloc'] : []), '--incoming', incoming];
   const dest = await FerryProcess.start({ dir, name: `dst-${rep}`, args: destArgs, serial: serial('dst'), startTimeoutMs: 120_000 });
-  const source = await FerryProcess.start({ dir, name: `src-${rep}`, args, serial: serial('src'), startTimeoutMs: 120_000 });
+  // The engine's trace (a few lines on stderr) says where a run's downtime went, should it overrun the limit.
+  const source = await FerryProcess.start({ dir, name: `src-${rep}`, args, serial: serial('src'), startTimeoutMs: 120_000, env: { NODE_DEBUG: 'ferry' } });
   let console: ConsoleClient | undefined;
   try {
     if (accel === 'v86') {
@@ -80,6 +84,10 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
     const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: address, maxBandwidth: 0, downtimeLimitMs: downtimeLimit, progress: false, pollMs: 50 });
     const cpu = cpuBetween(before, sampleCpu(pids));
     const info: QueryMigrateInfo = outcome.info;
+    if ((info.downtime ?? 0) > downtimeLimit) {
+      const breakdown = source.stderr.split('\n').find((line) => line.includes('migration: completed in'));
+      overruns.push(`${cell.memory} ${cell.guest} ${cell.prealloc ? 'prealloc' : 'lazy'} ${cell.transport}, rep ${rep + 1}: downtime ${info.downtime} ms — ${breakdown?.replace(/^FERRY \d+: migration: /, '') ?? '(no trace)'}`);
+    }
     const totalMs = info['total-time'] ?? NaN;
     const bytes = info.ram?.transferred ?? NaN;
     return {
@@ -137,6 +145,10 @@ async function main(): Promise<void> {
       const ceiling = cell.transport === 'tcp' ? tcpCeiling : unixCeiling;
       const isIdle = /idle/.test(cell.guest);
       console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % |`);
+    }
+    if (overruns.length > 0) {
+      console.log(`\nRuns whose downtime overran the ${downtimeLimit} ms limit, and where it went (the source's trace):`);
+      for (const line of overruns) console.log(`- ${line}`);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });

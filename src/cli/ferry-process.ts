@@ -19,6 +19,8 @@ export interface FerryProcessOptions {
   /** Serial console spec; default file:<dir>/<name>.console. */
   readonly serial?: string;
   readonly startTimeoutMs?: number;
+  /** Extra environment for the child (e.g. NODE_DEBUG=ferry for the engine's trace on stderr). */
+  readonly env?: Readonly<Record<string, string>>;
 }
 
 export class FerryProcess {
@@ -44,7 +46,7 @@ export class FerryProcess {
     const qmpPath = join(options.dir, `${options.name}.qmp`);
     const consolePath = join(options.dir, `${options.name}.console`);
     const args = [FERRY_MAIN, 'run', ...options.args, '--qmp', `unix:${qmpPath}`, '--serial', options.serial ?? `file:${consolePath}`];
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], ...(options.env ? { env: { ...process.env, ...options.env } } : {}) });
     const vm = new FerryProcess(child, qmpPath, consolePath);
     vm.qmp = await connectWhenListening(child, qmpPath, `ferry run (${options.name})`, options.startTimeoutMs ?? 15_000, () => vm.stderr);
     return vm;

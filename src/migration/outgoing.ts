@@ -201,12 +201,15 @@ export class OutgoingMigration {
     this.#pausedByUs = true;
     this.#checkCancelled();
     ram.markStopped();
+    const pausedAt = this.#o.now();
+    const bytesAtStop = w.bytesWritten;
 
     for (const { sectionId, handler } of registry.iterative) {
       writeSectionPart(w, 'end', sectionId);
       await handler.complete(w);
       writeSectionFooter(w, sectionId);
     }
+    const ramDoneAt = this.#o.now();
     const devices: VmdescDevice[] = [];
     for (const { sectionId, handler } of registry.nonIterative) {
       writeSectionStart(w, 'full', sectionId, handler.idstr, handler.instanceId, handler.version);
@@ -216,6 +219,7 @@ export class OutgoingMigration {
     }
     writeEof(w);
     writeVmdesc(w, { page_size: PAGE_SIZE, devices });
+    const devicesDoneAt = this.#o.now();
     await w.close();
     if (w.error) throw w.error;
     // Every byte is out: the destination will start the guest. A cancel that arrives now
@@ -227,7 +231,12 @@ export class OutgoingMigration {
     this.#totalTime = end - this.#startTime;
     this.#updateCounters(w, true);
     ram.finishPasses();
-    this.#o.trace?.(`migration: completed in ${this.#totalTime.toFixed(1)} ms, downtime ${this.#downtime.toFixed(1)} ms, ${w.bytesWritten} B`);
+    this.#o.trace?.(
+      `migration: completed in ${this.#totalTime.toFixed(1)} ms, downtime ${this.#downtime.toFixed(1)} ms ` +
+        `(stopping the vCPUs ${(pausedAt - stopStart).toFixed(1)} ms, the last RAM ${(ramDoneAt - pausedAt).toFixed(1)} ms, ` +
+        `device state ${(devicesDoneAt - ramDoneAt).toFixed(1)} ms, the last flush ${(end - devicesDoneAt).toFixed(1)} ms; ` +
+        `${w.bytesWritten - bytesAtStop} B after the stop), ${w.bytesWritten} B in all`,
+    );
     registry.cleanupAll();
     vm.setRunState('postmigrate');
     state.transition('completed');
