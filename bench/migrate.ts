@@ -1,8 +1,11 @@
-// `npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off]`:
+// `npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off]
+//   [--memory 256M,1G] [--transport tcp,unix] [--stopped]`:
 // live migrations between two ferry processes, measured through QMP's query-migrate, and
 // in the same run the ceilings they are read against (loopback socket throughput, memcpy).
 // Each dirtying cell runs twice by default: to a destination that backs its RAM as pages
 // arrive (the default) and to one started with --mem-prealloc (QEMU's -mem-prealloc).
+// --stopped stops the source guest (QMP stop) once it is warm, before migrating: the
+// engine's own speed, without a running guest's thread taking a core.
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -29,6 +32,9 @@ const { values } = parseArgs({
     quick: { type: 'boolean', default: false },
     'downtime-limit': { type: 'string', default: '300' },
     'mem-prealloc': { type: 'string', default: 'both' },
+    memory: { type: 'string' },
+    transport: { type: 'string' },
+    stopped: { type: 'boolean', default: false },
   },
 });
 const reps = Number(values.reps);
@@ -38,6 +44,10 @@ const PREALLOC_MODES: Record<string, boolean[]> = { both: [false, true], on: [tr
 const preallocOption = values['mem-prealloc'] ?? 'both';
 if (!(preallocOption in PREALLOC_MODES)) throw new Error(`--mem-prealloc must be both, on or off, not "${preallocOption}"`);
 const preallocModes = PREALLOC_MODES[preallocOption]!;
+const stopped = values.stopped ?? false;
+const TRANSPORTS = ['tcp', 'unix'] as const;
+const transports = (values.transport ?? 'tcp,unix').split(',');
+for (const t of transports) if (!(TRANSPORTS as readonly string[]).includes(t)) throw new Error(`--transport takes tcp and/or unix (comma-separated), not "${t}"`);
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -78,6 +88,7 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
         await new Promise((r) => setTimeout(r, 50));
       }
     }
+    if (stopped) await source.execute('stop');
     const address = await dest.incomingAddress();
     const pids = [source.child.pid!, dest.child.pid!];
     const before = sampleCpu(pids);
@@ -111,18 +122,19 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
 
 async function main(): Promise<void> {
   const cells: Cell[] = [];
-  const memories = accel === 'v86' ? ['128M', '512M'] : values.quick ? ['256M'] : ['256M', '1G'];
+  const memories = values.memory?.split(',') ?? (accel === 'v86' ? ['128M', '512M'] : values.quick ? ['256M'] : ['256M', '1G']);
   const guests = accel === 'v86' ? ['idle', 'busy'] : ['builtin:sweep', 'builtin:idle'];
   for (const memory of memories) {
     for (const guest of guests) {
       // An idle guest sends zero pages, which a destination does not back either way.
       const modes = /idle/.test(guest) ? [false] : preallocModes;
-      for (const prealloc of modes) for (const transport of ['tcp', 'unix'] as const) cells.push({ memory, guest, transport, prealloc });
+      for (const prealloc of modes) for (const transport of transports as (typeof TRANSPORTS)[number][]) cells.push({ memory, guest, transport, prealloc });
     }
   }
 
   console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${reps} reps per cell; median [min–max]`);
   if (accel === 'sim') console.log('(sim: no guest code runs; a workload model writes guest RAM — the sweep at 250 000 pages/s, about what the real sweep guest does under this machine\'s KVM)');
+  if (stopped) console.log('--stopped: each source guest was stopped (QMP stop) after warming up, before the migration: no guest thread runs meanwhile.');
   const ceilings = await measureCeilings({ bytes: 1024 ** 3, runs: 3 });
   // The ceiling is the best one Node connection reached: raw 'data' events or Ferry's channel.
   const tcpCeiling = Math.max(ceilings.tcpBytesPerSec, ceilings.channelTcpBytesPerSec || 0);
@@ -144,7 +156,7 @@ async function main(): Promise<void> {
       const ok = runs.filter((r) => r.status === 'completed');
       const ceiling = cell.transport === 'tcp' ? tcpCeiling : unixCeiling;
       const isIdle = /idle/.test(cell.guest);
-      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % |`);
+      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % |`);
     }
     if (overruns.length > 0) {
       console.log(`\nRuns whose downtime overran the ${downtimeLimit} ms limit, and where it went (the source's trace):`);
