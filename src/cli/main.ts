@@ -1,27 +1,29 @@
 #!/usr/bin/env node
-// The `ferry` command's entry point. It loads almost nothing itself: for `ferry run` with
-// the sim accelerator it first starts the workload worker thread (src/sim/prestart.ts),
-// which needs ~100 ms to boot its own Node instance, and only then loads the command line
-// (cli.ts) and through it the VMM — so the two overlap on the machine's cores.
+// The `ferry` command's entry point. It loads almost nothing itself: for `ferry run` it
+// first starts the worker thread the guest will run on — the sim's workload, or vCPU 0
+// under KVM — which needs ~100 ms to boot its own Node instance and load koffi, and only
+// then loads the command line (cli.ts) and through it the VMM, so the two overlap on the
+// machine's cores (src/sys/early-worker.ts). A wrong guess costs nothing but the thread.
 
 import { existsSync } from 'node:fs';
-import { prestartWorkloadWorker } from '../sim/prestart.js';
+import { prestartWorker } from '../sys/early-worker.js';
+import { WORKLOAD_WORKER_NAME, WORKLOAD_WORKER_URL } from '../sim/prestart.js';
+import { VCPU_WORKER_URL, vcpuThreadName } from '../kvm/vcpu-worker-url.js';
 
-/** A guess from the raw arguments; if wrong, the unused worker is dropped when the process ends. */
-function simLikely(args: readonly string[]): boolean {
-  if (args[0] !== 'run' || args.includes('--help') || args.includes('-h')) return false;
+/** The accelerator `ferry run` will most likely use, guessed from the raw arguments. */
+function likelyAccelerator(args: readonly string[]): string | undefined {
+  if (args[0] !== 'run' || args.includes('--help') || args.includes('-h')) return undefined;
   const at = args.indexOf('--accel');
   const accel = at >= 0 ? args[at + 1] : args.find((a) => a.startsWith('--accel='))?.slice('--accel='.length);
-  if (accel !== undefined) return accel === 'sim';
-  return !existsSync('/dev/kvm');
+  return accel ?? (existsSync('/dev/kvm') ? 'kvm' : 'sim');
 }
 
-if (simLikely(process.argv.slice(2))) {
-  try {
-    prestartWorkloadWorker();
-  } catch {
-    // The accelerator starts its own worker and reports any failure then.
-  }
+try {
+  const accel = likelyAccelerator(process.argv.slice(2));
+  if (accel === 'sim') prestartWorker(WORKLOAD_WORKER_URL, { name: WORKLOAD_WORKER_NAME });
+  else if (accel === 'kvm') prestartWorker(VCPU_WORKER_URL, { name: vcpuThreadName(0) });
+} catch {
+  // The accelerator starts its own worker and reports any failure then.
 }
 
 await import('./cli.js');

@@ -10,6 +10,7 @@ import { VcpuThread } from './vcpu-thread.js';
 import type { VcpuExit } from './vcpu-thread.js';
 import type { FakeStep } from './testing/fake-vcpu-worker.js';
 import * as M from './vcpu-mailbox.js';
+import { prestartWorker, takePrestartedWorker } from '../sys/early-worker.js';
 
 const FAKE_WORKER = new URL('./testing/fake-vcpu-worker.js', import.meta.url);
 
@@ -163,5 +164,29 @@ test('a triple fault is reported through onExit as a GuestCrashError with a regi
     await thread.pause();
   } finally {
     await thread.stop();
+  }
+});
+
+test('a vCPU worker started with the process is taken by the first thread, gets its data by message, and runs the same', async () => {
+  prestartWorker(FAKE_WORKER, { name: 'vcpu 0' });
+  // Give it time to load its modules and wait, as it would while the VMM loads.
+  await new Promise((r) => setTimeout(r, 200));
+  const first = setup([{ out: 0x3f8, size: 1, values: [0x41] }, { hlt: true }]);
+  const second = setup([{ out: 0x3f8, size: 1, values: [0x42] }, { hlt: true }]);
+  try {
+    assert.equal(first.thread.startedEarly, true, 'the first thread took the waiting worker');
+    assert.equal(second.thread.startedEarly, false, 'the next one starts its own');
+    assert.equal(takePrestartedWorker(FAKE_WORKER), undefined);
+    for (const { thread } of [first, second]) {
+      await thread.ready();
+      thread.resume();
+      await until('HLT', () => thread.state === M.STATE_HALTED);
+      await thread.pause();
+    }
+    assert.deepEqual(first.log, ['out 3f8/1=41']);
+    assert.deepEqual(second.log, ['out 3f8/1=42']);
+  } finally {
+    await first.thread.stop();
+    await second.thread.stop();
   }
 });

@@ -2,7 +2,7 @@
 // within milliseconds even if the guest never exits: immediate_exit + SIGUSR2 to the
 // worker's thread), and services its IO/MMIO traffic on the IoBus in guest order.
 
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { debuglog } from 'node:util';
 import { GuestCrashError } from '../errors.js';
 import { SIGUSR2, tgkill } from '../sys/libc.js';
@@ -12,6 +12,8 @@ import * as M from './vcpu-mailbox.js';
 import { formatRegisterDump } from './register-dump.js';
 import type { KvmRegs, KvmRunView, KvmSregs } from './structs.js';
 import type { VcpuWorkerData } from './vcpu-worker.js';
+import { VCPU_WORKER_URL, vcpuThreadName } from './vcpu-worker-url.js';
+import { startWorker } from '../sys/early-worker.js';
 
 const trace = debuglog('ferry');
 
@@ -38,7 +40,6 @@ const waitAsync = (Atomics as unknown as {
   waitAsync(array: Int32Array, index: number, value: number, timeoutMs?: number): WaitAsyncResult;
 }).waitAsync;
 
-const WORKER_URL = new URL('./vcpu-worker.js', import.meta.url);
 /** How long pause() waits between kicks before sending the signal again. */
 const KICK_RETRY_MS = 2;
 
@@ -63,6 +64,8 @@ export class VcpuThread {
   readonly vcpu: VcpuHandle;
   private readonly box = M.createMailbox();
   private readonly worker: Worker;
+  /** Whether the thread was started ahead of its VM and taken here (src/sys/early-worker.ts). */
+  readonly startedEarly: boolean;
   private readonly ioBus: IoBus;
   private readonly onExit: (exit: VcpuExit) => void;
   private servicing: Promise<void>;
@@ -76,7 +79,11 @@ export class VcpuThread {
     Atomics.store(this.box, M.CONTROL, M.CONTROL_PAUSE);
     holdKickSignal();
     const workerData: VcpuWorkerData = { vcpuFd: vcpu.fd, mmapSize: vcpu.runMapping.length, mailbox: this.box.buffer as SharedArrayBuffer };
-    this.worker = new Worker(options.workerUrl ?? WORKER_URL, { workerData: { ...options.extraWorkerData, ...workerData }, name: `vcpu ${vcpu.id}` });
+    // vCPU 0's worker may have been started with the process (src/cli/main.ts): it is then
+    // sent its data now instead of booting from scratch.
+    const started = startWorker(options.workerUrl ?? VCPU_WORKER_URL, { ...options.extraWorkerData, ...workerData }, { name: vcpuThreadName(vcpu.id) });
+    this.worker = started.worker;
+    this.startedEarly = started.early;
     this.worker.on('error', (err) => {
       this.workerError = err;
       this.onExit({ kind: 'crash', error: new GuestCrashError(`vCPU ${vcpu.id} thread failed: ${err.message}`, '', { cause: err }) });

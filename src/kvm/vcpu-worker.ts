@@ -2,12 +2,12 @@
 // bindings and its own mapping of kvm_run; it needs no view of guest RAM, because every
 // exit's data (IO, MMIO) lives in kvm_run.
 
-import { workerData } from 'node:worker_threads';
 import { MAP_SHARED, PROT_READ, PROT_WRITE, gettid, ioctlIntRaw, mmap, munmap } from '../sys/libc.js';
 import * as K from './ioctls.js';
 import * as M from './vcpu-mailbox.js';
 import { reportStopped, runVcpuLoop } from './vcpu-loop.js';
 import { KvmRunView } from './structs.js';
+import { workerInput } from '../sys/early-worker.js';
 
 export interface VcpuWorkerData {
   readonly vcpuFd: number;
@@ -15,7 +15,9 @@ export interface VcpuWorkerData {
   readonly mailbox: SharedArrayBuffer;
 }
 
-const data = workerData as VcpuWorkerData;
+// vCPU 0's worker may start with the process, before its VM exists: it then loads its
+// modules and learns its vCPU from the first message (src/sys/early-worker.ts).
+const data = await workerInput<VcpuWorkerData>();
 const box = new Int32Array(data.mailbox);
 // SAFETY: a second MAP_SHARED mapping of the vCPU fd shows the same kvm_run page as the
 // main thread's; it is unmapped when this loop ends, before the main thread closes the fd.

@@ -39,12 +39,6 @@ export interface SimWorkerData {
   readonly cpu: SharedArrayBuffer;
 }
 
-/** The one message to a worker started before its VM (prestart.ts): what workerData would have held. */
-export interface SimWorkerInit {
-  readonly type: 'init';
-  readonly data: SimWorkerData;
-}
-
 /** Messages from the worker, in the order it sent them. */
 export type SimWorkerMessage =
   | { readonly type: 'ready' }

@@ -3,17 +3,18 @@ import assert from 'node:assert/strict';
 import { PortIoBus } from '../machine/io-bus.js';
 import { parseGuestSpec } from '../guests/spec.js';
 import { createSimAccelerator } from './sim-accelerator.js';
-import { prestartWorkloadWorker, takePrestartedWorker } from './prestart.js';
+import { WORKLOAD_WORKER_NAME, WORKLOAD_WORKER_URL } from './prestart.js';
+import { prestartWorker, takePrestartedWorker } from '../sys/early-worker.js';
 
 test('sim prestart: the accelerator takes the waiting worker, sends it its memory, and the workload runs', async () => {
-  prestartWorkloadWorker();
-  prestartWorkloadWorker(); // a second call keeps the first worker
+  prestartWorker(WORKLOAD_WORKER_URL, { name: WORKLOAD_WORKER_NAME });
+  prestartWorker(WORKLOAD_WORKER_URL, { name: WORKLOAD_WORKER_NAME }); // a second call keeps the first worker
   const ioBus = new PortIoBus();
   const accel = await createSimAccelerator({
     memorySize: 8 * 1024 * 1024, vcpus: 1, guest: parseGuestSpec('builtin:sweep,rate=200000'), ioBus, incoming: false,
   });
   try {
-    assert.equal(takePrestartedWorker(), undefined, 'the accelerator took it');
+    assert.equal(takePrestartedWorker(WORKLOAD_WORKER_URL), undefined, 'the accelerator took it');
     accel.resume();
     const deadline = Date.now() + 10_000;
     while (accel.memory[0]!.bytes[1024 * 1024] === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
@@ -25,7 +26,7 @@ test('sim prestart: the accelerator takes the waiting worker, sends it its memor
 });
 
 test('sim prestart: with none waiting, take returns nothing and the accelerator starts its own', async () => {
-  assert.equal(takePrestartedWorker(), undefined);
+  assert.equal(takePrestartedWorker(WORKLOAD_WORKER_URL), undefined);
   const accel = await createSimAccelerator({
     memorySize: 8 * 1024 * 1024, vcpus: 1, guest: parseGuestSpec('builtin:idle'), ioBus: new PortIoBus(), incoming: false,
   });

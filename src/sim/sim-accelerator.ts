@@ -2,7 +2,7 @@
 // workload model in a worker thread writes at a set rate, marking a shared dirty
 // bitmap, so the migration engine can be exercised and measured on any machine.
 
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { ConfigError, GuestCrashError, VmStateError } from '../errors.js';
 import { writeGuestParams } from '../guests/params.js';
 import { sweepRange } from '../guests/spec.js';
@@ -15,8 +15,9 @@ import type { VmStateValue } from '../migration/vmstate-types.js';
 import {
   CMD_EXIT, CMD_PAUSE, CMD_RUN, CTRL_BYTES, CTRL_REQUEST, SEQ_MASK, encodeRequest,
 } from './control.js';
-import type { SimCommand, SimWorkerData, SimWorkerInit, SimWorkerMessage } from './control.js';
-import { WORKLOAD_WORKER_URL, takePrestartedWorker, workloadWorkerOptions } from './prestart.js';
+import type { SimCommand, SimWorkerData, SimWorkerMessage } from './control.js';
+import { WORKLOAD_WORKER_NAME, WORKLOAD_WORKER_URL } from './prestart.js';
+import { startWorker } from '../sys/early-worker.js';
 import { SIM_CPU_STATE_DESCRIPTION, loadCpuState, saveCpuState } from './cpu-state.js';
 import {
   CPU_STATE_BYTES, WORKLOAD_HOT, WORKLOAD_IDLE, WORKLOAD_RANDOM, WORKLOAD_SWEEP, readCpuState, seedPrng, writeCpuState,
@@ -163,8 +164,7 @@ class SimAccelerator implements Accelerator {
     }];
 
     const workerData: SimWorkerData = { ramAddress: host.address, ramSize: host.size, dirty, control, cpu: this.cpu };
-    const early = takePrestartedWorker();
-    this.worker = early ?? new Worker(WORKLOAD_WORKER_URL, { workerData, ...workloadWorkerOptions() });
+    this.worker = startWorker(WORKLOAD_WORKER_URL, workerData, { name: WORKLOAD_WORKER_NAME }).worker;
     this.ready = new Promise((resolve) => { this.markReady = resolve; });
     this.worker.on('message', (message: SimWorkerMessage) => this.onMessage(message));
     let failed = false;
@@ -173,7 +173,6 @@ class SimAccelerator implements Accelerator {
       this.startError ??= error;
       this.emitExit({ kind: 'crash', error: new GuestCrashError(`The sim workload worker failed: ${error.message}`, '', { cause: error }) });
     });
-    if (early) early.postMessage({ type: 'init', data: workerData } satisfies SimWorkerInit);
     this.exited = new Promise((resolve) => {
       this.worker.once('exit', (code) => {
         this.workerGone = true;

@@ -1,12 +1,13 @@
 // The sim accelerator's "vCPU thread": runs the workload model, paced by a token bucket,
 // until the main thread asks it to pause or exit (see control.ts for the handshake).
 
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import {
   CMD_EXIT, CMD_PAUSE, CTRL_ACK, CTRL_REQUEST, requestCommand, requestSeq,
 } from './control.js';
-import type { SimWorkerData, SimWorkerInit, SimWorkerMessage } from './control.js';
+import type { SimWorkerData, SimWorkerMessage } from './control.js';
+import { workerInput } from '../sys/early-worker.js';
 import { TokenBucket } from './pacer.js';
 import { WorkloadModel, readCpuState, writeCpuState } from './workload.js';
 import { viewAt } from '../sys/view.js';
@@ -21,9 +22,7 @@ const MAX_BATCH = 256;
 const port = parentPort!;
 // A worker started ahead of its VM (prestart.ts) has its modules loaded already and
 // learns its memory and control words from the first message.
-const data = (workerData as SimWorkerData | undefined) ?? (await new Promise<SimWorkerData>((resolve) => {
-  port.once('message', (message: SimWorkerInit) => resolve(message.data));
-}));
+const data = await workerInput<SimWorkerData>();
 const control = new Int32Array(data.control);
 // The main thread owns the mapping and unmaps it only after this worker has exited.
 const ram = viewAt(data.ramAddress, data.ramSize);

@@ -2,7 +2,7 @@
 // (vcpu-loop.ts) over a scripted "KVM_RUN" that produces exits into a shared kvm_run page
 // the way the kernel does, so the mailbox, IO ordering, HLT and pause can be tested.
 
-import { workerData } from 'node:worker_threads';
+import { workerInput } from '../../sys/early-worker.js';
 import { EINTR, gettid } from '../../sys/libc.js';
 import * as K from '../ioctls.js';
 import * as M from '../vcpu-mailbox.js';
@@ -32,7 +32,8 @@ export interface FakeWorkerData {
 /** Where the fake puts PIO data: inside the page, as the kernel does (data_offset). */
 const IO_DATA_OFFSET = 2048;
 
-const data = workerData as FakeWorkerData;
+// Like the real worker, it takes its data from workerData or, prestarted, from the first message.
+const data = await workerInput<FakeWorkerData>();
 const box = new Int32Array(data.mailbox);
 const page = new Uint8Array(data.runPage);
 const view = new DataView(data.runPage);

@@ -1,0 +1,88 @@
+// Worker threads started before they are needed. A worker boots its own Node instance and
+// loads its modules (koffi among them), ~100 ms on these machines; `ferry` starts the one
+// the guest will run on (the sim's workload, or vCPU 0 under KVM) as its very first step,
+// so that this overlaps the main thread loading the VMM. Whoever later needs a worker from
+// that module takes the waiting one and sends it, in one message, what it would otherwise
+// have got as workerData. This module imports nothing but node:worker_threads, so the
+// entry point can load it at once.
+
+import { Worker, parentPort, workerData } from 'node:worker_threads';
+
+/** The one message a prestarted worker waits for: what workerData would have held. */
+export interface WorkerInit<T> {
+  readonly type: 'init';
+  readonly data: T;
+}
+
+export interface WorkerStartOptions {
+  /** The thread's name (shown by debuggers and in `top -H`). */
+  readonly name?: string;
+}
+
+/** Options for every worker Ferry starts. */
+export function workerOptions(options?: WorkerStartOptions): { execArgv: string[]; name?: string } {
+  // Workers inherit the process's flags; --input-type (from `node -e`) would make loading
+  // a module file fail.
+  return {
+    execArgv: process.execArgv.filter((arg) => !arg.startsWith('--input-type')),
+    ...(options?.name !== undefined ? { name: options.name } : {}),
+  };
+}
+
+interface Waiting {
+  readonly worker: Worker;
+  failed: boolean;
+}
+
+/** At most one waiting worker per module. */
+const waiting = new Map<string, Waiting>();
+
+/** Start a worker running `url` now, for the next startWorker(url, …) to take. A second call for the same module keeps the first. */
+export function prestartWorker(url: URL, options?: WorkerStartOptions): void {
+  if (waiting.has(url.href)) return;
+  const entry: Waiting = { worker: new Worker(url, workerOptions(options)), failed: false };
+  // Until taken it must neither keep the process alive nor crash it with an unheard error.
+  entry.worker.unref();
+  entry.worker.once('error', () => { entry.failed = true; });
+  entry.worker.once('exit', () => { entry.failed = true; });
+  waiting.set(url.href, entry);
+}
+
+/** The prestarted worker for `url`, if one is waiting and healthy; it is the caller's from now on. */
+export function takePrestartedWorker(url: URL): Worker | undefined {
+  const entry = waiting.get(url.href);
+  waiting.delete(url.href);
+  if (!entry) return undefined;
+  if (entry.failed) {
+    void entry.worker.terminate();
+    return undefined;
+  }
+  entry.worker.ref();
+  return entry.worker;
+}
+
+/**
+ * A worker running `url` with `data`: the prestarted one, sent its data now, or a new
+ * one with the data as workerData. `early` says which (for tests and traces).
+ */
+export function startWorker<T>(url: URL, data: T, options?: WorkerStartOptions): { worker: Worker; early: boolean } {
+  const early = takePrestartedWorker(url);
+  if (early) {
+    early.postMessage({ type: 'init', data } satisfies WorkerInit<T>);
+    return { worker: early, early: true };
+  }
+  return { worker: new Worker(url, { workerData: data, ...workerOptions(options) }), early: false };
+}
+
+/**
+ * In a worker: its data — workerData when it was started with it, otherwise the init
+ * message of a worker that was started ahead of its VM.
+ */
+export async function workerInput<T>(): Promise<T> {
+  if (workerData !== undefined && workerData !== null) return workerData as T;
+  const port = parentPort;
+  if (!port) throw new Error('workerInput() called outside a worker thread');
+  return new Promise<T>((resolve) => {
+    port.once('message', (message: WorkerInit<T>) => resolve(message.data));
+  });
+}
