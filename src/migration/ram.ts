@@ -325,6 +325,26 @@ export class RamHandler implements SaveVmHandler {
           this.#cursorWord++;
           continue;
         }
+        // 32 pending pages the host never backed: 32 ZERO chunks at once, without reading
+        // them (most of an idle guest's RAM).
+        if (bits === 0xffffffff && xbz === undefined && this.#neverBacked32(b, wi)) {
+          chunks.zeroRun(block.idstr, wi * 32 * PAGE_SIZE, 32);
+          toSend[wi] = 0;
+          stats.remainingPages -= 32;
+          stats.duplicate += 32;
+          this.#cursorWord++;
+          sinceCheck += 32;
+          if (sinceCheck >= checkEvery) {
+            sinceCheck = 0;
+            const written = w.bytesWritten - bytesMark;
+            bytesMark = w.bytesWritten;
+            this.#account(written);
+            if (w.backlogged) await w.settled();
+            words = wordsOf(block, words);
+            if (limited && (limiter.exceeded() || now() >= deadline)) break outer;
+          }
+          continue;
+        }
         while (bits !== 0) {
           const bit = 31 - Math.clz32(bits & -bits);
           bits = (bits & ~(1 << bit)) >>> 0;
@@ -380,6 +400,19 @@ export class RamHandler implements SaveVmHandler {
   }
 
   #passMark = { pages: 0, zero: 0, bytes: 0 };
+
+  /**
+   * Whether the 32 pages of bitmap word `word` of block `b` were all never backed at setup
+   * (and not written since); if so they are marked used, as sending them does.
+   */
+  #neverBacked32(b: number, word: number): boolean {
+    const untouched = this.#untouched[b];
+    const first = word * 32;
+    if (untouched === undefined || first + 32 > untouched.length) return false;
+    for (let page = first; page < first + 32; page++) if ((untouched[page]! & 1) !== 0) return false;
+    untouched.fill(1, first, first + 32);
+    return true;
+  }
 
   /** Bring the open pass's figures up to date; with `endMs`, close it. */
   #closePass(endMs?: number): void {

@@ -316,3 +316,78 @@ test('a CONTINUE chunk at the start of a section means the block named in an ear
   await readRamChunks(fresh, sink, 'ram');
   await assert.rejects(readRamChunks(fresh, sink, 'ram'), /CONTINUE but no block was named/);
 });
+
+test('ram: zeroRun writes the same bytes as one zero() per page', async () => {
+  const one = await writtenBytes((w) => {
+    const c = new RamChunkWriter(w);
+    for (let p = 3; p < 40; p++) c.zero('pc.ram', p * PAGE);
+    c.zero('vga.vram', 0);
+    for (let p = 40; p < 45; p++) c.zero('pc.ram', p * PAGE);
+    c.eos();
+  });
+  const run = await writtenBytes((w) => {
+    const c = new RamChunkWriter(w);
+    c.zeroRun('pc.ram', 3 * PAGE, 37);
+    c.zeroRun('vga.vram', 0, 1);
+    c.zeroRun('pc.ram', 40 * PAGE, 0); // nothing
+    c.zeroRun('pc.ram', 40 * PAGE, 5);
+    c.eos();
+  });
+  assertHexEqual(toHex(run), toHex(one));
+});
+
+test('ram: runs of zero pages decode the same through any chunking, and a bad chunk inside a run is refused at its own offset', async () => {
+  // Zero runs, a page in the middle, a zero page with fill 0x5a, and zero pages past a 4 GiB offset.
+  const big = 5 * 2 ** 30;
+  const bytes = await writtenBytes((w) => {
+    const c = new RamChunkWriter(w);
+    c.zeroRun('pc.ram', 0, 300);
+    c.page('pc.ram', 300 * PAGE, new Uint8Array(PAGE).fill(1));
+    c.zeroRun('pc.ram', 301 * PAGE, 200);
+    c.eos();
+  });
+  // Where chunk k (from 0) of the first run starts: the first names its block (8 + 1 + 6
+  // bytes of header, then the fill byte), the others are 9 bytes (CONTINUE).
+  const chunkAt = (k: number): number => (k === 0 ? 0 : 16 + (k - 1) * 9);
+  // Patch one zero chunk's fill byte: the 51st chunk after the page.
+  const pageChunkEnd = chunkAt(300) + 8 + PAGE;
+  bytes[pageChunkEnd + 50 * 9 + 8] = 0x5a;
+  const highBytes = await writtenBytes((w) => {
+    const c = new RamChunkWriter(w);
+    c.zeroRun('high', big, 100);
+    c.eos();
+  });
+  let expected: string[] | undefined;
+  for (const chunkSize of [1, 7, 9, 100, 4104, 64 * 1024]) {
+    const { sink, calls } = recordingSink({ 'pc.ram': 501 * PAGE });
+    const r = readerOf(bytes, chunkSize);
+    await readRamChunks(r, sink, 'ram');
+    assert.equal(await r.atEnd(), true, `chunks of ${chunkSize}`);
+    assert.equal(calls.length, 501);
+    assert.equal(calls[300 + 1 + 50], `zero pc.ram ${(301 + 50) * PAGE} 90`);
+    expected ??= calls;
+    assert.deepEqual(calls, expected, `chunks of ${chunkSize}`);
+    // Offsets above 4 GiB: a sink that only records (no 5 GiB array behind it).
+    const highCalls: string[] = [];
+    const highSink: RamChunkSink = {
+      memSize: () => assert.fail('no MEM_SIZE here'),
+      pageTarget: () => assert.fail('no page here'),
+      zero: (idstr, offset, fill) => { highCalls.push(`zero ${idstr} ${offset} ${fill}`); },
+    };
+    await readRamChunks(readerOf(highBytes, chunkSize), highSink, 'ram');
+    assert.deepEqual(highCalls, Array.from({ length: 100 }, (_, i) => `zero high ${big + i * PAGE} 0`));
+  }
+  // A block one page too small: the last zero chunk of the first run is refused, and so is
+  // an unknown flag in the middle of a run, at that chunk's offset.
+  const { sink } = recordingSink({ 'pc.ram': 299 * PAGE });
+  await assert.rejects(readRamChunks(readerOf(bytes, 1000), sink, 'ram'), new RegExp(`no page pc.ram@${299 * PAGE}$`));
+  const bad = bytes.slice();
+  bad[chunkAt(10) + 7] = bad[chunkAt(10) + 7]! | 0x80; // the 11th chunk's flags gain RAM_SAVE_FLAG_HOOK
+  const badSink = recordingSink({ 'pc.ram': 501 * PAGE });
+  await assert.rejects(readRamChunks(readerOf(bad, 1000), badSink.sink, 'ram'), (err: unknown) => {
+    assert.ok(err instanceof StreamFormatError, String(err));
+    assert.equal(err.offset, chunkAt(10), err.message);
+    return true;
+  });
+  assert.equal(badSink.calls.length, 10, 'the ten chunks before it were applied');
+});

@@ -76,6 +76,21 @@ export class RamChunkWriter {
     this.#w.u8(0);
   }
 
+  /**
+   * `count` consecutive zero pages from `offset`: the same chunks as that many zero()
+   * calls, for the stretches of never-touched RAM an idle guest is mostly made of.
+   */
+  zeroRun(idstr: string, offset: number, count: number): void {
+    if (count <= 0) return;
+    this.zero(idstr, offset);
+    const w = this.#w;
+    const flags = RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE;
+    for (let i = 1, at = offset + RAM_PAGE_SIZE; i < count; i++, at += RAM_PAGE_SIZE) {
+      w.be64(at + flags);
+      w.u8(0);
+    }
+  }
+
   /** A page as an XBZRLE delta against the copy the destination already has (ram.c save_xbzrle_page). */
   xbzrle(idstr: string, offset: number, encoded: Uint8Array): void {
     if (encoded.byteLength > RAM_PAGE_SIZE) {
@@ -136,6 +151,35 @@ export interface RamStreamState {
   lastBlock: string | null;
 }
 
+/** The flags of a zero page of the block named before: what an idle guest's stream is mostly made of. */
+const ZERO_CONTINUE = RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE;
+const ZERO_CHUNK_BYTES = 9;
+
+/**
+ * Decode the ZERO|CONTINUE chunks that follow in the reader's current buffer in place —
+ * the same checks and the same sink calls as the general loop, without its per-chunk
+ * reads. Stops at anything else, at a chunk that straddles buffers, or at the buffer's end;
+ * the general loop takes it from there. Each chunk is consumed before the sink sees it,
+ * so an error names the same offset the general loop would.
+ */
+function readZeroRun(r: StreamReader, sink: RamChunkSink, block: string): void {
+  for (;;) {
+    const { view, start, end } = r.contiguous();
+    let at = start;
+    while (end - at >= ZERO_CHUNK_BYTES) {
+      const high = view.getUint32(at);
+      const low = view.getUint32(at + 4);
+      if ((low & PAGE_MASK) !== ZERO_CONTINUE || high > MAX_OFFSET_HIGH_WORD) break;
+      const fill = view.getUint8(at + 8);
+      at += ZERO_CHUNK_BYTES;
+      r.skipContiguous(ZERO_CHUNK_BYTES);
+      sink.zero(block, high * TWO_32 + ((low & ~PAGE_MASK) >>> 0), fill);
+    }
+    // Go on into the next buffered chunk only when this one ended exactly at a chunk boundary.
+    if (at !== end || r.available() < ZERO_CHUNK_BYTES) return;
+  }
+}
+
 /**
  * Read chunks until EOS, handing each to `sink`. The block named by the previous chunk
  * carries over CONTINUE chunks. QEMU 7.2's loader keeps it for the whole incoming
@@ -175,6 +219,7 @@ export async function readRamChunks(r: StreamReader, sink: RamChunkSink, section
       } else if (kind === RAM_SAVE_FLAG_ZERO) {
         if (r.available() < 1) await r.ensure(1, section);
         sink.zero(block, offset, r.u8());
+        readZeroRun(r, sink, block);
       } else {
         await r.ensure(3, section);
         const encoding = r.u8();

@@ -159,6 +159,25 @@ export class StreamReader {
     this.#consumed += n;
   }
 
+  /**
+   * The bytes that follow without a chunk boundary, for a caller that decodes a run of
+   * small records in place: read them through `view` from `start` up to `end`, then
+   * consume what was decoded with skipContiguous(). Nothing is copied. Valid until the
+   * next read of any kind.
+   */
+  contiguous(): { readonly view: DataView; readonly start: number; readonly end: number } {
+    if (this.#pos >= this.#cur.byteLength && this.#head < this.#queue.length) this.#advance();
+    return { view: this.#curView, start: this.#pos, end: this.#cur.byteLength };
+  }
+
+  /** Consume `n` bytes that contiguous() showed. */
+  skipContiguous(n: number): void {
+    if (!Number.isInteger(n) || n < 0 || n > this.#cur.byteLength - this.#pos) {
+      throw new StreamTruncatedError(`Cannot skip ${n} contiguous bytes at offset ${this.#consumed}: only ${this.#cur.byteLength - this.#pos} follow in this chunk`, this.#consumed);
+    }
+    this.#take(n);
+  }
+
   /** Skip `n` bytes (which must be buffered). */
   skip(n: number): void {
     this.#need(n);
