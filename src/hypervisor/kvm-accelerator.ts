@@ -107,8 +107,10 @@ class KvmAccelerator implements Accelerator {
     private readonly ram: HostMemory,
     private readonly vcpus: readonly KvmVcpu[],
     private readonly threads: readonly VcpuThread[],
+    incoming = false,
   ) {
-    this.memory = [ram.block(RAM_BLOCK_IDSTR)];
+    // An incoming VM's RAM stays untouched until the migration loads it (no guest loaded).
+    this.memory = [ram.block(RAM_BLOCK_IDSTR, 0, { freshZero: incoming })];
     this.dirtyLog = new KvmDirtyLog(vm);
     // KVM would happily read registers of a vCPU that is about to run again; the
     // interface promises these run only while paused, so hold callers to it.
@@ -230,7 +232,7 @@ export async function createKvmAccelerator(config: AcceleratorConfig): Promise<A
       threads.push(thread);
     }
     await Promise.all(threads.map((t) => t.ready()));
-    accelerator = new KvmAccelerator(system, vm, host, vcpus, threads);
+    accelerator = new KvmAccelerator(system, vm, host, vcpus, threads, config.incoming);
     for (const exit of pendingExits) accelerator.emit(exit);
     return accelerator;
   } catch (err) {

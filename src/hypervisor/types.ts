@@ -28,6 +28,13 @@ export interface GuestMemoryBlock {
   populate?(offset: number, length: number): void;
   /** Optional: populate() on another thread; the caller goes on at once (and may write the range meanwhile). */
   populateInBackground?(offset: number, length: number): Promise<void>;
+  /**
+   * Optional, for an incoming VM: true the first time it is asked if the block has held
+   * only zeros since it was allocated (nothing was loaded into it), false after that. A
+   * destination then knows every page is zero without reading it, even where the memory
+   * is backed already (--mem-prealloc), and skips the ZERO pages of the stream.
+   */
+  takeFreshZero?(): boolean;
 }
 
 /** One bit per page, bit (i & 31) of word (i >> 5) for page i of the block. */

@@ -328,3 +328,37 @@ test('destination: dense pages back the next regions in the background, sparse p
   assert.ok(foreground.includes(8) && foreground.includes(12), `foreground: ${foreground.join(',')}`);
   for (const ahead of [9, 10, 11, 13, 14, 15]) assert.ok(!all.includes(ahead), `region ${ahead} was backed for nothing`);
 });
+
+test('destination: a block that says it is fresh zero skips ZERO pages without reading them, once', async () => {
+  const src = new FakeVm({ memorySize: 64 * PAGE_SIZE });
+  src.fillPages(3, 2);
+  const { bytes } = await saveAll(src);
+  const load = async (dst: FakeVm): Promise<void> => {
+    const r = new StreamReader(channelFromBytes(bytes, { chunkSize: 1000 }));
+    const ram = handler(dst);
+    await ram.load(r, 4, 'ram');
+    await ram.load(r, 4, 'ram');
+  };
+  const dst = new FakeVm({ memorySize: 64 * PAGE_SIZE, incoming: true });
+  let asked = 0;
+  let fresh = true;
+  Object.assign(dst.memory[0]!, {
+    takeFreshZero: () => {
+      asked++;
+      const was = fresh;
+      fresh = false;
+      return was;
+    },
+  });
+  // Bytes where the source has zeros: the block's promise is broken on purpose, to show that
+  // a fresh-zero block's ZERO pages are neither read nor written.
+  dst.ram.fill(0xee, 10 * PAGE_SIZE, 11 * PAGE_SIZE);
+  await load(dst);
+  assert.equal(asked, 1);
+  assert.deepEqual(dst.ram.subarray(3 * PAGE_SIZE, 5 * PAGE_SIZE), src.ram.subarray(3 * PAGE_SIZE, 5 * PAGE_SIZE), 'pages with data land');
+  assert.equal(dst.ram[10 * PAGE_SIZE], 0xee, 'a ZERO page of a fresh-zero block is skipped');
+  // A second load (a new handler) gets false: the same stream now zeroes that page.
+  await load(dst);
+  assert.equal(asked, 2);
+  assert.deepEqual(dst.ram, src.ram);
+});

@@ -454,6 +454,8 @@ export class RamHandler implements SaveVmHandler {
     const memory = this.#vm.memory;
     if (this.#knownZero.length === 0) {
       this.#knownZero = memory.map((b) => {
+        // Nothing has been loaded into this memory yet, backed or not: every page is zero.
+        if (b.takeFreshZero?.() === true) return new Uint8Array(b.size >>> PAGE_SHIFT).fill(1);
         const residency = b.residency?.();
         if (!residency) return undefined;
         // Fresh destination memory: every page the host never backed holds zeros.

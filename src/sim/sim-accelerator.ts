@@ -144,7 +144,8 @@ class SimAccelerator implements Accelerator {
     this.cpu = new SharedArrayBuffer(CPU_STATE_BYTES);
     this.control = new Int32Array(control);
     const bytes = host.bytes;
-    this.memory = [host.block(RAM_IDSTR)];
+    // An incoming VM's RAM stays untouched until the migration loads it (no guest parameters).
+    this.memory = [host.block(RAM_IDSTR, 0, { freshZero: config.incoming })];
     this.dirtyLog = new SimDirtyLog(new Uint32Array(dirty));
 
     const initial = initialCpuState(config);

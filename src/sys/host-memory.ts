@@ -46,13 +46,24 @@ export class HostMemory {
     return memory;
   }
 
-  /** The guest's RAM as the accelerator and the migration see it: one block at `guestAddress`. */
-  block(idstr: string, guestAddress = 0): GuestMemoryBlock {
+  /**
+   * The guest's RAM as the accelerator and the migration see it: one block at
+   * `guestAddress`. `freshZero`: the caller (an accelerator creating an incoming VM)
+   * vouches that nothing has written this memory since allocate(); the block says so once
+   * (GuestMemoryBlock.takeFreshZero).
+   */
+  block(idstr: string, guestAddress = 0, options?: { freshZero?: boolean }): GuestMemoryBlock {
+    let freshZero = options?.freshZero ?? false;
     return {
       idstr, guestAddress, size: this.size, bytes: this.bytes,
       residency: () => this.residency(),
       populate: (offset, length) => this.populate(offset, length),
       populateInBackground: (offset, length) => this.populateInBackground(offset, length),
+      takeFreshZero: () => {
+        const was = freshZero;
+        freshZero = false;
+        return was;
+      },
     };
   }
 
