@@ -144,7 +144,8 @@ function progressLine(run: BenchRun): string {
   const figures =
     run.status === 'completed'
       ? `total ${run.totalMs} ms, downtime ${run.downtimeMs} ms, ${((run.throughput ?? 0) / 1e6).toFixed(0)} MB/s, ${run.passes} passes` +
-        (run.destinationStatus && run.destinationStatus !== 'running' ? `, destination ${run.destinationStatus}` : '')
+        (run.destinationStatus && run.destinationStatus !== 'running' ? `, destination ${run.destinationStatus}` : '') +
+        (run.downtimeBreakdown ? `\n    over the limit: ${run.downtimeBreakdown}` : '')
       : run.status === 'not-converged'
         ? `did not converge (cancelled), ${run.passes ?? '?'} passes`
         : `${run.status}: ${run.error ?? ''}`;

@@ -102,7 +102,8 @@ async function startVm(options: RunOptions, dir: string, name: string, incoming:
   const args = ['-m', `${cell.memoryMiB}M`, '--accel', options.accel];
   if (incoming !== undefined) args.push('--incoming', incoming);
   else args.push('--guest', cell.guest === 'idle' ? 'builtin:idle' : options.accel === 'sim' ? `builtin:sweep,rate=${Math.round(options.ferryRate)}` : 'builtin:sweep');
-  return FerryProcess.start({ dir, name, args, serial: 'null', startTimeoutMs: 30_000 });
+  // The engine's trace (a few lines on stderr) says where a source's downtime went.
+  return FerryProcess.start({ dir, name, args, serial: 'null', startTimeoutMs: 30_000, ...(incoming === undefined ? { env: { NODE_DEBUG: 'ferry' } } : {}) });
 }
 
 export async function runOnce(options: RunOptions): Promise<BenchRun> {
@@ -186,6 +187,7 @@ export async function runOnce(options: RunOptions): Promise<BenchRun> {
       ...(guestPagesPerSec !== undefined ? { guestPagesPerSec } : {}),
       ...(dirtyRates.length > 0 ? { dirtyPagesRate: stat(dirtyRates)!.median } : {}),
       ...(destinationStatus !== undefined ? { destinationStatus } : {}),
+      ...((info.downtime ?? 0) > cell.downtimeLimitMs ? ferryDowntimeBreakdown(source) : {}),
       ...(info['error-desc'] !== undefined ? { error: info['error-desc'] } : {}),
       record,
     };
@@ -195,6 +197,13 @@ export async function runOnce(options: RunOptions): Promise<BenchRun> {
     for (const vm of vms.reverse()) await vm.quit();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** A Ferry source's completion trace line (what its downtime was spent on), if it printed one: kept for runs over the limit. */
+function ferryDowntimeBreakdown(source: unknown): { downtimeBreakdown?: string } {
+  if (!(source instanceof FerryProcess)) return {};
+  const line = source.stderr.split('\n').find((l) => l.includes('migration: completed in'));
+  return line ? { downtimeBreakdown: line.replace(/^FERRY \d+: migration: /, '') } : {};
 }
 
 /** The destination's run state once it settled: "running" after a good migration. */

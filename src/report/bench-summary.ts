@@ -39,6 +39,8 @@ export interface BenchRun {
   readonly dirtyPagesRate?: number;
   /** The destination's run state after the migration (running, for a good one). */
   readonly destinationStatus?: string;
+  /** Ferry only, when the downtime overran the limit: the engine's account of where it went (its completion trace). */
+  readonly downtimeBreakdown?: string;
   readonly error?: string;
   /** The whole run for the HTML page; dropped from the JSON to keep it small. */
   readonly record?: MigrationRecord;
