@@ -17,6 +17,7 @@ import { runMigration, type QueryMigrateInfo } from '../src/cli/migrate-command.
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 import { describeFirstTouch, measureCeilings } from './ceiling.js';
 import { cpuBetween, sampleCpu } from './cpu-usage.js';
+import { keepOutput } from './lib/results-log.js';
 
 interface Cell { memory: string; guest: string; transport: 'tcp' | 'unix'; prealloc: boolean }
 interface Run {
@@ -167,4 +168,6 @@ async function main(): Promise<void> {
   }
 }
 
+const saveOutput = keepOutput(`migrate-${accel}${stopped ? '-stopped' : ''}`);
 await main();
+console.log(`\nWritten to ${saveOutput()}`);

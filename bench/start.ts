@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { FERRY_MAIN } from '../src/cli/ferry-process.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
+import { keepOutput } from './lib/results-log.js';
 
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 7);
 
@@ -142,4 +143,6 @@ async function main(): Promise<void> {
   }
 }
 
+const saveOutput = keepOutput(`start-${kvmAvailable().ok ? 'kvm' : 'sim'}`);
 await main();
+console.log(`\nWritten to ${saveOutput()}`);

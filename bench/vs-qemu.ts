@@ -6,6 +6,7 @@
 //   [--no-ceilings] [--all-reps] [--out DIR]
 
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { RESULTS_DIR } from './lib/results-log.js';
 import { cpus, loadavg, release, totalmem, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -32,7 +33,6 @@ import {
   type Side,
 } from '../src/report/bench-summary.js';
 
-const RESULTS_DIR = fileURLToPath(new URL('../../bench/results/', import.meta.url));
 
 interface BenchOptions {
   readonly quick: boolean;
