@@ -39,6 +39,12 @@ export interface OutgoingOptions {
 /** Times (ms) and rates query-migrate reports for the source. */
 /** The share of the measured bandwidth the switchover decision counts on. */
 const SWITCHOVER_MARGIN = 0.9;
+/**
+ * The downtime guard: once the guest is stopped, RAM must be out within this share of the
+ * downtime limit (the rest is for the device state and the last flush), or the switchover
+ * is called off and the guest runs again.
+ */
+const SWITCHOVER_RAM_SHARE = 0.9;
 
 export interface OutgoingFigures {
   readonly startTime: number;
@@ -52,6 +58,8 @@ export interface OutgoingFigures {
   readonly errorDesc: string | undefined;
   /** Milliseconds from the start to the moment the vCPUs were stopped, once they were. */
   readonly switchoverTime: number | undefined;
+  /** Switchovers the downtime guard called off (the guest ran again and the passes went on). */
+  readonly switchoversCalledOff: number;
 }
 
 export class OutgoingMigration {
@@ -66,6 +74,9 @@ export class OutgoingMigration {
   #bytesPerMs = 0;
   #switchoverAt: number | undefined;
   #recentBytesPerMs: number[] = [];
+  /** What a called-off switchover really sent per ms: later estimates stay below it. */
+  #switchoverBytesPerMs: number | undefined;
+  #switchoversCalledOff = 0;
   #activeStart = 0;
   #activeBytes = 0;
   #threshold = 0;
@@ -104,6 +115,7 @@ export class OutgoingMigration {
       thresholdBytes: this.#threshold,
       errorDesc: this.#errorDesc,
       switchoverTime: this.#switchoverAt === undefined ? undefined : this.#switchoverAt - this.#startTime,
+      switchoversCalledOff: this.#switchoversCalledOff,
     };
   }
 
@@ -155,8 +167,9 @@ export class OutgoingMigration {
       this.#activeBytes = w.bytesWritten;
       this.#startWindow(w);
 
-      await this.#iterate(w);
-      await this.#complete(w);
+      // The downtime guard may call a switchover off: the passes then go on.
+      do await this.#iterate(w);
+      while (!(await this.#complete(w)));
     } catch (err) {
       this.#fail(err);
     }
@@ -192,7 +205,8 @@ export class OutgoingMigration {
     }
   }
 
-  async #complete(w: StreamWriter): Promise<void> {
+  /** The switchover; false when the downtime guard called it off and the guest runs again. */
+  async #complete(w: StreamWriter): Promise<boolean> {
     const { registry, vm, ram, state } = this.#o;
     const stopStart = this.#o.now();
     this.#switchoverAt = stopStart;
@@ -203,6 +217,21 @@ export class OutgoingMigration {
     ram.markStopped();
     const pausedAt = this.#o.now();
     const bytesAtStop = w.bytesWritten;
+
+    // The downtime guard: a running guest's RAM goes out in a PART section against the
+    // limit first. Nothing is final before the END section, so if the deadline passes with
+    // pages left, the guest runs again and the passes go on, knowing the real rate.
+    const ramEntry = registry.iterative.find((entry) => entry.handler === ram);
+    if (this.#wasRunning && ramEntry) {
+      const limit = this.#o.parameters()['downtime-limit'];
+      writeSectionPart(w, 'part', ramEntry.sectionId);
+      const done = await ram.sendWhileStopped(w, stopStart + limit * SWITCHOVER_RAM_SHARE);
+      writeSectionFooter(w, ramEntry.sectionId);
+      if (!done) {
+        this.#callOffSwitchover(w, pausedAt, bytesAtStop);
+        return false;
+      }
+    }
 
     for (const { sectionId, handler } of registry.iterative) {
       writeSectionPart(w, 'end', sectionId);
@@ -240,6 +269,27 @@ export class OutgoingMigration {
     registry.cleanupAll();
     vm.setRunState('postmigrate');
     state.transition('completed');
+    return true;
+  }
+
+  /** The downtime guard's deadline passed with pages left: run the guest again and go on iterating. */
+  #callOffSwitchover(w: StreamWriter, pausedAt: number, bytesAtStop: number): void {
+    const { vm, ram } = this.#o;
+    const stoppedMs = this.#o.now() - pausedAt;
+    const rate = (w.bytesWritten - bytesAtStop) / Math.max(1, stoppedMs);
+    this.#switchoverBytesPerMs = Math.min(this.#switchoverBytesPerMs ?? Infinity, rate);
+    this.#switchoversCalledOff++;
+    ram.markRunning();
+    this.#pausedByUs = false;
+    this.#switchoverAt = undefined;
+    vm.resumeAfterMigration(this.#wasRunning);
+    this.#bytesPerMs = Math.min(this.#bytesPerMs, rate * SWITCHOVER_MARGIN);
+    this.#threshold = thresholdBytes(this.#bytesPerMs, this.#o.parameters()['downtime-limit']);
+    this.#o.trace?.(
+      `migration: switchover called off after ${stoppedMs.toFixed(1)} ms with ${ram.pending()} B left ` +
+        `(${rate.toFixed(1)} B/ms while stopped): the guest runs again, the passes go on`,
+    );
+    this.#startWindow(w);
   }
 
   #pending(exact: boolean): number {
@@ -281,6 +331,8 @@ export class OutgoingMigration {
     if (this.#recentBytesPerMs.length > 5) this.#recentBytesPerMs.shift();
     const sorted = [...this.#recentBytesPerMs].sort((a, b) => a - b);
     let cautious = Math.min(figures.bytesPerMs, sorted[sorted.length >> 1]!);
+    // Never above what a called-off switchover really got.
+    if (this.#switchoverBytesPerMs !== undefined) cautious = Math.min(cautious, this.#switchoverBytesPerMs);
     // And never above the average since the passes began: windows measure what the
     // stream writer accepted, which runs ahead of what the other side takes while the
     // channel's and the kernel's buffers fill (seen: windows at 610 MB/s, 350 MB/s real).

@@ -181,6 +181,15 @@ export class RamHandler implements SaveVmHandler {
     this.#stopped = true;
   }
 
+  /** A switchover was called off and the guest runs again: pages sent from now on are pre-copy again. */
+  markRunning(): void {
+    this.#stopped = false;
+    this.#syncedWhileStopped = false;
+  }
+
+  /** Set once the dirty log was synced with the guest stopped: nothing can be dirtied after that. */
+  #syncedWhileStopped = false;
+
   // ---- source ----
 
   async setup(w: StreamWriter): Promise<void> {
@@ -227,9 +236,23 @@ export class RamHandler implements SaveVmHandler {
   }
 
   async complete(w: StreamWriter): Promise<VmdescDevice | undefined> {
-    this.#sync();
+    if (!this.#syncedWhileStopped) this.#sync();
     await this.#send(w, false);
     return undefined;
+  }
+
+  /**
+   * The guest is stopped: sync the dirty log and send what is pending until everything is
+   * out or the engine's clock reaches `until` (the downtime guard's deadline). True when
+   * nothing is left; complete() then only ends the section.
+   */
+  async sendWhileStopped(w: StreamWriter, until: number): Promise<boolean> {
+    if (!this.#syncedWhileStopped) {
+      this.#sync();
+      this.#syncedWhileStopped = true;
+    }
+    await this.#send(w, false, until);
+    return this.stats.remainingPages === 0;
   }
 
   cleanup(): void {
@@ -290,9 +313,10 @@ export class RamHandler implements SaveVmHandler {
   /**
    * Send pages from the to-send bitmap, from where the last call stopped, then EOS.
    * `limited`: stop when the rate limiter's window is spent or the time slice is over
-   * (an iteration); otherwise send everything (completion, guest stopped).
+   * (an iteration); otherwise send everything (completion, guest stopped) — or, with
+   * `until`, stop there on the engine's clock.
    */
-  async #send(w: StreamWriter, limited: boolean): Promise<void> {
+  async #send(w: StreamWriter, limited: boolean, until?: number): Promise<void> {
     const chunks = new RamChunkWriter(w);
     const memory = this.#vm.memory;
     const limiter = this.#opts.limiter;
@@ -313,7 +337,7 @@ export class RamHandler implements SaveVmHandler {
       this.#account(w.bytesWritten - bytesMark);
       bytesMark = w.bytesWritten;
     };
-    const sliceOver = (): boolean => limited && (limiter.exceeded() || now() >= deadline);
+    const sliceOver = (): boolean => (limited && (limiter.exceeded() || now() >= deadline)) || (until !== undefined && now() >= until);
     outer: while (visitedBlocks <= memory.length && stats.remainingPages > 0) {
       const b = this.#cursorBlock;
       const block = memory[b];
