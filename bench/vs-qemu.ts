@@ -149,7 +149,8 @@ function progressLine(run: BenchRun): string {
       : run.status === 'not-converged'
         ? `did not converge (cancelled), ${run.passes ?? '?'} passes`
         : `${run.status}: ${run.error ?? ''}`;
-  return `  ${run.side === 'ferry' ? 'Ferry' : 'QEMU '} (${run.accelerator}) rep ${run.rep + 1}: ${figures}`;
+  const calledOff = run.switchoversCalledOff ? ` (the downtime guard called off ${run.switchoversCalledOff} switchover${run.switchoversCalledOff > 1 ? 's' : ''})` : '';
+  return `  ${run.side === 'ferry' ? 'Ferry' : 'QEMU '} (${run.accelerator}) rep ${run.rep + 1}: ${figures}${calledOff}`;
 }
 
 async function main(argv: string[]): Promise<void> {

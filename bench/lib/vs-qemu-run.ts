@@ -188,6 +188,7 @@ export async function runOnce(options: RunOptions): Promise<BenchRun> {
       ...(dirtyRates.length > 0 ? { dirtyPagesRate: stat(dirtyRates)!.median } : {}),
       ...(destinationStatus !== undefined ? { destinationStatus } : {}),
       ...((info.downtime ?? 0) > cell.downtimeLimitMs ? ferryDowntimeBreakdown(source) : {}),
+      ...ferryCalledOff(source),
       ...(info['error-desc'] !== undefined ? { error: info['error-desc'] } : {}),
       record,
     };
@@ -204,6 +205,13 @@ function ferryDowntimeBreakdown(source: unknown): { downtimeBreakdown?: string }
   if (!(source instanceof FerryProcess)) return {};
   const line = source.stderr.split('\n').find((l) => l.includes('migration: completed in'));
   return line ? { downtimeBreakdown: line.replace(/^FERRY \d+: migration: /, '') } : {};
+}
+
+/** How many switchovers a Ferry source's downtime guard called off (from its trace), when any. */
+function ferryCalledOff(source: unknown): { switchoversCalledOff?: number } {
+  if (!(source instanceof FerryProcess)) return {};
+  const count = source.stderr.split('\n').filter((l) => l.includes('migration: switchover called off')).length;
+  return count > 0 ? { switchoversCalledOff: count } : {};
 }
 
 /** The destination's run state once it settled: "running" after a good migration. */

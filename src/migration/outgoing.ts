@@ -45,6 +45,12 @@ const SWITCHOVER_MARGIN = 0.9;
  * is called off and the guest runs again.
  */
 const SWITCHOVER_RAM_SHARE = 0.9;
+/**
+ * How long the rate a called-off switchover got caps the estimate: a slow patch of the link
+ * (a file's write-back, another tenant) passes, and a cap kept for good could stop a guest
+ * that dirties fast from ever converging.
+ */
+const CALLED_OFF_CAP_MS = 1000;
 
 export interface OutgoingFigures {
   readonly startTime: number;
@@ -74,8 +80,9 @@ export class OutgoingMigration {
   #bytesPerMs = 0;
   #switchoverAt: number | undefined;
   #recentBytesPerMs: number[] = [];
-  /** What a called-off switchover really sent per ms: later estimates stay below it. */
+  /** What a called-off switchover really sent per ms: estimates stay below it until #switchoverCapUntil. */
   #switchoverBytesPerMs: number | undefined;
+  #switchoverCapUntil = 0;
   #switchoversCalledOff = 0;
   #activeStart = 0;
   #activeBytes = 0;
@@ -277,7 +284,9 @@ export class OutgoingMigration {
     const { vm, ram } = this.#o;
     const stoppedMs = this.#o.now() - pausedAt;
     const rate = (w.bytesWritten - bytesAtStop) / Math.max(1, stoppedMs);
-    this.#switchoverBytesPerMs = Math.min(this.#switchoverBytesPerMs ?? Infinity, rate);
+    const capActive = this.#switchoverBytesPerMs !== undefined && this.#o.now() < this.#switchoverCapUntil;
+    this.#switchoverBytesPerMs = capActive ? Math.min(this.#switchoverBytesPerMs!, rate) : rate;
+    this.#switchoverCapUntil = this.#o.now() + CALLED_OFF_CAP_MS;
     this.#switchoversCalledOff++;
     ram.markRunning();
     this.#pausedByUs = false;
@@ -331,8 +340,8 @@ export class OutgoingMigration {
     if (this.#recentBytesPerMs.length > 5) this.#recentBytesPerMs.shift();
     const sorted = [...this.#recentBytesPerMs].sort((a, b) => a - b);
     let cautious = Math.min(figures.bytesPerMs, sorted[sorted.length >> 1]!);
-    // Never above what a called-off switchover really got.
-    if (this.#switchoverBytesPerMs !== undefined) cautious = Math.min(cautious, this.#switchoverBytesPerMs);
+    // Not above what a called-off switchover really got, for a while after it.
+    if (this.#switchoverBytesPerMs !== undefined && now < this.#switchoverCapUntil) cautious = Math.min(cautious, this.#switchoverBytesPerMs);
     // And never above the average since the passes began: windows measure what the
     // stream writer accepted, which runs ahead of what the other side takes while the
     // channel's and the kernel's buffers fill (seen: windows at 610 MB/s, 350 MB/s real).

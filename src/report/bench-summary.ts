@@ -41,6 +41,8 @@ export interface BenchRun {
   readonly destinationStatus?: string;
   /** Ferry only, when the downtime overran the limit: the engine's account of where it went (its completion trace). */
   readonly downtimeBreakdown?: string;
+  /** Ferry only: switchovers its downtime guard called off (the guest ran again), when there were any. */
+  readonly switchoversCalledOff?: number;
   readonly error?: string;
   /** The whole run for the HTML page; dropped from the JSON to keep it small. */
   readonly record?: MigrationRecord;
