@@ -1,13 +1,10 @@
 // The RAM savevm handler ("ram", instance 0, version 4), both sides: the source walks a
 // to-send bitmap (every page on the first pass, then what the dirty log reports),
 // sending all-zero pages as ZERO chunks, under the rate limiter; the destination
-// writes chunks straight into guest RAM. Counters feed query-migrate's `ram`.
+// (ram-load.ts) writes chunks straight into guest RAM. Counters feed query-migrate's `ram`.
 
-import { MigrationError, StreamFormatError } from '../errors.js';
 import { PAGE_SHIFT, PAGE_SIZE } from '../hypervisor/types.js';
-import type { GuestMemoryBlock } from '../hypervisor/types.js';
-import { RamChunkWriter, readRamChunks, xbzrleDecode } from '../stream/ram-codec.js';
-import type { RamChunkSink, RamStreamState } from '../stream/ram-codec.js';
+import { RamChunkWriter } from '../stream/ram-codec.js';
 import type { StreamReader } from '../stream/reader.js';
 import type { StreamWriter } from '../stream/writer.js';
 import type { VmdescDevice } from '../stream/format.js';
@@ -15,49 +12,15 @@ import type { RateLimiter } from './rate-limiter.js';
 import { XBZRLE_SEND_PAGE, XBZRLE_UNCHANGED, XbzrleCache } from './xbzrle-cache.js';
 import type { SaveVmHandler } from './savevm.js';
 import type { MigrationVm } from './vm.js';
+import { RAM_VERSION, RamLoader } from './ram-load.js';
+import { WORDS_PER_PAGE, isZeroPage, wordsOf } from './ram-pages.js';
+
+export { isZeroPage } from './ram-pages.js';
+export { RAM_VERSION } from './ram-load.js';
 
 export const RAM_IDSTR = 'ram';
-export const RAM_VERSION = 4;
-const WORDS_PER_PAGE = PAGE_SIZE / 4;
-/** The destination backs guest RAM in regions of this size ahead of the pages landing in it. */
-const POPULATE_CHUNK = 2 * 1024 * 1024;
-/**
- * Destination: once this many pages of one 2 MiB region have arrived, the pages are
- * coming densely (a first pass), and the next regions are backed in the background.
- */
-const DENSE_REGION_PAGES = 64;
-/** How many regions past the one being written are backed ahead, and at most at once. */
-const POPULATE_AHEAD_REGIONS = 4;
-const POPULATE_AHEAD_IN_FLIGHT = 2;
 /** How often (in pages) the sender looks at the clock and the rate limiter. */
 const CHECK_EVERY_PAGES = 64;
-
-/** Whether the page starting at `word` is all zeros; stops at the first non-zero word group. */
-export function isZeroPage(words: Uint32Array, word: number): boolean {
-  const end = word + WORDS_PER_PAGE;
-  // A detached view (grown WebAssembly memory) reads as undefined, which would pass for zeros.
-  if (end > words.length) throw new MigrationError(`Cannot check page at word ${word}: the RAM view holds ${words.length} words (detached?)`);
-  for (let i = word; i < end; i += 8) {
-    if ((words[i]! | words[i + 1]! | words[i + 2]! | words[i + 3]! | words[i + 4]! | words[i + 5]! | words[i + 6]! | words[i + 7]!) !== 0) {
-      return false;
-    }
-  }
-  return true;
-}
-
-/**
- * The block's memory as 32-bit words. `block.bytes` is fetched anew by every caller and
- * the view rebuilt when its buffer changed: an accelerator's memory may be replaced under
- * us (v86's WebAssembly memory detaches its old buffer when it grows).
- */
-function wordsOf(block: GuestMemoryBlock, cached?: Uint32Array): Uint32Array {
-  const { bytes } = block;
-  if (cached !== undefined && cached.buffer === bytes.buffer && cached.byteOffset === bytes.byteOffset) return cached;
-  if (bytes.byteOffset % 4 !== 0 || bytes.byteLength % PAGE_SIZE !== 0) {
-    throw new MigrationError(`Cannot migrate RAM block "${block.idstr}": its memory is not page-sized and 4-byte aligned`);
-  }
-  return new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-}
 
 function popcount32(v: number): number {
   v -= (v >>> 1) & 0x55555555;
@@ -143,7 +106,6 @@ export class RamHandler implements SaveVmHandler {
   #rateWindowStart = 0;
   #rateWindowPages = 0;
   #loggingStarted = false;
-  #memSizeSeen = false;
   /** QEMU enables XBZRLE only once the first round (every page) is done. */
   #xbzrleActive = false;
   /** RAM-wide page number of each block's first page (XBZRLE cache keys). */
@@ -157,15 +119,8 @@ export class RamHandler implements SaveVmHandler {
    * first pass reaches it.
    */
   #untouched: (Uint8Array | undefined)[] = [];
-  /** Destination: per block, pages known to hold zeros (never backed, never written since). */
-  #knownZero: (Uint8Array | undefined)[] = [];
-  /** Destination: per block, 2 MiB regions already backed in bulk before pages land in them. */
-  #populated: (Uint8Array | undefined)[] = [];
-  /** Destination: the region pages last landed in, how many landed there, and background populates running. */
-  #lastRegion = { block: -1, region: -1, pages: 0 };
-  #populatesInFlight = 0;
-  /** Destination: the last block named, kept across sections as QEMU's loader does. */
-  readonly #loadState: RamStreamState = { lastBlock: null };
+  /** Destination: loads the stream's RAM chunks into guest RAM (ram-load.ts). */
+  readonly #loader: RamLoader;
   /** Per-pass figures, oldest first (source). */
   readonly passes: RamPass[] = [];
 
@@ -174,6 +129,7 @@ export class RamHandler implements SaveVmHandler {
     this.#opts = options;
     this.#sliceMs = options.sliceMs ?? 20;
     this.xbzrle = options.xbzrleCacheSize !== undefined ? new XbzrleCache(options.xbzrleCacheSize) : undefined;
+    this.#loader = new RamLoader(vm);
   }
 
   /** Pages sent from now on count as downtime bytes (the guest is stopped). */
@@ -471,138 +427,13 @@ export class RamHandler implements SaveVmHandler {
 
   // ---- destination ----
 
-  async load(r: StreamReader, versionId: number, section: string): Promise<void> {
-    if (versionId !== RAM_VERSION) {
-      throw new StreamFormatError(`Cannot load section "${section}": RAM version ${versionId} is not ${RAM_VERSION}`, r.offset, section);
-    }
-    const memory = this.#vm.memory;
-    if (this.#knownZero.length === 0) {
-      this.#knownZero = memory.map((b) => {
-        // Nothing has been loaded into this memory yet, backed or not: every page is zero.
-        if (b.takeFreshZero?.() === true) return new Uint8Array(b.size >>> PAGE_SHIFT).fill(1);
-        const residency = b.residency?.();
-        if (!residency) return undefined;
-        // Fresh destination memory: every page the host never backed holds zeros.
-        for (let i = 0; i < residency.length; i++) residency[i] = (residency[i]! & 1) ^ 1;
-        return residency;
-      });
-      this.#populated = memory.map((b) => (b.populate ? new Uint8Array(Math.ceil(b.size / POPULATE_CHUNK)) : undefined));
-    }
-    await readRamChunks(r, this.#sink(r, section), section, this.#loadState);
-  }
-
-  #sink(r: StreamReader, section: string): RamChunkSink {
-    const memory = this.#vm.memory;
-    const words = memory.map((b) => wordsOf(b));
-    let last: GuestMemoryBlock | undefined;
-    let lastIndex = -1;
-    const find = (idstr: string, offset: number): number => {
-      if (last === undefined || last.idstr !== idstr) {
-        lastIndex = memory.findIndex((b) => b.idstr === idstr);
-        last = memory[lastIndex];
-        if (last === undefined) {
-          throw new StreamFormatError(`Cannot load RAM page: unknown block "${idstr}"`, r.offset, section);
-        }
-      }
-      if (!Number.isInteger(offset) || offset < 0 || offset % PAGE_SIZE !== 0 || offset + PAGE_SIZE > last.size) {
-        throw new StreamFormatError(`Cannot load RAM page at offset ${offset} of block "${idstr}" (${last.size} bytes)`, r.offset, section);
-      }
-      return lastIndex;
-    };
-    return {
-      memSize: (total: number, blocks: readonly { idstr: string; size: number }[]) => {
-        for (const sent of blocks) {
-          const local = memory.find((b) => b.idstr === sent.idstr);
-          if (!local) throw new StreamFormatError(`Cannot load RAM: unknown block "${sent.idstr}" (${sent.size} bytes)`, r.offset, section);
-          if (local.size !== sent.size) {
-            // QEMU: "Length mismatch: %s: 0x..." — the destination must be started with the same -m.
-            throw new StreamFormatError(`Cannot load RAM block "${sent.idstr}": length ${sent.size} differs from the local ${local.size}`, r.offset, section);
-          }
-        }
-        const localTotal = memory.reduce((s, b) => s + b.size, 0);
-        if (total !== localTotal) {
-          throw new StreamFormatError(`Cannot load RAM: total ${total} bytes differs from the local ${localTotal}`, r.offset, section);
-        }
-        this.#memSizeSeen = true;
-      },
-      pageTarget: (idstr: string, offset: number) => {
-        const b = find(idstr, offset);
-        this.#aboutToWrite(b, offset);
-        return { ram: memory[b]!.bytes, offset };
-      },
-      xbzrle: (idstr: string, offset: number, encoded: Uint8Array) => {
-        const b = find(idstr, offset);
-        this.#aboutToWrite(b, offset);
-        try {
-          // The page holds what the source's cache held: the delta applies in place.
-          xbzrleDecode(encoded, memory[b]!.bytes.subarray(offset, offset + PAGE_SIZE));
-        } catch (err) {
-          throw new StreamFormatError(`Cannot load XBZRLE page at offset ${offset} of block "${idstr}": ${err instanceof Error ? err.message : String(err)}`, r.offset, section, { cause: err });
-        }
-      },
-      zero: (idstr: string, offset: number, fill: number) => {
-        const b = find(idstr, offset);
-        const knownZero = this.#knownZero[b];
-        if (knownZero !== undefined && knownZero[offset >>> PAGE_SHIFT] === 1) {
-          if (fill === 0) return;
-          knownZero[offset >>> PAGE_SHIFT] = 0;
-        }
-        // Fresh destination memory is already zero: checking it is cheaper than writing.
-        words[b] = wordsOf(memory[b]!, words[b]);
-        if (fill === 0 && isZeroPage(words[b]!, offset / 4)) return;
-        memory[b]!.bytes.fill(fill, offset, offset + PAGE_SIZE);
-      },
-    };
-  }
-
-  /**
-   * A page is about to be written on the destination: it no longer holds zeros, and its
-   * 2 MiB region is backed in one call first — faulting pages in one by one from here
-   * costs tens of µs each on these machines; the kernel does a region in well under one.
-   */
-  #aboutToWrite(block: number, offset: number): void {
-    const knownZero = this.#knownZero[block];
-    if (knownZero !== undefined) knownZero[offset >>> PAGE_SHIFT] = 0;
-    const populated = this.#populated[block];
-    if (populated === undefined) return;
-    const region = Math.floor(offset / POPULATE_CHUNK);
-    const last = this.#lastRegion;
-    if (last.block === block && last.region === region) {
-      if (++last.pages === DENSE_REGION_PAGES) this.#populateAhead(block, region);
-    } else {
-      last.block = block;
-      last.region = region;
-      last.pages = 1;
-    }
-    if (populated[region] === 1) return;
-    populated[region] = 1;
-    this.#vm.memory[block]!.populate?.(region * POPULATE_CHUNK, POPULATE_CHUNK);
-  }
-
-  /**
-   * Pages are landing densely in `region` (a first pass sends them in order): back the
-   * next regions on another thread meanwhile, so that this one copies pages instead of
-   * waiting for the kernel to find memory for them. A region is backed once, by whichever
-   * comes first; the two may overlap safely (populating leaves present pages alone).
-   */
-  #populateAhead(block: number, region: number): void {
-    const mem = this.#vm.memory[block]!;
-    const populated = this.#populated[block]!;
-    if (mem.populateInBackground === undefined) return;
-    const end = Math.min(populated.length, region + 1 + POPULATE_AHEAD_REGIONS);
-    for (let r = region + 1; r < end && this.#populatesInFlight < POPULATE_AHEAD_IN_FLIGHT; r++) {
-      if (populated[r] === 1) continue;
-      populated[r] = 1;
-      this.#populatesInFlight++;
-      void mem.populateInBackground(r * POPULATE_CHUNK, POPULATE_CHUNK).finally(() => {
-        this.#populatesInFlight--;
-      });
-    }
+  load(r: StreamReader, versionId: number, section: string): Promise<void> {
+    return this.#loader.load(r, versionId, section);
   }
 
   /** Whether a MEM_SIZE record arrived (a stream without one never set up RAM). */
   get memSizeSeen(): boolean {
-    return this.#memSizeSeen;
+    return this.#loader.memSizeSeen;
   }
 }
 

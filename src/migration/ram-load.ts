@@ -1,0 +1,178 @@
+// The RAM section's destination side: chunks go straight into guest RAM. A page known to
+// hold zeros (never backed, or in a block still fresh for this migration) is not
+// touched by a ZERO chunk; a page with data first backs its 2 MiB region in one call, and
+// regions ahead are backed on libuv's thread pool while pages land densely.
+
+import { StreamFormatError } from '../errors.js';
+import { PAGE_SHIFT, PAGE_SIZE } from '../hypervisor/types.js';
+import type { GuestMemoryBlock } from '../hypervisor/types.js';
+import { readRamChunks, xbzrleDecode } from '../stream/ram-codec.js';
+import type { RamChunkSink, RamStreamState } from '../stream/ram-codec.js';
+import type { StreamReader } from '../stream/reader.js';
+import { isZeroPage, wordsOf } from './ram-pages.js';
+import type { MigrationVm } from './vm.js';
+
+/** The RAM section version both sides speak (QEMU ram.c). */
+export const RAM_VERSION = 4;
+/** The destination backs guest RAM in regions of this size ahead of the pages landing in it. */
+const POPULATE_CHUNK = 2 * 1024 * 1024;
+/**
+ * Once this many pages of one 2 MiB region have arrived, the pages are coming densely (a
+ * first pass), and the next regions are backed in the background.
+ */
+const DENSE_REGION_PAGES = 64;
+/** How many regions past the one being written are backed ahead, and at most at once. */
+const POPULATE_AHEAD_REGIONS = 4;
+const POPULATE_AHEAD_IN_FLIGHT = 2;
+
+export class RamLoader {
+  readonly #vm: MigrationVm;
+  #memSizeSeen = false;
+  /** Per block, pages known to hold zeros (never backed, never written since). */
+  #knownZero: (Uint8Array | undefined)[] = [];
+  /** Per block, 2 MiB regions already backed in bulk before pages land in them. */
+  #populated: (Uint8Array | undefined)[] = [];
+  /** The region pages last landed in, how many landed there, and background populates running. */
+  #lastRegion = { block: -1, region: -1, pages: 0 };
+  #populatesInFlight = 0;
+  /** The last block named, kept across sections as QEMU's loader does. */
+  readonly #loadState: RamStreamState = { lastBlock: null };
+
+  constructor(vm: MigrationVm) {
+    this.#vm = vm;
+  }
+
+  async load(r: StreamReader, versionId: number, section: string): Promise<void> {
+    if (versionId !== RAM_VERSION) {
+      throw new StreamFormatError(`Cannot load section "${section}": RAM version ${versionId} is not ${RAM_VERSION}`, r.offset, section);
+    }
+    const memory = this.#vm.memory;
+    if (this.#knownZero.length === 0) {
+      this.#knownZero = memory.map((b) => {
+        // Nothing has been loaded into this memory yet, backed or not: every page is zero.
+        if (b.takeFreshZero?.() === true) return new Uint8Array(b.size >>> PAGE_SHIFT).fill(1);
+        const residency = b.residency?.();
+        if (!residency) return undefined;
+        // Fresh destination memory: every page the host never backed holds zeros.
+        for (let i = 0; i < residency.length; i++) residency[i] = (residency[i]! & 1) ^ 1;
+        return residency;
+      });
+      this.#populated = memory.map((b) => (b.populate ? new Uint8Array(Math.ceil(b.size / POPULATE_CHUNK)) : undefined));
+    }
+    await readRamChunks(r, this.#sink(r, section), section, this.#loadState);
+  }
+
+  #sink(r: StreamReader, section: string): RamChunkSink {
+    const memory = this.#vm.memory;
+    const words = memory.map((b) => wordsOf(b));
+    let last: GuestMemoryBlock | undefined;
+    let lastIndex = -1;
+    const find = (idstr: string, offset: number): number => {
+      if (last === undefined || last.idstr !== idstr) {
+        lastIndex = memory.findIndex((b) => b.idstr === idstr);
+        last = memory[lastIndex];
+        if (last === undefined) {
+          throw new StreamFormatError(`Cannot load RAM page: unknown block "${idstr}"`, r.offset, section);
+        }
+      }
+      if (!Number.isInteger(offset) || offset < 0 || offset % PAGE_SIZE !== 0 || offset + PAGE_SIZE > last.size) {
+        throw new StreamFormatError(`Cannot load RAM page at offset ${offset} of block "${idstr}" (${last.size} bytes)`, r.offset, section);
+      }
+      return lastIndex;
+    };
+    return {
+      memSize: (total: number, blocks: readonly { idstr: string; size: number }[]) => {
+        for (const sent of blocks) {
+          const local = memory.find((b) => b.idstr === sent.idstr);
+          if (!local) throw new StreamFormatError(`Cannot load RAM: unknown block "${sent.idstr}" (${sent.size} bytes)`, r.offset, section);
+          if (local.size !== sent.size) {
+            // QEMU: "Length mismatch: %s: 0x..." — the destination must be started with the same -m.
+            throw new StreamFormatError(`Cannot load RAM block "${sent.idstr}": length ${sent.size} differs from the local ${local.size}`, r.offset, section);
+          }
+        }
+        const localTotal = memory.reduce((s, b) => s + b.size, 0);
+        if (total !== localTotal) {
+          throw new StreamFormatError(`Cannot load RAM: total ${total} bytes differs from the local ${localTotal}`, r.offset, section);
+        }
+        this.#memSizeSeen = true;
+      },
+      pageTarget: (idstr: string, offset: number) => {
+        const b = find(idstr, offset);
+        this.#aboutToWrite(b, offset);
+        return { ram: memory[b]!.bytes, offset };
+      },
+      xbzrle: (idstr: string, offset: number, encoded: Uint8Array) => {
+        const b = find(idstr, offset);
+        this.#aboutToWrite(b, offset);
+        try {
+          // The page holds what the source's cache held: the delta applies in place.
+          xbzrleDecode(encoded, memory[b]!.bytes.subarray(offset, offset + PAGE_SIZE));
+        } catch (err) {
+          throw new StreamFormatError(`Cannot load XBZRLE page at offset ${offset} of block "${idstr}": ${err instanceof Error ? err.message : String(err)}`, r.offset, section, { cause: err });
+        }
+      },
+      zero: (idstr: string, offset: number, fill: number) => {
+        const b = find(idstr, offset);
+        const knownZero = this.#knownZero[b];
+        if (knownZero !== undefined && knownZero[offset >>> PAGE_SHIFT] === 1) {
+          if (fill === 0) return;
+          knownZero[offset >>> PAGE_SHIFT] = 0;
+        }
+        // Fresh destination memory is already zero: checking it is cheaper than writing.
+        words[b] = wordsOf(memory[b]!, words[b]);
+        if (fill === 0 && isZeroPage(words[b]!, offset / 4)) return;
+        memory[b]!.bytes.fill(fill, offset, offset + PAGE_SIZE);
+      },
+    };
+  }
+
+  /**
+   * A page is about to be written on the destination: it no longer holds zeros, and its
+   * 2 MiB region is backed in one call first — faulting pages in one by one from here
+   * costs tens of µs each on these machines; the kernel does a region in well under one.
+   */
+  #aboutToWrite(block: number, offset: number): void {
+    const knownZero = this.#knownZero[block];
+    if (knownZero !== undefined) knownZero[offset >>> PAGE_SHIFT] = 0;
+    const populated = this.#populated[block];
+    if (populated === undefined) return;
+    const region = Math.floor(offset / POPULATE_CHUNK);
+    const last = this.#lastRegion;
+    if (last.block === block && last.region === region) {
+      if (++last.pages === DENSE_REGION_PAGES) this.#populateAhead(block, region);
+    } else {
+      last.block = block;
+      last.region = region;
+      last.pages = 1;
+    }
+    if (populated[region] === 1) return;
+    populated[region] = 1;
+    this.#vm.memory[block]!.populate?.(region * POPULATE_CHUNK, POPULATE_CHUNK);
+  }
+
+  /**
+   * Pages are landing densely in `region` (a first pass sends them in order): back the
+   * next regions on another thread meanwhile, so that this one copies pages instead of
+   * waiting for the kernel to find memory for them. A region is backed once, by whichever
+   * comes first; the two may overlap safely (populating leaves present pages alone).
+   */
+  #populateAhead(block: number, region: number): void {
+    const mem = this.#vm.memory[block]!;
+    const populated = this.#populated[block]!;
+    if (mem.populateInBackground === undefined) return;
+    const end = Math.min(populated.length, region + 1 + POPULATE_AHEAD_REGIONS);
+    for (let r = region + 1; r < end && this.#populatesInFlight < POPULATE_AHEAD_IN_FLIGHT; r++) {
+      if (populated[r] === 1) continue;
+      populated[r] = 1;
+      this.#populatesInFlight++;
+      void mem.populateInBackground(r * POPULATE_CHUNK, POPULATE_CHUNK).finally(() => {
+        this.#populatesInFlight--;
+      });
+    }
+  }
+
+  /** Whether a MEM_SIZE record arrived (a stream without one never set up RAM). */
+  get memSizeSeen(): boolean {
+    return this.#memSizeSeen;
+  }
+}
