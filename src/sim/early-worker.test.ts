@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { PortIoBus } from '../machine/io-bus.js';
 import { parseGuestSpec } from '../guests/spec.js';
 import { createSimAccelerator } from './sim-accelerator.js';
-import { WORKLOAD_WORKER_NAME, WORKLOAD_WORKER_URL } from './prestart.js';
+import { WORKLOAD_WORKER_NAME, WORKLOAD_WORKER_URL } from './workload-worker-url.js';
 import { prestartWorker, takePrestartedWorker } from '../sys/early-worker.js';
 
 test('sim prestart: the accelerator takes the waiting worker, sends it its memory, and the workload runs', async () => {

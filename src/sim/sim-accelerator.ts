@@ -16,7 +16,7 @@ import {
   CMD_EXIT, CMD_PAUSE, CMD_RUN, CTRL_BYTES, CTRL_REQUEST, SEQ_MASK, encodeRequest,
 } from './control.js';
 import type { SimCommand, SimWorkerData, SimWorkerMessage } from './control.js';
-import { WORKLOAD_WORKER_NAME, WORKLOAD_WORKER_URL } from './prestart.js';
+import { WORKLOAD_WORKER_NAME, WORKLOAD_WORKER_URL } from './workload-worker-url.js';
 import { startWorker } from '../sys/early-worker.js';
 import { SIM_CPU_STATE_DESCRIPTION, loadCpuState, saveCpuState } from './cpu-state.js';
 import {

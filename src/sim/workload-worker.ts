@@ -20,7 +20,7 @@ import { viewAt } from '../sys/view.js';
 const MAX_BATCH = 256;
 
 const port = parentPort!;
-// A worker started ahead of its VM (prestart.ts) has its modules loaded already and
+// A worker started ahead of its VM (src/sys/early-worker.ts) has its modules loaded already and
 // learns its memory and control words from the first message.
 const data = await workerInput<SimWorkerData>();
 const control = new Int32Array(data.control);
