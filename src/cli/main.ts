@@ -7,7 +7,7 @@
 
 import { existsSync } from 'node:fs';
 import { prestartWorker } from '../sys/early-worker.js';
-import { WORKLOAD_WORKER_NAME, WORKLOAD_WORKER_URL } from '../sim/prestart.js';
+import { WORKLOAD_WORKER_NAME, WORKLOAD_WORKER_URL } from '../sim/workload-worker-url.js';
 import { VCPU_WORKER_URL, vcpuThreadName } from '../kvm/vcpu-worker-url.js';
 
 /** The accelerator `ferry run` will most likely use, guessed from the raw arguments. */

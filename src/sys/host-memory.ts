@@ -97,11 +97,9 @@ export class HostMemory {
    * being written: MADV_POPULATE_WRITE backs missing pages and leaves present ones alone.
    */
   async populateInBackground(offset: number, length: number): Promise<void> {
-    if (!this.populateWorks) return;
-    const start = Math.max(0, offset - (offset % PAGE));
-    const end = Math.min(this.size, offset + length);
-    if (length <= 0 || end <= start) return;
-    await madviseRangeInBackground(this.address + BigInt(start), end - start, MADV_POPULATE_WRITE);
+    const range = pageRange(this.size, offset, length);
+    if (!this.populateWorks || range === undefined) return;
+    await madviseRangeInBackground(this.address + BigInt(range.start), range.length, MADV_POPULATE_WRITE);
   }
 
   /**
@@ -129,10 +127,15 @@ function residencyAt(address: bigint, size: number): Uint8Array {
 
 /** MADV_POPULATE_WRITE on [offset, offset + length) of the region at `address`; 0 or the errno. */
 function populateAt(address: bigint, size: number, offset: number, length: number): number {
+  const range = pageRange(size, offset, length);
+  return range === undefined ? 0 : madviseRange(address + BigInt(range.start), range.length, MADV_POPULATE_WRITE);
+}
+
+/** [offset, offset + length) widened to whole pages at the start and clipped to `size`; undefined when empty. */
+function pageRange(size: number, offset: number, length: number): { start: number; length: number } | undefined {
   const start = Math.max(0, offset - (offset % PAGE));
   const end = Math.min(size, offset + length);
-  if (length <= 0 || end <= start) return 0;
-  return madviseRange(address + BigInt(start), end - start, MADV_POPULATE_WRITE);
+  return length <= 0 || end <= start ? undefined : { start, length: end - start };
 }
 
 /**
