@@ -188,25 +188,28 @@ export class OutgoingMigration {
       this.#checkCancelled();
       this.#updateCounters(w);
       const pending = this.#pending(false);
-      if (decideIteration(pending, this.#threshold) === 'iterate') {
-        if (limiter.exceeded()) {
-          await this.#o.sleep(Math.max(1, limiter.waitMs()));
-          continue;
-        }
-        for (const { sectionId, handler } of registry.iterative) {
-          writeSectionPart(w, 'part', sectionId);
-          await handler.iterate!(w);
-          writeSectionFooter(w, sectionId);
-        }
-        await this.#flush(w);
-      } else {
+      if (decideIteration(pending, this.#threshold) === 'sync-and-check') {
         const syncStart = this.#o.now();
         const exact = this.#pending(true);
         const syncMs = this.#o.now() - syncStart;
         const fits = canComplete(exact, this.#threshold, syncMs, this.#bytesPerMs);
         this.#o.trace?.(`migration: exact pending ${exact} B, threshold ${Math.round(this.#threshold)} B (${this.#bytesPerMs.toFixed(1)} B/ms × ${this.#o.parameters()['downtime-limit']} ms), the sync took ${syncMs.toFixed(1)} ms: ${fits ? 'stopping the guest' : 'iterating on'}`);
         if (fits) return;
+        // As QEMU's migration_iteration_run: an exact figure that does not fit is followed
+        // by an iteration. Going back to the estimate instead (still below the threshold)
+        // would sync again at once, pass after pass, with nothing sent in between.
       }
+      while (limiter.exceeded()) {
+        await this.#o.sleep(Math.max(1, limiter.waitMs()));
+        this.#checkCancelled();
+        this.#updateCounters(w);
+      }
+      for (const { sectionId, handler } of registry.iterative) {
+        writeSectionPart(w, 'part', sectionId);
+        await handler.iterate!(w);
+        writeSectionFooter(w, sectionId);
+      }
+      await this.#flush(w);
       // A macrotask boundary, not just a microtask: QMP commands and timers run here.
       await this.#o.sleep(0);
     }
