@@ -357,7 +357,7 @@ export class RamHandler implements SaveVmHandler {
               chunks.xbzrle(block.idstr, offset, xbz.encoded.subarray(0, len));
             }
           } else {
-            chunks.page(block.idstr, offset, block.bytes.subarray(offset, offset + PAGE_SIZE));
+            chunks.pageOf(block.idstr, block.bytes, offset);
             stats.normal++;
           }
           if (++sinceCheck >= checkEvery) {

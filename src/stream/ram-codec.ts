@@ -70,6 +70,12 @@ export class RamChunkWriter {
     this.#w.bytes(data);
   }
 
+  /** The page at byte `offset` of `ram` (a block's memory), copied straight from there. */
+  pageOf(idstr: string, ram: Uint8Array, offset: number): void {
+    this.#header(idstr, offset, RAM_SAVE_FLAG_PAGE);
+    this.#w.bytesFrom(ram, offset, RAM_PAGE_SIZE);
+  }
+
   /** A page of zeros, 9 bytes instead of 4105 (QEMU's save_zero_page: fill byte 0). */
   zero(idstr: string, offset: number): void {
     this.#header(idstr, offset, RAM_SAVE_FLAG_ZERO);

@@ -117,6 +117,24 @@ export class StreamWriter {
     }
   }
 
+  /**
+   * Copies `n` bytes of `source` from byte `from` into the buffer: what bytes() does with
+   * a subarray, without making one per call. A guest page is copied this way on every
+   * send; a view made with the constructor costs about half what subarray() does (V8's
+   * species lookup), measured per 4 KiB page in Node 20.
+   */
+  bytesFrom(source: Uint8Array, from: number, n: number): void {
+    if (!Number.isInteger(from) || !Number.isInteger(n) || from < 0 || n < 0 || from + n > source.byteLength) {
+      throw new StreamFormatError(`Cannot write ${n} bytes from offset ${from} of a ${source.byteLength}-byte source`, this.bytesWritten);
+    }
+    if (this.#bufferSize - this.#pos >= n) {
+      this.#buf.set(new Uint8Array(source.buffer, source.byteOffset + from, n), this.#pos);
+      this.#pos += n;
+      return;
+    }
+    this.bytes(source.subarray(from, from + n));
+  }
+
   /** True while buffers handed to the channel are not taken yet (it pushed back, or has not said). */
   get backlogged(): boolean {
     return this.#unsettled > 0;
