@@ -113,6 +113,12 @@ export interface Accelerator {
   /** Called when the guest stops on its own (shutdown, triple fault, entry failure). */
   onExit(listener: (exit: GuestExit) => void): void;
   /**
+   * Throttle every vCPU (migration's auto-converge, QEMU's cpu_throttle_set): run a 10 ms
+   * timeslice, then sleep percent / (100 − percent) of it; 0 stops throttling. Holds across
+   * pause and resume until changed.
+   */
+  setThrottle?(percent: number): void;
+  /**
    * Present on accelerators that emulate their own serial port (v86): the Machine then
    * connects its console backend here instead of its own 16550A. Returns the input side.
    */

@@ -117,6 +117,12 @@ export class Machine extends EventEmitter<MachineEvents> {
     return this.accel.dirtyLog;
   }
 
+  /** auto-converge's throttle, where the accelerator has one (MigrationVm.setThrottle). */
+  get setThrottle(): ((percent: number) => void) | undefined {
+    const accel = this.accel;
+    return accel.setThrottle ? (percent) => accel.setThrottle!(percent) : undefined;
+  }
+
   /** CPU state first (per vCPU), then accelerator-held devices, then the Machine's devices. */
   get stateSections(): readonly StateSection[] {
     return [...this.accel.stateSections, ...this.devices];

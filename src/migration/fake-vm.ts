@@ -104,6 +104,8 @@ export interface FakeVmOptions {
   readonly prefault?: boolean;
   /** More RAM blocks after "pc.ram" (e.g. "vga.vram"), each its own dirty bitmap. */
   readonly extraBlocks?: readonly { readonly idstr: string; readonly size: number }[];
+  /** Whether the VM can be throttled (auto-converge); default true. */
+  readonly throttle?: boolean;
 }
 
 export class FakeVm implements MigrationVm {
@@ -118,10 +120,19 @@ export class FakeVm implements MigrationVm {
   readonly runStates: RunState[] = [];
   #runState: RunState;
   #workload: ReturnType<typeof setInterval> | undefined;
+  /** auto-converge's throttle in force, and every value it was set to, in order. */
+  throttle = 0;
+  readonly throttleHistory: number[] = [];
+  readonly setThrottle: ((percent: number) => void) | undefined;
   #workloadCursor = 0;
+  #throttleCredit = 0;
   #counter = 0;
 
   constructor(options: FakeVmOptions) {
+    this.setThrottle = options.throttle === false ? undefined : (percent) => {
+      this.throttle = percent;
+      this.throttleHistory.push(percent);
+    };
     const blocks = [{ idstr: 'pc.ram', size: options.memorySize }, ...(options.extraBlocks ?? [])];
     let guestAddress = 0;
     this.memory = blocks.map(({ idstr, size }) => {
@@ -180,7 +191,11 @@ export class FakeVm implements MigrationVm {
     const pages = this.memory[0]!.size >>> PAGE_SHIFT;
     this.#workload = setInterval(() => {
       if (this.#runState !== 'running') return;
-      for (let i = 0; i < pagesPerTick; i++) {
+      // A throttled guest gets that much less done (its vCPU sleeps that share of the time).
+      this.#throttleCredit += (pagesPerTick * (100 - this.throttle)) / 100;
+      const count = Math.floor(this.#throttleCredit);
+      this.#throttleCredit -= count;
+      for (let i = 0; i < count; i++) {
         this.#counter = (this.#counter + 1) & 0xff || 1;
         this.write(this.#workloadCursor * PAGE_SIZE + 8, this.#counter);
         this.#workloadCursor = (this.#workloadCursor + 1) % pages;

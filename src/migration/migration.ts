@@ -7,11 +7,12 @@ import type { Channel, Listener } from '../transport/channel.js';
 import { StreamReader } from '../stream/reader.js';
 import { loadVmStream } from './incoming.js';
 import { OutgoingMigration } from './outgoing.js';
+import { AutoConverge } from './auto-converge.js';
 import {
   DEFAULT_MIGRATION_PARAMETERS, IMPLEMENTED_CAPABILITIES, applyCapabilities, applyParameters,
   capabilityList, defaultCapabilities,
 } from './parameters.js';
-import type { CapabilityStatus, MigrationCapabilities, MigrationParameters } from './parameters.js';
+import type { CapabilityStatus, MigrationCapabilities, MigrationCapability, MigrationParameters } from './parameters.js';
 import { buildMigrationInfo, formatInfoMigrate } from './query.js';
 import type { MigrationInfo } from './query.js';
 import { RamHandler } from './ram.js';
@@ -57,6 +58,8 @@ export class Migration {
   #outgoing: OutgoingMigration | undefined;
   #ram: RamHandler | undefined;
   #limiter: RateLimiter | undefined;
+  /** The last outgoing migration's throttle, when `auto-converge` was on. */
+  #autoConverge: AutoConverge | undefined;
   #running: Promise<void> = Promise.resolve();
   #incomingRun: Promise<void> = Promise.resolve();
   #incomingError: string | undefined;
@@ -64,7 +67,11 @@ export class Migration {
 
   constructor(options: MigrationOptions) {
     this.#o = options;
-    this.#outgoingState.onChange((status) => this.#statusChanged(status, 'outgoing'));
+    this.#outgoingState.onChange((status) => {
+      // QEMU's migration_iteration_finish: whatever the outcome, the vCPUs run freely again.
+      if ((status === 'completed' || status === 'failed' || status === 'cancelled') && this.#autoConverge) this.#stopThrottle();
+      this.#statusChanged(status, 'outgoing');
+    });
     this.#incomingState.onChange((status) => this.#statusChanged(status, 'incoming'));
   }
 
@@ -111,6 +118,8 @@ export class Migration {
       throw new MigrationError('Guest is waiting for an incoming migration');
     }
     const limiter = new RateLimiter(this.#o.now, this.#parameters['max-bandwidth']);
+    const autoConverge = this.#capabilities['auto-converge'] && vm.setThrottle ? new AutoConverge() : undefined;
+    this.#autoConverge = autoConverge;
     const ram = new RamHandler(vm, {
       now: this.#o.now,
       limiter,
@@ -119,6 +128,14 @@ export class Migration {
       onSync: (pass) => {
         if (this.#capabilities.events) this.#o.emit('MIGRATION_PASS', { pass });
       },
+      ...(autoConverge ? {
+        onDirtyPeriod: (period) => {
+          const percent = autoConverge.period(period, this.#parameters);
+          if (percent === undefined) return;
+          this.#o.trace?.(`migration: auto-converge: ${period.dirtiedBytes} B dirtied against ${period.transferredBytes} B sent in the last period: throttling the vCPUs to ${percent} %`);
+          vm.setThrottle?.(percent);
+        },
+      } : {}),
     });
     let outgoing: OutgoingMigration | undefined;
     const registry = this.#buildRegistry(ram, () => outgoing?.stateBeforeStop ?? vm.runState);
@@ -209,7 +226,10 @@ export class Migration {
   queryMigrate(): MigrationInfo {
     const info = buildMigrationInfo(
       this.#outgoing && this.#ram
-        ? { status: this.#outgoingState.status, figures: this.#outgoing.figures, ram: this.#ram.stats, now: this.#o.now(), xbzrle: this.#ram.xbzrle }
+        ? {
+          status: this.#outgoingState.status, figures: this.#outgoing.figures, ram: this.#ram.stats, now: this.#o.now(), xbzrle: this.#ram.xbzrle,
+          throttlePercentage: this.#autoConverge?.percentage ?? 0,
+        }
         : undefined,
       this.#incomingState.status,
     );
@@ -262,7 +282,21 @@ export class Migration {
   /** QMP `migrate-set-capabilities`: refused during a migration and for capabilities Ferry lacks. */
   setCapabilities(request: readonly CapabilityStatus[]): void {
     if (isMigrationRunning(this.#outgoingState.status)) throw new MigrationError(MIGRATION_ACTIVE);
-    this.#capabilities = applyCapabilities(this.#capabilities, request, IMPLEMENTED_CAPABILITIES);
+    this.#capabilities = applyCapabilities(this.#capabilities, request, this.#implementedCapabilities());
+  }
+
+  /** What this VM can carry out: auto-converge needs an accelerator that can throttle its vCPUs. */
+  #implementedCapabilities(): ReadonlySet<MigrationCapability> {
+    if (this.#o.vm.setThrottle) return IMPLEMENTED_CAPABILITIES;
+    return new Set([...IMPLEMENTED_CAPABILITIES].filter((c) => c !== 'auto-converge'));
+  }
+
+  #stopThrottle(): void {
+    const autoConverge = this.#autoConverge;
+    if (!autoConverge || autoConverge.percentage === 0) return;
+    autoConverge.stop();
+    this.#o.vm.setThrottle?.(0);
+    this.#o.trace?.('migration: auto-converge: the vCPUs run unthrottled again');
   }
 
   queryCapabilities(): CapabilityStatus[] {

@@ -177,8 +177,8 @@ export function checkParameters(p: Readonly<MigrationParameters>): void {
   if (cache < PAGE_SIZE || !isPowerOfTwo(cache)) {
     throw expects('xbzrle_cache_size', 'a power of two no less than the target page size');
   }
-  if (p['max-cpu-throttle'] < 1 || p['max-cpu-throttle'] > 99) {
-    throw expects('max_cpu_throttle', 'an integer in the range of 1 to 99');
+  if (p['max-cpu-throttle'] < p['cpu-throttle-initial'] || p['max-cpu-throttle'] > 99) {
+    throw expects('max_cpu_throttle', 'an integer in the range of cpu_throttle_initial to 99');
   }
   if (p['announce-initial'] > 100000) throw expects('announce_initial', 'a value between 0 and 100000');
   if (p['announce-max'] > 100000) throw expects('announce_max', 'a value between 0 and 100000');
@@ -202,7 +202,7 @@ export const MIGRATION_CAPABILITIES = [
 export type MigrationCapability = (typeof MIGRATION_CAPABILITIES)[number];
 
 /** The capabilities Ferry carries out; turning any other one on is refused. */
-export const IMPLEMENTED_CAPABILITIES: ReadonlySet<MigrationCapability> = new Set<MigrationCapability>(['events', 'xbzrle']);
+export const IMPLEMENTED_CAPABILITIES: ReadonlySet<MigrationCapability> = new Set<MigrationCapability>(['events', 'xbzrle', 'auto-converge']);
 
 export type MigrationCapabilities = Record<MigrationCapability, boolean>;
 

@@ -43,6 +43,8 @@ export interface MigrationInfo {
   status?: MigrationStatus;
   ram?: MigrationStatsInfo;
   'xbzrle-cache'?: XbzrleCacheInfo;
+  /** Present while auto-converge throttles the vCPUs (QEMU: while cpu_throttle_active()). */
+  'cpu-throttle-percentage'?: number;
   'total-time'?: number;
   'expected-downtime'?: number;
   downtime?: number;
@@ -57,6 +59,8 @@ export interface SourceView {
   readonly now: number;
   /** The source's XBZRLE cache, when the capability is on. */
   readonly xbzrle?: XbzrleCache | undefined;
+  /** The auto-converge throttle in force (0: none). */
+  readonly throttlePercentage?: number;
 }
 
 const WITH_RAM: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>([
@@ -120,6 +124,7 @@ export function buildMigrationInfo(source: SourceView | undefined, destinationSt
       overflow: x.overflow,
     };
   }
+  if (source.throttlePercentage) info['cpu-throttle-percentage'] = source.throttlePercentage;
   return info;
 }
 
@@ -179,5 +184,6 @@ export function formatInfoMigrate(info: MigrationInfo): string {
       `xbzrle overflow: ${x.overflow}`,
     );
   }
+  if (info['cpu-throttle-percentage'] !== undefined) lines.push(`cpu throttle percentage: ${info['cpu-throttle-percentage']}`);
   return lines.join('\n') + '\n';
 }

@@ -12,6 +12,7 @@ import type { RateLimiter } from './rate-limiter.js';
 import { XBZRLE_SEND_PAGE, XBZRLE_UNCHANGED, XbzrleCache } from './xbzrle-cache.js';
 import type { SaveVmHandler } from './savevm.js';
 import type { MigrationVm } from './vm.js';
+import type { DirtyPeriod } from './auto-converge.js';
 import { RAM_VERSION, RamLoader } from './ram-load.js';
 import { WORDS_PER_PAGE, isZeroPage, wordsOf } from './ram-pages.js';
 
@@ -83,6 +84,11 @@ export interface RamHandlerOptions {
   readonly onSync?: (pass: number) => void;
   /** The `xbzrle` capability: pages sent again go as deltas against a cache of this many bytes. */
   readonly xbzrleCacheSize?: number;
+  /**
+   * Told at the first sync a second or more after the last period ended, of the bytes sent
+   * and the pages newly found dirty since (auto-converge: QEMU's migration_trigger_throttle).
+   */
+  readonly onDirtyPeriod?: (period: DirtyPeriod) => void;
 }
 
 export class RamHandler implements SaveVmHandler {
@@ -105,6 +111,9 @@ export class RamHandler implements SaveVmHandler {
   #stopped = false;
   #rateWindowStart = 0;
   #rateWindowPages = 0;
+  /** This period's pages newly set in the to-send bitmap, and the bytes sent when it began. */
+  #periodNewPages = 0;
+  #periodTransferredMark = 0;
   #loggingStarted = false;
   /** QEMU enables XBZRLE only once the first round (every page) is done. */
   #xbzrleActive = false;
@@ -256,11 +265,18 @@ export class RamHandler implements SaveVmHandler {
     this.#passMark = { pages: this.stats.pagesSent, zero: this.stats.duplicate, bytes: this.stats.transferred };
     if (this.xbzrle) this.xbzrle.generation = this.stats.dirtySyncCount;
     this.#rateWindowPages += dirtied;
+    if (!firstPass) this.#periodNewPages += added;
     const now = this.#opts.now();
     const elapsed = now - this.#rateWindowStart;
     if (elapsed >= 1000) {
       this.stats.dirtyPagesRate = Math.round((this.#rateWindowPages * 1000) / elapsed);
+      this.#opts.onDirtyPeriod?.({
+        transferredBytes: this.stats.transferred - this.#periodTransferredMark,
+        dirtiedBytes: this.#periodNewPages * PAGE_SIZE,
+      });
       this.#rateWindowPages = 0;
+      this.#periodNewPages = 0;
+      this.#periodTransferredMark = this.stats.transferred;
       this.#rateWindowStart = now;
     }
     this.#opts.onSync?.(this.stats.dirtySyncCount);

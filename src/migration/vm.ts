@@ -25,4 +25,10 @@ export interface MigrationVm {
   resumeAfterMigration(wasRunning: boolean): void;
   /** Destination, everything loaded: run if autostart (no -S, no `stop` meanwhile), else "paused". */
   startAfterIncoming(): void;
+  /**
+   * The `auto-converge` capability's throttle (QEMU's cpu_throttle_set): every vCPU runs a
+   * 10 ms timeslice, then sleeps percent / (100 − percent) of it; 0 runs them freely again.
+   * Absent where the accelerator cannot throttle; the capability is then refused.
+   */
+  readonly setThrottle?: ((percent: number) => void) | undefined;
 }

@@ -11,6 +11,8 @@ export type SimCommand = typeof CMD_RUN | typeof CMD_PAUSE | typeof CMD_EXIT;
 export const CTRL_REQUEST = 0;
 /** Int32 index: the sequence number of the last command the worker has carried out. */
 export const CTRL_ACK = 1;
+/** Int32 index: auto-converge's throttle in percent (0: none), written by the main thread. */
+export const CTRL_THROTTLE = 2;
 export const CTRL_WORDS = 4;
 export const CTRL_BYTES = CTRL_WORDS * 4;
 

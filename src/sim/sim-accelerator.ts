@@ -13,7 +13,7 @@ import type {
 import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { VmStateValue } from '../migration/vmstate-types.js';
 import {
-  CMD_EXIT, CMD_PAUSE, CMD_RUN, CTRL_BYTES, CTRL_REQUEST, SEQ_MASK, encodeRequest,
+  CMD_EXIT, CMD_PAUSE, CMD_RUN, CTRL_BYTES, CTRL_REQUEST, CTRL_THROTTLE, SEQ_MASK, encodeRequest,
 } from './control.js';
 import type { SimCommand, SimWorkerData, SimWorkerMessage } from './control.js';
 import { WORKLOAD_WORKER_NAME, WORKLOAD_WORKER_URL } from './workload-worker-url.js';
@@ -213,6 +213,15 @@ class SimAccelerator implements Accelerator {
     this.isRunning = false;
     const seq = this.command(CMD_PAUSE);
     return new Promise((resolve) => this.pauseWaiters.push({ seq, resolve }));
+  }
+
+  setThrottle(percent: number): void {
+    if (!Number.isInteger(percent) || percent < 0 || percent > 99) {
+      throw new ConfigError(`Cannot throttle the sim workload to ${percent} %: expected an integer from 0 to 99`);
+    }
+    Atomics.store(this.control, CTRL_THROTTLE, percent);
+    // Wake a worker sleeping out a timeslice, so a lower throttle takes effect at once.
+    Atomics.notify(this.control, CTRL_REQUEST);
   }
 
   onExit(listener: (exit: GuestExit) => void): void {

@@ -4,8 +4,9 @@
 import { parentPort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import {
-  CMD_EXIT, CMD_PAUSE, CTRL_ACK, CTRL_REQUEST, requestCommand, requestSeq,
+  CMD_EXIT, CMD_PAUSE, CTRL_ACK, CTRL_REQUEST, CTRL_THROTTLE, requestCommand, requestSeq,
 } from './control.js';
+import { THROTTLE_TIMESLICE_MS, throttleSleepMs } from '../migration/auto-converge.js';
 import type { SimWorkerData, SimWorkerMessage } from './control.js';
 import { workerInput } from '../sys/early-worker.js';
 import { TokenBucket } from './pacer.js';
@@ -41,6 +42,8 @@ post({ type: 'ready' });
 
 let model: WorkloadModel | undefined;
 let bucket: TokenBucket | undefined;
+/** When the current throttle timeslice began (auto-converge: run 10 ms, then sleep). */
+let sliceStart = 0;
 let ackedSeq = -1;
 
 for (;;) {
@@ -67,10 +70,22 @@ for (;;) {
     // The main thread may have loaded new state while we were paused.
     model = new WorkloadModel({ ram, dirty, output: (text) => { pendingText += text; } }, readCpuState(data.cpu));
     bucket = new TokenBucket(model.state.rate);
-    bucket.reset(performance.now());
+    sliceStart = performance.now();
+    bucket.reset(sliceStart);
   }
   if (model.idle) {
     Atomics.wait(control, CTRL_REQUEST, req);
+    continue;
+  }
+  const throttle = Atomics.load(control, CTRL_THROTTLE);
+  if (throttle > 0 && performance.now() - sliceStart >= THROTTLE_TIMESLICE_MS) {
+    // Throttled (QEMU's cpu_throttle_thread): sleep out this timeslice's share. A command,
+    // or a change of throttle, wakes us early. No catching up afterwards: the credit the
+    // sleep would have earned is not given.
+    flushOutput();
+    Atomics.wait(control, CTRL_REQUEST, req, throttleSleepMs(throttle));
+    sliceStart = performance.now();
+    bucket!.reset(sliceStart);
     continue;
   }
   const n = bucket!.take(performance.now(), MAX_BATCH);
