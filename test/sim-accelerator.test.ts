@@ -85,6 +85,33 @@ for (const { guest, rate } of RATE_CASES) {
   });
 }
 
+test('sim: the auto-converge throttle holds the workload to the unthrottled share of its rate, and pause still works at once', async () => {
+  await withSim(32 * MiB, { kind: 'sweep', from: MiB, to: undefined, rate: 20_000 }, async (a) => {
+    prefault(a);
+    a.resume();
+    await sleep(50);
+    const free = await measureRate(a, 500);
+    a.setThrottle!(50);
+    const half = await measureRate(a, 500);
+    a.setThrottle!(90);
+    const tenth = await measureRate(a, 500);
+    // Runs 10 ms, sleeps pct/(100−pct) of that: 50 % and 10 % of the rate, with room for
+    // the wake-ups a busy two-core machine adds.
+    assert.ok(half > free * 0.3 && half < free * 0.65, `at 50 %: ${half.toFixed(0)} pages/s, free ${free.toFixed(0)}`);
+    assert.ok(tenth > free * 0.03 && tenth < free * 0.2, `at 90 %: ${tenth.toFixed(0)} pages/s, free ${free.toFixed(0)}`);
+    // A throttled worker sleeps most of the time: a pause wakes it at once.
+    a.resume();
+    await sleep(30);
+    const t0 = performance.now();
+    await a.pause();
+    assert.ok(performance.now() - t0 < 50, `pause of a throttled workload took ${(performance.now() - t0).toFixed(1)} ms`);
+    a.setThrottle!(0);
+    const again = await measureRate(a, 500);
+    assert.ok(again > free * 0.6, `after the throttle was lifted: ${again.toFixed(0)} pages/s, free ${free.toFixed(0)}`);
+    assert.throws(() => a.setThrottle!(100), /Cannot throttle the sim workload to 100 %/);
+  });
+});
+
 test('sim: idle writes nothing', async () => {
   await withSim(8 * MiB, { kind: 'idle' }, async (a) => {
     const before = Buffer.from(a.memory[0]!.bytes);

@@ -133,6 +133,26 @@ test('dirty log while Linux runs: every page whose content changed is reported',
   await run(sourceLog, sourceInput!, 'rm /tmp/fill*');
 });
 
+test('auto-converge throttle: a CPU-bound shell loop takes several times longer at 75 %, and is back to speed at 0', { skip }, async () => {
+  const acc = source!;
+  const loop = async (): Promise<number> => {
+    const t0 = performance.now();
+    await run(sourceLog, sourceInput!, 'i=0; while [ $i -lt 4000 ]; do i=$((i+1)); done', 60_000);
+    return performance.now() - t0;
+  };
+  await loop(); // v86's JIT compiles the loop the first time round
+  const free = await loop();
+  acc.setThrottle(75);
+  const throttled = await loop();
+  acc.setThrottle(0);
+  const again = await loop();
+  console.log(`# shell loop: ${free.toFixed(0)} ms free, ${throttled.toFixed(0)} ms at 75 %, ${again.toFixed(0)} ms after`);
+  // Running a quarter of the time: ~4 times as long, with room for a noisy machine.
+  assert.ok(throttled > free * 2, `${throttled.toFixed(0)} ms throttled against ${free.toFixed(0)} ms free`);
+  assert.ok(again < throttled / 1.5, `${again.toFixed(0)} ms after the throttle was lifted, ${throttled.toFixed(0)} ms throttled`);
+  assert.throws(() => acc.setThrottle(-1), /Cannot throttle the v86 guest to -1 %/);
+});
+
 test('migrates in-process: the heartbeat continues from its number, /tmp/x survives, uptime grows', { skip }, async () => {
   const src = source!;
   const uptimeBefore = Number(/([\d.]+) [\d.]+/.exec(await run(sourceLog, sourceInput!, 'cat /proc/uptime'))![1]);

@@ -155,6 +155,10 @@ class KvmAccelerator implements Accelerator {
     for (const t of this.threads) t.resume();
   }
 
+  setThrottle(percent: number): void {
+    for (const t of this.threads) t.setThrottle(percent);
+  }
+
   async pause(): Promise<void> {
     await Promise.all(this.threads.map((t) => t.pause()));
     this.isRunning = false;

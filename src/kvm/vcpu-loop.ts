@@ -6,6 +6,7 @@ import { EAGAIN, EINTR } from '../sys/libc.js';
 import * as K from './ioctls.js';
 import * as M from './vcpu-mailbox.js';
 import type { KvmRunView } from './structs.js';
+import { throttleSleepMs } from '../hypervisor/cpu-throttle.js';
 
 /**
  * Run until the main thread sets CONTROL to STOP. `kvmRun` enters the guest once and
@@ -101,6 +102,15 @@ export function runVcpuLoop(box: Int32Array, run: KvmRunView, kvmRun: () => numb
     if (control !== M.CONTROL_RUN) {
       // A pause or stop with an IO exit outstanding: finish it without running guest code.
       run.immediateExit = 1;
+    } else if (Atomics.load(box, M.THROTTLE_DUE) !== 0 && !pendingCompletion) {
+      // auto-converge (QEMU's cpu_throttle_thread): a timeslice ended; sleep out the
+      // throttled share. A pause, stop or kick bumps WAKE and ends the sleep early.
+      Atomics.store(box, M.THROTTLE_DUE, 0);
+      const percent = Atomics.load(box, M.THROTTLE);
+      if (percent > 0) {
+        Atomics.wait(box, M.WAKE, seen, throttleSleepMs(percent));
+        continue;
+      }
     }
     setState(M.STATE_RUNNING);
     const r = kvmRun();

@@ -12,6 +12,9 @@
 //             main thread consumes at HEAD and notifies HEAD so a full ring drains
 //   REQ_*     one synchronous request (port or MMIO read); the main thread answers only
 //             after draining the ring, so reads never overtake earlier writes
+//   THROTTLE  main → worker: auto-converge's throttle in percent (0: none)
+//   THROTTLE_DUE  main sets it (then signals the worker) at the end of each timeslice; the
+//             worker clears it and sleeps out the throttled share before running again
 // Ring entries are ENTRY_WORDS words: kind, a (address low / exit reason), b (address
 // high / exit detail), size, value low, value high.
 
@@ -29,6 +32,8 @@ export const REQ_ADDR_HI = 10;
 export const REQ_SIZE = 11;
 export const REQ_VALUE_LO = 12;
 export const REQ_VALUE_HI = 13;
+export const THROTTLE = 14;
+export const THROTTLE_DUE = 15;
 export const RING_BASE = 16;
 export const RING_ENTRIES = 256;
 export const ENTRY_WORDS = 6;

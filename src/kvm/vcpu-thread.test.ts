@@ -108,6 +108,38 @@ test('pause stops a guest that never exits within 10 ms, and resume continues it
   }
 });
 
+test('auto-converge throttle: a vCPU throttled to 90 % runs about a tenth of the time, pauses at once, and runs freely at 0', async () => {
+  const { thread, progress } = setup([]);
+  // Guest progress per 400 ms of wall time.
+  const rate = async (): Promise<number> => {
+    const before = Atomics.load(progress, 0);
+    await new Promise((r) => setTimeout(r, 400));
+    return Atomics.load(progress, 0) - before;
+  };
+  try {
+    await thread.ready();
+    thread.resume();
+    await until('progress', () => Atomics.load(progress, 0) > 1000);
+    const free = await rate();
+    thread.setThrottle(90);
+    const throttled = await rate();
+    // 10 ms running in every 100: a tenth, with room for a busy two-core machine.
+    assert.ok(throttled < free * 0.4, `throttled ${throttled} against ${free} unthrottled`);
+    assert.ok(throttled > 0, 'a throttled vCPU still runs');
+    // A throttled vCPU (asleep most of the time) pauses as promptly as a running one.
+    const t0 = performance.now();
+    await thread.pause();
+    assert.ok(performance.now() - t0 < 50, `pause took ${(performance.now() - t0).toFixed(1)} ms`);
+    thread.resume();
+    thread.setThrottle(0);
+    const again = await rate();
+    assert.ok(again > throttled * 2, `after the throttle was lifted ${again}, throttled ${throttled}`);
+    assert.throws(() => thread.setThrottle(100), /Cannot throttle vCPU 0 to 100 %/);
+  } finally {
+    await thread.stop();
+  }
+});
+
 test('a pause requested while an IN is outstanding completes the IN first', async () => {
   const { thread, log } = setup([{ in: 0x61, size: 2 }, { echo: 0xe9 }]);
   try {

@@ -14,6 +14,7 @@ import type { KvmRegs, KvmRunView, KvmSregs } from './structs.js';
 import type { VcpuWorkerData } from './vcpu-worker.js';
 import { VCPU_WORKER_URL, vcpuThreadName } from './vcpu-worker-url.js';
 import { startWorker } from '../sys/early-worker.js';
+import { checkThrottlePercent, throttlePeriodMs } from '../hypervisor/cpu-throttle.js';
 
 const trace = debuglog('ferry');
 
@@ -109,6 +110,44 @@ export class VcpuThread {
   resume(): void {
     this.vcpu.run.immediateExit = 0;
     this.setControl(M.CONTROL_RUN);
+  }
+
+  /**
+   * auto-converge: throttle this vCPU to run (100 − percent) % of the time. Every 10 ms of
+   * running (QEMU's CPU_THROTTLE_TIMESLICE_NS), a timer marks the timeslice over and
+   * interrupts KVM_RUN; the worker then sleeps percent / (100 − percent) of a timeslice.
+   */
+  setThrottle(percent: number): void {
+    checkThrottlePercent(percent, `vCPU ${this.vcpu.id}`);
+    Atomics.store(this.box, M.THROTTLE, percent);
+    if (percent === 0) {
+      clearTimeout(this.throttleTimer);
+      this.throttleTimer = undefined;
+      Atomics.store(this.box, M.THROTTLE_DUE, 0);
+      this.kick(); // ends a sleep in progress
+      return;
+    }
+    if (this.throttleTimer === undefined) this.scheduleThrottleTick(percent);
+  }
+
+  private throttleTimer: ReturnType<typeof setTimeout> | undefined;
+
+  private scheduleThrottleTick(percent: number): void {
+    // One period: the running timeslice plus the sleep (cpu_throttle_timer_tick).
+    const periodMs = throttlePeriodMs(percent);
+    this.throttleTimer = setTimeout(() => {
+      const now = Atomics.load(this.box, M.THROTTLE);
+      if (now === 0 || this.stopped) {
+        this.throttleTimer = undefined;
+        return;
+      }
+      Atomics.store(this.box, M.THROTTLE_DUE, 1);
+      // Without immediate_exit: a pause may set and clear that one, and a throttle tick
+      // that lands just before KVM_RUN is only late by one timeslice.
+      this.interrupt();
+      this.scheduleThrottleTick(now);
+    }, periodMs);
+    this.throttleTimer.unref();
   }
 
   /** Wake a halted vCPU (HLT sleeps until kicked, resumed or paused). */
@@ -262,6 +301,8 @@ export class VcpuThread {
   /** Stop the worker for good; the vCPU fd may then be closed. */
   async stop(timeoutMs = 5_000): Promise<void> {
     if (this.stopped) return;
+    clearTimeout(this.throttleTimer);
+    this.throttleTimer = undefined;
     this.vcpu.run.immediateExit = 1;
     this.setControl(M.CONTROL_STOP);
     this.interrupt();

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AutoConverge, nextThrottlePercentage, throttleSleepMs } from './auto-converge.js';
+import { AutoConverge, nextThrottlePercentage } from './auto-converge.js';
+import { throttleSleepMs } from '../hypervisor/cpu-throttle.js';
 import { DEFAULT_MIGRATION_PARAMETERS } from './parameters.js';
 
 const params = DEFAULT_MIGRATION_PARAMETERS;

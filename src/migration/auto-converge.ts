@@ -5,15 +5,14 @@
 // first to `cpu-throttle-initial` %, then `cpu-throttle-increment` more each time (or, with
 // `cpu-throttle-tailslow`, only as much as the last period says is needed), never past
 // `max-cpu-throttle`. The accelerators carry the percentage out as QEMU's cpu-throttle.c
-// does: a vCPU runs 10 ms, then sleeps percentage / (100 − percentage) of that.
+// does (src/hypervisor/cpu-throttle.ts).
 
+import { THROTTLE_MAX_PERCENT } from '../hypervisor/cpu-throttle.js';
 import type { MigrationParameters } from './parameters.js';
 
-/** QEMU's CPU_THROTTLE_TIMESLICE_NS: the running part of one throttle cycle. */
-export const THROTTLE_TIMESLICE_MS = 10;
 /** cpu_throttle_set clamps to this range. */
 const THROTTLE_MIN = 1;
-const THROTTLE_MAX = 99;
+const THROTTLE_MAX = THROTTLE_MAX_PERCENT;
 
 export type ThrottleParameters = Pick<
   MigrationParameters,
@@ -81,11 +80,4 @@ export class AutoConverge {
     this.#percentage = 0;
     this.#highPeriods = 0;
   }
-}
-
-/** How long a throttled vCPU sleeps after each timeslice (cpu_throttle_thread). */
-export function throttleSleepMs(percentage: number): number {
-  if (!(percentage > 0)) return 0;
-  const pct = Math.min(percentage, THROTTLE_MAX) / 100;
-  return (pct / (1 - pct)) * THROTTLE_TIMESLICE_MS;
 }

@@ -24,6 +24,7 @@ import {
 } from './workload.js';
 import type { WorkloadCpuState } from './workload.js';
 import { HostMemory } from '../sys/host-memory.js';
+import { checkThrottlePercent } from '../hypervisor/cpu-throttle.js';
 
 /**
  * Pages per second the sim workload writes when the guest spec names no rate: what the
@@ -216,9 +217,7 @@ class SimAccelerator implements Accelerator {
   }
 
   setThrottle(percent: number): void {
-    if (!Number.isInteger(percent) || percent < 0 || percent > 99) {
-      throw new ConfigError(`Cannot throttle the sim workload to ${percent} %: expected an integer from 0 to 99`);
-    }
+    checkThrottlePercent(percent, 'the sim workload');
     Atomics.store(this.control, CTRL_THROTTLE, percent);
     // Wake a worker sleeping out a timeslice, so a lower throttle takes effect at once.
     Atomics.notify(this.control, CTRL_REQUEST);

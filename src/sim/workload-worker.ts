@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import {
   CMD_EXIT, CMD_PAUSE, CTRL_ACK, CTRL_REQUEST, CTRL_THROTTLE, requestCommand, requestSeq,
 } from './control.js';
-import { THROTTLE_TIMESLICE_MS, throttleSleepMs } from '../migration/auto-converge.js';
+import { THROTTLE_TIMESLICE_MS, throttleSleepMs } from '../hypervisor/cpu-throttle.js';
 import type { SimWorkerData, SimWorkerMessage } from './control.js';
 import { workerInput } from '../sys/early-worker.js';
 import { TokenBucket } from './pacer.js';

@@ -28,6 +28,7 @@ import type {
   Accelerator, AcceleratorConfig, ConsoleSink, GuestExit, GuestMemoryBlock, StateSection,
 } from '../hypervisor/types.js';
 import { PAGE_SIZE } from '../hypervisor/types.js';
+import { THROTTLE_TIMESLICE_MS, checkThrottlePercent, throttleSleepMs } from '../hypervisor/cpu-throttle.js';
 import { populateOf, residencyOf } from '../sys/host-memory.js';
 import type { VmStateDescription, VmStateValue } from '../migration/vmstate-types.js';
 import { ShadowDirtyLog } from './shadow-dirty-log.js';
@@ -345,7 +346,7 @@ export class V86Accelerator implements Accelerator {
     const slice = cpu.main_loop;
     const core = this.#core;
     const log = this.dirtyLog;
-    cpu.main_loop = () => {
+    const run = (): number => {
       if (!log.active) return slice();
       const burstMs = Math.min(BURST_MAX_MS, Math.max(BURST_MIN_MS, BURST_RATIO * log.stats.lastCollectMs));
       const start = performance.now();
@@ -354,6 +355,27 @@ export class V86Accelerator implements Accelerator {
       log.collect();
       return next < 1 ? next : Math.max(next, IDLE_WAIT_RATIO * log.stats.lastCollectMs);
     };
+    cpu.main_loop = () => {
+      if (this.#throttle === 0) return run();
+      // auto-converge (QEMU's cpu-throttle.c): after each 10 ms of guest code, the next
+      // slice waits out the throttled share; v86's scheduler sleeps for what we return.
+      const start = performance.now();
+      const next = run();
+      this.#throttleRanMs += performance.now() - start;
+      if (this.#throttleRanMs < THROTTLE_TIMESLICE_MS) return next;
+      this.#throttleRanMs = 0;
+      return Math.max(next, throttleSleepMs(this.#throttle));
+    };
+  }
+
+  /** auto-converge's throttle in percent, and the guest time run in the current timeslice. */
+  #throttle = 0;
+  #throttleRanMs = 0;
+
+  setThrottle(percent: number): void {
+    checkThrottlePercent(percent, 'the v86 guest');
+    this.#throttle = percent;
+    this.#throttleRanMs = 0;
   }
 
   #saveState(): VmStateValue {

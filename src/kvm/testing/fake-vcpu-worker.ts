@@ -67,8 +67,9 @@ function fakeKvmRun(): number {
   if (run.immediateExit) return -EINTR;
   const s = data.script[step];
   if (!s) {
-    // A guest that never exits: spin until interrupted.
-    while (!run.immediateExit) Atomics.add(progress, 0, 1);
+    // A guest that never exits: spin until interrupted (immediate_exit, or a throttle
+    // tick, whose signal would end a real KVM_RUN).
+    while (!run.immediateExit && Atomics.load(box, M.THROTTLE_DUE) === 0) Atomics.add(progress, 0, 1);
     return -EINTR;
   }
   step++;
