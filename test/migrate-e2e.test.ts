@@ -158,3 +158,24 @@ async function freePort(host: string): Promise<number> {
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
 }
+
+test('sim: auto-converge throttles a guest that outruns max-bandwidth until it converges (ferry migrate --auto-converge)', async (t) => {
+  const dir = scratch(t);
+  // 100 000 pages/s is ~400 MB/s of dirtying against a 16 MB/s link: hopeless unthrottled.
+  const args = ['-m', '16M', '--accel', 'sim', '--guest', 'builtin:sweep,rate=100000'];
+  const dest = await started(t, dir, 'dst', [...args, '-S', '--incoming', 'tcp:127.0.0.1:0']);
+  const source = await started(t, dir, 'src', args);
+  await source.execute('migrate-set-parameters', { 'cpu-throttle-initial': 99 });
+  const throttles: number[] = [];
+  const outcome = await runMigration(source.qmp, {
+    qmp: source.qmpPath, uri: await dest.incomingAddress(), maxBandwidth: 16_000_000, capabilities: ['auto-converge'], progress: false, pollMs: 50,
+    onSample: (info) => { if (info['cpu-throttle-percentage'] !== undefined) throttles.push(info['cpu-throttle-percentage']); },
+  });
+  assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+  assert.equal(outcome.peakThrottle, 99);
+  assert.ok(throttles.length > 0 && throttles.every((p) => p === 99), `throttle samples ${throttles.join(', ')}`);
+  assert.equal(outcome.info['cpu-throttle-percentage'], undefined, 'lifted once completed');
+  const caps = await source.execute<Array<{ capability: string; state: boolean }>>('query-migrate-capabilities');
+  assert.equal(caps.find((c) => c.capability === 'auto-converge')?.state, true);
+  await assertSameGuest(source, dest);
+});

@@ -71,7 +71,8 @@ test('without auto-converge the guest is never throttled', async (t) => {
   src.migration.setParameters({ 'max-bandwidth': 8 * MiB });
   await dst.migration.migrateIncoming('memory:');
   src.migration.migrate('memory:');
-  await waitFor('two periods', () => (src.migration.queryMigrate()['total-time'] ?? 0) > 2200, 10_000);
+  // Two periods, or the end (a machine busy enough to starve the workload's timer lets it converge).
+  await waitFor('two periods', () => src.migration.status !== 'active' || (src.migration.queryMigrate()['total-time'] ?? 0) > 2200, 10_000);
   assert.deepEqual(src.vm.throttleHistory, []);
   assert.equal(src.migration.queryMigrate()['cpu-throttle-percentage'], undefined);
   src.migration.cancel();

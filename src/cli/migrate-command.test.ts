@@ -46,12 +46,15 @@ test('runMigration sets parameters and the events capability, starts, polls to t
 });
 
 test('the summary names time, downtime, passes and bytes; a failure carries its error', () => {
-  const done = formatSummary({ status: 'completed', passes: 4, info: { status: 'completed', 'total-time': 812, downtime: 37, 'setup-time': 9, ram: ram() } });
+  const done = formatSummary({ status: 'completed', passes: 4, peakThrottle: 0, info: { status: 'completed', 'total-time': 812, downtime: 37, 'setup-time': 9, ram: ram() } });
   assert.match(done, /^Migration completed/);
   assert.match(done, /total time\s+812 ms/);
   assert.match(done, /downtime\s+37 ms/);
   assert.match(done, /passes\s+4/);
   assert.match(done, /transferred\s+100\.0 MiB \(25000 pages sent whole, 10 zero pages\)/);
-  const failed = formatSummary({ status: 'failed', passes: 0, info: { status: 'failed', 'error-desc': 'Connection refused at tcp:127.0.0.1:1' } });
+  assert.doesNotMatch(done, /throttle/);
+  const throttled = formatSummary({ status: 'completed', passes: 9, peakThrottle: 60, info: { status: 'completed', 'total-time': 4100, downtime: 80, ram: ram() } });
+  assert.match(throttled, /CPU throttle\s+up to 60 % \(auto-converge\)/);
+  const failed = formatSummary({ status: 'failed', passes: 0, peakThrottle: 0, info: { status: 'failed', 'error-desc': 'Connection refused at tcp:127.0.0.1:1' } });
   assert.match(failed, /^Migration failed\n  error\s+Connection refused at tcp:127.0.0.1:1$/);
 });

@@ -34,6 +34,8 @@ export interface QueryMigrateInfo {
   'expected-downtime'?: number;
   downtime?: number;
   'error-desc'?: string;
+  /** Present while auto-converge throttles the guest's vCPUs. */
+  'cpu-throttle-percentage'?: number;
   ram?: {
     transferred: number;
     remaining: number;
@@ -55,6 +57,8 @@ export interface MigrationOutcome {
   readonly status: string;
   readonly info: QueryMigrateInfo;
   readonly passes: number;
+  /** The highest auto-converge throttle query-migrate reported (0: never throttled). */
+  readonly peakThrottle: number;
 }
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
@@ -73,7 +77,7 @@ export async function runMigration(client: QmpClient, options: MigrateCommandOpt
   const showBar = options.progress ?? true;
   const bar = showBar
     ? new cliProgress.SingleBar({
-        format: ' {bar} {percentage}% | {transferred} sent, {remaining} left | pass {pass} | dirty {dirty} | {rate} | downtime ≈ {downtime}',
+        format: ' {bar} {percentage}% | {transferred} sent, {remaining} left | pass {pass} | dirty {dirty} | {rate} | downtime ≈ {downtime}{throttle}',
         stream: (options.out ?? process.stderr) as NodeJS.WriteStream,
         hideCursor: true,
         clearOnComplete: false,
@@ -85,9 +89,11 @@ export async function runMigration(client: QmpClient, options: MigrateCommandOpt
   bar?.start(100, 0, payload(undefined));
   const poll = options.pollMs ?? 100;
   let info: QueryMigrateInfo = {};
+  let peakThrottle = 0;
   try {
     for (;;) {
       info = (await client.execute('query-migrate')) as QueryMigrateInfo;
+      peakThrottle = Math.max(peakThrottle, info['cpu-throttle-percentage'] ?? 0);
       options.onSample?.(info, performance.now() - started);
       if (bar && info.ram) {
         const total = info.ram.total || 1;
@@ -108,7 +114,7 @@ export async function runMigration(client: QmpClient, options: MigrateCommandOpt
       bar.stop();
     }
   }
-  return { status: info.status ?? 'unknown', info, passes: info.ram?.['dirty-sync-count'] ?? 0 };
+  return { status: info.status ?? 'unknown', info, passes: info.ram?.['dirty-sync-count'] ?? 0, peakThrottle };
 }
 
 function payload(info: QueryMigrateInfo | undefined): Record<string, string> {
@@ -121,6 +127,7 @@ function payload(info: QueryMigrateInfo | undefined): Record<string, string> {
     dirty: ram ? `${formatRate(ram['dirty-pages-rate'] * pageSize)}` : '-',
     rate: ram ? formatRate((ram.mbps * 1e6) / 8) : '-',
     downtime: info?.['expected-downtime'] !== undefined ? formatMs(info['expected-downtime']) : '-',
+    throttle: info?.['cpu-throttle-percentage'] ? ` | throttle ${info['cpu-throttle-percentage']} %` : '',
   };
 }
 
@@ -138,6 +145,7 @@ export function formatSummary(outcome: MigrationOutcome): string {
     lines.push(`  RAM             ${formatBytes(ram.total)}`);
     if (info['total-time']) lines.push(`  throughput      ${formatRate(ram.transferred / (info['total-time'] / 1000))} average, ${formatRate((ram.mbps * 1e6) / 8)} last`);
   }
+  if (outcome.peakThrottle > 0) lines.push(`  CPU throttle    up to ${outcome.peakThrottle} % (auto-converge)`);
   if (info['error-desc']) lines.push(`  error           ${info['error-desc']}`);
   return lines.join('\n');
 }
