@@ -51,6 +51,13 @@ const SWITCHOVER_RAM_SHARE = 0.9;
  * that dirties fast from ever converging.
  */
 const CALLED_OFF_CAP_MS = 1000;
+/**
+ * After a called-off switchover the guest runs at least as long as that stop lasted (and
+ * at least this long) before the next attempt: a channel that stays slow (a stalled disk)
+ * would otherwise have the guard stop and resume the guest back to back, and the guest
+ * would run only between attempts.
+ */
+const CALLED_OFF_MIN_RUN_MS = 100;
 
 export interface OutgoingFigures {
   readonly startTime: number;
@@ -84,6 +91,8 @@ export class OutgoingMigration {
   #switchoverBytesPerMs: number | undefined;
   #switchoverCapUntil = 0;
   #switchoversCalledOff = 0;
+  /** No switchover before this (engine clock): the guest runs again after a called-off one. */
+  #noSwitchoverBefore = 0;
   #activeStart = 0;
   #activeBytes = 0;
   #threshold = 0;
@@ -188,7 +197,15 @@ export class OutgoingMigration {
       this.#checkCancelled();
       this.#updateCounters(w);
       const pending = this.#pending(false);
-      if (decideIteration(pending, this.#threshold) === 'sync-and-check') {
+      const runFor = this.#noSwitchoverBefore - this.#o.now();
+      if (runFor > 0 && decideIteration(pending, this.#threshold) === 'sync-and-check') {
+        // Close enough to switch over, but the guest is owed run time after a called-off
+        // switchover: send what is pending meanwhile; the dirty log keeps what it writes.
+        if (pending === 0) {
+          await this.#o.sleep(Math.min(runFor, 10));
+          continue;
+        }
+      } else if (decideIteration(pending, this.#threshold) === 'sync-and-check') {
         const syncStart = this.#o.now();
         const exact = this.#pending(true);
         const syncMs = this.#o.now() - syncStart;
@@ -235,8 +252,13 @@ export class OutgoingMigration {
     if (this.#wasRunning && ramEntry) {
       const limit = this.#o.parameters()['downtime-limit'];
       writeSectionPart(w, 'part', ramEntry.sectionId);
-      const done = await ram.sendWhileStopped(w, stopStart + limit * SWITCHOVER_RAM_SHARE);
+      const deadline = stopStart + limit * SWITCHOVER_RAM_SHARE;
+      const sent = await ram.sendWhileStopped(w, deadline);
       writeSectionFooter(w, ramEntry.sectionId);
+      // In the stream buffer is not yet on its way: the pages must reach the channel before
+      // the deadline too, or the final flush would spend the downtime after the check.
+      if (sent) await this.#flush(w);
+      const done = sent && this.#o.now() <= deadline;
       if (!done) {
         this.#callOffSwitchover(w, pausedAt, bytesAtStop);
         return false;
@@ -282,7 +304,7 @@ export class OutgoingMigration {
     return true;
   }
 
-  /** The downtime guard's deadline passed with pages left: run the guest again and go on iterating. */
+  /** The downtime guard's deadline passed before the stopped guest's RAM reached the channel: run the guest again and go on iterating. */
   #callOffSwitchover(w: StreamWriter, pausedAt: number, bytesAtStop: number): void {
     const { vm, ram } = this.#o;
     const stoppedMs = this.#o.now() - pausedAt;
@@ -291,6 +313,7 @@ export class OutgoingMigration {
     this.#switchoverBytesPerMs = capActive ? Math.min(this.#switchoverBytesPerMs!, rate) : rate;
     this.#switchoverCapUntil = this.#o.now() + CALLED_OFF_CAP_MS;
     this.#switchoversCalledOff++;
+    this.#noSwitchoverBefore = this.#o.now() + Math.max(stoppedMs, CALLED_OFF_MIN_RUN_MS);
     ram.markRunning();
     this.#pausedByUs = false;
     this.#switchoverAt = undefined;
