@@ -197,15 +197,16 @@ export class OutgoingMigration {
       this.#checkCancelled();
       this.#updateCounters(w);
       const pending = this.#pending(false);
-      const runFor = this.#noSwitchoverBefore - this.#o.now();
-      if (runFor > 0 && decideIteration(pending, this.#threshold) === 'sync-and-check') {
+      const nearlyDone = decideIteration(pending, this.#threshold) === 'sync-and-check';
+      const owedRunMs = this.#noSwitchoverBefore - this.#o.now();
+      if (nearlyDone && owedRunMs > 0) {
         // Close enough to switch over, but the guest is owed run time after a called-off
         // switchover: send what is pending meanwhile; the dirty log keeps what it writes.
         if (pending === 0) {
-          await this.#o.sleep(Math.min(runFor, 10));
+          await this.#o.sleep(Math.min(owedRunMs, 10));
           continue;
         }
-      } else if (decideIteration(pending, this.#threshold) === 'sync-and-check') {
+      } else if (nearlyDone) {
         const syncStart = this.#o.now();
         const exact = this.#pending(true);
         const syncMs = this.#o.now() - syncStart;
