@@ -99,12 +99,16 @@ test('sim: the auto-converge throttle holds the workload to the unthrottled shar
     // the wake-ups a busy two-core machine adds.
     assert.ok(half > free * 0.3 && half < free * 0.65, `at 50 %: ${half.toFixed(0)} pages/s, free ${free.toFixed(0)}`);
     assert.ok(tenth > free * 0.03 && tenth < free * 0.2, `at 90 %: ${tenth.toFixed(0)} pages/s, free ${free.toFixed(0)}`);
-    // A throttled worker sleeps most of the time: a pause wakes it at once.
-    a.resume();
-    await sleep(30);
-    const t0 = performance.now();
-    await a.pause();
-    assert.ok(performance.now() - t0 < 50, `pause of a throttled workload took ${(performance.now() - t0).toFixed(1)} ms`);
+    // A throttled worker sleeps 90 ms of every 100: a pause wakes it at once. Best of three.
+    const pauses: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      a.resume();
+      await sleep(30);
+      const t0 = performance.now();
+      await a.pause();
+      pauses.push(performance.now() - t0);
+    }
+    assert.ok(Math.min(...pauses) < 40, `pauses of a throttled workload took ${pauses.map((p) => p.toFixed(1)).join(', ')} ms`);
     a.setThrottle!(0);
     const again = await measureRate(a, 500);
     assert.ok(again > free * 0.6, `after the throttle was lifted: ${again.toFixed(0)} pages/s, free ${free.toFixed(0)}`);

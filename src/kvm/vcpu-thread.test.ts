@@ -126,11 +126,17 @@ test('auto-converge throttle: a vCPU throttled to 90 % runs about a tenth of the
     // 10 ms running in every 100: a tenth, with room for a busy two-core machine.
     assert.ok(throttled < free * 0.4, `throttled ${throttled} against ${free} unthrottled`);
     assert.ok(throttled > 0, 'a throttled vCPU still runs');
-    // A throttled vCPU (asleep most of the time) pauses as promptly as a running one.
-    const t0 = performance.now();
-    await thread.pause();
-    assert.ok(performance.now() - t0 < 50, `pause took ${(performance.now() - t0).toFixed(1)} ms`);
-    thread.resume();
+    // A throttled vCPU (asleep 90 ms of every 100) pauses as promptly as a running one: the
+    // pause ends its sleep. Best of three, for a busy machine.
+    const pauses: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      await thread.pause();
+      pauses.push(performance.now() - t0);
+      thread.resume();
+      await new Promise((r) => setTimeout(r, 30));
+    }
+    assert.ok(Math.min(...pauses) < 40, `pauses took ${pauses.map((p) => p.toFixed(1)).join(', ')} ms`);
     thread.setThrottle(0);
     const again = await rate();
     assert.ok(again > throttled * 2, `after the throttle was lifted ${again}, throttled ${throttled}`);
