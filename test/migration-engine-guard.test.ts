@@ -6,43 +6,49 @@ import assert from 'node:assert/strict';
 import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
 import type { Channel } from '../src/transport/channel.js';
 import { digest, listenerFor, makeSide, statuses } from './migration-engine-helpers.js';
+import type { Side } from './migration-engine-helpers.js';
 
 const MiB = 1024 * 1024;
 
-test('a switchover that cannot send its RAM within the limit is called off; the guest runs again and a later one completes within it', async (t) => {
+/**
+ * A source and a destination over an in-memory pair whose source end takes `delayMs` for
+ * every write made while the source guest is stopped: a link that got slower just when the
+ * guest was stopped, as the overruns seen on these machines did. With `firstStopOnly` the
+ * link is fast again once the guest has run after a slowed stop.
+ */
+function pairSlowWhileStopped(memorySize: number, delayMs: number, firstStopOnly: boolean): { src: Side; dst: Side; slowedWrites: () => number } {
   const [a, b] = createMemoryChannelPair();
-  let slowStops = 1;
-  let source: ReturnType<typeof makeSide> | undefined;
-  let slowedWrites = 0;
-  // The source's channel slows to a crawl during the first stop only: a link that got
-  // slower just when the guest was stopped, as the overruns seen on these machines did.
-  const slowWhileStopped: Channel = {
-    description: 'memory: slow while the first switchover runs',
+  let slowed = 0;
+  let over = false;
+  let src: Side | undefined;
+  const channel: Channel = {
+    description: `memory: ${delayMs} ms a write while the guest is stopped${firstStopOnly ? ' (first stop)' : ''}`,
     read: () => a.read(),
     end: () => a.end(),
     destroy: (error) => a.destroy(error),
     write: async (data, done) => {
-      if (slowStops > 0 && source?.vm.runState === 'finish-migrate') {
-        slowedWrites++;
-        await new Promise((r) => setTimeout(r, 25));
+      const stopped = src?.vm.runState === 'finish-migrate';
+      if (firstStopOnly && slowed > 0 && !stopped) over = true;
+      if (stopped && !over) {
+        slowed++;
+        await new Promise((r) => setTimeout(r, delayMs));
       }
       return a.write(data, done);
     },
   };
-  const src = makeSide({ memorySize: 32 * MiB }, { connect: async () => slowWhileStopped });
-  source = src;
-  const dst = makeSide({ memorySize: 32 * MiB, incoming: true }, { listen: async () => listenerFor(b) });
+  src = makeSide({ memorySize }, { connect: async () => channel });
+  const dst = makeSide({ memorySize, incoming: true }, { listen: async () => listenerFor(b) });
+  return { src, dst, slowedWrites: () => slowed };
+}
+
+test('a switchover that cannot send its RAM within the limit is called off; the guest runs again and a later one completes within it', async (t) => {
+  const { src, dst, slowedWrites: slowed } = pairSlowWhileStopped(32 * MiB, 25, true);
   src.vm.fillPages(0, 8192); // 32 MiB of data
   src.vm.startWorkload(64, 1); // keeps rewriting pages: each pass leaves some behind
   t.after(() => src.vm.stopWorkload());
   src.vm.runStates.length = 0;
   for (const side of [src, dst]) side.migration.setCapabilities([{ capability: 'events', state: true }]);
   src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 60 });
-  // Once the first stop is over, the link is fast again.
-  const watch = setInterval(() => {
-    if (slowStops > 0 && slowedWrites > 0 && src.vm.runState === 'running') slowStops = 0;
-  }, 1);
-  t.after(() => clearInterval(watch));
 
   await dst.migration.migrateIncoming('memory:');
   src.migration.migrate('memory:');
@@ -52,7 +58,7 @@ test('a switchover that cannot send its RAM within the limit is called off; the 
 
   const info = src.migration.queryMigrate();
   assert.equal(info.status, 'completed', JSON.stringify(info));
-  assert.ok(slowedWrites > 0, 'the first switchover met the slow link');
+  assert.ok(slowed() > 0, 'the first switchover met the slow link');
   // running → finish-migrate → running (called off) → … → finish-migrate → postmigrate
   const states = src.vm.runStates;
   const stops = states.filter((s) => s === 'finish-migrate').length;
@@ -71,37 +77,14 @@ test('a switchover that cannot send its RAM within the limit is called off; the 
 // downtime came to 33 ms. The guard now hands the stopped guest's RAM to the channel and
 // checks the deadline once the channel has taken it.
 test('RAM that is buffered in time but that the channel takes too late still calls the switchover off', async (t) => {
-  const [a, b] = createMemoryChannelPair();
-  let slowStops = 1;
-  let slowedWrites = 0;
-  let source: ReturnType<typeof makeSide> | undefined;
   // Fast while the guest runs; during the first stop every write takes 200 ms.
-  const slowWhileStopped: Channel = {
-    description: 'memory: slow to take writes during the first switchover',
-    read: () => a.read(),
-    end: () => a.end(),
-    destroy: (error) => a.destroy(error),
-    write: async (data, done) => {
-      if (slowStops > 0 && source?.vm.runState === 'finish-migrate') {
-        slowedWrites++;
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      return a.write(data, done);
-    },
-  };
-  const src = makeSide({ memorySize: 8 * MiB }, { connect: async () => slowWhileStopped });
-  source = src;
-  const dst = makeSide({ memorySize: 8 * MiB, incoming: true }, { listen: async () => listenerFor(b) });
+  const { src, dst, slowedWrites } = pairSlowWhileStopped(8 * MiB, 200, true);
   src.vm.fillPages(0, 2048);
   // A few pages a millisecond: what is left at the stop fits one stream buffer.
   src.vm.startWorkload(2, 1);
   t.after(() => src.vm.stopWorkload());
   src.vm.runStates.length = 0;
   src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 60 });
-  const watch = setInterval(() => {
-    if (slowStops > 0 && slowedWrites > 0 && src.vm.runState === 'running') slowStops = 0;
-  }, 1);
-  t.after(() => clearInterval(watch));
 
   await dst.migration.migrateIncoming('memory:');
   src.migration.migrate('memory:');
@@ -111,7 +94,7 @@ test('RAM that is buffered in time but that the channel takes too late still cal
 
   const info = src.migration.queryMigrate();
   assert.equal(info.status, 'completed', JSON.stringify(info));
-  assert.ok(slowedWrites > 0, 'the first switchover met the slow channel');
+  assert.ok(slowedWrites() > 0, 'the first switchover met the slow channel');
   const states = src.vm.runStates;
   assert.equal(states[states.indexOf('finish-migrate') + 1], 'running', `the first switchover was called off: ${states.join(' → ')}`);
   assert.ok((info.downtime ?? Infinity) <= 60 + 15, `downtime ${info.downtime} ms for a 60 ms limit`);
@@ -119,22 +102,8 @@ test('RAM that is buffered in time but that the channel takes too late still cal
 });
 
 test('a channel that stays too slow for the limit: between called-off switchovers the guest runs at least as long as each stop lasted', async (t) => {
-  const [a, b] = createMemoryChannelPair();
-  let source: ReturnType<typeof makeSide> | undefined;
   // Every write made while the guest is stopped takes 150 ms: no switchover can meet 60 ms.
-  const slowWhenStopped: Channel = {
-    description: 'memory: slow whenever the guest is stopped',
-    read: () => a.read(),
-    end: () => a.end(),
-    destroy: (error) => a.destroy(error),
-    write: async (data, done) => {
-      if (source?.vm.runState === 'finish-migrate') await new Promise((r) => setTimeout(r, 150));
-      return a.write(data, done);
-    },
-  };
-  const src = makeSide({ memorySize: 8 * MiB }, { connect: async () => slowWhenStopped });
-  source = src;
-  const dst = makeSide({ memorySize: 8 * MiB, incoming: true }, { listen: async () => listenerFor(b) });
+  const { src, dst } = pairSlowWhileStopped(8 * MiB, 150, false);
   src.vm.fillPages(0, 2048);
   src.vm.startWorkload(2, 1);
   t.after(() => src.vm.stopWorkload());
