@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
 import type { Channel } from '../src/transport/channel.js';
-import { digest, listenerFor, makeSide, statuses } from './migration-engine-helpers.js';
+import { digest, listenerFor, makeSide, migrateToEnd, statuses } from './migration-engine-helpers.js';
 import type { Side } from './migration-engine-helpers.js';
 
 const MiB = 1024 * 1024;
@@ -50,10 +50,7 @@ test('a switchover that cannot send its RAM within the limit is called off; the 
   for (const side of [src, dst]) side.migration.setCapabilities([{ capability: 'events', state: true }]);
   src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 60 });
 
-  await dst.migration.migrateIncoming('memory:');
-  src.migration.migrate('memory:');
-  await src.migration.whenSettled();
-  await dst.migration.whenIncomingSettled();
+  await migrateToEnd(src, dst);
   src.vm.stopWorkload();
 
   const info = src.migration.queryMigrate();
@@ -86,10 +83,7 @@ test('RAM that is buffered in time but that the channel takes too late still cal
   src.vm.runStates.length = 0;
   src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 60 });
 
-  await dst.migration.migrateIncoming('memory:');
-  src.migration.migrate('memory:');
-  await src.migration.whenSettled();
-  await dst.migration.whenIncomingSettled();
+  await migrateToEnd(src, dst);
   src.vm.stopWorkload();
 
   const info = src.migration.queryMigrate();

@@ -51,6 +51,14 @@ export function makePair(memorySize: number, options?: { highWaterMark?: number;
   return { src, dst, channels };
 }
 
+/** Start the destination listening and the source migrating, and wait until both sides have settled. */
+export async function migrateToEnd(src: Side, dst: Side): Promise<void> {
+  await dst.migration.migrateIncoming('memory:');
+  src.migration.migrate('memory:');
+  await src.migration.whenSettled();
+  await dst.migration.whenIncomingSettled();
+}
+
 export function digest(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
