@@ -19,6 +19,12 @@ export interface GuestMemoryBlock {
   /** The host's view of the same memory, without a copy: writes are the guest's writes. */
   readonly bytes: Uint8Array;
   /**
+   * Optional: where `bytes` starts in this process's address space, when that never
+   * changes while the VM lives (a host mapping, not WebAssembly memory that may move).
+   * The migration then lets the kernel read pages from there (vectored writes).
+   */
+  readonly hostAddress?: number;
+  /**
    * Optional: one byte per page, bit 0 set where the host has ever backed the page. A
    * page without it has never been touched and reads as zero — the RAM handler sends it
    * as a ZERO page without reading it (a read would fault it in).

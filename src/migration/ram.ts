@@ -373,7 +373,7 @@ export class RamHandler implements SaveVmHandler {
               chunks.xbzrle(block.idstr, offset, xbz.encoded.subarray(0, len));
             }
           } else {
-            chunks.pageOf(block.idstr, block.bytes, offset);
+            chunks.pageOf(block.idstr, block.bytes, offset, block.hostAddress);
             stats.normal++;
           }
           if (++sinceCheck >= checkEvery) {

@@ -70,10 +70,14 @@ export class RamChunkWriter {
     this.#w.bytes(data);
   }
 
-  /** The page at byte `offset` of `ram` (a block's memory), copied straight from there. */
-  pageOf(idstr: string, ram: Uint8Array, offset: number): void {
+  /**
+   * The page at byte `offset` of `ram` (a block's memory): by reference when the block's
+   * memory has a fixed `ramAddress` and the channel takes references (the kernel then
+   * reads the page from guest RAM), else copied straight from there.
+   */
+  pageOf(idstr: string, ram: Uint8Array, offset: number, ramAddress?: number): void {
     this.#header(idstr, offset, RAM_SAVE_FLAG_PAGE);
-    this.#w.bytesFrom(ram, offset, RAM_PAGE_SIZE);
+    this.#w.byReference(ram, offset, RAM_PAGE_SIZE, ramAddress);
   }
 
   /** A page of zeros, 9 bytes instead of 4105 (QEMU's save_zero_page: fill byte 0). */

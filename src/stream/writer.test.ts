@@ -150,3 +150,47 @@ test('writer: settled() waits for the channel without cutting the buffer being f
   await w.flush();
   assert.deepEqual(sizes, [64, 64, 64, 64], 'and go out in a full buffer');
 });
+
+test('writer: byReference copies where the channel has no vectored writes, or the run is small, or no address is known', async () => {
+  const ch = createCollectingChannel();
+  const w = new StreamWriter(ch, { bufferSize: 64 * 1024 });
+  assert.equal(w.writesByReference, false);
+  const ram = new Uint8Array(3 * 4096).map((_, i) => i & 0xff);
+  w.byReference(ram, 4096, 4096, 0x1000);
+  w.byReference(ram, 0, 16, undefined);
+  assert.throws(() => w.byReference(ram, 8192, 8192, 0x1000), StreamFormatError);
+  await w.flush();
+  assert.deepEqual(ch.bytes(), new Uint8Array([...ram.subarray(4096, 8192), ...ram.subarray(0, 16)]));
+});
+
+test('writer: on a vectored channel, references ride between the buffered bytes in order, at most maxRefs a batch', async () => {
+  const batches: Array<{ length: number; at: number[]; address: number[]; bytes: number[] }> = [];
+  const plain: number[] = [];
+  const ch: Channel = {
+    description: 'vectored-fake', read: async () => null, end: async () => {}, destroy: () => {},
+    write: async (d) => { plain.push(d.byteLength); },
+    vectored: {
+      maxRefs: 3,
+      write: async (b) => {
+        batches.push({ length: b.length, at: [...b.at.subarray(0, b.count)], address: [...b.address.subarray(0, b.count)], bytes: [...b.bytes.subarray(0, b.count)] });
+      },
+    },
+  };
+  const w = new StreamWriter(ch, { bufferSize: 64 * 1024 });
+  assert.equal(w.writesByReference, true);
+  const ram = new Uint8Array(8 * 4096);
+  for (let i = 0; i < 4; i++) {
+    w.be64(i);
+    w.byReference(ram, i * 4096, 4096, 0x10000);
+  }
+  w.byReference(ram, 0, 100, 0x10000); // small: copied
+  assert.equal(w.bytesWritten, 4 * (8 + 4096) + 100);
+  await w.flush();
+  assert.deepEqual(batches, [
+    // The fourth header was buffered before its page found the batch full: it ends this one…
+    { length: 32, at: [8, 16, 24], address: [0x10000, 0x11000, 0x12000], bytes: [4096, 4096, 4096] },
+    // …and its page starts the next, before the copied bytes.
+    { length: 100, at: [0], address: [0x13000], bytes: [4096] },
+  ]);
+  assert.deepEqual(plain, []);
+});

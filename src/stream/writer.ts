@@ -3,12 +3,14 @@
 // the first error is remembered so callers check once per section instead of per write.
 
 import { StreamFormatError, TransportError } from '../errors.js';
-import type { Channel } from '../transport/channel.js';
+import type { Channel, VectoredWriter } from '../transport/channel.js';
 
 const DEFAULT_BUFFER_SIZE = 1024 * 1024;
 const MIN_BUFFER_SIZE = 64;
 /** Spare buffers kept for reuse: enough to cover what a channel queues before it pushes back. */
 const MAX_FREE_BUFFERS = 16;
+/** Below this a reference costs more than the copy it saves (an iovec entry, and a split of the buffer). */
+const MIN_REFERENCE_BYTES = 1024;
 
 /**
  * A fresh buffer for the next batch. Handed-over buffers belong to the channel until it
@@ -40,6 +42,13 @@ export class StreamWriter {
   readonly #free: Uint8Array[] = [];
   #error: Error | null = null;
   #closed = false;
+  /** The channel's vectored writes, when it has them: see byReference(). */
+  readonly #vectored: VectoredWriter | undefined;
+  #refCount = 0;
+  #refBytes = 0;
+  readonly #refAt: Uint32Array;
+  readonly #refAddress: Float64Array;
+  readonly #refLength: Uint32Array;
 
   constructor(channel: Channel, options?: { bufferSize?: number }) {
     const size = options?.bufferSize ?? DEFAULT_BUFFER_SIZE;
@@ -50,16 +59,50 @@ export class StreamWriter {
     this.#bufferSize = size;
     this.#buf = allocate(size);
     this.#view = new DataView(this.#buf.buffer, this.#buf.byteOffset, size);
+    this.#vectored = channel.vectored;
+    const refs = this.#vectored?.maxRefs ?? 0;
+    this.#refAt = new Uint32Array(refs);
+    this.#refAddress = new Float64Array(refs);
+    this.#refLength = new Uint32Array(refs);
   }
 
   /** All bytes accepted so far, buffered or sent (QEMU's qemu_file_transferred). */
   get bytesWritten(): number {
-    return this.#handedOver + this.#pos;
+    return this.#handedOver + this.#pos + this.#refBytes;
   }
 
   /** True when the caller should `await flush()`: a full buffer went out and the channel has not taken it yet. */
   get needsFlush(): boolean {
-    return this.#unsettled > 0 || this.#pos >= this.#bufferSize;
+    return this.#unsettled > 0 || this.#pos >= this.#bufferSize || (this.#refCount > 0 && this.#refCount >= this.#refAt.length);
+  }
+
+  /** Whether byReference() hands memory to the channel by address (else it copies). */
+  get writesByReference(): boolean {
+    return this.#vectored !== undefined;
+  }
+
+  /**
+   * `n` bytes of `source` from byte `from`, which lives at `address` in this process: on a
+   * channel with vectored writes the bytes are not copied but referenced, and the kernel
+   * reads them from there when the batch goes out (QEMU's qemu_put_buffer_async) — so they
+   * must stay mapped until flush() and what is sent is what they hold then. Elsewhere (or
+   * with `address` undefined) the same as bytesFrom(). Guest pages of a running guest go
+   * this way: one written after it was queued is in the dirty log and goes again.
+   */
+  byReference(source: Uint8Array, from: number, n: number, address: number | undefined): void {
+    if (this.#vectored === undefined || address === undefined || n < MIN_REFERENCE_BYTES) {
+      this.bytesFrom(source, from, n);
+      return;
+    }
+    if (!Number.isInteger(from) || !Number.isInteger(n) || from < 0 || from + n > source.byteLength) {
+      throw new StreamFormatError(`Cannot write ${n} bytes from offset ${from} of a ${source.byteLength}-byte source`, this.bytesWritten);
+    }
+    if (this.#refCount === this.#refAt.length) this.#handOver();
+    const i = this.#refCount++;
+    this.#refAt[i] = this.#pos;
+    this.#refAddress[i] = address + from;
+    this.#refLength[i] = n;
+    this.#refBytes += n;
   }
 
   /** The first error (a channel write that failed, or one set by setError); later writes are dropped. */
@@ -154,7 +197,7 @@ export class StreamWriter {
 
   /** Hand buffered bytes to the channel and wait until it can take more; rejects with the first error. */
   async flush(): Promise<void> {
-    if (this.#pos > 0) this.#handOver();
+    if (this.#pos > 0 || this.#refCount > 0) this.#handOver();
     await this.settled();
   }
 
@@ -171,12 +214,15 @@ export class StreamWriter {
     }
   }
 
-  /** Give the current buffer to the channel and continue in a fresh one. */
+  /** Give the current buffer (and the references into it) to the channel and continue in a fresh one. */
   #handOver(): void {
     const filled = this.#pos;
-    if (filled === 0) return;
-    const out = filled === this.#bufferSize ? this.#buf : this.#buf.subarray(0, filled);
-    this.#handedOver += filled;
+    const refs = this.#refCount;
+    if (filled === 0 && refs === 0) return;
+    const out = filled === this.#bufferSize || refs > 0 ? this.#buf : this.#buf.subarray(0, filled);
+    this.#handedOver += filled + this.#refBytes;
+    this.#refCount = 0;
+    this.#refBytes = 0;
     const full = this.#buf;
     // Reuse a buffer the channel is done with: fresh memory costs a page fault per 4 KiB
     // on first touch (20-40 µs each on these machines), far more than the copy into it.
@@ -189,10 +235,14 @@ export class StreamWriter {
       return;
     }
     let write: Promise<void>;
+    const giveBack = (): void => {
+      if (this.#free.length < MAX_FREE_BUFFERS) this.#free.push(full);
+    };
     try {
-      write = this.#channel.write(out, () => {
-        if (this.#free.length < MAX_FREE_BUFFERS) this.#free.push(full);
-      });
+      write =
+        refs > 0
+          ? this.#vectored!.write({ buffer: out, length: filled, count: refs, at: this.#refAt, address: this.#refAddress, bytes: this.#refLength }, giveBack)
+          : this.#channel.write(out, giveBack);
     } catch (err) {
       this.setError(asTransportError(err, `Cannot write to ${this.#channel.description}`));
       return;

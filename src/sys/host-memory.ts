@@ -55,7 +55,7 @@ export class HostMemory {
   block(idstr: string, guestAddress = 0, options?: { freshZero?: boolean }): GuestMemoryBlock {
     let freshZero = options?.freshZero ?? false;
     return {
-      idstr, guestAddress, size: this.size, bytes: this.bytes,
+      idstr, guestAddress, size: this.size, bytes: this.bytes, hostAddress: Number(this.address),
       residency: () => this.residency(),
       populate: (offset, length) => this.populate(offset, length),
       populateInBackground: (offset, length) => this.populateInBackground(offset, length),

@@ -59,6 +59,10 @@ interface Bindings {
   mincore(addr: bigint, length: number, vec: Uint8Array): number;
   setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
   getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number[]): number;
+  writev(fd: number, iov: Uint8Array, iovcnt: number): number;
+  poll: ((fds: Uint8Array, nfds: number, timeoutMs: number) => number) & {
+    async(fds: Uint8Array, nfds: number, timeoutMs: number, done: (err: unknown, result: number) => void): void;
+  };
   gettid(): number;
   tgkill(tgid: number, tid: number, sig: number): number;
   strerror(errnum: number): string;
@@ -88,6 +92,12 @@ function libc(): Bindings {
     madviseAt: lib.func('int madvise(void *addr, size_t length, int advice)'),
     // `vec` is written by the kernel during the call only (one byte per page).
     mincore: lib.func('int mincore(void *addr, size_t length, _Out_ uint8_t *vec)'),
+    // `iov` (struct iovec[iovcnt]) is read during the call only; the addresses in it are
+    // the caller's to keep valid for that long. ssize_t is 64-bit on x86_64.
+    writev: lib.func('int64_t writev(int fd, void *iov, int iovcnt)'),
+    // Run on the thread pool (async) to wait for a socket without blocking this thread;
+    // `fds` is koffi's copy-in/copy-out buffer for that call.
+    poll: lib.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)'),
     gettid: lib.func('int gettid(void)'),
     tgkill: lib.func('int tgkill(int tgid, int tid, int sig)'),
     strerror: lib.func('const char *strerror(int errnum)'),
@@ -248,6 +258,43 @@ export function sendBufferSize(fd: number): number {
   const value = new Uint8Array(4);
   if (libc().getsockopt(fd, SOL_SOCKET, SO_SNDBUF, value, [4]) < 0) throw fail('getsockopt', `getsockopt(${fd}, SO_SNDBUF)`);
   return new DataView(value.buffer).getInt32(0, true);
+}
+
+/** Bytes of one struct iovec on x86_64: a pointer, then a size_t. */
+export const IOVEC_BYTES = 16;
+/** The kernel's limit on iovec entries per writev (UIO_MAXIOV). */
+export const IOV_MAX = 1024;
+
+/**
+ * writev(2) of `count` entries of `iov` (struct iovec, IOVEC_BYTES each, addresses of
+ * memory the caller keeps alive for the call). Returns the bytes written, or -errno
+ * (-EAGAIN when a non-blocking socket is full).
+ */
+export function writev(fd: number, iov: Uint8Array, count: number): number {
+  const n = Number(libc().writev(fd, iov, count));
+  return n < 0 ? -koffi.errno() : n;
+}
+
+const POLLOUT = 0x004;
+const POLLERR = 0x008;
+const POLLHUP = 0x010;
+
+/**
+ * Wait on libuv's thread pool until `fd` can take more bytes, an error or hang-up shows,
+ * or `timeoutMs` passes. Resolves with true when writing may go on (writable, or an error
+ * the next write will report), false on the timeout. Never rejects.
+ */
+export function waitWritable(fd: number, timeoutMs: number): Promise<boolean> {
+  const fds = new Uint8Array(8);
+  const view = new DataView(fds.buffer);
+  view.setInt32(0, fd, true);
+  view.setInt16(4, POLLOUT, true);
+  return new Promise((resolve) => {
+    libc().poll.async(fds, 1, timeoutMs, (err, result) => {
+      if (err || result < 0) return resolve(true); // let the write itself say what is wrong
+      resolve(result > 0 && (view.getInt16(6, true) & (POLLOUT | POLLERR | POLLHUP)) !== 0);
+    });
+  });
 }
 
 /** The kernel thread id of the calling thread (a worker's differs from the main thread's). */

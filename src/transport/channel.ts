@@ -24,6 +24,12 @@ export interface Channel {
    * for fresh memory. A channel that cannot tell simply never calls it.
    */
   write(data: Uint8Array, done?: () => void): Promise<void>;
+  /**
+   * Optional: writes that splice memory of this process (guest RAM, by address) between
+   * the caller's bytes, so the kernel copies it straight from there (QEMU's
+   * qemu_put_buffer_async). Present where the channel can hand an iovec to the kernel.
+   */
+  readonly vectored?: VectoredWriter;
   /** Flush everything written and close the sending side; resolves when flushed. */
   end(): Promise<void>;
   /** Tear the channel down now; pending reads and writes reject with `error` (or a closed error). */
@@ -37,4 +43,31 @@ export interface Listener {
   readonly address: string;
   accept(): Promise<Channel>;
   close(): Promise<void>;
+}
+
+/**
+ * One vectored write: `length` bytes of `buffer`, with `count` references spliced in —
+ * reference i (`bytes[i]` bytes at address `address[i]`) goes right before byte `at[i]` of
+ * the buffer (`at` never decreases; `at[i] === length` puts it at the end).
+ */
+export interface VectoredBatch {
+  readonly buffer: Uint8Array;
+  readonly length: number;
+  readonly count: number;
+  readonly at: Uint32Array;
+  readonly address: Float64Array;
+  readonly bytes: Uint32Array;
+}
+
+export interface VectoredWriter {
+  /** The most references one batch may carry. */
+  readonly maxRefs: number;
+  /**
+   * Send `batch` after everything written before, in order with write(). The typed arrays
+   * are read before this returns and may be reused at once; `buffer` and the referenced
+   * memory are read until the promise settles (`done` gives `buffer` back as write()'s
+   * does). Referenced memory must stay mapped that long; what goes out is what it holds
+   * when the kernel reads it. Resolves once the kernel has every byte.
+   */
+  write(batch: VectoredBatch, done?: () => void): Promise<void>;
 }

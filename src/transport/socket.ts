@@ -42,6 +42,8 @@ export function socketChannel(
     writable: socket,
     readHighWaterMark: options.readHighWaterMark ?? DEFAULT_READ_HIGH_WATER_MARK,
     ...(pooledReads ? { pooledReads } : {}),
+    // Guest pages go from guest RAM to the kernel in one writev (see direct-writes.ts).
+    ...(socketFd(socket) !== undefined ? { directFd: () => socketFd(socket) } : {}),
   });
 }
 

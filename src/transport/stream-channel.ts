@@ -5,7 +5,8 @@
 import type { Readable, Writable } from 'node:stream';
 import { debuglog } from 'node:util';
 import { TransportError } from '../errors.js';
-import type { Channel } from './channel.js';
+import type { Channel, VectoredBatch, VectoredWriter } from './channel.js';
+import { DIRECT_MAX_REFS, DirectWrites } from './direct-writes.js';
 import { errorCode, toTransportError } from './errors.js';
 import type { PooledReads, ReadBufferPool } from './read-pool.js';
 
@@ -32,7 +33,18 @@ export interface StreamChannelOptions {
    * then come from a pool that release() refills, and 'data' events are not used.
    */
   readonly pooledReads?: PooledReads;
+  /**
+   * The writable's descriptor (a socket's), when vectored writes may go to it directly;
+   * undefined once it is closed. Without it the channel has no `vectored`.
+   */
+  readonly directFd?: () => number | undefined;
 }
+
+/** A write or vectored write that waits for the ones before it (see #pump), or a barrier for end(). */
+type QueuedWrite =
+  | { kind: 'write'; data: Uint8Array; done: (() => void) | undefined; resolve(): void; reject(error: Error): void }
+  | { kind: 'vectored'; batch: VectoredBatch; done: (() => void) | undefined; resolve(): void; reject(error: Error): void }
+  | { kind: 'barrier'; resolve(): void; reject(error: Error): void };
 
 interface Waiter<T> {
   resolve(value: T): void;
@@ -55,6 +67,14 @@ export class StreamChannel implements Channel {
   #readWaiter: Waiter<Uint8Array | null> | null = null;
 
   #drainWaiters: Waiter<void>[] = [];
+  readonly vectored?: VectoredWriter;
+  readonly #direct: DirectWrites | null = null;
+  /** A vectored write the socket has not taken all of yet; everything after it waits. */
+  #directBusy: Promise<void> | null = null;
+  /** Writes waiting, in order, for a vectored write or for Node's own queue to empty. */
+  #queue: QueuedWrite[] = [];
+  /** Writes handed to the writable whose callback has not run yet. */
+  #nodeWrites = 0;
   #endPromise: Promise<void> | null = null;
   #writeClosed = false;
 
@@ -93,6 +113,10 @@ export class StreamChannel implements Channel {
     } else {
       this.#writeClosed = true;
     }
+    if (writable && options.directFd) {
+      this.#direct = new DirectWrites(this.description, options.directFd);
+      this.vectored = { maxRefs: DIRECT_MAX_REFS, write: (batch, done) => this.#writeVectored(batch, done) };
+    }
   }
 
   read(): Promise<Uint8Array | null> {
@@ -108,39 +132,119 @@ export class StreamChannel implements Channel {
   }
 
   write(data: Uint8Array, done?: () => void): Promise<void> {
-    if (this.#error) return Promise.reject(this.#error);
-    if (this.#endPromise || this.#writeClosed || !this.#writable) {
-      return Promise.reject(new TransportError(`Cannot write to ${this.description}: its sending side is closed`));
-    }
-    if (this.#writable.writableEnded) {
-      // Node ends the sending side itself when the peer ends its own (allowHalfOpen off).
-      return Promise.reject(new TransportError(`Cannot write to ${this.description}: the peer closed the connection`));
-    }
+    const refused = this.#refuseWrite();
+    if (refused) return Promise.reject(refused);
     if (data.byteLength === 0) {
       done?.();
       return Promise.resolve();
     }
+    if (this.#directBusy || this.#queue.length > 0) return this.#enqueue({ kind: 'write', data, done });
+    return this.#writeNow(data, done);
+  }
+
+  /** Why a write cannot be taken now, or null. */
+  #refuseWrite(): Error | null {
+    if (this.#error) return this.#error;
+    if (this.#endPromise || this.#writeClosed || !this.#writable) {
+      return new TransportError(`Cannot write to ${this.description}: its sending side is closed`);
+    }
+    if (this.#writable.writableEnded) {
+      // Node ends the sending side itself when the peer ends its own (allowHalfOpen off).
+      return new TransportError(`Cannot write to ${this.description}: the peer closed the connection`);
+    }
+    return null;
+  }
+
+  #writeVectored(batch: VectoredBatch, done?: () => void): Promise<void> {
+    const refused = this.#refuseWrite();
+    if (refused) return Promise.reject(refused);
+    // Straight to the socket only when nothing written before is still on its way.
+    if (this.#directBusy || this.#queue.length > 0 || this.#writable!.writableLength > 0) {
+      const copy: VectoredBatch = {
+        buffer: batch.buffer, length: batch.length, count: batch.count,
+        at: batch.at.slice(0, batch.count), address: batch.address.slice(0, batch.count), bytes: batch.bytes.slice(0, batch.count),
+      };
+      return this.#enqueue({ kind: 'vectored', batch: copy, done });
+    }
+    return this.#vectoredNow(batch, done);
+  }
+
+  #vectoredNow(batch: VectoredBatch, done: (() => void) | undefined): Promise<void> {
+    let rest: Promise<void> | null;
+    try {
+      rest = this.#direct!.write(batch, () => this.#error);
+    } catch (err) {
+      const error = toTransportError(err, this.description, 'writing to');
+      this.#fail(error);
+      return Promise.reject(error);
+    }
+    if (rest === null) {
+      done?.();
+      return Promise.resolve();
+    }
+    const busy = rest.then(
+      () => done?.(),
+      (err: unknown) => this.#fail(toTransportError(err, this.description, 'writing to')),
+    );
+    this.#directBusy = busy;
+    void busy.then(() => {
+      this.#directBusy = null;
+      this.#pump();
+    });
+    return rest;
+  }
+
+  #enqueue(op: Omit<Extract<QueuedWrite, { kind: 'write' }>, 'resolve' | 'reject'> | Omit<Extract<QueuedWrite, { kind: 'vectored' }>, 'resolve' | 'reject'> | { kind: 'barrier' }): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#queue.push({ ...op, resolve, reject } as QueuedWrite);
+    });
+  }
+
+  /** Start what waits in #queue, in order, as far as nothing before it is still on its way. */
+  #pump(): void {
+    while (this.#queue.length > 0) {
+      if (this.#error) {
+        const queue = this.#queue;
+        this.#queue = [];
+        for (const op of queue) op.reject(this.#error);
+        return;
+      }
+      if (this.#directBusy) return;
+      const op = this.#queue[0]!;
+      // Node's queue empties in a write callback, which calls this again.
+      if (op.kind !== 'write' && this.#nodeWrites > 0) return;
+      this.#queue.shift();
+      if (op.kind === 'barrier') {
+        op.resolve();
+        continue;
+      }
+      const started = op.kind === 'write' ? this.#writeNow(op.data, op.done) : this.#vectoredNow(op.batch, op.done);
+      started.then(op.resolve, op.reject);
+    }
+  }
+
+  #writeNow(data: Uint8Array, done: (() => void) | undefined): Promise<void> {
+    if (!this.#writable) return Promise.reject(new TransportError(`Cannot write to ${this.description}: its sending side is closed`));
     // Writable.write wraps a Uint8Array in a Buffer over the same memory, and the socket
     // hands that to the kernel (writev) as is: the caller's bytes are never copied here.
     // Its callback runs once the kernel has the bytes: then `data` is the caller's again.
     // (On an error the callback gets it too; the buffer is just as free then.)
-    let accepted: boolean;
-    if (done) {
-      let given = false;
-      const giveBack = (): void => {
-        if (given) return;
-        given = true;
-        done();
-      };
-      accepted = this.#writable.write(data, giveBack);
-      // The socket wrote it all to the kernel at once (usual on loopback): the bytes are
-      // copied, so `data` is free now. Node defers the callback to process.nextTick,
-      // which a sender that only awaits promises does not reach for many writes; waiting
-      // for it would make the caller take fresh buffers (a page fault per 4 KiB) meanwhile.
-      if (this.#writable.writableLength === 0) giveBack();
-    } else {
-      accepted = this.#writable.write(data);
-    }
+    let given = false;
+    const giveBack = (): void => {
+      if (given) return;
+      given = true;
+      done?.();
+    };
+    this.#nodeWrites++;
+    const accepted = this.#writable.write(data, () => {
+      giveBack();
+      if (--this.#nodeWrites === 0 && this.#queue.length > 0) this.#pump();
+    });
+    // The socket wrote it all to the kernel at once (usual on loopback): the bytes are
+    // copied, so `data` is free now. Node defers the callback to process.nextTick,
+    // which a sender that only awaits promises does not reach for many writes; waiting
+    // for it would make the caller take fresh buffers (a page fault per 4 KiB) meanwhile.
+    if (this.#writable.writableLength === 0) giveBack();
     if (accepted) return Promise.resolve();
     return new Promise((resolve, reject) => {
       this.#drainWaiters.push({ resolve, reject });
@@ -150,13 +254,23 @@ export class StreamChannel implements Channel {
   end(): Promise<void> {
     if (this.#endPromise) return this.#endPromise;
     if (this.#error) return Promise.reject(this.#error);
+    if (this.#directBusy || this.#queue.length > 0) {
+      // Vectored writes go around the writable: end it only once they are all out.
+      this.#endPromise = this.#enqueue({ kind: 'barrier' }).then(() => this.#endNow());
+      this.#endPromise.catch(() => {});
+      return this.#endPromise;
+    }
+    this.#endPromise = this.#endNow();
+    return this.#endPromise;
+  }
+
+  #endNow(): Promise<void> {
     const writable = this.#writable;
     // Node may have ended the sending side already, when the peer ended first (allowHalfOpen off).
     if (!writable || writable.writableFinished || (this.#writeClosed && writable.writableLength === 0)) {
-      this.#endPromise = Promise.resolve();
-      return this.#endPromise;
+      return Promise.resolve();
     }
-    this.#endPromise = new Promise<void>((resolve, reject) => {
+    const ended = new Promise<void>((resolve, reject) => {
       const onFinish = (): void => {
         cleanup();
         resolve();
@@ -177,8 +291,8 @@ export class StreamChannel implements Channel {
       if (!writable.writableEnded) writable.end();
     });
     // The caller may drop this promise (destroy after end); its rejection is then reported elsewhere.
-    this.#endPromise.catch(() => {});
-    return this.#endPromise;
+    ended.catch(() => {});
+    return ended;
   }
 
   destroy(error?: Error): void {
@@ -196,6 +310,11 @@ export class StreamChannel implements Channel {
   /** Take back a chunk read() returned, to read into it again; the caller must not use it after. */
   release(chunk: Uint8Array): void {
     this.#pool?.release(chunk);
+  }
+
+  /** How often a vectored write found the socket full and waited for room. */
+  get directWaits(): number {
+    return this.#direct?.waits ?? 0;
   }
 
   /** Bytes received and waiting for read(). */
@@ -285,6 +404,9 @@ export class StreamChannel implements Channel {
     const drainWaiters = this.#drainWaiters;
     this.#drainWaiters = [];
     for (const waiter of drainWaiters) waiter.reject(this.#error);
+    const queue = this.#queue;
+    this.#queue = [];
+    for (const op of queue) op.reject(this.#error);
   }
 }
 

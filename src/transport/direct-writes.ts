@@ -1,0 +1,127 @@
+// Vectored writes straight to a socket's descriptor: the caller's buffer with other memory
+// of this process (guest RAM) spliced in, one writev(2) for up to a thousand pieces, so the
+// kernel copies guest pages from where they are instead of from a copy made for the stream
+// (QEMU's source sends pages the same way, from an iovec of guest memory). The descriptor
+// stays non-blocking, as libuv keeps it: when the socket is full, the rest waits on libuv's
+// thread pool (poll) for room, and the event loop runs meanwhile.
+
+import { getSystemErrorName } from 'node:util';
+import { TransportError } from '../errors.js';
+import { EAGAIN, EINTR, IOV_MAX, IOVEC_BYTES, addressOf, waitWritable, writev } from '../sys/libc.js';
+import type { VectoredBatch } from './channel.js';
+import { toTransportError } from './errors.js';
+
+/** References per batch: each can split the buffer in two, so 2n + 1 entries fit in IOV_MAX. */
+export const DIRECT_MAX_REFS = (IOV_MAX - 1) >> 1;
+/** How long one wait for room lasts before the channel's state is looked at again. */
+const WAIT_SLICE_MS = 100;
+const TWO_32 = 0x100000000;
+
+export class DirectWrites {
+  readonly #description: string;
+  readonly #fd: () => number | undefined;
+  readonly #iov = new Uint8Array(IOV_MAX * IOVEC_BYTES);
+  readonly #view = new DataView(this.#iov.buffer);
+  /** Entries of the batch being written: [#first, #entries) are still to go. */
+  #entries = 0;
+  #first = 0;
+  /** Times a batch found the socket full and waited for room (the trace and tests read it). */
+  waits = 0;
+
+  /** `fd` answers the socket's descriptor now, or undefined once it is closed. */
+  constructor(description: string, fd: () => number | undefined) {
+    this.#description = description;
+    this.#fd = fd;
+  }
+
+  /**
+   * Write `batch` now as far as the socket takes it. Returns null when every byte went,
+   * else a promise that settles when the rest has (rejecting with a TransportError if the
+   * socket fails or `aborted()` turns true first). Throws a TransportError on a failed write.
+   */
+  write(batch: VectoredBatch, aborted: () => Error | null): Promise<void> | null {
+    this.#build(batch);
+    if (this.#writeSome()) return null;
+    return this.#finish(aborted);
+  }
+
+  async #finish(aborted: () => Error | null): Promise<void> {
+    for (;;) {
+      const fd = this.#fd();
+      const stop = aborted();
+      if (stop) throw stop;
+      if (fd === undefined) throw new TransportError(`Cannot write to ${this.#description}: the socket was closed`);
+      this.waits++;
+      await waitWritable(fd, WAIT_SLICE_MS);
+      const stopNow = aborted();
+      if (stopNow) throw stopNow;
+      if (this.#writeSome()) return;
+    }
+  }
+
+  /** One writev of what is left; true when the batch is all out. */
+  #writeSome(): boolean {
+    for (;;) {
+      const fd = this.#fd();
+      if (fd === undefined) throw new TransportError(`Cannot write to ${this.#description}: the socket was closed`);
+      const count = Math.min(this.#entries - this.#first, IOV_MAX);
+      const n = writev(fd, new Uint8Array(this.#iov.buffer, this.#first * IOVEC_BYTES, count * IOVEC_BYTES), count);
+      if (n < 0) {
+        if (n === -EINTR) continue;
+        if (n === -EAGAIN) return false;
+        const code = getSystemErrorName(n);
+        throw toTransportError(Object.assign(new Error(`writev: ${code}`), { code }), this.#description, 'writing to');
+      }
+      this.#advance(n);
+      if (this.#first === this.#entries) return true;
+    }
+  }
+
+  /** Drop `n` written bytes from the front of the pending entries. */
+  #advance(n: number): void {
+    const v = this.#view;
+    while (n > 0 && this.#first < this.#entries) {
+      const at = this.#first * IOVEC_BYTES;
+      const len = v.getUint32(at + 8, true) + v.getUint32(at + 12, true) * TWO_32;
+      if (n >= len) {
+        n -= len;
+        this.#first++;
+        continue;
+      }
+      const address = v.getUint32(at, true) + v.getUint32(at + 4, true) * TWO_32 + n;
+      this.#set(this.#first, address, len - n);
+      n = 0;
+    }
+  }
+
+  #build(batch: VectoredBatch): void {
+    if (batch.count > DIRECT_MAX_REFS) {
+      throw new TransportError(`Cannot write to ${this.#description}: ${batch.count} references in one batch, at most ${DIRECT_MAX_REFS}`);
+    }
+    const base = Number(addressOf(batch.buffer));
+    let entries = 0;
+    let start = 0;
+    for (let i = 0; i < batch.count; i++) {
+      const at = batch.at[i]!;
+      if (at < start || at > batch.length) {
+        throw new TransportError(`Cannot write to ${this.#description}: reference ${i} goes at byte ${at}, outside ${start}..${batch.length}`);
+      }
+      if (at > start) this.#set(entries++, base + start, at - start);
+      start = at;
+      const bytes = batch.bytes[i]!;
+      if (bytes > 0) this.#set(entries++, batch.address[i]!, bytes);
+    }
+    if (batch.length > start) this.#set(entries++, base + start, batch.length - start);
+    this.#entries = entries;
+    this.#first = 0;
+  }
+
+  #set(entry: number, address: number, length: number): void {
+    const v = this.#view;
+    const at = entry * IOVEC_BYTES;
+    v.setUint32(at, address >>> 0, true);
+    v.setUint32(at + 4, Math.floor(address / TWO_32), true);
+    v.setUint32(at + 8, length >>> 0, true);
+    v.setUint32(at + 12, Math.floor(length / TWO_32), true);
+  }
+}
