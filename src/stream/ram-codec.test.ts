@@ -391,3 +391,45 @@ test('ram: runs of zero pages decode the same through any chunking, and a bad ch
   });
   assert.equal(badSink.calls.length, 10, 'the ten chunks before it were applied');
 });
+
+test('ram: runs of whole pages decode in place (pageFrom) exactly as through pageTarget, through any chunking', async () => {
+  // Two runs of distinct pages with a zero page, a page of another block and a page past
+  // 4 GiB's worth of offset bits in between: the run ends at each, and picks up again.
+  const pattern = (i: number) => new Uint8Array(PAGE).map((_, j) => (i * 31 + j) & 0xff);
+  const bytes = await writtenBytes((w) => {
+    const c = new RamChunkWriter(w);
+    for (let i = 0; i < 40; i++) c.page('pc.ram', i * PAGE, pattern(i));
+    c.zero('pc.ram', 40 * PAGE);
+    c.page('other', 0, pattern(99));
+    for (let i = 41; i < 70; i++) c.page('pc.ram', i * PAGE, pattern(i));
+    c.eos();
+  });
+  const expectRam = new Uint8Array(70 * PAGE);
+  for (let i = 0; i < 70; i++) if (i !== 40) expectRam.set(pattern(i), i * PAGE);
+  let expectedCalls: string[] | undefined;
+  for (const chunkSize of [1, 9, 4100, 4104, 4105, 3 * 4104 + 5, 64 * 1024, bytes.byteLength]) {
+    const plain = recordingSink({ 'pc.ram': 70 * PAGE, other: PAGE });
+    await readRamChunks(readerOf(bytes, chunkSize), plain.sink, 'ram');
+    const inPlace = recordingSink({ 'pc.ram': 70 * PAGE, other: PAGE });
+    const fromCalls: string[] = [];
+    inPlace.sink.pageFrom = (idstr, offset, source, from) => {
+      fromCalls.push(`page ${idstr} ${offset}`);
+      inPlace.ram.get(idstr)!.set(source.subarray(from, from + PAGE), offset);
+    };
+    const r = readerOf(bytes, chunkSize);
+    await readRamChunks(r, inPlace.sink, 'ram');
+    assert.equal(await r.atEnd(), true);
+    assert.deepEqual(inPlace.ram.get('pc.ram'), expectRam, `chunks of ${chunkSize}`);
+    assert.deepEqual(inPlace.ram.get('other'), pattern(99));
+    assert.deepEqual(plain.ram.get('pc.ram'), expectRam);
+    // Every page went one way or the other, in stream order.
+    const merged = [...inPlace.calls.filter((c) => c.startsWith('page')), ...fromCalls].sort((a, b) => a.localeCompare(b));
+    expectedCalls ??= plain.calls.filter((c) => c.startsWith('page')).sort((a, b) => a.localeCompare(b));
+    assert.deepEqual(merged, expectedCalls);
+    if (chunkSize >= 64 * 1024) assert.ok(fromCalls.length >= 60, `most pages in place with chunks of ${chunkSize}: ${fromCalls.length}`);
+  }
+  // A page chunk inside a run whose offset the sink refuses: refused at that chunk's offset.
+  const small = recordingSink({ 'pc.ram': 30 * PAGE, other: PAGE });
+  small.sink.pageFrom = (idstr, offset, source, from) => small.sink.pageTarget(idstr, offset).ram.set(source.subarray(from, from + PAGE), offset);
+  await assert.rejects(readRamChunks(readerOf(bytes, 64 * 1024), small.sink, 'ram'), new RegExp(`no page pc.ram@${30 * PAGE}$`));
+});

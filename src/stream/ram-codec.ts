@@ -151,6 +151,12 @@ export interface RamChunkSink {
   memSize(total: number, blocks: Array<{ idstr: string; size: number }>): void;
   /** returns the RAM to copy the page into, and the byte offset in it; throws if the block/offset is unknown */
   pageTarget(idstr: string, offset: number): { ram: Uint8Array; offset: number };
+  /**
+   * Optional: store the page at `offset` of block `idstr` from `source` at byte `from`
+   * (the received bytes, valid for this call only). With it, runs of PAGE|CONTINUE chunks
+   * are decoded in place, without pageTarget()'s per-page object; same checks.
+   */
+  pageFrom?(idstr: string, offset: number, source: Uint8Array, from: number): void;
   zero(idstr: string, offset: number, fill: number): void;
   xbzrle?(idstr: string, offset: number, encoded: Uint8Array): void;
 }
@@ -164,6 +170,32 @@ export interface RamStreamState {
 /** The flags of a zero page of the block named before: what an idle guest's stream is mostly made of. */
 const ZERO_CONTINUE = RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE;
 const ZERO_CHUNK_BYTES = 9;
+
+const PAGE_CONTINUE = RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE;
+const PAGE_CHUNK_BYTES = 8 + RAM_PAGE_SIZE;
+
+/**
+ * Decode the PAGE|CONTINUE chunks that follow whole in the reader's current buffer in
+ * place, as readZeroRun does for zero pages: a first pass is almost all of them. Stops at
+ * anything else, at a chunk that straddles buffers, or at the buffer's end.
+ */
+function readPageRun(r: StreamReader, sink: RamChunkSink & { pageFrom: NonNullable<RamChunkSink['pageFrom']> }, block: string): void {
+  for (;;) {
+    const { view, start, end } = r.contiguous();
+    const bytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+    let at = start;
+    while (end - at >= PAGE_CHUNK_BYTES) {
+      const high = view.getUint32(at);
+      const low = view.getUint32(at + 4);
+      if ((low & PAGE_MASK) !== PAGE_CONTINUE || high > MAX_OFFSET_HIGH_WORD) break;
+      // Consumed first, as the general loop does, so an error names the same offset.
+      r.skipContiguous(PAGE_CHUNK_BYTES);
+      sink.pageFrom(block, high * TWO_32 + ((low & ~PAGE_MASK) >>> 0), bytes, at + 8);
+      at += PAGE_CHUNK_BYTES;
+    }
+    if (at !== end || r.available() < PAGE_CHUNK_BYTES) return;
+  }
+}
 
 /**
  * Decode the ZERO|CONTINUE chunks that follow in the reader's current buffer in place —
@@ -226,6 +258,7 @@ export async function readRamChunks(r: StreamReader, sink: RamChunkSink, section
         if (r.available() < RAM_PAGE_SIZE) await r.ensure(RAM_PAGE_SIZE, section);
         const target = sink.pageTarget(block, offset);
         r.copyTo(target.ram, target.offset, RAM_PAGE_SIZE);
+        if (sink.pageFrom) readPageRun(r, sink as Parameters<typeof readPageRun>[1], block);
       } else if (kind === RAM_SAVE_FLAG_ZERO) {
         if (r.available() < 1) await r.ensure(1, section);
         sink.zero(block, offset, r.u8());
