@@ -4,7 +4,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -147,6 +147,26 @@ test('vectored writes: a batch with a reference outside its buffer is refused wi
     src.destroy();
     dst.destroy();
     await close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('vectored writes into exec:cat > FILE: the file holds every byte in order', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-vectored-'));
+  const file = join(dir, 'stream');
+  try {
+    const src = await connect(`exec:cat > ${file}`);
+    assert.ok(src.vectored, "an exec channel writes vectored to the command's stdin");
+    const ram = randomPayload(8 * 1024 * 1024);
+    const expected: Uint8Array[] = [];
+    const copying = new StreamWriter({ description: 'expected', read: async () => null, write: async (d) => { expected.push(d.slice()); }, end: async () => {}, destroy: () => {} }, { bufferSize: 64 * 1024 });
+    fillStream(copying, ram, undefined, 6000);
+    await copying.flush();
+    const w = new StreamWriter(src, { bufferSize: 64 * 1024 });
+    fillStream(w, ram, Number(addressOf(ram)), 6000);
+    await w.close();
+    assert.equal(sha256(readFileSync(file)), sha256(Buffer.concat(expected)));
+  } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -60,6 +60,7 @@ interface Bindings {
   setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
   getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number[]): number;
   writev(fd: number, iov: Uint8Array, iovcnt: number): number;
+  fcntlInt(fd: number, cmd: number, arg: number): number;
   poll: ((fds: Uint8Array, nfds: number, timeoutMs: number) => number) & {
     async(fds: Uint8Array, nfds: number, timeoutMs: number, done: (err: unknown, result: number) => void): void;
   };
@@ -95,6 +96,8 @@ function libc(): Bindings {
     // `iov` (struct iovec[iovcnt]) is read during the call only; the addresses in it are
     // the caller's to keep valid for that long. ssize_t is 64-bit on x86_64.
     writev: lib.func('int64_t writev(int fd, void *iov, int iovcnt)'),
+    // fcntl is variadic; an int third argument passes as in a fixed prototype (see above).
+    fcntlInt: lib.func('fcntl', 'int', ['int', 'int', 'int']),
     // Run on the thread pool (async) to wait for a socket without blocking this thread;
     // `fds` is koffi's copy-in/copy-out buffer for that call.
     poll: lib.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)'),
@@ -295,6 +298,18 @@ export function waitWritable(fd: number, timeoutMs: number): Promise<boolean> {
       resolve(result > 0 && (view.getInt16(6, true) & (POLLOUT | POLLERR | POLLHUP)) !== 0);
     });
   });
+}
+
+const F_SETPIPE_SZ = 1031;
+
+/**
+ * fcntl(F_SETPIPE_SZ): let a pipe hold `bytes` (the kernel rounds up to a power-of-two
+ * number of pages; an unprivileged process is capped at /proc/sys/fs/pipe-max-size).
+ * Returns the new capacity, or -errno.
+ */
+export function setPipeSize(fd: number, bytes: number): number {
+  const r = libc().fcntlInt(fd, F_SETPIPE_SZ, bytes);
+  return r < 0 ? -koffi.errno() : r;
 }
 
 /** The kernel thread id of the calling thread (a worker's differs from the main thread's). */

@@ -9,6 +9,7 @@ import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { FileChannel } from './file-channel.js';
 import { PooledReads } from './read-pool.js';
+import { socketFd } from './socket.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import type { MigrationUri } from './uri.js';
 
@@ -83,6 +84,8 @@ export function fdChannel(uri: FdUri, role: FdRole, options: FdOptions = {}): Ch
       writable: !pipe || role === 'send' ? socket : null,
       readHighWaterMark,
       ...(pooledReads ? { pooledReads } : {}),
+      // Guest pages by reference, as for tcp: and unix: (direct-writes.ts).
+      ...((!pipe || role === 'send') && socketFd(socket) !== undefined ? { directFd: () => socketFd(socket) } : {}),
     });
   }
   if (stats.isFile() || stats.isCharacterDevice()) {
