@@ -21,8 +21,8 @@ export function scratch(t: TestContext, prefix = 'ferry-test-'): string {
 }
 
 /** `ferry run ARGS` with a QMP socket in `dir`, quit after the test. */
-export async function started(t: TestContext, dir: string, name: string, args: string[]): Promise<FerryProcess> {
-  const vm = await FerryProcess.start({ dir, name, args });
+export async function started(t: TestContext, dir: string, name: string, args: string[], env?: Record<string, string>): Promise<FerryProcess> {
+  const vm = await FerryProcess.start({ dir, name, args, ...(env ? { env } : {}) });
   t.after(() => vm.quit());
   return vm;
 }

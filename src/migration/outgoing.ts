@@ -297,7 +297,7 @@ export class OutgoingMigration {
       `migration: completed in ${this.#totalTime.toFixed(1)} ms, downtime ${this.#downtime.toFixed(1)} ms ` +
         `(stopping the vCPUs ${(pausedAt - stopStart).toFixed(1)} ms, the last RAM ${(ramDoneAt - pausedAt).toFixed(1)} ms, ` +
         `device state ${(devicesDoneAt - ramDoneAt).toFixed(1)} ms, the last flush ${(end - devicesDoneAt).toFixed(1)} ms; ` +
-        `${w.bytesWritten - bytesAtStop} B after the stop), ${w.bytesWritten} B in all`,
+        `${w.bytesWritten - bytesAtStop} B after the stop), ${w.bytesWritten} B in all, ${w.bytesByReference} B of it from guest RAM by reference`,
     );
     registry.cleanupAll();
     vm.setRunState('postmigrate');

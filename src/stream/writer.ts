@@ -46,6 +46,7 @@ export class StreamWriter {
   readonly #vectored: VectoredWriter | undefined;
   #refCount = 0;
   #refBytes = 0;
+  #referenced = 0;
   readonly #refAt: Uint32Array;
   readonly #refAddress: Float64Array;
   readonly #refLength: Uint32Array;
@@ -76,6 +77,11 @@ export class StreamWriter {
     return this.#unsettled > 0 || this.#pos >= this.#bufferSize || (this.#refCount > 0 && this.#refCount >= this.#refAt.length);
   }
 
+  /** Bytes byReference() handed to the channel by address rather than copying them. */
+  get bytesByReference(): number {
+    return this.#referenced;
+  }
+
   /** Whether byReference() hands memory to the channel by address (else it copies). */
   get writesByReference(): boolean {
     return this.#vectored !== undefined;
@@ -103,6 +109,7 @@ export class StreamWriter {
     this.#refAddress[i] = address + from;
     this.#refLength[i] = n;
     this.#refBytes += n;
+    this.#referenced += n;
   }
 
   /** The first error (a channel write that failed, or one set by setError); later writes are dropped. */
