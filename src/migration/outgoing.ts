@@ -282,13 +282,18 @@ export class OutgoingMigration {
     writeEof(w);
     writeVmdesc(w, { page_size: PAGE_SIZE, devices });
     const devicesDoneAt = this.#o.now();
-    await w.close();
+    await w.drain();
     if (w.error) throw w.error;
     // Every byte is out: the destination will start the guest. A cancel that arrives now
     // is too late — running the source again would leave two copies running.
-
+    // Without a return path the downtime ends with the last byte flushed (ARCHITECTURE.md):
+    // with the OS, as QEMU's ends before it closes the channel — closing `exec:` waits for
+    // the command to exit, which is no part of the guest's downtime.
     const end = this.#o.now();
-    // Without a return path the downtime ends with the last byte flushed (ARCHITECTURE.md).
+    // The migration has succeeded only once the channel closed cleanly (exec: status 0).
+    await w.close();
+    if (w.error) throw w.error;
+    const closedAt = this.#o.now();
     this.#downtime = end - stopStart;
     this.#totalTime = end - this.#startTime;
     this.#updateCounters(w, true);
@@ -297,7 +302,8 @@ export class OutgoingMigration {
       `migration: completed in ${this.#totalTime.toFixed(1)} ms, downtime ${this.#downtime.toFixed(1)} ms ` +
         `(stopping the vCPUs ${(pausedAt - stopStart).toFixed(1)} ms, the last RAM ${(ramDoneAt - pausedAt).toFixed(1)} ms, ` +
         `device state ${(devicesDoneAt - ramDoneAt).toFixed(1)} ms, the last flush ${(end - devicesDoneAt).toFixed(1)} ms; ` +
-        `${w.bytesWritten - bytesAtStop} B after the stop), ${w.bytesWritten} B in all, ${w.bytesByReference} B of it from guest RAM by reference`,
+        `${w.bytesWritten - bytesAtStop} B after the stop; then closing the channel ${(closedAt - end).toFixed(1)} ms), ` +
+        `${w.bytesWritten} B in all, ${w.bytesByReference} B of it from guest RAM by reference`,
     );
     registry.cleanupAll();
     vm.setRunState('postmigrate');

@@ -208,6 +208,21 @@ export class StreamWriter {
     await this.settled();
   }
 
+  /**
+   * Flush, then wait until the channel says the OS has every byte (where it can tell; a
+   * channel without drain() is taken at flush()'s word). Rejects with the first error.
+   */
+  async drain(): Promise<void> {
+    await this.flush();
+    if (!this.#channel.drain) return;
+    try {
+      await this.#channel.drain();
+    } catch (err) {
+      this.setError(asTransportError(err, `Cannot write to ${this.#channel.description}`));
+      throw this.#error;
+    }
+  }
+
   /** Flush, then end the channel's sending side. */
   async close(): Promise<void> {
     await this.flush();

@@ -30,6 +30,12 @@ export interface Channel {
    * qemu_put_buffer_async). Present where the channel can hand an iovec to the kernel.
    */
   readonly vectored?: VectoredWriter;
+  /**
+   * Optional: resolves once the OS has every byte written so far (a socket's or pipe's
+   * buffer, a file), without closing anything: where a migration's downtime ends. end()
+   * may then still wait for more (exec: the command's exit status).
+   */
+  drain?(): Promise<void>;
   /** Flush everything written and close the sending side; resolves when flushed. */
   end(): Promise<void>;
   /** Tear the channel down now; pending reads and writes reject with `error` (or a closed error). */

@@ -137,6 +137,14 @@ class ExecChannel implements Channel {
     }
   }
 
+  async drain(): Promise<void> {
+    try {
+      await this.#inner.drain();
+    } catch (err) {
+      throw await this.#explain(err);
+    }
+  }
+
   end(): Promise<void> {
     if (this.#endPromise) return this.#endPromise;
     this.#endPromise = (async () => {

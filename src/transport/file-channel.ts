@@ -90,6 +90,12 @@ export class FileChannel implements Channel {
     return new Promise((resolve, reject) => this.#spaceWaiters.push({ resolve, reject }));
   }
 
+  drain(): Promise<void> {
+    if (this.#error) return Promise.reject(this.#error);
+    if (this.#queue.length === 0 && !this.#writing) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => this.#flushWaiters.push({ resolve, reject }));
+  }
+
   end(): Promise<void> {
     if (this.#endPromise) return this.#endPromise;
     if (this.#error) return Promise.reject(this.#error);

@@ -238,7 +238,7 @@ export class StreamChannel implements Channel {
     this.#nodeWrites++;
     const accepted = this.#writable.write(data, () => {
       giveBack();
-      if (--this.#nodeWrites === 0 && this.#queue.length > 0) this.#pump();
+      if (--this.#nodeWrites === 0 && this.#queue.length > 0 && !this.#directBusy) this.#pump();
     });
     // The socket wrote it all to the kernel at once (usual on loopback): the bytes are
     // copied, so `data` is free now. Node defers the callback to process.nextTick,
@@ -249,6 +249,13 @@ export class StreamChannel implements Channel {
     return new Promise((resolve, reject) => {
       this.#drainWaiters.push({ resolve, reject });
     });
+  }
+
+  drain(): Promise<void> {
+    if (this.#error) return Promise.reject(this.#error);
+    // A barrier is reached once nothing before it is on its way (see #pump).
+    if (!this.#directBusy && this.#queue.length === 0 && this.#nodeWrites === 0) return Promise.resolve();
+    return this.#enqueue({ kind: 'barrier' });
   }
 
   end(): Promise<void> {
