@@ -127,54 +127,52 @@ test('a channel that stays too slow for the limit: between called-off switchover
   assert.ok(runningMs >= stoppedMs * 0.8, `the guest ran ${runningMs.toFixed(0)} ms and was stopped ${stoppedMs.toFixed(0)} ms`);
 });
 
-test('the downtime ends when the OS has the last byte (drain), not when the channel has closed — an exec: command may take its time to exit', async () => {
+/**
+ * A source and a destination over an in-memory pair whose source end closes with `end`
+ * (given the pair's own end) and counts its drain() calls: a channel like exec:'s, whose
+ * close waits for a command.
+ */
+function pairClosingWith(description: string, end: (inner: Channel) => Promise<void>): { src: Side; dst: Side; drains: () => number } {
   const [a, b] = createMemoryChannelPair();
-  let drained = 0;
-  const CLOSE_MS = 150;
+  let drains = 0;
   const channel: Channel = {
-    description: 'memory: closing takes 150 ms (a command that exits late)',
+    description,
     read: () => a.read(),
     write: (data, done) => a.write(data, done),
     drain: async () => {
-      drained++;
+      drains++;
     },
-    end: async () => {
-      await new Promise((r) => setTimeout(r, CLOSE_MS));
-      await a.end();
-    },
+    end: () => end(a),
     destroy: (error) => a.destroy(error),
   };
   const src = makeSide({ memorySize: 4 * MiB }, { connect: async () => channel });
   const dst = makeSide({ memorySize: 4 * MiB, incoming: true }, { listen: async () => listenerFor(b) });
   src.vm.fillPages(0, 256);
   src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 100 });
+  return { src, dst, drains: () => drains };
+}
+
+test('the downtime ends when the OS has the last byte (drain), not when the channel has closed — an exec: command may take its time to exit', async () => {
+  const CLOSE_MS = 150;
+  const { src, dst, drains } = pairClosingWith('memory: closing takes 150 ms (a command that exits late)', async (inner) => {
+    await new Promise((r) => setTimeout(r, CLOSE_MS));
+    await inner.end();
+  });
   const started = performance.now();
   await migrateToEnd(src, dst);
   const elapsed = performance.now() - started;
   const info = src.migration.queryMigrate();
   assert.equal(info.status, 'completed', JSON.stringify(info));
-  assert.equal(drained, 1);
+  assert.equal(drains(), 1);
   assert.ok(elapsed >= CLOSE_MS, `the migration completed only after the channel closed (${elapsed.toFixed(0)} ms)`);
   assert.ok(info.downtime !== undefined && info.downtime < CLOSE_MS, `downtime ${info.downtime} ms counts the close`);
   assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
 });
 
 test('a channel that fails to close fails the migration, after the downtime was measured: the source guest runs again', async () => {
-  const [a, b] = createMemoryChannelPair();
-  const channel: Channel = {
-    description: 'memory: the command exits with status 1',
-    read: () => a.read(),
-    write: (data, done) => a.write(data, done),
-    drain: async () => {},
-    end: async () => {
-      throw new Error('Command "false" exited with status 1');
-    },
-    destroy: (error) => a.destroy(error),
-  };
-  const src = makeSide({ memorySize: 4 * MiB }, { connect: async () => channel });
-  const dst = makeSide({ memorySize: 4 * MiB, incoming: true }, { listen: async () => listenerFor(b) });
-  src.vm.fillPages(0, 256);
-  src.migration.setParameters({ 'max-bandwidth': 0 });
+  const { src, dst } = pairClosingWith('memory: the command exits with status 1', async () => {
+    throw new Error('Command "false" exited with status 1');
+  });
   await migrateToEnd(src, dst);
   const info = src.migration.queryMigrate();
   assert.equal(info.status, 'failed', JSON.stringify(info));

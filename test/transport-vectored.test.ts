@@ -41,21 +41,37 @@ function fillStream(w: StreamWriter, ram: Uint8Array, address: number | undefine
   }
 }
 
+/** The bytes fillStream() writes, made with copies only (a channel that collects them). */
+async function expectedStream(ram: Uint8Array, pages: number): Promise<Buffer> {
+  const chunks: Uint8Array[] = [];
+  const collect: Channel = { description: 'expected', read: async () => null, write: async (d) => { chunks.push(d.slice()); }, end: async () => {}, destroy: () => {} };
+  const w = new StreamWriter(collect, { bufferSize: 64 * 1024 });
+  fillStream(w, ram, undefined, pages);
+  await w.flush();
+  return Buffer.concat(chunks);
+}
+
+/** Run `body` over a connected tcp or unix pair, then tear both ends and the listener down. */
+async function withPair(kind: 'tcp' | 'unix', body: (src: Channel, dst: Channel) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-vectored-'));
+  const { src, dst, close } = await pair(kind, dir);
+  try {
+    await body(src, dst);
+  } finally {
+    src.destroy();
+    dst.destroy();
+    await close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 for (const kind of ['tcp', 'unix'] as const) {
   test(`vectored writes over ${kind}: every byte in order, through waits for a slow reader, then end()`, async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'ferry-vectored-'));
-    const { src, dst, close } = await pair(kind, dir);
-    try {
+    await withPair(kind, async (src, dst) => {
       assert.ok(src.vectored, 'a socket channel writes vectored');
       const ram = randomPayload(8 * 1024 * 1024);
       const pages = 12_000; // ~47 MiB: far more than both socket buffers hold
-      // The same stream written with copies only, for the expected bytes.
-      const expected: Uint8Array[] = [];
-      const copying = new StreamWriter({ description: 'expected', read: async () => null, write: async (d) => { expected.push(d.slice()); }, end: async () => {}, destroy: () => {} }, { bufferSize: 64 * 1024 });
-      fillStream(copying, ram, undefined, pages);
-      await copying.flush();
-      const want = Buffer.concat(expected);
-
+      const want = await expectedStream(ram, pages);
       const w = new StreamWriter(src, { bufferSize: 64 * 1024 });
       assert.equal(w.writesByReference, true);
       const received = (async () => {
@@ -69,19 +85,12 @@ for (const kind of ['tcp', 'unix'] as const) {
       assert.equal(got.bytes, want.byteLength);
       assert.equal(got.sha256, sha256(want));
       assert.ok((src as StreamChannel).directWaits > 0, 'the socket filled up and the rest waited for room');
-    } finally {
-      src.destroy();
-      dst.destroy();
-      await close();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 }
 
 test('vectored writes: a peer that goes away fails the pending write with a TransportError, and later writes too', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'ferry-vectored-'));
-  const { src, dst, close } = await pair('tcp', dir);
-  try {
+  await withPair('tcp', async (src, dst) => {
     const ram = randomPayload(4 * 1024 * 1024);
     const w = new StreamWriter(src, { bufferSize: 64 * 1024 });
     // The peer reads a little, then disappears.
@@ -100,17 +109,11 @@ test('vectored writes: a peer that goes away fails the pending write with a Tran
       (err: unknown) => err instanceof TransportError && /tcp:127\.0\.0\.1:\d+/.test(err.message),
     );
     await assert.rejects(src.write(new Uint8Array(10)), TransportError);
-  } finally {
-    src.destroy();
-    await close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('vectored writes: destroy() while one waits for room rejects it, and nothing is written after', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'ferry-vectored-'));
-  const { src, dst, close } = await pair('unix', dir);
-  try {
+  await withPair('unix', async (src) => {
     const ram = randomPayload(4 * 1024 * 1024);
     const address = Number(addressOf(ram));
     const at = new Uint32Array(500);
@@ -127,28 +130,17 @@ test('vectored writes: destroy() while one waits for room rejects it, and nothin
     const outcomes = await Promise.all(settled);
     assert.ok(outcomes.some((o) => o instanceof TransportError && /cancelled by the test/.test(o.message)), String(outcomes));
     assert.equal(outcomes.at(-1) instanceof TransportError, true);
-  } finally {
-    dst.destroy();
-    await close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('vectored writes: a batch with a reference outside its buffer is refused with a TransportError', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'ferry-vectored-'));
-  const { src, dst, close } = await pair('tcp', dir);
-  try {
+  await withPair('tcp', async (src) => {
     const one = (n: number) => new Uint32Array([n]);
     await assert.rejects(
       src.vectored!.write({ buffer: new Uint8Array(8), length: 8, count: 1, at: one(9), address: new Float64Array([0]), bytes: one(0) }),
       /reference 0 goes at byte 9, outside 0\.\.8/,
     );
-  } finally {
-    src.destroy();
-    dst.destroy();
-    await close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('vectored writes into exec:cat > FILE: the file holds every byte in order', async () => {
@@ -158,14 +150,10 @@ test('vectored writes into exec:cat > FILE: the file holds every byte in order',
     const src = await connect(`exec:cat > ${file}`);
     assert.ok(src.vectored, "an exec channel writes vectored to the command's stdin");
     const ram = randomPayload(8 * 1024 * 1024);
-    const expected: Uint8Array[] = [];
-    const copying = new StreamWriter({ description: 'expected', read: async () => null, write: async (d) => { expected.push(d.slice()); }, end: async () => {}, destroy: () => {} }, { bufferSize: 64 * 1024 });
-    fillStream(copying, ram, undefined, 6000);
-    await copying.flush();
     const w = new StreamWriter(src, { bufferSize: 64 * 1024 });
     fillStream(w, ram, Number(addressOf(ram)), 6000);
     await w.close();
-    assert.equal(sha256(readFileSync(file)), sha256(Buffer.concat(expected)));
+    assert.equal(sha256(readFileSync(file)), sha256(await expectedStream(ram, 6000)));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
