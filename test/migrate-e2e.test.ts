@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import type { FerryProcess } from '../src/cli/ferry-process.js';
+import { spawn } from 'node:child_process';
+import { FERRY_MAIN, type FerryProcess } from '../src/cli/ferry-process.js';
 import { scratch, sleep, started, waitFor } from './e2e-helpers.js';
 import { runMigration } from '../src/cli/migrate-command.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
@@ -135,6 +136,35 @@ for (const { accel, skip } of accelerators()) {
     await assertSameGuest(source, dest);
   });
 }
+
+test('sim: with return-path the source completes once the destination answered, over tcp (QMP) and unix (ferry migrate --return-path)', async (t) => {
+  const dir = scratch(t);
+  for (const transport of ['tcp', 'unix'] as const) {
+    const incoming = transport === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, 'rp.sock')}`;
+    const dest = await started(t, dir, `dst-${transport}`, [...GUEST, '--accel', 'sim', '-S', '--incoming', incoming]);
+    const source = await started(t, dir, `src-${transport}`, [...GUEST, '--accel', 'sim'], { NODE_DEBUG: 'ferry' });
+    const uri = await dest.incomingAddress();
+    if (transport === 'tcp') {
+      await source.execute('migrate-set-capabilities', { capabilities: [{ capability: 'return-path', state: true }] });
+      const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri, maxBandwidth: 0, progress: false });
+      assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+    } else {
+      const cli = spawn(process.execPath, [FERRY_MAIN, 'migrate', '--qmp', source.qmpPath, uri, '--max-bandwidth', '0', '--no-progress', '--return-path'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      cli.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
+      cli.stderr.setEncoding('utf8').on('data', (s: string) => (out += s));
+      const code = await new Promise<number | null>((resolve) => cli.once('exit', resolve));
+      assert.equal(code, 0, out);
+      assert.match(out, /Migration completed/);
+      const caps = await source.execute<Array<{ capability: string; state: boolean }>>('query-migrate-capabilities');
+      assert.ok(caps.find((c) => c.capability === 'return-path')?.state, 'ferry migrate --return-path turned it on');
+    }
+    // The source heard the destination: the PONG to its first PING, then SHUT 0.
+    assert.match(source.stderr, /return path: PONG 1/);
+    assert.match(source.stderr, /the destination's SHUT \d+\.\d ms/);
+    await assertSameGuest(source, dest);
+  }
+});
 
 test('sim: an idle 1 GiB guest moves as a few MB of zero pages', async (t) => {
   const dir = scratch(t);

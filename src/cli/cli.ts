@@ -90,6 +90,7 @@ program
   .option('--max-bandwidth <rate>', 'bandwidth cap in bytes/s with K/M/G suffixes, e.g. 128M; 0 for unlimited', rateArg)
   .option('--xbzrle', 'turn on the xbzrle capability (delta-encode re-sent pages)')
   .option('--auto-converge', 'turn on the auto-converge capability (throttle the guest\'s vCPUs while it dirties RAM faster than it can be sent)')
+  .option('--return-path', 'turn on the return-path capability (complete only once the destination says it loaded everything; otherwise the source guest runs again)')
   .option('--no-progress', 'no progress bar, only the summary')
   .option('--report <file.html>', 'write a self-contained HTML report of the migration')
   .action(async (uri: string, opts) => {
@@ -99,7 +100,7 @@ program
       uri,
       ...(opts.downtimeLimit !== undefined ? { downtimeLimitMs: opts.downtimeLimit } : {}),
       ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
-      capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : [])],
+      capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : [])],
       progress: opts.progress,
       ...(opts.report !== undefined ? { report: opts.report } : {}),
     });

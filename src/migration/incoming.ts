@@ -7,6 +7,7 @@ import { StreamFormatError } from '../errors.js';
 import type { StreamReader } from '../stream/reader.js';
 import { readHeader, readSectionFooter, readSectionHeader, readVmdesc } from '../stream/format.js';
 import type { Vmdesc } from '../stream/format.js';
+import { precopyCommand, type PrecopyCommand } from '../stream/return-path.js';
 import type { SaveVmEntry, SaveVmRegistry } from './savevm.js';
 
 export interface LoadedStream {
@@ -20,7 +21,13 @@ export interface LoadedStream {
  * StreamFormatError / StreamTruncatedError (from the reader) before anything is
  * committed if the stream is not complete and well-formed.
  */
-export async function loadVmStream(r: StreamReader, registry: SaveVmRegistry, localMachineType: string): Promise<LoadedStream> {
+export async function loadVmStream(
+  r: StreamReader,
+  registry: SaveVmRegistry,
+  localMachineType: string,
+  /** Told of each command between sections (the return path's); without it a command is refused. */
+  onCommand?: (command: PrecopyCommand, offset: number) => void,
+): Promise<LoadedStream> {
   const { machineType } = await readHeader(r);
   if (machineType !== localMachineType) {
     // QEMU's words for the same check in its configuration section.
@@ -31,6 +38,14 @@ export async function loadVmStream(r: StreamReader, registry: SaveVmRegistry, lo
   for (;;) {
     const header = await readSectionHeader(r);
     if (header.kind === 'eof') break;
+    if (header.kind === 'command') {
+      const command = precopyCommand(header.command, header.data, header.offset);
+      if (!onCommand) {
+        throw new StreamFormatError(`Command 0x${header.command.toString(16).padStart(4, '0')} at offset ${header.offset}: this stream cannot be answered (no return path here)`, header.offset, 'command');
+      }
+      onCommand(command, header.offset);
+      continue;
+    }
     let entry: SaveVmEntry;
     let versionId: number;
     if (header.kind === 'start' || header.kind === 'full') {

@@ -6,6 +6,7 @@ import { MigrationError, errorMessage } from '../errors.js';
 import type { Channel, Listener } from '../transport/channel.js';
 import { StreamReader } from '../stream/reader.js';
 import { loadVmStream } from './incoming.js';
+import { DestinationReturnPath } from './return-path.js';
 import { OutgoingMigration } from './outgoing.js';
 import { AutoConverge } from './auto-converge.js';
 import {
@@ -151,6 +152,7 @@ export class Migration {
       sleep: (ms) => this.#sleep(ms),
       ...(this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : {}),
       ...(this.#o.trace ? { trace: this.#o.trace } : {}),
+      returnPath: this.#capabilities['return-path'],
     });
     this.#outgoing = outgoing;
     this.#ram = ram;
@@ -191,21 +193,30 @@ export class Migration {
     const vm = this.#o.vm;
     let channel: Channel | undefined;
     let registry: SaveVmRegistry | undefined;
+    let returnPath: DestinationReturnPath | undefined;
     try {
       const ram = new RamHandler(vm, { now: this.#o.now, limiter: new RateLimiter(this.#o.now, 0) });
       const globalState = globalStateHandler(() => vm.runState);
       registry = this.#buildRegistry(ram, () => vm.runState, globalState);
       channel = await listener.accept();
       this.#incomingState.transition('active');
-      await loadVmStream(new StreamReader(channel), registry, vm.machineType);
+      const rp = new DestinationReturnPath(channel, this.#o.trace);
+      returnPath = rp;
+      await loadVmStream(new StreamReader(channel), registry, vm.machineType, (command, offset) => rp.onCommand(command, offset));
       registry.cleanupAll();
+      // With a return path, the source hears that the stream is in before the guest runs
+      // here; if it cannot be told, it runs its own guest again and this one must not start.
+      await rp.shut(0);
       const source = globalState.received;
       // QEMU: a source that was not running gives a destination in the same state; otherwise autostart decides.
       if (source !== undefined && source !== 'running') vm.setRunState('paused');
       else vm.startAfterIncoming();
       this.#incomingState.transition('completed');
+      rp.close();
     } catch (err) {
       registry?.cleanupAll();
+      // The source waits for this to run its guest again (QEMU sends SHUT 1 as well).
+      await returnPath?.shutAfterFailure();
       channel?.destroy(err instanceof Error ? err : undefined);
       this.#incomingError = errorMessage(err);
       this.#o.trace?.(`migration: incoming failed: ${this.#incomingError}`);

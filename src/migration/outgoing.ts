@@ -11,6 +11,8 @@ import {
   writeEof, writeHeader, writeSectionFooter, writeSectionPart, writeSectionStart, writeVmdesc,
 } from '../stream/format.js';
 import type { VmdescDevice } from '../stream/format.js';
+import { MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING, be32Bytes, writeCommand } from '../stream/return-path.js';
+import { SourceReturnPath } from './return-path.js';
 import { BUFFER_DELAY_MS, canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes } from './convergence.js';
 import type { MigrationParameters } from './parameters.js';
 import type { RamHandler } from './ram.js';
@@ -32,6 +34,8 @@ export interface OutgoingOptions {
   readonly sleep: (ms: number) => Promise<void>;
   /** Write buffer size handed to the StreamWriter. */
   readonly bufferSize?: number;
+  /** The `return-path` capability: complete only once the destination says it loaded everything. */
+  readonly returnPath?: boolean;
   /** Diagnostics (the Node side wires util.debuglog('ferry') here). */
   readonly trace?: (message: string) => void;
 }
@@ -98,6 +102,7 @@ export class OutgoingMigration {
   #threshold = 0;
   #errorDesc: string | undefined;
   #channel: Channel | undefined;
+  #returnPath: SourceReturnPath | undefined;
   #cancelRequested = false;
   #pausedByUs = false;
   #wasRunning = false;
@@ -170,6 +175,15 @@ export class OutgoingMigration {
       const w = new StreamWriter(channel, this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : undefined);
 
       writeHeader(w, vm.machineType);
+      if (this.#o.returnPath) {
+        if (!channel.duplex) {
+          throw new MigrationError(`Cannot use the return-path capability over ${channel.description}: the destination has no way to answer on it (use tcp:, unix: or fd: with a socket)`);
+        }
+        // As QEMU's migration thread: open it, and ping once so a dead one shows early.
+        this.#returnPath = new SourceReturnPath(channel, this.#o.trace);
+        writeCommand(w, MIG_CMD_OPEN_RETURN_PATH);
+        writeCommand(w, MIG_CMD_PING, be32Bytes(1));
+      }
       for (const { sectionId, handler } of registry.iterative) {
         writeSectionStart(w, 'start', sectionId, handler.idstr, handler.instanceId, handler.version);
         await handler.setup?.(w);
@@ -284,15 +298,31 @@ export class OutgoingMigration {
     const devicesDoneAt = this.#o.now();
     await w.drain();
     if (w.error) throw w.error;
+    const drainedAt = this.#o.now();
+    let acknowledgedAt: number | undefined;
+    if (this.#returnPath) {
+      // The destination says whether it loaded everything; until then a failure on either
+      // side (or a cancel) runs this guest again. QEMU's downtime includes this wait.
+      const shut = await Promise.race([this.#returnPath.shut, this.#cancelSignal]);
+      if (shut !== 0) throw new MigrationError(`The destination failed to load the stream (it answered SHUT ${shut} on the return path)`);
+      acknowledgedAt = this.#o.now();
+    }
     // Every byte is out: the destination will start the guest. A cancel that arrives now
     // is too late — running the source again would leave two copies running.
     // Without a return path the downtime ends with the last byte flushed (ARCHITECTURE.md):
     // with the OS, as QEMU's ends before it closes the channel — closing `exec:` waits for
     // the command to exit, which is no part of the guest's downtime.
     const end = this.#o.now();
-    // The migration has succeeded only once the channel closed cleanly (exec: status 0).
-    await w.close();
-    if (w.error) throw w.error;
+    // The migration has succeeded only once the channel closed cleanly (exec: status 0) —
+    // unless the destination already said it has everything: it may run the guest now, so
+    // this one must not run again whatever closing says.
+    try {
+      await w.close();
+      if (w.error) throw w.error;
+    } catch (err) {
+      if (acknowledgedAt === undefined) throw err;
+      this.#o.trace?.(`migration: closing the channel after the destination's SHUT 0 failed (${errorMessage(err)}); the migration stands`);
+    }
     const closedAt = this.#o.now();
     this.#downtime = end - stopStart;
     this.#totalTime = end - this.#startTime;
@@ -301,7 +331,8 @@ export class OutgoingMigration {
     this.#o.trace?.(
       `migration: completed in ${this.#totalTime.toFixed(1)} ms, downtime ${this.#downtime.toFixed(1)} ms ` +
         `(stopping the vCPUs ${(pausedAt - stopStart).toFixed(1)} ms, the last RAM ${(ramDoneAt - pausedAt).toFixed(1)} ms, ` +
-        `device state ${(devicesDoneAt - ramDoneAt).toFixed(1)} ms, the last flush ${(end - devicesDoneAt).toFixed(1)} ms; ` +
+        `device state ${(devicesDoneAt - ramDoneAt).toFixed(1)} ms, the last flush ${(drainedAt - devicesDoneAt).toFixed(1)} ms` +
+        `${acknowledgedAt === undefined ? '' : `, the destination's SHUT ${(acknowledgedAt - drainedAt).toFixed(1)} ms`}; ` +
         `${w.bytesWritten - bytesAtStop} B after the stop; then closing the channel ${(closedAt - end).toFixed(1)} ms), ` +
         `${w.bytesWritten} B in all, ${w.bytesByReference} B of it from guest RAM by reference`,
     );

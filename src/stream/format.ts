@@ -19,7 +19,7 @@ export const QEMU_VM_SECTION_FULL = 0x04;
 export const QEMU_VM_SUBSECTION = 0x05;
 export const QEMU_VM_VMDESCRIPTION = 0x06;
 export const QEMU_VM_CONFIGURATION = 0x07;
-/** Postcopy and return-path commands; Ferry streams do not carry them. */
+/** Commands between sections: be16 command, be16 length, data (savevm.c qemu_savevm_command_send). */
 export const QEMU_VM_COMMAND = 0x08;
 export const QEMU_VM_SECTION_FOOTER = 0x7e;
 
@@ -252,6 +252,7 @@ export function writeVmdesc(w: StreamWriter, vmdesc: Vmdesc): void {
 export type SectionHeader =
   | { kind: 'start' | 'full'; sectionId: number; idstr: string; instanceId: number; versionId: number }
   | { kind: 'part' | 'end'; sectionId: number }
+  | { kind: 'command'; command: number; data: Uint8Array; offset: number }
   | { kind: 'eof' };
 
 /** The next section header, or EOF. Anything else at a section boundary is a format error. */
@@ -278,6 +279,13 @@ export async function readSectionHeader(r: StreamReader): Promise<SectionHeader>
       await r.ensure(4, 'section header');
       return { kind: type === QEMU_VM_SECTION_PART ? 'part' : 'end', sectionId: r.be32() };
     }
+    case QEMU_VM_COMMAND: {
+      await r.ensure(4, 'command');
+      const command = r.be16();
+      const len = r.be16();
+      await r.ensure(len, 'command');
+      return { kind: 'command', command, data: r.bytes(len), offset: at };
+    }
     default:
       throw new StreamFormatError(`Unknown section type 0x${hex(type, 2)} (${sectionTypeName(type)}) at offset ${at}`, at, 'section header');
   }
@@ -291,8 +299,6 @@ function sectionTypeName(type: number): string {
       return 'a vmdesc before EOF';
     case QEMU_VM_CONFIGURATION:
       return 'a second configuration section';
-    case QEMU_VM_COMMAND:
-      return 'a postcopy/return-path command, not supported';
     case QEMU_VM_SECTION_FOOTER:
       return 'a footer without a section';
     default:

@@ -71,6 +71,8 @@ class Pipe {
 const EMPTY = new Uint8Array(0);
 
 class PipeEndpoint implements Channel {
+  /** Each end of a pair reads what the other writes. */
+  readonly duplex = true;
   #destroyed: Error | null = null;
 
   constructor(

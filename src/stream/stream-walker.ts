@@ -6,6 +6,7 @@ import { StreamFormatError } from '../errors.js';
 import { readHeader, readSectionFooter, readSectionHeader, readVmdesc } from './format.js';
 import type { StreamHeader, Vmdesc } from './format.js';
 import type { StreamReader } from './reader.js';
+import { precopyCommand } from './return-path.js';
 
 export type SectionKind = 'start' | 'part' | 'end' | 'full';
 
@@ -56,6 +57,11 @@ export async function walkStream(r: StreamReader, callbacks: StreamWalkCallbacks
     const at = r.offset;
     const h = await readSectionHeader(r);
     if (h.kind === 'eof') break;
+    if (h.kind === 'command') {
+      // A saved stream may carry the return-path commands; nobody answers them here.
+      precopyCommand(h.command, h.data, h.offset);
+      continue;
+    }
     let entry;
     if (h.kind === 'start' || h.kind === 'full') {
       if (open.has(h.sectionId)) {

@@ -5,6 +5,11 @@ export interface Channel {
   /** What the channel is connected to, for messages: "tcp:127.0.0.1:4444", "exec:cat > f". */
   readonly description: string;
   /**
+   * True when whoever reads what this channel writes is whoever writes what it reads — a
+   * connected socket — so a peer can answer (the `return-path` capability). Absent: no.
+   */
+  readonly duplex?: boolean;
+  /**
    * The next chunk of bytes, or null at a clean end of stream. Rejects with a
    * TransportError when the peer broke the connection. The chunk is the caller's.
    */

@@ -68,6 +68,7 @@ export class StreamChannel implements Channel {
 
   #drainWaiters: Waiter<void>[] = [];
   readonly vectored?: VectoredWriter;
+  readonly duplex: boolean;
   readonly #direct: DirectWrites | null = null;
   /** A vectored write the socket has not taken all of yet; everything after it waits. */
   #directBusy: Promise<void> | null = null;
@@ -88,6 +89,7 @@ export class StreamChannel implements Channel {
     this.#writable = options.writable;
     this.#readHighWaterMark = options.readHighWaterMark ?? DEFAULT_READ_HIGH_WATER_MARK;
     this.#pool = options.pooledReads?.pool ?? null;
+    this.duplex = options.readable !== null && (options.readable as unknown) === options.writable;
 
     const readable = this.#readable;
     const writable = this.#writable;

@@ -1,0 +1,106 @@
+// Both ends of the return path (src/stream/return-path.ts has the bytes). The source asks
+// for it with the `return-path` capability; a destination answers whatever asks, as QEMU's
+// does. With it, a source completes only once the destination says it loaded the whole
+// stream (SHUT 0) and runs its guest again otherwise — the guest is never left with no
+// copy running because the last sections failed to load on the other side.
+
+import { MigrationError, StreamFormatError, TransportError } from '../errors.js';
+import { StreamReader } from '../stream/reader.js';
+import { MIG_RP_MSG_PONG, MIG_RP_MSG_SHUT, be32Bytes, encodeRpMessage, readRpMessage } from '../stream/return-path.js';
+import type { PrecopyCommand } from '../stream/return-path.js';
+import type { Channel } from '../transport/channel.js';
+
+/** How long a failing destination tries to tell the source before it gives up the connection. */
+const FAILURE_SHUT_MS = 1000;
+
+export class DestinationReturnPath {
+  readonly #channel: Channel;
+  readonly #trace: ((message: string) => void) | undefined;
+  #open = false;
+  #shutSent = false;
+  #writeError: Error | undefined;
+
+  constructor(channel: Channel, trace?: (message: string) => void) {
+    this.#channel = channel;
+    this.#trace = trace;
+  }
+
+  /** A command from the stream: OPEN_RETURN_PATH opens it, PING gets a PONG (savevm.c loadvm_process_command). */
+  onCommand(command: PrecopyCommand, offset: number): void {
+    if (command.type === 'open-return-path') {
+      if (!this.#channel.duplex) {
+        // A saved stream restored from exec: or a file: nobody is there to answer.
+        this.#trace?.(`migration: the stream asks for a return path, but ${this.#channel.description} has no way back: not answered`);
+        return;
+      }
+      this.#open = true;
+      return;
+    }
+    if (!this.#channel.duplex) return;
+    if (!this.#open) throw new StreamFormatError(`CMD_PING (0x${command.value.toString(16)}) at offset ${offset} received with no return path`, offset, 'command');
+    this.#send(MIG_RP_MSG_PONG, command.value);
+  }
+
+  /**
+   * SHUT `value` (0: all loaded), and wait until the OS has it. Rejects if it cannot be
+   * sent: the source will not hear that this side has the guest.
+   */
+  async shut(value: number): Promise<void> {
+    if (!this.#open || this.#shutSent) return;
+    this.#shutSent = true;
+    this.#send(MIG_RP_MSG_SHUT, value);
+    await this.#channel.drain?.();
+    if (this.#writeError) {
+      throw new TransportError(`Cannot tell the source over ${this.#channel.description} that the stream is in: ${this.#writeError.message}`, { cause: this.#writeError });
+    }
+  }
+
+  /** The load failed: SHUT 1, for at most FAILURE_SHUT_MS, whatever becomes of it. */
+  async shutAfterFailure(): Promise<void> {
+    if (!this.#open || this.#shutSent) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.shut(1).catch(() => {}), new Promise<void>((resolve) => { timer = setTimeout(resolve, FAILURE_SHUT_MS); })]);
+    clearTimeout(timer);
+  }
+
+  /** Done: end this side of the connection (the source closes its own). */
+  close(): void {
+    if (this.#open) void this.#channel.end().catch(() => {});
+  }
+
+  #send(type: number, value: number): void {
+    this.#channel.write(encodeRpMessage(type, be32Bytes(value))).catch((err: unknown) => {
+      this.#writeError ??= err instanceof Error ? err : new Error(String(err));
+    });
+  }
+}
+
+/**
+ * The source's end: reads the destination's messages from the moment the stream asked for
+ * the return path. `shut` settles with the destination's SHUT value; it rejects if the
+ * connection ends or breaks first, or with a message a precopy source never asked for.
+ */
+export class SourceReturnPath {
+  readonly shut: Promise<number>;
+  pongs = 0;
+
+  constructor(channel: Channel, trace?: (message: string) => void) {
+    const reader = new StreamReader(channel);
+    this.shut = (async () => {
+      for (;;) {
+        const message = await readRpMessage(reader);
+        if (message === null) {
+          throw new MigrationError(`The destination closed the return path (${channel.description}) without saying whether it loaded the stream`);
+        }
+        if (message.type === 'pong') {
+          this.pongs++;
+          trace?.(`migration: return path: PONG ${message.value}`);
+          continue;
+        }
+        return message.value;
+      }
+    })();
+    // Read from the start; looked at only at the end (or never, if the migration fails first).
+    this.shut.catch(() => {});
+  }
+}
