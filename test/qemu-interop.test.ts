@@ -1,6 +1,7 @@
 // Ferry next to QEMU 7.2: QEMU's own analyze-migration.py decodes a stream that a
 // running Ferry saved with `migrate "exec:cat > FILE"`, and `ferry migrate` (which only
-// speaks QMP) drives a live migration between two real QEMU processes.
+// speaks QMP) drives a live migration between two real QEMU processes, and a QEMU
+// destination takes the return-path commands of a Ferry stream.
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -100,4 +101,31 @@ test('ferry migrate drives a live migration between two QEMU 7.2 processes over 
   t.after(() => srcQmp.close());
   const srcStatus = await srcQmp.execute<{ status: string }>('query-status');
   assert.equal(srcStatus.status, 'postmigrate');
+});
+
+test('QEMU 7.2 takes the return-path commands of a Ferry stream: it opens the return path and loads up to the first device it lacks; the Ferry source runs its guest again', { skip: QEMU_SKIP, timeout: 120_000 }, async (t) => {
+  const dir = scratch(t);
+  const sock = join(dir, 'mig.sock');
+  // A QEMU destination: Ferry's RAM, header and commands are QEMU's format, its devices are
+  // not QEMU's, so the load fails at the first device section, after the commands.
+  const qemu = spawn(QEMU, ['-accel', 'tcg', '-m', '64', '-display', 'none', '-nodefaults', '-incoming', `unix:${sock}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let qemuErr = '';
+  qemu.stderr!.setEncoding('utf8').on('data', (s: string) => (qemuErr += s));
+  t.after(() => qemu.kill('SIGKILL'));
+  const deadline = Date.now() + 30_000;
+  while (!existsSync(sock)) {
+    if (qemu.exitCode !== null || Date.now() > deadline) assert.fail(`QEMU did not listen: ${qemuErr}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const source = await FerryProcess.start({ dir, name: 'src', args: ['--accel', 'sim', '-m', '64M', '--guest', 'builtin:sweep,rate=20000'], serial: 'null' });
+  t.after(() => source.quit());
+  await source.execute('migrate-set-capabilities', { capabilities: [{ capability: 'return-path', state: true }] });
+  const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: `unix:${sock}`, maxBandwidth: 0, progress: false });
+  assert.equal(outcome.status, 'failed');
+  await new Promise<void>((resolve) => (qemu.exitCode !== null ? resolve() : qemu.once('exit', () => resolve())));
+  // QEMU got past the header, the configuration, OPEN_RETURN_PATH, PING and the RAM, and
+  // stopped at Ferry's first device section.
+  assert.match(qemuErr, /error while loading state section id \d+\(\w+\)/);
+  assert.doesNotMatch(qemuErr, /CMD_PING|return path|Unknown combination|RAM block/i);
+  assert.equal((await source.execute<{ status: string }>('query-status')).status, 'running');
 });
