@@ -166,6 +166,21 @@ test('sim: with return-path the source completes once the destination answered, 
   }
 });
 
+test('sim: pause-before-switchover over QMP: the source waits in pre-switchover until migrate-continue', async (t) => {
+  const dir = scratch(t);
+  const dest = await started(t, dir, 'dst', [...GUEST, '--accel', 'sim', '-S', '--incoming', 'tcp:127.0.0.1:0']);
+  const source = await started(t, dir, 'src', [...GUEST, '--accel', 'sim']);
+  await source.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: true }] });
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 0 });
+  await source.execute('migrate', { uri: await dest.incomingAddress() });
+  await waitFor(async () => (await source.execute<{ status: string }>('query-migrate')).status === 'pre-switchover', 'pre-switchover');
+  assert.equal((await source.execute<{ status: string }>('query-status')).status, 'finish-migrate');
+  await assert.rejects(source.execute('migrate-continue', { state: 'device' }), /Migration not in expected state: pre-switchover/);
+  await source.execute('migrate-continue', { state: 'pre-switchover' });
+  await waitFor(async () => (await source.execute<{ status: string }>('query-migrate')).status === 'completed', 'completed');
+  await assertSameGuest(source, dest);
+});
+
 test('sim: an idle 1 GiB guest moves as a few MB of zero pages', async (t) => {
   const dir = scratch(t);
   const args = ['-m', '1G', '--accel', 'sim', '--guest', 'builtin:idle'];

@@ -153,6 +153,7 @@ export class Migration {
       ...(this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : {}),
       ...(this.#o.trace ? { trace: this.#o.trace } : {}),
       returnPath: this.#capabilities['return-path'],
+      pauseBeforeSwitchover: this.#capabilities['pause-before-switchover'],
     });
     this.#outgoing = outgoing;
     this.#ram = ram;
@@ -226,6 +227,17 @@ export class Migration {
       await listener.close().catch(() => {
         // Closing a listener that already failed has nothing left to report.
       });
+    }
+  }
+
+  /**
+   * QMP `migrate-continue {state}`: a migration paused by pause-before-switchover goes on.
+   * `state` must be the state it is in (QEMU's check and wording).
+   */
+  continue(state: string): void {
+    const status = this.#outgoingState.status;
+    if (status !== state || !this.#outgoing?.continueFromPause()) {
+      throw new MigrationError(`Migration not in expected state: ${status}`);
     }
   }
 

@@ -36,6 +36,11 @@ export interface OutgoingOptions {
   readonly bufferSize?: number;
   /** The `return-path` capability: complete only once the destination says it loaded everything. */
   readonly returnPath?: boolean;
+  /**
+   * The `pause-before-switchover` capability: once the vCPUs are stopped, wait in
+   * `pre-switchover` for migrate-continue before sending the rest (QEMU's migration_maybe_pause).
+   */
+  readonly pauseBeforeSwitchover?: boolean;
   /** Diagnostics (the Node side wires util.debuglog('ferry') here). */
   readonly trace?: (message: string) => void;
 }
@@ -103,6 +108,8 @@ export class OutgoingMigration {
   #errorDesc: string | undefined;
   #channel: Channel | undefined;
   #returnPath: SourceReturnPath | undefined;
+  /** Set while paused in pre-switchover: migrate-continue calls it. */
+  #continue: (() => void) | undefined;
   #cancelRequested = false;
   #pausedByUs = false;
   #wasRunning = false;
@@ -151,7 +158,8 @@ export class OutgoingMigration {
    */
   cancel(): void {
     const { state } = this.#o;
-    if (!state.transitionFrom('setup', 'cancelling') && !state.transitionFrom('active', 'cancelling')) return;
+    const from = (['setup', 'active', 'pre-switchover', 'device'] as const).find((s) => state.transitionFrom(s, 'cancelling'));
+    if (from === undefined) return;
     this.#cancelRequested = true;
     this.#signalCancel(new MigrationCancelledError());
     this.#channel?.destroy(new MigrationCancelledError());
@@ -257,6 +265,7 @@ export class OutgoingMigration {
     this.#pausedByUs = true;
     this.#checkCancelled();
     ram.markStopped();
+    if (this.#o.pauseBeforeSwitchover) await this.#pauseBeforeSwitchover();
     const pausedAt = this.#o.now();
     const bytesAtStop = w.bytesWritten;
 
@@ -264,7 +273,8 @@ export class OutgoingMigration {
     // limit first. Nothing is final before the END section, so if the deadline passes with
     // pages left, the guest runs again and the passes go on, knowing the real rate.
     const ramEntry = registry.iterative.find((entry) => entry.handler === ram);
-    if (this.#wasRunning && ramEntry) {
+    // Not after pause-before-switchover: whoever continued it has committed to it (QEMU).
+    if (this.#wasRunning && ramEntry && !this.#o.pauseBeforeSwitchover) {
       const limit = this.#o.parameters()['downtime-limit'];
       writeSectionPart(w, 'part', ramEntry.sectionId);
       const deadline = stopStart + limit * SWITCHOVER_RAM_SHARE;
@@ -339,6 +349,28 @@ export class OutgoingMigration {
     registry.cleanupAll();
     vm.setRunState('postmigrate');
     state.transition('completed');
+    return true;
+  }
+
+  /** pre-switchover until migrate-continue (or a cancel), then device, as QEMU 7.2. */
+  async #pauseBeforeSwitchover(): Promise<void> {
+    const { state } = this.#o;
+    state.transition('pre-switchover');
+    this.#o.trace?.('migration: the vCPUs are stopped; paused before the switchover until migrate-continue');
+    try {
+      await Promise.race([new Promise<void>((resolve) => (this.#continue = resolve)), this.#cancelSignal]);
+    } finally {
+      this.#continue = undefined;
+    }
+    this.#checkCancelled();
+    state.transition('device');
+  }
+
+  /** migrate-continue: true when the migration was paused in pre-switchover and goes on now. */
+  continueFromPause(): boolean {
+    const go = this.#continue;
+    if (!go) return false;
+    go();
     return true;
   }
 
@@ -450,6 +482,6 @@ export class OutgoingMigration {
     }
     this.#errorDesc = errorMessage(err);
     this.#o.trace?.(`migration: failed: ${this.#errorDesc}`);
-    if (state.status === 'setup' || state.status === 'active' || state.status === 'device') state.transition('failed');
+    if (state.status === 'setup' || state.status === 'active' || state.status === 'pre-switchover' || state.status === 'device') state.transition('failed');
   }
 }

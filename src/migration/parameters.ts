@@ -202,7 +202,7 @@ export const MIGRATION_CAPABILITIES = [
 export type MigrationCapability = (typeof MIGRATION_CAPABILITIES)[number];
 
 /** The capabilities Ferry carries out; turning any other one on is refused. */
-export const IMPLEMENTED_CAPABILITIES: ReadonlySet<MigrationCapability> = new Set<MigrationCapability>(['events', 'xbzrle', 'auto-converge', 'return-path']);
+export const IMPLEMENTED_CAPABILITIES: ReadonlySet<MigrationCapability> = new Set<MigrationCapability>(['events', 'xbzrle', 'auto-converge', 'return-path', 'pause-before-switchover']);
 
 export type MigrationCapabilities = Record<MigrationCapability, boolean>;
 

@@ -163,9 +163,7 @@ export class Vmm {
     qmp.register({
       name: 'migrate-continue',
       args: { state: t.str },
-      handler: (args) => {
-        throw new QmpError('GenericError', `Migration not in expected state: ${args.state} (Ferry has no pause-before-switchover)`);
-      },
+      handler: (args) => wrap(() => migration.continue(args.state as string)),
     });
     qmp.register({
       name: 'migrate-start-postcopy',
