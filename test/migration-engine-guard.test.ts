@@ -20,7 +20,10 @@ function pairSlowWhileStopped(memorySize: number, delayMs: number, firstStopOnly
   const [a, b] = createMemoryChannelPair();
   let slowed = 0;
   let over = false;
+  /** Stops (finish-migrate entries in the run states) when the first write was slowed. */
+  let slowStop = -1;
   let src: Side | undefined;
+  const stops = (): number => src?.vm.runStates.filter((s) => s === 'finish-migrate').length ?? 0;
   const channel: Channel = {
     description: `memory: ${delayMs} ms a write while the guest is stopped${firstStopOnly ? ' (first stop)' : ''}`,
     read: () => a.read(),
@@ -28,8 +31,10 @@ function pairSlowWhileStopped(memorySize: number, delayMs: number, firstStopOnly
     destroy: (error) => a.destroy(error),
     write: async (data, done) => {
       const stopped = src?.vm.runState === 'finish-migrate';
-      if (firstStopOnly && slowed > 0 && !stopped) over = true;
+      // Over once the guest has left that stop: a write while it runs, or a later stop.
+      if (firstStopOnly && slowed > 0 && (!stopped || stops() > slowStop)) over = true;
       if (stopped && !over) {
+        if (slowed === 0) slowStop = stops();
         slowed++;
         await new Promise((r) => setTimeout(r, delayMs));
       }
@@ -178,4 +183,36 @@ test('a channel that fails to close fails the migration, after the downtime was 
   assert.equal(info.status, 'failed', JSON.stringify(info));
   assert.match(info['error-desc'] ?? '', /exited with status 1/);
   assert.equal(src.vm.runState, 'running');
+});
+
+test('a guest that was paused before the migration is guarded too: its switchover is called off (it stays paused) and the downtime keeps to the limit', async () => {
+  // Every write while stopped takes longer than the 54 ms deadline: the first switchover is
+  // called off however little RAM is left by then.
+  const { src, dst, slowedWrites: slowed } = pairSlowWhileStopped(32 * MiB, 60, true);
+  src.vm.fillPages(0, 8192);
+  src.vm.setRunState('paused');
+  // RAM left to send at the first stop, however far the passes got before it: 256 pages
+  // rewritten as the vCPUs are (already) stopped, as a device's DMA might.
+  const pause = src.vm.pauseForMigration.bind(src.vm);
+  let firstStop = true;
+  src.vm.pauseForMigration = async () => {
+    const wasRunning = await pause();
+    if (firstStop) src.vm.fillPages(0, 256, 7);
+    firstStop = false;
+    return wasRunning;
+  };
+  src.vm.runStates.length = 0;
+  src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 60 });
+  await migrateToEnd(src, dst);
+  const info = src.migration.queryMigrate();
+  assert.equal(info.status, 'completed', JSON.stringify(info));
+  assert.ok(slowed() > 0, 'a switchover met the slow link');
+  const states = src.vm.runStates;
+  assert.ok(!states.includes('running'), `the guest never ran: ${states.join(' → ')}`);
+  assert.equal(states[states.indexOf('finish-migrate') + 1], 'paused', `the first switchover was called off: ${states.join(' → ')}`);
+  assert.ok((info.downtime ?? Infinity) <= 60 + 15, `downtime ${info.downtime} ms for a 60 ms limit`);
+  assert.equal(dst.migration.incomingStatus, 'completed', dst.migration.incomingError);
+  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+  // A source that was paused gives a destination that stays paused (QEMU's global state).
+  assert.equal(dst.vm.runState, 'paused');
 });

@@ -141,7 +141,8 @@ test('auto-converge throttle: a CPU-bound shell loop takes several times longer 
     return performance.now() - t0;
   };
   await loop(); // v86's JIT compiles the loop the first time round
-  const free = await loop();
+  // The better of two: a busy two-core machine slows a single run by half at times.
+  const free = Math.min(await loop(), await loop());
   acc.setThrottle(75);
   const throttled = await loop();
   acc.setThrottle(0);

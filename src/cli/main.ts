@@ -21,7 +21,9 @@ function likelyAccelerator(args: readonly string[]): string | undefined {
 try {
   const accel = likelyAccelerator(process.argv.slice(2));
   if (accel === 'sim') prestartWorker(WORKLOAD_WORKER_URL, { name: WORKLOAD_WORKER_NAME });
-  else if (accel === 'kvm') prestartWorker(VCPU_WORKER_URL, { name: vcpuThreadName(0) });
+  // Not without /dev/kvm: the run fails at once, and a process that exits while a worker is
+  // still loading koffi dies with a fatal N-API error instead of the one-line message.
+  else if (accel === 'kvm' && existsSync('/dev/kvm')) prestartWorker(VCPU_WORKER_URL, { name: vcpuThreadName(0) });
 } catch {
   // The accelerator starts its own worker and reports any failure then.
 }

@@ -273,17 +273,25 @@ export class OutgoingMigration {
     // limit first. Nothing is final before the END section, so if the deadline passes with
     // pages left, the guest runs again and the passes go on, knowing the real rate.
     const ramEntry = registry.iterative.find((entry) => entry.handler === ram);
-    // Not after pause-before-switchover: whoever continued it has committed to it (QEMU).
-    if (this.#wasRunning && ramEntry && !this.#o.pauseBeforeSwitchover) {
+    // A guest that was paused already is guarded too: calling its switchover off costs
+    // nothing, and the downtime reported keeps to the limit. Not after
+    // pause-before-switchover: whoever continued it has committed to it (QEMU).
+    if (ramEntry && !this.#o.pauseBeforeSwitchover) {
       const limit = this.#o.parameters()['downtime-limit'];
       writeSectionPart(w, 'part', ramEntry.sectionId);
       const deadline = stopStart + limit * SWITCHOVER_RAM_SHARE;
+      const pagesBefore = ram.stats.pagesSent;
       const sent = await ram.sendWhileStopped(w, deadline);
       writeSectionFooter(w, ramEntry.sectionId);
       // In the stream buffer is not yet on its way: the pages must reach the channel before
       // the deadline too, or the final flush would spend the downtime after the check.
       if (sent) await this.#flush(w);
-      const done = sent && this.#o.now() <= deadline;
+      // A paused guest's stop that sent no pages and flushed late met the channel's latency,
+      // not the RAM's volume: more passes cannot make the next stop faster, and calling it
+      // off would repeat it for ever. It completes (nobody waits on a paused guest). A
+      // running guest's does not: it stays active, as a migration that cannot converge.
+      const pagesWhileStopped = ram.stats.pagesSent - pagesBefore;
+      const done = sent && (this.#o.now() <= deadline || (!this.#wasRunning && pagesWhileStopped === 0));
       if (!done) {
         this.#callOffSwitchover(w, pausedAt, bytesAtStop);
         return false;
@@ -392,7 +400,7 @@ export class OutgoingMigration {
     this.#threshold = thresholdBytes(this.#bytesPerMs, this.#o.parameters()['downtime-limit']);
     this.#o.trace?.(
       `migration: switchover called off after ${stoppedMs.toFixed(1)} ms with ${ram.pending()} B left ` +
-        `(${rate.toFixed(1)} B/ms while stopped): the guest runs again, the passes go on`,
+        `(${rate.toFixed(1)} B/ms while stopped): ${this.#wasRunning ? 'the guest runs again' : 'the guest stays paused'}, the passes go on`,
     );
     this.#startWindow(w);
   }
