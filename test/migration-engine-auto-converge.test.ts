@@ -2,22 +2,32 @@
 // it never converges on its own; with auto-converge the vCPUs are throttled, step by step,
 // until it does — and run freely again once the migration is over, whatever its outcome.
 
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { digest, makePair, makeSide, waitFor } from './migration-engine-helpers.js';
 
 const MiB = 1024 * 1024;
 
-test('auto-converge throttles a guest that outruns max-bandwidth until the migration converges, then lifts the throttle', async (t) => {
-  const { src, dst } = makePair(16 * MiB);
-  src.vm.fillPages(0, 4096);
-  // 64 pages a millisecond: ~256 MB/s of dirtying against a 16 MiB/s link.
+/**
+ * A pair whose source guest dirties 64 pages a millisecond (~256 MB/s) over `mib` MiB,
+ * with auto-converge on and `parameters` set, migrating once both sides are set up.
+ */
+async function throttledMigration(t: TestContext, mib: number, parameters: Record<string, number>): Promise<ReturnType<typeof makePair>> {
+  const pair = makePair(mib * MiB);
+  const { src, dst } = pair;
+  src.vm.fillPages(0, mib * 256);
   src.vm.startWorkload(64, 1);
   t.after(() => src.vm.stopWorkload());
   src.migration.setCapabilities([{ capability: 'auto-converge', state: true }]);
-  src.migration.setParameters({ 'max-bandwidth': 16 * MiB, 'cpu-throttle-initial': 50, 'cpu-throttle-increment': 49 });
+  src.migration.setParameters(parameters);
   await dst.migration.migrateIncoming('memory:');
   src.migration.migrate('memory:');
+  return pair;
+}
+
+test('auto-converge throttles a guest that outruns max-bandwidth until the migration converges, then lifts the throttle', async (t) => {
+  // ~256 MB/s of dirtying against a 16 MiB/s link.
+  const { src, dst } = await throttledMigration(t, 16, { 'max-bandwidth': 16 * MiB, 'cpu-throttle-initial': 50, 'cpu-throttle-increment': 49 });
   // Two periods of a second over the threshold start the throttle at 50 %.
   await waitFor('the throttle to start', () => src.vm.throttle > 0, 15_000);
   const mid = src.migration.queryMigrate();
@@ -43,15 +53,8 @@ test('auto-converge throttles a guest that outruns max-bandwidth until the migra
 });
 
 test('a cancelled migration leaves the source guest running unthrottled', async (t) => {
-  const { src, dst } = makePair(8 * MiB);
-  src.vm.fillPages(0, 2048);
-  src.vm.startWorkload(64, 1);
-  t.after(() => src.vm.stopWorkload());
-  src.migration.setCapabilities([{ capability: 'auto-converge', state: true }]);
   // At most 20 %: not enough for this guest to converge, so the migration stays active.
-  src.migration.setParameters({ 'max-bandwidth': 8 * MiB, 'cpu-throttle-initial': 20, 'max-cpu-throttle': 20 });
-  await dst.migration.migrateIncoming('memory:');
-  src.migration.migrate('memory:');
+  const { src, dst } = await throttledMigration(t, 8, { 'max-bandwidth': 8 * MiB, 'cpu-throttle-initial': 20, 'max-cpu-throttle': 20 });
   await waitFor('the throttle to start', () => src.vm.throttle === 20, 15_000);
   assert.equal(src.migration.queryMigrate()['cpu-throttle-percentage'], 20);
   src.migration.cancel();
