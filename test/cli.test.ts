@@ -41,6 +41,7 @@ for (const [what, args, message] of BAD_INPUT) {
     assert.match(result.stderr, message);
     assert.doesNotMatch(result.stderr, /\n\s+at .*:\d+:\d+/, 'a stack trace without --debug');
     assert.ok(result.stderr.trim().split('\n').length <= 3, `more than a short message:\n${result.stderr}`);
+    assert.equal(result.stderr.match(/^(ferry|error): /gm)?.length, 1, `one error line:\n${result.stderr}`);
   });
 }
 

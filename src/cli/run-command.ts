@@ -101,7 +101,14 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
   }
 
   if (opts.incoming !== undefined && opts.incoming !== 'defer') {
-    const { address } = await migration.migrateIncoming(opts.incoming);
+    let address: string;
+    try {
+      ({ address } = await migration.migrateIncoming(opts.incoming));
+    } catch (err) {
+      // The failed status has ended the run already, with this error as its one message.
+      if (ending) return;
+      throw err;
+    }
     process.stderr.write(`ferry: waiting for an incoming migration on ${address}\n`);
   }
 }
