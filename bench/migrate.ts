@@ -26,29 +26,50 @@ interface Run {
   srcMainMs: number; dstMainMs: number; machineBusy: number;
 }
 
-const { values } = parseArgs({
-  options: {
-    accel: { type: 'string' },
-    reps: { type: 'string', default: '3' },
-    quick: { type: 'boolean', default: false },
-    'downtime-limit': { type: 'string', default: '300' },
-    'mem-prealloc': { type: 'string', default: 'both' },
-    memory: { type: 'string' },
-    transport: { type: 'string' },
-    stopped: { type: 'boolean', default: false },
-  },
-});
+const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped]';
+
+/** A bad flag gets its message and the usage, not a stack trace. */
+function usageError(message: string): never {
+  console.error(`bench:migrate: ${message}\n${USAGE}`);
+  process.exit(2);
+}
+
+if (process.argv.includes('--help') || process.argv.includes('-h')) {
+  console.log(USAGE);
+  process.exit(0);
+}
+const { values } = (() => {
+  try {
+    return parseArgs({
+      options: {
+        accel: { type: 'string' },
+        reps: { type: 'string', default: '3' },
+        quick: { type: 'boolean', default: false },
+        'downtime-limit': { type: 'string', default: '300' },
+        'mem-prealloc': { type: 'string', default: 'both' },
+        memory: { type: 'string' },
+        transport: { type: 'string' },
+        stopped: { type: 'boolean', default: false },
+      },
+    });
+  } catch (err) {
+    return usageError(err instanceof Error ? err.message : String(err));
+  }
+})();
 const reps = Number(values.reps);
+if (!Number.isInteger(reps) || reps < 1) usageError(`--reps must be a whole number of at least 1, not "${values.reps}"`);
 const downtimeLimit = Number(values['downtime-limit']);
+if (!Number.isFinite(downtimeLimit) || downtimeLimit <= 0) usageError(`--downtime-limit must be a positive number of milliseconds, not "${values['downtime-limit']}"`);
 const accel = values.accel ?? (kvmAvailable().ok ? 'kvm' : 'sim');
+if (!['sim', 'kvm', 'v86'].includes(accel)) usageError(`--accel must be sim, kvm or v86, not "${accel}"`);
 const PREALLOC_MODES: Record<string, boolean[]> = { both: [false, true], on: [true], off: [false] };
 const preallocOption = values['mem-prealloc'] ?? 'both';
-if (!(preallocOption in PREALLOC_MODES)) throw new Error(`--mem-prealloc must be both, on or off, not "${preallocOption}"`);
+if (!(preallocOption in PREALLOC_MODES)) usageError(`--mem-prealloc must be both, on or off, not "${preallocOption}"`);
 const preallocModes = PREALLOC_MODES[preallocOption]!;
 const stopped = values.stopped ?? false;
 const TRANSPORTS = ['tcp', 'unix'] as const;
 const transports = (values.transport ?? 'tcp,unix').split(',');
-for (const t of transports) if (!(TRANSPORTS as readonly string[]).includes(t)) throw new Error(`--transport takes tcp and/or unix (comma-separated), not "${t}"`);
+for (const t of transports) if (!(TRANSPORTS as readonly string[]).includes(t)) usageError(`--transport takes tcp and/or unix (comma-separated), not "${t}"`);
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
