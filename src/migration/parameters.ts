@@ -66,7 +66,7 @@ export const DEFAULT_MIGRATION_PARAMETERS: Readonly<MigrationParameters> = Objec
   'multifd-zstd-level': 1,
 });
 
-type ParamType = 'uint8' | 'uint32' | 'uint64' | 'size' | 'int64' | 'bool' | 'str' | 'MultiFDCompression';
+export type ParamType = 'uint8' | 'uint32' | 'uint64' | 'size' | 'int64' | 'bool' | 'str' | 'MultiFDCompression';
 
 const PARAM_TYPES: Record<keyof MigrationParameters, ParamType> = {
   'announce-initial': 'size',
@@ -96,6 +96,11 @@ const PARAM_TYPES: Record<keyof MigrationParameters, ParamType> = {
   'multifd-zlib-level': 'uint8',
   'multifd-zstd-level': 'uint8',
 };
+
+/** The QAPI type of a migration parameter, or undefined for a name that is none. */
+export function parameterType(name: string): ParamType | undefined {
+  return Object.hasOwn(PARAM_TYPES, name) ? PARAM_TYPES[name as keyof MigrationParameters] : undefined;
+}
 
 const MULTIFD_COMPRESSION = ['none', 'zlib', 'zstd'];
 const UINT_MAX: Partial<Record<ParamType, number>> = { uint8: 0xff, uint32: 0xffffffff };

@@ -80,6 +80,18 @@ export class QmpServer {
     });
   }
 
+  /**
+   * Run a registered command from inside another one (HMP runs the QMP command behind
+   * each of its commands, as QEMU's does): the same argument checks, the caller's context.
+   * Throws what the command throws; an unknown name is a CommandNotFound QmpError.
+   */
+  async invoke(name: string, args: Record<string, unknown>, ctx: QmpCommandContext): Promise<unknown> {
+    const command = this.#commands.get(name);
+    if (command === undefined) throw new QmpError('CommandNotFound', `The command ${name} has not been found`);
+    const result = await command.handler(checkFields(command.args, args), ctx);
+    return command.returns === undefined ? result : checkReturn(name, command.returns, result);
+  }
+
   /** Remove a command; returns whether it was there. Built-ins can be replaced this way. */
   unregister(name: string): boolean {
     return this.#commands.delete(name);

@@ -74,6 +74,30 @@ test('vmm: HMP info status and info migrate; refused commands say why, as QEMU d
   await assert.rejects(qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' }), /incoming|-incoming/i);
 });
 
+test('vmm: a live migration driven through HMP alone: migrate_incoming, migrate_set_parameter, migrate -d, info migrate', async (t) => {
+  const hmp = (qmp: QmpClient, line: string) => qmp.execute<string>('human-monitor-command', { 'command-line': line });
+  const source = await vmWithClient(t);
+  const dest = await vmWithClient(t, { incoming: true });
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-vmm-hmp-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const uri = `unix:${join(dir, 'mig.sock')}`;
+  assert.equal(await hmp(dest.qmp, 'info status'), 'VM status: paused (inmigrate)\r\n');
+  assert.equal(await hmp(dest.qmp, `migrate_incoming ${uri}`), '');
+  assert.equal(await hmp(source.qmp, 'migrate_set_parameter max-bandwidth 0'), '');
+  assert.equal(await hmp(source.qmp, `migrate -d ${uri}`), '');
+  const deadline = Date.now() + 20_000;
+  let info = '';
+  while (!/Migration status: (completed|failed)/.test(info) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    info = await hmp(source.qmp, 'info migrate');
+  }
+  assert.match(info, /Migration status: completed\r\n/);
+  assert.match(info, /^transferred ram: [1-9]\d* kbytes\r$/m);
+  assert.equal(await hmp(source.qmp, 'info status'), 'VM status: paused (postmigrate)\r\n');
+  while ((await hmp(dest.qmp, 'info status')) !== 'VM status: running\r\n' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(await hmp(dest.qmp, 'info status'), 'VM status: running\r\n');
+});
+
 test('vmm: cont after a shutdown is refused with QEMU\'s words; quit answers, then asks to end', async (t) => {
   const { qmp, vmm, quits } = await vmWithClient(t, { incoming: true });
   assert.equal((await qmp.execute<{ status: string }>('query-status')).status, 'inmigrate');

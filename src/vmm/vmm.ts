@@ -11,8 +11,10 @@ import { DEFAULT_MIGRATION_PARAMETERS, MIGRATION_CAPABILITIES } from '../migrati
 import type { CapabilityStatus } from '../migration/parameters.js';
 import type { VmStateDescription, VmStateValue } from '../migration/vmstate-types.js';
 import { QmpServer } from '../qmp/server.js';
+import type { QmpCommandContext } from '../qmp/command.js';
+import { runHmp } from './hmp.js';
 import { t, type Fields, type Schema } from '../qmp/schema.js';
-import { connect, listen } from '../transport/index.js';
+import { connect, listen, parseMigrationUri } from '../transport/index.js';
 import { checkSweepCounters, readGuestParams } from '../guests/params.js';
 
 const trace = debuglog('ferry');
@@ -108,7 +110,7 @@ export class Vmm {
     qmp.register({
       name: 'human-monitor-command',
       args: { 'command-line': t.str, 'cpu-index?': t.int },
-      handler: (args) => this.hmp(args['command-line']),
+      handler: (args, ctx) => this.hmp(args['command-line'], ctx),
     });
   }
 
@@ -128,6 +130,8 @@ export class Vmm {
       handler: (args) => {
         if (args.resume) throw new QmpError('GenericError', 'Cannot resume a migration: post-copy recovery is not supported by Ferry');
         if (args.blk || args.inc) throw new QmpError('GenericError', 'Block migration is not supported by Ferry (it has no block devices)');
+        // A URI that names no transport is refused at once and changes nothing (QEMU also refuses it here).
+        wrap(() => parseMigrationUri(args.uri));
         wrap(() => migration.migrate(args.uri));
       },
     });
@@ -228,20 +232,13 @@ export class Vmm {
     });
   }
 
-  private hmp(commandLine: string): string {
-    const words = commandLine.trim().split(/\s+/);
-    const [command, sub] = words;
-    if (command === 'info' && sub === 'migrate') return this.migration.infoMigrateText();
-    if (command === 'info' && sub === 'status') {
-      return `VM status: ${this.machine.runState === 'running' ? 'running' : `paused (${this.machine.runState})`}\n`;
-    }
-    if (command === 'info' && sub === 'migrate_parameters') {
-      return Object.entries(this.migration.queryParameters()).map(([k, v]) => `${k}: ${String(v)}`).join('\n') + '\n';
-    }
-    if (command === 'info' && sub === 'migrate_capabilities') {
-      return this.migration.queryCapabilities().map((c) => `${c.capability}: ${c.state ? 'on' : 'off'}`).join('\n') + '\n';
-    }
-    throw new QmpError('GenericError', `Unknown HMP command "${commandLine}": Ferry understands info migrate, info status, info migrate_parameters, info migrate_capabilities`);
+  /**
+   * human-monitor-command: HMP's text, with the CR before each newline that QEMU's monitor
+   * adds, so that tools that read QEMU's answers read Ferry's the same way.
+   */
+  private async hmp(commandLine: string, ctx: QmpCommandContext): Promise<string> {
+    const text = await runHmp(commandLine, { qmp: (name, args) => this.qmp.invoke(name, args ?? {}, ctx) });
+    return text.replace(/\r?\n/g, '\r\n');
   }
 }
 
