@@ -74,6 +74,14 @@ test('vmm: HMP info status and info migrate; refused commands say why, as QEMU d
   await assert.rejects(qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' }), /incoming|-incoming/i);
 });
 
+test('vmm: migrate with a URI that names no transport is refused at once and changes nothing', async (t) => {
+  const { qmp } = await vmWithClient(t);
+  await assert.rejects(qmp.execute('migrate', { uri: 'bogus:x' }), /unknown transport "bogus"/);
+  await assert.rejects(qmp.execute('migrate', { uri: 'tcp:nohost' }), /tcp:nohost/);
+  assert.deepEqual(await qmp.execute('query-migrate'), {}, 'no migration was started');
+  assert.equal((await qmp.execute<{ status: string }>('query-status')).status, 'running');
+});
+
 test('vmm: a live migration driven through HMP alone: migrate_incoming, migrate_set_parameter, migrate -d, info migrate', async (t) => {
   const hmp = (qmp: QmpClient, line: string) => qmp.execute<string>('human-monitor-command', { 'command-line': line });
   const source = await vmWithClient(t);
