@@ -1,7 +1,8 @@
 // The same HMP command lines put to QEMU 7.2 and to a Ferry VM through
 // human-monitor-command: every answer must be the same text, byte for byte — the
 // parameter and capability listings (before and after changes), values with suffixes,
-// and the wording of each kind of mistake. Skips only when qemu-system-x86_64 is missing.
+// dirty-rate lines that start nothing, and the wording of each kind of mistake. Skips
+// only when qemu-system-x86_64 is missing.
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -59,6 +60,13 @@ const LINES = [
   'migrate_incoming tcp:127.0.0.1:0',
   'migrate',
   'migrate -x exec:true',
+  'info dirty_rate',
+  'calc_dirty_rate',
+  'calc_dirty_rate x',
+  'calc_dirty_rate 0',
+  'calc_dirty_rate 61',
+  'calc_dirty_rate 1 100',
+  'calc_dirty_rate -r -b 1',
   'info bogus',
   'bogus',
   'stop',
@@ -110,5 +118,6 @@ test('HMP: QEMU 7.2 and Ferry answer the same migration and run-state command li
   assert.match(ferry[24]!, /downtime-limit: 100 ms\r\n/);
   assert.match(ferry[27]!, /max-bandwidth: 1073741824 bytes\/second\r\ndowntime-limit: 1024 ms\r\n/);
   assert.match(ferry[34]!, /^xbzrle: on\r\n/);
-  assert.equal(ferry[44], 'VM status: paused\r\n');
+  assert.equal(ferry[LINES.indexOf('stop') + 1], 'VM status: paused\r\n');
+  assert.match(ferry[LINES.indexOf('calc_dirty_rate 61')]!, /^Error: calc-time is out of range\[1, 60\]\.\r\n$/);
 });

@@ -1,11 +1,19 @@
 // Reading guest RAM page by page, for both sides of the RAM handler: the zero-page test
-// and a 32-bit view of a block that follows memory being replaced under it.
+// a 32-bit view of a block that follows memory being replaced under it, and counting
+// pages in a dirty bitmap.
 
 import { MigrationError } from '../errors.js';
 import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
 
 export const WORDS_PER_PAGE = PAGE_SIZE / 4;
+
+/** Set bits in a 32-bit word: pages in one word of a dirty bitmap. */
+export function popcount32(v: number): number {
+  v -= (v >>> 1) & 0x55555555;
+  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
+  return (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+}
 
 /** Whether the page starting at `word` is all zeros; stops at the first non-zero word group. */
 export function isZeroPage(words: Uint32Array, word: number): boolean {

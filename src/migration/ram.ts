@@ -14,7 +14,7 @@ import type { SaveVmHandler } from './savevm.js';
 import type { MigrationVm } from './vm.js';
 import type { DirtyPeriod } from './auto-converge.js';
 import { RAM_VERSION, RamLoader } from './ram-load.js';
-import { WORDS_PER_PAGE, isZeroPage, wordsOf } from './ram-pages.js';
+import { WORDS_PER_PAGE, isZeroPage, popcount32, wordsOf } from './ram-pages.js';
 
 export { isZeroPage } from './ram-pages.js';
 export { RAM_VERSION } from './ram-load.js';
@@ -22,12 +22,6 @@ export { RAM_VERSION } from './ram-load.js';
 export const RAM_IDSTR = 'ram';
 /** How often (in pages) the sender looks at the clock and the rate limiter. */
 const CHECK_EVERY_PAGES = 64;
-
-function popcount32(v: number): number {
-  v -= (v >>> 1) & 0x55555555;
-  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
-  return (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
-}
 
 /** One pass over the to-send bitmap, from one dirty-log sync to the next (for reports). */
 export interface RamPass {

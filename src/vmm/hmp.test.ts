@@ -42,6 +42,10 @@ test('hmp: each command runs its QMP command with the arguments QEMU would pass'
     ['  cont  ', 'cont', undefined],
     ['c', 'cont', undefined],
     ['q', 'quit', undefined],
+    ['calc_dirty_rate 2', 'calc-dirty-rate', { 'calc-time': 2 }],
+    ['calc_dirty_rate 1 1024', 'calc-dirty-rate', { 'calc-time': 1, 'sample-pages': 1024 }],
+    ['calc_dirty_rate -b 0x3', 'calc-dirty-rate', { 'calc-time': 3, mode: 'dirty-bitmap' }],
+    ['calc_dirty_rate -r 1', 'calc-dirty-rate', { 'calc-time': 1, mode: 'dirty-ring' }],
   ];
   for (const [line, name, args] of cases) {
     const { calls, ctx } = recorder();
@@ -98,6 +102,11 @@ test('hmp: bad values and bad lines get QEMU\'s words, and run nothing', async (
     ['migrate "exec:cat', 'migrate: unterminated string\nTry "help migrate" for more information\n'],
     ['migrate_cancel now', 'migrate_cancel: extraneous characters at the end of line\nTry "help migrate_cancel" for more information\n'],
     ['info status now', 'info: extraneous characters at the end of line\nTry "help info" for more information\n'],
+    ['calc_dirty_rate', 'unexpected end of expression\nTry "help calc_dirty_rate" for more information\n'],
+    ['calc_dirty_rate x', 'invalid char \'x\' in expression\nTry "help calc_dirty_rate" for more information\n'],
+    ['calc_dirty_rate 1 12a', 'invalid char \'a\' in expression\nTry "help calc_dirty_rate" for more information\n'],
+    ['calc_dirty_rate 0', 'Incorrect period length specified!\n'],
+    ['calc_dirty_rate -r -b 1', 'Either dirty ring or dirty bitmap can be specified!\n'],
     ['bogus', "unknown command: 'bogus'\n"],
     ['info bogus', "unknown command: 'info bogus'\n"],
   ];
@@ -130,10 +139,24 @@ test('hmp: info status names any stopped state but plain paused; info commands r
   assert.match(info, /^Migration status: completed$/m);
 });
 
+test('hmp: calc_dirty_rate says where to look; info dirty_rate prints query-dirty-rate as QEMU does', async () => {
+  const { ctx } = recorder();
+  assert.equal(await runHmp('calc_dirty_rate 1', ctx), "Starting dirty rate measurement with period 1 seconds\n[Please use 'info dirty_rate' to check results]\n");
+  const show = async (answer: unknown) => runHmp('info dirty_rate', recorder({ 'query-dirty-rate': answer }).ctx);
+  assert.equal(
+    await show({ status: 'unstarted', 'start-time': 0, 'calc-time': 0, 'sample-pages': 0, mode: 'page-sampling' }),
+    'Status: unstarted\nStart Time: 0 (ms)\nSample Pages: 0 (per GB)\nPeriod: 0 (sec)\nMode: page-sampling\nDirty rate: (not ready)\n',
+  );
+  assert.equal(
+    await show({ status: 'measured', 'dirty-rate': 31, 'start-time': 18400, 'calc-time': 1, 'sample-pages': 0, mode: 'dirty-bitmap' }),
+    'Status: measured\nStart Time: 18400 (ms)\nPeriod: 1 (sec)\nMode: dirty-bitmap\nDirty rate: 31 (MB/s)\n',
+  );
+});
+
 test('hmp: help lists what this monitor understands; help of one command is its line', async () => {
   const { ctx } = recorder();
   const all = await runHmp('help', ctx);
-  for (const name of ['migrate ', 'migrate_cancel', 'migrate_continue', 'migrate_incoming', 'migrate_set_capability', 'migrate_set_parameter', 'stop', 'cont', 'quit', 'info']) {
+  for (const name of ['calc_dirty_rate', 'migrate ', 'migrate_cancel', 'migrate_continue', 'migrate_incoming', 'migrate_set_capability', 'migrate_set_parameter', 'stop', 'cont', 'quit', 'info']) {
     assert.match(all, new RegExp(`^${name}`, 'm'), name);
   }
   assert.match(await runHmp('help migrate_set_parameter', ctx), /^migrate_set_parameter parameter value -- /);

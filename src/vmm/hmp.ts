@@ -259,6 +259,29 @@ const COMMANDS: Record<string, HmpCommand> = {
       return '';
     },
   },
+  calc_dirty_rate: {
+    args: '[-r] [-b] seconds [sample_pages_per_GB]',
+    help: 'start measuring how fast the guest dirties memory (-b: with the dirty bitmap instead of sampling pages); info dirty_rate shows the result',
+    async run(words, ctx) {
+      const flags = words.flags('rb');
+      const secondsText = words.optional();
+      if (secondsText === undefined) throw new HmpUsageError(words.command, 'unexpected end of expression', false);
+      const seconds = integerArgument(words, secondsText);
+      const pagesText = words.optional();
+      const samplePages = pagesText === undefined ? undefined : integerArgument(words, pagesText);
+      words.end();
+      // hmp_calc_dirty_rate's own checks, answered without the "Error: " of a command's failure.
+      if (seconds <= 0) return 'Incorrect period length specified!\n';
+      if (flags.has('r') && flags.has('b')) return 'Either dirty ring or dirty bitmap can be specified!\n';
+      const mode = flags.has('r') ? 'dirty-ring' : flags.has('b') ? 'dirty-bitmap' : undefined;
+      await ctx.qmp('calc-dirty-rate', {
+        'calc-time': seconds,
+        ...(samplePages !== undefined ? { 'sample-pages': samplePages } : {}),
+        ...(mode !== undefined ? { mode } : {}),
+      });
+      return `Starting dirty rate measurement with period ${seconds} seconds\n[Please use 'info dirty_rate' to check results]\n`;
+    },
+  },
   stop: {
     args: '',
     help: 'stop the vCPUs',
@@ -289,6 +312,13 @@ const COMMANDS: Record<string, HmpCommand> = {
 };
 const ALIASES: Record<string, string> = { c: 'cont', q: 'quit' };
 
+/** An integer argument (decimal or 0x hex), with the words of QEMU's expression parser for anything else. */
+function integerArgument(words: Words, text: string): number {
+  if (/^(0x[0-9a-f]+|\d+)$/i.test(text)) return Number(text);
+  const bad = [...text].find((c) => !/[0-9]/.test(c)) ?? text[0];
+  throw new HmpUsageError(words.command, `invalid char '${bad}' in expression`, false);
+}
+
 const INFO: Record<string, { help: string; run(ctx: HmpContext): Promise<string> }> = {
   status: {
     help: 'whether the guest runs, and the run state when it does not',
@@ -302,6 +332,20 @@ const INFO: Record<string, { help: string; run(ctx: HmpContext): Promise<string>
     help: 'the migration\'s status and figures (query-migrate)',
     async run(ctx) {
       return formatInfoMigrate((await ctx.qmp('query-migrate')) as MigrationInfo);
+    },
+  },
+  dirty_rate: {
+    help: 'the last dirty rate measurement (calc_dirty_rate)',
+    async run(ctx) {
+      const info = (await ctx.qmp('query-dirty-rate')) as Record<string, unknown>;
+      return [
+        `Status: ${info['status']}`,
+        `Start Time: ${info['start-time']} (ms)`,
+        ...(info['mode'] === 'page-sampling' ? [`Sample Pages: ${info['sample-pages']} (per GB)`] : []),
+        `Period: ${info['calc-time']} (sec)`,
+        `Mode: ${info['mode']}`,
+        `Dirty rate: ${info['dirty-rate'] === undefined ? '(not ready)' : `${info['dirty-rate']} (MB/s)`}`,
+      ].join('\n') + '\n';
     },
   },
   migrate_parameters: {

@@ -106,6 +106,46 @@ test('vmm: a live migration driven through HMP alone: migrate_incoming, migrate_
   assert.equal(await hmp(dest.qmp, 'info status'), 'VM status: running\r\n');
 });
 
+test('vmm: calc-dirty-rate measures the sim guest\'s sweep in both modes; the bitmap and a migration exclude each other', async (t) => {
+  // The sweep rewrites 2 MiB (from 1 MiB to 3 MiB) again and again at 20000 pages/s:
+  // over a 1 s period that is every one of those pages, 2 MB/s of distinct pages.
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-vmm-dirty-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'qmp.sock');
+  const vmm = await Vmm.create({ accel: 'sim', memorySize: 16 * MiB, guest: parseGuestSpec('builtin:sweep,from=1M,to=3M,rate=20000'), qmp: [`unix:${path}`] });
+  t.after(() => vmm.destroy());
+  const qmp = await QmpClient.connect(path);
+  t.after(() => qmp.close());
+  const measure = async (args: Record<string, unknown>): Promise<{ status: string; 'dirty-rate'?: number; mode: string }> => {
+    assert.deepEqual(await qmp.execute('calc-dirty-rate', args), {});
+    assert.equal((await qmp.execute<{ status: string }>('query-dirty-rate')).status, 'measuring');
+    for (;;) {
+      const info = await qmp.execute<{ status: string; 'dirty-rate'?: number; mode: string }>('query-dirty-rate');
+      if (info.status === 'measured') return info;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const sampled = await measure({ 'calc-time': 1, 'sample-pages': 16384 });
+  assert.equal(sampled.mode, 'page-sampling');
+  assert.ok(sampled['dirty-rate']! >= 1 && sampled['dirty-rate']! <= 3, `page-sampling: ${sampled['dirty-rate']} MB/s`);
+
+  const bitmap = measure({ 'calc-time': 1, mode: 'dirty-bitmap' });
+  await assert.rejects(qmp.execute('migrate', { uri: `exec:cat > /dev/null` }), /while calc-dirty-rate measures with the dirty bitmap/);
+  const exact = await bitmap;
+  assert.ok(exact['dirty-rate']! >= 1 && exact['dirty-rate']! <= 2, `dirty-bitmap: ${exact['dirty-rate']} MB/s`);
+
+  // A migration that runs (slowly, 1 MB/s) holds the dirty log: the bitmap is refused, sampling is not.
+  await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * 1024 });
+  await qmp.execute('migrate', { uri: `exec:cat > /dev/null` });
+  await assert.rejects(qmp.execute('calc-dirty-rate', { 'calc-time': 1, mode: 'dirty-bitmap' }), /a migration is running/);
+  assert.deepEqual(await qmp.execute('calc-dirty-rate', { 'calc-time': 1 }), {});
+  await qmp.execute('migrate_cancel');
+
+  await qmp.execute('stop');
+  while ((await qmp.execute<{ status: string }>('query-dirty-rate')).status === 'measuring') await new Promise((r) => setTimeout(r, 50));
+  assert.equal((await measure({ 'calc-time': 1 }))['dirty-rate'], 0, 'a stopped guest dirties nothing');
+});
+
 test('vmm: cont after a shutdown is refused with QEMU\'s words; quit answers, then asks to end', async (t) => {
   const { qmp, vmm, quits } = await vmWithClient(t, { incoming: true });
   assert.equal((await qmp.execute<{ status: string }>('query-status')).status, 'inmigrate');

@@ -4,9 +4,11 @@
 
 import { createHash } from 'node:crypto';
 import { debuglog } from 'node:util';
-import { ConfigError, QmpError } from '../errors.js';
+import { ConfigError, QmpError, errorMessage } from '../errors.js';
 import { Machine, type MachineOptions } from '../machine/machine.js';
+import { DIRTY_RATE_MODES, DirtyRateMeter } from '../migration/dirty-rate.js';
 import { Migration } from '../migration/migration.js';
+import { isMigrationRunning } from '../migration/states.js';
 import { DEFAULT_MIGRATION_PARAMETERS, MIGRATION_CAPABILITIES } from '../migration/parameters.js';
 import type { CapabilityStatus } from '../migration/parameters.js';
 import type { VmStateDescription, VmStateValue } from '../migration/vmstate-types.js';
@@ -31,6 +33,8 @@ export class Vmm {
   readonly machine: Machine;
   readonly qmp: QmpServer;
   readonly migration: Migration;
+  /** calc-dirty-rate / query-dirty-rate. */
+  readonly dirtyRate: DirtyRateMeter;
   readonly name: string | undefined;
   private readonly onQuit: (code: number) => void;
 
@@ -48,6 +52,15 @@ export class Vmm {
       emit: (event, data) => this.qmp.emit(event, data),
       schedule: (fn) => setImmediate(fn),
       trace: (message) => trace('%s', message),
+    });
+    this.dirtyRate = new DirtyRateMeter({
+      memory: () => machine.memory,
+      dirtyLog: machine.dirtyLog,
+      dirtyLogBusy: () => (isMigrationRunning(this.migration.queryMigrate().status ?? 'none') ? 'a migration is running (it holds the dirty log)' : undefined),
+      now: () => performance.now(),
+      // Unreferenced: a measurement in progress does not keep an ending process alive.
+      sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms).unref()),
+      onError: (err) => trace('dirty rate: the measurement failed: %s', errorMessage(err)),
     });
     machine.on('stop', () => this.qmp.emit('STOP'));
     machine.on('resume', () => this.qmp.emit('RESUME'));
@@ -132,6 +145,9 @@ export class Vmm {
         if (args.blk || args.inc) throw new QmpError('GenericError', 'Block migration is not supported by Ferry (it has no block devices)');
         // A URI that names no transport is refused at once and changes nothing (QEMU also refuses it here).
         wrap(() => parseMigrationUri(args.uri));
+        if (this.dirtyRate.holdsDirtyLog) {
+          throw new QmpError('GenericError', 'Cannot start a migration while calc-dirty-rate measures with the dirty bitmap (it holds the dirty log): query-dirty-rate says when it is done');
+        }
         wrap(() => migration.migrate(args.uri));
       },
     });
@@ -169,6 +185,20 @@ export class Vmm {
       args: { state: t.str },
       handler: (args) => wrap(() => migration.continue(args.state as string)),
     });
+    qmp.register({
+      name: 'calc-dirty-rate',
+      args: { 'calc-time': t.int, 'sample-pages?': t.int, 'mode?': t.enum(DIRTY_RATE_MODES) },
+      handler: (args) => {
+        const request = {
+          calcTime: args['calc-time'],
+          ...(args['sample-pages'] !== undefined ? { samplePages: args['sample-pages'] } : {}),
+          ...(args.mode !== undefined ? { mode: args.mode } : {}),
+        };
+        // It answers at once; query-dirty-rate reads the result once the period is over.
+        void wrap(() => this.dirtyRate.start(request));
+      },
+    });
+    qmp.register({ name: 'query-dirty-rate', handler: () => this.dirtyRate.query() as unknown as Record<string, unknown> });
     qmp.register({
       name: 'migrate-start-postcopy',
       handler: () => {
