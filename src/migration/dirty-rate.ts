@@ -12,11 +12,10 @@
 // refuses it where the ring is not enabled.) Either way the figure is distinct pages
 // written per second, in MB/s: a page written twice counts once.
 
-import { crc32 } from 'node:zlib';
 import { MigrationError } from '../errors.js';
 import { PAGE_SHIFT, PAGE_SIZE } from '../hypervisor/types.js';
 import type { DirtyLog, GuestMemoryBlock } from '../hypervisor/types.js';
-import { popcount32 } from './ram-pages.js';
+import { WORDS_PER_PAGE, popcount32, wordsOf } from './ram-pages.js';
 
 export const DIRTY_RATE_MODES = ['page-sampling', 'dirty-ring', 'dirty-bitmap'] as const;
 export type DirtyRateMode = (typeof DIRTY_RATE_MODES)[number];
@@ -60,7 +59,7 @@ export interface DirtyRateMeterOptions {
   readonly sleep: (ms: number) => Promise<void>;
   /** Uniform in [0, 1): which pages are sampled (Math.random by default). */
   readonly random?: () => number;
-  /** Seconds for start-time (the host's monotonic clock, as QEMU's QEMU_CLOCK_REALTIME). */
+  /** Seconds for start-time: QEMU gives the host's monotonic clock (QEMU_CLOCK_REALTIME); `now` / 1000 by default. */
   readonly clockSeconds?: () => number;
   /** Told when a measurement failed (it then reads as measured with no rate). */
   readonly onError?: (err: unknown) => void;
@@ -108,7 +107,7 @@ export class DirtyRateMeter {
       const busy = this.#o.dirtyLogBusy() ?? (this.#o.dirtyLog.active ? 'the dirty log is in use' : undefined);
       if (busy !== undefined) throw new MigrationError(`Cannot measure the dirty rate with the dirty bitmap: ${busy}; use mode page-sampling`);
     }
-    const clock = this.#o.clockSeconds ?? (() => Number(process.hrtime.bigint() / 1_000_000_000n));
+    const clock = this.#o.clockSeconds ?? (() => Math.floor(this.#o.now() / 1000));
     this.#info = {
       status: 'measuring', 'start-time': clock(), 'calc-time': calcTime,
       // Nothing is sampled in bitmap mode.
@@ -150,12 +149,9 @@ export class DirtyRateMeter {
   #hashSamples(samples: readonly Uint32Array[]): Uint32Array[] {
     const memory = this.#o.memory();
     return samples.map((pages, b) => {
-      const bytes = memory[b]!.bytes;
+      const words = wordsOf(memory[b]!);
       const hashes = new Uint32Array(pages.length);
-      for (let i = 0; i < pages.length; i++) {
-        const at = pages[i]! * PAGE_SIZE;
-        hashes[i] = crc32(new Uint8Array(bytes.buffer, bytes.byteOffset + at, PAGE_SIZE));
-      }
+      for (let i = 0; i < pages.length; i++) hashes[i] = pageHash(words, pages[i]! * WORDS_PER_PAGE);
       return hashes;
     });
   }
@@ -187,6 +183,17 @@ export class DirtyRateMeter {
       this.#holdsDirtyLog = false;
     }
   }
+}
+
+/**
+ * A 32-bit FNV-1a hash of the page whose first word is `word` (QEMU hashes with crc32;
+ * any hash that changes when the page does will do, and this one needs nothing but JS).
+ */
+export function pageHash(words: Uint32Array, word: number): number {
+  let h = 0x811c9dc5;
+  const end = word + WORDS_PER_PAGE;
+  for (let i = word; i < end; i++) h = Math.imul(h ^ words[i]!, 0x01000193);
+  return h >>> 0;
 }
 
 /** `count` distinct page numbers out of `pages`, sorted (all of them when count ≥ pages). */

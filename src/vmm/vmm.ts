@@ -58,6 +58,8 @@ export class Vmm {
       dirtyLog: machine.dirtyLog,
       dirtyLogBusy: () => (isMigrationRunning(this.migration.queryMigrate().status ?? 'none') ? 'a migration is running (it holds the dirty log)' : undefined),
       now: () => performance.now(),
+      // As QEMU's start-time: seconds on the host's monotonic clock (since boot on Linux).
+      clockSeconds: () => Number(process.hrtime.bigint() / 1_000_000_000n),
       // Unreferenced: a measurement in progress does not keep an ending process alive.
       sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms).unref()),
       onError: (err) => trace('dirty rate: the measurement failed: %s', errorMessage(err)),
