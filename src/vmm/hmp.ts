@@ -186,6 +186,20 @@ export function formatMigrateParameters(p: Record<string, unknown>): string {
   return lines.join('\n') + '\n';
 }
 
+/** A command whose words are, in order, the QMP command's arguments named `names`, and which prints nothing. */
+function plain(qmpName: string, help: string, names: readonly string[] = []): HmpCommand {
+  return {
+    args: names.join(' '),
+    help,
+    async run(words, ctx) {
+      const args = Object.fromEntries(names.map((name) => [name, words.next()]));
+      words.end();
+      await ctx.qmp(qmpName, names.length > 0 ? args : undefined);
+      return '';
+    },
+  };
+}
+
 const COMMANDS: Record<string, HmpCommand> = {
   migrate: {
     args: '[-d] uri',
@@ -197,35 +211,6 @@ const COMMANDS: Record<string, HmpCommand> = {
       await ctx.qmp('migrate', { uri, detach: flags.has('d'), blk: flags.has('b'), inc: flags.has('i'), resume: flags.has('r') });
       // QEMU over QMP cannot hold the monitor until the end either, and says so.
       return flags.has('d') ? '' : 'terminal does not allow synchronous migration, continuing detached\n';
-    },
-  },
-  migrate_cancel: {
-    args: '',
-    help: 'cancel the outgoing migration; the guest runs on here',
-    async run(words, ctx) {
-      words.end();
-      await ctx.qmp('migrate_cancel');
-      return '';
-    },
-  },
-  migrate_continue: {
-    args: 'state',
-    help: 'let a migration paused in that state (pre-switchover) go on',
-    async run(words, ctx) {
-      const state = words.next();
-      words.end();
-      await ctx.qmp('migrate-continue', { state });
-      return '';
-    },
-  },
-  migrate_incoming: {
-    args: 'uri',
-    help: 'start listening for the incoming migration of a VM started with --incoming defer',
-    async run(words, ctx) {
-      const uri = words.next();
-      words.end();
-      await ctx.qmp('migrate-incoming', { uri });
-      return '';
     },
   },
   migrate_set_capability: {
@@ -282,33 +267,12 @@ const COMMANDS: Record<string, HmpCommand> = {
       return `Starting dirty rate measurement with period ${seconds} seconds\n[Please use 'info dirty_rate' to check results]\n`;
     },
   },
-  stop: {
-    args: '',
-    help: 'stop the vCPUs',
-    async run(words, ctx) {
-      words.end();
-      await ctx.qmp('stop');
-      return '';
-    },
-  },
-  cont: {
-    args: '',
-    help: 'run the vCPUs again (also: c)',
-    async run(words, ctx) {
-      words.end();
-      await ctx.qmp('cont');
-      return '';
-    },
-  },
-  quit: {
-    args: '',
-    help: 'end this Ferry process (also: q)',
-    async run(words, ctx) {
-      words.end();
-      await ctx.qmp('quit');
-      return '';
-    },
-  },
+  migrate_cancel: plain('migrate_cancel', 'cancel the outgoing migration; the guest runs on here'),
+  migrate_continue: plain('migrate-continue', 'let a migration paused in that state (pre-switchover) go on', ['state']),
+  migrate_incoming: plain('migrate-incoming', 'start listening for the incoming migration of a VM started with --incoming defer', ['uri']),
+  stop: plain('stop', 'stop the vCPUs'),
+  cont: plain('cont', 'run the vCPUs again (also: c)'),
+  quit: plain('quit', 'end this Ferry process (also: q)'),
 };
 const ALIASES: Record<string, string> = { c: 'cont', q: 'quit' };
 
