@@ -81,9 +81,9 @@ async function answers(qmp: QmpClient): Promise<string[]> {
   return out;
 }
 
-async function qemuClient(t: TestContext, dir: string): Promise<QmpClient> {
-  const path = join(dir, 'qemu.qmp');
-  const child = spawn(QEMU, ['-accel', 'tcg', '-M', 'pc', '-m', '64', '-nodefaults', '-display', 'none', '-qmp', `unix:${path},server=on,wait=off`], { stdio: ['ignore', 'ignore', 'pipe'] });
+async function qemuClient(t: TestContext, dir: string, extra: readonly string[] = []): Promise<QmpClient> {
+  const path = join(dir, `qemu-${extra.length}.qmp`);
+  const child = spawn(QEMU, ['-accel', 'tcg', '-M', 'pc', '-m', '64', '-nodefaults', '-display', 'none', '-qmp', `unix:${path},server=on,wait=off`, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
   t.after(() => child.kill('SIGKILL'));
@@ -100,6 +100,29 @@ async function qemuClient(t: TestContext, dir: string): Promise<QmpClient> {
     }
   }
 }
+
+test('HMP and QMP: a destination listening after migrate_incoming looks the same in QEMU 7.2 and Ferry', { skip: QEMU_SKIP, timeout: 60_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-hmp-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const look = async (qmp: QmpClient, socket: string) => {
+    assert.equal(await qmp.execute<string>('human-monitor-command', { 'command-line': `migrate_incoming unix:${socket}` }), '');
+    const info = await qmp.execute<{ 'socket-address'?: Array<Record<string, unknown>> }>('query-migrate');
+    const text = await qmp.execute<string>('human-monitor-command', { 'command-line': 'info migrate' });
+    const status = await qmp.execute<string>('human-monitor-command', { 'command-line': 'info status' });
+    // The socket paths differ by design; everything else must not.
+    return { info: JSON.stringify(info).replace(socket, 'SOCKET'), text: text.replace(socket, 'SOCKET'), status };
+  };
+  const qemu = await look(await qemuClient(t, dir, ['-incoming', 'defer']), join(dir, 'qemu-mig.sock'));
+  const path = join(dir, 'ferry.qmp');
+  const vmm = await Vmm.create({ accel: 'sim', memorySize: 8 * 1024 * 1024, guest: parseGuestSpec('builtin:sweep,to=4M,rate=20000'), qmp: [`unix:${path}`], incoming: true, onQuit: () => {} });
+  t.after(() => vmm.destroy());
+  const client = await QmpClient.connect(path);
+  t.after(() => client.close());
+  const ferry = await look(client, join(dir, 'ferry-mig.sock'));
+  assert.deepEqual(ferry, qemu);
+  assert.match(ferry.text, /socket address: \[\r\n\tunix:SOCKET\r\n\]\r\n$/);
+  assert.equal(ferry.status, 'VM status: paused (inmigrate)\r\n');
+});
 
 test('HMP: QEMU 7.2 and Ferry answer the same migration and run-state command lines with the same text', { skip: QEMU_SKIP, timeout: 60_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-hmp-'));

@@ -14,8 +14,8 @@ import {
   capabilityList, defaultCapabilities,
 } from './parameters.js';
 import type { CapabilityStatus, MigrationCapabilities, MigrationCapability, MigrationParameters } from './parameters.js';
-import { buildMigrationInfo, formatInfoMigrate } from './query.js';
-import type { MigrationInfo } from './query.js';
+import { buildMigrationInfo, formatInfoMigrate, socketAddressInfo } from './query.js';
+import type { MigrationInfo, SocketAddressInfo } from './query.js';
 import { RamHandler } from './ram.js';
 import { RateLimiter } from './rate-limiter.js';
 import { SaveVmRegistry } from './savevm.js';
@@ -65,6 +65,8 @@ export class Migration {
   #incomingRun: Promise<void> = Promise.resolve();
   #incomingError: string | undefined;
   #listener: Listener | undefined;
+  /** Where the listener listens, for query-migrate's socket-address (tcp: and unix: only). */
+  #incomingAddress: SocketAddressInfo | undefined;
 
   constructor(options: MigrationOptions) {
     this.#o = options;
@@ -186,6 +188,7 @@ export class Migration {
       throw err;
     }
     this.#listener = listener;
+    this.#incomingAddress = socketAddressInfo(listener.address);
     this.#incomingRun = this.#runIncoming(listener);
     return { address: listener.address };
   }
@@ -224,6 +227,7 @@ export class Migration {
       if (isMigrationRunning(this.#incomingState.status)) this.#incomingState.transition('failed');
     } finally {
       this.#listener = undefined;
+      this.#incomingAddress = undefined;
       await listener.close().catch(() => {
         // Closing a listener that already failed has nothing left to report.
       });
@@ -259,6 +263,7 @@ export class Migration {
     if (this.#outgoingState.status === 'none' && this.#incomingState.status === 'failed' && this.#incomingError !== undefined) {
       info['error-desc'] = this.#incomingError;
     }
+    if (this.#incomingAddress !== undefined) info['socket-address'] = [{ ...this.#incomingAddress }];
     return info;
   }
 

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { OutgoingFigures } from './outgoing.js';
-import { buildMigrationInfo, formatInfoMigrate } from './query.js';
+import { buildMigrationInfo, formatInfoMigrate, socketAddressInfo } from './query.js';
 import { RamStats } from './ram.js';
 
 function figures(over: Partial<OutgoingFigures> = {}): OutgoingFigures {
@@ -103,4 +103,19 @@ test('info migrate text in QEMU 7.2 HMP layout', () => {
 test('info migrate for a failed migration puts the error beside the status', () => {
   const text = formatInfoMigrate({ status: 'failed', 'error-desc': 'Connection refused' });
   assert.match(text, /^Migration status: failed \(Connection refused\)\ntotal time: 0 ms\n$/m);
+});
+
+test('socket-address: a listener\'s tcp (IPv4, IPv6) or unix address as QEMU\'s SocketAddress; none for fd: or exec:', () => {
+  assert.deepEqual(socketAddressInfo('tcp:127.0.0.1:4444'), { port: '4444', ipv4: true, host: '127.0.0.1', type: 'inet' });
+  assert.deepEqual(socketAddressInfo('tcp:[::1]:4444'), { port: '4444', ipv6: true, host: '::1', type: 'inet' });
+  assert.deepEqual(socketAddressInfo('unix:/run/ferry/m.sock'), { path: '/run/ferry/m.sock', type: 'unix' });
+  assert.equal(socketAddressInfo('exec:cat /tmp/f'), undefined);
+  assert.equal(socketAddressInfo('fd:3'), undefined);
+});
+
+test('a destination waiting for its connection reports no status, as QEMU 7.2; info migrate lists where it listens', () => {
+  assert.deepEqual(buildMigrationInfo(undefined, 'setup'), {});
+  assert.deepEqual(buildMigrationInfo(undefined, 'active'), { status: 'active' });
+  const text = formatInfoMigrate({ 'socket-address': [{ port: '4444', ipv6: true, host: '::1', type: 'inet' }, { path: '/run/m.sock', type: 'unix' }] });
+  assert.match(text, /clear-bitmap-shift: 18\nsocket address: \[\n\ttcp:::1:4444\n\tunix:\/run\/m.sock\n\]\n$/);
 });

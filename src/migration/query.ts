@@ -39,8 +39,15 @@ export interface XbzrleCacheInfo {
   overflow: number;
 }
 
+/** QEMU's SocketAddress, as query-migrate lists where a destination listens. */
+export type SocketAddressInfo =
+  | { port: string; ipv4?: true; ipv6?: true; host: string; type: 'inet' }
+  | { path: string; type: 'unix' };
+
 export interface MigrationInfo {
   status?: MigrationStatus;
+  /** Destination: where it listens (tcp: and unix: only), from migrate-incoming until the incoming migration ends. */
+  'socket-address'?: SocketAddressInfo[];
   ram?: MigrationStatsInfo;
   'xbzrle-cache'?: XbzrleCacheInfo;
   /** Present while auto-converge throttles the vCPUs (QEMU: while cpu_throttle_active()). */
@@ -73,7 +80,8 @@ const WITH_RAM: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>([
  */
 export function buildMigrationInfo(source: SourceView | undefined, destinationStatus: MigrationStatus): MigrationInfo {
   const info: MigrationInfo = {};
-  if (destinationStatus !== 'none') info.status = destinationStatus;
+  // QEMU 7.2 reports no status for a destination still waiting for its connection.
+  if (destinationStatus !== 'none' && destinationStatus !== 'setup') info.status = destinationStatus;
   if (!source || source.status === 'none') return info;
   const { status, figures, ram, now } = source;
   info.status = status;
@@ -128,6 +136,18 @@ export function buildMigrationInfo(source: SourceView | undefined, destinationSt
   return info;
 }
 
+/**
+ * A listener's address ("tcp:127.0.0.1:4444", "tcp:[::1]:4444", "unix:/run/m.sock") as
+ * QEMU's SocketAddress; undefined for anything else (fd:, exec: listen on no socket).
+ */
+export function socketAddressInfo(address: string): SocketAddressInfo | undefined {
+  if (address.startsWith('unix:')) return { path: address.slice('unix:'.length), type: 'unix' };
+  const inet = /^tcp:(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(address);
+  if (!inet) return undefined;
+  const host = inet[1] ?? inet[2]!;
+  return { port: inet[3]!, ...(inet[1] !== undefined ? { ipv6: true as const } : { ipv4: true as const }), host, type: 'inet' };
+}
+
 const kb = (bytes: number): number => Math.floor(bytes / 1024);
 
 /** HMP "info migrate" as QEMU 7.2 prints it (hmp_info_migrate). */
@@ -149,6 +169,11 @@ export function formatInfoMigrate(info: MigrationInfo): string {
     if (info['expected-downtime'] !== undefined) lines.push(`expected downtime: ${info['expected-downtime']} ms`);
     if (info.downtime !== undefined) lines.push(`downtime: ${info.downtime} ms`);
     if (info['setup-time'] !== undefined) lines.push(`setup: ${info['setup-time']} ms`);
+  }
+  const addresses = info['socket-address'];
+  if (addresses) {
+    // socket_uri: "tcp:HOST:PORT" with no brackets even around an IPv6 host, as QEMU 7.2 prints it.
+    lines.push('socket address: [', ...addresses.map((a) => `\t${a.type === 'unix' ? `unix:${a.path}` : `tcp:${a.host}:${a.port}`}`), ']');
   }
   const ram = info.ram;
   if (ram) {

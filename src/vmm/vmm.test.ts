@@ -91,6 +91,9 @@ test('vmm: a live migration driven through HMP alone: migrate_incoming, migrate_
   const uri = `unix:${join(dir, 'mig.sock')}`;
   assert.equal(await hmp(dest.qmp, 'info status'), 'VM status: paused (inmigrate)\r\n');
   assert.equal(await hmp(dest.qmp, `migrate_incoming ${uri}`), '');
+  // Where it listens, until the incoming migration is over (QEMU's socket-address).
+  assert.deepEqual(await dest.qmp.execute('query-migrate'), { 'socket-address': [{ path: join(dir, 'mig.sock'), type: 'unix' }] });
+  assert.match(await hmp(dest.qmp, 'info migrate'), new RegExp(`socket address: \\[\\r\\n\\t${uri}\\r\\n\\]\\r\\n$`));
   assert.equal(await hmp(source.qmp, 'migrate_set_parameter max-bandwidth 0'), '');
   assert.equal(await hmp(source.qmp, `migrate -d ${uri}`), '');
   const deadline = Date.now() + 20_000;
@@ -104,6 +107,7 @@ test('vmm: a live migration driven through HMP alone: migrate_incoming, migrate_
   assert.equal(await hmp(source.qmp, 'info status'), 'VM status: paused (postmigrate)\r\n');
   while ((await hmp(dest.qmp, 'info status')) !== 'VM status: running\r\n' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   assert.equal(await hmp(dest.qmp, 'info status'), 'VM status: running\r\n');
+  assert.deepEqual(await dest.qmp.execute('query-migrate'), { status: 'completed' }, 'no socket-address once it is over');
 });
 
 test('vmm: calc-dirty-rate measures the sim guest\'s sweep in both modes; the bitmap and a migration exclude each other', async (t) => {
