@@ -7,6 +7,7 @@
 import { errorMessage } from '../errors.js';
 import { parameterType } from '../migration/parameters.js';
 import { formatInfoMigrate, type MigrationInfo } from '../migration/query.js';
+import { parseSize } from '../size.js';
 
 export interface HmpContext {
   /** Run the QMP command behind an HMP command; throws what it throws. */
@@ -92,19 +93,13 @@ class Words {
 
 const ON = new Set(['on', 'yes', 'true', 'y']);
 const OFF = new Set(['off', 'no', 'false', 'n']);
-const SIZE_SUFFIXES: Record<string, number> = { B: 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40, P: 2 ** 50, E: 2 ** 60 };
-
-/** A size as QEMU's qemu_strtosz reads one: a number, maybe with a fraction, then an optional binary suffix. */
-export function parseSize(text: string, defaultUnit = 1): number | undefined {
-  const match = /^(0x[0-9a-f]+|\d+(?:\.\d+)?)([bkmgtpe]?)$/i.exec(text.trim());
-  if (!match) return undefined;
-  const [, digits, suffix] = match;
-  const unit = suffix ? SIZE_SUFFIXES[suffix.toUpperCase()]! : defaultUnit;
-  const number = digits!.startsWith('0x') || digits!.startsWith('0X') ? Number.parseInt(digits!, 16) : Number(digits);
-  // A fraction of a byte means nothing: only with a suffix that makes it whole bytes.
-  if (!Number.isInteger(number) && unit === 1) return undefined;
-  const bytes = Math.floor(number * unit);
-  return bytes < 2 ** 64 ? bytes : undefined;
+/** A size with an optional binary suffix (src/size.ts), or undefined where that refuses it. */
+function sizeOf(text: string, name: string, defaultUnit = ''): number | undefined {
+  try {
+    return parseSize(text, name, defaultUnit);
+  } catch {
+    return undefined;
+  }
 }
 
 /** A migrate_set_parameter value as its parameter's type, as hmp_migrate_set_parameter parses it. */
@@ -123,7 +118,7 @@ export function parseParameterValue(name: string, text: string): unknown {
     case 'size': {
       // max-bandwidth alone counts a bare number in MiB (qemu_strtosz_MiB).
       if (name === 'max-bandwidth') {
-        const bytes = parseSize(text, 2 ** 20);
+        const bytes = sizeOf(text, name, 'M');
         if (bytes === undefined) throw new HmpValueError(`Invalid size ${text}`);
         return bytes;
       }
@@ -143,7 +138,7 @@ export function parseParameterValue(name: string, text: string): unknown {
 }
 
 function sizeValue(name: string, text: string): number {
-  const bytes = parseSize(text);
+  const bytes = sizeOf(text, name);
   if (bytes === undefined) {
     throw new HmpValueError(
       `Parameter '${name}' expects a non-negative number below 2^64\n` +
