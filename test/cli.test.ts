@@ -24,6 +24,7 @@ const BAD_INPUT: Array<[string, string[], RegExp]> = [
   ['a bad guest option', ['run', '--accel', 'sim', '--guest', 'builtin:hot,mb=3'], /Unknown --guest option "mb"/],
   ['a bad serial spec', ['run', '--accel', 'sim', '--serial', 'telnet:1'], /--serial "telnet:1"/],
   ['a bad QMP address', ['run', '--accel', 'sim', '--qmp', 'udp:1'], /udp:1/],
+  ['a bad UUID', ['run', '--accel', 'sim', '--uuid', '1234'], /Invalid --uuid "1234": expected 32 hex digits/],
   ['a bad incoming URI', ['run', '--accel', 'sim', '--incoming', 'rdma:1.2.3.4:5'], /rdma/],
   ['kvm where /dev/kvm cannot be opened', ['run', '--accel', 'kvm'], /dev\/kvm/],
   ['a kernel without v86', ['run', '--accel', 'sim', '--kernel', '/nonexistent'], /--accel v86/],

@@ -29,7 +29,7 @@ export function listenerFor(channel: Promise<Channel> | Channel): Listener {
   };
 }
 
-export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise<Channel>; listen?: () => Promise<Listener> }): Side {
+export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise<Channel>; listen?: () => Promise<Listener> }, uuid?: Uint8Array): Side {
   const vm = new FakeVm(vmOptions);
   const events: RecordedEvent[] = [];
   const migration = new Migration({
@@ -39,15 +39,19 @@ export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise
     now: () => performance.now(),
     emit: (event, data) => events.push({ event, data }),
     schedule: (fn) => setImmediate(fn),
+    ...(uuid !== undefined ? { uuid } : {}),
   });
   return { vm, migration, events };
 }
 
 /** A source and a destination joined by an in-memory pair with socket-like backpressure. */
-export function makePair(memorySize: number, options?: { highWaterMark?: number; destination?: Partial<FakeVmOptions> }): { src: Side; dst: Side; channels: [Channel, Channel] } {
+export function makePair(
+  memorySize: number,
+  options?: { highWaterMark?: number; destination?: Partial<FakeVmOptions>; uuids?: { src?: Uint8Array; dst?: Uint8Array } },
+): { src: Side; dst: Side; channels: [Channel, Channel] } {
   const channels = createMemoryChannelPair(options?.highWaterMark !== undefined ? { highWaterMark: options.highWaterMark } : undefined);
-  const src = makeSide({ memorySize }, { connect: async () => channels[0] });
-  const dst = makeSide({ memorySize, incoming: true, ...options?.destination }, { listen: async () => listenerFor(channels[1]) });
+  const src = makeSide({ memorySize }, { connect: async () => channels[0] }, options?.uuids?.src);
+  const dst = makeSide({ memorySize, incoming: true, ...options?.destination }, { listen: async () => listenerFor(channels[1]) }, options?.uuids?.dst);
   return { src, dst, channels };
 }
 

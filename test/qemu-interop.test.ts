@@ -103,6 +103,50 @@ test('ferry migrate drives a live migration between two QEMU 7.2 processes over 
   assert.equal(srcStatus.status, 'postmigrate');
 });
 
+test('validate-uuid between Ferry and QEMU 7.2, both ways: a different UUID is refused at the configuration, the same one is let through', { skip: QEMU_SKIP, timeout: 120_000 }, async (t) => {
+  const dir = scratch(t);
+  const SAME = '6f1c4c2e-0b6a-4d52-9d2c-4b1f3e9a7c10';
+  const OTHER = '0d9e8b7a-6c5d-4e3f-8a1b-2c3d4e5f6a7b';
+  // Ferry → QEMU: QEMU's own check. With the same UUID it gets past the configuration and
+  // the RAM and stops at Ferry's first device section (the devices are not QEMU's).
+  const source = await FerryProcess.start({ dir, name: 'src', args: ['--accel', 'sim', '-m', '64M', '--guest', 'builtin:sweep,rate=20000', '--uuid', SAME], serial: 'null' });
+  t.after(() => source.quit());
+  await source.execute('migrate-set-capabilities', { capabilities: [{ capability: 'validate-uuid', state: true }] });
+  for (const [uuid, expected] of [[OTHER, new RegExp(`UUID received is ${SAME} and local is ${OTHER}`)], [SAME, /error while loading state section id \d+\(\w+\)/]] as const) {
+    const sock = join(dir, `mig-${uuid.slice(0, 4)}.sock`);
+    const qemu = spawn(QEMU, ['-accel', 'tcg', '-m', '64', '-display', 'none', '-nodefaults', '-uuid', uuid, '-incoming', `unix:${sock}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let qemuErr = '';
+    qemu.stderr!.setEncoding('utf8').on('data', (s: string) => (qemuErr += s));
+    t.after(() => qemu.kill('SIGKILL'));
+    const deadline = Date.now() + 30_000;
+    while (!existsSync(sock)) {
+      if (qemu.exitCode !== null || Date.now() > deadline) assert.fail(`QEMU did not listen: ${qemuErr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await runMigration(source.qmp, { qmp: source.qmpPath, uri: `unix:${sock}`, maxBandwidth: 0, progress: false });
+    await new Promise<void>((resolve) => (qemu.exitCode !== null ? resolve() : qemu.once('exit', () => resolve())));
+    assert.match(qemuErr, expected);
+    if (uuid === SAME) assert.doesNotMatch(qemuErr, /UUID/);
+    await source.execute('cont').catch(() => {});
+  }
+
+  // QEMU → Ferry: Ferry's check, in QEMU's words; the destination never starts.
+  const incoming = join(dir, 'ferry-in.sock');
+  const dest = await FerryProcess.start({ dir, name: 'dst', args: ['--accel', 'sim', '-m', '64M', '--uuid', OTHER, '--incoming', `unix:${incoming}`], serial: 'null' });
+  const qmp = join(dir, 'qemu-src.qmp');
+  const qemuSource = spawn(QEMU, ['-accel', 'tcg', '-m', '64', '-display', 'none', '-nodefaults', '-uuid', SAME, '-qmp', `unix:${qmp},server=on,wait=off`], { stdio: ['ignore', 'ignore', 'ignore'] });
+  t.after(() => qemuSource.kill('SIGKILL'));
+  let client: QmpClient | undefined;
+  for (let i = 0; i < 300 && !client; i++) client = await QmpClient.connect(qmp).catch(async () => { await new Promise((r) => setTimeout(r, 100)); return undefined; });
+  assert.ok(client, 'QEMU source QMP');
+  t.after(() => client!.close());
+  await client.execute('migrate-set-capabilities', { capabilities: [{ capability: 'validate-uuid', state: true }] });
+  await client.execute('migrate', { uri: `unix:${incoming}` });
+  const code = await dest.exited;
+  assert.equal(code, 1);
+  assert.match(dest.stderr, new RegExp(`incoming migration failed: UUID received is ${SAME} and local is ${OTHER}`));
+});
+
 test('QEMU 7.2 takes the return-path commands of a Ferry stream: it opens the return path and loads up to the first device it lacks; the Ferry source runs its guest again', { skip: QEMU_SKIP, timeout: 120_000 }, async (t) => {
   const dir = scratch(t);
   const sock = join(dir, 'mig.sock');

@@ -74,6 +74,7 @@ program
   .option('--serial <spec>', 'serial console: stdio, file:PATH, unix:PATH (a socket you connect to), none', 'stdio')
   .option('-S', 'do not start the guest until QMP "cont"')
   .option('--name <name>', 'a name for this VM (query-name)')
+  .option('--uuid <uuid>', 'this VM\'s UUID (QEMU\'s -uuid; query-uuid): with the validate-uuid capability a destination takes only a stream from the same UUID')
   .option('--incoming <uri>', 'wait for a migration: tcp:HOST:PORT, unix:PATH, fd:N, exec:COMMAND, or "defer" for QMP migrate-incoming')
   .option('--mem-prealloc', 'back all guest RAM with host memory at start (QEMU\'s -mem-prealloc): a destination then takes pages at wire speed')
   .action(async (opts) => {

@@ -4,6 +4,7 @@
 import { openCharBackend } from '../chardev/char-backend.js';
 import { ConfigError, errorMessage, FerryError } from '../errors.js';
 import { parseGuestSpec } from '../guests/spec.js';
+import { uuidOption } from '../uuid.js';
 import type { AccelKind } from '../hypervisor/types.js';
 import type { Vmm, VmmOptions } from '../vmm/vmm.js';
 
@@ -19,6 +20,7 @@ export interface RunCommandOptions {
   serial: string;
   S?: boolean;
   name?: string;
+  uuid?: string;
   incoming?: string;
   memPrealloc?: boolean;
 }
@@ -31,6 +33,7 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
     throw new ConfigError('--kernel, --initrd and --append boot Linux, which needs --accel v86 here');
   }
   const guest = parseGuestSpec(opts.guest);
+  if (opts.uuid !== undefined) uuidOption(opts.uuid);
   const console = await openCharBackend(opts.serial);
   let vmm: Vmm | undefined;
   let ending = false;
@@ -59,6 +62,7 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
       notice: (message) => process.stderr.write(`ferry: ${message}\n`),
       qmp: opts.qmp,
       ...(opts.name !== undefined ? { name: opts.name } : {}),
+      ...(opts.uuid !== undefined ? { uuid: opts.uuid } : {}),
       onQuit: (code) => void end(code),
     };
     // The machine first, and the guest running, before the QMP and migration modules load:

@@ -8,6 +8,7 @@ import type { StreamReader } from '../stream/reader.js';
 import { readHeader, readSectionFooter, readSectionHeader, readVmdesc } from '../stream/format.js';
 import type { Vmdesc } from '../stream/format.js';
 import { precopyCommand, type PrecopyCommand } from '../stream/return-path.js';
+import { formatUuid } from '../uuid.js';
 import type { SaveVmEntry, SaveVmRegistry } from './savevm.js';
 
 export interface LoadedStream {
@@ -27,11 +28,17 @@ export async function loadVmStream(
   localMachineType: string,
   /** Told of each command between sections (the return path's); without it a command is refused. */
   onCommand?: (command: PrecopyCommand, offset: number) => void,
+  /** This VM's UUID, when it was given one: a stream that carries another (validate-uuid) is refused. */
+  localUuid?: Uint8Array,
 ): Promise<LoadedStream> {
-  const { machineType } = await readHeader(r);
+  const { machineType, uuid } = await readHeader(r);
   if (machineType !== localMachineType) {
     // QEMU's words for the same check in its configuration section.
     throw new StreamFormatError(`Machine type received is '${machineType}' and local is '${localMachineType}'`, r.offset, 'configuration');
+  }
+  // As QEMU's vmstate_uuid_post_load: checked only where this side has a UUID of its own.
+  if (uuid !== undefined && localUuid !== undefined && formatUuid(uuid) !== formatUuid(localUuid)) {
+    throw new StreamFormatError(`UUID received is ${formatUuid(uuid)} and local is ${formatUuid(localUuid)}`, r.offset, 'configuration');
   }
   const open = new Map<number, { entry: SaveVmEntry; versionId: number }>();
   let sections = 0;

@@ -24,6 +24,7 @@ import { MigrationStateMachine, isMigrationRunning } from './states.js';
 import type { MigrationStatus } from './states.js';
 import type { MigrationVm } from './vm.js';
 import type { RunState } from '../machine/run-state.js';
+import { NIL_UUID } from '../uuid.js';
 
 export interface MigrationOptions {
   readonly vm: MigrationVm;
@@ -41,6 +42,11 @@ export interface MigrationOptions {
   readonly bufferSize?: number;
   /** Diagnostics: convergence decisions, outcomes (wire util.debuglog('ferry') here). */
   readonly trace?: (message: string) => void;
+  /**
+   * This VM's UUID when it was given one (QEMU's -uuid): sent with validate-uuid (all
+   * zeros without one, as QEMU), and checked against what an incoming stream carries.
+   */
+  readonly uuid?: Uint8Array;
 }
 
 export type MigrationSide = 'outgoing' | 'incoming';
@@ -156,6 +162,7 @@ export class Migration {
       ...(this.#o.trace ? { trace: this.#o.trace } : {}),
       returnPath: this.#capabilities['return-path'],
       pauseBeforeSwitchover: this.#capabilities['pause-before-switchover'],
+      ...(this.#capabilities['validate-uuid'] ? { uuid: this.#o.uuid ?? NIL_UUID } : {}),
     });
     this.#outgoing = outgoing;
     this.#ram = ram;
@@ -206,7 +213,7 @@ export class Migration {
       this.#incomingState.transition('active');
       const rp = new DestinationReturnPath(channel, this.#o.trace);
       returnPath = rp;
-      await loadVmStream(new StreamReader(channel), registry, vm.machineType, (command, offset) => rp.onCommand(command, offset));
+      await loadVmStream(new StreamReader(channel), registry, vm.machineType, (command, offset) => rp.onCommand(command, offset), this.#o.uuid);
       registry.cleanupAll();
       // With a return path, the source hears that the stream is in before the guest runs
       // here; if it cannot be told, it runs its own guest again and this one must not start.

@@ -41,6 +41,8 @@ export interface OutgoingOptions {
    * `pre-switchover` for migrate-continue before sending the rest (QEMU's migration_maybe_pause).
    */
   readonly pauseBeforeSwitchover?: boolean;
+  /** The `validate-uuid` capability: the UUID sent in the configuration for the destination to check. */
+  readonly uuid?: Uint8Array;
   /** Diagnostics (the Node side wires util.debuglog('ferry') here). */
   readonly trace?: (message: string) => void;
 }
@@ -182,7 +184,7 @@ export class OutgoingMigration {
       this.#checkCancelled();
       const w = new StreamWriter(channel, this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : undefined);
 
-      writeHeader(w, vm.machineType);
+      writeHeader(w, vm.machineType, this.#o.uuid !== undefined ? { uuid: this.#o.uuid } : undefined);
       if (this.#o.returnPath) {
         if (!channel.duplex) {
           throw new MigrationError(`Cannot use the return-path capability over ${channel.description}: the destination has no way to answer on it (use tcp:, unix: or fd: with a socket)`);

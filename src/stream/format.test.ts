@@ -94,6 +94,15 @@ test('format: header with QEMU configuration subsections (target-page-bits, capa
   assert.deepEqual(await readSectionHeader(r), { kind: 'eof' });
 });
 
+test('format: a header written with a UUID carries QEMU\'s configuration/uuid subsection, and reads back', async () => {
+  const uuid = fromHex('00112233445566778899aabbccddeeff');
+  const bytes = await writtenBytes((w) => writeHeader(w, 'pc', { uuid }));
+  assert.equal(toHex(bytes), ['5145564d', '00000003', '07', '00000002', asciiHex('pc'), '05', (18).toString(16), asciiHex('configuration/uuid'), '00000001', '00112233445566778899aabbccddeeff'].join(''));
+  assert.equal(toHex((await readHeader(readerOf(bytes, 3))).uuid!), '00112233445566778899aabbccddeeff');
+  assert.equal((await readHeader(readerOf(await writtenBytes((w) => writeHeader(w, 'pc'))))).uuid, undefined, 'none without one');
+  await assert.rejects(writtenBytes((w) => writeHeader(w, 'pc', { uuid: new Uint8Array(15) })), /UUID of 15 bytes/);
+});
+
 test('format: header refuses bad magic, version 2, other versions, a missing configuration, odd page bits', async () => {
   const cases: Array<[string, RegExp]> = [
     ['5145564e 00000003 07 00000000', /magic/],

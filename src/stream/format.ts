@@ -100,8 +100,12 @@ function checkU32(w: StreamWriter, what: string, v: number, section?: string): v
   }
 }
 
-/** Magic, version, and the CONFIGURATION section carrying the machine type (savevm.c qemu_savevm_state_header). */
-export function writeHeader(w: StreamWriter, machineType: string): void {
+/**
+ * Magic, version, and the CONFIGURATION section carrying the machine type (savevm.c
+ * qemu_savevm_state_header); with `uuid`, its configuration/uuid subsection too (the
+ * validate-uuid capability: the destination checks it against its own).
+ */
+export function writeHeader(w: StreamWriter, machineType: string, options?: { readonly uuid?: Uint8Array }): void {
   const name = encoder.encode(machineType);
   if (name.byteLength > MAX_MACHINE_TYPE_LENGTH) {
     throw new StreamFormatError(`Cannot write machine type of ${name.byteLength} bytes: at most ${MAX_MACHINE_TYPE_LENGTH}`, w.bytesWritten, 'configuration');
@@ -109,10 +113,20 @@ export function writeHeader(w: StreamWriter, machineType: string): void {
   w.be32(QEMU_VM_FILE_MAGIC);
   w.be32(QEMU_VM_FILE_VERSION);
   w.u8(QEMU_VM_CONFIGURATION);
-  // vmstate_configuration: VMSTATE_UINT32(len), VMSTATE_VBUFFER_ALLOC_UINT32(name, len); no subsections
-  // are needed for a 4 KiB-page target with no validated capabilities.
+  // vmstate_configuration: VMSTATE_UINT32(len), VMSTATE_VBUFFER_ALLOC_UINT32(name, len); of its
+  // subsections, a 4 KiB-page target with no validated capabilities needs only the UUID's.
   w.be32(name.byteLength);
   w.bytes(name);
+  const uuid = options?.uuid;
+  if (uuid !== undefined) {
+    if (uuid.byteLength !== 16) throw new StreamFormatError(`Cannot write a UUID of ${uuid.byteLength} bytes: it has 16`, w.bytesWritten, 'configuration');
+    const sub = encoder.encode(CONFIG_SUB_UUID);
+    w.u8(QEMU_VM_SUBSECTION);
+    w.u8(sub.byteLength);
+    w.bytes(sub);
+    w.be32(1);
+    w.bytes(uuid);
+  }
 }
 
 /** Read magic, version and CONFIGURATION (with its optional subsections). */

@@ -14,7 +14,7 @@ import { Vmm } from './vmm.js';
 
 const MiB = 1024 * 1024;
 
-async function vmWithClient(t: import('node:test').TestContext, extra: { incoming?: boolean; name?: string } = {}): Promise<{ vmm: Vmm; qmp: QmpClient; quits: number[] }> {
+async function vmWithClient(t: import('node:test').TestContext, extra: { incoming?: boolean; name?: string; uuid?: string } = {}): Promise<{ vmm: Vmm; qmp: QmpClient; quits: number[] }> {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-vmm-'));
   const path = join(dir, 'qmp.sock');
   const quits: number[] = [];
@@ -72,6 +72,12 @@ test('vmm: HMP info status and info migrate; refused commands say why, as QEMU d
   await assert.rejects(qmp.execute('migrate-start-postcopy'), /Enable postcopy/);
   await assert.rejects(qmp.execute('migrate-continue', { state: 'pre-switchover' }), /Migration not in expected state: none/);
   await assert.rejects(qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' }), /incoming|-incoming/i);
+});
+
+test('vmm: query-uuid gives the --uuid, or zeros without one, as QEMU', async (t) => {
+  assert.deepEqual(await (await vmWithClient(t)).qmp.execute('query-uuid'), { UUID: '00000000-0000-0000-0000-000000000000' });
+  const { qmp } = await vmWithClient(t, { uuid: '6F1C4C2E-0B6A-4D52-9D2C-4B1F3E9A7C10' });
+  assert.deepEqual(await qmp.execute('query-uuid'), { UUID: '6f1c4c2e-0b6a-4d52-9d2c-4b1f3e9a7c10' });
 });
 
 test('vmm: migrate with a URI that names no transport is refused at once and changes nothing', async (t) => {

@@ -18,11 +18,14 @@ import { runHmp } from './hmp.js';
 import { t, type Fields, type Schema } from '../qmp/schema.js';
 import { connect, listen, parseMigrationUri } from '../transport/index.js';
 import { checkSweepCounters, readGuestParams } from '../guests/params.js';
+import { formatUuid, NIL_UUID, uuidOption } from '../uuid.js';
 
 const trace = debuglog('ferry');
 
 export interface VmmOptions extends MachineOptions {
   readonly name?: string;
+  /** QEMU's -uuid: query-uuid reports it, and validate-uuid migrations check it. */
+  readonly uuid?: string;
   /** QMP addresses to listen on. */
   readonly qmp?: readonly string[];
   /** Called when the VM should end (QMP quit, guest shutdown) with the exit code. */
@@ -36,11 +39,13 @@ export class Vmm {
   /** calc-dirty-rate / query-dirty-rate. */
   readonly dirtyRate: DirtyRateMeter;
   readonly name: string | undefined;
+  readonly uuid: Uint8Array | undefined;
   private readonly onQuit: (code: number) => void;
 
-  private constructor(machine: Machine, options: VmmOptions) {
+  private constructor(machine: Machine, options: VmmOptions, uuid: Uint8Array | undefined) {
     this.machine = machine;
     this.name = options.name;
+    this.uuid = uuid;
     this.onQuit = options.onQuit ?? (() => {});
     this.qmp = new QmpServer();
     const resolveFdName = (name: string): number => this.qmp.fds.take(name);
@@ -52,6 +57,7 @@ export class Vmm {
       emit: (event, data) => this.qmp.emit(event, data),
       schedule: (fn) => setImmediate(fn),
       trace: (message) => trace('%s', message),
+      ...(uuid !== undefined ? { uuid } : {}),
     });
     this.dirtyRate = new DirtyRateMeter({
       memory: () => machine.memory,
@@ -74,8 +80,9 @@ export class Vmm {
 
   /** Create the machine (or take one already created from the same options) and serve QMP. */
   static async create(options: VmmOptions, created?: Machine): Promise<Vmm> {
+    const uuid = options.uuid === undefined ? undefined : uuidOption(options.uuid);
     const machine = created ?? (await Machine.create(options));
-    const vmm = new Vmm(machine, options);
+    const vmm = new Vmm(machine, options, uuid);
     try {
       for (const address of options.qmp ?? []) await vmm.qmp.listen(stripQemuServerOptions(address));
     } catch (err) {
@@ -122,6 +129,7 @@ export class Vmm {
       handler: () => ({ enabled: machine.accelKind === 'kvm', present: machine.accelKind === 'kvm' }),
     });
     qmp.register({ name: 'query-name', handler: () => (this.name !== undefined ? { name: this.name } : {}) });
+    qmp.register({ name: 'query-uuid', handler: () => ({ UUID: formatUuid(this.uuid ?? NIL_UUID) }) });
     qmp.register({
       name: 'human-monitor-command',
       args: { 'command-line': t.str, 'cpu-index?': t.int },
