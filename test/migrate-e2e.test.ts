@@ -166,6 +166,24 @@ test('sim: with return-path the source completes once the destination answered, 
   }
 });
 
+test('sim: ferry migrate --validate-uuid --return-path into a destination with another UUID fails, and the source guest runs on', async (t) => {
+  const dir = scratch(t);
+  const dest = await started(t, dir, 'dst', [...GUEST, '--accel', 'sim', '--uuid', '0d9e8b7a-6c5d-4e3f-8a1b-2c3d4e5f6a7b', '--incoming', 'tcp:127.0.0.1:0']);
+  const source = await started(t, dir, 'src', [...GUEST, '--accel', 'sim', '--uuid', '6f1c4c2e-0b6a-4d52-9d2c-4b1f3e9a7c10']);
+  const uri = await dest.incomingAddress();
+  const cli = spawn(process.execPath, [FERRY_MAIN, 'migrate', '--qmp', source.qmpPath, uri, '--max-bandwidth', '0', '--no-progress', '--validate-uuid', '--return-path'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  cli.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
+  cli.stderr.setEncoding('utf8').on('data', (s: string) => (out += s));
+  const code = await new Promise<number | null>((resolve) => cli.once('exit', resolve));
+  // The source learns it failed (SHUT 1, or the connection the destination closed after it).
+  assert.notEqual(code, 0, out);
+  assert.match(out, /Migration failed/);
+  assert.equal(await dest.exited, 1);
+  assert.match(dest.stderr, /incoming migration failed: UUID received is 6f1c4c2e-0b6a-4d52-9d2c-4b1f3e9a7c10 and local is 0d9e8b7a-6c5d-4e3f-8a1b-2c3d4e5f6a7b/);
+  assert.equal((await source.execute<{ status: string }>('query-status')).status, 'running');
+});
+
 test('sim: pause-before-switchover over QMP: the source waits in pre-switchover until migrate-continue', async (t) => {
   const dir = scratch(t);
   const dest = await started(t, dir, 'dst', [...GUEST, '--accel', 'sim', '-S', '--incoming', 'tcp:127.0.0.1:0']);

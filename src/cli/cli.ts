@@ -92,6 +92,7 @@ program
   .option('--xbzrle', 'turn on the xbzrle capability (delta-encode re-sent pages)')
   .option('--auto-converge', 'turn on the auto-converge capability (throttle the guest\'s vCPUs while it dirties RAM faster than it can be sent)')
   .option('--return-path', 'turn on the return-path capability (complete only once the destination says it loaded everything; otherwise the source guest runs again)')
+  .option('--validate-uuid', 'turn on the validate-uuid capability (a destination with a UUID of its own loads only a stream from the same UUID)')
   .option('--no-progress', 'no progress bar, only the summary')
   .option('--report <file.html>', 'write a self-contained HTML report of the migration')
   .action(async (uri: string, opts) => {
@@ -101,7 +102,7 @@ program
       uri,
       ...(opts.downtimeLimit !== undefined ? { downtimeLimitMs: opts.downtimeLimit } : {}),
       ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
-      capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : [])],
+      capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : []), ...(opts.validateUuid ? ['validate-uuid'] : [])],
       progress: opts.progress,
       ...(opts.report !== undefined ? { report: opts.report } : {}),
     });
