@@ -176,11 +176,26 @@ test('sim: ferry migrate --validate-uuid --return-path into a destination with a
   cli.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
   cli.stderr.setEncoding('utf8').on('data', (s: string) => (out += s));
   const code = await new Promise<number | null>((resolve) => cli.once('exit', resolve));
-  // The source learns it failed (SHUT 1, or the connection the destination closed after it).
+  // The destination refused the configuration before the return path was open (as QEMU
+  // does): the source learns it from the connection the destination closed.
   assert.notEqual(code, 0, out);
   assert.match(out, /Migration failed/);
   assert.equal(await dest.exited, 1);
   assert.match(dest.stderr, /incoming migration failed: UUID received is 6f1c4c2e-0b6a-4d52-9d2c-4b1f3e9a7c10 and local is 0d9e8b7a-6c5d-4e3f-8a1b-2c3d4e5f6a7b/);
+  assert.equal((await source.execute<{ status: string }>('query-status')).status, 'running');
+});
+
+test('sim: with return-path, a destination that refuses the stream mid-way (another RAM size) is named as the cause, not the broken pipe after it', async (t) => {
+  const dir = scratch(t);
+  const dest = await started(t, dir, 'dst', ['--accel', 'sim', '-m', '32M', '--incoming', 'tcp:127.0.0.1:0']);
+  const source = await started(t, dir, 'src', ['--accel', 'sim', '-m', '64M', '--guest', 'builtin:sweep,rate=20000']);
+  const uri = await dest.incomingAddress();
+  await source.execute('migrate-set-capabilities', { capabilities: [{ capability: 'return-path', state: true }] });
+  const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri, maxBandwidth: 0, progress: false });
+  assert.equal(outcome.status, 'failed');
+  assert.match(outcome.info['error-desc'] ?? '', /The destination failed to load the stream \(it answered SHUT 1 on the return path/);
+  assert.equal(await dest.exited, 1);
+  assert.match(dest.stderr, /incoming migration failed: .*differs from the local/);
   assert.equal((await source.execute<{ status: string }>('query-status')).status, 'running');
 });
 

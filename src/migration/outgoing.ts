@@ -48,6 +48,11 @@ export interface OutgoingOptions {
 }
 
 /** Times (ms) and rates query-migrate reports for the source. */
+/** A destination's SHUT other than 0: it did not load the stream. */
+function refusedByDestination(shut: number): string {
+  return `The destination failed to load the stream (it answered SHUT ${shut} on the return path)`;
+}
+
 /** The share of the measured bandwidth the switchover decision counts on. */
 const SWITCHOVER_MARGIN = 0.9;
 /**
@@ -191,6 +196,11 @@ export class OutgoingMigration {
         }
         // As QEMU's migration thread: open it, and ping once so a dead one shows early.
         this.#returnPath = new SourceReturnPath(channel, this.#o.trace);
+        // A destination that fails part-way says so at once (QEMU's return path thread marks
+        // the migration bad): stop sending into it, and let its SHUT be the error reported.
+        this.#returnPath.shut.then((value) => {
+          if (value !== 0) channel.destroy(new MigrationError(refusedByDestination(value)));
+        }, () => {});
         writeCommand(w, MIG_CMD_OPEN_RETURN_PATH);
         writeCommand(w, MIG_CMD_PING, be32Bytes(1));
       }
@@ -324,7 +334,7 @@ export class OutgoingMigration {
       // The destination says whether it loaded everything; until then a failure on either
       // side (or a cancel) runs this guest again. QEMU's downtime includes this wait.
       const shut = await Promise.race([this.#returnPath.shut, this.#cancelSignal]);
-      if (shut !== 0) throw new MigrationError(`The destination failed to load the stream (it answered SHUT ${shut} on the return path)`);
+      if (shut !== 0) throw new MigrationError(refusedByDestination(shut));
       acknowledgedAt = this.#o.now();
     }
     // Every byte is out: the destination will start the guest. A cancel that arrives now

@@ -55,12 +55,27 @@ export class DestinationReturnPath {
     }
   }
 
-  /** The load failed: SHUT 1, for at most FAILURE_SHUT_MS, whatever becomes of it. */
+  /**
+   * The load failed: SHUT 1, then end this side and discard what the source still sends
+   * until it closes — FAILURE_SHUT_MS at most in all, whatever becomes of it. Closing with
+   * unread bytes would reset the connection, and a reset can throw away the SHUT before
+   * the source has read it.
+   */
   async shutAfterFailure(): Promise<void> {
     if (!this.#open || this.#shutSent) return;
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.shut(1).catch(() => {}), new Promise<void>((resolve) => { timer = setTimeout(resolve, FAILURE_SHUT_MS); })]);
-    clearTimeout(timer);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeUp = new Promise<'time'>((resolve) => { timer = setTimeout(() => resolve('time'), FAILURE_SHUT_MS); });
+    try {
+      if ((await Promise.race([this.shut(1).then(() => 'sent' as const, () => 'failed' as const), timeUp])) !== 'sent') return;
+      void this.#channel.end().catch(() => {});
+      for (;;) {
+        const chunk = await Promise.race([this.#channel.read().catch(() => null), timeUp]);
+        if (chunk === null || chunk === 'time') return;
+        this.#channel.release?.(chunk);
+      }
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Done: end this side of the connection (the source closes its own). */
