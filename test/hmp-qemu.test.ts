@@ -61,6 +61,8 @@ const LINES = [
   'migrate',
   'migrate -x exec:true',
   'info dirty_rate',
+  'info name',
+  'info uuid',
   'calc_dirty_rate',
   'calc_dirty_rate x',
   'calc_dirty_rate 0',

@@ -148,6 +148,14 @@ test('hmp: calc_dirty_rate says where to look; info dirty_rate prints query-dirt
   );
 });
 
+test('hmp: info name, uuid and version print the QMP queries as QEMU does', async () => {
+  const ctx = recorder({ 'query-name': { name: 'vm1' }, 'query-uuid': { UUID: '6f1c4c2e-0b6a-4d52-9d2c-4b1f3e9a7c10' }, 'query-version': { qemu: { major: 7, minor: 2, micro: 0 }, package: ' (ferry 0.1.0)' } }).ctx;
+  assert.equal(await runHmp('info name', ctx), 'vm1\n');
+  assert.equal(await runHmp('info name', recorder({ 'query-name': {} }).ctx), '');
+  assert.equal(await runHmp('info uuid', ctx), '6f1c4c2e-0b6a-4d52-9d2c-4b1f3e9a7c10\n');
+  assert.equal(await runHmp('info version', ctx), '7.2.0 (ferry 0.1.0)\n');
+});
+
 test('hmp: help lists what this monitor understands; help of one command is its line', async () => {
   const { ctx } = recorder();
   const all = await runHmp('help', ctx);

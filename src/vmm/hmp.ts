@@ -293,6 +293,26 @@ const INFO: Record<string, { help: string; run(ctx: HmpContext): Promise<string>
       return formatInfoMigrate((await ctx.qmp('query-migrate')) as MigrationInfo);
     },
   },
+  name: {
+    help: 'this VM\'s --name, if it has one',
+    async run(ctx) {
+      const { name } = (await ctx.qmp('query-name')) as { name?: string };
+      return name === undefined ? '' : `${name}\n`;
+    },
+  },
+  uuid: {
+    help: 'this VM\'s --uuid (zeros without one)',
+    async run(ctx) {
+      return `${((await ctx.qmp('query-uuid')) as { UUID: string }).UUID}\n`;
+    },
+  },
+  version: {
+    help: 'the version query-version reports',
+    async run(ctx) {
+      const { qemu, package: pkg } = (await ctx.qmp('query-version')) as { qemu: { major: number; minor: number; micro: number }; package: string };
+      return `${qemu.major}.${qemu.minor}.${qemu.micro}${pkg}\n`;
+    },
+  },
   dirty_rate: {
     help: 'the last dirty rate measurement (calc_dirty_rate)',
     async run(ctx) {
