@@ -95,6 +95,26 @@ test('ferry migrate shows a summary and exits 0; a failing migration exits 1 wit
   assert.match(bad.stderr, /error\s+.*nobody\.sock/);
 });
 
+test('Ctrl-C on ferry migrate cancels the migration: the source guest runs on, the command exits 130', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const source = await FerryProcess.start({ dir, name: 'src', args: ['-m', '64M', '--accel', 'sim', '--guest', 'builtin:sweep,rate=20000'] });
+  t.after(() => source.quit());
+  // 1 MiB/s into a file: it would take a minute.
+  const child = spawn(process.execPath, [FERRY_MAIN, 'migrate', '--qmp', source.qmpPath, `exec:cat > ${join(dir, 'slow.snapshot')}`, '--max-bandwidth', '1M'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  const deadline = Date.now() + 15_000;
+  while ((await source.execute<{ status?: string }>('query-migrate')).status !== 'active' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  child.kill('SIGINT');
+  assert.equal(await exited, 130, stderr);
+  assert.match(stderr, /interrupted: cancelling the migration/);
+  assert.match(stderr, /Migration cancelled/);
+  assert.equal((await source.execute<{ status: string }>('query-migrate')).status, 'cancelled');
+  assert.equal((await source.execute<{ status: string }>('query-status')).status, 'running');
+});
+
 test('ferry demo migrates the built-in guest and shows it kept running', async () => {
   const result = await runFerry(['demo', '--accel', 'sim', '-m', '32M']);
   assert.equal(result.code, 0, `${result.stdout}\n${result.stderr}`);

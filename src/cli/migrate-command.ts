@@ -150,9 +150,27 @@ export function formatSummary(outcome: MigrationOutcome): string {
   return lines.join('\n');
 }
 
-/** The `ferry migrate` command: returns the process exit code. */
+/** Exit code of a command a signal interrupted (128 + SIGINT), as shells report it. */
+const INTERRUPTED_EXIT = 130;
+
+/**
+ * The `ferry migrate` command: returns the process exit code. Ctrl-C (or SIGTERM) while
+ * it runs cancels the migration — the source guest runs on — rather than leaving it
+ * going with nobody watching; a second one ends the command at once.
+ */
 export async function migrateCommand(options: MigrateCommandOptions): Promise<number> {
   const client = await QmpClient.connect(options.qmp);
+  let interrupted = false;
+  const onSignal = (): void => {
+    if (interrupted) process.exit(INTERRUPTED_EXIT);
+    interrupted = true;
+    (options.out ?? process.stderr).write('\nferry: interrupted: cancelling the migration (the source guest runs on); interrupt again to quit at once\n');
+    client.execute('migrate_cancel').catch((err: unknown) => {
+      (options.out ?? process.stderr).write(`ferry: migrate_cancel failed: ${err instanceof Error ? err.message : String(err)}\n`);
+    });
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     const recorder = options.report !== undefined ? new MigrationRecorder(client) : undefined;
     const userOnSample = options.onSample;
@@ -175,8 +193,10 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
       return 0;
     }
     process.stderr.write(summary + '\n');
-    return 1;
+    return interrupted ? INTERRUPTED_EXIT : 1;
   } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     await client.close();
   }
 }
