@@ -9,7 +9,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { FERRY_MAIN, type FerryProcess } from '../src/cli/ferry-process.js';
-import { scratch, sleep, started, waitFor } from './e2e-helpers.js';
+import { runFerry, scratch, sleep, started, waitFor } from './e2e-helpers.js';
 import { runMigration } from '../src/cli/migrate-command.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 
@@ -171,15 +171,11 @@ test('sim: ferry migrate --validate-uuid --return-path into a destination with a
   const dest = await started(t, dir, 'dst', [...GUEST, '--accel', 'sim', '--uuid', '0d9e8b7a-6c5d-4e3f-8a1b-2c3d4e5f6a7b', '--incoming', 'tcp:127.0.0.1:0']);
   const source = await started(t, dir, 'src', [...GUEST, '--accel', 'sim', '--uuid', '6f1c4c2e-0b6a-4d52-9d2c-4b1f3e9a7c10']);
   const uri = await dest.incomingAddress();
-  const cli = spawn(process.execPath, [FERRY_MAIN, 'migrate', '--qmp', source.qmpPath, uri, '--max-bandwidth', '0', '--no-progress', '--validate-uuid', '--return-path'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  cli.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));
-  cli.stderr.setEncoding('utf8').on('data', (s: string) => (out += s));
-  const code = await new Promise<number | null>((resolve) => cli.once('exit', resolve));
+  const { code, stderr } = await runFerry(['migrate', '--qmp', source.qmpPath, uri, '--max-bandwidth', '0', '--no-progress', '--validate-uuid', '--return-path']);
   // The destination refused the configuration before the return path was open (as QEMU
   // does): the source learns it from the connection the destination closed.
-  assert.notEqual(code, 0, out);
-  assert.match(out, /Migration failed/);
+  assert.notEqual(code, 0, stderr);
+  assert.match(stderr, /Migration failed/);
   assert.equal(await dest.exited, 1);
   assert.match(dest.stderr, /incoming migration failed: UUID received is 6f1c4c2e-0b6a-4d52-9d2c-4b1f3e9a7c10 and local is 0d9e8b7a-6c5d-4e3f-8a1b-2c3d4e5f6a7b/);
   assert.equal((await source.execute<{ status: string }>('query-status')).status, 'running');

@@ -27,6 +27,21 @@ function scratch(t: TestContext): string {
   return dir;
 }
 
+/** A QEMU 7.2 destination listening on unix:`sock`; `exited` gives its stderr once it has exited. */
+async function qemuDestination(t: TestContext, sock: string, extra: readonly string[] = []): Promise<{ exited: Promise<string> }> {
+  const qemu = spawn(QEMU, ['-accel', 'tcg', '-m', '64', '-display', 'none', '-nodefaults', ...extra, '-incoming', `unix:${sock}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  qemu.stderr!.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  t.after(() => qemu.kill('SIGKILL'));
+  const exited = new Promise<string>((resolve) => qemu.once('exit', () => resolve(stderr)));
+  const deadline = Date.now() + 30_000;
+  while (!existsSync(sock)) {
+    if (qemu.exitCode !== null || Date.now() > deadline) assert.fail(`QEMU did not listen: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { exited };
+}
+
 test('analyze-migration.py decodes a snapshot that a running Ferry saved with exec:cat', { skip: SCRIPT_SKIP }, async (t) => {
   const dir = scratch(t);
   const vm = await FerryProcess.start({ dir, name: 'src', args: ['--accel', 'sim', '-m', '16M', '--guest', 'builtin:sweep,rate=20000'] });
@@ -114,17 +129,9 @@ test('validate-uuid between Ferry and QEMU 7.2, both ways: a different UUID is r
   await source.execute('migrate-set-capabilities', { capabilities: [{ capability: 'validate-uuid', state: true }] });
   for (const [uuid, expected] of [[OTHER, new RegExp(`UUID received is ${SAME} and local is ${OTHER}`)], [SAME, /error while loading state section id \d+\(\w+\)/]] as const) {
     const sock = join(dir, `mig-${uuid.slice(0, 4)}.sock`);
-    const qemu = spawn(QEMU, ['-accel', 'tcg', '-m', '64', '-display', 'none', '-nodefaults', '-uuid', uuid, '-incoming', `unix:${sock}`], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let qemuErr = '';
-    qemu.stderr!.setEncoding('utf8').on('data', (s: string) => (qemuErr += s));
-    t.after(() => qemu.kill('SIGKILL'));
-    const deadline = Date.now() + 30_000;
-    while (!existsSync(sock)) {
-      if (qemu.exitCode !== null || Date.now() > deadline) assert.fail(`QEMU did not listen: ${qemuErr}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    const qemu = await qemuDestination(t, sock, ['-uuid', uuid]);
     await runMigration(source.qmp, { qmp: source.qmpPath, uri: `unix:${sock}`, maxBandwidth: 0, progress: false });
-    await new Promise<void>((resolve) => (qemu.exitCode !== null ? resolve() : qemu.once('exit', () => resolve())));
+    const qemuErr = await qemu.exited;
     assert.match(qemuErr, expected);
     if (uuid === SAME) assert.doesNotMatch(qemuErr, /UUID/);
     await source.execute('cont').catch(() => {});
@@ -152,21 +159,13 @@ test('QEMU 7.2 takes the return-path commands of a Ferry stream: it opens the re
   const sock = join(dir, 'mig.sock');
   // A QEMU destination: Ferry's RAM, header and commands are QEMU's format, its devices are
   // not QEMU's, so the load fails at the first device section, after the commands.
-  const qemu = spawn(QEMU, ['-accel', 'tcg', '-m', '64', '-display', 'none', '-nodefaults', '-incoming', `unix:${sock}`], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let qemuErr = '';
-  qemu.stderr!.setEncoding('utf8').on('data', (s: string) => (qemuErr += s));
-  t.after(() => qemu.kill('SIGKILL'));
-  const deadline = Date.now() + 30_000;
-  while (!existsSync(sock)) {
-    if (qemu.exitCode !== null || Date.now() > deadline) assert.fail(`QEMU did not listen: ${qemuErr}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const qemu = await qemuDestination(t, sock);
   const source = await FerryProcess.start({ dir, name: 'src', args: ['--accel', 'sim', '-m', '64M', '--guest', 'builtin:sweep,rate=20000'], serial: 'null' });
   t.after(() => source.quit());
   await source.execute('migrate-set-capabilities', { capabilities: [{ capability: 'return-path', state: true }] });
   const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: `unix:${sock}`, maxBandwidth: 0, progress: false });
   assert.equal(outcome.status, 'failed');
-  await new Promise<void>((resolve) => (qemu.exitCode !== null ? resolve() : qemu.once('exit', () => resolve())));
+  const qemuErr = await qemu.exited;
   // QEMU got past the header, the configuration, OPEN_RETURN_PATH, PING and the RAM, and
   // stopped at Ferry's first device section.
   assert.match(qemuErr, /error while loading state section id \d+\(\w+\)/);
