@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { parseGuestSpec } from '../src/guests/spec.js';
 import { QmpClient } from '../src/qmp/client.js';
 import { Vmm } from '../src/vmm/vmm.js';
+import { runFerry } from './e2e-helpers.js';
 
 const QEMU = 'qemu-system-x86_64';
 const QEMU_SKIP = spawnSync(QEMU, ['--version']).error ? `needs ${QEMU} (apt-get install qemu-system-x86)` : false;
@@ -102,6 +103,27 @@ async function qemuClient(t: TestContext, dir: string, extra: readonly string[] 
     }
   }
 }
+
+test('ferry hmp prints the monitor\'s text, from QEMU 7.2 and from Ferry alike, and exits 1 on an error', { skip: QEMU_SKIP, timeout: 60_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-hmp-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const qemu = await qemuClient(t, dir, ['-S']);
+  await qemu.close(); // QEMU's monitor serves one client at a time
+  const ferryPath = join(dir, 'ferry.qmp');
+  const vmm = await Vmm.create({ accel: 'sim', memorySize: 8 * 1024 * 1024, guest: parseGuestSpec('builtin:idle'), qmp: [`unix:${ferryPath}`], startPaused: true, onQuit: () => {} });
+  t.after(() => vmm.destroy());
+  for (const socket of [join(dir, 'qemu-1.qmp'), ferryPath]) {
+    const ok = await runFerry(['hmp', socket, 'info', 'status']);
+    assert.deepEqual([ok.code, ok.stdout], [0, 'VM status: paused (prelaunch)\n'], `${socket}: ${ok.stderr}`);
+    const set = await runFerry(['hmp', socket, 'migrate_set_parameter', 'downtime-limit', '100']);
+    assert.deepEqual([set.code, set.stdout], [0, ''], socket);
+    const bad = await runFerry(['hmp', socket, 'migrate_set_parameter', 'downtime-limit', 'abc']);
+    assert.equal(bad.code, 1, socket);
+    assert.match(bad.stdout, /^Error: Parameter 'downtime-limit' expects a non-negative number/);
+    const unknown = await runFerry(['hmp', socket, 'bogus']);
+    assert.deepEqual([unknown.code, unknown.stdout], [1, "unknown command: 'bogus'\n"], socket);
+  }
+});
 
 test('HMP and QMP: a destination listening after migrate_incoming looks the same in QEMU 7.2 and Ferry', { skip: QEMU_SKIP, timeout: 60_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-hmp-'));

@@ -121,6 +121,16 @@ program
   });
 
 program
+  .command('hmp')
+  .description('send one HMP command line (human-monitor-command) and print its text, e.g. ferry hmp /tmp/vm.sock info migrate')
+  .argument('<socket>', 'a unix socket path or tcp:HOST:PORT')
+  .argument('<words...>', 'the command line, e.g. migrate_set_parameter downtime-limit 100')
+  .action(async (socket: string, words: string[]) => {
+    const { hmpCommand } = await import('./qmp-command.js');
+    process.exitCode = await hmpCommand(socket, words);
+  });
+
+program
   .command('demo')
   .description('start a source and a destination, live-migrate the guest between them, and show that it kept running')
   .addOption(new Option('--accel <name>', 'accelerator for both sides').choices(['kvm', 'sim', 'v86']))

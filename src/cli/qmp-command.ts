@@ -52,6 +52,28 @@ export function parseQmpArguments(words: readonly string[]): Record<string, unkn
   return args;
 }
 
+/**
+ * Run one HMP command line through `human-monitor-command` on `socket` and print its text
+ * as the monitor would (CR LF made LF) — `virsh qemu-monitor-command --hmp`, for Ferry or
+ * QEMU. HMP reports its own errors as text; the exit code is 1 when that text starts as
+ * an error does ("Error: …", an unknown command, a usage message).
+ */
+export async function hmpCommand(socket: string, words: string[], io: QmpCommandIo = PROCESS_IO): Promise<number> {
+  let client: QmpClient | undefined;
+  try {
+    client = await QmpClient.connect(socket);
+    const text = String(await client.execute('human-monitor-command', { 'command-line': words.join(' ') })).replace(/\r\n/g, '\n');
+    io.stdout.write(text);
+    return /^(Error: |unknown command: )/.test(text) || /\nTry "help [^"]+" for more information\n$/.test(text) ? EXIT_FAILED : EXIT_OK;
+  } catch (err) {
+    if (err instanceof QmpError) io.stderr.write(`error: ${err.errorClass}: ${err.message}\n`);
+    else io.stderr.write(`error: ${errorMessage(err)}\n`);
+    return EXIT_FAILED;
+  } finally {
+    await client?.close();
+  }
+}
+
 function parseValue(text: string): unknown {
   try {
     return JSON.parse(text);
