@@ -59,12 +59,19 @@ export function parseQmpArguments(words: readonly string[]): Record<string, unkn
  * an error does ("Error: …", an unknown command, a usage message).
  */
 export async function hmpCommand(socket: string, words: string[], io: QmpCommandIo = PROCESS_IO): Promise<number> {
-  let client: QmpClient | undefined;
-  try {
-    client = await QmpClient.connect(socket);
+  return withClient(socket, io, async (client) => {
     const text = String(await client.execute('human-monitor-command', { 'command-line': words.join(' ') })).replace(/\r\n/g, '\n');
     io.stdout.write(text);
     return /^(Error: |unknown command: )/.test(text) || /\nTry "help [^"]+" for more information\n$/.test(text) ? EXIT_FAILED : EXIT_OK;
+  });
+}
+
+/** Connect to `socket`, run `fn`, close; a failure to connect or a command's error goes to stderr as `error: …` and exits 1. */
+async function withClient(socket: string, io: QmpCommandIo, fn: (client: QmpClient) => Promise<number>): Promise<number> {
+  let client: QmpClient | undefined;
+  try {
+    client = await QmpClient.connect(socket);
+    return await fn(client);
   } catch (err) {
     if (err instanceof QmpError) io.stderr.write(`error: ${err.errorClass}: ${err.message}\n`);
     else io.stderr.write(`error: ${errorMessage(err)}\n`);
@@ -101,17 +108,9 @@ export async function qmpCommand(
     io.stderr.write(`error: ${errorMessage(err)}\n`);
     return EXIT_USAGE;
   }
-  let client: QmpClient | undefined;
-  try {
-    client = await QmpClient.connect(socket);
+  return withClient(socket, io, async (client) => {
     const result = await client.execute(command, kv.length === 0 ? undefined : args);
     io.stdout.write(JSON.stringify(result, null, opts.pretty ? 2 : undefined) + '\n');
     return EXIT_OK;
-  } catch (err) {
-    if (err instanceof QmpError) io.stderr.write(`error: ${err.errorClass}: ${err.message}\n`);
-    else io.stderr.write(`error: ${errorMessage(err)}\n`);
-    return EXIT_FAILED;
-  } finally {
-    await client?.close();
-  }
+  });
 }
