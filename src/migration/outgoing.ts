@@ -47,7 +47,6 @@ export interface OutgoingOptions {
   readonly trace?: (message: string) => void;
 }
 
-/** Times (ms) and rates query-migrate reports for the source. */
 /** A destination's SHUT other than 0: it did not load the stream. */
 function refusedByDestination(shut: number): string {
   return `The destination failed to load the stream (it answered SHUT ${shut} on the return path)`;
@@ -75,6 +74,7 @@ const CALLED_OFF_CAP_MS = 1000;
  */
 const CALLED_OFF_MIN_RUN_MS = 100;
 
+/** Times (ms) and rates query-migrate reports for the source. */
 export interface OutgoingFigures {
   readonly startTime: number;
   readonly setupTime: number | undefined;
