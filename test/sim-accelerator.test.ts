@@ -347,6 +347,77 @@ test('sim: pause stays quick while the workload is still faulting fresh memory i
   });
 });
 
+/** Pauses that took the worker asleep between batches (control.ts, CTRL_PARK). */
+function claimed(a: Accelerator): number {
+  return (a as unknown as { pausesClaimed: number }).pausesClaimed;
+}
+
+test('sim: a pause takes a worker asleep between batches as it stands: nothing written after, the output and the state complete', async () => {
+  // 16 pages per pass at 4000 pages/s: the worker sleeps most of the time, and prints a
+  // line every 4 ms.
+  await withSim(8 * MiB, { kind: 'sweep', from: MiB, to: MiB + 16 * 4096, rate: 4000 }, async (a, bus) => {
+    prefault(a);
+    let lastSteps = steps(a);
+    for (let i = 0; i < 20; i++) {
+      a.resume();
+      await sleep(15);
+      await a.pause();
+      const s = steps(a);
+      assert.ok(s > lastSteps, `round ${i}: the workload did not run (steps ${lastSteps} → ${s})`);
+      lastSteps = s;
+      const snapshot = Buffer.from(a.memory[0]!.bytes);
+      await sleep(5);
+      assert.equal(steps(a), s);
+      assert.ok(Buffer.from(a.memory[0]!.bytes).equals(snapshot), `round ${i}: RAM changed after pause() resolved`);
+      // The published state is the state of the RAM: the counters agree with the pass.
+      const check = checkSweepCounters(a.memory[0]!.bytes);
+      assert.ok(check.ok, check.problem);
+      assert.equal(a.stateSections[0]!.save()['pass'], BigInt(check.pass));
+      // Every line the guest wrote before the pause has arrived, in order.
+      assert.equal(bus.text, Array.from({ length: check.pass }, (_, k) => `pass ${k + 1}\n`).join(''));
+    }
+    // A worker that sleeps 3 ms of every 4 is nearly always found asleep; waking it would
+    // be the other way (and is what a busy host makes slow).
+    assert.ok(claimed(a) >= 10, `only ${claimed(a)} of 20 pauses took the worker as it stood`);
+  });
+});
+
+test('sim: state loaded after a pause that took the worker asleep is the state it runs on', async () => {
+  // 2 pages/s: the worker sleeps ~500 ms at a time, so it is still asleep when the state is
+  // loaded and wakes only for the resume.
+  await withSim(8 * MiB, { kind: 'sweep', from: MiB, to: 2 * MiB, rate: 2 }, async (a) => {
+    for (let i = 0; i < 10; i++) {
+      a.resume();
+      await sleep(10);
+      const before = claimed(a);
+      await a.pause();
+      if (claimed(a) === before) continue;
+      // It must not write its old state over this one when it wakes.
+      const saved = a.stateSections[0]!.save();
+      const jumped = { ...saved, steps: (saved['steps'] as bigint) + 1_000_000n };
+      a.stateSections[0]!.load(jumped);
+      a.resume();
+      await sleep(10);
+      await a.pause();
+      assert.ok((a.stateSections[0]!.save()['steps'] as bigint) >= (jumped['steps'] as bigint), 'the worker ran on from its old state, not the loaded one');
+      return;
+    }
+    assert.fail('no pause took the worker asleep in 10 tries');
+  });
+});
+
+test('sim: a worker that never sleeps is never taken as it stands: pause waits for it', async () => {
+  await withSim(16 * MiB, { kind: 'sweep', from: MiB, to: undefined, rate: 100_000_000 }, async (a) => {
+    prefault(a);
+    for (let i = 0; i < 10; i++) {
+      a.resume();
+      await sleep(5);
+      await a.pause();
+    }
+    assert.equal(claimed(a), 0);
+  });
+});
+
 test('sim: works from `node --input-type=module -e` (the worker must not inherit that flag)', async () => {
   const { execFileSync } = await import('node:child_process');
   const url = new URL('../src/sim/sim-accelerator.js', import.meta.url).href;

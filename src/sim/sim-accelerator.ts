@@ -2,7 +2,8 @@
 // workload model in a worker thread writes at a set rate, marking a shared dirty
 // bitmap, so the migration engine can be exercised and measured on any machine.
 
-import type { Worker } from 'node:worker_threads';
+import { MessageChannel, receiveMessageOnPort } from 'node:worker_threads';
+import type { MessagePort, Worker } from 'node:worker_threads';
 import { ConfigError, GuestCrashError, VmStateError } from '../errors.js';
 import { writeGuestParams } from '../guests/params.js';
 import { sweepRange } from '../guests/spec.js';
@@ -13,7 +14,8 @@ import type {
 import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { VmStateValue } from '../migration/vmstate-types.js';
 import {
-  CMD_EXIT, CMD_PAUSE, CMD_RUN, CTRL_BYTES, CTRL_REQUEST, CTRL_THROTTLE, SEQ_MASK, encodeRequest,
+  CMD_EXIT, CMD_PAUSE, CMD_RUN, CTRL_ACK, CTRL_BYTES, CTRL_PARK, CTRL_REQUEST, CTRL_THROTTLE, PARK_CLAIMED, PARK_PARKED,
+  SEQ_MASK, encodeRequest,
 } from './control.js';
 import type { SimCommand, SimWorkerData, SimWorkerMessage } from './control.js';
 import { WORKLOAD_WORKER_NAME, WORKLOAD_WORKER_URL } from './workload-worker-url.js';
@@ -31,6 +33,15 @@ import { checkThrottlePercent } from '../hypervisor/cpu-throttle.js';
  * built-in guest reaches under this host's KVM (MACHINE.md: ~200–300 K pages/s).
  */
 export const SIM_DEFAULT_PAGES_PER_SECOND = 250_000;
+
+/**
+ * How long pause() waits on this thread for the worker's acknowledgement before it leaves
+ * the rest to the event loop. The worker looks at its command word between batches of a
+ * few milliseconds, so this is reached only on a starved machine; meanwhile nothing else
+ * runs here (as QEMU's pause_all_vcpus holds its lock), but the pause is not delayed by
+ * whatever the event loop would have run first — it is the start of a migration's downtime.
+ */
+export const PAUSE_SYNC_WAIT_MS = 50;
 
 /** The random workload's fixed seed, so runs are repeatable (the state travels with the guest). */
 export const SIM_RANDOM_SEED = 0x46525259;
@@ -117,12 +128,16 @@ class SimAccelerator implements Accelerator {
 
   private readonly config: AcceleratorConfig;
   private readonly worker: Worker;
+  /** Our end of the worker's message port (control.ts). */
+  private readonly events: MessagePort;
   private readonly control: Int32Array;
   private readonly cpu: SharedArrayBuffer;
   private readonly host: HostMemory;
   private readonly exitListeners: ((exit: GuestExit) => void)[] = [];
   private readonly pauseWaiters: { seq: number; resolve: () => void }[] = [];
   private seq = 0;
+  /** Pauses that took a parked worker as it stood (control.ts, CTRL_PARK); for tests. */
+  pausesClaimed = 0;
   private isRunning = false;
   private destroyed = false;
   private workerGone = false;
@@ -165,10 +180,14 @@ class SimAccelerator implements Accelerator {
       },
     }];
 
-    const workerData: SimWorkerData = { ramAddress: host.address, ramSize: host.size, dirty, control, cpu: this.cpu };
-    this.worker = startWorker(WORKLOAD_WORKER_URL, workerData, { name: WORKLOAD_WORKER_NAME }).worker;
+    const channel = new MessageChannel();
+    this.events = channel.port1;
+    const workerData: SimWorkerData = { ramAddress: host.address, ramSize: host.size, dirty, control, cpu: this.cpu, events: channel.port2 };
+    this.worker = startWorker(WORKLOAD_WORKER_URL, workerData, { name: WORKLOAD_WORKER_NAME, transferList: [channel.port2] }).worker;
     this.ready = new Promise((resolve) => { this.markReady = resolve; });
-    this.worker.on('message', (message: SimWorkerMessage) => this.onMessage(message));
+    this.events.on('message', (message: SimWorkerMessage) => this.onMessage(message));
+    // The worker keeps the process alive while it runs; its port need not.
+    this.events.unref();
     let failed = false;
     this.worker.on('error', (error) => {
       failed = true;
@@ -178,6 +197,9 @@ class SimAccelerator implements Accelerator {
     this.exited = new Promise((resolve) => {
       this.worker.once('exit', (code) => {
         this.workerGone = true;
+        // What it posted last (its final output) may not have been delivered yet.
+        this.takeEvents();
+        this.events.close();
         if (!this.destroyed && !failed) {
           this.emitExit({ kind: 'crash', error: new GuestCrashError(`The sim workload worker exited unexpectedly with code ${code}`, '') });
         }
@@ -212,8 +234,44 @@ class SimAccelerator implements Accelerator {
     const waiting = this.pauseWaiters.at(-1);
     if (!this.isRunning) return waiting ? new Promise((resolve) => this.pauseWaiters.push({ seq: waiting.seq, resolve })) : Promise.resolve();
     this.isRunning = false;
-    const seq = this.command(CMD_PAUSE);
-    return new Promise((resolve) => this.pauseWaiters.push({ seq, resolve }));
+    // The command first, so a worker that finds its park claimed reads the pause; no
+    // wake-up before the claim, so a parked worker does not race it to the park word.
+    const seq = this.command(CMD_PAUSE, false);
+    const paused = new Promise<void>((resolve) => this.pauseWaiters.push({ seq, resolve }));
+    if (Atomics.compareExchange(this.control, CTRL_PARK, PARK_PARKED, PARK_CLAIMED) === PARK_PARKED) {
+      // Asleep between batches with its state published: paused as it stands, and left
+      // asleep (it learns of it when it next wakes). Its output is queued already.
+      this.pausesClaimed++;
+      this.takeEvents();
+      this.resolvePauses(seq);
+      return paused;
+    }
+    Atomics.notify(this.control, CTRL_REQUEST);
+    if (this.waitForAck(seq, PAUSE_SYNC_WAIT_MS)) {
+      // In a batch: it acknowledges within a few milliseconds. Its messages, here and in
+      // order: the output first, then the acknowledgement, which resolves `paused`.
+      this.takeEvents();
+    }
+    return paused;
+  }
+
+  /** Wait on this thread until the worker has acknowledged pause `seq`; false after `timeoutMs`. */
+  private waitForAck(seq: number, timeoutMs: number): boolean {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const ack = Atomics.load(this.control, CTRL_ACK);
+      if (ack === seq) return true;
+      const left = deadline - performance.now();
+      if (left <= 0 || this.workerGone) return false;
+      Atomics.wait(this.control, CTRL_ACK, ack, left);
+    }
+  }
+
+  /** Handle, now and in order, every message the worker has posted. */
+  private takeEvents(): void {
+    for (let next = receiveMessageOnPort(this.events); next !== undefined; next = receiveMessageOnPort(this.events)) {
+      this.onMessage(next.message as SimWorkerMessage);
+    }
   }
 
   setThrottle(percent: number): void {
@@ -239,10 +297,10 @@ class SimAccelerator implements Accelerator {
     this.host.release();
   }
 
-  private command(cmd: SimCommand): number {
+  private command(cmd: SimCommand, wake = true): number {
     this.seq = (this.seq + 1) & SEQ_MASK;
     Atomics.store(this.control, CTRL_REQUEST, encodeRequest(this.seq, cmd));
-    Atomics.notify(this.control, CTRL_REQUEST);
+    if (wake) Atomics.notify(this.control, CTRL_REQUEST);
     return this.seq;
   }
 

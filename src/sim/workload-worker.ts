@@ -1,10 +1,10 @@
 // The sim accelerator's "vCPU thread": runs the workload model, paced by a token bucket,
 // until the main thread asks it to pause or exit (see control.ts for the handshake).
 
-import { parentPort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import {
-  CMD_EXIT, CMD_PAUSE, CTRL_ACK, CTRL_REQUEST, CTRL_THROTTLE, requestCommand, requestSeq,
+  CMD_EXIT, CMD_PAUSE, CTRL_ACK, CTRL_PARK, CTRL_REQUEST, CTRL_THROTTLE, PARK_ACTIVE, PARK_CLAIMED, PARK_PARKED,
+  requestCommand, requestSeq,
 } from './control.js';
 import { THROTTLE_TIMESLICE_MS, throttleSleepMs } from '../hypervisor/cpu-throttle.js';
 import type { SimWorkerData, SimWorkerMessage } from './control.js';
@@ -20,7 +20,6 @@ import { viewAt } from '../sys/view.js';
  */
 const MAX_BATCH = 256;
 
-const port = parentPort!;
 // A worker started ahead of its VM (src/sys/early-worker.ts) has its modules loaded already and
 // learns its memory and control words from the first message.
 const data = await workerInput<SimWorkerData>();
@@ -28,6 +27,7 @@ const control = new Int32Array(data.control);
 // The main thread owns the mapping and unmaps it only after this worker has exited.
 const ram = viewAt(data.ramAddress, data.ramSize);
 const dirty = new Uint32Array(data.dirty);
+const port = data.events;
 
 let pendingText = '';
 const post = (message: SimWorkerMessage): void => port.postMessage(message);
@@ -46,6 +46,24 @@ let bucket: TokenBucket | undefined;
 let sliceStart = 0;
 let ackedSeq = -1;
 
+/**
+ * Sleep on the command word (woken by any command, or after `timeoutMs`) parked: the
+ * model's state published and its output posted, so the main thread may take this vCPU
+ * as paused without waiting for it to wake (control.ts, CTRL_PARK). When it did, the
+ * model is dropped: the next run starts from the published state, or whatever the main
+ * thread loaded meanwhile.
+ */
+function parkedWait(req: number, timeoutMs?: number): void {
+  writeCpuState(data.cpu, model!.state);
+  flushOutput();
+  Atomics.store(control, CTRL_PARK, PARK_PARKED);
+  Atomics.wait(control, CTRL_REQUEST, req, timeoutMs);
+  if (Atomics.compareExchange(control, CTRL_PARK, PARK_PARKED, PARK_ACTIVE) === PARK_CLAIMED) {
+    Atomics.store(control, CTRL_PARK, PARK_ACTIVE);
+    model = undefined;
+  }
+}
+
 for (;;) {
   const req = Atomics.load(control, CTRL_REQUEST);
   const cmd = requestCommand(req);
@@ -60,8 +78,10 @@ for (;;) {
       // Output first: the ack must not overtake a line the guest wrote before stopping.
       flushOutput();
       ackedSeq = seq;
-      Atomics.store(control, CTRL_ACK, seq);
       post({ type: 'paused', seq });
+      // After the message, so a main thread that wakes on the word finds it queued.
+      Atomics.store(control, CTRL_ACK, seq);
+      Atomics.notify(control, CTRL_ACK);
     }
     Atomics.wait(control, CTRL_REQUEST, req);
     continue;
@@ -74,7 +94,7 @@ for (;;) {
     bucket.reset(sliceStart);
   }
   if (model.idle) {
-    Atomics.wait(control, CTRL_REQUEST, req);
+    parkedWait(req);
     continue;
   }
   const throttle = Atomics.load(control, CTRL_THROTTLE);
@@ -82,17 +102,15 @@ for (;;) {
     // Throttled (QEMU's cpu_throttle_thread): sleep out this timeslice's share. A command,
     // or a change of throttle, wakes us early. No catching up afterwards: the credit the
     // sleep would have earned is not given.
-    flushOutput();
-    Atomics.wait(control, CTRL_REQUEST, req, throttleSleepMs(throttle));
+    parkedWait(req, throttleSleepMs(throttle));
     sliceStart = performance.now();
     bucket!.reset(sliceStart);
     continue;
   }
   const n = bucket!.take(performance.now(), MAX_BATCH);
   if (n === 0) {
-    flushOutput();
-    // Sleeping on the command word: a pause wakes us at once.
-    Atomics.wait(control, CTRL_REQUEST, req, Math.max(bucket!.waitMs(), 0.05));
+    // Sleeping on the command word: a pause wakes us at once, or takes us as we are.
+    parkedWait(req, Math.max(bucket!.waitMs(), 0.05));
     continue;
   }
   model.run(n);

@@ -7,6 +7,7 @@
 // entry point can load it at once.
 
 import { Worker, parentPort, workerData } from 'node:worker_threads';
+import type { TransferListItem } from 'node:worker_threads';
 
 /** The one message a prestarted worker waits for: what workerData would have held. */
 export interface WorkerInit<T> {
@@ -17,6 +18,8 @@ export interface WorkerInit<T> {
 export interface WorkerStartOptions {
   /** The thread's name (shown by debuggers and in `top -H`). */
   readonly name?: string;
+  /** Objects in the data that move to the worker rather than being copied (a MessagePort). */
+  readonly transferList?: readonly TransferListItem[];
 }
 
 /** Options for every worker Ferry starts. */
@@ -67,11 +70,12 @@ export function takePrestartedWorker(url: URL): Worker | undefined {
  */
 export function startWorker<T>(url: URL, data: T, options?: WorkerStartOptions): { worker: Worker; early: boolean } {
   const early = takePrestartedWorker(url);
+  const transferList = options?.transferList ? [...options.transferList] : [];
   if (early) {
-    early.postMessage({ type: 'init', data } satisfies WorkerInit<T>);
+    early.postMessage({ type: 'init', data } satisfies WorkerInit<T>, transferList);
     return { worker: early, early: true };
   }
-  return { worker: new Worker(url, { workerData: data, ...workerOptions(options) }), early: false };
+  return { worker: new Worker(url, { workerData: data, transferList, ...workerOptions(options) }), early: false };
 }
 
 /**
