@@ -160,7 +160,9 @@ class KvmAccelerator implements Accelerator {
   }
 
   async pause(): Promise<void> {
-    await Promise.all(this.threads.map((t) => t.pause()));
+    // Ask every vCPU before waiting for any, so they stop together.
+    const claimed = this.threads.map((t) => t.requestPause());
+    await Promise.all(this.threads.map((t, i) => t.finishPause(claimed[i]!)));
     this.isRunning = false;
   }
 

@@ -145,6 +145,10 @@ export function runVcpuLoop(box: Int32Array, run: KvmRunView, kvmRun: () => numb
         // resume or pause, then run again (the guest is past its HLT).
         setState(M.STATE_HALTED);
         if (Atomics.load(box, M.WAKE) === seen) sleep(seen);
+        // Leave HALTED ourselves, unless the main thread took this vCPU as paused where it
+        // slept (VcpuThread.requestPause): STATE then says PAUSED, and CONTROL, read next,
+        // says PAUSE or whatever came after it.
+        if (Atomics.compareExchange(box, M.STATE, M.STATE_HALTED, M.STATE_RUNNING) === M.STATE_HALTED) Atomics.notify(box, M.STATE);
         break;
       }
       default: {

@@ -5,7 +5,9 @@
 //   CONTROL   main → worker: RUN, PAUSE or STOP
 //   WAKE      main bumps it (and notifies) on every CONTROL change or kick; the worker
 //             sleeps on it while paused or halted, so no wake-up is lost
-//   STATE     worker → main: what the worker is doing (STATE_*), notified on change
+//   STATE     worker → main: what the worker is doing (STATE_*), notified on change; the
+//             main thread may take a HALTED vCPU as PAUSED with a compare-and-swap (a
+//             halted worker sleeps outside KVM_RUN), and the worker leaves HALTED with one
 //   TID       the worker's kernel thread id, for tgkill
 //   DOORBELL  worker bumps it (and notifies) after queuing an entry or a request
 //   HEAD/TAIL ring of posted entries (writes, exits): the worker writes at TAIL, the

@@ -149,6 +149,59 @@ test('auto-converge throttle: a vCPU throttled to 90 % runs about a tenth of the
   }
 });
 
+test('a halted vCPU is taken as paused where it sleeps: its writes delivered, nothing run until resumed', async () => {
+  const { thread, log } = setup([
+    { out: 0x3f8, size: 1, values: [0x40] },
+    { hlt: true },
+    { out: 0x3f8, size: 1, values: [0x41] },
+    { hlt: true },
+  ]);
+  try {
+    await thread.ready();
+    thread.resume();
+    await until('HLT', () => thread.state === M.STATE_HALTED);
+    await thread.pause();
+    assert.equal(thread.pausesClaimed, 1, 'the halted vCPU was taken as it slept');
+    assert.equal(thread.state, M.STATE_PAUSED);
+    assert.equal(thread.vcpu.run.immediateExit, 0, 'immediate_exit is left clear');
+    assert.deepEqual(log, ['out 3f8/1=40']);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(log, ['out 3f8/1=40'], 'nothing ran while paused');
+    thread.resume();
+    await until('the guest to go on past its HLT', () => log.length === 2);
+    assert.equal(log[1], 'out 3f8/1=41');
+  } finally {
+    await thread.stop();
+  }
+});
+
+test('kicks racing pauses of a halted vCPU: every pause holds, claimed or waited for', async () => {
+  // A guest that halts after every write: each kick lets it run one more step.
+  const script: FakeStep[] = [];
+  for (let i = 0; i < 400; i++) script.push({ out: 0x80, size: 1, values: [i & 0xff] }, { hlt: true });
+  const { thread, log } = setup(script);
+  try {
+    await thread.ready();
+    thread.resume();
+    for (let i = 0; i < 150; i++) {
+      thread.kick();
+      await thread.pause();
+      const seen = log.length;
+      assert.equal(thread.state, M.STATE_PAUSED, `round ${i}`);
+      // A kick while paused must not run it either.
+      thread.kick();
+      await new Promise((r) => setTimeout(r, 1));
+      assert.equal(log.length, seen, `round ${i}: the vCPU ran while paused`);
+      thread.resume();
+      await until(`round ${i}: HLT`, () => thread.state === M.STATE_HALTED);
+    }
+    assert.ok(thread.pausesClaimed > 0, 'no pause found the vCPU halted');
+    assert.deepEqual(log, log.map((_, i) => `out 80/1=${(i & 0xff).toString(16)}`), 'the writes arrived in order, none lost');
+  } finally {
+    await thread.stop();
+  }
+});
+
 test('a pause requested while an IN is outstanding completes the IN first', async () => {
   const { thread, log } = setup([{ in: 0x61, size: 2 }, { echo: 0xe9 }]);
   try {

@@ -43,6 +43,15 @@ const waitAsync = (Atomics as unknown as {
 
 /** How long pause() waits between kicks before sending the signal again. */
 const KICK_RETRY_MS = 2;
+/**
+ * How long a pause waits for the worker on this thread before it leaves the rest to the
+ * event loop. A running vCPU leaves KVM_RUN ~0.2 ms after the signal (MACHINE.md); waiting
+ * here, answering its reads and taking its writes meanwhile, keeps whatever the event loop
+ * would have run first out of a migration's downtime (QEMU's pause_all_vcpus blocks too).
+ */
+const PAUSE_SYNC_WAIT_MS = 50;
+/** How often that wait looks for a read to answer (the worker rings DOORBELL, not STATE). */
+const PAUSE_POLL_MS = 0.25;
 
 /** What the thread needs of a vCPU (KvmVcpu; a stand-in in tests). */
 export interface VcpuHandle {
@@ -170,19 +179,73 @@ export class VcpuThread {
 
   /** Stop running guest code; resolves when the worker is out of KVM_RUN with IO completed. */
   async pause(timeoutMs = 5_000): Promise<void> {
+    await this.finishPause(this.requestPause(), timeoutMs);
+  }
+
+  /** Pauses that took a halted vCPU as paused where it slept; for tests. */
+  pausesClaimed = 0;
+
+  /**
+   * The first half of pause(), so a VM can ask all its vCPUs before waiting for any: true
+   * when the vCPU was halted and is taken as paused where it sleeps, without waking it
+   * (a halted worker is outside KVM_RUN with its writes posted).
+   */
+  requestPause(): boolean {
     // immediate_exit first, so the worker's acknowledgement (which clears it) comes after.
     this.vcpu.run.immediateExit = 1;
-    this.setControl(M.CONTROL_PAUSE);
+    // CONTROL before the claim and no wake-up yet: a worker that finds itself claimed reads
+    // the pause, and a sleeping one is not woken to race us for STATE.
+    Atomics.store(this.box, M.CONTROL, M.CONTROL_PAUSE);
+    if (Atomics.compareExchange(this.box, M.STATE, M.STATE_HALTED, M.STATE_PAUSED) === M.STATE_HALTED) {
+      this.vcpu.run.immediateExit = 0;
+      this.pausesClaimed++;
+      Atomics.notify(this.box, M.STATE);
+      return true;
+    }
+    Atomics.add(this.box, M.WAKE, 1);
+    Atomics.notify(this.box, M.WAKE);
     this.interrupt();
-    await this.waitForState((s) => s === M.STATE_PAUSED || s === M.STATE_STOPPED, timeoutMs, 'pause', () => {
+    return false;
+  }
+
+  /** The second half of pause(): wait for the worker (unless claimed), then take its writes. */
+  async finishPause(claimed: boolean, timeoutMs = 5_000): Promise<void> {
+    const paused = (s: number): boolean => s === M.STATE_PAUSED || s === M.STATE_STOPPED;
+    const kickAgain = (): void => {
       // The worker may have cleared immediate_exit after an interrupted run that it took
       // for a resume (it read CONTROL before our pause landed): set it again, then kick.
       if (this.state === M.STATE_RUNNING) this.vcpu.run.immediateExit = 1;
       this.interrupt();
-    });
+    };
+    if (!claimed && !this.waitHere(paused, Math.min(PAUSE_SYNC_WAIT_MS, timeoutMs), kickAgain)) {
+      await this.waitForState(paused, timeoutMs, 'pause', kickAgain);
+    }
     // Writes the guest made before it stopped must reach the devices before anyone saves
     // device state: the service loop may not have run since the worker posted them.
     this.drainRing();
+  }
+
+  /**
+   * Wait on this thread, up to `budgetMs`, for the worker's state to satisfy `done`,
+   * answering its reads and taking its writes meanwhile (it may need either to get there).
+   */
+  private waitHere(done: (state: number) => boolean, budgetMs: number, retry: () => void): boolean {
+    const start = performance.now();
+    let nextKick = start + KICK_RETRY_MS;
+    for (;;) {
+      const state = Atomics.load(this.box, M.STATE);
+      if (done(state)) return true;
+      if (this.workerError) return false;
+      this.answerRequest();
+      this.drainRing();
+      const now = performance.now();
+      if (now - start >= budgetMs) return false;
+      if (now >= nextKick) {
+        retry();
+        nextKick = now + KICK_RETRY_MS;
+      }
+      Atomics.wait(this.box, M.STATE, state, Math.min(PAUSE_POLL_MS, nextKick - now));
+    }
   }
 
   private async waitForState(done: (state: number) => boolean, timeoutMs: number, what: string, retry?: () => void): Promise<void> {
