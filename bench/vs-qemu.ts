@@ -2,7 +2,8 @@
 // alternation, through the same QMP client code; medians with min–max and Ferry/QEMU
 // ratios, written as JSON, a Markdown table and an HTML page under bench/results/.
 // Usage: node dist/bench/vs-qemu.js [--quick] [--reps N] [--cap-s S] [--sizes 256M,1G]
-//   [--transports tcp,unix,exec-file] [--limits 300,30] [--no-idle] [--ferry-rate N|match]
+//   [--transports tcp,unix,exec-file] [--limits 300,30] [--guests sweep,idle] [--no-idle]
+//   [--ferry-rate N|match]
 //   [--no-ceilings] [--all-reps] [--out DIR]
 
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -41,6 +42,9 @@ interface BenchOptions {
   readonly sizesMiB: readonly number[];
   readonly transports: readonly BenchTransport[];
   readonly limits: readonly number[];
+  /** The sweep cases (sizes × transports × limits). */
+  readonly sweep: boolean;
+  /** One idle case per size. */
   readonly idle: boolean;
   /** undefined: match QEMU's measured guest rate per size. */
   readonly ferryRate: number | undefined;
@@ -60,6 +64,7 @@ function parseOptions(argv: string[]): BenchOptions {
       sizes: { type: 'string' },
       transports: { type: 'string' },
       limits: { type: 'string' },
+      guests: { type: 'string' },
       'no-idle': { type: 'boolean', default: false },
       'ferry-rate': { type: 'string' },
       'no-ceilings': { type: 'boolean', default: false },
@@ -76,6 +81,8 @@ function parseOptions(argv: string[]): BenchOptions {
     if (!Number.isFinite(n) || n <= 0) throw new Error(`Invalid ${what} "${text}": expected a positive number`);
     return n;
   };
+  const guests = list(values.guests, 'sweep,idle');
+  for (const g of guests) if (!['sweep', 'idle'].includes(g)) throw new Error(`Invalid guest "${g}" in --guests: expected sweep or idle`);
   const transports = list(values.transports, quick ? 'tcp,unix,exec-file' : 'tcp,unix,exec-file');
   for (const t of transports) if (!['tcp', 'unix', 'exec-file'].includes(t)) throw new Error(`Invalid transport "${t}": expected tcp, unix or exec-file`);
   // 250 000 pages/s is the sim's default: what the sweep guest does under KVM on these machines.
@@ -87,7 +94,8 @@ function parseOptions(argv: string[]): BenchOptions {
     sizesMiB: list(values.sizes, quick ? '256M' : '256M,1G').map((s) => parseSize(s, '--sizes', 'M') / 1048576),
     transports: transports as BenchTransport[],
     limits: list(values.limits, quick ? '300' : '300,30').map((s) => positive(s, 300, '--limits')),
-    idle: !(values['no-idle'] ?? false),
+    sweep: guests.includes('sweep'),
+    idle: guests.includes('idle') && !(values['no-idle'] ?? false),
     ferryRate: rateText === 'match' ? undefined : positive(rateText, 250_000, '--ferry-rate'),
     ceilings: !(values['no-ceilings'] ?? false),
     allReps: values['all-reps'] ?? false,
@@ -96,9 +104,9 @@ function parseOptions(argv: string[]): BenchOptions {
   };
 }
 
-export function buildCells(options: Pick<BenchOptions, 'sizesMiB' | 'transports' | 'limits' | 'idle'>): BenchCell[] {
+export function buildCells(options: Pick<BenchOptions, 'sizesMiB' | 'transports' | 'limits' | 'idle'> & { sweep?: boolean }): BenchCell[] {
   const cells: BenchCell[] = [];
-  for (const memoryMiB of options.sizesMiB) {
+  for (const memoryMiB of options.sweep === false ? [] : options.sizesMiB) {
     for (const transport of options.transports) {
       for (const downtimeLimitMs of options.limits) {
         const cell = { memoryMiB, transport, downtimeLimitMs, guest: 'sweep' as const };
@@ -177,7 +185,8 @@ async function main(argv: string[]): Promise<void> {
 
   const ferryRates: Record<string, number> = {};
   for (const size of options.sizesMiB) {
-    if (accelerators.ferry !== 'sim') break;
+    // Only the sweep guest has a rate to match.
+    if (accelerators.ferry !== 'sim' || !options.sweep) break;
     if (options.ferryRate !== undefined) {
       ferryRates[sizeLabel(size)] = options.ferryRate;
       continue;

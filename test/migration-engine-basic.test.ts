@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PAGE_SIZE } from '../src/hypervisor/types.js';
+import type { VmStateDescription, VmStateSubsection } from '../src/migration/vmstate-types.js';
 import { digest, makePair, statuses, waitFor } from './migration-engine-helpers.js';
 
 const MiB = 1024 * 1024;
@@ -132,4 +133,38 @@ test('a second migrate while one runs is refused with QEMU\'s words; so is migra
   await src.migration.whenSettled();
   await dst.migration.whenIncomingSettled();
   assert.equal(src.migration.status, 'completed');
+});
+
+test('the device-state encoders are warmed at setup on samples: no state is read while the guest runs', async () => {
+  const { src, dst } = makePair(4 * MiB);
+  src.vm.startWorkload(20, 1);
+  src.migration.setParameters({ 'max-bandwidth': 0 });
+  // Like KVM's vCPU state, which cannot be read from a running vCPU.
+  const readWhile: string[] = [];
+  // A subsection's `needed` runs wherever the description is encoded: the warm-up too.
+  const encodedWhile: string[] = [];
+  for (const section of src.vm.stateSections) {
+    const save = section.save.bind(section);
+    section.save = () => {
+      readWhile.push(`${section.idstr} ${src.vm.runState}`);
+      return save();
+    };
+    const probe: VmStateSubsection = {
+      description: { name: `${section.idstr}/probe`, version: 1, minimumVersion: 1, fields: [] },
+      key: 'probe',
+      needed: () => {
+        encodedWhile.push(`${section.idstr} ${src.vm.runState}`);
+        return false;
+      },
+    };
+    (section as { description: VmStateDescription }).description = { ...section.description, subsections: [...(section.description.subsections ?? []), probe] };
+  }
+  await dst.migration.migrateIncoming('memory:');
+  src.migration.migrate('memory:');
+  await src.migration.whenSettled();
+  await dst.migration.whenIncomingSettled();
+  src.vm.stopWorkload();
+  assert.equal(src.migration.status, 'completed', src.migration.queryMigrate()['error-desc']);
+  assert.deepEqual(readWhile, ['fake-cpu finish-migrate', 'fake-serial finish-migrate'], 'each section read once, with the guest stopped');
+  assert.deepEqual(encodedWhile, ['fake-cpu running', 'fake-serial running', 'fake-cpu finish-migrate', 'fake-serial finish-migrate'], 'encoded on a sample at setup, then for real');
 });

@@ -19,6 +19,9 @@ test('buildCells: sizes × transports × limits, then one idle case per size', (
   assert.equal(cells.length, 2 * 3 * 2 + 2);
   assert.equal(new Set(cells.map((c) => c.key)).size, cells.length, 'keys are unique');
   assert.deepEqual(cells.filter((c) => c.guest === 'idle').map((c) => c.key), ['256 MiB idle, tcp, limit 300 ms', '1 GiB idle, tcp, limit 300 ms']);
+  // --guests idle: the idle cases alone.
+  const idleOnly = buildCells({ sizesMiB: [256, 1024], transports: ['tcp', 'unix'], limits: [300, 30], idle: true, sweep: false });
+  assert.deepEqual(idleOnly.map((c) => c.key), ['256 MiB idle, tcp, limit 300 ms', '1 GiB idle, tcp, limit 300 ms']);
 });
 
 test('QEMU side: a sweep guest migrated over tcp through QMP, read back with query-migrate', { timeout: 120_000 }, async (t) => {

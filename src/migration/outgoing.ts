@@ -209,6 +209,8 @@ export class OutgoingMigration {
         await handler.setup?.(w);
         writeSectionFooter(w, sectionId);
       }
+      // The device state is encoded once, with the guest stopped: compile that code now.
+      for (const { handler } of registry.nonIterative) handler.warmUp?.();
       await this.#flush(w);
       this.#checkCancelled();
       this.#setupTime = this.#o.now() - this.#startTime;

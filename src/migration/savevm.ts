@@ -30,6 +30,11 @@ export interface SaveVmHandler {
    * writes its FULL section and returns its vmdesc entry.
    */
   complete(w: StreamWriter): Promise<VmdescDevice | undefined>;
+  /**
+   * Source, at setup, non-iterative handlers: encode a stand-in for the state into nothing,
+   * so the code complete() runs with the guest stopped is compiled by then. No side effects.
+   */
+  warmUp?(): void;
   /** Destination: read one section's data (START/PART/END/FULL) of stream version `versionId`. */
   load(r: StreamReader, versionId: number, section: string): Promise<void>;
   /** Destination, after EOF with every section read: install what load() kept aside. */

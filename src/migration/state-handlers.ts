@@ -8,7 +8,7 @@ import type { RunState } from '../machine/run-state.js';
 import type { StreamReader } from '../stream/reader.js';
 import type { StreamWriter } from '../stream/writer.js';
 import type { VmdescDevice } from '../stream/format.js';
-import { vmstateLoad, vmstateSave } from './vmstate.js';
+import { vmstateLoad, vmstateSave, vmstateWarmUp } from './vmstate.js';
 import type { VmStateDescription, VmStateValue } from './vmstate-types.js';
 import type { SaveVmHandler } from './savevm.js';
 
@@ -26,6 +26,10 @@ export function stateSectionHandler(section: StateSection): SaveVmHandler {
     minimumVersion: section.description.minimumVersion,
     async complete(w: StreamWriter): Promise<VmdescDevice> {
       return vmstateSave(w, section.description, section.save(), { idstr: section.idstr, instanceId: section.instanceId });
+    },
+    warmUp(): void {
+      // A sample, not section.save(): a running vCPU's state cannot be read.
+      vmstateWarmUp(section.description);
     },
     async load(r: StreamReader, versionId: number, name: string): Promise<void> {
       loaded = await vmstateLoad(r, section.description, versionId, name);
@@ -58,6 +62,13 @@ export interface GlobalStateHandler extends SaveVmHandler {
   readonly received: string | undefined;
 }
 
+function globalStateValue(runState: RunState): VmStateValue {
+  const name = new TextEncoder().encode(runState);
+  const buf = new Uint8Array(RUNSTATE_BYTES);
+  buf.set(name.subarray(0, RUNSTATE_BYTES - 1));
+  return { size: Math.min(name.length, RUNSTATE_BYTES - 1) + 1, runstate: buf };
+}
+
 /** `runState()` is read at switchover (source); `received` is set on load (destination). */
 export function globalStateHandler(runState: () => RunState): GlobalStateHandler {
   let received: string | undefined;
@@ -71,13 +82,10 @@ export function globalStateHandler(runState: () => RunState): GlobalStateHandler
       return received;
     },
     async complete(w: StreamWriter): Promise<VmdescDevice> {
-      const name = new TextEncoder().encode(runState());
-      const buf = new Uint8Array(RUNSTATE_BYTES);
-      buf.set(name.subarray(0, RUNSTATE_BYTES - 1));
-      return vmstateSave(w, GLOBAL_STATE_DESCRIPTION, { size: Math.min(name.length, RUNSTATE_BYTES - 1) + 1, runstate: buf }, {
-        idstr: 'globalstate',
-        instanceId: 0,
-      });
+      return vmstateSave(w, GLOBAL_STATE_DESCRIPTION, globalStateValue(runState()), { idstr: 'globalstate', instanceId: 0 });
+    },
+    warmUp(): void {
+      vmstateWarmUp(GLOBAL_STATE_DESCRIPTION, globalStateValue(runState()));
     },
     async load(r: StreamReader, versionId: number, name: string): Promise<void> {
       const value = await vmstateLoad(r, GLOBAL_STATE_DESCRIPTION, versionId, name);

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { StreamFormatError, StreamTruncatedError, VmStateError } from '../errors.js';
 import { asciiHex, fromHex, readerOf, toHex, writtenBytes } from '../stream/testing.js';
-import { vmstateLoad, vmstateSave } from './vmstate.js';
+import { vmstateLoad, vmstateSample, vmstateSave, vmstateWarmUp } from './vmstate.js';
 import type { VmStateDescription, VmStateValue } from './vmstate-types.js';
 import { readSectionFooter } from '../stream/format.js';
 import type { VmdescDevice } from '../stream/format.js';
@@ -310,4 +310,29 @@ test('vmstate: uint64 count and length fields are usable when safe', async () =>
   assert.equal(toHex(bytes), '00000000000000020708');
   assert.deepEqual(await vmstateLoad(readerOf(bytes), desc, 1, 'w'), { n: 2n, b: new Uint8Array([7, 8]) });
   await assert.rejects(vmstateLoad(readerOf(fromHex('ffffffffffffffff')), desc, 1, 'w'), StreamFormatError);
+});
+
+test('vmstate: a sample has the description\'s shape and saves; the warm-up never throws', async () => {
+  const sample = vmstateSample(COMPOSITE);
+  assert.deepEqual(sample['regs'], [0, 0, 0]);
+  assert.deepEqual(sample['fifo'], [], 'a counted array is empty, its count 0');
+  assert.equal(sample['n'], 0);
+  assert.deepEqual(sample['blob'], new Uint8Array(0));
+  assert.deepEqual(sample['fixed'], new Uint8Array(4));
+  assert.deepEqual(sample['pending'], { irq: false, level: 0 }, 'every subsection\'s state is there');
+  const { bytes } = await save(COMPOSITE, sample);
+  // It loads back as what it is: a valid state of that description.
+  const loaded = await vmstateLoad(readerOf(bytes), COMPOSITE, COMPOSITE.version, 'dev');
+  assert.deepEqual(loaded['regs'], [0, 0, 0]);
+  assert.deepEqual(loaded['pending'], { irq: false, level: 0 });
+  assert.deepEqual(vmstateSample(SCALARS), { u8: 0, u16: 0, u32: 0, u64: 0n, i8: 0, i16: 0, i32: 0, i64: 0n, flag: false, added: 0 });
+
+  // A description whose `needed` cannot cope with a sample: the warm-up just does nothing.
+  const picky: VmStateDescription = {
+    ...SCALARS,
+    subsections: [{ description: INNER_SUB, key: 'extra', needed: () => { throw new Error('not for samples'); } }],
+  };
+  assert.doesNotThrow(() => vmstateWarmUp(picky));
+  assert.doesNotThrow(() => vmstateWarmUp(COMPOSITE, { regs: 'not an array' }));
+  vmstateWarmUp(COMPOSITE);
 });

@@ -6,7 +6,8 @@ import { StreamFormatError, VmStateError } from '../errors.js';
 import { QEMU_VM_SUBSECTION } from '../stream/format.js';
 import type { VmdescDevice, VmdescField, VmdescStruct } from '../stream/format.js';
 import type { StreamReader } from '../stream/reader.js';
-import type { StreamWriter } from '../stream/writer.js';
+import { StreamWriter } from '../stream/writer.js';
+import type { Channel } from '../transport/channel.js';
 import type { VmStateDescription, VmStateField, VmStateScalarType, VmStateValue } from './vmstate-types.js';
 
 /** Cap for variable lengths without their own maxLength: buffers (bytes) and arrays (elements). */
@@ -39,6 +40,64 @@ export function vmstateSave(
 ): VmdescDevice {
   const body = saveStruct(w, desc, state, desc.name, 0);
   return { name: identity?.idstr ?? desc.name, instance_id: identity?.instanceId ?? 0, ...body };
+}
+
+/**
+ * A value of `desc`'s shape: zeros, variable lengths 0, every subsection's state present.
+ * What vmstateWarmUp encodes when the real state cannot be read yet.
+ */
+export function vmstateSample(desc: VmStateDescription, depth = 0): VmStateValue {
+  const value: VmStateValue = {};
+  if (depth > MAX_DEPTH) return value;
+  for (const field of desc.fields) {
+    if (field.count !== undefined) value[field.name] = Array.from({ length: field.count }, () => sampleElement(field, depth));
+    else if (field.countField !== undefined) value[field.name] = [];
+    else value[field.name] = sampleElement(field, depth);
+  }
+  for (const sub of desc.subsections ?? []) value[sub.key] = vmstateSample(sub.description, depth + 1);
+  return value;
+}
+
+function sampleElement(field: VmStateField, depth: number): unknown {
+  switch (field.type) {
+    case 'bool':
+      return false;
+    case 'uint64':
+    case 'int64':
+      return 0n;
+    case 'buffer':
+      return new Uint8Array(field.size ?? 0);
+    case 'struct':
+      return field.struct ? vmstateSample(field.struct, depth + 1) : {};
+    default:
+      return 0;
+  }
+}
+
+/** Where warm-up writes go: nowhere. */
+const DISCARD: Channel = {
+  description: 'nowhere (warm-up)',
+  read: () => Promise.resolve(null),
+  write: (_data, done) => {
+    done?.();
+    return Promise.resolve();
+  },
+  end: () => Promise.resolve(),
+  destroy: () => {},
+};
+
+/**
+ * Encode `state` (by default a sample of `desc`'s shape) into nothing, so the code that
+ * will encode the real state is compiled before it counts: a first vmstateSave of a small
+ * section takes 0.3–0.5 ms here, a later one a tenth of that, and a migration encodes its
+ * device state once, with the guest stopped. Failing is harmless here, and not reported.
+ */
+export function vmstateWarmUp(desc: VmStateDescription, state?: VmStateValue): void {
+  try {
+    vmstateSave(new StreamWriter(DISCARD, { bufferSize: 64 * 1024 }), desc, state ?? vmstateSample(desc));
+  } catch {
+    // A sample that a subsection's `needed` or a length check does not like: no warm-up.
+  }
 }
 
 function saveStruct(w: StreamWriter, desc: VmStateDescription, state: VmStateValue, path: string, depth: number): VmdescStruct {
