@@ -1,5 +1,5 @@
 // The benchmark's HTML page: which accelerator each side ran, the ceilings, Ferry vs QEMU
-// per cell for total time, downtime, throughput and bytes (medians with min–max), the
+// per cell for total time, downtime, guest pause, throughput and bytes (medians with min–max), the
 // table with ratios, and each cell's representative run of either side in full.
 
 import { formatBytes } from '../format.js';
@@ -62,7 +62,8 @@ export function acceleratorNotice(accelerators: Readonly<Record<Side, string>>, 
 
 function sideCell(metric: Metric, side: SideSummary): string {
   const text = escapeHtml(formatStat(metric, side));
-  return side[metric] ? text : `<span class="worse">${text}</span>`;
+  // A completed side without the figure has none to give (no destination to resume on a file).
+  return side[metric] || side.completed > 0 ? text : `<span class="worse">${text}</span>`;
 }
 
 /** The run that stands for a side of a cell: the completed one with the median total time, else the first tried. */

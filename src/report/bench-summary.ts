@@ -28,6 +28,13 @@ export interface BenchRun {
   readonly status: RunStatus;
   readonly totalMs?: number;
   readonly downtimeMs?: number;
+  /**
+   * How long the guest was paused as its users saw it: from the source's STOP event to the
+   * destination's RESUME (QMP timestamps, one host clock). It covers what `downtime` leaves
+   * out — the destination loading the last of the stream and starting the vCPUs — and is
+   * measured the same way on both sides. None without a destination (exec to a file).
+   */
+  readonly pauseMs?: number;
   readonly setupMs?: number;
   readonly bytes?: number;
   /** Bytes sent over total time. */
@@ -63,14 +70,15 @@ export interface SideSummary {
   readonly skipped: number;
   readonly totalMs: Stat | undefined;
   readonly downtimeMs: Stat | undefined;
+  readonly pauseMs: Stat | undefined;
   readonly throughput: Stat | undefined;
   readonly bytes: Stat | undefined;
   readonly guestPagesPerSec: Stat | undefined;
   readonly dirtyPagesRate: Stat | undefined;
 }
 
-export type Metric = 'totalMs' | 'downtimeMs' | 'throughput' | 'bytes';
-export const METRICS: readonly Metric[] = ['totalMs', 'downtimeMs', 'throughput', 'bytes'];
+export type Metric = 'totalMs' | 'downtimeMs' | 'pauseMs' | 'throughput' | 'bytes';
+export const METRICS: readonly Metric[] = ['totalMs', 'downtimeMs', 'pauseMs', 'throughput', 'bytes'];
 
 export interface CellSummary {
   readonly cell: BenchCell;
@@ -136,6 +144,7 @@ export function summarizeSide(runs: readonly BenchRun[]): SideSummary {
     skipped: runs.filter((r) => r.status === 'skipped').length,
     totalMs: pick('totalMs'),
     downtimeMs: pick('downtimeMs'),
+    pauseMs: pick('pauseMs'),
     throughput: pick('throughput'),
     bytes: pick('bytes'),
     guestPagesPerSec: pick('guestPagesPerSec', runs),
@@ -152,7 +161,8 @@ export function summarize(results: Pick<BenchResults, 'cells' | 'runs'>): CellSu
       const b = qemu[metric]?.median;
       return a !== undefined && b !== undefined && b > 0 ? a / b : undefined;
     };
-    return { cell, ferry, qemu, ratios: { totalMs: ratio('totalMs'), downtimeMs: ratio('downtimeMs'), throughput: ratio('throughput'), bytes: ratio('bytes') } };
+    const ratios = Object.fromEntries(METRICS.map((m) => [m, ratio(m)])) as Record<Metric, number | undefined>;
+    return { cell, ferry, qemu, ratios };
   });
 }
 
@@ -160,6 +170,7 @@ export function formatMetric(metric: Metric, value: number): string {
   switch (metric) {
     case 'totalMs':
     case 'downtimeMs':
+    case 'pauseMs':
       return formatMs(value);
     case 'throughput':
       return formatRate(value);
@@ -185,7 +196,9 @@ export function formatRatio(ratio: number | undefined): string {
   return ratio === undefined ? '—' : `${ratio.toFixed(2)}×`;
 }
 
-const METRIC_TITLES: Readonly<Record<Metric, string>> = { totalMs: 'total time', downtimeMs: 'downtime', throughput: 'throughput', bytes: 'bytes sent' };
+const METRIC_TITLES: Readonly<Record<Metric, string>> = {
+  totalMs: 'total time', downtimeMs: 'downtime', pauseMs: 'guest paused', throughput: 'throughput', bytes: 'bytes sent',
+};
 
 export function metricTitle(metric: Metric): string {
   return METRIC_TITLES[metric];
