@@ -66,3 +66,42 @@ test('a sweeping sim guest migrates between two Machines and keeps sweeping on t
   const stepsDst = Number(dst.stateSections[0]!.save()['steps'] ?? 0);
   assert.ok(stepsDst > stepsSrc, `the destination kept sweeping: ${stepsSrc} → ${stepsDst} steps (pass ${progressed.pass})`);
 });
+
+test('a 4 GiB sim guest sweeping its top 8 MiB migrates: block sizes and offsets past 2^32 bytes', async (t) => {
+  // 4 GiB of address space each (nothing is backed but what the sweep writes); the page
+  // arithmetic must not wrap at 2^32 bytes, as 32-bit shifts of sizes and offsets would.
+  const guest = parseGuestSpec('builtin:sweep,from=4088M,to=4096M,rate=100000');
+  const src = await Machine.create({ accel: 'sim', memorySize: 4096 * MiB, guest });
+  // -S: it stays paused once loaded, so its RAM can be compared with the source's.
+  const dst = await Machine.create({ accel: 'sim', memorySize: 4096 * MiB, guest, incoming: true, startPaused: true });
+  t.after(async () => {
+    await src.destroy();
+    await dst.destroy();
+  });
+  const [a, b] = createMemoryChannelPair();
+  const common = { now: () => performance.now(), schedule: (fn: () => void) => setImmediate(fn) };
+  const out = new Migration({ vm: src, connect: async () => a, listen: () => Promise.reject(new Error('unused')), emit: () => {}, ...common });
+  const inc = new Migration({ vm: dst, connect: () => Promise.reject(new Error('unused')), listen: async () => listenerFor(b), emit: () => {}, ...common });
+  out.setParameters({ 'max-bandwidth': 0 });
+  await sleep(200);
+  assert.ok(readGuestParams(src.memory[0]!.bytes)!.pass >= 1, 'the guest swept its top 8 MiB at least once');
+  await inc.migrateIncoming('memory:');
+  out.migrate('memory:');
+  await out.whenSettled();
+  await inc.whenIncomingSettled();
+  assert.equal(out.status, 'completed', out.queryMigrate()['error-desc']);
+  assert.equal(inc.incomingStatus, 'completed', inc.incomingError);
+  const ram = out.queryMigrate()['ram'] as { total: number; normal: number };
+  assert.equal(ram.total, 4096 * MiB);
+  assert.ok(ram.normal >= 2048, `the swept pages went whole (${ram.normal})`);
+  // What the source stopped with is what the destination has, up to the last page.
+  const top = 4088 * MiB;
+  assert.ok(Buffer.from(src.memory[0]!.bytes.subarray(top)).equals(Buffer.from(dst.memory[0]!.bytes.subarray(top))), 'the top 8 MiB differ');
+  assert.equal(dst.runState, 'paused');
+  dst.cont();
+  await sleep(100);
+  await dst.stop();
+  const after = checkSweepCounters(dst.memory[0]!.bytes);
+  assert.ok(after.ok, after.problem);
+  assert.ok(after.pass > readGuestParams(src.memory[0]!.bytes)!.pass, 'the destination swept on');
+});

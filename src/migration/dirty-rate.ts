@@ -13,7 +13,7 @@
 // written per second, in MB/s: a page written twice counts once.
 
 import { MigrationError } from '../errors.js';
-import { PAGE_SHIFT, PAGE_SIZE } from '../hypervisor/types.js';
+import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { DirtyLog, GuestMemoryBlock } from '../hypervisor/types.js';
 import { WORDS_PER_PAGE, popcount32, wordsOf } from './ram-pages.js';
 
@@ -127,7 +127,7 @@ export class DirtyRateMeter {
 
   async #bySampling(calcTime: number, perGiB: number): Promise<number> {
     const random = this.#o.random ?? Math.random;
-    const samples = this.#o.memory().map((block) => samplePageNumbers(block.size >>> PAGE_SHIFT, Math.max(1, Math.floor((block.size * perGiB) / 2 ** 30)), random));
+    const samples = this.#o.memory().map((block) => samplePageNumbers(block.size / PAGE_SIZE, Math.max(1, Math.floor((block.size * perGiB) / 2 ** 30)), random));
     const before = this.#hashSamples(samples);
     const start = this.#o.now();
     await this.#o.sleep(calcTime * 1000);
@@ -169,7 +169,7 @@ export class DirtyRateMeter {
       let pages = 0;
       bitmaps.forEach((bitmap, b) => {
         // Bits past a block's last page (a bitmap rounded up by its accelerator) mean nothing.
-        const blockPages = (memory[b]?.size ?? 0) >>> PAGE_SHIFT;
+        const blockPages = (memory[b]?.size ?? 0) / PAGE_SIZE;
         const words = Math.min(bitmap.length, Math.ceil(blockPages / 32));
         for (let i = 0; i < words; i++) {
           let bits = bitmap[i]!;

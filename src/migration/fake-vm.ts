@@ -2,7 +2,7 @@
 // RAM block in a plain Uint8Array, a dirty log that records writes made through it, a
 // "workload" timer that keeps dirtying pages, and two small state sections.
 
-import { PAGE_SHIFT, PAGE_SIZE } from '../hypervisor/types.js';
+import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { DirtyBitmap, DirtyLog, GuestMemoryBlock, StateSection } from '../hypervisor/types.js';
 import { canTransition } from '../machine/run-state.js';
 import type { RunState } from '../machine/run-state.js';
@@ -16,7 +16,7 @@ export class FakeDirtyLog implements DirtyLog {
   beforeSync: (() => void) | undefined;
 
   constructor(blocks: readonly GuestMemoryBlock[]) {
-    this.#bitmaps = blocks.map((b) => new Uint32Array(Math.ceil((b.size >>> PAGE_SHIFT) / 32)));
+    this.#bitmaps = blocks.map((b) => new Uint32Array(Math.ceil((b.size / PAGE_SIZE) / 32)));
   }
 
   get active(): boolean {
@@ -170,7 +170,7 @@ export class FakeVm implements MigrationVm {
   /** A guest write: changes RAM and marks the page dirty, as a vCPU's write would. */
   write(offset: number, value: number): void {
     this.ram[offset] = value;
-    this.dirtyLog.mark(0, offset >>> PAGE_SHIFT);
+    this.dirtyLog.mark(0, offset / PAGE_SIZE);
   }
 
   /** Fill `pages` pages from `firstPage` with non-zero bytes derived from the page number. */
@@ -188,7 +188,7 @@ export class FakeVm implements MigrationVm {
    */
   startWorkload(pagesPerTick: number, intervalMs = 1): void {
     this.stopWorkload();
-    const pages = this.memory[0]!.size >>> PAGE_SHIFT;
+    const pages = this.memory[0]!.size / PAGE_SIZE;
     this.#workload = setInterval(() => {
       if (this.#runState !== 'running') return;
       // A throttled guest gets that much less done (its vCPU sleeps that share of the time).
@@ -209,7 +209,7 @@ export class FakeVm implements MigrationVm {
    * sweeping the first `workingSetPages` pages (all of RAM by default).
    */
   startSyncWorkload(pages: number, workingSetPages?: number): void {
-    const total = Math.min(workingSetPages ?? Infinity, this.memory[0]!.size >>> PAGE_SHIFT);
+    const total = Math.min(workingSetPages ?? Infinity, this.memory[0]!.size / PAGE_SIZE);
     this.dirtyLog.beforeSync = () => {
       if (this.#runState !== 'running') return;
       for (let i = 0; i < pages; i++) {

@@ -4,7 +4,7 @@
 // regions ahead are backed on libuv's thread pool while pages land densely.
 
 import { StreamFormatError } from '../errors.js';
-import { PAGE_SHIFT, PAGE_SIZE } from '../hypervisor/types.js';
+import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
 import { readRamChunks, xbzrleDecode } from '../stream/ram-codec.js';
 import type { RamChunkSink, RamStreamState } from '../stream/ram-codec.js';
@@ -50,7 +50,7 @@ export class RamLoader {
     if (this.#knownZero.length === 0) {
       this.#knownZero = memory.map((b) => {
         // Nothing has been loaded into this memory yet, backed or not: every page is zero.
-        if (b.takeFreshZero?.() === true) return new Uint8Array(b.size >>> PAGE_SHIFT).fill(1);
+        if (b.takeFreshZero?.() === true) return new Uint8Array(b.size / PAGE_SIZE).fill(1);
         const residency = b.residency?.();
         if (!residency) return undefined;
         // Fresh destination memory: every page the host never backed holds zeros.
@@ -119,9 +119,9 @@ export class RamLoader {
       zero: (idstr: string, offset: number, fill: number) => {
         const b = find(idstr, offset);
         const knownZero = this.#knownZero[b];
-        if (knownZero !== undefined && knownZero[offset >>> PAGE_SHIFT] === 1) {
+        if (knownZero !== undefined && knownZero[offset / PAGE_SIZE] === 1) {
           if (fill === 0) return;
-          knownZero[offset >>> PAGE_SHIFT] = 0;
+          knownZero[offset / PAGE_SIZE] = 0;
         }
         // Fresh destination memory is already zero: checking it is cheaper than writing.
         words[b] = wordsOf(memory[b]!, words[b]);
@@ -138,7 +138,7 @@ export class RamLoader {
    */
   #aboutToWrite(block: number, offset: number): void {
     const knownZero = this.#knownZero[block];
-    if (knownZero !== undefined) knownZero[offset >>> PAGE_SHIFT] = 0;
+    if (knownZero !== undefined) knownZero[offset / PAGE_SIZE] = 0;
     const populated = this.#populated[block];
     if (populated === undefined) return;
     const region = Math.floor(offset / POPULATE_CHUNK);

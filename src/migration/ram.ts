@@ -3,7 +3,7 @@
 // sending all-zero pages as ZERO chunks, under the rate limiter; the destination
 // (ram-load.ts) writes chunks straight into guest RAM. Counters feed query-migrate's `ram`.
 
-import { PAGE_SHIFT, PAGE_SIZE } from '../hypervisor/types.js';
+import { PAGE_SIZE } from '../hypervisor/types.js';
 import { RamChunkWriter } from '../stream/ram-codec.js';
 import type { StreamReader } from '../stream/reader.js';
 import type { StreamWriter } from '../stream/writer.js';
@@ -155,7 +155,7 @@ export class RamHandler implements SaveVmHandler {
     const memory = this.#vm.memory;
     this.#words = memory.map((b) => wordsOf(b));
     this.#toSend = memory.map((b) => {
-      const pages = b.size >>> PAGE_SHIFT;
+      const pages = b.size / PAGE_SIZE;
       const bitmap = new Uint32Array(Math.ceil(pages / 32)).fill(0xffffffff);
       if (pages % 32 !== 0) bitmap[bitmap.length - 1] = (2 ** (pages % 32) - 1) >>> 0;
       return bitmap;
@@ -164,10 +164,10 @@ export class RamHandler implements SaveVmHandler {
     let base = 0;
     this.#blockBasePage = memory.map((b) => {
       const first = base;
-      base += b.size >>> PAGE_SHIFT;
+      base += b.size / PAGE_SIZE;
       return first;
     });
-    this.stats.remainingPages = this.stats.totalBytes >>> PAGE_SHIFT;
+    this.stats.remainingPages = this.stats.totalBytes / PAGE_SIZE;
     const before = w.bytesWritten;
     new RamChunkWriter(w).memSize(memory.map((b) => ({ idstr: b.idstr, size: b.size })));
     this.#vm.dirtyLog.start();
@@ -233,7 +233,7 @@ export class RamHandler implements SaveVmHandler {
       // its dirty bit may be folded into a to-send bit that is still pending, and the
       // first pass must then read it rather than send it as never backed.
       const untouched = this.#untouched[b];
-      const pages = this.#vm.memory[b]!.size >>> PAGE_SHIFT;
+      const pages = this.#vm.memory[b]!.size / PAGE_SIZE;
       for (let i = 0; i < n; i++) {
         let bits = log[i]!;
         // Bits past the block's last page (a bitmap rounded up by its accelerator) mean nothing.

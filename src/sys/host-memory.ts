@@ -5,7 +5,7 @@
 // these machines while the kernel populates gigabytes per second.
 
 import { debuglog } from 'node:util';
-import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, addressOf, mincore, mmapAnonymous, madviseRange, madviseRangeInBackground, munmap, type Mapping } from './libc.js';
+import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, addressOf, mincore, mmapAnonymousUnseen, madviseRange, madviseRangeInBackground, munmap, viewAt, MAX_VIEW_BYTES, type MappedRange, type Mapping } from './libc.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
 
 const trace = debuglog('ferry');
@@ -15,18 +15,18 @@ const PAGE = 4096;
 const HUGE_PAGE = 2 * 1024 * 1024;
 
 export class HostMemory {
-  readonly mapping: Mapping;
+  /** The whole mapping: guest RAM plus up to 2 MiB before it, for the alignment. */
+  readonly mapping: MappedRange;
   /** The 2 MiB-aligned start of guest RAM inside the mapping, and a view of it. */
   readonly address: bigint;
   readonly bytes: Uint8Array;
   private populateWorks = true;
 
-  private constructor(mapping: Mapping, size: number) {
+  private constructor(mapping: MappedRange, size: number) {
     this.mapping = mapping;
-    const aligned = (mapping.address + BigInt(HUGE_PAGE - 1)) & ~BigInt(HUGE_PAGE - 1);
-    const skip = Number(aligned - mapping.address);
-    this.address = aligned;
-    this.bytes = mapping.bytes.subarray(skip, skip + size);
+    this.address = (mapping.address + BigInt(HUGE_PAGE - 1)) & ~BigInt(HUGE_PAGE - 1);
+    // Only the RAM is viewed: a view is at most 4 GiB, and so 4 GiB of RAM fits.
+    this.bytes = viewAt(this.address, size);
   }
 
   /**
@@ -36,7 +36,10 @@ export class HostMemory {
    * 2 MiB page takes one trap for 512 of them.
    */
   static allocate(size: number, options?: { prealloc?: boolean }): HostMemory {
-    const mapping = mmapAnonymous(size + HUGE_PAGE);
+    if (!Number.isSafeInteger(size) || size <= 0 || size > MAX_VIEW_BYTES) {
+      throw new RangeError(`Cannot allocate ${size} bytes of guest RAM: 1 byte to ${MAX_VIEW_BYTES} bytes (4 GiB) in one block`);
+    }
+    const mapping = mmapAnonymousUnseen(size + HUGE_PAGE);
     const memory = new HostMemory(mapping, size);
     const errno = madviseRange(memory.address, size, MADV_HUGEPAGE);
     if (errno !== 0) trace('MADV_HUGEPAGE failed with errno %d; guest RAM uses 4 KiB pages', errno);

@@ -158,13 +158,17 @@ export function ioctlIntRaw(fd: number, request: number, arg: number | bigint): 
   return r < 0 ? -koffi.errno() : r;
 }
 
-/** A live mapping: its address (for structs that carry a pointer) and a view without copies. */
-export interface Mapping {
+/** A live mapping, seen or not: its address (for structs that carry a pointer) and length. */
+export interface MappedRange {
   readonly address: bigint;
   readonly length: number;
-  readonly bytes: Uint8Array;
   /** koffi's pointer object, kept for munmap/madvise. */
   readonly pointer: unknown;
+}
+
+/** A live mapping with a view of it, without copies. */
+export interface Mapping extends MappedRange {
+  readonly bytes: Uint8Array;
 }
 
 /**
@@ -177,13 +181,19 @@ export function mmap(length: number, prot: number, flags: number, fd = -1, offse
   if (!Number.isSafeInteger(length) || length <= 0 || length > MAX_VIEW_BYTES) {
     throw new RangeError(`Cannot map ${length} bytes: a mapping seen from TypeScript must be 1 byte to ${MAX_VIEW_BYTES} bytes (4 GiB)`);
   }
+  const mapped = mmapUnseen(length, prot, flags, fd, offset);
+  return { ...mapped, bytes: new Uint8Array(koffi.view(mapped.pointer as object, length)) };
+}
+
+/** mmap(2) without a view of the whole (any length): the caller views the part it uses (viewAt). */
+export function mmapUnseen(length: number, prot: number, flags: number, fd = -1, offset = 0): MappedRange {
+  if (!Number.isSafeInteger(length) || length <= 0) throw new RangeError(`Cannot map ${length} bytes`);
   const pointer = libc().mmap(null, length, prot, flags, fd, offset);
   const address = pointer === null ? 0n : koffi.address(pointer);
   if (pointer === null || address === MAP_FAILED) {
     throw fail('mmap', `mmap(length ${length}, prot 0x${prot.toString(16)}, flags 0x${flags.toString(16)}, fd ${fd})`);
   }
-  const bytes = new Uint8Array(koffi.view(pointer, length));
-  return { address, length, bytes, pointer };
+  return { address, length, pointer };
 }
 
 /**
@@ -195,13 +205,18 @@ export function mmapAnonymous(length: number, options: { populate?: boolean } = 
   return mmap(length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (options.populate ? MAP_POPULATE : 0));
 }
 
-export function munmap(mapping: Mapping): void {
+/** Anonymous memory as mmapAnonymous gives it, with no view made of the whole. */
+export function mmapAnonymousUnseen(length: number): MappedRange {
+  return mmapUnseen(length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+}
+
+export function munmap(mapping: MappedRange): void {
   if (libc().munmap(mapping.pointer, mapping.length) < 0) {
     throw fail('munmap', `munmap(0x${mapping.address.toString(16)}, ${mapping.length})`);
   }
 }
 
-export function madvise(mapping: Mapping, advice: number): void {
+export function madvise(mapping: MappedRange, advice: number): void {
   if (libc().madvise(mapping.pointer, mapping.length, advice) < 0) {
     throw fail('madvise', `madvise(0x${mapping.address.toString(16)}, ${mapping.length}, ${advice})`);
   }
