@@ -80,6 +80,12 @@ export class RamLoader {
       }
       return lastIndex;
     };
+    /** Make a page hold `fill` bytes; fresh destination memory is already zero: checking it is cheaper than writing. */
+    const fillPage = (b: number, offset: number, fill: number): void => {
+      words[b] = wordsOf(memory[b]!, words[b]);
+      if (fill === 0 && isZeroPage(words[b]!, offset / 4)) return;
+      memory[b]!.bytes.fill(fill, offset, offset + PAGE_SIZE);
+    };
     return {
       memSize: (total: number, blocks: readonly { idstr: string; size: number }[]) => {
         for (const sent of blocks) {
@@ -123,10 +129,22 @@ export class RamLoader {
           if (fill === 0) return;
           knownZero[offset / PAGE_SIZE] = 0;
         }
-        // Fresh destination memory is already zero: checking it is cheaper than writing.
-        words[b] = wordsOf(memory[b]!, words[b]);
-        if (fill === 0 && isZeroPage(words[b]!, offset / 4)) return;
-        memory[b]!.bytes.fill(fill, offset, offset + PAGE_SIZE);
+        fillPage(b, offset, fill);
+      },
+      zeroRun: (idstr: string, offset: number, count: number) => {
+        const b = memory.findIndex((m) => m.idstr === idstr);
+        const block = memory[b];
+        if (block === undefined || offset % PAGE_SIZE !== 0 || offset + count * PAGE_SIZE > block.size) return false;
+        const knownZero = this.#knownZero[b];
+        const first = offset / PAGE_SIZE;
+        const end = first + count;
+        // Mostly every page is known to hold zeros already (a fresh destination's first pass).
+        let page = knownZero === undefined ? first : knownZero.indexOf(0, first);
+        while (page >= 0 && page < end) {
+          fillPage(b, page * PAGE_SIZE, 0);
+          page = knownZero === undefined ? page + 1 : knownZero.indexOf(0, page + 1);
+        }
+        return true;
       },
     };
   }

@@ -362,3 +362,27 @@ test('destination: a block that says it is fresh zero skips ZERO pages without r
   assert.equal(asked, 2);
   assert.deepEqual(dst.ram, src.ram);
 });
+
+test('destination: a run of ZERO pages zeroes the pages in it that were written, and skips the ones known to hold zeros', async () => {
+  const bytes = await (async () => {
+    const out = createCollectingChannel();
+    const w = new StreamWriter(out);
+    const c = new RamChunkWriter(w);
+    c.memSize([{ idstr: 'pc.ram', size: 64 * PAGE_SIZE }]);
+    c.page('pc.ram', 3 * PAGE_SIZE, new Uint8Array(PAGE_SIZE).fill(7));
+    c.page('pc.ram', 4 * PAGE_SIZE, new Uint8Array(PAGE_SIZE).fill(8));
+    // The guest zeroed them again before the next pass: one run over the whole block.
+    c.zeroRun('pc.ram', 0, 64);
+    c.eos();
+    await w.flush();
+    return out.bytes();
+  })();
+  const dst = new FakeVm({ memorySize: 64 * PAGE_SIZE, incoming: true });
+  let fresh = true;
+  Object.assign(dst.memory[0]!, { takeFreshZero: () => { const was = fresh; fresh = false; return was; } });
+  // As above: a fresh-zero block's promise broken on purpose, to see which pages are touched.
+  dst.ram.fill(0xee, 10 * PAGE_SIZE, 11 * PAGE_SIZE);
+  await handler(dst).load(new StreamReader(channelFromBytes(bytes, { chunkSize: 64 * 1024 })), 4, 'ram');
+  assert.ok(dst.ram.subarray(3 * PAGE_SIZE, 5 * PAGE_SIZE).every((b) => b === 0), 'the written pages are zero again');
+  assert.equal(dst.ram[10 * PAGE_SIZE], 0xee, 'a page known to hold zeros is not touched');
+});

@@ -392,6 +392,57 @@ test('ram: runs of zero pages decode the same through any chunking, and a bad ch
   assert.equal(badSink.calls.length, 10, 'the ten chunks before it were applied');
 });
 
+test('ram: runs of zero pages go to zeroRun whole where the sink takes them, one by one where it will not, with the same result and the same errors', async () => {
+  // A run of 300 from the block's start (its first chunk names the block, so it goes to
+  // zero()), a page, 50 zero pages, one with fill 0x5a, 149 more, and a run with a gap.
+  const bytes = await writtenBytes((w) => {
+    const c = new RamChunkWriter(w);
+    c.zeroRun('pc.ram', 0, 300);
+    c.page('pc.ram', 300 * PAGE, new Uint8Array(PAGE).fill(1));
+    c.zeroRun('pc.ram', 301 * PAGE, 200);
+    c.zeroRun('pc.ram', 600 * PAGE, 10);
+    c.eos();
+  });
+  bytes[16 + 299 * 9 + 8 + PAGE + 50 * 9 + 8] = 0x5a;
+  const withRuns = (blocks: Record<string, number>) => {
+    const rec = recordingSink(blocks);
+    const runs: string[] = [];
+    rec.sink.zeroRun = (idstr, offset, count) => {
+      const b = rec.ram.get(idstr);
+      if (!b || offset + count * PAGE > b.byteLength) return false;
+      runs.push(`${offset / PAGE}+${count}`);
+      for (let i = 0; i < count; i++) rec.sink.zero(idstr, offset + i * PAGE, 0);
+      return true;
+    };
+    return { ...rec, runs };
+  };
+  const plain = recordingSink({ 'pc.ram': 610 * PAGE });
+  await readRamChunks(readerOf(bytes, 64 * 1024), plain.sink, 'ram');
+  for (const chunkSize of [1, 9, 100, 4104, 64 * 1024]) {
+    const sink = withRuns({ 'pc.ram': 610 * PAGE });
+    const r = readerOf(bytes, chunkSize);
+    await readRamChunks(r, sink.sink, 'ram');
+    assert.equal(await r.atEnd(), true);
+    // The same page calls in the same order, and the same RAM.
+    assert.deepEqual(sink.calls, plain.calls, `chunks of ${chunkSize}`);
+    assert.deepEqual(sink.ram.get('pc.ram'), plain.ram.get('pc.ram'));
+    if (chunkSize === 64 * 1024) {
+      // One buffer: whole runs after each chunk the general loop takes (a run's first), ended
+      // by the fill-0x5a page and by the gap.
+      assert.deepEqual(sink.runs, ['1+299', '302+49', '352+149', '600+10']);
+    }
+  }
+  // A block that ends inside the second run: refused at the first chunk past its end, as one by one.
+  const shortPlain = recordingSink({ 'pc.ram': 400 * PAGE });
+  const plainError = await readRamChunks(readerOf(bytes, 64 * 1024), shortPlain.sink, 'ram').then(() => undefined, (err: unknown) => err);
+  const shortRuns = withRuns({ 'pc.ram': 400 * PAGE });
+  const runError = await readRamChunks(readerOf(bytes, 64 * 1024), shortRuns.sink, 'ram').then(() => undefined, (err: unknown) => err);
+  assert.ok(plainError instanceof StreamFormatError && runError instanceof StreamFormatError);
+  assert.equal(runError.message, plainError.message);
+  assert.match(runError.message, new RegExp(`no page pc.ram@${400 * PAGE}$`));
+  assert.deepEqual(shortRuns.calls, shortPlain.calls, 'the pages before it were applied, as one by one');
+});
+
 test('ram: runs of whole pages decode in place (pageFrom) exactly as through pageTarget, through any chunking', async () => {
   // Two runs of distinct pages with a zero page, a page of another block and a page past
   // 4 GiB's worth of offset bits in between: the run ends at each, and picks up again.

@@ -158,6 +158,14 @@ export interface RamChunkSink {
    */
   pageFrom?(idstr: string, offset: number, source: Uint8Array, from: number): void;
   zero(idstr: string, offset: number, fill: number): void;
+  /**
+   * Optional: `count` zero pages (fill 0) from `offset` of block `idstr` on, brought by
+   * consecutive ZERO|CONTINUE chunks — an idle guest's stream is mostly such runs. Returns
+   * false, having done nothing, when it cannot take them all (an unknown block, a range
+   * past its end): the chunks then go to zero() one by one, which reports the error at the
+   * chunk it concerns, as without this.
+   */
+  zeroRun?(idstr: string, offset: number, count: number): boolean;
   xbzrle?(idstr: string, offset: number, encoded: Uint8Array): void;
 }
 
@@ -205,20 +213,51 @@ function readPageRun(r: StreamReader, sink: RamChunkSink & { pageFrom: NonNullab
  * so an error names the same offset the general loop would.
  */
 function readZeroRun(r: StreamReader, sink: RamChunkSink, block: string): void {
+  const runs = sink.zeroRun !== undefined;
   for (;;) {
     const { view, start, end } = r.contiguous();
     let at = start;
+    // Fill-0 pages at consecutive offsets, read but not yet consumed: handed over as one run.
+    let runOffset = 0;
+    let runCount = 0;
     while (end - at >= ZERO_CHUNK_BYTES) {
       const high = view.getUint32(at);
       const low = view.getUint32(at + 4);
       if ((low & PAGE_MASK) !== ZERO_CONTINUE || high > MAX_OFFSET_HIGH_WORD) break;
       const fill = view.getUint8(at + 8);
+      const offset = high * TWO_32 + ((low & ~PAGE_MASK) >>> 0);
       at += ZERO_CHUNK_BYTES;
+      if (runs && fill === 0) {
+        if (runCount > 0 && offset === runOffset + runCount * RAM_PAGE_SIZE) {
+          runCount++;
+          continue;
+        }
+        flushZeroRun(r, sink, block, runOffset, runCount);
+        runOffset = offset;
+        runCount = 1;
+        continue;
+      }
+      flushZeroRun(r, sink, block, runOffset, runCount);
+      runCount = 0;
       r.skipContiguous(ZERO_CHUNK_BYTES);
-      sink.zero(block, high * TWO_32 + ((low & ~PAGE_MASK) >>> 0), fill);
+      sink.zero(block, offset, fill);
     }
+    flushZeroRun(r, sink, block, runOffset, runCount);
     // Go on into the next buffered chunk only when this one ended exactly at a chunk boundary.
     if (at !== end || r.available() < ZERO_CHUNK_BYTES) return;
+  }
+}
+
+/** Consume a run's chunks and hand it over: whole, or chunk by chunk where the sink will not take it whole. */
+function flushZeroRun(r: StreamReader, sink: RamChunkSink, block: string, offset: number, count: number): void {
+  if (count === 0) return;
+  if (sink.zeroRun!(block, offset, count)) {
+    r.skipContiguous(count * ZERO_CHUNK_BYTES);
+    return;
+  }
+  for (let i = 0; i < count; i++) {
+    r.skipContiguous(ZERO_CHUNK_BYTES);
+    sink.zero(block, offset + i * RAM_PAGE_SIZE, 0);
   }
 }
 
