@@ -151,7 +151,9 @@ function sizeLabel(mib: number): string {
 function progressLine(run: BenchRun): string {
   const figures =
     run.status === 'completed'
-      ? `total ${run.totalMs} ms, downtime ${run.downtimeMs} ms, ${((run.throughput ?? 0) / 1e6).toFixed(0)} MB/s, ${run.passes} passes` +
+      ? `total ${run.totalMs} ms, downtime ${run.downtimeMs} ms` +
+        (run.pauseMs !== undefined ? ` (guest paused ${run.pauseMs.toFixed(1)} ms)` : '') +
+        `, ${((run.throughput ?? 0) / 1e6).toFixed(0)} MB/s, ${run.passes} passes` +
         (run.destinationStatus && run.destinationStatus !== 'running' ? `, destination ${run.destinationStatus}` : '') +
         (run.downtimeBreakdown ? `\n    over the limit: ${run.downtimeBreakdown}` : '')
       : run.status === 'not-converged'
@@ -265,6 +267,7 @@ async function main(argv: string[]): Promise<void> {
     console.log(
       `${s.cell.key}\n  total    Ferry ${formatStat('totalMs', s.ferry)} | QEMU ${formatStat('totalMs', s.qemu)} | F/Q ${formatRatio(s.ratios.totalMs)}` +
         `\n  downtime Ferry ${formatStat('downtimeMs', s.ferry)} | QEMU ${formatStat('downtimeMs', s.qemu)} | F/Q ${formatRatio(s.ratios.downtimeMs)}` +
+        `\n  paused   Ferry ${formatStat('pauseMs', s.ferry)} | QEMU ${formatStat('pauseMs', s.qemu)} | F/Q ${formatRatio(s.ratios.pauseMs)}` +
         `\n  through. Ferry ${formatStat('throughput', s.ferry)} | QEMU ${formatStat('throughput', s.qemu)} | F/Q ${formatRatio(s.ratios.throughput)}` +
         `\n  bytes    Ferry ${formatStat('bytes', s.ferry)} | QEMU ${formatStat('bytes', s.qemu)} | F/Q ${formatRatio(s.ratios.bytes)}`,
     );
