@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConsoleClient } from '../src/cli/console-client.js';
 import { FerryProcess } from '../src/cli/ferry-process.js';
+import { forgetEvents, guestPause } from './lib/guest-pause.js';
 import { runMigration, type QueryMigrateInfo } from '../src/cli/migrate-command.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 import { describeFirstTouch, measureCeilings } from './ceiling.js';
@@ -21,7 +22,7 @@ import { keepOutput } from './lib/results-log.js';
 
 interface Cell { memory: string; guest: string; transport: 'tcp' | 'unix'; prealloc: boolean }
 interface Run {
-  status: string; totalMs: number; downtimeMs: number; bytes: number; passes: number; throughput: number; expectedDowntimeOk: boolean;
+  status: string; totalMs: number; downtimeMs: number; pauseMs: number; bytes: number; passes: number; throughput: number; expectedDowntimeOk: boolean;
   /** Main-thread CPU of source and destination during the migration, and how busy the machine was (0–1). */
   srcMainMs: number; dstMainMs: number; machineBusy: number;
 }
@@ -114,8 +115,11 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
     const address = await dest.incomingAddress();
     const pids = [source.child.pid!, dest.child.pid!];
     const before = sampleCpu(pids);
+    forgetEvents(source.qmp, dest.qmp);
     const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: address, maxBandwidth: 0, downtimeLimitMs: downtimeLimit, progress: false, pollMs: 50 });
     const cpu = cpuBetween(before, sampleCpu(pids));
+    // A stopped source stops no guest, and its destination starts none.
+    const pauseMs = outcome.status === 'completed' && !stopped ? await guestPause(source.qmp, dest.qmp) : undefined;
     const info: QueryMigrateInfo = outcome.info;
     if ((info.downtime ?? 0) > downtimeLimit) {
       const breakdown = source.stderr.split('\n').find((line) => line.includes('migration: completed in'));
@@ -127,6 +131,7 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
       status: outcome.status,
       totalMs,
       downtimeMs: info.downtime ?? NaN,
+      pauseMs: pauseMs ?? NaN,
       bytes,
       passes: outcome.passes,
       throughput: bytes / (totalMs / 1000),
@@ -168,8 +173,10 @@ async function main(): Promise<void> {
   console.log('');
   console.log('CPU: main-thread CPU time of the source and the destination during the migration, and how busy the machine\'s cores were (from /proc, 10 ms ticks).');
   console.log('');
-  console.log('| RAM | guest | destination | transport | total time | downtime | throughput | % of socket ceiling | sent | passes | converged | CPU src / dst main | machine busy |');
-  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  console.log('Guest paused: from the source\'s STOP event to the destination\'s RESUME (QMP timestamps, one clock): what the guest\'s users see; downtime ends when the source has sent its last byte.');
+  console.log('');
+  console.log('| RAM | guest | destination | transport | total time | downtime | guest paused | throughput | % of socket ceiling | sent | passes | converged | CPU src / dst main | machine busy |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   const dir = mkdtempSync(join(tmpdir(), 'ferry-bench-'));
   try {
     for (const cell of cells) {
@@ -178,7 +185,8 @@ async function main(): Promise<void> {
       const ok = runs.filter((r) => r.status === 'completed');
       const ceiling = cell.transport === 'tcp' ? tcpCeiling : unixCeiling;
       const isIdle = /idle/.test(cell.guest);
-      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % |`);
+      const paused = ok.map((r) => r.pauseMs).filter((x) => Number.isFinite(x));
+      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % |`);
     }
     if (overruns.length > 0) {
       console.log(`\nRuns whose downtime overran the ${downtimeLimit} ms limit, and where it went (the source's trace):`);

@@ -9,10 +9,10 @@ import { join } from 'node:path';
 import { runMigration, type QueryMigrateInfo } from '../../src/cli/migrate-command.js';
 import { FerryProcess } from '../../src/cli/ferry-process.js';
 import type { QmpClient } from '../../src/qmp/client.js';
-import type { QmpEvent } from '../../src/qmp/protocol.js';
 import { MigrationRecorder, settleFinalInfo } from '../../src/report/migration-record.js';
 import { stat, type BenchCell, type BenchRun, type Side } from '../../src/report/bench-summary.js';
 import { QemuProcess } from './qemu-process.js';
+import { forgetEvents, guestPause } from './guest-pause.js';
 
 /** max-bandwidth for "unlimited": 1 PiB/s. Both QEMU 7.2 (≤ SIZE_MAX) and Ferry (a safe integer) accept it. */
 export const UNLIMITED_BANDWIDTH = 2 ** 50;
@@ -130,8 +130,7 @@ export async function runOnce(options: RunOptions): Promise<BenchRun> {
     }
 
     // From here on, the STOP and RESUME events are the migration's.
-    source.qmp.clearEvents();
-    destination?.qmp.clearEvents();
+    forgetEvents(source.qmp, destination?.qmp);
     const recorder = new MigrationRecorder(source.qmp);
     let cancel: Promise<unknown> | undefined;
     let cancelledAt: number | undefined;
@@ -219,20 +218,6 @@ function ferryCalledOff(source: unknown): { switchoversCalledOff?: number } {
   if (!(source instanceof FerryProcess)) return {};
   const count = source.stderr.split('\n').filter((l) => l.includes('migration: switchover called off')).length;
   return count > 0 ? { switchoversCalledOff: count } : {};
-}
-
-/**
- * The guest's pause as its users saw it: the source's last STOP event (a called-off
- * switchover stops it more than once) to the destination's RESUME, by the events' own
- * timestamps — both processes stamp them from this host's wall clock, QEMU and Ferry alike.
- */
-async function guestPause(source: QmpClient, destination: QmpClient): Promise<number | undefined> {
-  const stop = source.bufferedEvents().filter((e) => e.event === 'STOP').at(-1);
-  if (!stop) return undefined;
-  const resume = await destination.waitForEvent('RESUME', undefined, 10_000).catch(() => undefined);
-  if (!resume) return undefined;
-  const ms = (t: QmpEvent['timestamp']): number => t.seconds * 1000 + t.microseconds / 1000;
-  return ms(resume.timestamp) - ms(stop.timestamp);
 }
 
 /** The destination's run state once it settled: "running" after a good migration. */
