@@ -27,7 +27,7 @@ interface Run {
   srcMainMs: number; dstMainMs: number; machineBusy: number;
 }
 
-const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped]';
+const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle]';
 
 /** A bad flag gets its message and the usage, not a stack trace. */
 function usageError(message: string): never {
@@ -51,6 +51,7 @@ const { values } = (() => {
         memory: { type: 'string' },
         transport: { type: 'string' },
         stopped: { type: 'boolean', default: false },
+        guests: { type: 'string' },
       },
     });
   } catch (err) {
@@ -71,6 +72,10 @@ const stopped = values.stopped ?? false;
 const TRANSPORTS = ['tcp', 'unix'] as const;
 const transports = (values.transport ?? 'tcp,unix').split(',');
 for (const t of transports) if (!(TRANSPORTS as readonly string[]).includes(t)) usageError(`--transport takes tcp and/or unix (comma-separated), not "${t}"`);
+
+// Which guests: the dirtying one (sweep; busy for v86), the idle one, or both.
+const guestKinds = (values.guests ?? 'sweep,idle').split(',');
+for (const g of guestKinds) if (!['sweep', 'idle'].includes(g)) usageError(`--guests takes sweep and/or idle (comma-separated), not "${g}"`);
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -150,7 +155,7 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
 async function main(): Promise<void> {
   const cells: Cell[] = [];
   const memories = values.memory?.split(',') ?? (accel === 'v86' ? ['128M', '512M'] : values.quick ? ['256M'] : ['256M', '1G']);
-  const guests = accel === 'v86' ? ['idle', 'busy'] : ['builtin:sweep', 'builtin:idle'];
+  const guests = (accel === 'v86' ? ['idle', 'busy'] : ['builtin:sweep', 'builtin:idle']).filter((g) => guestKinds.includes(/idle/.test(g) ? 'idle' : 'sweep'));
   for (const memory of memories) {
     for (const guest of guests) {
       // An idle guest sends zero pages, which a destination does not back either way.
