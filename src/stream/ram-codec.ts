@@ -175,6 +175,17 @@ export interface RamStreamState {
   lastBlock: string | null;
 }
 
+/**
+ * A chunk's page address from its header words. Below 4 GiB it is the low word alone, an
+ * integer the engine keeps unboxed: the general form is a double, which code not yet
+ * optimised allocates on the heap — for an idle guest's 262 144 ZERO chunks a GiB, enough
+ * garbage to set off a collection while the destination takes the end of the stream.
+ */
+function chunkOffset(high: number, low: number): number {
+  const pageAddress = (low & ~PAGE_MASK) >>> 0;
+  return high === 0 ? pageAddress : high * TWO_32 + pageAddress;
+}
+
 /** The flags of a zero page of the block named before: what an idle guest's stream is mostly made of. */
 const ZERO_CONTINUE = RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE;
 const ZERO_CHUNK_BYTES = 9;
@@ -198,7 +209,7 @@ function readPageRun(r: StreamReader, sink: RamChunkSink & { pageFrom: NonNullab
       if ((low & PAGE_MASK) !== PAGE_CONTINUE || high > MAX_OFFSET_HIGH_WORD) break;
       // Consumed first, as the general loop does, so an error names the same offset.
       r.skipContiguous(PAGE_CHUNK_BYTES);
-      sink.pageFrom(block, high * TWO_32 + ((low & ~PAGE_MASK) >>> 0), bytes, at + 8);
+      sink.pageFrom(block, chunkOffset(high, low), bytes, at + 8);
       at += PAGE_CHUNK_BYTES;
     }
     if (at !== end || r.available() < PAGE_CHUNK_BYTES) return;
@@ -225,7 +236,7 @@ function readZeroRun(r: StreamReader, sink: RamChunkSink, block: string): void {
       const low = view.getUint32(at + 4);
       if ((low & PAGE_MASK) !== ZERO_CONTINUE || high > MAX_OFFSET_HIGH_WORD) break;
       const fill = view.getUint8(at + 8);
-      const offset = high * TWO_32 + ((low & ~PAGE_MASK) >>> 0);
+      const offset = chunkOffset(high, low);
       at += ZERO_CHUNK_BYTES;
       if (runs && fill === 0) {
         if (runCount > 0 && offset === runOffset + runCount * RAM_PAGE_SIZE) {
@@ -278,7 +289,7 @@ export async function readRamChunks(r: StreamReader, sink: RamChunkSink, section
     if (high > MAX_OFFSET_HIGH_WORD) {
       throw new StreamFormatError(`RAM chunk at offset ${at}: address 0x${hex(high, 8)}${hex(low >>> 0, 8)} is beyond 2^53`, at, section);
     }
-    const offset = high * TWO_32 + ((low & ~PAGE_MASK) >>> 0);
+    const offset = chunkOffset(high, low);
     const kind = flags & ~RAM_SAVE_FLAG_CONTINUE;
     const cont = (flags & RAM_SAVE_FLAG_CONTINUE) !== 0;
 
