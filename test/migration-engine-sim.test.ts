@@ -21,6 +21,26 @@ function prefault(m: Machine): void {
   for (let i = 4095; i < bytes.length; i += 4096) bytes[i] = bytes[i]!;
 }
 
+/** Two Migrations over Machines joined by an in-memory channel pair, max-bandwidth unlimited. */
+function migrations(src: MigrationVm, dst: MigrationVm, emit: (event: string, data: unknown) => void = () => {}): { out: Migration; inc: Migration } {
+  const [a, b] = createMemoryChannelPair();
+  const common = { now: () => performance.now(), schedule: (fn: () => void) => setImmediate(fn) };
+  const out = new Migration({ vm: src, connect: async () => a, listen: () => Promise.reject(new Error('unused')), emit, ...common });
+  const inc = new Migration({ vm: dst, connect: () => Promise.reject(new Error('unused')), listen: async () => listenerFor(b), emit: () => {}, ...common });
+  out.setParameters({ 'max-bandwidth': 0 });
+  return { out, inc };
+}
+
+/** Listen, migrate, and wait until both sides settled; both must have completed. */
+async function migrateToEnd(out: Migration, inc: Migration): Promise<void> {
+  await inc.migrateIncoming('memory:');
+  out.migrate('memory:');
+  await out.whenSettled();
+  await inc.whenIncomingSettled();
+  assert.equal(out.status, 'completed', out.queryMigrate()['error-desc']);
+  assert.equal(inc.incomingStatus, 'completed', inc.incomingError);
+}
+
 test('a sweeping sim guest migrates between two Machines and keeps sweeping on the destination', async (t) => {
   const guest = parseGuestSpec('builtin:sweep,to=12M,rate=50000');
   const src = await Machine.create({ accel: 'sim', memorySize: 16 * MiB, guest });
@@ -33,23 +53,14 @@ test('a sweeping sim guest migrates between two Machines and keeps sweeping on t
   // The Machine is the MigrationVm: this assignment is the compile-time half of the test.
   const srcVm: MigrationVm = src;
   const dstVm: MigrationVm = dst;
-  const [a, b] = createMemoryChannelPair();
-  const common = { now: () => performance.now(), schedule: (fn: () => void) => setImmediate(fn) };
   const events: string[] = [];
-  const out = new Migration({ vm: srcVm, connect: async () => a, listen: () => Promise.reject(new Error('unused')), emit: (e, d) => events.push(`${e} ${JSON.stringify(d)}`), ...common });
-  const inc = new Migration({ vm: dstVm, connect: () => Promise.reject(new Error('unused')), listen: async () => listenerFor(b), emit: () => {}, ...common });
+  const { out, inc } = migrations(srcVm, dstVm, (e, d) => events.push(`${e} ${JSON.stringify(d)}`));
   out.setCapabilities([{ capability: 'events', state: true }]);
-  out.setParameters({ 'max-bandwidth': 0 });
 
   await sleep(100);
   const before = readGuestParams(src.memory[0]!.bytes);
   assert.ok(before && before.pass >= 0);
-  await inc.migrateIncoming('memory:');
-  out.migrate('memory:');
-  await out.whenSettled();
-  await inc.whenIncomingSettled();
-  assert.equal(out.status, 'completed', out.queryMigrate()['error-desc']);
-  assert.equal(inc.incomingStatus, 'completed', inc.incomingError);
+  await migrateToEnd(out, inc);
   assert.equal(src.runState, 'postmigrate');
   assert.equal(dst.runState, 'running');
   assert.ok(events.includes('MIGRATION {"status":"completed"}'));
@@ -78,19 +89,10 @@ test('a 4 GiB sim guest sweeping its top 8 MiB migrates: block sizes and offsets
     await src.destroy();
     await dst.destroy();
   });
-  const [a, b] = createMemoryChannelPair();
-  const common = { now: () => performance.now(), schedule: (fn: () => void) => setImmediate(fn) };
-  const out = new Migration({ vm: src, connect: async () => a, listen: () => Promise.reject(new Error('unused')), emit: () => {}, ...common });
-  const inc = new Migration({ vm: dst, connect: () => Promise.reject(new Error('unused')), listen: async () => listenerFor(b), emit: () => {}, ...common });
-  out.setParameters({ 'max-bandwidth': 0 });
+  const { out, inc } = migrations(src, dst);
   await sleep(200);
   assert.ok(readGuestParams(src.memory[0]!.bytes)!.pass >= 1, 'the guest swept its top 8 MiB at least once');
-  await inc.migrateIncoming('memory:');
-  out.migrate('memory:');
-  await out.whenSettled();
-  await inc.whenIncomingSettled();
-  assert.equal(out.status, 'completed', out.queryMigrate()['error-desc']);
-  assert.equal(inc.incomingStatus, 'completed', inc.incomingError);
+  await migrateToEnd(out, inc);
   const ram = out.queryMigrate()['ram'] as { total: number; normal: number };
   assert.equal(ram.total, 4096 * MiB);
   assert.ok(ram.normal >= 2048, `the swept pages went whole (${ram.normal})`);
