@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConsoleClient } from '../src/cli/console-client.js';
 import { FerryProcess } from '../src/cli/ferry-process.js';
-import { forgetEvents, guestPause } from './lib/guest-pause.js';
+import { forgetEvents, guestPause } from '../src/report/guest-pause.js';
 import { runMigration, type QueryMigrateInfo } from '../src/cli/migrate-command.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 import { describeFirstTouch, measureCeilings } from './ceiling.js';

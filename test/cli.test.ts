@@ -80,12 +80,25 @@ test('ferry migrate shows a summary and exits 0; a failing migration exits 1 wit
     child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
     child.once('exit', (code) => resolve({ code, stdout, stderr }));
   });
-  const ok = await run(['migrate', '--qmp', source.qmpPath, uri, '--max-bandwidth', '0', '--downtime-limit', '300']);
+  // A destination QMP socket that is not there: refused before anything starts.
+  const wrong = await run(['migrate', '--qmp', source.qmpPath, uri, '--dest-qmp', join(dir, 'nobody.qmp')]);
+  assert.equal(wrong.code, 1);
+  assert.match(wrong.stderr, /nobody\.qmp/);
+  assert.equal((await source.execute<{ status?: string }>('query-migrate')).status, undefined, 'no migration was started');
+
+  const ok = await run(['migrate', '--qmp', source.qmpPath, uri, '--max-bandwidth', '0', '--downtime-limit', '300', '--dest-qmp', dest.qmpPath]);
   assert.equal(ok.code, 0, ok.stderr);
   assert.match(ok.stdout, /Migration completed/);
   assert.match(ok.stdout, /downtime\s+\d+/);
   assert.match(ok.stdout, /passes\s+\d+/);
   assert.match(ok.stderr, /pass \d+/, 'the progress bar names the pass');
+  // With the destination's socket: the guest's pause as its users saw it, and where it ended.
+  // (It may read a little under the downtime, which starts when the stop is asked for; STOP
+  // is sent once the vCPUs have stopped.)
+  const paused = /guest paused\s+([\d.]+) ms \(source STOP to destination RESUME\)/.exec(ok.stdout);
+  assert.ok(paused, ok.stdout);
+  assert.ok(Number(paused[1]) > 0 && Number(paused[1]) < 5000, `guest paused ${paused[1]} ms`);
+  assert.match(ok.stdout, /destination\s+running/);
 
   const other = await FerryProcess.start({ dir, name: 'other', args });
   t.after(() => other.quit());

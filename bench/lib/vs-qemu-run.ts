@@ -12,7 +12,7 @@ import type { QmpClient } from '../../src/qmp/client.js';
 import { MigrationRecorder, settleFinalInfo } from '../../src/report/migration-record.js';
 import { stat, type BenchCell, type BenchRun, type Side } from '../../src/report/bench-summary.js';
 import { QemuProcess } from './qemu-process.js';
-import { forgetEvents, guestPause } from './guest-pause.js';
+import { forgetEvents, guestPause } from '../../src/report/guest-pause.js';
 
 /** max-bandwidth for "unlimited": 1 PiB/s. Both QEMU 7.2 (≤ SIZE_MAX) and Ferry (a safe integer) accept it. */
 export const UNLIMITED_BANDWIDTH = 2 ** 50;

@@ -95,6 +95,7 @@ program
   .option('--validate-uuid', 'turn on the validate-uuid capability (a destination with a UUID of its own loads only a stream from the same UUID)')
   .option('--no-progress', 'no progress bar, only the summary')
   .option('--report <file.html>', 'write a self-contained HTML report of the migration')
+  .option('--dest-qmp <socket>', 'the destination\'s QMP socket: the summary then also says how long the guest was paused (source STOP to destination RESUME) and how the destination ended')
   .action(async (uri: string, opts) => {
     const { migrateCommand } = await import('./migrate-command.js');
     process.exitCode = await migrateCommand({
@@ -105,6 +106,7 @@ program
       capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : []), ...(opts.validateUuid ? ['validate-uuid'] : [])],
       progress: opts.progress,
       ...(opts.report !== undefined ? { report: opts.report } : {}),
+      ...(opts.destQmp !== undefined ? { destinationQmp: opts.destQmp } : {}),
     });
   });
 

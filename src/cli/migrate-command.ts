@@ -8,6 +8,7 @@ import { QmpClient } from '../qmp/client.js';
 import { MigrationRecorder, querySourceFacts, settleFinalInfo } from '../report/migration-record.js';
 import { renderMigrationReport } from '../report/migration-report.js';
 import { formatBytes, formatMs, formatRate } from '../format.js';
+import { forgetEvents, guestPause } from '../report/guest-pause.js';
 
 export interface MigrateCommandOptions {
   readonly qmp: string;
@@ -24,6 +25,19 @@ export interface MigrateCommandOptions {
   readonly onSample?: (info: QueryMigrateInfo, atMs: number) => void;
   /** Write a self-contained HTML report of the run to this file (migrateCommand only). */
   readonly report?: string;
+  /**
+   * The destination's QMP socket (migrateCommand only): the summary then also gives the
+   * guest's pause as its users saw it and the destination's run state.
+   */
+  readonly destinationQmp?: string;
+}
+
+/** What the destination said, when its QMP socket was given. */
+export interface DestinationOutcome {
+  /** Its run state once the migration settled: "running" after a good one. */
+  readonly status: string;
+  /** Source STOP to destination RESUME (ms), when both came. */
+  readonly pauseMs: number | undefined;
 }
 
 /** The parts of QEMU's query-migrate answer this command reads. */
@@ -132,13 +146,14 @@ function payload(info: QueryMigrateInfo | undefined): Record<string, string> {
 }
 
 /** The one-screen summary printed at the end. */
-export function formatSummary(outcome: MigrationOutcome): string {
+export function formatSummary(outcome: MigrationOutcome, destination?: DestinationOutcome): string {
   const { info } = outcome;
   const ram = info.ram;
   const lines = [`Migration ${outcome.status}`];
   if (info['total-time'] !== undefined) lines.push(`  total time      ${formatMs(info['total-time'])}`);
   if (info['setup-time'] !== undefined) lines.push(`  setup time      ${formatMs(info['setup-time'])}`);
   if (info.downtime !== undefined) lines.push(`  downtime        ${formatMs(info.downtime)}`);
+  if (destination?.pauseMs !== undefined) lines.push(`  guest paused    ${destination.pauseMs.toFixed(1)} ms (source STOP to destination RESUME)`);
   if (ram) {
     lines.push(`  passes          ${ram['dirty-sync-count']}`);
     lines.push(`  transferred     ${formatBytes(ram.transferred)} (${ram.normal} pages sent whole, ${ram.duplicate} zero pages)`);
@@ -147,6 +162,7 @@ export function formatSummary(outcome: MigrationOutcome): string {
   }
   if (outcome.peakThrottle > 0) lines.push(`  CPU throttle    up to ${outcome.peakThrottle} % (auto-converge)`);
   if (info['error-desc']) lines.push(`  error           ${info['error-desc']}`);
+  if (destination) lines.push(`  destination     ${destination.status}`);
   return lines.join('\n');
 }
 
@@ -160,6 +176,16 @@ const INTERRUPTED_EXIT = 130;
  */
 export async function migrateCommand(options: MigrateCommandOptions): Promise<number> {
   const client = await QmpClient.connect(options.qmp);
+  // Connected before anything starts: a wrong destination socket changes nothing.
+  let destination: QmpClient | undefined;
+  if (options.destinationQmp !== undefined) {
+    try {
+      destination = await QmpClient.connect(options.destinationQmp);
+    } catch (err) {
+      await client.close();
+      throw err;
+    }
+  }
   let interrupted = false;
   const onSignal = (): void => {
     if (interrupted) process.exit(INTERRUPTED_EXIT);
@@ -175,6 +201,7 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
     const recorder = options.report !== undefined ? new MigrationRecorder(client) : undefined;
     const userOnSample = options.onSample;
     recorder?.start();
+    forgetEvents(client, destination);
     const outcome = await runMigration(client, {
       ...options,
       ...(recorder
@@ -187,7 +214,7 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
         : {}),
     });
     if (recorder && options.report !== undefined) await writeReport(client, recorder, options, outcome);
-    const summary = formatSummary(outcome);
+    const summary = formatSummary(outcome, destination ? await destinationOutcome(client, destination, outcome.status) : undefined);
     if (outcome.status === 'completed') {
       process.stdout.write(summary + '\n');
       return 0;
@@ -198,7 +225,20 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await client.close();
+    await destination?.close();
   }
+}
+
+/**
+ * How the destination ended, and — when it runs the guest — how long the guest was
+ * paused: a destination started with -S stays paused, and one that failed never runs it.
+ */
+async function destinationOutcome(source: QmpClient, destination: QmpClient, status: string): Promise<DestinationOutcome> {
+  const runState = async (): Promise<string> => (await destination.execute<{ status: string }>('query-status')).status;
+  if (status !== 'completed') return { status: await runState(), pauseMs: undefined };
+  // The destination starts the guest a moment after the source completes.
+  const pauseMs = await guestPause(source, destination, 2_000);
+  return { status: await runState(), pauseMs };
 }
 
 /** Read back what the source ran with (after the run, so the limits set by this command show) and write the page. */

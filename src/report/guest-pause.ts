@@ -5,8 +5,8 @@
 // source has sent its last byte; this also covers the destination loading the rest of the
 // stream and starting the vCPUs.
 
-import type { QmpClient } from '../../src/qmp/client.js';
-import type { QmpEvent } from '../../src/qmp/protocol.js';
+import type { QmpClient } from '../qmp/client.js';
+import type { QmpEvent } from '../qmp/protocol.js';
 
 /** Call before the migration starts: later STOP and RESUME events are then the migration's. */
 export function forgetEvents(...clients: readonly (QmpClient | undefined)[]): void {
