@@ -133,6 +133,7 @@ test('ferry demo migrates the built-in guest and shows it kept running', async (
   assert.equal(result.code, 0, `${result.stdout}\n${result.stderr}`);
   assert.match(result.stdout, /Migration completed/);
   assert.match(result.stdout, /Source:\s+postmigrate/);
+  assert.match(result.stdout, /guest paused\s+[\d.]+ ms \(source STOP to destination RESUME\)/, 'the demo shows the pause the guest saw');
   const moved = /pass counter went (\d+) → (\d+)/.exec(result.stdout);
   assert.ok(moved, result.stdout);
   assert.ok(Number(moved[2]) > Number(moved[1]), 'the guest did not go on at the destination');

@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import type { AccelKind } from '../hypervisor/types.js';
 import { formatBytes } from '../format.js';
 import { FerryProcess } from './ferry-process.js';
-import { formatSummary, runMigration } from './migrate-command.js';
+import { destinationOutcome, formatSummary, runMigration } from './migrate-command.js';
+import { forgetEvents } from '../report/guest-pause.js';
 
 export interface DemoOptions {
   accel?: AccelKind;
@@ -42,8 +43,10 @@ export async function demoCommand(opts: DemoOptions): Promise<number> {
     const before = (await source.execute<GuestInfo>('x-ferry-query-guest')).pass ?? 0;
     say(`The guest is at pass ${before} on the source. Migrating it to ${address}…`);
 
+    forgetEvents(source.qmp, dest.qmp);
     const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: address, maxBandwidth: 0 });
-    say(formatSummary(outcome));
+    // The guest's pause as its users saw it, beside the downtime QEMU's way of counting gives.
+    say(formatSummary(outcome, await destinationOutcome(source.qmp, dest.qmp, outcome.status)));
     if (outcome.status !== 'completed') return 1;
 
     const status = await dest.execute<{ status: string }>('query-status');

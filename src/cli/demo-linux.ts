@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConsoleClient } from './console-client.js';
 import { FerryProcess } from './ferry-process.js';
-import { formatSummary, runMigration } from './migrate-command.js';
+import { destinationOutcome, formatSummary, runMigration } from './migrate-command.js';
+import { forgetEvents } from '../report/guest-pause.js';
 
 const say = (text: string) => process.stdout.write(text + '\n');
 
@@ -38,8 +39,10 @@ export async function linuxDemo(opts: { memory?: number }): Promise<number> {
     const address = await dest.incomingAddress();
     const beat = [...srcConsole.output.matchAll(/heartbeat (\d+)/g)].pop()?.[1] ?? '?';
     say(`Migrating the running guest (heartbeat ${beat}) to ${address}…`);
+    forgetEvents(source.qmp, dest.qmp);
     const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: address, maxBandwidth: 0 });
-    say(formatSummary(outcome));
+    // The guest's pause as its users saw it, beside the downtime QEMU's way of counting gives.
+    say(formatSummary(outcome, await destinationOutcome(source.qmp, dest.qmp, outcome.status)));
     if (outcome.status !== 'completed') return 1;
 
     const next = await dstConsole.waitFor(/heartbeat (\d+)/, 30_000);

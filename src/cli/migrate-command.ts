@@ -232,8 +232,9 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
 /**
  * How the destination ended, and — when it runs the guest — how long the guest was
  * paused: a destination started with -S stays paused, and one that failed never runs it.
+ * Call forgetEvents on both clients before the migration starts.
  */
-async function destinationOutcome(source: QmpClient, destination: QmpClient, status: string): Promise<DestinationOutcome> {
+export async function destinationOutcome(source: QmpClient, destination: QmpClient, status: string): Promise<DestinationOutcome> {
   const runState = async (): Promise<string> => (await destination.execute<{ status: string }>('query-status')).status;
   if (status !== 'completed') return { status: await runState(), pauseMs: undefined };
   // The destination starts the guest a moment after the source completes.
