@@ -147,7 +147,15 @@ test('CPU state and memory moved to a fresh VM continue from the same instructio
       assert.ok(section);
       section.load(s.value);
     }
+    // A stopped guest's state reads the same each time (the TSC as of the stop, no
+    // Hyper-V clocks), and a loaded one reads back as it was loaded, whole.
+    assert.deepEqual(source.acc.stateSections[0]!.save(), saved[0]!.value, 'the stopped source read twice');
     const reloaded = target.acc.stateSections[0]!.save();
+    assert.deepEqual(reloaded, saved[0]!.value, 'the whole state as loaded');
+    const msrs = (v: Record<string, unknown>): Array<{ index: number; data: bigint }> => v['msrs'] as Array<{ index: number; data: bigint }>;
+    assert.ok(!msrs(reloaded).some((m) => m.index >= 0x40000000 && m.index <= 0x400000ff), 'no Hyper-V MSRs');
+    const tscAtMove = msrs(reloaded).find((m) => m.index === 0x10)?.data;
+    assert.ok(tscAtMove !== undefined && tscAtMove > 0n, 'the TSC is saved');
     assert.equal(reloaded['rip'], saved[0]!.value['rip'], 'same instruction');
     assert.equal(reloaded['rsp'], saved[0]!.value['rsp']);
     assert.equal(reloaded['cr3'], saved[0]!.value['cr3']);
@@ -157,6 +165,8 @@ test('CPU state and memory moved to a fresh VM continue from the same instructio
     await until('the target to finish two more passes', () => pass(target.acc) >= passAtMove + 2 || target.exits.length > 0);
     assert.deepEqual(target.exits, []);
     await target.acc.pause();
+    const tscAfter = msrs(target.acc.stateSections[0]!.save()).find((m) => m.index === 0x10)?.data;
+    assert.ok(tscAfter !== undefined && tscAfter > tscAtMove, `the TSC ran on with the guest (${tscAfter} after ${tscAtMove})`);
     const check = checkSweepCounters(target.acc.memory[0]!.bytes);
     assert.ok(check.ok, check.problem);
     assert.match(target.serial.text, new RegExp(`pass ${passAtMove + 1}\\n`));

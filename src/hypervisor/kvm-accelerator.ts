@@ -11,8 +11,8 @@ import { longModeEntryRegisters, longModeSpecialRegisters } from '../guests/long
 import { KvmSystem, probeKvm } from '../kvm/system.js';
 import { zeroRegs } from '../kvm/structs.js';
 import type { KvmSregs } from '../kvm/structs.js';
-import { cpuidForVcpu } from '../kvm/vcpu.js';
-import type { KvmVcpu } from '../kvm/vcpu.js';
+import { MSR_IA32_TSC, cpuidForVcpu } from '../kvm/vcpu.js';
+import type { KvmCpuState, KvmVcpu } from '../kvm/vcpu.js';
 import { VcpuThread } from '../kvm/vcpu-thread.js';
 import { STATE_PAUSED as VCPU_PAUSED, STATE_STOPPED as VCPU_STOPPED } from '../kvm/vcpu-mailbox.js';
 import type { KvmVm } from '../kvm/vm.js';
@@ -100,6 +100,8 @@ class KvmAccelerator implements Accelerator {
   private readonly listeners: Array<(exit: GuestExit) => void> = [];
   /** Exits before anyone listened (e.g. a crash right after resume), delivered to the first listener. */
   private unheard: GuestExit[] = [];
+  /** Per vCPU: the TSC value that stands for the current stop (see freezeTsc). */
+  private readonly stoppedTsc: Array<bigint | undefined>;
 
   constructor(
     private readonly system: KvmSystem,
@@ -109,6 +111,7 @@ class KvmAccelerator implements Accelerator {
     private readonly threads: readonly VcpuThread[],
     incoming = false,
   ) {
+    this.stoppedTsc = vcpus.map(() => undefined);
     // An incoming VM's RAM stays untouched until the migration loads it (no guest loaded).
     this.memory = [ram.block(RAM_BLOCK_IDSTR, 0, { freshZero: incoming })];
     this.dirtyLog = new KvmDirtyLog(vm);
@@ -126,11 +129,15 @@ class KvmAccelerator implements Accelerator {
       description: CPU_STATE_DESCRIPTION,
       save: () => {
         requirePaused(i, 'save');
-        return cpuStateToValue(vcpu.getState());
+        const state = vcpu.getState();
+        this.freezeTsc(i, state);
+        return cpuStateToValue(state);
       },
       load: (value) => {
         requirePaused(i, 'load');
-        const { refusedMsrs } = vcpu.setState(cpuStateFromValue(value));
+        const state = cpuStateFromValue(value);
+        const { refusedMsrs } = vcpu.setState(state);
+        this.stoppedTsc[i] = state.msrs.find((m) => m.index === MSR_IA32_TSC)?.data;
         if (refusedMsrs.length > 0) {
           // KVM lists some MSRs it then refuses to restore on another CPU model; the
           // guest runs without them, as QEMU's filtered MSR list would.
@@ -149,8 +156,23 @@ class KvmAccelerator implements Accelerator {
     for (const listener of this.listeners) listener(exit);
   }
 
+  /**
+   * The guest's TSC as of the stop. KVM's TSC MSR goes on counting while the vCPUs are
+   * out of KVM_RUN, so each read of a stopped guest would give another value: the first
+   * read after a pause (or the value a load set) stands for the whole stop, as QEMU's
+   * env->tsc_valid does, and every save until the guest runs again sends that one.
+   */
+  private freezeTsc(i: number, state: KvmCpuState): void {
+    const tsc = state.msrs.find((m) => m.index === MSR_IA32_TSC);
+    if (tsc === undefined) return;
+    const frozen = this.stoppedTsc[i];
+    if (frozen === undefined) this.stoppedTsc[i] = tsc.data;
+    else tsc.data = frozen;
+  }
+
   resume(): void {
     if (this.destroyed) throw new RangeError('Cannot resume a destroyed kvm accelerator');
+    this.stoppedTsc.fill(undefined);
     this.isRunning = true;
     for (const t of this.threads) t.resume();
   }

@@ -80,6 +80,7 @@ const GOLDEN_CONSTANTS: Record<string, number> = {
   KVM_VCPUEVENT_VALID_SIPI_VECTOR: 0x2,
   KVM_VCPUEVENT_VALID_SHADOW: 0x4,
   KVM_VCPUEVENT_VALID_SMM: 0x8,
+  KVM_VCPUEVENT_VALID_PAYLOAD: 0x10,
 };
 
 const table = k as unknown as Record<string, unknown>;

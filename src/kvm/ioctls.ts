@@ -136,6 +136,8 @@ export const KVM_VCPUEVENT_VALID_NMI_PENDING = 0x1;
 export const KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x2;
 export const KVM_VCPUEVENT_VALID_SHADOW = 0x4;
 export const KVM_VCPUEVENT_VALID_SMM = 0x8;
+/** The exception payload fields are valid (only with KVM_CAP_EXCEPTION_PAYLOAD enabled). */
+export const KVM_VCPUEVENT_VALID_PAYLOAD = 0x10;
 
 const EXIT_NAMES: Record<number, string> = {
   [KVM_EXIT_UNKNOWN]: 'KVM_EXIT_UNKNOWN',

@@ -36,6 +36,19 @@ export function cpuidForVcpu(supported: readonly KvmCpuidEntry[], vcpuId: number
   });
 }
 
+/** The time-stamp counter (IA32_TIME_STAMP_COUNTER). */
+export const MSR_IA32_TSC = 0x10;
+
+/**
+ * Hyper-V's synthetic MSRs (0x40000000-0x400000ff), which KVM lists whether or not the
+ * guest was shown Hyper-V: Ferry's CPUID never is, so nothing in them is the guest's,
+ * and two are clocks (VP_RUNTIME, TIME_REF_COUNT) that change on every read. QEMU saves
+ * them only with hv-* enlightenments on.
+ */
+export function isHyperVMsr(index: number): boolean {
+  return index >= 0x40000000 && index <= 0x400000ff;
+}
+
 /*
  * SAFETY (every ioctl below): the buffer is a fresh Uint8Array of exactly the struct size
  * the request number encodes (SIZEOF, golden-checked), or larger for the variable-length
@@ -159,7 +172,12 @@ export class KvmVcpu {
   getVcpuEvents(): KvmVcpuEvents {
     const buf = new Uint8Array(K.SIZEOF.kvm_vcpu_events);
     ioctlPtr(this.fd, K.KVM_GET_VCPU_EVENTS, buf, `KVM_GET_VCPU_EVENTS(vcpu ${this.id})`);
-    return decodeVcpuEvents(buf);
+    const events = decodeVcpuEvents(buf);
+    // Without KVM_CAP_EXCEPTION_PAYLOAD (Ferry does not enable it) KVM reports a pending
+    // exception as injected too, and KVM_SET_VCPU_EVENTS clears `pending`: the exception
+    // travels as injected, so keep only that, as QEMU's kvm_get_vcpu_events does.
+    if ((events.flags & K.KVM_VCPUEVENT_VALID_PAYLOAD) === 0) events.exception.pending = 0;
+    return events;
   }
 
   setVcpuEvents(events: KvmVcpuEvents): void {
@@ -199,7 +217,7 @@ export class KvmVcpu {
    * been completed by a KVM_RUN with immediate_exit (the worker guarantees both when paused).
    */
   getState(): KvmCpuState {
-    const msrIndices = this.readableMsrs ?? this.vm.system.msrIndexList();
+    const msrIndices = this.readableMsrs ?? this.vm.system.msrIndexList().filter((i) => !isHyperVMsr(i));
     const { entries, unreadable } = this.getMsrs(msrIndices);
     if (!this.readableMsrs) this.readableMsrs = msrIndices.filter((i) => !unreadable.includes(i));
     return {

@@ -37,7 +37,7 @@ int main(void) {
   NUM(KVM_EXIT_INTERNAL_ERROR); NUM(KVM_EXIT_SYSTEM_EVENT); NUM(KVM_EXIT_IO_IN); NUM(KVM_EXIT_IO_OUT);
   NUM(KVM_MP_STATE_RUNNABLE); NUM(KVM_MP_STATE_HALTED);
   NUM(KVM_VCPUEVENT_VALID_NMI_PENDING); NUM(KVM_VCPUEVENT_VALID_SIPI_VECTOR);
-  NUM(KVM_VCPUEVENT_VALID_SHADOW); NUM(KVM_VCPUEVENT_VALID_SMM);
+  NUM(KVM_VCPUEVENT_VALID_SHADOW); NUM(KVM_VCPUEVENT_VALID_SMM); NUM(KVM_VCPUEVENT_VALID_PAYLOAD);
   printf("// layouts\n");
   SIZE(kvm_regs); OFF(kvm_regs, rax); OFF(kvm_regs, rsp); OFF(kvm_regs, r8); OFF(kvm_regs, rip); OFF(kvm_regs, rflags);
   SIZE(kvm_segment); OFF(kvm_segment, base); OFF(kvm_segment, limit); OFF(kvm_segment, selector);
