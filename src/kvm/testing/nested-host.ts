@@ -1,0 +1,90 @@
+// Real KVM on a machine without /dev/kvm: QEMU boots the KVM host that
+// scripts/setup-kvm-host.sh builds (Debian's amd64 kernel under TCG with `-cpu max`, whose
+// emulated AMD SVM lets kvm-amd load) and runs a shell script in it. The guest sees this
+// machine's root file system read-only and the project read-write, both over 9p at
+// their own paths, so it runs the project's own build with this machine's node. The
+// script's path goes in on the kernel command line; its exit status comes back in a
+// file beside it, written by the KVM host's /init.
+
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface NestedKvmHost {
+  readonly kernel: string;
+  readonly initramfs: string;
+  /** The project folder, shared read-write with the KVM host at the same path. */
+  readonly project: string;
+}
+
+export interface NestedRun {
+  /** The script's exit status, or null if the KVM host never wrote one (it did not boot, or timed out). */
+  readonly status: number | null;
+  /** What the script printed (stdout and stderr). */
+  readonly output: string;
+  /** The KVM host's serial console: its kernel and /init messages. */
+  readonly console: string;
+  readonly timedOut: boolean;
+}
+
+/** The KVM host built in `project`/.cache/kvm-host, or why it cannot be used here. */
+export function nestedKvmHost(project: string): { ok: true; host: NestedKvmHost } | { ok: false; reason: string } {
+  const dir = join(project, '.cache', 'kvm-host');
+  const kernel = join(dir, 'vmlinuz');
+  const initramfs = join(dir, 'initramfs.cpio.gz');
+  if (!existsSync(kernel) || !existsSync(initramfs)) {
+    return { ok: false, reason: `no KVM host in ${dir}: run scripts/setup-kvm-host.sh as root (.ci/run does)` };
+  }
+  if (spawnSync('qemu-system-x86_64', ['--version']).status !== 0) {
+    return { ok: false, reason: 'qemu-system-x86_64 is not installed (Debian: qemu-system-x86)' };
+  }
+  // The kernel command line is split at spaces and the path is used unquoted by /init.
+  if (/\s/.test(project)) return { ok: false, reason: `the project path "${project}" has white space, which the KVM host's command line cannot carry` };
+  return { ok: true, host: { kernel, initramfs, project } };
+}
+
+let runs = 0;
+
+/**
+ * Boot the KVM host, run `script` (shell) in the project folder with /dev/kvm, power off.
+ * Memory and vCPUs are the KVM host's own: its guests come out of them.
+ */
+export async function runInNestedHost(
+  host: NestedKvmHost,
+  script: string,
+  options: { timeoutMs: number; memoryMiB?: number; cpus?: number },
+): Promise<NestedRun> {
+  const dir = join(host.project, '.cache', 'kvm-host', 'runs');
+  mkdirSync(dir, { recursive: true });
+  const base = join(dir, `run-${process.pid}-${++runs}`);
+  const scriptPath = `${base}.sh`;
+  const outputPath = `${base}.out`;
+  const statusPath = `${scriptPath}.status`;
+  rmSync(statusPath, { force: true });
+  writeFileSync(scriptPath, `exec >'${outputPath}' 2>&1\n${script}\n`);
+  const args = [
+    '-accel', 'tcg', '-cpu', 'max', '-smp', String(options.cpus ?? 2), '-m', `${options.memoryMiB ?? 4096}M`,
+    '-kernel', host.kernel, '-initrd', host.initramfs,
+    '-append', `console=ttyS0 quiet loglevel=4 ferry.cmd=${scriptPath} ferry.project=${host.project}`,
+    '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot', '-nodefaults',
+    '-virtfs', 'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
+    '-virtfs', `local,path=${host.project},mount_tag=project,security_model=none,multidevs=remap`,
+  ];
+  const qemu = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let console = '';
+  qemu.stdout.on('data', (d: Buffer) => (console += d.toString()));
+  qemu.stderr.on('data', (d: Buffer) => (console += d.toString()));
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    qemu.kill('SIGKILL');
+  }, options.timeoutMs);
+  await new Promise<void>((resolve) => qemu.on('close', () => resolve()));
+  clearTimeout(timer);
+  const read = (path: string): string | undefined => (existsSync(path) ? readFileSync(path, 'utf8') : undefined);
+  const statusText = read(statusPath)?.trim();
+  const output = read(outputPath) ?? '';
+  for (const path of [scriptPath, outputPath, statusPath]) rmSync(path, { force: true });
+  const status = statusText !== undefined && /^\d+$/.test(statusText) ? Number(statusText) : null;
+  return { status, output, console, timedOut };
+}

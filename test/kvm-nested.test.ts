@@ -1,0 +1,90 @@
+// The KVM tests on a machine without /dev/kvm: each test file that needs KVM runs inside
+// the KVM host scripts/setup-kvm-host.sh builds (Linux KVM on QEMU's emulated AMD SVM,
+// see src/kvm/testing/nested-host.ts), and must pass there with nothing skipped. Where
+// /dev/kvm opens, those files ran directly and this one skips, saying so.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
+import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
+import { nestedKvmHost, runInNestedHost } from '../src/kvm/testing/nested-host.js';
+
+const PROJECT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
+const MATCH_SKIP = 'test name does not match pattern';
+
+interface TapSummary { passed: string[]; failed: string[]; skipped: string[] }
+
+/** The top-level results of a `node --test --test-reporter=tap` run. */
+function topLevelResults(tap: string): TapSummary {
+  const summary: TapSummary = { passed: [], failed: [], skipped: [] };
+  for (const line of tap.split('\n')) {
+    const m = /^(not ok|ok) \d+ - (.*?)(?: # (SKIP|TODO)\b ?(.*))?$/.exec(line);
+    if (!m) continue;
+    const [, result, name, directive, reason] = m;
+    if (directive === 'SKIP') {
+      if (reason !== MATCH_SKIP) summary.skipped.push(`${name} (${reason})`);
+    } else if (result === 'ok') summary.passed.push(name!);
+    else summary.failed.push(name!);
+  }
+  return summary;
+}
+
+test('topLevelResults reads passes, failures and real skips, not subtests or pattern misses', () => {
+  const tap = [
+    'TAP version 13',
+    'ok 1 - sim: over tcp # SKIP test name does not match pattern',
+    '# Subtest: kvm: over tcp',
+    '    ok 1 - inner',
+    'ok 2 - kvm: over tcp',
+    'not ok 3 - kvm: over unix',
+    'ok 4 - kvm: exec # SKIP needs /dev/kvm: no',
+    '# pass 1',
+  ].join('\n');
+  assert.deepEqual(topLevelResults(tap), { passed: ['kvm: over tcp'], failed: ['kvm: over unix'], skipped: ['kvm: exec (needs /dev/kvm: no)'] });
+});
+
+// timeoutMs: for the whole boot and run; a test inside that hangs is cut off after
+// testTimeoutMs and named as failed. Here kvm-run takes ~30 s, the migrations ~2.5 min.
+const FILES: Array<{ file: string; pattern?: string; atLeast: number; timeoutMs: number }> = [
+  { file: 'dist/test/kvm-run.test.js', atLeast: 5, timeoutMs: 4 * 60_000 },
+  { file: 'dist/test/migrate-e2e.test.js', pattern: '^kvm: ', atLeast: 5, timeoutMs: 7 * 60_000 },
+];
+const TEST_TIMEOUT_MS = 90_000;
+
+for (const { file, pattern, atLeast, timeoutMs } of FILES) {
+  test(`under KVM in the nested KVM host: ${file}${pattern ? ` (tests matching ${pattern})` : ''}`, { timeout: timeoutMs + 60_000 }, async (t) => {
+    if (kvmAvailable().ok) {
+      t.skip('this machine has /dev/kvm: the file ran directly');
+      return;
+    }
+    const found = nestedKvmHost(PROJECT);
+    if (!found.ok) {
+      t.skip(found.reason);
+      return;
+    }
+    const filter = pattern ? ` --test-name-pattern='${pattern}'` : '';
+    const script = `test -c /dev/kvm || { echo "no /dev/kvm in the KVM host"; exit 97; }\nnode --test --test-timeout=${TEST_TIMEOUT_MS} --test-force-exit --test-reporter=tap${filter} ${file}`;
+    const run = await runInNestedHost(found.host, script, { timeoutMs });
+    const tail = (text: string): string => text.split('\n').slice(-40).join('\n');
+    // Each failed test's own report: its "not ok" line and the indented block after it.
+    const failures = (tap: string): string => {
+      const lines = tap.split('\n');
+      const out: string[] = [];
+      lines.forEach((line, i) => {
+        if (!line.startsWith('not ok ')) return;
+        out.push(line);
+        for (let j = i + 1; j < lines.length && lines[j]!.startsWith(' '); j++) out.push(lines[j]!);
+      });
+      return out.slice(0, 120).join('\n');
+    };
+    assert.ok(!run.timedOut, `the KVM host was stopped after ${timeoutMs / 1000} s; its run so far:\n${tail(run.output)}\nconsole:\n${tail(run.console)}`);
+    assert.notEqual(run.status, null, `the KVM host did not report an exit status; console:\n${tail(run.console)}`);
+    assert.notEqual(run.status, 97, `kvm-amd did not load in the KVM host; console:\n${tail(run.console)}`);
+    const results = topLevelResults(run.output);
+    t.diagnostic(`in the KVM host: ${results.passed.length} passed, ${results.failed.length} failed, ${results.skipped.length} skipped`);
+    assert.deepEqual(results.failed, [], `failed under KVM:\n${failures(run.output)}`);
+    assert.deepEqual(results.skipped, [], 'skipped under KVM');
+    assert.ok(results.passed.length >= atLeast, `only ${results.passed.length} tests passed under KVM (expected ${atLeast} or more):\n${tail(run.output)}`);
+    assert.equal(run.status, 0, `node --test exited ${run.status}:\n${tail(run.output)}`);
+  });
+}
