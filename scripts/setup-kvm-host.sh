@@ -12,10 +12,9 @@ OUT="$ROOT/.cache/kvm-host"
 WORK="$OUT/work"
 START=$(date +%s)
 
-log() { printf 'setup-kvm-host: %s\n' "$*"; }
-die() { printf 'setup-kvm-host: error: %s\n' "$*" >&2; exit 1; }
-
-[ "$(id -u)" = 0 ] || die "run as root (apt-get downloads the kernel and busybox)"
+TOOL=setup-kvm-host
+. "$ROOT/scripts/lib/debian.sh"
+require_root "apt-get downloads the kernel and busybox"
 
 if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initramfs.cpio.gz" ] && [ "$OUT/initramfs.cpio.gz" -nt "$0" ] && [ "${FORCE:-0}" != 1 ]; then
   log "already built in $OUT (FORCE=1 rebuilds)"
@@ -30,26 +29,19 @@ command -v cpio >/dev/null 2>&1 || need="$need cpio"
 command -v gzip >/dev/null 2>&1 || need="$need gzip"
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
 if [ -n "$need" ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
-  log "apt-get update"
-  apt-get update -qq || log "warning: apt-get update reported errors; continuing with the indexes it fetched"
+  apt_update
 fi
-if [ -n "$need" ]; then
-  log "installing:$need"
-  # shellcheck disable=SC2086
-  apt-get install -y -qq --no-install-recommends $need >/dev/null
-fi
+# shellcheck disable=SC2086
+[ -z "$need" ] || apt_install $need
 
 # --- the amd64 kernel and busybox: downloaded, never installed ----------------------------
-KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -n 1)
+KPKG=$(kernel_package linux-image-amd64)
 [ -n "$KPKG" ] || die "cannot find the kernel package that linux-image-amd64 depends on (apt-get update?)"
 cd "$WORK"
 rm -rf deb kernel busybox rootfs
 mkdir -p deb kernel busybox
 cd deb
-for pkg in "$KPKG" busybox-static; do
-  log "downloading $pkg $(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')"
-  apt-get download -qq -o APT::Sandbox::User=root "$pkg" >/dev/null
-done
+download_debs "$KPKG" busybox-static
 cd ..
 KDEB=$(ls deb/"${KPKG}"_*_amd64.deb | head -n 1)
 BDEB=$(ls deb/busybox-static_*_amd64.deb | head -n 1)

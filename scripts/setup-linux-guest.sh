@@ -9,10 +9,9 @@ OUT="$ROOT/.cache/linux-guest"
 WORK="$OUT/work"
 START=$(date +%s)
 
-log() { printf 'setup-linux-guest: %s\n' "$*"; }
-die() { printf 'setup-linux-guest: error: %s\n' "$*" >&2; exit 1; }
-
-[ "$(id -u)" = 0 ] || die "run as root (apt-get installs seabios and cpio and adds the i386 architecture)"
+TOOL=setup-linux-guest
+. "$ROOT/scripts/lib/debian.sh"
+require_root "apt-get installs seabios and cpio and adds the i386 architecture"
 
 if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initramfs.cpio.gz" ] && [ -s "$OUT/bios.bin" ] && [ -s "$OUT/vgabios.bin" ] \
    && [ "$OUT/initramfs.cpio.gz" -nt "$0" ] && [ "${FORCE:-0}" != 1 ]; then
@@ -35,31 +34,21 @@ if ! dpkg --print-foreign-architectures | grep -qx i386; then
   UPDATED=0
 fi
 if [ -n "$need" ] || [ "${UPDATED:-1}" = 0 ] || ! apt-cache show linux-image-686:i386 >/dev/null 2>&1; then
-  log "apt-get update"
-  # A mirror in mid-sync (seen on the security suite's i386 index) fails the update as a
-  # whole although the indexes we need arrived; what matters is checked just below.
-  apt-get update -qq || log "warning: apt-get update reported errors; continuing with the indexes it fetched"
+  apt_update
 fi
-if [ -n "$need" ]; then
-  log "installing:$need"
-  # shellcheck disable=SC2086
-  apt-get install -y -qq $need >/dev/null
-fi
+# shellcheck disable=SC2086
+[ -z "$need" ] || apt_install $need
 
 # --- the i386 kernel and busybox: downloaded, never installed ---------------------------
 # linux-image-686 is a metapackage; the package that holds /boot/vmlinuz-* is its dependency.
-KPKG=$(apt-cache depends linux-image-686:i386 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -n 1)
+KPKG=$(kernel_package linux-image-686:i386)
 [ -n "$KPKG" ] || die "cannot find the kernel package that linux-image-686:i386 depends on (is the i386 architecture enabled and apt updated?)"
 
 cd "$WORK"
 rm -rf deb kernel busybox
 mkdir -p deb kernel busybox
 cd deb
-for pkg in "$KPKG:i386" busybox-static:i386; do
-  ver=$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')
-  log "downloading $pkg $ver"
-  apt-get download -qq -o APT::Sandbox::User=root "$pkg" >/dev/null
-done
+download_debs "$KPKG:i386" busybox-static:i386
 cd ..
 KDEB=$(ls deb/"${KPKG}"_*_i386.deb | head -n 1)
 BDEB=$(ls deb/busybox-static_*_i386.deb | head -n 1)
