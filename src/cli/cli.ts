@@ -1,14 +1,25 @@
 // The `ferry` command line, loaded by main.ts: parses it with commander and hands each
 // subcommand to its module. User-facing errors are one line; --debug adds the stack.
 
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { settlePrestartedWorkers } from '../sys/early-worker.js';
 import { FerryError } from '../errors.js';
 import { parseSize } from '../size.js';
 import { FERRY_VERSION } from '../qmp/ferry-version.js';
 
 const debug = process.argv.includes('--debug');
 
-function fail(err: unknown): never {
+/** Exit once the worker main.ts may have started ahead is safe to end (see settlePrestartedWorkers). */
+function exitSoon(code: number): void {
+  void settlePrestartedWorkers().finally(() => process.exit(code));
+}
+
+function fail(err: unknown): void {
+  if (err instanceof CommanderError) {
+    // Commander has printed its message (or the help, or the version) already.
+    exitSoon(err.exitCode);
+    return;
+  }
   if (debug) {
     console.error(err);
   } else if (err instanceof FerryError) {
@@ -17,7 +28,7 @@ function fail(err: unknown): never {
     const message = err instanceof Error ? err.message : String(err);
     console.error(`ferry: ${message} (run with --debug for details)`);
   }
-  process.exit(1);
+  exitSoon(1);
 }
 
 function sizeArg(what: string, defaultUnit = 'M') {
@@ -58,6 +69,8 @@ program
   .version(FERRY_VERSION, '-V, --version')
   .option('--debug', 'print stack traces and internal detail on errors')
   .showHelpAfterError('(run "ferry help" for usage)')
+  // Errors come to fail() instead of process.exit, so the exit can wait for workers.
+  .exitOverride()
   .configureOutput({ outputError: (str, write) => write(str) });
 
 program

@@ -35,7 +35,12 @@ export function workerOptions(options?: WorkerStartOptions): { execArgv: string[
 interface Waiting {
   readonly worker: Worker;
   failed: boolean;
+  /** Set to 1 by the worker once its modules are loaded and it waits for its data. */
+  readonly loaded: Int32Array;
 }
+
+/** The workerData key of a prestarted worker: the flag it sets once loaded (see workerInput). */
+const PRESTARTED = 'ferryPrestartedLoadedFlag';
 
 /** At most one waiting worker per module. */
 const waiting = new Map<string, Waiting>();
@@ -43,7 +48,8 @@ const waiting = new Map<string, Waiting>();
 /** Start a worker running `url` now, for the next startWorker(url, …) to take. A second call for the same module keeps the first. */
 export function prestartWorker(url: URL, options?: WorkerStartOptions): void {
   if (waiting.has(url.href)) return;
-  const entry: Waiting = { worker: new Worker(url, workerOptions(options)), failed: false };
+  const loaded = new Int32Array(new SharedArrayBuffer(4));
+  const entry: Waiting = { worker: new Worker(url, { ...workerOptions(options), workerData: { [PRESTARTED]: loaded.buffer } }), failed: false, loaded };
   // Until taken it must neither keep the process alive nor crash it with an unheard error.
   entry.worker.unref();
   entry.worker.once('error', () => { entry.failed = true; });
@@ -65,6 +71,26 @@ export function takePrestartedWorker(url: URL): Worker | undefined {
 }
 
 /**
+ * Before the process exits early (bad input, a failed start): end every prestarted worker
+ * no one took, once it has finished loading. A process that exits while a worker is still
+ * loading koffi dies with a fatal N-API error ("napi_throw") in place of its one-line
+ * message — seen when `ferry run -m 1000B` failed on a slow machine. Waits `timeoutMs` at most.
+ */
+export async function settlePrestartedWorkers(timeoutMs = 3_000): Promise<void> {
+  const entries = [...waiting.values()];
+  waiting.clear();
+  const deadline = Date.now() + timeoutMs;
+  await Promise.all(
+    entries.map(async (entry) => {
+      while (!entry.failed && Atomics.load(entry.loaded, 0) === 0 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      await entry.worker.terminate();
+    }),
+  );
+}
+
+/**
  * A worker running `url` with `data`: the prestarted one, sent its data now, or a new
  * one with the data as workerData. `early` says which (for tests and traces).
  */
@@ -83,9 +109,14 @@ export function startWorker<T>(url: URL, data: T, options?: WorkerStartOptions):
  * message of a worker that was started ahead of its VM.
  */
 export async function workerInput<T>(): Promise<T> {
-  if (workerData !== undefined && workerData !== null) return workerData as T;
+  const flag = (workerData as Record<string, unknown> | undefined | null)?.[PRESTARTED];
+  if (!(flag instanceof SharedArrayBuffer)) return workerData as T;
   const port = parentPort;
   if (!port) throw new Error('workerInput() called outside a worker thread');
+  // Loaded: from here the main thread may end this worker safely (settlePrestartedWorkers).
+  const loaded = new Int32Array(flag);
+  Atomics.store(loaded, 0, 1);
+  Atomics.notify(loaded, 0);
   return new Promise<T>((resolve) => {
     port.once('message', (message: WorkerInit<T>) => resolve(message.data));
   });
