@@ -4,10 +4,12 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { spawn, spawnSync } from 'node:child_process';
 import { FERRY_MAIN, type FerryProcess } from '../src/cli/ferry-process.js';
 import { runFerry, scratch, sleep, started, waitFor } from './e2e-helpers.js';
 import { runMigration } from '../src/cli/migrate-command.js';
@@ -141,6 +143,34 @@ for (const { accel, skip } of accelerators()) {
     await assertSameGuest(source, dest);
   });
 }
+
+// dist/test/migrate-e2e.test.js → the repository root
+const ANALYZE = join(fileURLToPath(new URL('../..', import.meta.url)), '.cache', 'qemu-scripts', 'analyze-migration.py');
+
+test('kvm: QEMU\'s analyze-migration.py decodes a running KVM guest\'s snapshot, its RAM byte for byte', async (t) => {
+  const kvm = kvmAvailable();
+  if (!kvm.ok) return t.skip(`needs /dev/kvm: ${kvm.reason}`);
+  if (!existsSync(ANALYZE)) return t.skip('QEMU\'s analyze-migration.py not fetched: run scripts/fetch-qemu-scripts.sh (as root) first');
+  const dir = scratch(t);
+  const source = await started(t, dir, 'src', ['-m', '16M', '--accel', 'kvm', '--guest', 'builtin:sweep,to=4M']);
+  await sleep(200);
+  const file = join(dir, 'vm.snapshot');
+  const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: `exec:cat > ${file}`, maxBandwidth: 0, progress: false, downtimeLimitMs: 2000 });
+  assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+  const dump = spawnSync('python3', [ANALYZE, '-f', file], { cwd: dir, encoding: 'utf8', timeout: 120_000 });
+  assert.equal(dump.status, 0, dump.stderr);
+  const decoded = JSON.parse(dump.stdout) as Record<string, Record<string, unknown>>;
+  const cpu = Object.entries(decoded).find(([name]) => name.startsWith('cpu'))?.[1];
+  assert.ok(cpu, `no cpu section in ${Object.keys(decoded).join(', ')}`);
+  const state = await source.execute<{ sections: Array<{ idstr: string; state: Record<string, unknown> }> }>('x-ferry-query-state');
+  const rip = state.sections.find((x) => x.idstr === 'cpu')?.state['rip'];
+  assert.equal(BigInt(String(cpu['rip'])), BigInt(String(rip)), 'rip as QEMU\'s tool read it');
+  const extract = spawnSync('python3', [ANALYZE, '-x', '-f', file], { cwd: dir, encoding: 'utf8', timeout: 120_000 });
+  assert.equal(extract.status, 0, extract.stderr);
+  const expected = (await source.execute<{ sha256: string }>('x-ferry-ram-digest')).sha256;
+  const actual = createHash('sha256').update('pc.ram').update(readFileSync(join(dir, 'pc.ram'))).digest('hex');
+  assert.equal(actual, expected, 'the RAM QEMU\'s tool extracted differs from the source\'s');
+});
 
 test('sim: with return-path the source completes once the destination answered, over tcp (QMP) and unix (ferry migrate --return-path)', async (t) => {
   const dir = scratch(t);
