@@ -273,6 +273,29 @@ async function freePort(host: string): Promise<number> {
   return port;
 }
 
+test('kvm: auto-converge throttles a KVM guest that outruns max-bandwidth until it converges, and lifts the throttle', async (t) => {
+  const kvm = kvmAvailable();
+  if (!kvm.ok) return t.skip(`needs /dev/kvm: ${kvm.reason}`);
+  const dir = scratch(t);
+  // A vCPU sweeping 16 MiB re-dirties it far faster than 4 MB/s moves it: hopeless unthrottled.
+  const args = ['-m', '16M', '--accel', 'kvm'];
+  const dest = await started(t, dir, 'dst', [...args, '-S', '--incoming', 'tcp:127.0.0.1:0']);
+  const source = await started(t, dir, 'src', args);
+  await source.execute('migrate-set-parameters', { 'cpu-throttle-initial': 99 });
+  const outcome = await runMigration(source.qmp, {
+    qmp: source.qmpPath, uri: await dest.incomingAddress(), maxBandwidth: 4_000_000, capabilities: ['auto-converge'], progress: false, pollMs: 50,
+  });
+  assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+  assert.equal(outcome.peakThrottle, 99);
+  assert.equal(outcome.info['cpu-throttle-percentage'], undefined, 'lifted once completed');
+  await assertSameGuest(source, dest);
+  // The source's vCPU runs at full speed again once the migration failed or, here, ended:
+  // the pass counter of a resumed source moves on.
+  await source.execute('cont');
+  const start = (await source.execute<Guest>('x-ferry-query-guest')).pass;
+  await waitFor(async () => (await source.execute<Guest>('x-ferry-query-guest')).pass > start + 1, 'the unthrottled source to sweep on');
+});
+
 test('sim: auto-converge throttles a guest that outruns max-bandwidth until it converges (ferry migrate --auto-converge)', async (t) => {
   const dir = scratch(t);
   // 100 000 pages/s is ~400 MB/s of dirtying against a 16 MB/s link: hopeless unthrottled.
