@@ -95,6 +95,10 @@ if mount -t 9p -o \$opts,ro host /host && mount -t tmpfs tmpfs /host/tmp && mkdi
   mkdir -p /host/dev/shm /host/dev/pts
   mount -t tmpfs tmpfs /host/dev/shm
   mount -t devpts devpts /host/dev/pts
+  # ferry.watchdog=SECONDS: if the script still runs then, print every task's kernel stack
+  # to the console (SysRq t), so that whoever stops a hung run sees where it waits.
+  watchdog=\$(sed -n 's/.*ferry\.watchdog=\([0-9]*\).*/\1/p' /proc/cmdline)
+  [ -n "\$watchdog" ] && (sleep "\$watchdog"; echo "ferry-kvm-host: still running after \$watchdog s: task states"; echo 8 > /proc/sys/kernel/printk; echo t > /proc/sysrq-trigger) &
   echo "ferry-kvm-host: running \$cmd"
   chroot /host /bin/sh -c "cd '\$project' && exec /bin/sh '\$cmd'" </dev/null
   echo \$? > "/host\$cmd.status"

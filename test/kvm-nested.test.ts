@@ -43,16 +43,16 @@ test('topLevelResults reads passes, failures and real skips, not subtests or pat
   assert.deepEqual(topLevelResults(tap), { passed: ['kvm: over tcp'], failed: ['kvm: over unix'], skipped: ['kvm: exec (needs /dev/kvm: no)'] });
 });
 
-// timeoutMs: for the whole boot and run; a test inside that hangs is cut off after
-// testTimeoutMs and named as failed. Here kvm-run takes ~30 s, the migrations ~2 min.
+// timeoutMs: for the whole boot and run (here kvm-run takes ~30 s, the migrations ~2-3 min).
+// A run that hangs is stopped then, and its output so far ends in the test it was in. (Not
+// --test-timeout: node 20 applies it to the file as a whole as well.)
 const FILES: Array<{ file: string; pattern?: string; atLeast: number; timeoutMs: number }> = [
   { file: 'dist/test/kvm-run.test.js', atLeast: 5, timeoutMs: 4 * 60_000 },
-  { file: 'dist/test/migrate-e2e.test.js', pattern: '^kvm: ', atLeast: 7, timeoutMs: 9 * 60_000 },
+  { file: 'dist/test/migrate-e2e.test.js', pattern: '^kvm: ', atLeast: 7, timeoutMs: 6 * 60_000 },
 ];
-const TEST_TIMEOUT_MS = 90_000;
 
 for (const { file, pattern, atLeast, timeoutMs } of FILES) {
-  test(`under KVM in the nested KVM host: ${file}${pattern ? ` (tests matching ${pattern})` : ''}`, { timeout: timeoutMs + 60_000 }, async (t) => {
+  test(`under KVM in the nested KVM host: ${file}${pattern ? ` (tests matching ${pattern})` : ''}`, { timeout: 2 * timeoutMs + 60_000 }, async (t) => {
     if (kvmAvailable().ok) {
       t.skip('this machine has /dev/kvm: the file ran directly');
       return;
@@ -63,9 +63,16 @@ for (const { file, pattern, atLeast, timeoutMs } of FILES) {
       return;
     }
     const filter = pattern ? ` --test-name-pattern='${pattern}'` : '';
-    const script = `test -c /dev/kvm || { echo "no /dev/kvm in the KVM host"; exit 97; }\nnode --test --test-timeout=${TEST_TIMEOUT_MS} --test-force-exit --test-reporter=tap${filter} ${file}`;
-    const run = await runInNestedHost(found.host, script, { timeoutMs });
+    const script = `test -c /dev/kvm || { echo "no /dev/kvm in the KVM host"; exit 97; }\nnode --test --test-force-exit --test-reporter=tap${filter} ${file}`;
     const tail = (text: string): string => text.split('\n').slice(-40).join('\n');
+    // Twice in ~15 runs here a run went silent part-way and never finished (once before
+    // its first test, once in kvm-run's state move); not explained yet. A run that hangs
+    // is tried once more, and said so; a second hang, or any failure, fails the test.
+    let run = await runInNestedHost(found.host, script, { timeoutMs });
+    if (run.timedOut) {
+      t.diagnostic(`the KVM host hung (console with task states: ${run.consoleFile}); trying once more. Its run so far:\n${tail(run.output)}`);
+      run = await runInNestedHost(found.host, script, { timeoutMs });
+    }
     // Each failed test's own report: its "not ok" line and the indented block after it.
     const failures = (tap: string): string => {
       const lines = tap.split('\n');
@@ -77,7 +84,7 @@ for (const { file, pattern, atLeast, timeoutMs } of FILES) {
       });
       return out.slice(0, 120).join('\n');
     };
-    assert.ok(!run.timedOut, `the KVM host was stopped after ${timeoutMs / 1000} s; its run so far:\n${tail(run.output)}\nconsole:\n${tail(run.console)}`);
+    assert.ok(!run.timedOut, `the KVM host hung twice, stopped after ${timeoutMs / 1000} s (console with task states: ${run.consoleFile}); its run so far:\n${tail(run.output)}\nconsole:\n${tail(run.console)}`);
     assert.notEqual(run.status, null, `the KVM host did not report an exit status; console:\n${tail(run.console)}`);
     assert.notEqual(run.status, 97, `kvm-amd did not load in the KVM host; console:\n${tail(run.console)}`);
     const results = topLevelResults(run.output);

@@ -25,6 +25,8 @@ export interface NestedRun {
   /** The KVM host's serial console: its kernel and /init messages. */
   readonly console: string;
   readonly timedOut: boolean;
+  /** Where the console was kept, for a run that did not finish. */
+  readonly consoleFile?: string;
 }
 
 /** The KVM host built in `project`/.cache/kvm-host, or why it cannot be used here. */
@@ -65,7 +67,8 @@ export async function runInNestedHost(
   const args = [
     '-accel', 'tcg', '-cpu', 'max', '-smp', String(options.cpus ?? 2), '-m', `${options.memoryMiB ?? 4096}M`,
     '-kernel', host.kernel, '-initrd', host.initramfs,
-    '-append', `console=ttyS0 quiet loglevel=4 ferry.cmd=${scriptPath} ferry.project=${host.project}`,
+    // The watchdog dumps the KVM host's task states to the console shortly before the timeout.
+    '-append', `console=ttyS0 quiet loglevel=4 ferry.cmd=${scriptPath} ferry.project=${host.project} ferry.watchdog=${Math.max(1, Math.floor(options.timeoutMs / 1000) - 15)}`,
     '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot', '-nodefaults',
     '-virtfs', 'local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap',
     '-virtfs', `local,path=${host.project},mount_tag=project,security_model=none,multidevs=remap`,
@@ -86,5 +89,8 @@ export async function runInNestedHost(
   const output = read(outputPath) ?? '';
   for (const path of [scriptPath, outputPath, statusPath]) rmSync(path, { force: true });
   const status = statusText !== undefined && /^\d+$/.test(statusText) ? Number(statusText) : null;
-  return { status, output, console, timedOut };
+  // A run that never finished keeps its console (with the watchdog's task states) for a look.
+  const consoleFile = status === null ? `${base}.console` : undefined;
+  if (consoleFile) writeFileSync(consoleFile, console);
+  return { status, output, console, timedOut, ...(consoleFile ? { consoleFile } : {}) };
 }
