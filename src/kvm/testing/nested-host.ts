@@ -74,9 +74,9 @@ export async function runInNestedHost(
     '-virtfs', `local,path=${host.project},mount_tag=project,security_model=none,multidevs=remap`,
   ];
   const qemu = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let console = '';
-  qemu.stdout.on('data', (d: Buffer) => (console += d.toString()));
-  qemu.stderr.on('data', (d: Buffer) => (console += d.toString()));
+  let consoleText = '';
+  qemu.stdout.on('data', (d: Buffer) => (consoleText += d.toString()));
+  qemu.stderr.on('data', (d: Buffer) => (consoleText += d.toString()));
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
@@ -91,6 +91,6 @@ export async function runInNestedHost(
   const status = statusText !== undefined && /^\d+$/.test(statusText) ? Number(statusText) : null;
   // A run that never finished keeps its console (with the watchdog's task states) for a look.
   const consoleFile = status === null ? `${base}.console` : undefined;
-  if (consoleFile) writeFileSync(consoleFile, console);
-  return { status, output, console, timedOut, ...(consoleFile ? { consoleFile } : {}) };
+  if (consoleFile) writeFileSync(consoleFile, consoleText);
+  return { status, output, console: consoleText, timedOut, ...(consoleFile ? { consoleFile } : {}) };
 }
