@@ -90,6 +90,7 @@ program
   .option('--uuid <uuid>', 'this VM\'s UUID (QEMU\'s -uuid; query-uuid): with the validate-uuid capability a destination takes only a stream from the same UUID')
   .option('--incoming <uri>', 'wait for a migration: tcp:HOST:PORT, unix:PATH, fd:N, exec:COMMAND, or "defer" for QMP migrate-incoming')
   .option('--mem-prealloc', 'back all guest RAM with host memory at start (QEMU\'s -mem-prealloc): a destination then takes pages at wire speed')
+  .option('--no-warm-up', 'do not warm the migration code up once the VM has started (a scratch migration within this process, so that a real one does not start with cold code)')
   .action(async (opts) => {
     const { runCommand } = await import('./run-command.js');
     await runCommand(opts);

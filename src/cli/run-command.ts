@@ -1,12 +1,16 @@
 // `ferry run`: builds the VM from the command line, serves QMP, optionally waits for an
 // incoming migration, and lives until `quit`, a guest shutdown or a signal.
 
+import { debuglog } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
 import { openCharBackend } from '../chardev/char-backend.js';
 import { ConfigError, errorMessage, FerryError } from '../errors.js';
 import { parseGuestSpec } from '../guests/spec.js';
 import { uuidOption } from '../uuid.js';
 import type { AccelKind } from '../hypervisor/types.js';
 import type { Vmm, VmmOptions } from '../vmm/vmm.js';
+
+const trace = debuglog('ferry');
 
 export interface RunCommandOptions {
   memory: number;
@@ -23,7 +27,12 @@ export interface RunCommandOptions {
   uuid?: string;
   incoming?: string;
   memPrealloc?: boolean;
+  /** commander's `--no-warm-up`: false turns the migration warm-up off. */
+  warmUp?: boolean;
 }
+
+/** The warm-up waits this long after start-up, so the guest's first output and QMP come first. */
+const WARM_UP_DELAY_MS = 100;
 
 export async function runCommand(opts: RunCommandOptions): Promise<void> {
   if (opts.memory % 4096 !== 0 || opts.memory < 2 * 1024 * 1024) {
@@ -115,4 +124,25 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
     }
     process.stderr.write(`ferry: waiting for an incoming migration on ${address}\n`);
   }
+  if (opts.warmUp !== false) scheduleWarmUp(vmm);
+}
+
+/**
+ * Compile the migration code now rather than during the first migration (src/vmm/warm-up.ts),
+ * unless a real migration begins first. V8 would otherwise throw compiled code away again
+ * once it has not run through a few full garbage collections (bytecode flushing): a VM may
+ * run for days before it migrates, so this process keeps what it compiled.
+ */
+function scheduleWarmUp(vmm: Vmm): void {
+  const { migration, machine } = vmm;
+  const idle = (): boolean => migration.status === 'none' && (migration.incomingStatus === 'none' || migration.incomingStatus === 'setup');
+  setTimeout(() => {
+    if (!idle()) return;
+    setFlagsFromString('--no-flush-bytecode');
+    void import('../vmm/warm-up.js').then(async ({ warmUpMigration }) => {
+      const outcome = await warmUpMigration(machine.machineType, { keepGoing: idle });
+      if (outcome instanceof Error) trace('warm-up: failed: %s', outcome.message);
+      else trace('warm-up: %d scratch migrations in %s ms', outcome.rounds, outcome.milliseconds.toFixed(0));
+    });
+  }, WARM_UP_DELAY_MS).unref();
 }

@@ -1,0 +1,51 @@
+// The migration warm-up: scratch migrations through the real engine, in this process,
+// that leave the VM beside them alone.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseGuestSpec } from '../guests/spec.js';
+import { QmpClient } from '../qmp/client.js';
+import { Vmm } from './vmm.js';
+import { warmUpMigration } from './warm-up.js';
+
+const MiB = 1024 * 1024;
+
+test('warm-up: scratch migrations run through the engine and leave the VM, its migration state and its QMP alone', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-warm-up-test-'));
+  const path = join(dir, 'qmp.sock');
+  const vmm = await Vmm.create({ accel: 'sim', memorySize: 8 * MiB, guest: parseGuestSpec('builtin:sweep,to=4M,rate=200000'), qmp: [`unix:${path}`] });
+  const qmp = await QmpClient.connect(path);
+  t.after(async () => {
+    qmp.close();
+    await vmm.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+  await qmp.execute('stop');
+  const before = await qmp.execute<{ sha256: string }>('x-ferry-ram-digest');
+  const events: string[] = [];
+  qmp.on('event', (event: { event: string }) => events.push(event.event));
+
+  const outcome = await warmUpMigration(vmm.machine.machineType);
+  assert.ok(!(outcome instanceof Error), `the warm-up failed: ${outcome instanceof Error ? outcome.message : ''}`);
+  assert.equal(outcome.rounds, 3);
+  // Each round sent its 16 MiB of scratch RAM (three pages in four hold data) and more.
+  assert.ok(outcome.bytes > 3 * 12 * MiB, `${outcome.bytes} bytes moved`);
+
+  assert.deepEqual(await qmp.execute('x-ferry-ram-digest'), before);
+  assert.equal(vmm.machine.runState, 'paused');
+  assert.deepEqual(await qmp.execute('query-migrate'), {});
+  await qmp.execute('query-status'); // a round trip: any event would have arrived by now
+  assert.deepEqual(events.filter((e) => e.startsWith('MIGRATION')), []);
+});
+
+test('warm-up: a round is not begun once keepGoing says a real migration has started', async () => {
+  let asked = 0;
+  const outcome = await warmUpMigration('pc-i440fx-7.2', { keepGoing: () => ++asked === 1 });
+  assert.ok(!(outcome instanceof Error));
+  assert.equal(outcome.rounds, 1);
+  assert.equal(asked, 2);
+});

@@ -1,0 +1,181 @@
+// Warming the migration code up ahead of a migration. V8 runs new code in its interpreter
+// and compiles what gets hot on helper threads; a migration that starts cold spends its
+// first ~100 ms at a fraction of its speed and pays for the compiler (a few hundred ms of
+// CPU on each side) while it runs — on a busy host, the very CPU it needs. So a VM, once
+// started, moves a few MiB of scratch memory from itself to itself: a real outgoing and a
+// real incoming migration over a unix socket, through the same classes a real migration
+// uses (the engine, the stream, the socket channels, HostMemory's blocks), never touching
+// the guest. The optimised code is then there when `migrate` or `migrate-incoming` comes.
+
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { PAGE_SIZE } from '../hypervisor/types.js';
+import type { DirtyBitmap, DirtyLog, GuestMemoryBlock, StateSection } from '../hypervisor/types.js';
+import type { RunState } from '../machine/run-state.js';
+import { Migration } from '../migration/migration.js';
+import type { MigrationVm } from '../migration/vm.js';
+import { HostMemory } from '../sys/host-memory.js';
+import { connect, listen } from '../transport/index.js';
+
+/** Scratch RAM per side and round: enough pages for V8 to find the page loops hot. */
+const WARM_UP_BYTES = 16 * 1024 * 1024;
+/** Rounds: the first makes the code hot, the next ones run what the compiler made of it. */
+const WARM_UP_ROUNDS = 3;
+/** Pages a scratch "guest" dirties between two syncs, so that passes after the first run too. */
+const DIRTY_PER_SYNC = 64;
+
+/** A dirty log over scratch memory that reports a few pages written at every sync. */
+class ScratchDirtyLog implements DirtyLog {
+  #active = false;
+  #cursor = 0;
+  readonly #pages: number;
+
+  constructor(pages: number) {
+    this.#pages = pages;
+  }
+
+  get active(): boolean {
+    return this.#active;
+  }
+
+  start(): void {
+    this.#active = true;
+  }
+
+  stop(): void {
+    this.#active = false;
+  }
+
+  sync(): DirtyBitmap[] {
+    const bitmap = new Uint32Array(Math.ceil(this.#pages / 32));
+    for (let i = 0; i < DIRTY_PER_SYNC; i++) {
+      const page = this.#cursor;
+      this.#cursor = (this.#cursor + 1) % this.#pages;
+      bitmap[page >>> 5] = (bitmap[page >>> 5]! | (1 << (page & 31))) >>> 0;
+    }
+    return [bitmap];
+  }
+}
+
+/** Either end of the scratch migration: RAM only, no vCPUs and no devices. */
+class ScratchVm implements MigrationVm {
+  readonly memory: GuestMemoryBlock[];
+  readonly dirtyLog: ScratchDirtyLog;
+  readonly stateSections: readonly StateSection[] = [];
+  readonly machineType: string;
+  #runState: RunState;
+
+  constructor(block: GuestMemoryBlock, machineType: string, runState: RunState) {
+    this.memory = [block];
+    this.dirtyLog = new ScratchDirtyLog(block.size / PAGE_SIZE);
+    this.machineType = machineType;
+    this.#runState = runState;
+  }
+
+  get runState(): RunState {
+    return this.#runState;
+  }
+
+  setRunState(state: RunState): void {
+    this.#runState = state;
+  }
+
+  async pauseForMigration(): Promise<boolean> {
+    const wasRunning = this.#runState === 'running';
+    this.#runState = 'finish-migrate';
+    return wasRunning;
+  }
+
+  resumeAfterMigration(wasRunning: boolean): void {
+    this.#runState = wasRunning ? 'running' : 'paused';
+  }
+
+  startAfterIncoming(): void {
+    this.#runState = 'paused';
+  }
+}
+
+/** Fill three pages in four with data (the rest stay zero, half of them never touched). */
+function scratchContent(bytes: Uint8Array): void {
+  const pages = bytes.byteLength / PAGE_SIZE;
+  for (let p = 0; p < pages; p++) {
+    if (p % 8 === 3) continue; // never touched: a ZERO page known from residency
+    const base = p * PAGE_SIZE;
+    if (p % 8 === 7) {
+      bytes[base] = 0; // touched, still zero: found by reading it
+      continue;
+    }
+    for (let i = 0; i < PAGE_SIZE; i += 256) bytes[base + i] = (p + i) | 1;
+  }
+}
+
+export interface WarmUpResult {
+  /** Scratch migrations completed. */
+  readonly rounds: number;
+  readonly milliseconds: number;
+  /** Stream bytes they moved in all. */
+  readonly bytes: number;
+}
+
+export interface WarmUpOptions {
+  /** Scratch migrations to run (default 3). */
+  readonly rounds?: number;
+  /** Asked before each round: false ends the warm-up (a real migration has begun). */
+  readonly keepGoing?: () => boolean;
+}
+
+/**
+ * Migrate scratch memory from this process to itself, round after round. Never throws: a
+ * warm-up that fails (no temporary directory, say) costs the first migration its speed,
+ * nothing else; the error is returned for the trace.
+ */
+export async function warmUpMigration(machineType: string, options: WarmUpOptions = {}): Promise<WarmUpResult | Error> {
+  const started = performance.now();
+  const rounds = options.rounds ?? WARM_UP_ROUNDS;
+  let done = 0;
+  let bytes = 0;
+  let dir: string | undefined;
+  try {
+    dir = mkdtempSync(join(tmpdir(), 'ferry-warm-up-'));
+    while (done < rounds && (options.keepGoing?.() ?? true)) {
+      bytes += await migrateScratch(machineType, join(dir, `round-${done}.sock`));
+      done++;
+      // Let the compiler's helper threads finish what this round made hot.
+      await nextTurn();
+    }
+    return { rounds: done, milliseconds: performance.now() - started, bytes };
+  } catch (err) {
+    return err instanceof Error ? err : new Error(String(err));
+  } finally {
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** One scratch migration; the bytes it sent. Throws unless it completed with the RAM equal on both ends. */
+async function migrateScratch(machineType: string, socketPath: string): Promise<number> {
+  const sourceRam = HostMemory.allocate(WARM_UP_BYTES);
+  const destinationRam = HostMemory.allocate(WARM_UP_BYTES);
+  try {
+    scratchContent(sourceRam.bytes);
+    const source = new ScratchVm(sourceRam.block('pc.ram'), machineType, 'running');
+    const destination = new ScratchVm(destinationRam.block('pc.ram', 0, { freshZero: true }), machineType, 'inmigrate');
+    const common = { connect, listen, now: () => performance.now(), emit: () => {}, schedule: (fn: () => void) => setImmediate(fn) };
+    const outgoing = new Migration({ ...common, vm: source });
+    const incoming = new Migration({ ...common, vm: destination });
+    const { address } = await incoming.migrateIncoming(`unix:${socketPath}`);
+    outgoing.setParameters({ 'max-bandwidth': 0 });
+    outgoing.migrate(address);
+    await Promise.all([outgoing.whenSettled(), incoming.whenIncomingSettled()]);
+    if (outgoing.status !== 'completed' || incoming.incomingStatus !== 'completed') {
+      throw new Error(`the scratch migration ended ${outgoing.status} / ${incoming.incomingStatus}: ${outgoing.queryMigrate()['error-desc'] ?? incoming.incomingError ?? ''}`);
+    }
+    await Promise.all([outgoing.close(), incoming.close()]);
+    if (Buffer.compare(sourceRam.bytes, destinationRam.bytes) !== 0) throw new Error('the scratch migration left the two copies of its RAM different');
+    return outgoing.queryMigrate().ram?.transferred ?? 0;
+  } finally {
+    sourceRam.unmap();
+    destinationRam.unmap();
+  }
+}
