@@ -27,6 +27,12 @@ const POPULATE_AHEAD_IN_FLIGHT = 2;
 
 export class RamLoader {
   readonly #vm: MigrationVm;
+  /**
+   * The VM's blocks, taken once per stream: the page path reads this array rather than the
+   * VM, so its compiled code does not depend on which kind of VM it was compiled for (a
+   * warm-up's scratch one, then the Machine).
+   */
+  #memory: readonly GuestMemoryBlock[] = [];
   #memSizeSeen = false;
   /** Per block, pages known to hold zeros (never backed, never written since). */
   #knownZero: (Uint8Array | undefined)[] = [];
@@ -47,6 +53,7 @@ export class RamLoader {
       throw new StreamFormatError(`Cannot load section "${section}": RAM version ${versionId} is not ${RAM_VERSION}`, r.offset, section);
     }
     const memory = this.#vm.memory;
+    this.#memory = memory;
     if (this.#knownZero.length === 0) {
       this.#knownZero = memory.map((b) => {
         // Nothing has been loaded into this memory yet, backed or not: every page is zero.
@@ -63,7 +70,7 @@ export class RamLoader {
   }
 
   #sink(r: StreamReader, section: string): RamChunkSink {
-    const memory = this.#vm.memory;
+    const memory = this.#memory;
     const words = memory.map((b) => wordsOf(b));
     let last: GuestMemoryBlock | undefined;
     let lastIndex = -1;
@@ -170,7 +177,7 @@ export class RamLoader {
     }
     if (populated[region] === 1) return;
     populated[region] = 1;
-    this.#vm.memory[block]!.populate?.(region * POPULATE_CHUNK, POPULATE_CHUNK);
+    this.#memory[block]!.populate?.(region * POPULATE_CHUNK, POPULATE_CHUNK);
   }
 
   /**
@@ -180,7 +187,7 @@ export class RamLoader {
    * comes first; the two may overlap safely (populating leaves present pages alone).
    */
   #populateAhead(block: number, region: number): void {
-    const mem = this.#vm.memory[block]!;
+    const mem = this.#memory[block]!;
     const populated = this.#populated[block]!;
     if (mem.populateInBackground === undefined) return;
     const end = Math.min(populated.length, region + 1 + POPULATE_AHEAD_REGIONS);

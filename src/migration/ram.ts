@@ -4,6 +4,7 @@
 // (ram-load.ts) writes chunks straight into guest RAM. Counters feed query-migrate's `ram`.
 
 import { PAGE_SIZE } from '../hypervisor/types.js';
+import type { GuestMemoryBlock } from '../hypervisor/types.js';
 import { RamChunkWriter } from '../stream/ram-codec.js';
 import type { StreamReader } from '../stream/reader.js';
 import type { StreamWriter } from '../stream/writer.js';
@@ -113,6 +114,10 @@ export class RamHandler implements SaveVmHandler {
   #xbzrleActive = false;
   /** RAM-wide page number of each block's first page (XBZRLE cache keys). */
   #blockBasePage: number[] = [];
+  /** Pages per block, taken at setup: the hot loops read these arrays, not the VM. */
+  #blockPages: number[] = [];
+  /** The VM's blocks, taken at setup (see #blockPages). */
+  #memory: readonly GuestMemoryBlock[] = [];
   /**
    * Source: per block, the host's residency at setup (bit 0 per page); a page the host
    * never backed reads as zero, so its first send is a ZERO chunk without reading it —
@@ -153,6 +158,7 @@ export class RamHandler implements SaveVmHandler {
 
   async setup(w: StreamWriter): Promise<void> {
     const memory = this.#vm.memory;
+    this.#memory = memory;
     this.#words = memory.map((b) => wordsOf(b));
     this.#toSend = memory.map((b) => {
       const pages = b.size / PAGE_SIZE;
@@ -167,6 +173,7 @@ export class RamHandler implements SaveVmHandler {
       base += b.size / PAGE_SIZE;
       return first;
     });
+    this.#blockPages = memory.map((b) => b.size / PAGE_SIZE);
     this.stats.remainingPages = this.stats.totalBytes / PAGE_SIZE;
     const before = w.bytesWritten;
     new RamChunkWriter(w).memSize(memory.map((b) => ({ idstr: b.idstr, size: b.size })));
@@ -233,7 +240,7 @@ export class RamHandler implements SaveVmHandler {
       // its dirty bit may be folded into a to-send bit that is still pending, and the
       // first pass must then read it rather than send it as never backed.
       const untouched = this.#untouched[b];
-      const pages = this.#vm.memory[b]!.size / PAGE_SIZE;
+      const pages = this.#blockPages[b]!;
       for (let i = 0; i < n; i++) {
         let bits = log[i]!;
         // Bits past the block's last page (a bitmap rounded up by its accelerator) mean nothing.
@@ -284,7 +291,7 @@ export class RamHandler implements SaveVmHandler {
    */
   async #send(w: StreamWriter, limited: boolean, until?: number): Promise<void> {
     const chunks = new RamChunkWriter(w);
-    const memory = this.#vm.memory;
+    const memory = this.#memory;
     const limiter = this.#opts.limiter;
     const now = this.#opts.now;
     const deadline = now() + this.#sliceMs;

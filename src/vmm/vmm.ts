@@ -15,6 +15,7 @@ import type { VmStateDescription, VmStateValue } from '../migration/vmstate-type
 import { QmpServer } from '../qmp/server.js';
 import type { QmpCommandContext } from '../qmp/command.js';
 import { runHmp } from './hmp.js';
+import { engineNow, engineSchedule } from './engine-hooks.js';
 import { t, type Fields, type Schema } from '../qmp/schema.js';
 import { connect, listen, parseMigrationUri } from '../transport/index.js';
 import { checkSweepCounters, readGuestParams } from '../guests/params.js';
@@ -53,9 +54,9 @@ export class Vmm {
       vm: machine,
       connect: (uri) => connect(uri, { resolveFdName }),
       listen: (uri) => listen(uri, { resolveFdName }),
-      now: () => performance.now(),
+      now: engineNow,
       emit: (event, data) => this.qmp.emit(event, data),
-      schedule: (fn) => setImmediate(fn),
+      schedule: engineSchedule,
       trace: (message) => trace('%s', message),
       ...(uuid !== undefined ? { uuid } : {}),
     });

@@ -18,6 +18,7 @@ import { Migration } from '../migration/migration.js';
 import type { MigrationVm } from '../migration/vm.js';
 import { HostMemory } from '../sys/host-memory.js';
 import { connect, listen } from '../transport/index.js';
+import { engineNow, engineSchedule } from './engine-hooks.js';
 
 /** Scratch RAM per side and round: enough pages for V8 to find the page loops hot. */
 const WARM_UP_BYTES = 16 * 1024 * 1024;
@@ -161,7 +162,7 @@ async function migrateScratch(machineType: string, socketPath: string): Promise<
     scratchContent(sourceRam.bytes);
     const source = new ScratchVm(sourceRam.block('pc.ram'), machineType, 'running');
     const destination = new ScratchVm(destinationRam.block('pc.ram', 0, { freshZero: true }), machineType, 'inmigrate');
-    const common = { connect, listen, now: () => performance.now(), emit: () => {}, schedule: (fn: () => void) => setImmediate(fn) };
+    const common = { connect, listen, now: engineNow, emit: () => {}, schedule: engineSchedule };
     const outgoing = new Migration({ ...common, vm: source });
     const incoming = new Migration({ ...common, vm: destination });
     const { address } = await incoming.migrateIncoming(`unix:${socketPath}`);
