@@ -114,10 +114,10 @@ export class RamLoader {
         this.#aboutToWrite(b, offset);
         return { ram: memory[b]!.bytes, offset };
       },
-      pageFrom: (idstr: string, offset: number, source: Uint8Array, from: number) => {
+      pageFrom: (idstr: string, offset: number, buffer: ArrayBufferLike, byteOffset: number) => {
         const b = find(idstr, offset);
         this.#aboutToWrite(b, offset);
-        memory[b]!.bytes.set(new Uint8Array(source.buffer, source.byteOffset + from, PAGE_SIZE), offset);
+        memory[b]!.bytes.set(new Uint8Array(buffer, byteOffset, PAGE_SIZE), offset);
       },
       xbzrle: (idstr: string, offset: number, encoded: Uint8Array) => {
         const b = find(idstr, offset);

@@ -463,9 +463,9 @@ test('ram: runs of whole pages decode in place (pageFrom) exactly as through pag
     await readRamChunks(readerOf(bytes, chunkSize), plain.sink, 'ram');
     const inPlace = recordingSink({ 'pc.ram': 70 * PAGE, other: PAGE });
     const fromCalls: string[] = [];
-    inPlace.sink.pageFrom = (idstr, offset, source, from) => {
+    inPlace.sink.pageFrom = (idstr, offset, buffer, byteOffset) => {
       fromCalls.push(`page ${idstr} ${offset}`);
-      inPlace.ram.get(idstr)!.set(source.subarray(from, from + PAGE), offset);
+      inPlace.ram.get(idstr)!.set(new Uint8Array(buffer, byteOffset, PAGE), offset);
     };
     const r = readerOf(bytes, chunkSize);
     await readRamChunks(r, inPlace.sink, 'ram');
@@ -481,6 +481,6 @@ test('ram: runs of whole pages decode in place (pageFrom) exactly as through pag
   }
   // A page chunk inside a run whose offset the sink refuses: refused at that chunk's offset.
   const small = recordingSink({ 'pc.ram': 30 * PAGE, other: PAGE });
-  small.sink.pageFrom = (idstr, offset, source, from) => small.sink.pageTarget(idstr, offset).ram.set(source.subarray(from, from + PAGE), offset);
+  small.sink.pageFrom = (idstr, offset, buffer, byteOffset) => small.sink.pageTarget(idstr, offset).ram.set(new Uint8Array(buffer, byteOffset, PAGE), offset);
   await assert.rejects(readRamChunks(readerOf(bytes, 64 * 1024), small.sink, 'ram'), new RegExp(`no page pc.ram@${30 * PAGE}$`));
 });

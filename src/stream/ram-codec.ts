@@ -152,11 +152,13 @@ export interface RamChunkSink {
   /** returns the RAM to copy the page into, and the byte offset in it; throws if the block/offset is unknown */
   pageTarget(idstr: string, offset: number): { ram: Uint8Array; offset: number };
   /**
-   * Optional: store the page at `offset` of block `idstr` from `source` at byte `from`
-   * (the received bytes, valid for this call only). With it, runs of PAGE|CONTINUE chunks
-   * are decoded in place, without pageTarget()'s per-page object; same checks.
+   * Optional: store the page at `offset` of block `idstr` from the PAGE_SIZE bytes at
+   * `byteOffset` of `buffer` (the received bytes, valid for this call only). With it, runs
+   * of PAGE|CONTINUE chunks are decoded in place, without pageTarget()'s per-page object;
+   * same checks. The ArrayBuffer rather than a view of it: reading a view's `.buffer` per
+   * page went through V8's slow path (a C++ getter) and cost more than the call.
    */
-  pageFrom?(idstr: string, offset: number, source: Uint8Array, from: number): void;
+  pageFrom?(idstr: string, offset: number, buffer: ArrayBufferLike, byteOffset: number): void;
   zero(idstr: string, offset: number, fill: number): void;
   /**
    * Optional: `count` zero pages (fill 0) from `offset` of block `idstr` on, brought by
@@ -201,7 +203,8 @@ const PAGE_CHUNK_BYTES = 8 + RAM_PAGE_SIZE;
 function readPageRun(r: StreamReader, sink: RamChunkSink & { pageFrom: NonNullable<RamChunkSink['pageFrom']> }, block: string): void {
   for (;;) {
     const { view, start, end } = r.contiguous();
-    const bytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+    const buffer = view.buffer;
+    const base = view.byteOffset;
     let at = start;
     while (end - at >= PAGE_CHUNK_BYTES) {
       const high = view.getUint32(at);
@@ -209,7 +212,7 @@ function readPageRun(r: StreamReader, sink: RamChunkSink & { pageFrom: NonNullab
       if ((low & PAGE_MASK) !== PAGE_CONTINUE || high > MAX_OFFSET_HIGH_WORD) break;
       // Consumed first, as the general loop does, so an error names the same offset.
       r.skipContiguous(PAGE_CHUNK_BYTES);
-      sink.pageFrom(block, chunkOffset(high, low), bytes, at + 8);
+      sink.pageFrom(block, chunkOffset(high, low), buffer, base + at + 8);
       at += PAGE_CHUNK_BYTES;
     }
     if (at !== end || r.available() < PAGE_CHUNK_BYTES) return;

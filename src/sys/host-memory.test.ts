@@ -49,3 +49,21 @@ test('host memory: block() is the guest\'s view — same bytes, residency and po
     host.unmap();
   }
 });
+
+test('host memory: populating preallocated RAM is a no-op until release() gives it back', async () => {
+  const host = HostMemory.allocate(8 * MiB, { prealloc: true });
+  try {
+    assert.equal(resident(host.residency()), 8 * MiB / 4096);
+    host.populate(0, 8 * MiB);
+    await host.populateInBackground(0, 8 * MiB);
+    assert.equal(resident(host.residency()), 8 * MiB / 4096);
+    host.release();
+    assert.equal(resident(host.residency()), 0);
+    // Released, it is not all backed any more: populate backs again what it is asked to.
+    host.populate(0, 2 * MiB);
+    await host.populateInBackground(4 * MiB, 2 * MiB);
+    assert.equal(resident(host.residency()), 4 * MiB / 4096);
+  } finally {
+    host.unmap();
+  }
+});

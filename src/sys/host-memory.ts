@@ -21,6 +21,8 @@ export class HostMemory {
   readonly address: bigint;
   readonly bytes: Uint8Array;
   private populateWorks = true;
+  /** Every page is backed already (--mem-prealloc): populating is a no-op, not a system call. */
+  private allBacked = false;
 
   private constructor(mapping: MappedRange, size: number) {
     this.mapping = mapping;
@@ -45,7 +47,10 @@ export class HostMemory {
     if (errno !== 0) trace('MADV_HUGEPAGE failed with errno %d; guest RAM uses 4 KiB pages', errno);
     // QEMU's -mem-prealloc: pay for backing every page now rather than while the guest
     // (or an incoming migration, which writes every page) first touches it.
-    if (options?.prealloc) memory.populate(0, size);
+    if (options?.prealloc) {
+      memory.populate(0, size);
+      memory.allBacked = memory.populateWorks;
+    }
     return memory;
   }
 
@@ -86,7 +91,7 @@ export class HostMemory {
 
   /** Back [offset, offset + length) with memory now; a no-op where the kernel cannot. */
   populate(offset: number, length: number): void {
-    if (!this.populateWorks) return;
+    if (!this.populateWorks || this.allBacked) return;
     const errno = populateAt(this.address, this.size, offset, length);
     if (errno !== 0) {
       // EINVAL: a kernel older than 5.14. Pages then fault in as they are written.
@@ -101,7 +106,7 @@ export class HostMemory {
    */
   async populateInBackground(offset: number, length: number): Promise<void> {
     const range = pageRange(this.size, offset, length);
-    if (!this.populateWorks || range === undefined) return;
+    if (!this.populateWorks || this.allBacked || range === undefined) return;
     await madviseRangeInBackground(this.address + BigInt(range.start), range.length, MADV_POPULATE_WRITE);
   }
 
@@ -112,6 +117,7 @@ export class HostMemory {
    * address range costs nothing.
    */
   release(): void {
+    this.allBacked = false;
     madviseRange(this.address, this.size, MADV_DONTNEED);
   }
 
