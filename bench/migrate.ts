@@ -6,6 +6,9 @@
 // arrive (the default) and to one started with --mem-prealloc (QEMU's -mem-prealloc).
 // --stopped stops the source guest (QMP stop) once it is warm, before migrating: the
 // engine's own speed, without a running guest's thread taking a core.
+// --no-warm-up starts both processes with --no-warm-up: the first migration of a process
+// then runs on cold code (by default every `ferry run` warms its migration code up after
+// start, and each run here waits for both ends to have done so).
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -27,7 +30,7 @@ interface Run {
   srcMainMs: number; dstMainMs: number; machineBusy: number;
 }
 
-const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle]';
+const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up]';
 
 /** A bad flag gets its message and the usage, not a stack trace. */
 function usageError(message: string): never {
@@ -52,6 +55,7 @@ const { values } = (() => {
         transport: { type: 'string' },
         stopped: { type: 'boolean', default: false },
         guests: { type: 'string' },
+        'no-warm-up': { type: 'boolean', default: false },
       },
     });
   } catch (err) {
@@ -69,6 +73,7 @@ const preallocOption = values['mem-prealloc'] ?? 'both';
 if (!(preallocOption in PREALLOC_MODES)) usageError(`--mem-prealloc must be both, on or off, not "${preallocOption}"`);
 const preallocModes = PREALLOC_MODES[preallocOption]!;
 const stopped = values.stopped ?? false;
+const warmUp = !(values['no-warm-up'] ?? false);
 const TRANSPORTS = ['tcp', 'unix'] as const;
 const transports = (values.transport ?? 'tcp,unix').split(',');
 for (const t of transports) if (!(TRANSPORTS as readonly string[]).includes(t)) usageError(`--transport takes tcp and/or unix (comma-separated), not "${t}"`);
@@ -87,11 +92,23 @@ const ms = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${Math.ro
 const gbs = (x: number) => `${(x / 1e9).toFixed(2)} GB/s`;
 const mb = (x: number) => `${(x / 1e6).toFixed(1)} MB`;
 
+/** Wait until `vm` has warmed its migration code up (ferry run does so once started). */
+async function warmedUp(vm: FerryProcess): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const { status, error } = await vm.execute<{ status: string; error?: string }>('x-ferry-query-warm-up');
+    if (status === 'completed') return;
+    if (status === 'failed' || status === 'skipped' || status === 'off') throw new Error(`the warm-up ended ${status}${error ? `: ${error}` : ''}`);
+    if (Date.now() > deadline) throw new Error('the warm-up did not end within 30 s');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /** Runs whose downtime overran the limit, with the engine's account of where it went. */
 const overruns: string[] = [];
 
 async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
-  const args = ['--accel', accel, '-m', cell.memory, ...(accel === 'v86' ? [] : ['--guest', cell.guest])];
+  const args = ['--accel', accel, '-m', cell.memory, ...(accel === 'v86' ? [] : ['--guest', cell.guest]), ...(warmUp ? [] : ['--no-warm-up'])];
   const incoming = cell.transport === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, `mig-${rep}.sock`)}`;
   const serial = (name: string) => (accel === 'v86' ? `unix:${join(dir, `${name}-${rep}.console`)}` : 'null');
   const destArgs = [...args, ...(cell.prealloc ? ['--mem-prealloc'] : []), '--incoming', incoming];
@@ -117,6 +134,8 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
       }
     }
     if (stopped) await source.execute('stop');
+    // A VM that has been up a while: both ends have compiled their migration code.
+    if (warmUp) await Promise.all([warmedUp(source), warmedUp(dest)]);
     const address = await dest.incomingAddress();
     const pids = [source.child.pid!, dest.child.pid!];
     const before = sampleCpu(pids);
@@ -167,6 +186,9 @@ async function main(): Promise<void> {
   console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${reps} reps per cell; median [min–max]`);
   if (accel === 'sim') console.log('(sim: no guest code runs; a workload model writes guest RAM — the sweep at 250 000 pages/s, about what the real sweep guest does under this machine\'s KVM)');
   if (stopped) console.log('--stopped: each source guest was stopped (QMP stop) after warming up, before the migration: no guest thread runs meanwhile.');
+  console.log(warmUp
+    ? 'Warm-up: each migration began once both processes had warmed their migration code up (ferry run does so after start: three scratch migrations of 16 MiB within the process).'
+    : '--no-warm-up: both processes were started with --no-warm-up, so each migration ran on cold code (V8 compiled it meanwhile).');
   const ceilings = await measureCeilings({ bytes: 1024 ** 3, runs: 3 });
   // The ceiling is the best one Node connection reached: raw 'data' events or Ferry's channel.
   const tcpCeiling = Math.max(ceilings.tcpBytesPerSec, ceilings.channelTcpBytesPerSec || 0);
@@ -202,6 +224,6 @@ async function main(): Promise<void> {
   }
 }
 
-const saveOutput = keepOutput(`migrate-${accel}${stopped ? '-stopped' : ''}`);
+const saveOutput = keepOutput(`migrate-${accel}${stopped ? '-stopped' : ''}${warmUp ? '' : '-cold'}`);
 await main();
 console.log(`\nWritten to ${saveOutput()}`);

@@ -63,20 +63,29 @@ test('ferry run prints the guest\'s progress on the serial console (stdio)', asy
   assert.match(out, /pass 1\npass 2\n/);
 });
 
-test('ferry run warms the migration code up once started, and not with --no-warm-up', async (t) => {
+test('ferry run warms the migration code up once started (x-ferry-query-warm-up), and not with --no-warm-up', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'ferry-cli-warm-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const args = ['--accel', 'sim', '-m', '16M', '--guest', 'builtin:idle'];
   const warm = await FerryProcess.start({ dir, name: 'warm', args, env: { NODE_DEBUG: 'ferry' } });
   const cold = await FerryProcess.start({ dir, name: 'cold', args: [...args, '--no-warm-up'], env: { NODE_DEBUG: 'ferry' } });
   try {
+    type WarmUp = { status: string; rounds?: number; 'total-ms'?: number };
     const deadline = Date.now() + 20_000;
-    while (!/warm-up: 3 scratch migrations in \d+ ms/.test(warm.stderr) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    let state = await warm.execute<WarmUp>('x-ferry-query-warm-up');
+    assert.match(state.status, /^(scheduled|running|completed)$/);
+    while (state.status !== 'completed' && Date.now() < deadline) {
+      assert.match(state.status, /^(scheduled|running)$/);
+      await new Promise((r) => setTimeout(r, 50));
+      state = await warm.execute<WarmUp>('x-ferry-query-warm-up');
+    }
+    assert.equal(state.status, 'completed');
+    assert.equal(state.rounds, 3);
+    assert.ok((state['total-ms'] ?? 0) > 0);
     assert.match(warm.stderr, /warm-up: 3 scratch migrations in \d+ ms/);
     // The VM's own migration state is untouched by it.
     assert.deepEqual(await warm.execute('query-migrate'), {});
-    // Long enough for the cold one to have warmed up too, were it going to.
-    await new Promise((r) => setTimeout(r, 1500));
+    assert.deepEqual(await cold.execute('x-ferry-query-warm-up'), { status: 'off' });
     assert.doesNotMatch(cold.stderr, /warm-up/);
   } finally {
     await Promise.all([warm.execute('quit').catch(() => {}), cold.execute('quit').catch(() => {})]);

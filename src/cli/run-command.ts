@@ -124,25 +124,51 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
     }
     process.stderr.write(`ferry: waiting for an incoming migration on ${address}\n`);
   }
-  if (opts.warmUp !== false) scheduleWarmUp(vmm);
+  serveWarmUp(vmm, opts.warmUp !== false);
+}
+
+/** What x-ferry-query-warm-up answers. */
+interface WarmUpStatus {
+  /**
+   * off (--no-warm-up), scheduled, running, completed, skipped (a real migration began
+   * first) or failed (its error, for the trace; the first migration is then only slower).
+   */
+  status: 'off' | 'scheduled' | 'running' | 'completed' | 'skipped' | 'failed';
+  /** Scratch migrations completed (fewer than planned when a real one began meanwhile). */
+  rounds?: number;
+  'total-ms'?: number;
+  error?: string;
 }
 
 /**
  * Compile the migration code now rather than during the first migration (src/vmm/warm-up.ts),
- * unless a real migration begins first. V8 would otherwise throw compiled code away again
- * once it has not run through a few full garbage collections (bytecode flushing): a VM may
- * run for days before it migrates, so this process keeps what it compiled.
+ * unless a real migration begins first; x-ferry-query-warm-up says how far it got. V8 would
+ * otherwise throw compiled code away again once it has not run through a few full garbage
+ * collections (bytecode flushing): a VM may run for days before it migrates, so this
+ * process keeps what it compiled.
  */
-function scheduleWarmUp(vmm: Vmm): void {
-  const { migration, machine } = vmm;
+function serveWarmUp(vmm: Vmm, enabled: boolean): void {
+  const { migration, machine, qmp } = vmm;
+  let state: WarmUpStatus = { status: enabled ? 'scheduled' : 'off' };
+  qmp.register({ name: 'x-ferry-query-warm-up', handler: () => ({ ...state }) });
+  if (!enabled) return;
   const idle = (): boolean => migration.status === 'none' && (migration.incomingStatus === 'none' || migration.incomingStatus === 'setup');
   setTimeout(() => {
-    if (!idle()) return;
+    if (!idle()) {
+      state = { status: 'skipped', rounds: 0 };
+      return;
+    }
+    state = { status: 'running' };
     setFlagsFromString('--no-flush-bytecode');
     void import('../vmm/warm-up.js').then(async ({ warmUpMigration }) => {
       const outcome = await warmUpMigration(machine.machineType, { keepGoing: idle });
-      if (outcome instanceof Error) trace('warm-up: failed: %s', outcome.message);
-      else trace('warm-up: %d scratch migrations in %s ms', outcome.rounds, outcome.milliseconds.toFixed(0));
+      if (outcome instanceof Error) {
+        state = { status: 'failed', error: outcome.message };
+        trace('warm-up: failed: %s', outcome.message);
+      } else {
+        state = { status: 'completed', rounds: outcome.rounds, 'total-ms': Math.round(outcome.milliseconds) };
+        trace('warm-up: %d scratch migrations in %s ms', outcome.rounds, outcome.milliseconds.toFixed(0));
+      }
     });
   }, WARM_UP_DELAY_MS).unref();
 }
