@@ -25,6 +25,8 @@ export class DirectWrites {
   /** Entries of the batch being written: [#first, #entries) are still to go. */
   #entries = 0;
   #first = 0;
+  /** Bytes of the batch not yet written. */
+  #remaining = 0;
   /** Times a batch found the socket full and waited for room (the trace and tests read it). */
   waits = 0;
 
@@ -79,6 +81,12 @@ export class DirectWrites {
 
   /** Drop `n` written bytes from the front of the pending entries. */
   #advance(n: number): void {
+    this.#remaining -= n;
+    if (this.#remaining === 0) {
+      // All of it went (the usual case): nothing to walk.
+      this.#first = this.#entries;
+      return;
+    }
     const v = this.#view;
     while (n > 0 && this.#first < this.#entries) {
       const at = this.#first * IOVEC_BYTES;
@@ -101,6 +109,7 @@ export class DirectWrites {
     const base = Number(addressOf(batch.buffer));
     let entries = 0;
     let start = 0;
+    let total = batch.length;
     for (let i = 0; i < batch.count; i++) {
       const at = batch.at[i]!;
       if (at < start || at > batch.length) {
@@ -109,11 +118,13 @@ export class DirectWrites {
       if (at > start) this.#set(entries++, base + start, at - start);
       start = at;
       const bytes = batch.bytes[i]!;
+      total += bytes;
       if (bytes > 0) this.#set(entries++, batch.address[i]!, bytes);
     }
     if (batch.length > start) this.#set(entries++, base + start, batch.length - start);
     this.#entries = entries;
     this.#first = 0;
+    this.#remaining = total;
   }
 
   #set(entry: number, address: number, length: number): void {
