@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
-import { FERRY_MAIN, FerryProcess } from '../src/cli/ferry-process.js';
+import { FERRY_MAIN, FerryProcess, type FerryProcessOptions } from '../src/cli/ferry-process.js';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -21,8 +21,11 @@ export function scratch(t: TestContext, prefix = 'ferry-test-'): string {
 }
 
 /** `ferry run ARGS` with a QMP socket in `dir`, quit after the test. */
-export async function started(t: TestContext, dir: string, name: string, args: string[], env?: Record<string, string>): Promise<FerryProcess> {
-  const vm = await FerryProcess.start({ dir, name, args, ...(env ? { env } : {}) });
+export async function started(
+  t: TestContext, dir: string, name: string, args: string[], env?: Record<string, string>,
+  options?: Pick<FerryProcessOptions, 'nodeArgs' | 'captureStdout'>,
+): Promise<FerryProcess> {
+  const vm = await FerryProcess.start({ dir, name, args, ...(env ? { env } : {}), ...options });
   t.after(() => vm.quit());
   return vm;
 }

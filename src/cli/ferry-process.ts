@@ -21,6 +21,10 @@ export interface FerryProcessOptions {
   readonly startTimeoutMs?: number;
   /** Extra environment for the child (e.g. NODE_DEBUG=ferry for the engine's trace on stderr). */
   readonly env?: Readonly<Record<string, string>>;
+  /** Arguments for node itself, before Ferry's entry point (e.g. `--import` of a test helper). */
+  readonly nodeArgs?: readonly string[];
+  /** Keep what the child writes on stdout in `stdout` (V8's traces go there); default ignored. */
+  readonly captureStdout?: boolean;
 }
 
 export class FerryProcess {
@@ -29,12 +33,18 @@ export class FerryProcess {
   readonly consolePath: string;
   qmp!: QmpClient;
   stderr = '';
+  /** The child's stdout so far, when started with captureStdout. */
+  stdout = '';
   private exitPromise: Promise<number | null>;
 
   private constructor(child: ChildProcess, qmpPath: string, consolePath: string) {
     this.child = child;
     this.qmpPath = qmpPath;
     this.consolePath = consolePath;
+    child.stdout?.setEncoding('utf8');
+    child.stdout?.on('data', (text: string) => {
+      this.stdout += text;
+    });
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (text: string) => {
       this.stderr += text;
@@ -45,8 +55,11 @@ export class FerryProcess {
   static async start(options: FerryProcessOptions): Promise<FerryProcess> {
     const qmpPath = join(options.dir, `${options.name}.qmp`);
     const consolePath = join(options.dir, `${options.name}.console`);
-    const args = [FERRY_MAIN, 'run', ...options.args, '--qmp', `unix:${qmpPath}`, '--serial', options.serial ?? `file:${consolePath}`];
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], ...(options.env ? { env: { ...process.env, ...options.env } } : {}) });
+    const args = [...(options.nodeArgs ?? []), FERRY_MAIN, 'run', ...options.args, '--qmp', `unix:${qmpPath}`, '--serial', options.serial ?? `file:${consolePath}`];
+    const child = spawn(process.execPath, args, {
+      stdio: ['ignore', options.captureStdout ? 'pipe' : 'ignore', 'pipe'],
+      ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
+    });
     const vm = new FerryProcess(child, qmpPath, consolePath);
     vm.qmp = await connectWhenListening(child, qmpPath, `ferry run (${options.name})`, options.startTimeoutMs ?? 15_000, () => vm.stderr);
     return vm;

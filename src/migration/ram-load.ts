@@ -25,7 +25,7 @@ const DENSE_REGION_PAGES = 64;
 const POPULATE_AHEAD_REGIONS = 4;
 const POPULATE_AHEAD_IN_FLIGHT = 2;
 
-export class RamLoader {
+export class RamLoader implements RamChunkSink {
   readonly #vm: MigrationVm;
   /**
    * The VM's blocks, taken once per stream: the page path reads this array rather than the
@@ -34,6 +34,13 @@ export class RamLoader {
    */
   #memory: readonly GuestMemoryBlock[] = [];
   #memSizeSeen = false;
+  /** The section being loaded, for errors, and per block a 32-bit view of its memory. */
+  #reader: StreamReader | undefined;
+  #section = '';
+  #words: Uint32Array[] = [];
+  /** The block the last page named, and its index (most pages name the one before). */
+  #last: GuestMemoryBlock | undefined;
+  #lastIndex = -1;
   /** Per block, pages known to hold zeros (never backed, never written since). */
   #knownZero: (Uint8Array | undefined)[] = [];
   /** Per block, 2 MiB regions already backed in bulk before pages land in them. */
@@ -66,94 +73,108 @@ export class RamLoader {
       });
       this.#populated = memory.map((b) => (b.populate ? new Uint8Array(Math.ceil(b.size / POPULATE_CHUNK)) : undefined));
     }
-    await readRamChunks(r, this.#sink(r, section), section, this.#loadState);
+    this.#reader = r;
+    this.#section = section;
+    this.#words = memory.map((b) => wordsOf(b));
+    this.#last = undefined;
+    this.#lastIndex = -1;
+    await readRamChunks(r, this, section, this.#loadState);
   }
 
-  #sink(r: StreamReader, section: string): RamChunkSink {
+  // ---- the RamChunkSink readRamChunks() writes through: methods of this class rather than
+  // closures made per section, so that code V8 compiles around their calls (inlined for
+  // each page) stays valid from one migration to the next — a closure is a new function
+  // object each time, and code that inlined one is thrown away once it is gone. ----
+
+  /** The index of block `idstr`, with `offset` a whole page inside it; throws otherwise. */
+  #find(idstr: string, offset: number): number {
+    let last = this.#last;
+    if (last === undefined || last.idstr !== idstr) {
+      this.#lastIndex = this.#memory.findIndex((b) => b.idstr === idstr);
+      last = this.#last = this.#memory[this.#lastIndex];
+      if (last === undefined) {
+        throw new StreamFormatError(`Cannot load RAM page: unknown block "${idstr}"`, this.#reader!.offset, this.#section);
+      }
+    }
+    if (!Number.isInteger(offset) || offset < 0 || offset % PAGE_SIZE !== 0 || offset + PAGE_SIZE > last.size) {
+      throw new StreamFormatError(`Cannot load RAM page at offset ${offset} of block "${idstr}" (${last.size} bytes)`, this.#reader!.offset, this.#section);
+    }
+    return this.#lastIndex;
+  }
+
+  /** Make a page hold `fill` bytes; fresh destination memory is already zero: checking it is cheaper than writing. */
+  #fillPage(b: number, offset: number, fill: number): void {
+    const words = (this.#words[b] = wordsOf(this.#memory[b]!, this.#words[b]));
+    if (fill === 0 && isZeroPage(words, offset / 4)) return;
+    this.#memory[b]!.bytes.fill(fill, offset, offset + PAGE_SIZE);
+  }
+
+  memSize(total: number, blocks: readonly { idstr: string; size: number }[]): void {
     const memory = this.#memory;
-    const words = memory.map((b) => wordsOf(b));
-    let last: GuestMemoryBlock | undefined;
-    let lastIndex = -1;
-    const find = (idstr: string, offset: number): number => {
-      if (last === undefined || last.idstr !== idstr) {
-        lastIndex = memory.findIndex((b) => b.idstr === idstr);
-        last = memory[lastIndex];
-        if (last === undefined) {
-          throw new StreamFormatError(`Cannot load RAM page: unknown block "${idstr}"`, r.offset, section);
-        }
+    const r = this.#reader!;
+    const section = this.#section;
+    for (const sent of blocks) {
+      const local = memory.find((b) => b.idstr === sent.idstr);
+      if (!local) throw new StreamFormatError(`Cannot load RAM: unknown block "${sent.idstr}" (${sent.size} bytes)`, r.offset, section);
+      if (local.size !== sent.size) {
+        // QEMU: "Length mismatch: %s: 0x..." — the destination must be started with the same -m.
+        throw new StreamFormatError(`Cannot load RAM block "${sent.idstr}": length ${sent.size} differs from the local ${local.size}`, r.offset, section);
       }
-      if (!Number.isInteger(offset) || offset < 0 || offset % PAGE_SIZE !== 0 || offset + PAGE_SIZE > last.size) {
-        throw new StreamFormatError(`Cannot load RAM page at offset ${offset} of block "${idstr}" (${last.size} bytes)`, r.offset, section);
-      }
-      return lastIndex;
-    };
-    /** Make a page hold `fill` bytes; fresh destination memory is already zero: checking it is cheaper than writing. */
-    const fillPage = (b: number, offset: number, fill: number): void => {
-      words[b] = wordsOf(memory[b]!, words[b]);
-      if (fill === 0 && isZeroPage(words[b]!, offset / 4)) return;
-      memory[b]!.bytes.fill(fill, offset, offset + PAGE_SIZE);
-    };
-    return {
-      memSize: (total: number, blocks: readonly { idstr: string; size: number }[]) => {
-        for (const sent of blocks) {
-          const local = memory.find((b) => b.idstr === sent.idstr);
-          if (!local) throw new StreamFormatError(`Cannot load RAM: unknown block "${sent.idstr}" (${sent.size} bytes)`, r.offset, section);
-          if (local.size !== sent.size) {
-            // QEMU: "Length mismatch: %s: 0x..." — the destination must be started with the same -m.
-            throw new StreamFormatError(`Cannot load RAM block "${sent.idstr}": length ${sent.size} differs from the local ${local.size}`, r.offset, section);
-          }
-        }
-        const localTotal = memory.reduce((s, b) => s + b.size, 0);
-        if (total !== localTotal) {
-          throw new StreamFormatError(`Cannot load RAM: total ${total} bytes differs from the local ${localTotal}`, r.offset, section);
-        }
-        this.#memSizeSeen = true;
-      },
-      pageTarget: (idstr: string, offset: number) => {
-        const b = find(idstr, offset);
-        this.#aboutToWrite(b, offset);
-        return { ram: memory[b]!.bytes, offset };
-      },
-      pageFrom: (idstr: string, offset: number, buffer: ArrayBufferLike, byteOffset: number) => {
-        const b = find(idstr, offset);
-        this.#aboutToWrite(b, offset);
-        memory[b]!.bytes.set(new Uint8Array(buffer, byteOffset, PAGE_SIZE), offset);
-      },
-      xbzrle: (idstr: string, offset: number, encoded: Uint8Array) => {
-        const b = find(idstr, offset);
-        this.#aboutToWrite(b, offset);
-        try {
-          // The page holds what the source's cache held: the delta applies in place.
-          xbzrleDecode(encoded, memory[b]!.bytes.subarray(offset, offset + PAGE_SIZE));
-        } catch (err) {
-          throw new StreamFormatError(`Cannot load XBZRLE page at offset ${offset} of block "${idstr}": ${err instanceof Error ? err.message : String(err)}`, r.offset, section, { cause: err });
-        }
-      },
-      zero: (idstr: string, offset: number, fill: number) => {
-        const b = find(idstr, offset);
-        const knownZero = this.#knownZero[b];
-        if (knownZero !== undefined && knownZero[offset / PAGE_SIZE] === 1) {
-          if (fill === 0) return;
-          knownZero[offset / PAGE_SIZE] = 0;
-        }
-        fillPage(b, offset, fill);
-      },
-      zeroRun: (idstr: string, offset: number, count: number) => {
-        const b = memory.findIndex((m) => m.idstr === idstr);
-        const block = memory[b];
-        if (block === undefined || offset % PAGE_SIZE !== 0 || offset + count * PAGE_SIZE > block.size) return false;
-        const knownZero = this.#knownZero[b];
-        const first = offset / PAGE_SIZE;
-        const end = first + count;
-        // Mostly every page is known to hold zeros already (a fresh destination's first pass).
-        let page = knownZero === undefined ? first : knownZero.indexOf(0, first);
-        while (page >= 0 && page < end) {
-          fillPage(b, page * PAGE_SIZE, 0);
-          page = knownZero === undefined ? page + 1 : knownZero.indexOf(0, page + 1);
-        }
-        return true;
-      },
-    };
+    }
+    const localTotal = memory.reduce((sum, b) => sum + b.size, 0);
+    if (total !== localTotal) {
+      throw new StreamFormatError(`Cannot load RAM: total ${total} bytes differs from the local ${localTotal}`, r.offset, section);
+    }
+    this.#memSizeSeen = true;
+  }
+
+  pageTarget(idstr: string, offset: number): { ram: Uint8Array; offset: number } {
+    const b = this.#find(idstr, offset);
+    this.#aboutToWrite(b, offset);
+    return { ram: this.#memory[b]!.bytes, offset };
+  }
+
+  pageFrom(idstr: string, offset: number, buffer: ArrayBufferLike, byteOffset: number): void {
+    const b = this.#find(idstr, offset);
+    this.#aboutToWrite(b, offset);
+    this.#memory[b]!.bytes.set(new Uint8Array(buffer, byteOffset, PAGE_SIZE), offset);
+  }
+
+  xbzrle(idstr: string, offset: number, encoded: Uint8Array): void {
+    const b = this.#find(idstr, offset);
+    this.#aboutToWrite(b, offset);
+    try {
+      // The page holds what the source's cache held: the delta applies in place.
+      xbzrleDecode(encoded, this.#memory[b]!.bytes.subarray(offset, offset + PAGE_SIZE));
+    } catch (err) {
+      throw new StreamFormatError(`Cannot load XBZRLE page at offset ${offset} of block "${idstr}": ${err instanceof Error ? err.message : String(err)}`, this.#reader!.offset, this.#section, { cause: err });
+    }
+  }
+
+  zero(idstr: string, offset: number, fill: number): void {
+    const b = this.#find(idstr, offset);
+    const knownZero = this.#knownZero[b];
+    if (knownZero !== undefined && knownZero[offset / PAGE_SIZE] === 1) {
+      if (fill === 0) return;
+      knownZero[offset / PAGE_SIZE] = 0;
+    }
+    this.#fillPage(b, offset, fill);
+  }
+
+  zeroRun(idstr: string, offset: number, count: number): boolean {
+    const b = this.#memory.findIndex((m) => m.idstr === idstr);
+    const block = this.#memory[b];
+    if (block === undefined || offset % PAGE_SIZE !== 0 || offset + count * PAGE_SIZE > block.size) return false;
+    const knownZero = this.#knownZero[b];
+    const first = offset / PAGE_SIZE;
+    const end = first + count;
+    // Mostly every page is known to hold zeros already (a fresh destination's first pass).
+    let page = knownZero === undefined ? first : knownZero.indexOf(0, first);
+    while (page >= 0 && page < end) {
+      this.#fillPage(b, page * PAGE_SIZE, 0);
+      page = knownZero === undefined ? page + 1 : knownZero.indexOf(0, page + 1);
+    }
+    return true;
   }
 
   /**

@@ -3,13 +3,10 @@
 // first ~100 ms at a fraction of its speed and pays for the compiler (a few hundred ms of
 // CPU on each side) while it runs — on a busy host, the very CPU it needs. So a VM, once
 // started, moves a few MiB of scratch memory from itself to itself: a real outgoing and a
-// real incoming migration over a unix socket, through the same classes a real migration
+// real incoming migration over loopback tcp, through the same classes a real migration
 // uses (the engine, the stream, the socket channels, HostMemory's blocks), never touching
 // the guest. The optimised code is then there when `migrate` or `migrate-incoming` comes.
 
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { DirtyBitmap, DirtyLog, GuestMemoryBlock, StateSection } from '../hypervisor/types.js';
@@ -98,13 +95,20 @@ class ScratchVm implements MigrationVm {
   }
 }
 
-/** Fill three pages in four with data (the rest stay zero, half of them never touched). */
+/**
+ * Scratch RAM laid out as guests' RAM tends to be, so that every page path runs: a first
+ * MiB never touched (whole bitmap words of pages the host never backed: ZERO runs, as
+ * most of an idle guest), a MiB touched but still zero (each read and found zero), then
+ * pages with data, among them one in eight never touched and one in eight zero.
+ */
 function scratchContent(bytes: Uint8Array): void {
   const pages = bytes.byteLength / PAGE_SIZE;
-  for (let p = 0; p < pages; p++) {
-    if (p % 8 === 3) continue; // never touched: a ZERO page known from residency
+  const untouchedEnd = (1024 * 1024) / PAGE_SIZE;
+  const zeroEnd = 2 * untouchedEnd;
+  for (let p = untouchedEnd; p < pages; p++) {
     const base = p * PAGE_SIZE;
-    if (p % 8 === 7) {
+    if (p >= zeroEnd && p % 8 === 3) continue; // never touched: a ZERO page known from residency
+    if (p < zeroEnd || p % 8 === 7) {
       bytes[base] = 0; // touched, still zero: found by reading it
       continue;
     }
@@ -129,7 +133,7 @@ export interface WarmUpOptions {
 
 /**
  * Migrate scratch memory from this process to itself, round after round. Never throws: a
- * warm-up that fails (no temporary directory, say) costs the first migration its speed,
+ * warm-up that fails (no loopback interface, say) costs the first migration its speed,
  * nothing else; the error is returned for the trace.
  */
 export async function warmUpMigration(machineType: string, options: WarmUpOptions = {}): Promise<WarmUpResult | Error> {
@@ -137,11 +141,9 @@ export async function warmUpMigration(machineType: string, options: WarmUpOption
   const rounds = options.rounds ?? WARM_UP_ROUNDS;
   let done = 0;
   let bytes = 0;
-  let dir: string | undefined;
   try {
-    dir = mkdtempSync(join(tmpdir(), 'ferry-warm-up-'));
     while (done < rounds && (options.keepGoing?.() ?? true)) {
-      bytes += await migrateScratch(machineType, join(dir, `round-${done}.sock`));
+      bytes += await migrateScratch(machineType);
       done++;
       // Let the compiler's helper threads finish what this round made hot.
       await nextTurn();
@@ -149,13 +151,11 @@ export async function warmUpMigration(machineType: string, options: WarmUpOption
     return { rounds: done, milliseconds: performance.now() - started, bytes };
   } catch (err) {
     return err instanceof Error ? err : new Error(String(err));
-  } finally {
-    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
   }
 }
 
 /** One scratch migration; the bytes it sent. Throws unless it completed with the RAM equal on both ends. */
-async function migrateScratch(machineType: string, socketPath: string): Promise<number> {
+async function migrateScratch(machineType: string): Promise<number> {
   const sourceRam = HostMemory.allocate(WARM_UP_BYTES);
   const destinationRam = HostMemory.allocate(WARM_UP_BYTES);
   try {
@@ -165,7 +165,9 @@ async function migrateScratch(machineType: string, socketPath: string): Promise<
     const common = { connect, listen, now: engineNow, emit: () => {}, schedule: engineSchedule };
     const outgoing = new Migration({ ...common, vm: source });
     const incoming = new Migration({ ...common, vm: destination });
-    const { address } = await incoming.migrateIncoming(`unix:${socketPath}`);
+    // Over tcp rather than a unix socket: tcp's segments end anywhere, so reads end in the
+    // middle of chunks as they will in a real migration, and that path gets compiled too.
+    const { address } = await incoming.migrateIncoming('tcp:127.0.0.1:0');
     outgoing.setParameters({ 'max-bandwidth': 0 });
     outgoing.migrate(address);
     await Promise.all([outgoing.whenSettled(), incoming.whenIncomingSettled()]);

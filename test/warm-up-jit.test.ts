@@ -1,0 +1,57 @@
+// What the warm-up is for, checked through V8's own trace: the page paths it compiled stay
+// valid for the real migration that follows. If a hot path starts to depend on something
+// the warm-up's scratch migration does not share with a real one (the VM object, a
+// closure made per migration), V8 throws that code away at the real migration's first
+// pages — the migration still works, only slower — and this test names the function.
+// A branch the scratch migration happened not to take (a chunk header split across two
+// reads, say) may still be compiled late: V8 reports that as "Insufficient type feedback",
+// which this test lets pass; one recompiled function costs little. Code specialised on
+// objects that are gone or different ("wrong map", "wrong call target", "weak objects")
+// costs every hot function, and fails it.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import type { FerryProcess } from '../src/cli/ferry-process.js';
+import { scratch, started, waitFor } from './e2e-helpers.js';
+
+const FLAGS_MODULE = fileURLToPath(new URL('./v8-trace-flags.js', import.meta.url));
+/** The page paths of each side: the source's (ram.ts, ram-codec.ts, writer.ts, direct-writes.ts), the destination's (ram-codec.ts, ram-load.ts). */
+const SOURCE_HOT = ['#send', '#build', 'pageOf', 'byReference'];
+const DESTINATION_HOT = ['readPageRun', 'pageFrom', 'readRamChunks'];
+
+function warmedUp(vm: FerryProcess): Promise<void> {
+  return waitFor(async () => (await vm.execute<{ status: string }>('x-ferry-query-warm-up')).status === 'completed', 'the warm-up to complete', 30_000);
+}
+
+/** Trace lines that optimise or throw away one of the `hot` functions. */
+function hotLines(trace: string, what: RegExp, hot: readonly string[]): string[] {
+  return trace.split('\n').filter((line) => what.test(line) && hot.some((name) => line.includes(`<JSFunction ${name} `) || line.includes(`<SharedFunctionInfo ${name}>`)));
+}
+
+test('after the warm-up, a migration keeps the page paths V8 compiled for it', async (t) => {
+  const dir = scratch(t, 'ferry-warm-jit-');
+  const options = { nodeArgs: ['--import', FLAGS_MODULE], captureStdout: true };
+  const env = { FERRY_TEST_V8_FLAGS: '--trace-opt --trace-deopt' };
+  const args = ['--accel', 'sim', '-m', '64M', '--guest', 'builtin:sweep'];
+  const dest = await started(t, dir, 'dst', [...args, '--incoming', `unix:${join(dir, 'mig.sock')}`], env, options);
+  const source = await started(t, dir, 'src', args, env, options);
+  await Promise.all([warmedUp(source), warmedUp(dest)]);
+  await source.execute('stop');
+  const mark = { source: source.stdout.length, dest: dest.stdout.length };
+
+  // Compiled during the warm-up: the trace works, and there is something to keep.
+  assert.notDeepEqual(hotLines(source.stdout.slice(0, mark.source), /completed optimizing/, SOURCE_HOT), [], 'the source compiled none of its page path during the warm-up');
+  assert.notDeepEqual(hotLines(dest.stdout.slice(0, mark.dest), /completed optimizing/, DESTINATION_HOT), [], 'the destination compiled none of its page path during the warm-up');
+
+  await source.execute('migrate', { uri: `unix:${join(dir, 'mig.sock')}` });
+  await waitFor(async () => (await source.execute<{ status?: string }>('query-migrate')).status === 'completed', 'the migration to complete');
+  await waitFor(async () => (await dest.execute<{ status: string }>('query-status')).status === 'paused', 'the destination to load everything');
+
+  // Each side's own page path; the other side's code (compiled by the warm-up's other end)
+  // is not used here, and may go when the warm-up's objects do.
+  const thrownAway = (trace: string, hot: readonly string[]): string[] => hotLines(trace, /deoptimiz|bailout/, hot).filter((line) => !/Insufficient type feedback/.test(line));
+  assert.deepEqual(thrownAway(source.stdout.slice(mark.source), SOURCE_HOT), [], 'the source threw away compiled page-path code');
+  assert.deepEqual(thrownAway(dest.stdout.slice(mark.dest), DESTINATION_HOT), [], 'the destination threw away compiled page-path code');
+});
