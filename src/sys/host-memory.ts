@@ -61,18 +61,7 @@ export class HostMemory {
    * (GuestMemoryBlock.takeFreshZero).
    */
   block(idstr: string, guestAddress = 0, options?: { freshZero?: boolean }): GuestMemoryBlock {
-    let freshZero = options?.freshZero ?? false;
-    return {
-      idstr, guestAddress, size: this.size, bytes: this.bytes, hostAddress: Number(this.address),
-      residency: () => this.residency(),
-      populate: (offset, length) => this.populate(offset, length),
-      populateInBackground: (offset, length) => this.populateInBackground(offset, length),
-      takeFreshZero: () => {
-        const was = freshZero;
-        freshZero = false;
-        return was;
-      },
-    };
+    return new HostMemoryBlock(this, idstr, guestAddress, options?.freshZero ?? false);
   }
 
   /** The aligned guest RAM as a mapping (what KVM_SET_USER_MEMORY_REGION registers). */
@@ -124,6 +113,49 @@ export class HostMemory {
   /** Unmap it: only once nothing (a vCPU, KVM, a view) can reach it any more. */
   unmap(): void {
     munmap(this.mapping);
+  }
+}
+
+/**
+ * A HostMemory as the guest's RAM block. A class, not an object of closures made per block:
+ * the migration's page paths call populate() from compiled code, and that code must stay
+ * valid from one block to the next (the warm-up's scratch blocks, then the guest's).
+ */
+class HostMemoryBlock implements GuestMemoryBlock {
+  readonly idstr: string;
+  readonly guestAddress: number;
+  readonly size: number;
+  readonly bytes: Uint8Array;
+  readonly hostAddress: number;
+  readonly #host: HostMemory;
+  #freshZero: boolean;
+
+  constructor(host: HostMemory, idstr: string, guestAddress: number, freshZero: boolean) {
+    this.#host = host;
+    this.idstr = idstr;
+    this.guestAddress = guestAddress;
+    this.size = host.size;
+    this.bytes = host.bytes;
+    this.hostAddress = Number(host.address);
+    this.#freshZero = freshZero;
+  }
+
+  residency(): Uint8Array {
+    return this.#host.residency();
+  }
+
+  populate(offset: number, length: number): void {
+    this.#host.populate(offset, length);
+  }
+
+  populateInBackground(offset: number, length: number): Promise<void> {
+    return this.#host.populateInBackground(offset, length);
+  }
+
+  takeFreshZero(): boolean {
+    const was = this.#freshZero;
+    this.#freshZero = false;
+    return was;
   }
 }
 
