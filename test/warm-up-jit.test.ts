@@ -8,8 +8,8 @@
 // which this test lets pass; one recompiled function costs little. Code that meets objects
 // other than those it was specialised on ("wrong map", "wrong call target") fails it.
 // Code V8 drops when the warm-up's objects are collected ("weak objects") is reported as a
-// diagnostic, not failed on: it depends on when the collector runs, and on the source it
-// still shows up now and then for #send and pageOf without an object found to blame.
+// diagnostic, not failed on: it depends on when the collector runs, and it still shows up
+// in about one run in five, on either side, without an object found to blame.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
