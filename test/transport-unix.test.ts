@@ -2,15 +2,12 @@
 // sockets, and the socket file's lifetime.
 
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { TransportError } from '../src/errors.js';
 import { connect, listen } from '../src/transport/index.js';
-import { socketChannel, socketFd } from '../src/transport/socket.js';
-import { sendBufferSize } from '../src/sys/libc.js';
 import { childResult, randomPayload, receiveAll, sendAll, sha256, spawnNodeChild } from '../src/transport/testing.js';
 
 const MiB = 1024 * 1024;
@@ -95,27 +92,4 @@ test('unix: connecting to a missing socket is a TransportError naming the path',
     assert.equal(err.message, `Failed connecting to unix:${path}: no such file or socket`);
     return true;
   });
-});
-
-test('unix: both ends get a send buffer as large as loopback tcp gets (up to net.core.wmem_max)', async (t) => {
-  // A sender whose event loop is busy (a v86 guest on the same thread) moves at most one
-  // send buffer per turn: the default 208 KiB made migrations over unix 4-8× slower than tcp.
-  const path = join(dir, 'sndbuf.sock');
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(path, resolve));
-  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-  const raw = net.connect(path);
-  await new Promise((resolve) => raw.once('connect', resolve));
-  const peer = await accepted;
-  t.after(() => {
-    raw.destroy();
-    peer.destroy();
-    server.close();
-  });
-  socketChannel(raw, `unix:${path}`, {});
-  socketChannel(peer, `unix:${path}`, {});
-  const wmemMax = Number(readFileSync('/proc/sys/net/core/wmem_max', 'utf8'));
-  const expected = 2 * Math.min(4 * MiB, wmemMax); // the kernel doubles what it is asked for
-  assert.equal(sendBufferSize(socketFd(raw)!), expected);
-  assert.equal(sendBufferSize(socketFd(peer)!), expected);
 });

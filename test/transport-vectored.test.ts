@@ -12,6 +12,7 @@ import { TransportError } from '../src/errors.js';
 import { StreamWriter } from '../src/stream/writer.js';
 import { addressOf } from '../src/sys/libc.js';
 import { connect, listen, type Channel } from '../src/transport/index.js';
+import { MIGRATION_SOCKET_BUFFER } from '../src/transport/socket-buffers.js';
 import { StreamChannel } from '../src/transport/stream-channel.js';
 import { randomPayload, receiveAll, sha256 } from '../src/transport/testing.js';
 
@@ -70,7 +71,8 @@ for (const kind of ['tcp', 'unix'] as const) {
     await withPair(kind, async (src, dst) => {
       assert.ok(src.vectored, 'a socket channel writes vectored');
       const ram = randomPayload(8 * 1024 * 1024);
-      const pages = 12_000; // ~47 MiB: far more than both socket buffers hold
+      // Far more than both sockets' buffers hold (socket-buffers.ts; doubled, as the kernel counts them).
+      const pages = (2 * 2 * MIGRATION_SOCKET_BUFFER + 32 * 1024 * 1024) / PAGE;
       const want = await expectedStream(ram, pages);
       const w = new StreamWriter(src, { bufferSize: 64 * 1024 });
       assert.equal(w.writesByReference, true);
@@ -119,9 +121,10 @@ test('vectored writes: destroy() while one waits for room rejects it, and nothin
     const at = new Uint32Array(500);
     const addresses = new Float64Array(500).map((_, i) => address + (i % 1024) * PAGE);
     const bytes = new Uint32Array(500).fill(PAGE);
-    // Nobody reads: a few batches of ~2 MiB fill the socket, and one is left waiting.
+    // Nobody reads: batches of ~2 MiB fill the socket's buffer, and the rest are left waiting.
     const writes: Promise<void>[] = [];
-    for (let i = 0; i < 16; i++) {
+    const batches = Math.ceil((2 * MIGRATION_SOCKET_BUFFER) / (500 * PAGE)) + 8;
+    for (let i = 0; i < batches; i++) {
       writes.push(src.vectored!.write({ buffer: new Uint8Array(16), length: 0, count: 500, at, address: addresses, bytes }));
     }
     const settled = writes.map((p) => p.then(() => 'ok', (err: unknown) => err));

@@ -258,23 +258,32 @@ export function addressOf(view: Uint8Array): bigint {
 }
 
 const SOL_SOCKET = 1;
-const SO_SNDBUF = 7;
+/** socket(7): SO_SNDBUF, SO_RCVBUF, and the privileged variants that ignore the sysctl caps. */
+const BUFFER_OPTION = {
+  send: { plain: 7, force: 32, name: 'SO_SNDBUF' },
+  receive: { plain: 8, force: 33, name: 'SO_RCVBUF' },
+} as const;
+
+export type SocketBuffer = keyof typeof BUFFER_OPTION;
 
 /**
- * setsockopt(SO_SNDBUF): how many bytes the kernel may hold for a socket's peer. The
- * kernel doubles the value for its bookkeeping and caps it at net.core.wmem_max. Returns
- * 0, or the errno.
+ * setsockopt(SO_SNDBUF / SO_RCVBUF): how many bytes the kernel may hold for a socket on
+ * that side. The kernel doubles the value for its bookkeeping; the plain option caps it at
+ * net.core.wmem_max / rmem_max, the FORCE one (CAP_NET_ADMIN) does not. Either turns off
+ * tcp's own sizing of that buffer. Returns 0, or the errno.
  */
-export function setSendBufferSize(fd: number, bytes: number): number {
+export function setSocketBufferSize(fd: number, which: SocketBuffer, bytes: number, force = false): number {
   const value = new Uint8Array(4);
   new DataView(value.buffer).setInt32(0, bytes, true);
-  return libc().setsockopt(fd, SOL_SOCKET, SO_SNDBUF, value, 4) < 0 ? koffi.errno() : 0;
+  const option = force ? BUFFER_OPTION[which].force : BUFFER_OPTION[which].plain;
+  return libc().setsockopt(fd, SOL_SOCKET, option, value, 4) < 0 ? koffi.errno() : 0;
 }
 
-/** getsockopt(SO_SNDBUF): the send buffer the kernel gives the socket now (doubled, as it reports it). */
-export function sendBufferSize(fd: number): number {
+/** getsockopt(SO_SNDBUF / SO_RCVBUF): the buffer the kernel gives the socket now (doubled, as it reports it). */
+export function socketBufferSize(fd: number, which: SocketBuffer): number {
   const value = new Uint8Array(4);
-  if (libc().getsockopt(fd, SOL_SOCKET, SO_SNDBUF, value, [4]) < 0) throw fail('getsockopt', `getsockopt(${fd}, SO_SNDBUF)`);
+  const { plain, name } = BUFFER_OPTION[which];
+  if (libc().getsockopt(fd, SOL_SOCKET, plain, value, [4]) < 0) throw fail('getsockopt', `getsockopt(${fd}, ${name})`);
   return new DataView(value.buffer).getInt32(0, true);
 }
 

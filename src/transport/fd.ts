@@ -9,6 +9,7 @@ import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { FileChannel } from './file-channel.js';
 import { PooledReads } from './read-pool.js';
+import { enlargeSocketBuffers } from './socket-buffers.js';
 import { socketFd } from './socket.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import type { MigrationUri } from './uri.js';
@@ -77,7 +78,11 @@ export function fdChannel(uri: FdUri, role: FdRole, options: FdOptions = {}): Ch
     } catch (err) {
       throw toTransportError(err, description, 'opening');
     }
-    if (!pipe && socket.remoteFamily !== undefined) socket.setNoDelay(true);
+    if (!pipe) {
+      const tcp = socket.remoteFamily !== undefined;
+      if (tcp) socket.setNoDelay(true);
+      enlargeSocketBuffers(fd, tcp, description);
+    }
     return new StreamChannel({
       description,
       readable: readable ? socket : null,

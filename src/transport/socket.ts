@@ -5,11 +5,11 @@ import net from 'node:net';
 import { lookup } from 'node:dns/promises';
 import { lstat, unlink } from 'node:fs/promises';
 import { debuglog } from 'node:util';
-import { setSendBufferSize } from '../sys/libc.js';
 import { TransportError } from '../errors.js';
 import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { adoptWithPooledReads, PooledReads } from './read-pool.js';
+import { enlargeSocketBuffers } from './socket-buffers.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import { formatMigrationUri, type MigrationUri } from './uri.js';
 
@@ -26,7 +26,8 @@ export interface SocketOptions {
 
 /**
  * Wrap a connected socket; tcp sockets get TCP_NODELAY so the last small write is not held
- * back. `pooledReads` is given when the socket was created with its `onread`.
+ * back, and every socket large kernel buffers (socket-buffers.ts). `pooledReads` is given
+ * when the socket was created with its `onread`.
  */
 export function socketChannel(
   socket: net.Socket,
@@ -34,8 +35,10 @@ export function socketChannel(
   options: SocketOptions,
   pooledReads?: PooledReads,
 ): Channel {
-  if (socket.remoteFamily !== undefined) socket.setNoDelay(true);
-  else enlargeUnixSendBuffer(socket, description);
+  const tcp = socket.remoteFamily !== undefined;
+  if (tcp) socket.setNoDelay(true);
+  const fd = socketFd(socket);
+  if (fd !== undefined) enlargeSocketBuffers(fd, tcp, description);
   return new StreamChannel({
     description,
     readable: socket,
@@ -114,6 +117,10 @@ export async function listenSocket(uri: SocketUri, options: SocketOptions = {}):
     server.on('error', (err) => reject(toTransportError(err, description, 'listening on')));
     server.listen(listenOptions, () => resolve());
   });
+  // Connections accepted later inherit these sizes, and tcp's handshake already offers a
+  // window scale that fits them.
+  const listenFd = serverFd(server);
+  if (listenFd !== undefined) enlargeSocketBuffers(listenFd, uri.kind === 'tcp', description);
   return new SocketListener(server, uri, description, options);
 }
 
@@ -205,19 +212,11 @@ class SocketListener implements Listener {
   }
 }
 
-/**
- * A unix socket's send buffer defaults to net.core.wmem_default (208 KiB on Debian), where
- * loopback tcp grows to 4 MiB. Whenever the sender's event loop is busy — a v86 guest runs
- * on the same thread — each turn can then move only that much, and a migration over unix
- * crawls. Ask for as much as tcp gets; the kernel caps it at net.core.wmem_max.
- */
-const UNIX_SEND_BUFFER = 4 * 1024 * 1024;
-
-function enlargeUnixSendBuffer(socket: net.Socket, description: string): void {
-  const fd = socketFd(socket);
-  if (fd === undefined) return;
-  const errno = setSendBufferSize(fd, UNIX_SEND_BUFFER);
-  if (errno !== 0) debug('transport: %s: SO_SNDBUF not raised (errno %d)', description, errno);
+/** The listening descriptor under a net.Server, as socketFd() for a socket. */
+function serverFd(server: net.Server): number | undefined {
+  if (process.platform !== 'linux') return undefined;
+  const fd = (server as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
 /**

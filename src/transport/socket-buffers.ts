@@ -1,0 +1,76 @@
+// How much a migration socket's kernel buffers may hold. A migration is two busy processes
+// joined by one socket: each stalls now and then (a garbage collection, the end of a time
+// slice, the other's turn on a shared core), and whatever the socket can hold is what the
+// other side keeps working on meanwhile. Loopback tcp sizes its buffers by itself up to
+// tcp_wmem/tcp_rmem's maximum (4 MiB to send on these machines); with 32 MiB on each side
+// the same migrations ran faster (figures in the README's performance section). Memory is
+// only taken while bytes are queued.
+
+import { readFileSync } from 'node:fs';
+import { debuglog } from 'node:util';
+import { EPERM, setSocketBufferSize, socketBufferSize, type SocketBuffer } from '../sys/libc.js';
+
+const debug = debuglog('ferry');
+
+/** What a migration socket asks for on each side it sizes. */
+export const MIGRATION_SOCKET_BUFFER = 32 * 1024 * 1024;
+
+export interface BufferLimits {
+  /** net.core.wmem_max / rmem_max: the most the unprivileged option gives. */
+  readonly cap: number;
+  /**
+   * tcp_wmem[2] / tcp_rmem[2]: the size tcp grows the buffer to by itself (in the kernel's
+   * doubled accounting); undefined for a unix socket, which does not grow its own.
+   */
+  readonly autotuneMax: number | undefined;
+}
+
+/**
+ * The size to ask for with the plain option once the privileged one was refused, or
+ * undefined to leave the buffer alone: a size set by hand turns tcp's own sizing off, which
+ * is only worth it when the cap lets the buffer grow past what tcp would reach.
+ */
+export function fallbackBufferRequest(wanted: number, limits: BufferLimits): number | undefined {
+  const request = Math.min(wanted, limits.cap);
+  // The kernel doubles a request; tcp's own maximum is already in doubled bytes.
+  if (limits.autotuneMax !== undefined && 2 * request <= limits.autotuneMax) return undefined;
+  return request;
+}
+
+/**
+ * Size the buffers of a migration socket (connected or listening; an accepted socket
+ * inherits its listener's): both sides of a tcp socket, the sending side of a unix one
+ * (its receiving side does not limit a stream). With CAP_NET_ADMIN the size is taken as
+ * asked; without, as fallbackBufferRequest() says. Never fails: a socket that keeps the
+ * kernel's sizes still works.
+ */
+export function enlargeSocketBuffers(fd: number, tcp: boolean, description: string): void {
+  const sides: SocketBuffer[] = tcp ? ['send', 'receive'] : ['send'];
+  for (const which of sides) {
+    let errno = setSocketBufferSize(fd, which, MIGRATION_SOCKET_BUFFER, true);
+    if (errno === EPERM) {
+      const request = fallbackBufferRequest(MIGRATION_SOCKET_BUFFER, bufferLimits(which, tcp));
+      errno = request === undefined ? 0 : setSocketBufferSize(fd, which, request);
+    }
+    if (errno !== 0) debug('transport: %s: the %s buffer was not enlarged (errno %d)', description, which, errno);
+  }
+  if (debug.enabled) {
+    debug('transport: %s: socket buffers: send %d B, receive %d B', description, socketBufferSize(fd, 'send'), socketBufferSize(fd, 'receive'));
+  }
+}
+
+function bufferLimits(which: SocketBuffer, tcp: boolean): BufferLimits {
+  const send = which === 'send';
+  return {
+    cap: sysctlNumbers(send ? 'net/core/wmem_max' : 'net/core/rmem_max')[0] ?? 0,
+    autotuneMax: tcp ? sysctlNumbers(send ? 'net/ipv4/tcp_wmem' : 'net/ipv4/tcp_rmem')[2] : undefined,
+  };
+}
+
+function sysctlNumbers(name: string): number[] {
+  try {
+    return readFileSync(`/proc/sys/${name}`, 'utf8').trim().split(/\s+/).map(Number);
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,101 @@
+// Migration sockets get large kernel buffers (src/transport/socket-buffers.ts): both sides
+// of tcp ones, the sending side of unix ones, listeners too (accepted sockets inherit them).
+// With CAP_NET_ADMIN the size is exactly what was asked; without, the sysctl caps decide.
+
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { setSocketBufferSize, socketBufferSize, type SocketBuffer } from '../src/sys/libc.js';
+import { fallbackBufferRequest, MIGRATION_SOCKET_BUFFER } from '../src/transport/socket-buffers.js';
+import { socketChannel, socketFd } from '../src/transport/socket.js';
+
+const MiB = 1024 * 1024;
+const dir = mkdtempSync(join(tmpdir(), 'ferry-sockbuf-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+test('fallbackBufferRequest: without the privileged option, ask only for what beats the kernel\'s own sizing', () => {
+  // unix: nothing grows by itself, so as much as the cap allows.
+  assert.equal(fallbackBufferRequest(32 * MiB, { cap: 212992, autotuneMax: undefined }), 212992);
+  assert.equal(fallbackBufferRequest(32 * MiB, { cap: 64 * MiB, autotuneMax: undefined }), 32 * MiB);
+  // tcp: a hand-set size turns autotuning off; Debian's caps (208 KiB; 4 MiB on these
+  // machines) are below what tcp reaches by itself (4 MiB to send, 6-32 MiB to receive).
+  assert.equal(fallbackBufferRequest(32 * MiB, { cap: 212992, autotuneMax: 4 * MiB }), undefined);
+  assert.equal(fallbackBufferRequest(32 * MiB, { cap: 4 * MiB, autotuneMax: 32 * MiB }), undefined);
+  assert.equal(fallbackBufferRequest(32 * MiB, { cap: 2 * MiB, autotuneMax: 4 * MiB }), undefined);
+  // An administrator who raised the cap past it gets the buffer (the kernel doubles a request).
+  assert.equal(fallbackBufferRequest(32 * MiB, { cap: 16 * MiB, autotuneMax: 6 * MiB }), 16 * MiB);
+  assert.equal(fallbackBufferRequest(32 * MiB, { cap: 128 * MiB, autotuneMax: 6 * MiB }), 32 * MiB);
+});
+
+/** Whether this process may set buffers past the caps (CAP_NET_ADMIN): try on a scratch socket. */
+async function forcePermitted(): Promise<boolean> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    return setSocketBufferSize(serverFd(server), 'send', 3 * MiB, true) === 0;
+  } finally {
+    server.close();
+  }
+}
+
+function serverFd(server: net.Server): number {
+  return (server as unknown as { _handle: { fd: number } })._handle.fd;
+}
+
+function sysctl(name: string, index = 0): number {
+  return Number(readFileSync(`/proc/sys/${name}`, 'utf8').trim().split(/\s+/)[index]);
+}
+
+/** What a migration socket's buffer must report now, or undefined where the kernel sizes it itself. */
+function expected(which: SocketBuffer, tcp: boolean, forced: boolean): number | undefined {
+  if (forced) return 2 * MIGRATION_SOCKET_BUFFER;
+  const send = which === 'send';
+  const request = fallbackBufferRequest(MIGRATION_SOCKET_BUFFER, {
+    cap: sysctl(send ? 'net/core/wmem_max' : 'net/core/rmem_max'),
+    autotuneMax: tcp ? sysctl(send ? 'net/ipv4/tcp_wmem' : 'net/ipv4/tcp_rmem', 2) : undefined,
+  });
+  return request === undefined ? undefined : 2 * request;
+}
+
+async function socketPair(listenOptions: net.ListenOptions): Promise<{ a: net.Socket; b: net.Socket; close(): void }> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(listenOptions, resolve));
+  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  const address = server.address();
+  const a = typeof address === 'string' ? net.connect(address) : net.connect(address!.port, '127.0.0.1');
+  await new Promise((resolve) => a.once('connect', resolve));
+  const b = await accepted;
+  return { a, b, close: () => { a.destroy(); b.destroy(); server.close(); } };
+}
+
+test('tcp: both ends of a migration socket get 32 MiB send and receive buffers', async (t) => {
+  const forced = await forcePermitted();
+  const { a, b, close } = await socketPair({ port: 0, host: '127.0.0.1' });
+  t.after(close);
+  const before = { send: socketBufferSize(socketFd(a)!, 'send'), receive: socketBufferSize(socketFd(a)!, 'receive') };
+  socketChannel(a, 'tcp:a', {});
+  socketChannel(b, 'tcp:b', {});
+  for (const socket of [a, b]) {
+    for (const which of ['send', 'receive'] as const) {
+      const want = expected(which, true, forced);
+      const got = socketBufferSize(socketFd(socket)!, which);
+      if (want === undefined) assert.equal(got >= before[which], true, `${which}: ${got} < ${before[which]}`);
+      else assert.equal(got, want, which);
+    }
+  }
+  if (forced) assert.equal(socketBufferSize(socketFd(a)!, 'receive'), 64 * MiB);
+});
+
+test('unix: both ends of a migration socket get a 32 MiB send buffer', async (t) => {
+  const forced = await forcePermitted();
+  const { a, b, close } = await socketPair({ path: join(dir, 'pair.sock') });
+  t.after(close);
+  socketChannel(a, 'unix:a', {});
+  socketChannel(b, 'unix:b', {});
+  const want = expected('send', false, forced)!;
+  assert.equal(socketBufferSize(socketFd(a)!, 'send'), want);
+  assert.equal(socketBufferSize(socketFd(b)!, 'send'), want);
+});
