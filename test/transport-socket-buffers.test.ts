@@ -1,15 +1,15 @@
-// Migration sockets get large kernel buffers (src/transport/socket-buffers.ts): both sides
+// Migration sockets to this host get large kernel buffers (src/transport/socket-buffers.ts): both sides
 // of tcp ones, the sending side of unix ones, listeners too (accepted sockets inherit them).
 // With CAP_NET_ADMIN the size is exactly what was asked; without, the sysctl caps decide.
 
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { setSocketBufferSize, socketBufferSize, type SocketBuffer } from '../src/sys/libc.js';
-import { fallbackBufferRequest, MIGRATION_SOCKET_BUFFER } from '../src/transport/socket-buffers.js';
+import { fallbackBufferRequest, isLoopbackAddress, MIGRATION_SOCKET_BUFFER } from '../src/transport/socket-buffers.js';
 import { socketChannel, socketFd } from '../src/transport/socket.js';
 
 const MiB = 1024 * 1024;
@@ -71,7 +71,7 @@ async function socketPair(listenOptions: net.ListenOptions): Promise<{ a: net.So
   return { a, b, close: () => { a.destroy(); b.destroy(); server.close(); } };
 }
 
-test('tcp: both ends of a migration socket get 32 MiB send and receive buffers', async (t) => {
+test('tcp over loopback: both ends of a migration socket get 32 MiB send and receive buffers', async (t) => {
   const forced = await forcePermitted();
   const { a, b, close } = await socketPair({ port: 0, host: '127.0.0.1' });
   t.after(close);
@@ -98,4 +98,35 @@ test('unix: both ends of a migration socket get a 32 MiB send buffer', async (t)
   const want = expected('send', false, forced)!;
   assert.equal(socketBufferSize(socketFd(a)!, 'send'), want);
   assert.equal(socketBufferSize(socketFd(b)!, 'send'), want);
+});
+
+test('isLoopbackAddress: only this host counts as local', () => {
+  for (const local of ['127.0.0.1', '127.1.2.3', '::1', '::ffff:127.0.0.1']) assert.equal(isLoopbackAddress(local), true, local);
+  for (const remote of ['10.0.0.1', '192.168.1.127', '::', '::ffff:10.1.1.1', 'fe80::1', '1127.0.0.1', undefined]) {
+    assert.equal(isLoopbackAddress(remote), false, String(remote));
+  }
+});
+
+test('tcp to a non-loopback address keeps the kernel\'s own sizing (a real network\'s bandwidth shows in the first windows)', async (t) => {
+  const address = Object.values(networkInterfaces()).flat().find((a) => a !== undefined && !a.internal && a.family === 'IPv4')?.address;
+  if (address === undefined) {
+    t.skip('this machine has no non-loopback IPv4 address');
+    return;
+  }
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, address, resolve));
+  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  const a = net.connect((server.address() as net.AddressInfo).port, address);
+  await new Promise((resolve) => a.once('connect', resolve));
+  const b = await accepted;
+  t.after(() => {
+    a.destroy();
+    b.destroy();
+    server.close();
+  });
+  const before = [socketBufferSize(socketFd(a)!, 'send'), socketBufferSize(socketFd(a)!, 'receive')];
+  socketChannel(a, `tcp:${address}`, {});
+  socketChannel(b, `tcp:${address}`, {});
+  assert.deepEqual([socketBufferSize(socketFd(a)!, 'send'), socketBufferSize(socketFd(a)!, 'receive')], before);
+  assert.notEqual(socketBufferSize(socketFd(b)!, 'send'), 2 * MIGRATION_SOCKET_BUFFER);
 });

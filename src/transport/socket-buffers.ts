@@ -4,7 +4,10 @@
 // other side keeps working on meanwhile. Loopback tcp sizes its buffers by itself up to
 // tcp_wmem/tcp_rmem's maximum (4 MiB to send on these machines); with 32 MiB on each side
 // the same migrations ran faster (figures in the README's performance section). Memory is
-// only taken while bytes are queued.
+// only taken while bytes are queued. Only local peers get them (unix sockets, loopback
+// tcp): over a real network tcp's own sizing follows the path's bandwidth-delay product,
+// and a send buffer of tens of MiB would fill at once and make the first bandwidth windows
+// read far above what the link carries.
 
 import { readFileSync } from 'node:fs';
 import { debuglog } from 'node:util';
@@ -57,6 +60,13 @@ export function enlargeSocketBuffers(fd: number, tcp: boolean, description: stri
   if (debug.enabled) {
     debug('transport: %s: socket buffers: send %d B, receive %d B', description, socketBufferSize(fd, 'send'), socketBufferSize(fd, 'receive'));
   }
+}
+
+/** Whether a tcp peer is this host (127.0.0.0/8, ::1, or an IPv4-mapped 127.x address). */
+export function isLoopbackAddress(address: string | undefined): boolean {
+  if (address === undefined) return false;
+  const v4 = address.startsWith('::ffff:') ? address.slice('::ffff:'.length) : address;
+  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(v4) || address === '::1';
 }
 
 function bufferLimits(which: SocketBuffer, tcp: boolean): BufferLimits {

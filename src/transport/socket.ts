@@ -9,7 +9,7 @@ import { TransportError } from '../errors.js';
 import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { adoptWithPooledReads, PooledReads } from './read-pool.js';
-import { enlargeSocketBuffers } from './socket-buffers.js';
+import { enlargeSocketBuffers, isLoopbackAddress } from './socket-buffers.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import { formatMigrationUri, type MigrationUri } from './uri.js';
 
@@ -26,7 +26,7 @@ export interface SocketOptions {
 
 /**
  * Wrap a connected socket; tcp sockets get TCP_NODELAY so the last small write is not held
- * back, and every socket large kernel buffers (socket-buffers.ts). `pooledReads` is given
+ * back, and a socket to this host large kernel buffers (socket-buffers.ts). `pooledReads` is given
  * when the socket was created with its `onread`.
  */
 export function socketChannel(
@@ -38,7 +38,7 @@ export function socketChannel(
   const tcp = socket.remoteFamily !== undefined;
   if (tcp) socket.setNoDelay(true);
   const fd = socketFd(socket);
-  if (fd !== undefined) enlargeSocketBuffers(fd, tcp, description);
+  if (fd !== undefined && (!tcp || isLoopbackAddress(socket.remoteAddress))) enlargeSocketBuffers(fd, tcp, description);
   return new StreamChannel({
     description,
     readable: socket,
@@ -118,9 +118,11 @@ export async function listenSocket(uri: SocketUri, options: SocketOptions = {}):
     server.listen(listenOptions, () => resolve());
   });
   // Connections accepted later inherit these sizes, and tcp's handshake already offers a
-  // window scale that fits them.
+  // window scale that fits them: for a listener only local peers can reach.
   const listenFd = serverFd(server);
-  if (listenFd !== undefined) enlargeSocketBuffers(listenFd, uri.kind === 'tcp', description);
+  const bound = server.address();
+  const local = uri.kind === 'unix' || (bound !== null && typeof bound === 'object' && isLoopbackAddress(bound.address));
+  if (listenFd !== undefined && local) enlargeSocketBuffers(listenFd, uri.kind === 'tcp', description);
   return new SocketListener(server, uri, description, options);
 }
 
