@@ -158,9 +158,9 @@ class KvmAccelerator implements Accelerator {
 
   /**
    * The guest's TSC as of the stop. KVM's TSC MSR goes on counting while the vCPUs are
-   * out of KVM_RUN, so each read of a stopped guest would give another value: the first
-   * read after a pause (or the value a load set) stands for the whole stop, as QEMU's
-   * env->tsc_valid does, and every save until the guest runs again sends that one.
+   * out of KVM_RUN, so each read of a stopped guest would give another value: the value
+   * pause() read (or a load set; or, failing both, the first save's) stands for the whole
+   * stop, as QEMU's env->tsc_valid does, and every save until the guest runs again sends it.
    */
   private freezeTsc(i: number, state: KvmCpuState): void {
     const tsc = state.msrs.find((m) => m.index === MSR_IA32_TSC);
@@ -186,6 +186,15 @@ class KvmAccelerator implements Accelerator {
     const claimed = this.threads.map((t) => t.requestPause());
     await Promise.all(this.threads.map((t, i) => t.finishPause(claimed[i]!)));
     this.isRunning = false;
+    // As QEMU when a VM stops (kvmclock's state handler, kvm_synchronize_all_tsc): the TSC
+    // is read now, and that value stands for the whole stop — not the first save's, which
+    // may come much later (a migration's device state, after its last RAM).
+    for (let i = 0; i < this.vcpus.length && !this.destroyed; i++) {
+      if (this.stoppedTsc[i] !== undefined) continue;
+      const state = this.threads[i]!.state;
+      if (state !== VCPU_PAUSED && state !== VCPU_STOPPED) continue;
+      this.stoppedTsc[i] = this.vcpus[i]!.getMsrs([MSR_IA32_TSC]).entries[0]?.data;
+    }
   }
 
   onExit(listener: (exit: GuestExit) => void): void {
