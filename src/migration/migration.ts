@@ -25,6 +25,7 @@ import type { MigrationStatus } from './states.js';
 import type { MigrationVm } from './vm.js';
 import type { RunState } from '../machine/run-state.js';
 import { NIL_UUID } from '../uuid.js';
+import { keepShape } from '../hot-shapes.js';
 
 export interface MigrationOptions {
   readonly vm: MigrationVm;
@@ -75,6 +76,7 @@ export class Migration {
   #incomingAddress: SocketAddressInfo | undefined;
 
   constructor(options: MigrationOptions) {
+    keepShape(this);
     this.#o = options;
     this.#outgoingState.onChange((status) => {
       // QEMU's migration_iteration_finish: whatever the outcome, the vCPUs run freely again.

@@ -21,6 +21,7 @@ import type { MigrationStateMachine } from './states.js';
 import type { MigrationVm } from './vm.js';
 import type { RunState } from '../machine/run-state.js';
 import type { RateLimiter } from './rate-limiter.js';
+import { keepShape } from '../hot-shapes.js';
 
 export interface OutgoingOptions {
   readonly vm: MigrationVm;
@@ -129,6 +130,7 @@ export class OutgoingMigration {
   #signalCancel: (err: Error) => void = () => {};
 
   constructor(options: OutgoingOptions) {
+    keepShape(this);
     this.#o = options;
     this.#startTime = options.now();
     this.#cancelSignal = new Promise<never>((_, reject) => {

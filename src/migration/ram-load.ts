@@ -11,6 +11,7 @@ import type { RamChunkSink, RamStreamState } from '../stream/ram-codec.js';
 import type { StreamReader } from '../stream/reader.js';
 import { isZeroPage, wordsOf } from './ram-pages.js';
 import type { MigrationVm } from './vm.js';
+import { keepShape } from '../hot-shapes.js';
 
 /** The RAM section version both sides speak (QEMU ram.c). */
 export const RAM_VERSION = 4;
@@ -52,6 +53,7 @@ export class RamLoader implements RamChunkSink {
   readonly #loadState: RamStreamState = { lastBlock: null };
 
   constructor(vm: MigrationVm) {
+    keepShape(this);
     this.#vm = vm;
   }
 

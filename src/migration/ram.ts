@@ -16,6 +16,7 @@ import type { MigrationVm } from './vm.js';
 import type { DirtyPeriod } from './auto-converge.js';
 import { RAM_VERSION, RamLoader } from './ram-load.js';
 import { WORDS_PER_PAGE, isZeroPage, popcount32, wordsOf } from './ram-pages.js';
+import { keepShape } from '../hot-shapes.js';
 
 export { isZeroPage } from './ram-pages.js';
 export { RAM_VERSION } from './ram-load.js';
@@ -133,6 +134,7 @@ export class RamHandler implements SaveVmHandler {
   readonly passes: RamPass[] = [];
 
   constructor(vm: MigrationVm, options: RamHandlerOptions) {
+    keepShape(this);
     this.#vm = vm;
     this.#opts = options;
     this.#sliceMs = options.sliceMs ?? 20;

@@ -3,6 +3,7 @@
 // (QEMU 7.2's qemu_file_rate_limit does not enforce a rate_limit_max of 0).
 
 import { BUFFER_DELAY_MS } from './convergence.js';
+import { keepShape } from '../hot-shapes.js';
 
 const WINDOWS_PER_SECOND = 1000 / BUFFER_DELAY_MS;
 
@@ -13,6 +14,7 @@ export class RateLimiter {
   #used = 0;
 
   constructor(now: () => number, bytesPerSecond: number) {
+    keepShape(this);
     this.#now = now;
     this.#bytesPerSecond = bytesPerSecond;
     this.#windowStart = now();

@@ -9,6 +9,7 @@ import { StreamReader } from '../stream/reader.js';
 import { MIG_RP_MSG_PONG, MIG_RP_MSG_SHUT, be32Bytes, encodeRpMessage, readRpMessage } from '../stream/return-path.js';
 import type { PrecopyCommand } from '../stream/return-path.js';
 import type { Channel } from '../transport/channel.js';
+import { keepShape } from '../hot-shapes.js';
 
 /** How long a failing destination tries to tell the source before it gives up the connection. */
 const FAILURE_SHUT_MS = 1000;
@@ -21,6 +22,7 @@ export class DestinationReturnPath {
   #writeError: Error | undefined;
 
   constructor(channel: Channel, trace?: (message: string) => void) {
+    keepShape(this);
     this.#channel = channel;
     this.#trace = trace;
   }
@@ -100,6 +102,7 @@ export class SourceReturnPath {
   pongs = 0;
 
   constructor(channel: Channel, trace?: (message: string) => void) {
+    keepShape(this);
     const reader = new StreamReader(channel);
     this.shut = (async () => {
       for (;;) {

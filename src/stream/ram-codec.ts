@@ -6,6 +6,7 @@ import { StreamFormatError } from '../errors.js';
 import { hex } from './format.js';
 import type { StreamReader } from './reader.js';
 import type { StreamWriter } from './writer.js';
+import { keepShape } from '../hot-shapes.js';
 
 export const RAM_SAVE_FLAG_ZERO = 0x02;
 export const RAM_SAVE_FLAG_MEM_SIZE = 0x04;
@@ -38,6 +39,7 @@ export class RamChunkWriter {
   readonly #names = new Map<string, Uint8Array>();
 
   constructor(w: StreamWriter) {
+    keepShape(this);
     this.#w = w;
   }
 

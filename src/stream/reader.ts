@@ -4,6 +4,7 @@
 
 import { FerryError, StreamFormatError, StreamTruncatedError, TransportError } from '../errors.js';
 import type { Channel } from '../transport/channel.js';
+import { keepShape } from '../hot-shapes.js';
 
 const EMPTY = new Uint8Array(0);
 
@@ -26,6 +27,7 @@ export class StreamReader {
   readonly #scratchView = new DataView(this.#scratch.buffer);
 
   constructor(channel: Channel) {
+    keepShape(this);
     this.#channel = channel;
   }
 

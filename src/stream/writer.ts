@@ -4,6 +4,7 @@
 
 import { StreamFormatError, TransportError } from '../errors.js';
 import type { Channel, VectoredWriter } from '../transport/channel.js';
+import { keepShape } from '../hot-shapes.js';
 
 const DEFAULT_BUFFER_SIZE = 1024 * 1024;
 const MIN_BUFFER_SIZE = 64;
@@ -52,6 +53,7 @@ export class StreamWriter {
   readonly #refLength: Uint32Array;
 
   constructor(channel: Channel, options?: { bufferSize?: number }) {
+    keepShape(this);
     const size = options?.bufferSize ?? DEFAULT_BUFFER_SIZE;
     if (!Number.isInteger(size) || size < MIN_BUFFER_SIZE) {
       throw new TransportError(`Cannot create a stream writer for ${channel.description}: buffer size ${size} is below ${MIN_BUFFER_SIZE} bytes`);

@@ -10,6 +10,7 @@ import { TransportError } from '../errors.js';
 import { EAGAIN, EINTR, IOV_MAX, IOVEC_BYTES, addressOf, waitWritable, writev } from '../sys/libc.js';
 import type { VectoredBatch } from './channel.js';
 import { toTransportError } from './errors.js';
+import { keepShape } from '../hot-shapes.js';
 
 /** References per batch: each can split the buffer in two, so 2n + 1 entries fit in IOV_MAX. */
 export const DIRECT_MAX_REFS = (IOV_MAX - 1) >> 1;
@@ -32,6 +33,7 @@ export class DirectWrites {
 
   /** `fd` answers the socket's descriptor now, or undefined once it is closed. */
   constructor(description: string, fd: () => number | undefined) {
+    keepShape(this);
     this.#description = description;
     this.#fd = fd;
   }

@@ -3,6 +3,7 @@
 // Reusing warm memory costs a receiver about a third of the CPU of fresh buffers per read.
 
 import net from 'node:net';
+import { keepShape } from '../hot-shapes.js';
 
 /** Size of one receive buffer: one read syscall takes up to this much. */
 export const READ_BUFFER_SIZE = 1024 * 1024;
@@ -17,6 +18,7 @@ export class ReadBufferPool {
   readonly #lent = new WeakSet<ArrayBufferLike>();
 
   constructor(bufferSize = READ_BUFFER_SIZE) {
+    keepShape(this);
     this.bufferSize = bufferSize;
   }
 
@@ -46,6 +48,7 @@ export class PooledReads {
   #early: Uint8Array[] = [];
 
   constructor(pool = new ReadBufferPool()) {
+    keepShape(this);
     this.pool = pool;
     this.onread = {
       buffer: () => this.pool.take(),

@@ -9,6 +9,7 @@ import type { Channel, VectoredBatch, VectoredWriter } from './channel.js';
 import { DIRECT_MAX_REFS, DirectWrites } from './direct-writes.js';
 import { errorCode, toTransportError } from './errors.js';
 import type { PooledReads, ReadBufferPool } from './read-pool.js';
+import { keepShape } from '../hot-shapes.js';
 
 const debug = debuglog('ferry');
 
@@ -84,6 +85,7 @@ export class StreamChannel implements Channel {
   #destroyed = false;
 
   constructor(options: StreamChannelOptions) {
+    keepShape(this);
     this.description = options.description;
     this.#readable = options.readable;
     this.#writable = options.writable;
@@ -432,6 +434,7 @@ class DirectVectoredWriter implements VectoredWriter {
   readonly #channel: StreamChannel;
 
   constructor(channel: StreamChannel) {
+    keepShape(this);
     this.#channel = channel;
   }
 
