@@ -62,6 +62,11 @@ export function enlargeSocketBuffers(fd: number, tcp: boolean, description: stri
   }
 }
 
+/** A connected migration socket: enlargeSocketBuffers() when its peer is on this host (always for unix). */
+export function enlargeIfLocal(fd: number, tcp: boolean, remoteAddress: string | undefined, description: string): void {
+  if (!tcp || isLoopbackAddress(remoteAddress)) enlargeSocketBuffers(fd, tcp, description);
+}
+
 /** Whether a tcp peer is this host (127.0.0.0/8, ::1, or an IPv4-mapped 127.x address). */
 export function isLoopbackAddress(address: string | undefined): boolean {
   if (address === undefined) return false;

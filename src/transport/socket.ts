@@ -9,7 +9,7 @@ import { TransportError } from '../errors.js';
 import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { adoptWithPooledReads, PooledReads } from './read-pool.js';
-import { enlargeSocketBuffers, isLoopbackAddress } from './socket-buffers.js';
+import { enlargeIfLocal, enlargeSocketBuffers, isLoopbackAddress } from './socket-buffers.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import { formatMigrationUri, type MigrationUri } from './uri.js';
 
@@ -38,7 +38,7 @@ export function socketChannel(
   const tcp = socket.remoteFamily !== undefined;
   if (tcp) socket.setNoDelay(true);
   const fd = socketFd(socket);
-  if (fd !== undefined && (!tcp || isLoopbackAddress(socket.remoteAddress))) enlargeSocketBuffers(fd, tcp, description);
+  if (fd !== undefined) enlargeIfLocal(fd, tcp, socket.remoteAddress, description);
   return new StreamChannel({
     description,
     readable: socket,
@@ -214,20 +214,22 @@ class SocketListener implements Listener {
   }
 }
 
-/** The listening descriptor under a net.Server, as socketFd() for a socket. */
-function serverFd(server: net.Server): number | undefined {
-  if (process.platform !== 'linux') return undefined;
-  const fd = (server as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
-  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
-}
-
 /**
  * The descriptor under a net.Socket (its libuv handle's), or undefined when it is closed
  * or not on Linux. Node has no public API for it; `_handle.fd` has been there on POSIX in
  * every supported release.
  */
 export function socketFd(socket: net.Socket): number | undefined {
-  if (socket.destroyed || process.platform !== 'linux') return undefined;
-  const fd = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  return socket.destroyed ? undefined : handleFd(socket);
+}
+
+/** The listening descriptor under a net.Server, as socketFd() for a socket. */
+function serverFd(server: net.Server): number | undefined {
+  return handleFd(server);
+}
+
+function handleFd(owner: net.Socket | net.Server): number | undefined {
+  if (process.platform !== 'linux') return undefined;
+  const fd = (owner as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
   return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
