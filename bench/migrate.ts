@@ -28,6 +28,8 @@ interface Run {
   status: string; totalMs: number; downtimeMs: number; pauseMs: number; bytes: number; passes: number; throughput: number; expectedDowntimeOk: boolean;
   /** Main-thread CPU of source and destination during the migration, and how busy the machine was (0–1). */
   srcMainMs: number; dstMainMs: number; machineBusy: number;
+  /** CPU of both processes, every thread, during the migration. */
+  bothMs: number;
 }
 
 const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up]';
@@ -90,6 +92,7 @@ function median(xs: number[]): number {
 const range = (xs: number[], f: (x: number) => string) => `${f(median(xs))} [${f(Math.min(...xs))}–${f(Math.max(...xs))}]`;
 const ms = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${Math.round(x)} ms`);
 const gbs = (x: number) => `${(x / 1e9).toFixed(2)} GB/s`;
+const secondsPerGB = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)} s` : "—");
 const mb = (x: number) => `${(x / 1e6).toFixed(1)} MB`;
 
 /** Wait until `vm` has warmed its migration code up (ferry run does so once started). */
@@ -163,6 +166,10 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
       srcMainMs: cpu.processes.get(pids[0]!)?.mainMs ?? NaN,
       dstMainMs: cpu.processes.get(pids[1]!)?.mainMs ?? NaN,
       machineBusy: cpu.machineBusy,
+      bothMs: pids.reduce((sum, pid) => {
+        const used = cpu.processes.get(pid);
+        return sum + (used ? used.mainMs + used.otherMs : NaN);
+      }, 0),
     };
   } finally {
     console?.close();
@@ -193,17 +200,28 @@ async function main(): Promise<void> {
   // The ceiling is the best one Node connection reached: raw 'data' events or Ferry's channel.
   const tcpCeiling = Math.max(ceilings.tcpBytesPerSec, ceilings.channelTcpBytesPerSec || 0);
   const unixCeiling = Math.max(ceilings.unixBytesPerSec, ceilings.channelUnixBytesPerSec || 0);
+  // What moving the bytes alone cost the ceiling's two processes, for the case that set it.
+  const ceilingCpu = (raw: 'tcp' | 'unix', channel: 'channel-tcp' | 'channel-unix', rawWon: boolean): number => {
+    const which = rawWon ? raw : channel;
+    return ceilings.senderCpuSecondsPerGB[which] + ceilings.receiverCpuSecondsPerGB[which];
+  };
+  const tcpCeilingCpu = ceilingCpu('tcp', 'channel-tcp', tcpCeiling === ceilings.tcpBytesPerSec);
+  const unixCeilingCpu = ceilingCpu('unix', 'channel-unix', unixCeiling === ceilings.unixBytesPerSec);
   console.log(`Ceilings in this run (two Node processes, one connection, 1 MiB writes): loopback tcp ${gbs(tcpCeiling)}, unix ${gbs(unixCeiling)}; memcpy ${gbs(ceilings.memcpyBytesPerSec)}`);
+  // Every run, so that the spread the medians come from shows (on a shared machine it is wide).
+  const runsOf = (name: 'tcp' | 'unix' | 'channel-tcp' | 'channel-unix') => ceilings.samples[name].map((x) => (x / 1e9).toFixed(2)).join(', ');
+  console.log(`(each ceiling is the better median of raw 'data' events and Ferry's channel; runs in GB/s — raw tcp ${runsOf('tcp')}; channel tcp ${runsOf('channel-tcp')}; raw unix ${runsOf('unix')}; channel unix ${runsOf('channel-unix')})`);
   console.log(`The host backed fresh memory at ${describeFirstTouch(ceilings.firstTouchBytesPerSec)}: ~0.6 GB/s is memory this VM never used before (its nested hypervisor maps it on first touch), ~20 GB/s memory it did. A lazy destination pays this for every page it receives.`);
   console.log('');
   console.log('Destination "lazy" backs its RAM 2 MiB at a time as pages arrive (the default); "prealloc" was started with --mem-prealloc, as QEMU\'s -mem-prealloc.');
   console.log('');
   console.log('CPU: main-thread CPU time of the source and the destination during the migration, and how busy the machine\'s cores were (from /proc, 10 ms ticks).');
+  console.log(`CPU per GB: both processes' CPU time (every thread, a running guest's own included: the sim workload's thread, KVM's vCPUs) per GB sent — less noisy than throughput on a shared machine; the ceiling's sender and receiver together used ${secondsPerGB(tcpCeilingCpu)} over tcp and ${secondsPerGB(unixCeilingCpu)} over unix: what moving the bytes alone costs.`);
   console.log('');
   console.log('Guest paused: from the source\'s STOP event to the destination\'s RESUME (QMP timestamps, one clock): what the guest\'s users see; downtime ends when the source has sent its last byte.');
   console.log('');
-  console.log('| RAM | guest | destination | transport | total time | downtime | guest paused | throughput | % of socket ceiling | sent | passes | converged | CPU src / dst main | machine busy |');
-  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  console.log('| RAM | guest | destination | transport | total time | downtime | guest paused | throughput | % of socket ceiling | sent | passes | converged | CPU src / dst main | machine busy | CPU per GB |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   const dir = mkdtempSync(join(tmpdir(), 'ferry-bench-'));
   try {
     for (const cell of cells) {
@@ -211,9 +229,10 @@ async function main(): Promise<void> {
       for (let rep = 0; rep < reps; rep++) runs.push(await migrateOnce(dir, cell, rep));
       const ok = runs.filter((r) => r.status === 'completed');
       const ceiling = cell.transport === 'tcp' ? tcpCeiling : unixCeiling;
+      const cpuPerGB = median(ok.map((r) => r.bothMs / 1000 / (r.bytes / 1e9)));
       const isIdle = /idle/.test(cell.guest);
       const paused = ok.map((r) => r.pauseMs).filter((x) => Number.isFinite(x));
-      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % |`);
+      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
     }
     if (overruns.length > 0) {
       console.log(`\nRuns whose downtime overran the ${downtimeLimit} ms limit, and where it went (the source's trace):`);
