@@ -3,9 +3,9 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ConfigError, QmpError } from '../src/errors.js';
 import { parseQmpArguments, qmpCommand, type QmpCommandIo } from '../src/cli/qmp-command.js';
 import { QmpServer } from '../src/qmp/server.js';
@@ -60,7 +60,10 @@ describe('qmpCommand against a Ferry server', () => {
     path = join(mkdtempSync(join(tmpdir(), 'ferry-qmpcli-')), 'q.sock');
     await server.listen(`unix:${path}`);
   });
-  after(() => server.close());
+  after(async () => {
+    await server.close();
+    rmSync(dirname(path), { recursive: true, force: true });
+  });
 
   test('prints the return value as one JSON line, or indented with --pretty', async () => {
     const io = capture();

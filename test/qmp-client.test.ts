@@ -4,7 +4,7 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,7 @@ import { QmpServer } from '../src/qmp/server.js';
 import { t } from '../src/qmp/schema.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ferry-qmpc-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('QmpClient against a Ferry server', () => {
   let server: QmpServer;

@@ -5,7 +5,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { closeSync, fstatSync, mkdtempSync, readdirSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, mkdtempSync, readdirSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import koffi from 'koffi';
@@ -15,6 +15,7 @@ import { FdRegistry } from '../src/qmp/fd-registry.js';
 import { QmpServer } from '../src/qmp/server.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ferry-getfd-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
 const pipeFn = koffi.load('libc.so.6').func('int pipe(_Out_ int *fds)') as (fds: number[]) => number;
 
 function makePipe(): [number, number] {

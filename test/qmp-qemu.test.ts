@@ -5,7 +5,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, rmSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +21,8 @@ const qemuMissing = spawnSync(QEMU, ['--version'], { stdio: 'ignore' }).status !
   : false;
 
 const dir = mkdtempSync(join(tmpdir(), 'ferry-qemu-qmp-'));
+// The sockets' directory goes once every test in this file has run.
+after(() => rmSync(dir, { recursive: true, force: true }));
 const pipeFn = koffi.load('libc.so.6').func('int pipe(_Out_ int *fds)') as (fds: number[]) => number;
 
 function startQemu(socketPath: string): ChildProcess {

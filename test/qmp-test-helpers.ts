@@ -4,7 +4,7 @@
 
 import { after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -114,6 +114,7 @@ const raws = new Set<Raw>();
 after(async () => {
   for (const raw of raws) raw.destroy();
   await Promise.all([...servers].map((s) => s.close()));
+  rmSync(dir, { recursive: true, force: true });
 });
 
 export function track(server: QmpServer): QmpServer {

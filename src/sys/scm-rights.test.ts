@@ -1,6 +1,6 @@
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, mkdtempSync, readSync, writeSync } from 'node:fs';
+import { closeSync, mkdtempSync, readSync, rmSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,8 +21,12 @@ interface Pair {
   client: net.Socket;
 }
 
+const dir = mkdtempSync(join(tmpdir(), 'ferry-scm-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+let pairs = 0;
+
 async function socketPair(): Promise<Pair> {
-  const path = join(mkdtempSync(join(tmpdir(), 'ferry-scm-')), 's.sock');
+  const path = join(dir, `s${++pairs}.sock`);
   let accepted: net.Socket | undefined;
   const server = net.createServer({ pauseOnConnect: true }, (s) => (accepted = s));
   await new Promise<void>((resolve) => server.listen(path, resolve));
