@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import {
   ConfigError, FerryError, GuestCrashError, KvmUnavailableError, MigrationCancelledError, MigrationError,
   QmpError, StreamFormatError, StreamTruncatedError, SystemCallError, TransportError, VmStateError, errorMessage,
+  streamErrorMessage,
 } from './errors.js';
 
 test('every error has a stable code, its own name, and is a FerryError', () => {
@@ -38,4 +39,19 @@ test('errors keep what callers act on: offset and section, errno, QMP class, reg
   assert.equal(new MigrationCancelledError().message, 'Migration was cancelled');
   assert.equal(errorMessage(new TransportError('refused')), 'refused');
   assert.equal(errorMessage('plain'), 'plain');
+});
+
+test('a stream error reported by a destination says where the stream broke', () => {
+  // A page's offset in its block is not the stream's: the stream offset is added.
+  assert.equal(
+    streamErrorMessage(new StreamFormatError('Cannot load RAM page at offset 4096 of block "pc.ram" (8192 bytes)', 70123, 'ram')),
+    'Cannot load RAM page at offset 4096 of block "pc.ram" (8192 bytes) (stream offset 70123, section "ram")',
+  );
+  assert.equal(streamErrorMessage(new StreamTruncatedError('x', 9)), 'x (stream offset 9)');
+  // A message that already gives the stream offset is left as it is.
+  const named = 'Stream ended at offset 812 in section "serial": needed 2 bytes at offset 810, only 0 remain';
+  assert.equal(streamErrorMessage(new StreamTruncatedError(named, 810, 'serial')), named);
+  // Other errors: the message alone.
+  assert.equal(streamErrorMessage(new TransportError('peer gone')), 'peer gone');
+  assert.equal(streamErrorMessage('plain'), 'plain');
 });

@@ -114,3 +114,16 @@ export class VmStateError extends FerryError {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/**
+ * What a destination reports when a stream fails to load: the error's message, and for a
+ * malformed or truncated stream where in it the error was found — the byte offset and the
+ * section — when the message does not already give that offset (many name an offset of
+ * their own, such as a page's place in its RAM block, which is not where the stream broke).
+ */
+export function streamErrorMessage(err: unknown): string {
+  const message = errorMessage(err);
+  if (!(err instanceof StreamFormatError || err instanceof StreamTruncatedError)) return message;
+  if (message.includes(`offset ${err.offset}`)) return message;
+  return `${message} (stream offset ${err.offset}${err.section !== undefined ? `, section "${err.section}"` : ''})`;
+}

@@ -2,7 +2,7 @@
 // query-migrate, parameters and capabilities, "info migrate", status listeners. It owns
 // the status machines and builds the savevm handler table for each run.
 
-import { MigrationError, errorMessage } from '../errors.js';
+import { MigrationError, errorMessage, streamErrorMessage } from '../errors.js';
 import type { Channel, Listener } from '../transport/channel.js';
 import { StreamReader } from '../stream/reader.js';
 import { loadVmStream } from './incoming.js';
@@ -231,7 +231,7 @@ export class Migration {
       // The source waits for this to run its guest again (QEMU sends SHUT 1 as well).
       await returnPath?.shutAfterFailure();
       channel?.destroy(err instanceof Error ? err : undefined);
-      this.#incomingError = errorMessage(err);
+      this.#incomingError = streamErrorMessage(err);
       this.#o.trace?.(`migration: incoming failed: ${this.#incomingError}`);
       if (isMigrationRunning(this.#incomingState.status)) this.#incomingState.transition('failed');
     } finally {

@@ -2,7 +2,7 @@
 // devices) through the VMState engine, plus QEMU's "globalstate" section that carries
 // the source's run state so a paused source gives a paused destination.
 
-import { StreamFormatError } from '../errors.js';
+import { StreamFormatError, VmStateError } from '../errors.js';
 import type { StateSection } from '../hypervisor/types.js';
 import type { RunState } from '../machine/run-state.js';
 import type { StreamReader } from '../stream/reader.js';
@@ -15,10 +15,13 @@ import type { SaveVmHandler } from './savevm.js';
 /**
  * A StateSection as a FULL-section handler. Loaded state is kept aside and installed by
  * commit(), after the whole stream was read and checked, so a stream that breaks later
- * leaves the destination's devices untouched.
+ * leaves the destination's devices untouched. A value the device refuses at commit is a
+ * fault of the stream: the error names the section and where its data began, and the
+ * device keeps the state it had (as do those committed before it: rollback()).
  */
 export function stateSectionHandler(section: StateSection): SaveVmHandler {
-  let loaded: VmStateValue | undefined;
+  let loaded: { value: VmStateValue; offset: number; name: string } | undefined;
+  let replaced: VmStateValue | undefined;
   return {
     idstr: section.idstr,
     instanceId: section.instanceId,
@@ -32,14 +35,31 @@ export function stateSectionHandler(section: StateSection): SaveVmHandler {
       vmstateWarmUp(section.description);
     },
     async load(r: StreamReader, versionId: number, name: string): Promise<void> {
-      loaded = await vmstateLoad(r, section.description, versionId, name);
+      const offset = r.offset;
+      loaded = { value: await vmstateLoad(r, section.description, versionId, name), offset, name };
     },
     commit(): void {
-      if (loaded !== undefined) section.load(loaded);
+      if (loaded === undefined) return;
+      const { value, offset, name } = loaded;
       loaded = undefined;
+      const before = section.save();
+      try {
+        section.load(value);
+      } catch (err) {
+        // Whatever the refused load already set goes back to what it was.
+        section.load(before);
+        if (err instanceof VmStateError) throw new StreamFormatError(err.message, offset, name, { cause: err });
+        throw err;
+      }
+      replaced = before;
+    },
+    rollback(): void {
+      if (replaced !== undefined) section.load(replaced);
+      replaced = undefined;
     },
     cleanup(): void {
       loaded = undefined;
+      replaced = undefined;
     },
   };
 }
@@ -57,6 +77,15 @@ export const GLOBAL_STATE_DESCRIPTION: VmStateDescription = {
 
 const RUNSTATE_BYTES = 100;
 
+/**
+ * QEMU 7.2's RunState names (qapi/run-state.json): a stream may carry any of them, and
+ * QEMU refuses one that is not among them (global_state_post_load) — so does Ferry.
+ */
+const QEMU_RUN_STATES: ReadonlySet<string> = new Set([
+  'debug', 'inmigrate', 'internal-error', 'io-error', 'paused', 'postmigrate', 'prelaunch', 'finish-migrate',
+  'restore-vm', 'running', 'save-vm', 'shutdown', 'suspended', 'watchdog', 'guest-panicked', 'colo',
+]);
+
 export interface GlobalStateHandler extends SaveVmHandler {
   /** The run state the source reported, once a stream carried it. */
   readonly received: string | undefined;
@@ -73,6 +102,7 @@ function globalStateValue(runState: RunState): VmStateValue {
 export function globalStateHandler(runState: () => RunState): GlobalStateHandler {
   let received: string | undefined;
   let pending: string | undefined;
+  let before: string | undefined;
   return {
     idstr: 'globalstate',
     instanceId: 0,
@@ -95,10 +125,18 @@ export function globalStateHandler(runState: () => RunState): GlobalStateHandler
         throw new StreamFormatError(`Cannot load section "${name}": run state size ${String(size)} is not 1 to ${RUNSTATE_BYTES}`, r.offset, name);
       }
       const end = bytes.indexOf(0);
-      pending = new TextDecoder().decode(bytes.subarray(0, end < 0 ? size : Math.min(end, size)));
+      const state = new TextDecoder().decode(bytes.subarray(0, end < 0 ? size : Math.min(end, size)));
+      if (!QEMU_RUN_STATES.has(state)) {
+        throw new StreamFormatError(`Cannot load section "${name}": unknown run state ${JSON.stringify(state)}`, r.offset, name);
+      }
+      pending = state;
     },
     commit(): void {
+      before = received;
       received = pending;
+    },
+    rollback(): void {
+      received = before;
     },
     cleanup(): void {
       pending = undefined;
