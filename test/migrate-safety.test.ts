@@ -3,9 +3,10 @@
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FerryProcess } from '../src/cli/ferry-process.js';
-import { migrateSlowly, scratch, sleep, started, waitMigration, type MigrateInfo } from './e2e-helpers.js';
+import { migrateSlowly, runFerry, scratch, sleep, started, waitMigration, type MigrateInfo } from './e2e-helpers.js';
 
 const ARGS = ['-m', '64M', '--accel', 'sim', '--guest', 'builtin:sweep,rate=20000'];
 
@@ -105,4 +106,31 @@ test('a workload that cannot converge stays active with passes counting, and can
   await source.execute('migrate_cancel');
   await waitMigration(source, (i) => i.status === 'cancelled');
   await assertRunning(source);
+});
+
+test('a corrupted or truncated snapshot file: ferry run --incoming "exec:cat FILE" says where it broke and never runs the guest', async (t) => {
+  const dir = scratch(t);
+  const source = await started(t, dir, 'src', ARGS);
+  const file = join(dir, 'vm.snapshot');
+  await source.execute('migrate', { uri: `exec:cat > ${file}` });
+  await waitMigration(source, (i) => i.status === 'completed', 60_000);
+  const saved = readFileSync(file);
+  // The CPU's section: its idstr is written once, in its section header.
+  const cpu = saved.indexOf(Buffer.from('\x03cpu', 'latin1'));
+  assert.ok(cpu > 0, 'the snapshot has a "cpu" section');
+  const variants: Array<[string, Buffer, RegExp]> = [
+    ['cut in the middle of its RAM', saved.subarray(0, saved.length >> 1), /Stream ended at offset \d+/],
+    ['cut inside the CPU\'s section', saved.subarray(0, cpu + 20), /Stream ended at offset \d+ in section "cpu"/],
+    ['the CPU section\'s version raised to 9', Buffer.concat([saved.subarray(0, cpu + 8), Buffer.from([0, 0, 0, 9]), saved.subarray(cpu + 12)]), /"cpu".*version 9.*offset \d+/],
+  ];
+  for (const [what, bytes, expected] of variants) {
+    const broken = join(dir, 'broken.snapshot');
+    writeFileSync(broken, bytes);
+    const run = await runFerry(['run', ...ARGS, '--incoming', `exec:cat ${broken}`, '--serial', 'null']);
+    assert.equal(run.code, 1, `${what}: exit ${run.code}\n${run.stderr}`);
+    assert.match(run.stderr, /incoming migration failed/, what);
+    assert.match(run.stderr, expected, what);
+    assert.doesNotMatch(run.stderr, /\bat .*\.js:\d+/, `${what}: no stack trace without --debug`);
+    t.diagnostic(`${what}: ${run.stderr.trim().split('\n').pop()}`);
+  }
 });

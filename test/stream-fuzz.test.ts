@@ -16,6 +16,7 @@ import type { VmdescDevice } from '../src/stream/format.js';
 import { RamChunkWriter, readRamChunks, xbzrleDecode, xbzrleEncode } from '../src/stream/ram-codec.js';
 import type { RamChunkSink } from '../src/stream/ram-codec.js';
 import { walkStream } from '../src/stream/stream-walker.js';
+import { prng } from '../src/stream/testing.js';
 import type { SectionLoader } from '../src/stream/stream-walker.js';
 import { vmstateLoad, vmstateSave } from '../src/migration/vmstate.js';
 import type { VmStateDescription, VmStateValue } from '../src/migration/vmstate-types.js';
@@ -28,18 +29,6 @@ const RAM_PAGES = 8;
 const CASE_TIMEOUT_MS = 5000;
 /** Memory the decoder may hold at once for a ~20 KB stream: generous, but far from absurd. */
 const MAX_ARRAY_BUFFERS = 256 * 1024 * 1024;
-
-/** mulberry32: small, fast, and the same sequence on every machine. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const TIMER: VmStateDescription = {
   name: 'timer', version: 1, minimumVersion: 1,

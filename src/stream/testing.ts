@@ -36,3 +36,15 @@ export function toHex(bytes: Uint8Array): string {
 export function asciiHex(text: string): string {
   return toHex(new TextEncoder().encode(text));
 }
+
+/** mulberry32: a small seeded generator (0 ≤ x < 1), the same sequence on every machine — for fuzzers. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
