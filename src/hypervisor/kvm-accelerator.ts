@@ -144,6 +144,9 @@ class KvmAccelerator implements Accelerator {
           trace('kvm: vCPU %d refused MSRs %s on load', i, refusedMsrs.map((m) => '0x' + m.toString(16)).join(', '));
         }
       },
+      check: (value) => {
+        cpuStateFromValue(value);
+      },
     }));
   }
 

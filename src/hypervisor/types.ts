@@ -73,6 +73,12 @@ export interface StateSection {
   save(): VmStateValue;
   /** Install loaded state; only called while the guest is not running. Throws VmStateError on a value it refuses. */
   load(state: VmStateValue): void;
+  /**
+   * Throw the VmStateError load() would for this value, changing nothing: a destination
+   * calls it as each section arrives, so that a refused value fails the stream before any
+   * state is installed. Optional: a section without it is checked only by load().
+   */
+  check?(state: VmStateValue): void;
 }
 
 /** How the guest stopped on its own. */

@@ -9,7 +9,7 @@ import { readHeader, readSectionFooter, readSectionHeader, readVmdesc } from '..
 import type { Vmdesc } from '../stream/format.js';
 import { precopyCommand, type PrecopyCommand } from '../stream/return-path.js';
 import { formatUuid } from '../uuid.js';
-import type { SaveVmEntry, SaveVmHandler, SaveVmRegistry } from './savevm.js';
+import type { SaveVmEntry, SaveVmRegistry } from './savevm.js';
 
 export interface LoadedStream {
   readonly machineType: string;
@@ -92,16 +92,6 @@ export async function loadVmStream(
   }
   // A stream may end at EOF (older writers); a vmdesc after it is read and checked when present.
   const vmdesc = await readVmdesc(r);
-  // All or nothing: a device that refuses its loaded state undoes the ones installed before it.
-  const committed: SaveVmHandler[] = [];
-  try {
-    for (const { handler } of registry.entries) {
-      handler.commit?.();
-      committed.push(handler);
-    }
-  } catch (err) {
-    for (const handler of committed.reverse()) handler.rollback?.();
-    throw err;
-  }
+  for (const { handler } of registry.entries) handler.commit?.();
   return { machineType, vmdesc, sections };
 }

@@ -37,14 +37,8 @@ export interface SaveVmHandler {
   warmUp?(): void;
   /** Destination: read one section's data (START/PART/END/FULL) of stream version `versionId`. */
   load(r: StreamReader, versionId: number, section: string): Promise<void>;
-  /**
-   * Destination, after EOF with every section read: install what load() kept aside. May
-   * refuse (a device that rejects a value the stream carried): it then leaves its state
-   * as it was and throws.
-   */
+  /** Destination, after EOF with every section read: install what load() kept aside. */
   commit?(): void;
-  /** Destination: a later handler's commit() failed; put back what this one's commit() replaced. */
-  rollback?(): void;
   /** Both sides, success or not: release what setup or load took (dirty logging off). */
   cleanup?(): void;
 }

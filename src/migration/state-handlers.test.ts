@@ -3,9 +3,11 @@ import assert from 'node:assert/strict';
 import { StreamFormatError, VmStateError } from '../errors.js';
 import type { StateSection } from '../hypervisor/types.js';
 import type { RunState } from '../machine/run-state.js';
+import type { StreamReader } from '../stream/reader.js';
 import { readerOf, writtenBytes } from '../stream/testing.js';
 import { GLOBAL_STATE_DESCRIPTION, globalStateHandler, stateSectionHandler } from './state-handlers.js';
 import { vmstateSave } from './vmstate.js';
+import type { VmStateValue } from './vmstate-types.js';
 
 /** The globalstate section's body as a source in `state` writes it. */
 function section(state: string): Promise<Uint8Array> {
@@ -55,51 +57,68 @@ test('globalstate: a run state QEMU does not know is refused, naming the section
   }
 });
 
-/** A device with one 32-bit register whose load() sets it, then refuses odd values (having set it). */
-function device(): StateSection & { value: number } {
+/** A device with one 32-bit register that refuses odd values but 7 (its reset value). */
+function device(options: { withCheck: boolean }): StateSection & { value: number; loads: number } {
   const description = { name: 'dev', version: 1, minimumVersion: 1, fields: [{ name: 'reg', type: 'uint32' as const }] };
+  const refuse = (state: VmStateValue): void => {
+    const reg = Number(state['reg']);
+    if (reg % 2 === 1 && reg !== 7) throw new VmStateError(`Cannot load section "dev": register ${reg} is odd`);
+  };
   return {
     idstr: 'dev',
     instanceId: 0,
     description,
     value: 7,
+    loads: 0,
     save() {
       return { reg: this.value };
     },
     load(state) {
+      this.loads++;
+      refuse(state);
       this.value = Number(state['reg']);
-      if (this.value % 2 === 1 && this.value !== 7) throw new VmStateError(`Cannot load section "dev": register ${this.value} is odd`);
     },
+    ...(options.withCheck ? { check: refuse } : {}),
   };
 }
 
-test('a device that refuses its loaded state: the error names the section and where its data began, and it keeps its state', async () => {
-  const dev = device();
-  const handler = stateSectionHandler(dev);
+/** The section's data with a byte before it, so that where it begins is not offset 0. */
+async function afterOneByte(reg: number): Promise<StreamReader> {
   const bytes = await writtenBytes((w) => {
-    w.u8(0xaa); // something before the section's data, so that its offset is not 0
-    vmstateSave(w, dev.description, { reg: 9 });
+    w.u8(0xaa);
+    vmstateSave(w, device({ withCheck: false }).description, { reg });
   });
   const r = readerOf(bytes);
   await r.ensure(1);
   r.u8();
-  await handler.load(r, 1, 'dev');
-  assert.throws(() => handler.commit!(), (err: unknown) => {
-    assert.ok(err instanceof StreamFormatError, String(err));
-    assert.equal(err.offset, 1);
-    assert.equal(err.section, 'dev');
-    assert.equal(err.message, 'Cannot load section "dev": register 9 is odd');
-    return true;
-  });
-  assert.equal(dev.value, 7, 'the value the refused load set was put back');
+  return r;
+}
+
+function refusedAtOffset1(err: unknown): boolean {
+  assert.ok(err instanceof StreamFormatError, String(err));
+  assert.equal(err.offset, 1);
+  assert.equal(err.section, 'dev');
+  assert.equal(err.message, 'Cannot load section "dev": register 9 is odd');
+  return true;
+}
+
+test('a value the device checks is refused as the section arrives, naming the section and where its data began', async () => {
+  const dev = device({ withCheck: true });
+  const handler = stateSectionHandler(dev);
+  await assert.rejects(handler.load(await afterOneByte(9), 1, 'dev'), refusedAtOffset1);
+  handler.commit!();
+  assert.equal(dev.loads, 0, 'nothing was installed');
+  assert.equal(dev.value, 7);
 });
 
-test('a committed device gets its state back when a later one refuses (rollback)', async () => {
-  const dev = device();
+test('a device without check() refuses at commit, with the same error', async () => {
+  const dev = device({ withCheck: false });
   const handler = stateSectionHandler(dev);
-  await handler.load(readerOf(await writtenBytes((w) => { vmstateSave(w, dev.description, { reg: 4 }); })), 1, 'dev');
-  handler.commit!();
-  assert.equal(dev.value, 4);
-  handler.rollback!();
+  await handler.load(await afterOneByte(9), 1, 'dev');
+  assert.throws(() => handler.commit!(), refusedAtOffset1);
   assert.equal(dev.value, 7);
+  const good = stateSectionHandler(dev);
+  await good.load(await afterOneByte(4), 1, 'dev');
+  good.commit!();
+  assert.equal(dev.value, 4);
 });

@@ -13,15 +13,14 @@ import type { VmStateDescription, VmStateValue } from './vmstate-types.js';
 import type { SaveVmHandler } from './savevm.js';
 
 /**
- * A StateSection as a FULL-section handler. Loaded state is kept aside and installed by
- * commit(), after the whole stream was read and checked, so a stream that breaks later
- * leaves the destination's devices untouched. A value the device refuses at commit is a
- * fault of the stream: the error names the section and where its data began, and the
- * device keeps the state it had (as do those committed before it: rollback()).
+ * A StateSection as a FULL-section handler. Loaded state is checked by the section as it
+ * arrives (StateSection.check) and kept aside; commit() installs it after the whole stream
+ * was read and checked, so a stream that breaks later — or carries a value a device
+ * refuses — leaves the destination's devices untouched. A refused value is a fault of the
+ * stream: the error names the section and where its data began.
  */
 export function stateSectionHandler(section: StateSection): SaveVmHandler {
   let loaded: { value: VmStateValue; offset: number; name: string } | undefined;
-  let replaced: VmStateValue | undefined;
   return {
     idstr: section.idstr,
     instanceId: section.instanceId,
@@ -36,32 +35,31 @@ export function stateSectionHandler(section: StateSection): SaveVmHandler {
     },
     async load(r: StreamReader, versionId: number, name: string): Promise<void> {
       const offset = r.offset;
-      loaded = { value: await vmstateLoad(r, section.description, versionId, name), offset, name };
+      const value = await vmstateLoad(r, section.description, versionId, name);
+      atSection(offset, name, () => section.check?.(value));
+      loaded = { value, offset, name };
     },
     commit(): void {
       if (loaded === undefined) return;
       const { value, offset, name } = loaded;
       loaded = undefined;
-      const before = section.save();
-      try {
-        section.load(value);
-      } catch (err) {
-        // Whatever the refused load already set goes back to what it was.
-        section.load(before);
-        if (err instanceof VmStateError) throw new StreamFormatError(err.message, offset, name, { cause: err });
-        throw err;
-      }
-      replaced = before;
-    },
-    rollback(): void {
-      if (replaced !== undefined) section.load(replaced);
-      replaced = undefined;
+      // What check() cannot know, the hypervisor or emulator may still refuse here.
+      atSection(offset, name, () => section.load(value));
     },
     cleanup(): void {
       loaded = undefined;
-      replaced = undefined;
     },
   };
+}
+
+/** Run `fn`; a VmStateError from it becomes a StreamFormatError at the section's data. */
+function atSection(offset: number, name: string, fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof VmStateError) throw new StreamFormatError(err.message, offset, name, { cause: err });
+    throw err;
+  }
 }
 
 /** QEMU's global state: `uint32 size` then a 100-byte NUL-padded run state name. */
@@ -102,7 +100,6 @@ function globalStateValue(runState: RunState): VmStateValue {
 export function globalStateHandler(runState: () => RunState): GlobalStateHandler {
   let received: string | undefined;
   let pending: string | undefined;
-  let before: string | undefined;
   return {
     idstr: 'globalstate',
     instanceId: 0,
@@ -132,11 +129,7 @@ export function globalStateHandler(runState: () => RunState): GlobalStateHandler
       pending = state;
     },
     commit(): void {
-      before = received;
       received = pending;
-    },
-    rollback(): void {
-      received = before;
     },
     cleanup(): void {
       pending = undefined;

@@ -178,6 +178,9 @@ class SimAccelerator implements Accelerator {
         if (this.isRunning) throw new VmStateError('Cannot load section "cpu" while the sim workload is running');
         writeCpuState(this.cpu, loadCpuState(state, config.memorySize));
       },
+      check: (state: VmStateValue): void => {
+        loadCpuState(state, config.memorySize);
+      },
     }];
 
     const channel = new MessageChannel();

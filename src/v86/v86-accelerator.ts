@@ -257,6 +257,9 @@ export class V86Accelerator implements Accelerator {
       description: V86_STATE_DESCRIPTION,
       save: () => this.#saveState(),
       load: (state) => this.#loadState(state),
+      check: (state) => {
+        this.#checkState(state);
+      },
     }];
     this.#installBursts();
     this.#onSerialByte = (byte: number) => this.#serialOut(byte);
@@ -402,6 +405,28 @@ export class V86Accelerator implements Accelerator {
 
   #loadState(value: VmStateValue): void {
     if (this.running) throw new VmStateError('Cannot load the v86 state while the guest runs');
+    const { state, timeOrigin } = this.#checkState(value);
+    const cpu = this.#core.cpu;
+    // RAM is already in place: the no-op keeps set_state from zeroing and unpacking it.
+    cpu.unpack_memory = () => {};
+    try {
+      this.#core.restore_state(state.slice().buffer);
+    } catch (err) {
+      throw new VmStateError(`Cannot load the v86 state (${state.byteLength} bytes): v86 refused it: ${errorMessage(err)}`, { cause: err });
+    } finally {
+      delete cpu.unpack_memory;
+    }
+    // v86's timers hold performance.now() readings, which count from each process's
+    // start: move them onto this process's clock (a no-op within one process).
+    const shift = Number(timeOrigin) / 1000 - performance.timeOrigin;
+    const pit = cpu.devices.pit;
+    if (pit !== undefined && shift !== 0) {
+      for (let i = 0; i < pit.counter_start_time.length; i++) pit.counter_start_time[i] = pit.counter_start_time[i]! + shift;
+    }
+  }
+
+  /** What #loadState refuses before it hands the state to v86, without changing anything. */
+  #checkState(value: VmStateValue): { state: Uint8Array; timeOrigin: bigint } {
     const state = value['state'];
     const release = value['v86_release'];
     const memorySize = value['memory_size'];
@@ -424,23 +449,7 @@ export class V86Accelerator implements Accelerator {
     if (summary.memoryBytes !== 0) {
       throw new VmStateError(`Cannot load the v86 state: it carries ${summary.memoryBytes} bytes of guest RAM; Ferry's sections must not (RAM travels in the "ram" section)`);
     }
-    const cpu = this.#core.cpu;
-    // RAM is already in place: the no-op keeps set_state from zeroing and unpacking it.
-    cpu.unpack_memory = () => {};
-    try {
-      this.#core.restore_state(state.slice().buffer);
-    } catch (err) {
-      throw new VmStateError(`Cannot load the v86 state (${state.byteLength} bytes): v86 refused it: ${errorMessage(err)}`, { cause: err });
-    } finally {
-      delete cpu.unpack_memory;
-    }
-    // v86's timers hold performance.now() readings, which count from each process's
-    // start: move them onto this process's clock (a no-op within one process).
-    const shift = Number(timeOrigin) / 1000 - performance.timeOrigin;
-    const pit = cpu.devices.pit;
-    if (pit !== undefined && shift !== 0) {
-      for (let i = 0; i < pit.counter_start_time.length; i++) pit.counter_start_time[i] = pit.counter_start_time[i]! + shift;
-    }
+    return { state, timeOrigin };
   }
 }
 

@@ -152,6 +152,9 @@ export class Serial16550 {
       description: SERIAL_STATE_DESCRIPTION,
       save: () => this.save(),
       load: (state) => this.load(state),
+      check: (state) => {
+        serialStateFromValue(state);
+      },
     };
   }
 
