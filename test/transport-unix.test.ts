@@ -93,3 +93,37 @@ test('unix: connecting to a missing socket is a TransportError naming the path',
     return true;
   });
 });
+
+test('unix and tcp: unsent() counts what the peer has not taken yet, and falls to 0 once it has', async () => {
+  for (const uri of [`unix:${join(dir, 'unsent.sock')}`, 'tcp:127.0.0.1:0']) {
+    const listener = await listen(uri);
+    const accepted = listener.accept();
+    const source = await connect(listener.address);
+    const destination = await accepted;
+    try {
+      assert.equal(source.unsent?.(), 0, `${uri}: nothing written yet`);
+      const data = randomPayload(3 * MiB);
+      await source.write(data);
+      // The destination has read nothing. A unix socket's queue counts the memory the
+      // kernel holds for the bytes (a little more than them); tcp's, what the loopback
+      // has not acknowledged (the bytes may already sit in the peer's receive queue).
+      const queued = source.unsent!();
+      if (uri.startsWith('unix:')) assert.ok(queued >= data.byteLength && queued < data.byteLength * 1.1, `unix: ${queued} bytes queued`);
+      else assert.ok(queued >= 0 && queued <= data.byteLength, `tcp: ${queued} bytes queued`);
+      let got = 0;
+      while (got < data.byteLength) {
+        const chunk = await destination.read();
+        assert.ok(chunk, 'the stream ended early');
+        got += chunk.byteLength;
+        destination.release?.(chunk);
+      }
+      const deadline = Date.now() + 5000;
+      while (source.unsent!() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(source.unsent!(), 0, `${uri}: all taken`);
+    } finally {
+      source.destroy();
+      destination.destroy();
+      await listener.close();
+    }
+  }
+});

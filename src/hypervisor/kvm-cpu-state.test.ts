@@ -4,11 +4,13 @@
 // so this test does not depend on the migration engine.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { VmStateError } from '../errors.js';
+import { FerryError, VmStateError } from '../errors.js';
 import { REG_NAMES, SEGMENT_NAMES } from '../kvm/structs.js';
 import type { KvmSregs } from '../kvm/structs.js';
 import type { KvmCpuState } from '../kvm/vcpu.js';
 import type { VmStateDescription, VmStateField, VmStateValue } from '../migration/vmstate-types.js';
+import { vmstateLoad, vmstateSave } from '../migration/vmstate.js';
+import { prng, readerOf, writtenBytes } from '../stream/testing.js';
 import { CPU_STATE_DESCRIPTION, cpuStateFromValue, cpuStateToValue } from './kvm-cpu-state.js';
 
 const SIZES: Record<string, number> = { uint8: 1, uint16: 2, uint32: 4, uint64: 8 };
@@ -128,4 +130,30 @@ test('loading refuses wrong types, missing fields and oversized counts, naming t
   assert.throws(() => cpuStateFromValue({ ...good, xsave_len: 10 }), /xsave/);
   assert.throws(() => cpuStateFromValue({ ...good, msr_count: 5000, msrs: [] }), /5000 MSRs/);
   assert.throws(() => cpuStateFromValue({ ...good, msr_count: 2 }), /msrs" should be an array of 2/);
+});
+
+test('mutated cpu sections decode into a state or fail with a FerryError, never a JavaScript error', async (t) => {
+  // The vCPU section is the largest description a destination decodes from a stream;
+  // what the decoder and cpuStateFromValue accept here is what KVM would be handed.
+  const bytes = await writtenBytes((w) => {
+    vmstateSave(w, CPU_STATE_DESCRIPTION, cpuStateToValue(sampleState()), { idstr: 'cpu', instanceId: 0 });
+  });
+  const rand = prng(0xc0ffee);
+  let refused = 0;
+  for (let i = 0; i < 2000; i++) {
+    const out = bytes.slice();
+    // Mostly outside the 4 KiB xsave area, where the counts, sizes and structure are.
+    const at = rand() < 0.8 ? (rand() < 0.5 ? Math.floor(rand() * 470) : 4570 + Math.floor(rand() * (out.length - 4570))) : Math.floor(rand() * out.length);
+    const cut = rand() < 0.15;
+    if (!cut) out[at] = rand() < 0.5 ? out[at]! ^ (1 << Math.floor(rand() * 8)) : [0, 0x7f, 0x80, 0xff][Math.floor(rand() * 4)]!;
+    const input = cut ? out.subarray(0, at) : out;
+    try {
+      cpuStateFromValue(await vmstateLoad(readerOf(input, 509), CPU_STATE_DESCRIPTION, 1, 'cpu'));
+    } catch (err) {
+      assert.ok(err instanceof FerryError, `case ${i} (${cut ? `cut at ${at}` : `byte ${at} = 0x${out[at]!.toString(16)}`}): ${String(err)}`);
+      refused++;
+    }
+  }
+  t.diagnostic(`${refused} of 2000 mutated sections refused, the rest decoded`);
+  assert.ok(refused > 200, `only ${refused} of 2000 mutated sections were refused`);
 });

@@ -53,6 +53,8 @@ function refusedByDestination(shut: number): string {
   return `The destination failed to load the stream (it answered SHUT ${shut} on the return path)`;
 }
 
+/** How long the end of a migration waits for the destination to take what its socket still holds. */
+const DELIVERY_WAIT_MS = 5000;
 /** The share of the measured bandwidth the switchover decision counts on. */
 const SWITCHOVER_MARGIN = 0.9;
 /**
@@ -218,7 +220,7 @@ export class OutgoingMigration {
       this.#setupTime = this.#o.now() - this.#startTime;
       state.transition('active');
       this.#activeStart = this.#o.now();
-      this.#activeBytes = w.bytesWritten;
+      this.#activeBytes = this.#delivered(w);
       this.#startWindow(w);
 
       // The downtime guard may call a switchover off: the passes then go on.
@@ -260,14 +262,18 @@ export class OutgoingMigration {
         this.#checkCancelled();
         this.#updateCounters(w);
       }
+      const sentBefore = this.#o.ram.stats.pagesSent;
       for (const { sectionId, handler } of registry.iterative) {
         writeSectionPart(w, 'part', sectionId);
         await handler.iterate!(w);
         writeSectionFooter(w, sectionId);
       }
       await this.#flush(w);
-      // A macrotask boundary, not just a microtask: QMP commands and timers run here.
-      await this.#o.sleep(0);
+      // A macrotask boundary, not just a microtask: QMP commands and timers run here. A
+      // pass that found nothing to send while the socket still holds what the last ones
+      // sent waits a little for it to drain, instead of syncing again at once.
+      const idle = this.#o.ram.stats.pagesSent === sentBefore && (this.#channel?.unsent?.() ?? 0) > 0;
+      await this.#o.sleep(idle ? 1 : 0);
     }
   }
 
@@ -333,6 +339,8 @@ export class OutgoingMigration {
     await w.drain();
     if (w.error) throw w.error;
     const drainedAt = this.#o.now();
+    await this.#waitDelivered(w);
+    const deliveredAt = this.#o.now();
     let acknowledgedAt: number | undefined;
     if (this.#returnPath) {
       // The destination says whether it loaded everything; until then a failure on either
@@ -365,7 +373,8 @@ export class OutgoingMigration {
     this.#o.trace?.(
       `migration: completed in ${this.#totalTime.toFixed(1)} ms, downtime ${this.#downtime.toFixed(1)} ms ` +
         `(stopping the vCPUs ${(pausedAt - stopStart).toFixed(1)} ms, the last RAM ${(ramDoneAt - pausedAt).toFixed(1)} ms, ` +
-        `device state ${(devicesDoneAt - ramDoneAt).toFixed(1)} ms, the last flush ${(drainedAt - devicesDoneAt).toFixed(1)} ms` +
+        `device state ${(devicesDoneAt - ramDoneAt).toFixed(1)} ms, the last flush ${(drainedAt - devicesDoneAt).toFixed(1)} ms, ` +
+        `the destination taking the bytes still queued ${(deliveredAt - drainedAt).toFixed(1)} ms` +
         `${acknowledgedAt === undefined ? '' : `, the destination's SHUT ${(acknowledgedAt - drainedAt).toFixed(1)} ms`}; ` +
         `${w.bytesWritten - bytesAtStop} B after the stop; then closing the channel ${(closedAt - end).toFixed(1)} ms), ` +
         `${w.bytesWritten} B in all, ${w.bytesByReference} B of it from guest RAM by reference`,
@@ -421,17 +430,49 @@ export class OutgoingMigration {
     this.#startWindow(w);
   }
 
+  /**
+   * What must still reach the destination before it can start the guest: the dirty RAM,
+   * and the bytes sent but still in the socket's queue — on a local socket tens of MiB,
+   * which a pass fills in a few ms; left out, a pass that ran in a gap of the guest's
+   * writing would switch over with all of them still to deliver.
+   */
   #pending(exact: boolean): number {
-    let sum = 0;
+    let sum = this.#channel?.unsent?.() ?? 0;
     for (const { handler } of this.#o.registry.iterative) {
       sum += (exact ? handler.pendingExact?.() : undefined) ?? handler.pending?.() ?? 0;
     }
     return sum;
   }
 
+  /**
+   * Bytes the destination has taken: what the stream writer accepted, less what still
+   * waits in this process or the socket's send queue. The bandwidth that decides the
+   * switchover is measured on these — on a local socket with tens of MiB of buffer, bytes
+   * accepted run far ahead of bytes the destination has.
+   */
+  #delivered(w: StreamWriter): number {
+    return w.bytesWritten - (this.#channel?.unsent?.() ?? 0);
+  }
+
+  /**
+   * After the last flush: wait until the destination has taken every byte, as far as the
+   * OS tells (a socket's send queue; a local socket holds tens of MiB), so that the
+   * downtime covers them — QEMU's ends at its last write to a socket whose buffer is a
+   * few hundred KiB. At most DELIVERY_WAIT_MS: a destination that stopped reading fails
+   * on its own, and the close that follows reports it.
+   */
+  async #waitDelivered(w: StreamWriter): Promise<void> {
+    const channel = this.#channel;
+    if (channel?.unsent === undefined) return;
+    const deadline = performance.now() + DELIVERY_WAIT_MS;
+    while (!w.error && channel.unsent() > 0 && performance.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+  }
+
   #startWindow(w: StreamWriter): void {
     this.#windowStart = this.#o.now();
-    this.#windowBytes = w.bytesWritten;
+    this.#windowBytes = this.#delivered(w);
     this.#windowPages = this.#o.ram.stats.pagesSent;
   }
 
@@ -440,8 +481,9 @@ export class OutgoingMigration {
     const now = this.#o.now();
     const elapsed = now - this.#windowStart;
     if (!final && elapsed < BUFFER_DELAY_MS) return;
+    const delivered = this.#delivered(w);
     const figures = measureBandwidth({
-      bytes: w.bytesWritten - this.#windowBytes,
+      bytes: delivered - this.#windowBytes,
       pages: this.#o.ram.stats.pagesSent - this.#windowPages,
       elapsedMs: elapsed,
     });
@@ -466,14 +508,14 @@ export class OutgoingMigration {
     // stream writer accepted, which runs ahead of what the other side takes while the
     // channel's and the kernel's buffers fill (seen: windows at 610 MB/s, 350 MB/s real).
     const activeMs = now - this.#activeStart;
-    if (activeMs >= 2 * BUFFER_DELAY_MS) cautious = Math.min(cautious, (w.bytesWritten - this.#activeBytes) / activeMs);
+    if (activeMs >= 2 * BUFFER_DELAY_MS) cautious = Math.min(cautious, (delivered - this.#activeBytes) / activeMs);
     // A tenth held back for what the switchover costs besides pages: stopping the vCPUs,
     // the device state, the last flush.
     this.#bytesPerMs = cautious * SWITCHOVER_MARGIN;
     this.#mbps = figures.mbps;
     this.#pagesPerSecond = Math.round(figures.pagesPerSecond);
     this.#threshold = thresholdBytes(this.#bytesPerMs, this.#o.parameters()['downtime-limit']);
-    if (w.bytesWritten - this.#windowBytes > 10000) {
+    if (delivered - this.#windowBytes > 10000) {
       this.#expectedDowntime = expectedDowntimeMs(this.#o.ram.stats.remainingBytes, this.#bytesPerMs);
     }
     this.#startWindow(w);

@@ -142,6 +142,19 @@ export function ioctlPtr(fd: number, request: number, arg: Uint8Array | null, wh
   return r;
 }
 
+/** SIOCOUTQ (= TIOCOUTQ): bytes in a socket's send queue. */
+const SIOCOUTQ = 0x5411;
+const outqBuffer = new Uint8Array(4);
+
+/**
+ * Bytes a socket has been given that its peer has not taken yet: for a unix socket, not
+ * yet read; for tcp, not yet acknowledged. 0 where the descriptor is not a socket.
+ */
+export function socketSendQueue(fd: number): number {
+  if (libc().ioctlPtr(fd, SIOCOUTQ, outqBuffer) < 0) return 0;
+  return new DataView(outqBuffer.buffer).getInt32(0, true);
+}
+
 /** ioctl with an integer argument (or none: pass 0). */
 export function ioctlInt(fd: number, request: number, arg: number | bigint, what: string): number {
   const r = libc().ioctlInt(fd, request, arg);

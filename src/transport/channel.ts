@@ -41,6 +41,13 @@ export interface Channel {
    * may then still wait for more (exec: the command's exit status).
    */
   drain?(): Promise<void>;
+  /**
+   * Optional: bytes written that the peer has not taken yet — still queued in this process
+   * or in the socket's send queue (SIOCOUTQ: for a unix socket, the memory the kernel holds
+   * for what the peer has not read, a little more than the bytes; for tcp, what the peer
+   * has not acknowledged). Where the OS cannot tell, absent.
+   */
+  unsent?(): number;
   /** Flush everything written and close the sending side; resolves when flushed. */
   end(): Promise<void>;
   /** Tear the channel down now; pending reads and writes reject with `error` (or a closed error). */

@@ -28,6 +28,11 @@ export class DirectWrites {
   #first = 0;
   /** Bytes of the batch not yet written. */
   #remaining = 0;
+  /** Bytes of the batch being written that the socket has not taken yet. */
+  get remaining(): number {
+    return this.#remaining;
+  }
+
   /** Times a batch found the socket full and waited for room (the trace and tests read it). */
   waits = 0;
 

@@ -10,6 +10,7 @@ import { DIRECT_MAX_REFS, DirectWrites } from './direct-writes.js';
 import { errorCode, toTransportError } from './errors.js';
 import type { PooledReads, ReadBufferPool } from './read-pool.js';
 import { keepShape } from '../hot-shapes.js';
+import { socketSendQueue } from '../sys/libc.js';
 
 const debug = debuglog('ferry');
 
@@ -71,6 +72,7 @@ export class StreamChannel implements Channel {
   readonly vectored?: VectoredWriter;
   readonly duplex: boolean;
   readonly #direct: DirectWrites | null = null;
+  readonly #directFd: (() => number | undefined) | undefined;
   /** A vectored write the socket has not taken all of yet; everything after it waits. */
   #directBusy: Promise<void> | null = null;
   /** Writes waiting, in order, for a vectored write or for Node's own queue to empty. */
@@ -117,6 +119,7 @@ export class StreamChannel implements Channel {
     } else {
       this.#writeClosed = true;
     }
+    this.#directFd = options.directFd;
     if (writable && options.directFd) {
       this.#direct = new DirectWrites(this.description, options.directFd);
       this.vectored = new DirectVectoredWriter(this);
@@ -254,6 +257,12 @@ export class StreamChannel implements Channel {
     return new Promise((resolve, reject) => {
       this.#drainWaiters.push({ resolve, reject });
     });
+  }
+
+  unsent(): number {
+    const fd = this.#directFd?.();
+    const queued = (this.#writable?.writableLength ?? 0) + (this.#directBusy ? this.#direct!.remaining : 0);
+    return queued + (fd === undefined ? 0 : socketSendQueue(fd));
   }
 
   drain(): Promise<void> {
