@@ -351,9 +351,9 @@ export class OutgoingMigration {
     }
     // Every byte is out: the destination will start the guest. A cancel that arrives now
     // is too late — running the source again would leave two copies running.
-    // Without a return path the downtime ends with the last byte flushed (ARCHITECTURE.md):
-    // with the OS, as QEMU's ends before it closes the channel — closing `exec:` waits for
-    // the command to exit, which is no part of the guest's downtime.
+    // Without a return path the downtime ends with the last byte flushed (ARCHITECTURE.md)
+    // and taken from the socket's queue, as QEMU's ends before it closes the channel —
+    // closing `exec:` waits for the command to exit, which is no part of the guest's downtime.
     const end = this.#o.now();
     // The migration has succeeded only once the channel closed cleanly (exec: status 0) —
     // unless the destination already said it has everything: it may run the guest now, so
