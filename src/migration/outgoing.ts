@@ -464,10 +464,8 @@ export class OutgoingMigration {
   async #waitDelivered(w: StreamWriter): Promise<void> {
     const channel = this.#channel;
     if (channel?.unsent === undefined) return;
-    const deadline = performance.now() + DELIVERY_WAIT_MS;
-    while (!w.error && channel.unsent() > 0 && performance.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 1));
-    }
+    const deadline = this.#o.now() + DELIVERY_WAIT_MS;
+    while (!w.error && channel.unsent() > 0 && this.#o.now() < deadline) await this.#o.sleep(1);
   }
 
   #startWindow(w: StreamWriter): void {
