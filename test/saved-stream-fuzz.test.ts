@@ -38,6 +38,11 @@ const PAGE = 4096;
 /** Messages of JavaScript's own errors: a decoder that lets one through did not check its input. */
 const INTERNAL = /Cannot read propert|is not a function|is not iterable|is not defined|Invalid (typed )?array length|outside the bounds|The value of "\w+" is out of range|Maximum call stack|allocation failed|Cannot convert|\bundefined\b|\bNaN\b/;
 
+/** Saved state as comparable text (bigints and byte arrays spelled out). */
+function stateText(value: unknown): string {
+  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v instanceof Uint8Array ? Array.from(v) : v));
+}
+
 /**
  * The destination Machine's RAM and state, with its run state kept here: starting the
  * guest is recorded, not done, so that one Machine serves every case.
@@ -73,8 +78,7 @@ class Destination implements MigrationVm {
   }
   /** The CPU and device state as the Machine holds it now. */
   state(): string {
-    return JSON.stringify(this.machine.stateSections.map((s) => [s.idstr, s.instanceId, s.save()]), (_k, v: unknown) =>
-      typeof v === 'bigint' ? `${v}n` : v instanceof Uint8Array ? Array.from(v) : v);
+    return stateText(this.machine.stateSections.map((s) => [s.idstr, s.instanceId, s.save()]));
   }
 }
 
@@ -191,7 +195,7 @@ test(`saved-stream fuzz: ${CASES} mutations of a sim Machine's stream (seed 0x${
   assert.equal(outgoing.status, 'completed', outgoing.queryMigrate()['error-desc']);
   const stream = saved.bytes();
   const sourceRam = createHash('sha256').update(source.memory[0]!.bytes).digest('hex');
-  const cpuState = (m: Machine): string => JSON.stringify(m.stateSections.find((s) => s.idstr === 'cpu')!.save(), (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v));
+  const cpuState = (m: Machine): string => stateText(m.stateSections.find((s) => s.idstr === 'cpu')!.save());
   const sections = source.stateSections.map((s) => s.idstr);
   assert.ok(sections.includes('cpu') && sections.includes('serial'), `the source saves its CPU and serial port: ${sections.join(', ')}`);
 
