@@ -9,7 +9,7 @@ import { VmStateError } from '../errors.js';
 function cpuState(memoryBuffers: [number, number]): unknown[] {
   const state: unknown[] = [];
   state[0] = 128 * 1024 * 1024;
-  state[39] = { __state_type__: 'Int32Array', buffer_id: 0 };
+  state[39] = { __state_type__: 'Uint8Array', buffer_id: 0 };
   state[77] = { __state_type__: 'Uint8Array', buffer_id: memoryBuffers[0] };
   state[78] = { __state_type__: 'Uint8Array', buffer_id: memoryBuffers[1] };
   return state;
@@ -62,9 +62,45 @@ test('refuses truncated, foreign, compressed, newer and inconsistent files', () 
     assert.throws(() => readV86StateSummary(file), (err: unknown) => err instanceof VmStateError && message.test(err.message), name);
   }
   const outside = writeV86StateFile(cpuState([1, 2]), [new Uint8Array(8)]);
-  assert.throws(() => readV86StateSummary(outside), /entry 77 is not a buffer reference/);
+  assert.throws(() => readV86StateSummary(outside), /entry \[77\] is a Uint8Array over buffer 1, of 1/);
+  const notReference = cpuState([1, 2]);
+  notReference[78] = 5;
+  assert.throws(() => readV86StateSummary(writeV86StateFile(notReference, [new Uint8Array(0), new Uint8Array(0), new Uint8Array(0)])), /entry 78 is not a buffer reference/);
   const noSize = cpuState([1, 2]);
   noSize[0] = 'big';
   assert.throws(() => readV86StateSummary(writeV86StateFile(noSize, [new Uint8Array(0), new Uint8Array(0), new Uint8Array(0)])), /memory size/);
   assert.equal(V86_STATE_MAGIC, 0x86768676);
+});
+
+test('refuses objects restore_state could not rebuild, naming where they are', () => {
+  const buffers = [new Uint8Array(8), new Uint8Array(0), new Uint8Array(0), new Uint8Array(6)];
+  const withEntry = (entry: unknown): Uint8Array => {
+    const state = cpuState([1, 2]);
+    state[48] = [1, [2, entry]];
+    return writeV86StateFile(state, buffers);
+  };
+  const refused: [string, unknown, RegExp][] = [
+    ['unknown type', { __state_type__: 'Uint8Arrax', buffer_id: 0 }, /entry \[48\]\[1\]\[1\] is an object of type "Uint8Arrax", not one of Map, Uint8Array/],
+    ['no type', { buffer_id: 0 }, /entry \[48\]\[1\]\[1\] is an object without a "__state_type__"/],
+    ['no buffer id', { __state_type__: 'Int32Array', buffer_i: 0 }, /Int32Array without a "buffer_id"/],
+    ['a prototype key', { __state_type__: 'constructor', buffer_id: 0 }, /type "constructor"/],
+    ['missing buffer', { __state_type__: 'Int32Array', buffer_id: 9 }, /Int32Array over buffer 9, of 4/],
+    ['buffer id not a number', { __state_type__: 'Int32Array', buffer_id: '0' }, /over buffer "0"/],
+    ['partial element', { __state_type__: 'Uint32Array', buffer_id: 3 }, /buffer 3 of 6 bytes, not a whole number of 4-byte elements/],
+    ['typed array with args', { __state_type__: 'Uint8Array', buffer_id: 0, args: [1] }, /Uint8Array with "args"/],
+    ['map without pairs', { __state_type__: 'Map', args: [[1, 2], [3]] }, /Map without an array of \[key, value\] pairs/],
+    ['bad object inside a map', { __state_type__: 'Map', args: [[1, { __state_type__: 'Nope' }]] }, /entry \[48\]\[1\]\[1\]\.args\[0\]\[1\] is an object of type "Nope"/],
+  ];
+  for (const [name, entry, message] of refused) {
+    assert.throws(() => readV86StateSummary(withEntry(entry)), (err: unknown) => err instanceof VmStateError && message.test(err.message), name);
+  }
+  // What v86 writes passes: typed arrays of every kind over fitting buffers, and Maps.
+  for (const entry of [
+    { __state_type__: 'Uint16Array', buffer_id: 3 },
+    { __state_type__: 'Float64Array', buffer_id: 0 },
+    { __state_type__: 'Map', args: [[1, { __state_type__: 'Int8Array', buffer_id: 3 }], ['k', [2, null]]] },
+    null,
+  ]) {
+    assert.equal(readV86StateSummary(withEntry(entry)).memoryBytes, 0, JSON.stringify(entry));
+  }
 });

@@ -72,9 +72,11 @@ export function readV86StateSummary(file: Uint8Array): V86StateSummary {
   const blockStart = (HEADER_BYTES + infoLength + 3) & ~3;
   const bufferLengths: number[] = [];
   for (const [i, entry] of infos.entries()) {
-    const { offset, length } = (entry ?? {}) as { offset?: unknown; length?: unknown };
-    if (typeof offset !== 'number' || typeof length !== 'number' || !Number.isInteger(offset) || !Number.isInteger(length)
-        || offset < 0 || length < 0 || blockStart + offset + length > file.byteLength) {
+    const { offset, length } = (typeof entry === 'object' && entry !== null ? entry : {}) as { offset?: unknown; length?: unknown };
+    if (!Number.isInteger(offset) || !Number.isInteger(length)) {
+      fail(`buffer ${i}'s entry in "buffer_infos" (${describeJson(entry)}) lacks an integer "offset" and "length"`);
+    }
+    if ((offset as number) < 0 || (length as number) < 0 || blockStart + (offset as number) + (length as number) > file.byteLength) {
       fail(`buffer ${i} (offset ${String(offset)}, length ${String(length)}) lies outside the file`);
     }
     bufferLengths.push(length as number);
@@ -86,9 +88,10 @@ export function readV86StateSummary(file: Uint8Array): V86StateSummary {
     }
     return bufferLengths[ref.buffer_id]!;
   };
+  checkReferences(state, bufferLengths, fail);
   const memorySize = state[V86_STATE_INDEX_MEMORY_SIZE];
   if (typeof memorySize !== 'number' || !Number.isInteger(memorySize) || memorySize <= 0) {
-    fail(`CPU state entry ${V86_STATE_INDEX_MEMORY_SIZE} (memory size) is ${JSON.stringify(memorySize)}`);
+    fail(`CPU state entry ${V86_STATE_INDEX_MEMORY_SIZE} (memory size) is ${memorySize === undefined ? 'missing' : describeJson(memorySize)}, expected a positive integer`);
   }
   return {
     version,
@@ -98,6 +101,62 @@ export function readV86StateSummary(file: Uint8Array): V86StateSummary {
     memorySize: memorySize as number,
     memoryBytes: bufferOf(V86_STATE_INDEX_PACKED_MEMORY) + bufferOf(V86_STATE_INDEX_MEMORY_BITMAP),
   };
+}
+
+/** The types v86's restore_state builds from {"__state_type__": …}, with their element sizes (Map: none). */
+const STATE_TYPES: Readonly<Record<string, number>> = {
+  Map: 0,
+  Uint8Array: 1,
+  Int8Array: 1,
+  Uint16Array: 2,
+  Int16Array: 2,
+  Uint32Array: 4,
+  Int32Array: 4,
+  Float32Array: 4,
+  Float64Array: 8,
+};
+
+/**
+ * Every object inside the state must be one restore_state can rebuild: a typed array of a
+ * type it knows over an existing buffer whose length is a whole number of elements, or a
+ * Map of [key, value] pairs. (v86 itself would call an undefined constructor, build an
+ * empty array from a missing buffer, or throw a RangeError halfway through installing.)
+ * The walk keeps its own stack: the nesting comes from the stream.
+ */
+function checkReferences(state: unknown[], bufferLengths: readonly number[], fail: (what: string) => never): void {
+  const stack: Array<[unknown, string]> = [[state, '']];
+  while (stack.length > 0) {
+    const [value, path] = stack.pop()!;
+    if (typeof value !== 'object' || value === null) continue;
+    if (Array.isArray(value)) {
+      for (let i = value.length - 1; i >= 0; i--) stack.push([value[i], `${path}[${i}]`]);
+      continue;
+    }
+    const where = `CPU state entry ${path}`;
+    const { __state_type__: type, buffer_id: id, args } = value as { __state_type__?: unknown; buffer_id?: unknown; args?: unknown };
+    const elementBytes = typeof type === 'string' && Object.hasOwn(STATE_TYPES, type) ? STATE_TYPES[type]! : undefined;
+    if (type === undefined) fail(`${where} is an object without a "__state_type__"`);
+    if (elementBytes === undefined) fail(`${where} is an object of type ${describeJson(type)}, not one of ${Object.keys(STATE_TYPES).join(', ')}`);
+    if (type === 'Map') {
+      if (!Array.isArray(args) || !args.every((pair) => Array.isArray(pair) && pair.length === 2)) fail(`${where} is a Map without an array of [key, value] pairs`);
+      stack.push([args, `${path}.args`]);
+      continue;
+    }
+    if (args !== undefined) fail(`${where} is a ${String(type)} with "args"`);
+    if (id === undefined) fail(`${where} is a ${String(type)} without a "buffer_id"`);
+    if (!Number.isInteger(id) || bufferLengths[id as number] === undefined) {
+      fail(`${where} is a ${String(type)} over buffer ${describeJson(id)}, of ${bufferLengths.length}`);
+    }
+    if (bufferLengths[id as number]! % elementBytes! !== 0) {
+      fail(`${where} is a ${String(type)} over buffer ${String(id)} of ${bufferLengths[id as number]} bytes, not a whole number of ${elementBytes}-byte elements`);
+    }
+  }
+}
+
+/** A JSON value for a message: at most 60 characters of it. */
+function describeJson(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
 }
 
 /** Write a minimal well-formed state file (for tests and for documenting the layout). */
