@@ -59,3 +59,18 @@ export function cpuBetween(before: CpuSample, after: CpuSample): { processes: Ma
   const total = after.machine.total - before.machine.total;
   return { processes, machineBusy: total > 0 ? (after.machine.busy - before.machine.busy) / total : Number.NaN };
 }
+
+/**
+ * Wait until the machine's cores were less than `busyBelow` (0–1) busy over a 200 ms
+ * window, or `maxMs` passed; returns the last window's share. (After a process with GiBs
+ * of RAM quits, the kernel goes on freeing and reporting its memory for a while.)
+ */
+export async function waitForQuiet(busyBelow = 0.15, maxMs = 3000): Promise<number> {
+  const end = Date.now() + maxMs;
+  for (;;) {
+    const before = sampleCpu([]);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const busy = cpuBetween(before, sampleCpu([])).machineBusy;
+    if (busy < busyBelow || Date.now() >= end) return busy;
+  }
+}

@@ -19,8 +19,8 @@ import { FerryProcess } from '../src/cli/ferry-process.js';
 import { forgetEvents, guestPause } from '../src/report/guest-pause.js';
 import { runMigration, type QueryMigrateInfo } from '../src/cli/migrate-command.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
-import { describeFirstTouch, measureCeilings } from './ceiling.js';
-import { cpuBetween, sampleCpu } from './cpu-usage.js';
+import { describeFirstTouch, measureCeilings, measureChannelOnce } from './ceiling.js';
+import { cpuBetween, sampleCpu, waitForQuiet } from './cpu-usage.js';
 import { keepOutput } from './lib/results-log.js';
 
 interface Cell { memory: string; guest: string; transport: 'tcp' | 'unix'; prealloc: boolean }
@@ -30,6 +30,8 @@ interface Run {
   srcMainMs: number; dstMainMs: number; machineBusy: number;
   /** CPU of both processes, every thread, during the migration. */
   bothMs: number;
+  /** The channel ceiling of this transport measured just before (dirtying cells), bytes/s. */
+  ceilingBefore: number;
 }
 
 const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up]';
@@ -107,10 +109,25 @@ async function warmedUp(vm: FerryProcess): Promise<void> {
   }
 }
 
+/** "72 % [64–81 %] (4.21, 4.40, 3.95)": each run's throughput against the ceiling measured just before it. */
+function pairedShare(runs: readonly Run[]): string {
+  const shares = runs.map((r) => (100 * r.throughput) / r.ceilingBefore);
+  const pct = (x: number) => `${Math.round(x)} %`;
+  return `${pct(median(shares))} [${pct(Math.min(...shares))}–${pct(Math.max(...shares))}] (${runs.map((r) => (r.ceilingBefore / 1e9).toFixed(2)).join(', ')})`;
+}
+
 /** Runs whose downtime overran the limit, with the engine's account of where it went. */
 const overruns: string[] = [];
 
 async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
+  // The ceiling again, seconds before this migration, with neither of its processes up yet
+  // and the last run's cleared away: the machine's speed moves by tens of percent within
+  // minutes here.
+  let ceilingBefore = NaN;
+  if (!/idle/.test(cell.guest)) {
+    await waitForQuiet();
+    ceilingBefore = (await measureChannelOnce(cell.transport, dir)).bytesPerSec;
+  }
   const args = ['--accel', accel, '-m', cell.memory, ...(accel === 'v86' ? [] : ['--guest', cell.guest]), ...(warmUp ? [] : ['--no-warm-up'])];
   const incoming = cell.transport === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, `mig-${rep}.sock`)}`;
   const serial = (name: string) => (accel === 'v86' ? `unix:${join(dir, `${name}-${rep}.console`)}` : 'null');
@@ -170,6 +187,7 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
         const used = cpu.processes.get(pid);
         return sum + (used ? used.mainMs + used.otherMs : NaN);
       }, 0),
+      ceilingBefore,
     };
   } finally {
     console?.close();
@@ -220,8 +238,10 @@ async function main(): Promise<void> {
   console.log('');
   console.log('Guest paused: from the source\'s STOP event to the destination\'s RESUME (QMP timestamps, one clock): what the guest\'s users see; downtime ends when the source has sent its last byte.');
   console.log('');
-  console.log('| RAM | guest | destination | transport | total time | downtime | guest paused | throughput | % of socket ceiling | sent | passes | converged | CPU src / dst main | machine busy | CPU per GB |');
-  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  console.log('Of the socket ceiling: the median throughput against this run\'s ceiling above; "just before": the median of each migration\'s throughput against one channel run of its transport measured right before it (before its two processes started), with those ceilings in GB/s.');
+  console.log('');
+  console.log('| RAM | guest | destination | transport | total time | downtime | guest paused | throughput | of the socket ceiling | of the ceiling just before | sent | passes | converged | CPU src / dst main | machine busy | CPU per GB |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   const dir = mkdtempSync(join(tmpdir(), 'ferry-bench-'));
   try {
     for (const cell of cells) {
@@ -232,7 +252,7 @@ async function main(): Promise<void> {
       const cpuPerGB = median(ok.map((r) => r.bothMs / 1000 / (r.bytes / 1e9)));
       const isIdle = /idle/.test(cell.guest);
       const paused = ok.map((r) => r.pauseMs).filter((x) => Number.isFinite(x));
-      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
+      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${isIdle ? '—' : pairedShare(ok)} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
     }
     if (overruns.length > 0) {
       console.log(`\nRuns whose downtime overran the ${downtimeLimit} ms limit, and where it went (the source's trace):`);
