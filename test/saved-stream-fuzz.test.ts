@@ -10,7 +10,7 @@
 // where the device state is v86's own state file inside one section.
 // (test/stream-fuzz.test.ts fuzzes the decoders themselves on a made-up stream.)
 
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { setImmediate } from 'node:timers';
@@ -243,6 +243,30 @@ function copyInto(scratch: Uint8Array, b: Uint8Array): Uint8Array {
   return out;
 }
 
+/** A source Machine and an incoming one of the same kind, destroyed after the test. */
+async function machines(t: TestContext, accel: 'sim' | 'v86', memorySize: number, guestSpec: string): Promise<{ source: Machine; target: Machine }> {
+  const guest = parseGuestSpec(guestSpec);
+  const console = { write: () => {} };
+  const source = await Machine.create({ accel, memorySize, guest, console });
+  const target = await Machine.create({ accel, memorySize, guest, console, incoming: true });
+  t.after(async () => {
+    await source.destroy();
+    await target.destroy();
+  });
+  return { source, target };
+}
+
+/** The saved stream as it is loads, starts the guest, and leaves the source's RAM on `target`. */
+async function loadsAsSaved(stream: Uint8Array, source: Machine, target: Machine): Promise<Destination> {
+  const vm = new Destination(target);
+  const clean = await load(vm, stream, 65536);
+  assert.equal(clean.status, 'completed', clean.error);
+  assert.equal(vm.starts, 1);
+  const digest = (m: Machine): string => createHash('sha256').update(m.memory[0]!.bytes).digest('hex');
+  assert.equal(digest(target), digest(source));
+  return vm;
+}
+
 /** Migrate `source` into memory, as `migrate "exec:cat > FILE"` would save it. */
 async function saveStream(source: MigrationVm): Promise<Uint8Array> {
   const saved = createCollectingChannel();
@@ -320,29 +344,17 @@ async function runCases(run: FuzzRun): Promise<{ loaded: number; failed: number;
 }
 
 test(`saved-stream fuzz: ${CASES} mutations of a sim Machine's stream (seed 0x${SEED.toString(16)}) load, or fail saying where, and never start the guest`, { timeout: 10 * 60_000 }, async (t) => {
-  const guest = parseGuestSpec(GUEST);
-  const console = { write: () => {} };
-  const source = await Machine.create({ accel: 'sim', memorySize: MEMORY, guest, console });
-  const target = await Machine.create({ accel: 'sim', memorySize: MEMORY, guest, console, incoming: true });
-  t.after(async () => {
-    await source.destroy();
-    await target.destroy();
-  });
+  const { source, target } = await machines(t, 'sim', MEMORY, GUEST);
   await sleep(100);
 
   // The stream a real migration writes, kept as a file would be (migrate "exec:cat > FILE").
   const stream = await saveStream(source);
-  const sourceRam = createHash('sha256').update(source.memory[0]!.bytes).digest('hex');
   const cpuState = (m: Machine): string => stateText(m.stateSections.find((s) => s.idstr === 'cpu')!.save());
   const sections = source.stateSections.map((s) => s.idstr);
   assert.ok(sections.includes('cpu') && sections.includes('serial'), `the source saves its CPU and serial port: ${sections.join(', ')}`);
 
   // The stream as saved loads, and the destination holds what the source had.
-  const vm = new Destination(target);
-  const clean = await load(vm, stream, 65536);
-  assert.equal(clean.status, 'completed', clean.error);
-  assert.equal(vm.starts, 1);
-  assert.equal(createHash('sha256').update(target.memory[0]!.bytes).digest('hex'), sourceRam);
+  const vm = await loadsAsSaved(stream, source, target);
   // (The serial port's optional subsections go only when needed, as in QEMU, so its
   // transmit holding registers are not compared.)
   assert.equal(cpuState(target), cpuState(source));
@@ -367,22 +379,11 @@ const V86_MEMORY = 128 * MiB;
 const v86Skip = linuxGuestAvailable() ? false : `no Linux guest in ${linuxGuestDir()}: run \`sudo sh scripts/setup-linux-guest.sh\``;
 
 test(`saved-stream fuzz: ${V86_CASES} mutations of the Linux guest's stream under v86 (seed 0x${SEED.toString(16)}) load, or fail saying where, and never start the guest`, { skip: v86Skip, timeout: 10 * 60_000 }, async (t) => {
-  const guest = parseGuestSpec('builtin:idle');
-  const source = await Machine.create({ accel: 'v86', memorySize: V86_MEMORY, guest, console: { write: () => {} } });
-  const target = await Machine.create({ accel: 'v86', memorySize: V86_MEMORY, guest, console: { write: () => {} }, incoming: true });
-  t.after(async () => {
-    await source.destroy();
-    await target.destroy();
-  });
+  const { source, target } = await machines(t, 'v86', V86_MEMORY, 'builtin:idle');
   // Long enough for the kernel to be loaded and running, with its devices set up.
   await sleep(2000);
   const stream = await saveStream(source);
-  const sourceRam = createHash('sha256').update(source.memory[0]!.bytes).digest('hex');
-  const vm = new Destination(target);
-  const clean = await load(vm, stream, 65536);
-  assert.equal(clean.status, 'completed', clean.error);
-  assert.equal(vm.starts, 1);
-  assert.equal(createHash('sha256').update(target.memory[0]!.bytes).digest('hex'), sourceRam);
+  const vm = await loadsAsSaved(stream, source, target);
   assert.deepEqual(target.stateSections.map((s) => s.idstr), ['v86-state']);
   await vm.learnVolatileBytes(50);
   t.diagnostic(`${vm.volatileBytes} bytes of the v86 state moved between two saves 50 ms apart (left out of the comparisons)`);
