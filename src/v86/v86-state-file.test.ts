@@ -62,7 +62,7 @@ test('refuses truncated, foreign, compressed, newer and inconsistent files', () 
     assert.throws(() => readV86StateSummary(file), (err: unknown) => err instanceof VmStateError && message.test(err.message), name);
   }
   const outside = writeV86StateFile(cpuState([1, 2]), [new Uint8Array(8)]);
-  assert.throws(() => readV86StateSummary(outside), /entry \[77\] is a Uint8Array over buffer 1, of 1/);
+  assert.throws(() => readV86StateSummary(outside), /entry \[77\] is a Uint8Array over buffer 1; the file has buffers 0 to 0/);
   const notReference = cpuState([1, 2]);
   notReference[78] = 5;
   assert.throws(() => readV86StateSummary(writeV86StateFile(notReference, [new Uint8Array(0), new Uint8Array(0), new Uint8Array(0)])), /entry 78 is not a buffer reference/);
@@ -84,7 +84,7 @@ test('refuses objects restore_state could not rebuild, naming where they are', (
     ['no type', { buffer_id: 0 }, /entry \[48\]\[1\]\[1\] is an object without a "__state_type__"/],
     ['no buffer id', { __state_type__: 'Int32Array', buffer_i: 0 }, /Int32Array without a "buffer_id"/],
     ['a prototype key', { __state_type__: 'constructor', buffer_id: 0 }, /type "constructor"/],
-    ['missing buffer', { __state_type__: 'Int32Array', buffer_id: 9 }, /Int32Array over buffer 9, of 4/],
+    ['missing buffer', { __state_type__: 'Int32Array', buffer_id: 9 }, /Int32Array over buffer 9; the file has buffers 0 to 3/],
     ['buffer id not a number', { __state_type__: 'Int32Array', buffer_id: '0' }, /over buffer "0"/],
     ['partial element', { __state_type__: 'Uint32Array', buffer_id: 3 }, /buffer 3 of 6 bytes, not a whole number of 4-byte elements/],
     ['typed array with args', { __state_type__: 'Uint8Array', buffer_id: 0, args: [1] }, /Uint8Array with "args"/],

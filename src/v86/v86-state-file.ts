@@ -145,7 +145,7 @@ function checkReferences(state: unknown[], bufferLengths: readonly number[], fai
     if (args !== undefined) fail(`${where} is a ${String(type)} with "args"`);
     if (id === undefined) fail(`${where} is a ${String(type)} without a "buffer_id"`);
     if (!Number.isInteger(id) || bufferLengths[id as number] === undefined) {
-      fail(`${where} is a ${String(type)} over buffer ${describeJson(id)}, of ${bufferLengths.length}`);
+      fail(`${where} is a ${String(type)} over buffer ${describeJson(id)}; the file has ${bufferLengths.length === 0 ? 'no buffers' : `buffers 0 to ${bufferLengths.length - 1}`}`);
     }
     if (bufferLengths[id as number]! % elementBytes! !== 0) {
       fail(`${where} is a ${String(type)} over buffer ${String(id)} of ${bufferLengths[id as number]} bytes, not a whole number of ${elementBytes}-byte elements`);
