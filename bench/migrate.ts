@@ -30,8 +30,11 @@ interface Run {
   srcMainMs: number; dstMainMs: number; machineBusy: number;
   /** CPU of both processes, every thread, during the migration. */
   bothMs: number;
-  /** The channel ceiling of this transport measured just before (dirtying cells), bytes/s. */
-  ceilingBefore: number;
+  /**
+   * The channel ceiling of this transport measured around the migration (dirtying cells):
+   * the mean of one run just before its processes started and one just after they quit, bytes/s.
+   */
+  ceilingAround: number;
 }
 
 const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up]';
@@ -109,25 +112,36 @@ async function warmedUp(vm: FerryProcess): Promise<void> {
   }
 }
 
-/** "72 % [64–81 %] (4.21, 4.40, 3.95)": each run's throughput against the ceiling measured just before it. */
+/** "72 % [64–81 %] (4.21, 4.40, 3.95)": each run's throughput against the ceiling measured around it. */
 function pairedShare(runs: readonly Run[]): string {
-  const shares = runs.map((r) => (100 * r.throughput) / r.ceilingBefore);
+  const shares = runs.map((r) => (100 * r.throughput) / r.ceilingAround);
   const pct = (x: number) => `${Math.round(x)} %`;
-  return `${pct(median(shares))} [${pct(Math.min(...shares))}–${pct(Math.max(...shares))}] (${runs.map((r) => (r.ceilingBefore / 1e9).toFixed(2)).join(', ')})`;
+  return `${pct(median(shares))} [${pct(Math.min(...shares))}–${pct(Math.max(...shares))}] (${runs.map((r) => (r.ceilingAround / 1e9).toFixed(2)).join(', ')})`;
+}
+
+/**
+ * One channel run of `transport` on a quiet machine (the last run's processes free GiBs
+ * of memory for a while after they quit): the machine's speed moves by tens of percent
+ * within minutes here, so each migration is also read against runs taken around it.
+ */
+async function quietCeiling(transport: Cell['transport'], dir: string): Promise<number> {
+  await waitForQuiet();
+  return (await measureChannelOnce(transport, dir)).bytesPerSec;
+}
+
+async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
+  if (/idle/.test(cell.guest)) return { ...(await migrateBetweenProcesses(dir, cell, rep)), ceilingAround: NaN };
+  const before = await quietCeiling(cell.transport, dir);
+  const run = await migrateBetweenProcesses(dir, cell, rep);
+  const after = await quietCeiling(cell.transport, dir);
+  return { ...run, ceilingAround: (before + after) / 2 };
 }
 
 /** Runs whose downtime overran the limit, with the engine's account of where it went. */
 const overruns: string[] = [];
 
-async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
-  // The ceiling again, seconds before this migration, with neither of its processes up yet
-  // and the last run's cleared away: the machine's speed moves by tens of percent within
-  // minutes here.
-  let ceilingBefore = NaN;
-  if (!/idle/.test(cell.guest)) {
-    await waitForQuiet();
-    ceilingBefore = (await measureChannelOnce(cell.transport, dir)).bytesPerSec;
-  }
+/** Start a source and a destination, migrate once between them, and stop both. */
+async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Promise<Omit<Run, 'ceilingAround'>> {
   const args = ['--accel', accel, '-m', cell.memory, ...(accel === 'v86' ? [] : ['--guest', cell.guest]), ...(warmUp ? [] : ['--no-warm-up'])];
   const incoming = cell.transport === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, `mig-${rep}.sock`)}`;
   const serial = (name: string) => (accel === 'v86' ? `unix:${join(dir, `${name}-${rep}.console`)}` : 'null');
@@ -187,7 +201,6 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
         const used = cpu.processes.get(pid);
         return sum + (used ? used.mainMs + used.otherMs : NaN);
       }, 0),
-      ceilingBefore,
     };
   } finally {
     console?.close();
@@ -238,9 +251,9 @@ async function main(): Promise<void> {
   console.log('');
   console.log('Guest paused: from the source\'s STOP event to the destination\'s RESUME (QMP timestamps, one clock): what the guest\'s users see; downtime ends when the source has sent its last byte.');
   console.log('');
-  console.log('Of the socket ceiling: the median throughput against this run\'s ceiling above; "just before": the median of each migration\'s throughput against one channel run of its transport measured right before it (before its two processes started), with those ceilings in GB/s.');
+  console.log('Of the socket ceiling: the median throughput against this run\'s ceiling above; "around it": the median of each migration\'s throughput against the mean of two channel runs of its transport, one just before its two processes started and one just after they quit (each on a quiet machine), with those means in GB/s.');
   console.log('');
-  console.log('| RAM | guest | destination | transport | total time | downtime | guest paused | throughput | of the socket ceiling | of the ceiling just before | sent | passes | converged | CPU src / dst main | machine busy | CPU per GB |');
+  console.log('| RAM | guest | destination | transport | total time | downtime | guest paused | throughput | of the socket ceiling | of the ceiling around it | sent | passes | converged | CPU src / dst main | machine busy | CPU per GB |');
   console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   const dir = mkdtempSync(join(tmpdir(), 'ferry-bench-'));
   try {
