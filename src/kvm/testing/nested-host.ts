@@ -7,7 +7,7 @@
 // file beside it, written by the KVM host's /init.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export interface NestedKvmHost {
@@ -24,9 +24,24 @@ export interface NestedRun {
   readonly output: string;
   /** The KVM host's serial console: its kernel and /init messages. */
   readonly console: string;
+  /** The run was stopped: its time ran out, or its kernel reported itself wedged (`wedged`). */
   readonly timedOut: boolean;
+  /**
+   * Why the run was stopped before its timeout: the KVM host's kernel reported a CPU
+   * stuck for a minute or more (the line), or neither the console nor the script's output
+   * grew for a while.
+   */
+  readonly wedged?: string;
   /** Where the console was kept, for a run that did not finish. */
   readonly consoleFile?: string;
+}
+
+/** The console's report of a CPU stuck for STUCK_SECONDS or more (the KVM host's kernel locked up), if any. */
+export function wedgedLine(console: string): string | undefined {
+  for (const match of console.matchAll(/^.*soft lockup - CPU#\d+ stuck for (\d+)s!.*$/gm)) {
+    if (Number(match[1]) >= STUCK_SECONDS) return match[0].trim();
+  }
+  return undefined;
 }
 
 /** The KVM host built in `project`/.cache/kvm-host, or why it cannot be used here. */
@@ -46,6 +61,13 @@ export function nestedKvmHost(project: string): { ok: true; host: NestedKvmHost 
 }
 
 let runs = 0;
+/** A CPU of the KVM host stuck this long (its kernel's soft-lockup report) ends the run. */
+const STUCK_SECONDS = 60;
+/**
+ * So does this long without a byte on the console or from the script. The tests run here
+ * print a line as each test starts and ends, and none takes a minute in the KVM host.
+ */
+const SILENT_MS = 150_000;
 
 /**
  * Boot the KVM host, run `script` (shell) in the project folder with /dev/kvm, power off.
@@ -54,7 +76,7 @@ let runs = 0;
 export async function runInNestedHost(
   host: NestedKvmHost,
   script: string,
-  options: { timeoutMs: number; memoryMiB?: number; cpus?: number },
+  options: { timeoutMs: number; memoryMiB?: number; cpus?: number; silentMs?: number },
 ): Promise<NestedRun> {
   const dir = join(host.project, '.cache', 'kvm-host', 'runs');
   mkdirSync(dir, { recursive: true });
@@ -75,15 +97,44 @@ export async function runInNestedHost(
   ];
   const qemu = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let consoleText = '';
-  qemu.stdout.on('data', (d: Buffer) => (consoleText += d.toString()));
-  qemu.stderr.on('data', (d: Buffer) => (consoleText += d.toString()));
+  let wedged: string | undefined;
+  const onConsole = (d: Buffer): void => {
+    consoleText += d.toString();
+    // Under TCG the KVM host's own kernel now and then locks up, every CPU at once (its
+    // soft-lockup watchdog names kthreadd and the idle task): nothing runs again, the
+    // script included. A CPU stuck for a minute means that, so the run stops there rather
+    // than at its timeout, minutes later.
+    if (wedged !== undefined) return;
+    const line = wedgedLine(consoleText.slice(-4096));
+    if (line === undefined) return;
+    wedged = `its kernel reported "${line}"`;
+    qemu.kill('SIGKILL');
+  };
+  qemu.stdout.on('data', onConsole);
+  qemu.stderr.on('data', onConsole);
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
     qemu.kill('SIGKILL');
   }, options.timeoutMs);
+  // Other lock-ups leave the console silent too, watchdog and all: a run in which neither
+  // the console nor the script's output grew for `silentMs` is stopped then.
+  const silentMs = options.silentMs ?? SILENT_MS;
+  let lastSize = -1;
+  let lastChange = Date.now();
+  const silence = setInterval(() => {
+    const size = consoleText.length + (existsSync(outputPath) ? statSync(outputPath).size : 0);
+    if (size !== lastSize) {
+      lastSize = size;
+      lastChange = Date.now();
+    } else if (wedged === undefined && Date.now() - lastChange >= silentMs) {
+      wedged = `nothing on its console or from the script for ${Math.round(silentMs / 1000)} s`;
+      qemu.kill('SIGKILL');
+    }
+  }, 1000);
   await new Promise<void>((resolve) => qemu.on('close', () => resolve()));
   clearTimeout(timer);
+  clearInterval(silence);
   const read = (path: string): string | undefined => (existsSync(path) ? readFileSync(path, 'utf8') : undefined);
   const statusText = read(statusPath)?.trim();
   const output = read(outputPath) ?? '';
@@ -92,5 +143,5 @@ export async function runInNestedHost(
   // A run that never finished keeps its console (with the watchdog's task states) for a look.
   const consoleFile = status === null ? `${base}.console` : undefined;
   if (consoleFile) writeFileSync(consoleFile, consoleText);
-  return { status, output, console: consoleText, timedOut, ...(consoleFile ? { consoleFile } : {}) };
+  return { status, output, console: consoleText, timedOut: timedOut || wedged !== undefined, ...(wedged !== undefined ? { wedged } : {}), ...(consoleFile ? { consoleFile } : {}) };
 }
