@@ -120,8 +120,8 @@ export async function measureCeilings(options: CeilingOptions = {}): Promise<Cei
 
 /**
  * One run of the channel ceiling over `transport` (a unix socket goes in `dir`): what the
- * migration benchmark measures again right before each migration, so that a migration is
- * read against the ceiling of its own minute as well as the run's.
+ * migration benchmark measures again just before and just after each migration, so that a
+ * migration is read against the ceiling of its own minute as well as the run's.
  */
 export async function measureChannelOnce(transport: 'tcp' | 'unix', dir: string, bytes = 1024 ** 3, chunkSize = 1024 * 1024): Promise<SocketResult> {
   const uri = transport === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, `ceiling-${process.hrtime.bigint()}.sock`)}`;

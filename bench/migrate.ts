@@ -1,7 +1,8 @@
 // `npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off]
 //   [--memory 256M,1G] [--transport tcp,unix] [--stopped]`:
 // live migrations between two ferry processes, measured through QMP's query-migrate, and
-// in the same run the ceilings they are read against (loopback socket throughput, memcpy).
+// in the same run the ceilings they are read against (loopback socket throughput, memcpy) —
+// at the start of the run, and again just before and after each dirtying migration.
 // Each dirtying cell runs twice by default: to a destination that backs its RAM as pages
 // arrive (the default) and to one started with --mem-prealloc (QEMU's -mem-prealloc).
 // --stopped stops the source guest (QMP stop) once it is warm, before migrating: the
