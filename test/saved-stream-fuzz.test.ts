@@ -51,6 +51,9 @@ function stateText(value: unknown): string {
   return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v instanceof Uint8Array ? `sha256:${createHash('sha256').update(v).digest('hex')}` : v));
 }
 
+/** Each section's idstr, instance and saved value. */
+type SavedState = ReadonlyArray<readonly [string, number, Record<string, unknown>]>;
+
 /**
  * The destination Machine's RAM and state, with its run state kept here: starting the
  * guest is recorded, not done, so that one Machine serves every case.
@@ -86,40 +89,45 @@ class Destination implements MigrationVm {
   }
   /**
    * Bytes of a saved byte-array field that differ from one save to the next with nothing
-   * loaded in between, by "idstr.field" (v86's CPU state carries a 64-bit counter that
-   * moves with the host's clock): left out of state().
+   * loaded in between, by "idstr.field" (v86's state carries counters that move with the
+   * host's clock): left out of comparisons. Only ever grows.
    */
-  readonly #volatile = new Map<string, number[]>();
+  readonly #volatile = new Map<string, Set<number>>();
 
-  /** The CPU and device state as the Machine holds it now. */
-  state(): string {
-    return stateText(this.machine.stateSections.map((s) => [s.idstr, s.instanceId, this.#masked(s.idstr, s.save())]));
+  /** The CPU and device state as the Machine holds it now, as saved. */
+  snapshot(): SavedState {
+    return this.machine.stateSections.map((s) => [s.idstr, s.instanceId, s.save()] as const);
   }
 
-  /** Save every section twice, `gapMs` apart, and note the bytes that moved. */
+  /** The CPU and device state as comparable text, without the bytes known to move. */
+  state(snapshot: SavedState = this.snapshot()): string {
+    return stateText(snapshot.map(([idstr, instanceId, value]) => [idstr, instanceId, this.#masked(idstr, value)]));
+  }
+
+  /** Save every section twice, `gapMs` apart, and add the bytes that moved to those left out. */
   async learnVolatileBytes(gapMs: number): Promise<void> {
-    const first = this.machine.stateSections.map((s) => s.save());
+    const first = this.snapshot();
     await sleep(gapMs);
-    this.machine.stateSections.forEach((s, i) => {
-      const again = s.save();
-      for (const [field, value] of Object.entries(first[i]!)) {
+    for (const [i, [idstr, , again]] of this.snapshot().entries()) {
+      for (const [field, value] of Object.entries(first[i]![2])) {
         const other = again[field];
         if (!(value instanceof Uint8Array) || !(other instanceof Uint8Array) || value.length !== other.length) continue;
         // A counter that moved in its low bytes moves in the others in time: the 7 bytes
         // on either side of each moved byte are left out too (any 64-bit word holding it).
-        const moved: number[] = [];
+        const key = `${idstr}.${field}`;
+        const moved = this.#volatile.get(key) ?? new Set<number>();
         for (let at = 0; at < value.length; at++) {
           if (value[at] === other[at]) continue;
-          for (let b = Math.max(at - 7, (moved[moved.length - 1] ?? -1) + 1); b <= Math.min(at + 7, value.length - 1); b++) moved.push(b);
+          for (let b = Math.max(at - 7, 0); b <= Math.min(at + 7, value.length - 1); b++) moved.add(b);
         }
-        if (moved.length > 0) this.#volatile.set(`${s.idstr}.${field}`, moved);
+        if (moved.size > 0) this.#volatile.set(key, moved);
       }
-    });
+    }
   }
 
   get volatileBytes(): number {
     let n = 0;
-    for (const moved of this.#volatile.values()) n += moved.length;
+    for (const moved of this.#volatile.values()) n += moved.size;
     return n;
   }
 
@@ -134,6 +142,7 @@ class Destination implements MigrationVm {
     }
     return out;
   }
+
 }
 
 const common = { now: () => performance.now(), schedule: (fn: () => void) => setImmediate(fn), emit: () => {} };
@@ -244,16 +253,16 @@ function copyInto(scratch: Uint8Array, b: Uint8Array): Uint8Array {
 }
 
 /** A source Machine and an incoming one of the same kind, destroyed after the test. */
-async function machines(t: TestContext, accel: 'sim' | 'v86', memorySize: number, guestSpec: string): Promise<{ source: Machine; target: Machine }> {
+async function machines(t: TestContext, accel: 'sim' | 'v86', memorySize: number, guestSpec: string): Promise<{ source: Machine; target: Machine; consoleText: () => string }> {
   const guest = parseGuestSpec(guestSpec);
-  const console = { write: () => {} };
-  const source = await Machine.create({ accel, memorySize, guest, console });
-  const target = await Machine.create({ accel, memorySize, guest, console, incoming: true });
+  let text = '';
+  const source = await Machine.create({ accel, memorySize, guest, console: { write: (bytes) => (text += Buffer.from(bytes).toString('latin1')) } });
+  const target = await Machine.create({ accel, memorySize, guest, console: { write: () => {} }, incoming: true });
   t.after(async () => {
     await source.destroy();
     await target.destroy();
   });
-  return { source, target };
+  return { source, target, consoleText: () => text };
 }
 
 /** The saved stream as it is loads, starts the guest, and leaves the source's RAM on `target`. */
@@ -310,7 +319,8 @@ async function runCases(run: FuzzRun): Promise<{ loaded: number; failed: number;
     const where = `case ${i} (seed 0x${seed.toString(16)}): ${what}, ${chunkSize}-byte reads`;
     vm.runState = 'inmigrate';
     vm.starts = 0;
-    const before = vm.state();
+    const before = vm.snapshot();
+    const startedAt = performance.now();
     const outcome = await load(vm, bytes, chunkSize);
     const counts = byMutation.get(name) ?? { loaded: 0, failed: 0 };
     byMutation.set(name, counts);
@@ -337,7 +347,12 @@ async function runCases(run: FuzzRun): Promise<{ loaded: number; failed: number;
       assert.equal(reset.status, 'completed', `${where}: the saved stream no longer loads after: ${error}: ${reset.error ?? ''}`);
       continue;
     }
-    assert.equal(vm.state(), before, `${where}: CPU or device state changed by a stream that failed (${error})`);
+    if (vm.state() !== vm.state(before)) {
+      // Before calling it a change, look for bytes that move by themselves over as long
+      // as this case took (a clock a device reads when saved): those are left out.
+      await vm.learnVolatileBytes(Math.max(250, performance.now() - startedAt));
+    }
+    assert.equal(vm.state(), vm.state(before), `${where}: CPU or device state changed by a stream that failed (${error})`);
   }
   const summary = `${tally.failed} cases failed with an error naming the offset${run.refusedAtInstall ? ` (${tally.refused} of them refused by the device at install)` : ''}, ${tally.loaded} loaded (a change the format cannot see) — ${[...byMutation].map(([n, c]) => `${n} ${c.failed}/${c.failed + c.loaded}`).join(', ')}`;
   return { ...tally, summary };
@@ -379,15 +394,18 @@ const V86_MEMORY = 128 * MiB;
 const v86Skip = linuxGuestAvailable() ? false : `no Linux guest in ${linuxGuestDir()}: run \`sudo sh scripts/setup-linux-guest.sh\``;
 
 test(`saved-stream fuzz: ${V86_CASES} mutations of the Linux guest's stream under v86 (seed 0x${SEED.toString(16)}) load, or fail saying where, and never start the guest`, { skip: v86Skip, timeout: 10 * 60_000 }, async (t) => {
-  const { source, target } = await machines(t, 'v86', V86_MEMORY, 'builtin:idle');
-  // Long enough for the kernel to be loaded and running, with its devices set up.
-  await sleep(2000);
+  const { source, target, consoleText } = await machines(t, 'v86', V86_MEMORY, 'builtin:idle');
+  // A booted guest, as users migrate them: every device set up, and the same state from
+  // run to run (two seconds into the boot, the state's shape depended on the machine's pace).
+  const bootDeadline = Date.now() + 120_000;
+  while (!/heartbeat \d+/.test(consoleText())) {
+    assert.ok(Date.now() < bootDeadline, `the Linux guest did not boot to its heartbeat in 120 s: ${JSON.stringify(consoleText().slice(-300))}`);
+    await sleep(100);
+  }
   const stream = await saveStream(source);
   const vm = await loadsAsSaved(stream, source, target);
   assert.deepEqual(target.stateSections.map((s) => s.idstr), ['v86-state']);
   await vm.learnVolatileBytes(50);
-  t.diagnostic(`${vm.volatileBytes} bytes of the v86 state moved between two saves 50 ms apart (left out of the comparisons)`);
-  assert.ok(vm.volatileBytes <= 32, `${vm.volatileBytes} bytes of the v86 state move between two saves`);
 
   // The v86 section: its header and fields, then v86's own file — a 16-byte header, the
   // info block (JSON: the CPU's and devices' state, with the buffers' places), the buffers.
@@ -423,5 +441,8 @@ test(`saved-stream fuzz: ${V86_CASES} mutations of the Linux guest's stream unde
     refusedAtInstall: /v86 refused it:/,
   });
   t.diagnostic(result.summary);
+  // The bytes left out are a few clock-driven words, not whole swathes of the state.
+  t.diagnostic(`${vm.volatileBytes} bytes of the v86 state moved by themselves between saves (left out of the comparisons)`);
+  assert.ok(vm.volatileBytes <= 64, `${vm.volatileBytes} bytes of the v86 state moved between saves with nothing loaded`);
   assert.ok(result.failed > V86_CASES / 2, `only ${result.failed} of ${V86_CASES} cases failed`);
 });
