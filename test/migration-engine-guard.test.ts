@@ -100,6 +100,63 @@ test('RAM that is buffered in time but that the channel takes too late still cal
   assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
 });
 
+/**
+ * A source and a destination over an in-memory pair whose source end takes every write at
+ * once, but reports what was written during the first stop of the guest as still queued
+ * (unsent()) for `lagMs` after each write: a local socket with tens of MiB of buffer in
+ * front of a destination slower than the source. Once the guest has run again, nothing is.
+ */
+function pairDeepQueueWhileStopped(memorySize: number, lagMs: number): { src: Side; dst: Side; writesInFirstStop: () => number } {
+  const [a, b] = createMemoryChannelPair();
+  /** Writes made during the first stop: when, and how many bytes. */
+  const queued: { at: number; bytes: number }[] = [];
+  let writes = 0;
+  let src: Side | undefined;
+  const inFirstStop = (): boolean => src?.vm.runState === 'finish-migrate' && src.vm.runStates.filter((s) => s === 'finish-migrate').length === 1;
+  const channel: Channel = {
+    description: `memory: what is written while the guest is first stopped is taken ${lagMs} ms later`,
+    read: () => a.read(),
+    end: () => a.end(),
+    destroy: (error) => a.destroy(error),
+    unsent: () => {
+      if (!inFirstStop()) return 0;
+      const since = performance.now() - lagMs;
+      return queued.reduce((sum, q) => sum + (q.at > since ? q.bytes : 0), 0);
+    },
+    write: (data, done) => {
+      if (inFirstStop()) {
+        writes++;
+        queued.push({ at: performance.now(), bytes: data.byteLength });
+      }
+      return a.write(data, done);
+    },
+  };
+  src = makeSide({ memorySize }, { connect: async () => channel });
+  const dst = makeSide({ memorySize, incoming: true }, { listen: async () => listenerFor(b) });
+  return { src, dst, writesInFirstStop: () => writes };
+}
+
+test('RAM the channel took in time but the destination has not yet: the switchover is called off, not completed over the limit', async (t) => {
+  // Taken 100 ms after it was written: more than the limit, however little is left.
+  const { src, dst, writesInFirstStop } = pairDeepQueueWhileStopped(16 * MiB, 100);
+  src.vm.fillPages(0, 4096);
+  src.vm.startWorkload(64, 1);
+  t.after(() => src.vm.stopWorkload());
+  src.vm.runStates.length = 0;
+  src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 60 });
+
+  await migrateToEnd(src, dst);
+  src.vm.stopWorkload();
+
+  const info = src.migration.queryMigrate();
+  assert.equal(info.status, 'completed', JSON.stringify(info));
+  assert.ok(writesInFirstStop() > 0, 'the first stop wrote to the channel');
+  const states = src.vm.runStates;
+  assert.equal(states[states.indexOf('finish-migrate') + 1], 'running', `the first switchover was called off: ${states.join(' → ')}`);
+  assert.ok((info.downtime ?? Infinity) <= 60 + 15, `downtime ${info.downtime} ms for a 60 ms limit`);
+  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+});
+
 test('a channel that stays too slow for the limit: between called-off switchovers the guest runs at least as long as each stop lasted', async (t) => {
   // Every write made while the guest is stopped takes 150 ms: no switchover can meet 60 ms.
   const { src, dst } = pairSlowWhileStopped(8 * MiB, 150, false);

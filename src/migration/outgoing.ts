@@ -290,6 +290,7 @@ export class OutgoingMigration {
     if (this.#o.pauseBeforeSwitchover) await this.#pauseBeforeSwitchover();
     const pausedAt = this.#o.now();
     const bytesAtStop = w.bytesWritten;
+    const deliveredAtStop = this.#delivered(w);
 
     // The downtime guard: a running guest's RAM goes out in a PART section against the
     // limit first. Nothing is final before the END section, so if the deadline passes with
@@ -306,16 +307,20 @@ export class OutgoingMigration {
       const sent = await ram.sendWhileStopped(w, deadline);
       writeSectionFooter(w, ramEntry.sectionId);
       // In the stream buffer is not yet on its way: the pages must reach the channel before
-      // the deadline too, or the final flush would spend the downtime after the check.
+      // the deadline too, or the final flush would spend the downtime after the check. And
+      // the destination must have taken them, as far as the OS tells: a local socket holds
+      // tens of MiB, which a destination slower than the source (one backing fresh memory)
+      // took 84–133 ms more to read after RAM had "gone out" in time.
       if (sent) await this.#flush(w);
+      const delivered = sent && (await this.#waitDelivered(w, deadline));
       // A paused guest's stop that sent no pages and flushed late met the channel's latency,
       // not the RAM's volume: more passes cannot make the next stop faster, and calling it
       // off would repeat it for ever. It completes (nobody waits on a paused guest). A
       // running guest's does not: it stays active, as a migration that cannot converge.
       const pagesWhileStopped = ram.stats.pagesSent - pagesBefore;
-      const done = sent && (this.#o.now() <= deadline || (!this.#wasRunning && pagesWhileStopped === 0));
+      const done = sent && ((delivered && this.#o.now() <= deadline) || (!this.#wasRunning && pagesWhileStopped === 0));
       if (!done) {
-        this.#callOffSwitchover(w, pausedAt, bytesAtStop);
+        this.#callOffSwitchover(w, pausedAt, deliveredAtStop);
         return false;
       }
     }
@@ -408,10 +413,10 @@ export class OutgoingMigration {
   }
 
   /** The downtime guard's deadline passed before the stopped guest's RAM reached the channel: run the guest again and go on iterating. */
-  #callOffSwitchover(w: StreamWriter, pausedAt: number, bytesAtStop: number): void {
+  #callOffSwitchover(w: StreamWriter, pausedAt: number, deliveredAtStop: number): void {
     const { vm, ram } = this.#o;
     const stoppedMs = this.#o.now() - pausedAt;
-    const rate = (w.bytesWritten - bytesAtStop) / Math.max(1, stoppedMs);
+    const rate = (this.#delivered(w) - deliveredAtStop) / Math.max(1, stoppedMs);
     const capActive = this.#switchoverBytesPerMs !== undefined && this.#o.now() < this.#switchoverCapUntil;
     this.#switchoverBytesPerMs = capActive ? Math.min(this.#switchoverBytesPerMs!, rate) : rate;
     this.#switchoverCapUntil = this.#o.now() + CALLED_OFF_CAP_MS;
@@ -458,14 +463,15 @@ export class OutgoingMigration {
    * After the last flush: wait until the destination has taken every byte, as far as the
    * OS tells (a socket's send queue; a local socket holds tens of MiB), so that the
    * downtime covers them — QEMU's ends at its last write to a socket whose buffer is a
-   * few hundred KiB. At most DELIVERY_WAIT_MS: a destination that stopped reading fails
-   * on its own, and the close that follows reports it.
+   * few hundred KiB. At most until `until` (DELIVERY_WAIT_MS by default: a destination
+   * that stopped reading fails on its own, and the close that follows reports it). True
+   * once nothing is left unsent, or when the channel cannot tell.
    */
-  async #waitDelivered(w: StreamWriter): Promise<void> {
+  async #waitDelivered(w: StreamWriter, until = this.#o.now() + DELIVERY_WAIT_MS): Promise<boolean> {
     const channel = this.#channel;
-    if (channel?.unsent === undefined) return;
-    const deadline = this.#o.now() + DELIVERY_WAIT_MS;
-    while (!w.error && channel.unsent() > 0 && this.#o.now() < deadline) await this.#o.sleep(1);
+    if (channel?.unsent === undefined) return true;
+    while (!w.error && channel.unsent() > 0 && this.#o.now() < until) await this.#o.sleep(1);
+    return channel.unsent() === 0;
   }
 
   #startWindow(w: StreamWriter): void {
