@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { ConfigError, TransportError } from '../src/errors.js';
 import { connect, listen } from '../src/transport/index.js';
-import { MIGRATION_SOCKET_BUFFER } from '../src/transport/socket-buffers.js';
+import { MIGRATION_RECEIVE_BUFFER, MIGRATION_SOCKET_BUFFER } from '../src/transport/socket-buffers.js';
 import { StreamChannel } from '../src/transport/stream-channel.js';
 import { childResult, randomPayload, receiveAll, sendAll, sha256, spawnNodeChild } from '../src/transport/testing.js';
 
@@ -120,7 +120,7 @@ test('tcp: a slow reader holds the writer back (write waits, the read queue stay
   assert.ok(destination instanceof StreamChannel);
   // The kernel holds up to both sockets' buffers (socket-buffers.ts; as it reports them,
   // doubled): the writer may get that far ahead, and no farther.
-  const kernelHolds = 2 * (2 * MIGRATION_SOCKET_BUFFER);
+  const kernelHolds = 2 * (MIGRATION_SOCKET_BUFFER + MIGRATION_RECEIVE_BUFFER);
   const total = kernelHolds + 64 * MiB;
   const chunk = new Uint8Array(256 * 1024).fill(7);
   let sent = 0;

@@ -9,7 +9,7 @@ import { TransportError } from '../errors.js';
 import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { adoptWithPooledReads, PooledReads } from './read-pool.js';
-import { enlargeIfLocal, enlargeSocketBuffers, isLoopbackAddress } from './socket-buffers.js';
+import { sizeIfLocal, sizeSocketBuffers, isLoopbackAddress } from './socket-buffers.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import { formatMigrationUri, type MigrationUri } from './uri.js';
 
@@ -38,7 +38,7 @@ export function socketChannel(
   const tcp = socket.remoteFamily !== undefined;
   if (tcp) socket.setNoDelay(true);
   const fd = socketFd(socket);
-  if (fd !== undefined) enlargeIfLocal(fd, tcp, socket.remoteAddress, description);
+  if (fd !== undefined) sizeIfLocal(fd, tcp, socket.remoteAddress, description);
   return new StreamChannel({
     description,
     readable: socket,
@@ -122,7 +122,7 @@ export async function listenSocket(uri: SocketUri, options: SocketOptions = {}):
   const listenFd = serverFd(server);
   const bound = server.address();
   const local = uri.kind === 'unix' || (bound !== null && typeof bound === 'object' && isLoopbackAddress(bound.address));
-  if (listenFd !== undefined && local) enlargeSocketBuffers(listenFd, uri.kind === 'tcp', description);
+  if (listenFd !== undefined && local) sizeSocketBuffers(listenFd, uri.kind === 'tcp', description);
   return new SocketListener(server, uri, description, options);
 }
 
