@@ -21,6 +21,7 @@ import type { MigrationStateMachine } from './states.js';
 import type { MigrationVm } from './vm.js';
 import type { RunState } from '../machine/run-state.js';
 import type { RateLimiter } from './rate-limiter.js';
+import { settledBy } from './deadline.js';
 import { keepShape } from '../hot-shapes.js';
 
 export interface OutgoingOptions {
@@ -63,6 +64,8 @@ const SWITCHOVER_MARGIN = 0.9;
  * is called off and the guest runs again.
  */
 const SWITCHOVER_RAM_SHARE = 0.9;
+/** How long a stop must have lasted before the rate the destination takes during it is trusted. */
+const STOP_RATE_MS = 20;
 /**
  * How long the rate a called-off switchover got caps the estimate: a slow patch of the link
  * (a file's write-back, another tenant) passes, and a cap kept for good could stop a guest
@@ -304,15 +307,18 @@ export class OutgoingMigration {
       writeSectionPart(w, 'part', ramEntry.sectionId);
       const deadline = stopStart + limit * SWITCHOVER_RAM_SHARE;
       const pagesBefore = ram.stats.pagesSent;
-      const sent = await ram.sendWhileStopped(w, deadline);
+      const giveUp = (): boolean => this.#cannotDeliverBy(w, deadline, pausedAt, deliveredAtStop);
+      const sent = await ram.sendWhileStopped(w, deadline, giveUp);
       writeSectionFooter(w, ramEntry.sectionId);
       // In the stream buffer is not yet on its way: the pages must reach the channel before
-      // the deadline too, or the final flush would spend the downtime after the check. And
+      // the deadline too, or the final flush would spend the downtime after the check —
+      // waited for no longer than the deadline (a full socket can take seconds). And
       // the destination must have taken them, as far as the OS tells: a local socket holds
       // tens of MiB, which a destination slower than the source (one backing fresh memory)
       // took 84–133 ms more to read after RAM had "gone out" in time.
-      if (sent) await this.#flush(w);
-      const delivered = sent && (await this.#waitDelivered(w, deadline));
+      const flushed = sent && (await settledBy(w.flush(), deadline, this.#o.now, giveUp));
+      if (w.error) throw w.error;
+      const delivered = flushed && (await this.#waitDelivered(w, deadline, giveUp));
       // A paused guest's stop that sent no pages and flushed late met the channel's latency,
       // not the RAM's volume: more passes cannot make the next stop faster, and calling it
       // off would repeat it for ever. It completes (nobody waits on a paused guest). A
@@ -460,6 +466,23 @@ export class OutgoingMigration {
   }
 
   /**
+   * Whether what the channel already holds cannot reach the destination by `deadline`, at
+   * the rate it has been taken since the guest stopped (the estimate before the stop, for
+   * the first STOP_RATE_MS): handing out more pages is then pointless, and waiting for
+   * room for them would hold the guest past the deadline. (Seen: a lazy destination taking
+   * 0.46 GB/s with 44 MB queued, and the stopped RAM's loop ending 36–46 ms after the
+   * guard's deadline; the called-off guest had been paused 305–316 ms for a 300 ms limit.)
+   */
+  #cannotDeliverBy(w: StreamWriter, deadline: number, pausedAt: number, deliveredAtStop: number): boolean {
+    const unsent = this.#channel?.unsent?.() ?? 0;
+    if (unsent === 0) return false;
+    const now = this.#o.now();
+    const elapsed = now - pausedAt;
+    const rate = elapsed >= STOP_RATE_MS ? (w.bytesWritten - unsent - deliveredAtStop) / elapsed : this.#bytesPerMs;
+    return now + unsent / Math.max(rate, 1) > deadline;
+  }
+
+  /**
    * After the last flush: wait until the destination has taken every byte, as far as the
    * OS tells (a socket's send queue; a local socket holds tens of MiB), so that the
    * downtime covers them — QEMU's ends at its last write to a socket whose buffer is a
@@ -467,10 +490,10 @@ export class OutgoingMigration {
    * that stopped reading fails on its own, and the close that follows reports it). True
    * once nothing is left unsent, or when the channel cannot tell.
    */
-  async #waitDelivered(w: StreamWriter, until = this.#o.now() + DELIVERY_WAIT_MS): Promise<boolean> {
+  async #waitDelivered(w: StreamWriter, until = this.#o.now() + DELIVERY_WAIT_MS, giveUp?: () => boolean): Promise<boolean> {
     const channel = this.#channel;
     if (channel?.unsent === undefined) return true;
-    while (!w.error && channel.unsent() > 0 && this.#o.now() < until) await this.#o.sleep(1);
+    while (!w.error && channel.unsent() > 0 && this.#o.now() < until && giveUp?.() !== true) await this.#o.sleep(1);
     return channel.unsent() === 0;
   }
 

@@ -16,6 +16,7 @@ import type { MigrationVm } from './vm.js';
 import type { DirtyPeriod } from './auto-converge.js';
 import { RAM_VERSION, RamLoader } from './ram-load.js';
 import { WORDS_PER_PAGE, isZeroPage, popcount32, wordsOf } from './ram-pages.js';
+import { settledBy } from './deadline.js';
 import { keepShape } from '../hot-shapes.js';
 
 export { isZeroPage } from './ram-pages.js';
@@ -211,15 +212,17 @@ export class RamHandler implements SaveVmHandler {
 
   /**
    * The guest is stopped: sync the dirty log and send what is pending until everything is
-   * out or the engine's clock reaches `until` (the downtime guard's deadline). True when
+   * out, the engine's clock reaches `until` (the downtime guard's deadline), or `giveUp`
+   * says the deadline cannot be met — asked before waiting for the channel to take a
+   * backlog, so that a hopeless stop ends before that wait rather than after it. True when
    * nothing is left; complete() then only ends the section.
    */
-  async sendWhileStopped(w: StreamWriter, until: number): Promise<boolean> {
+  async sendWhileStopped(w: StreamWriter, until: number, giveUp?: () => boolean): Promise<boolean> {
     if (!this.#syncedWhileStopped) {
       this.#sync();
       this.#syncedWhileStopped = true;
     }
-    await this.#send(w, false, until);
+    await this.#send(w, false, until, giveUp);
     return this.stats.remainingPages === 0;
   }
 
@@ -289,9 +292,10 @@ export class RamHandler implements SaveVmHandler {
    * Send pages from the to-send bitmap, from where the last call stopped, then EOS.
    * `limited`: stop when the rate limiter's window is spent or the time slice is over
    * (an iteration); otherwise send everything (completion, guest stopped) — or, with
-   * `until`, stop there on the engine's clock.
+   * `until`, stop there on the engine's clock, or once `giveUp` says so — and wait for the
+   * channel to take a backlog no longer than that either.
    */
-  async #send(w: StreamWriter, limited: boolean, until?: number): Promise<void> {
+  async #send(w: StreamWriter, limited: boolean, until?: number, giveUp?: () => boolean): Promise<void> {
     const chunks = new RamChunkWriter(w);
     const memory = this.#memory;
     const limiter = this.#opts.limiter;
@@ -312,7 +316,8 @@ export class RamHandler implements SaveVmHandler {
       this.#account(w.bytesWritten - bytesMark);
       bytesMark = w.bytesWritten;
     };
-    const sliceOver = (): boolean => (limited && (limiter.exceeded() || now() >= deadline)) || (until !== undefined && now() >= until);
+    const stopNow = (): boolean => until !== undefined && (now() >= until || (giveUp?.() ?? false));
+    const sliceOver = (): boolean => (limited && (limiter.exceeded() || now() >= deadline)) || stopNow();
     outer: while (visitedBlocks <= memory.length && stats.remainingPages > 0) {
       const b = this.#cursorBlock;
       const block = memory[b];
@@ -344,7 +349,10 @@ export class RamHandler implements SaveVmHandler {
           sinceCheck += 32;
           if (sinceCheck >= checkEvery) {
             account();
-            if (w.backlogged) await w.settled();
+            if (w.backlogged) {
+              if (until === undefined) await w.settled();
+              else if (!(await settledBy(w.settled(), until, now, giveUp))) break outer;
+            }
             words = wordsOf(block, words);
             if (sliceOver()) break outer;
           }
@@ -381,7 +389,10 @@ export class RamHandler implements SaveVmHandler {
           }
           if (++sinceCheck >= checkEvery) {
             account();
-            if (w.backlogged) await w.settled();
+            if (w.backlogged) {
+              if (until === undefined) await w.settled();
+              else if (!(await settledBy(w.settled(), until, now, giveUp))) break outer;
+            }
             // Memory can only be replaced (a grown WebAssembly memory) while this awaited.
             words = wordsOf(block, words);
             if (sliceOver()) break outer;
@@ -398,7 +409,10 @@ export class RamHandler implements SaveVmHandler {
     }
     chunks.eos();
     this.#account(w.bytesWritten - bytesMark);
-    if (w.needsFlush) await w.flush();
+    if (w.needsFlush) {
+      if (until === undefined) await w.flush();
+      else await settledBy(w.flush(), until, now, giveUp);
+    }
   }
 
   #passMark = { pages: 0, zero: 0, bytes: 0 };
