@@ -31,6 +31,8 @@ interface Run {
   srcMainMs: number; dstMainMs: number; machineBusy: number;
   /** CPU of both processes, every thread, during the migration. */
   bothMs: number;
+  /** Durations of the stops the downtime guard called off (the guest then ran again), ms. */
+  calledOffMs: number[];
   /**
    * The channel ceiling of this transport measured around the migration (dirtying cells):
    * the mean of one run just before its processes started and one just after they quit, bytes/s.
@@ -114,6 +116,13 @@ async function warmedUp(vm: FerryProcess): Promise<void> {
 }
 
 /** "72 % [64–81 %] (4.21, 4.40, 3.95)": each run's throughput against the ceiling measured around it. */
+/** The converged column's note on switchovers the guard called off: how many per run, and the longest such stop. */
+function calledOffNote(runs: readonly Run[]): string {
+  const stops = runs.flatMap((r) => r.calledOffMs);
+  if (stops.length === 0) return '';
+  return ` (called off: ${runs.map((r) => r.calledOffMs.length).join(', ')}; stops up to ${Math.round(Math.max(...stops))} ms)`;
+}
+
 function pairedShare(runs: readonly Run[]): string {
   const shares = runs.map((r) => (100 * r.throughput) / r.ceilingAround);
   const pct = (x: number) => `${Math.round(x)} %`;
@@ -140,6 +149,11 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
 
 /** Runs whose downtime overran the limit, with the engine's account of where it went. */
 const overruns: string[] = [];
+
+/** How long each stop the source's downtime guard called off lasted, from its trace ("switchover called off after 123.4 ms"). */
+function calledOffStops(trace: string): number[] {
+  return [...trace.matchAll(/migration: switchover called off after ([\d.]+) ms/g)].map((m) => Number(m[1]));
+}
 
 /** Start a source and a destination, migrate once between them, and stop both. */
 async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Promise<Omit<Run, 'ceilingAround'>> {
@@ -198,6 +212,7 @@ async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Pr
       srcMainMs: cpu.processes.get(pids[0]!)?.mainMs ?? NaN,
       dstMainMs: cpu.processes.get(pids[1]!)?.mainMs ?? NaN,
       machineBusy: cpu.machineBusy,
+      calledOffMs: calledOffStops(source.stderr),
       bothMs: pids.reduce((sum, pid) => {
         const used = cpu.processes.get(pid);
         return sum + (used ? used.mainMs + used.otherMs : NaN);
@@ -266,7 +281,7 @@ async function main(): Promise<void> {
       const cpuPerGB = median(ok.map((r) => r.bothMs / 1000 / (r.bytes / 1e9)));
       const isIdle = /idle/.test(cell.guest);
       const paused = ok.map((r) => r.pauseMs).filter((x) => Number.isFinite(x));
-      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${isIdle ? '—' : pairedShare(ok)} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
+      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${isIdle ? '—' : pairedShare(ok)} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'}${calledOffNote(ok)} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
     }
     if (overruns.length > 0) {
       console.log(`\nRuns whose downtime overran the ${downtimeLimit} ms limit, and where it went (the source's trace):`);
