@@ -59,20 +59,22 @@ const DELIVERY_WAIT_MS = 5000;
 /** The share of the measured bandwidth the switchover decision counts on. */
 const SWITCHOVER_MARGIN = 0.9;
 /**
- * The downtime guard: once the guest is stopped, RAM must be out within this share of the
- * downtime limit (the rest is for the device state and the last flush), or the switchover
- * is called off and the guest runs again.
+ * The downtime guard: once the guest is stopped (and its device state saved, into memory),
+ * RAM must be out within this share of the downtime limit, or the switchover is called off
+ * and the guest runs again...
  */
 const SWITCHOVER_RAM_SHARE = 0.9;
 /**
  * ...unless, at that point, what is left (pages and bytes queued) would reach the
- * destination within this share at the rate it has taken them since the stop: then the RAM
- * may run on until it. A switchover is tried when the pending bytes just fit the estimate,
- * and the estimate is the rate the destination takes, so the stop's RAM often needs a few
- * per cent more than SWITCHOVER_RAM_SHARE (seen: 760 MB pending against a threshold of
- * 777 MB, 40 MB still unsent at 270 ms; called off, that migration took twice as long).
+ * destination within this share, less the time the saved device state needs to follow,
+ * at the rate the destination has taken bytes since the stop: then the RAM may run on until
+ * then. A switchover is tried when the pending bytes just fit the estimate, and the
+ * estimate is the rate the destination takes, so the stop's RAM often needs a few per cent
+ * more than SWITCHOVER_RAM_SHARE (seen: 760 MB pending against a threshold of 777 MB, 40 MB
+ * still unsent at 270 ms; called off, that migration took twice as long). The rest of the
+ * limit is for the EOF, the vmdesc and the last flush.
  */
-const SWITCHOVER_RAM_SHARE_EXTENDED = 0.95;
+const SWITCHOVER_RAM_SHARE_EXTENDED = 0.97;
 /** How long a stop must have lasted before the rate the destination takes during it is trusted. */
 const STOP_RATE_MS = 20;
 /**
@@ -88,6 +90,14 @@ const CALLED_OFF_CAP_MS = 1000;
  * would run only between attempts.
  */
 const CALLED_OFF_MIN_RUN_MS = 100;
+
+/** The device state saved at a stop, before the RAM (see #saveDevices). */
+interface SavedDevices {
+  readonly chunks: readonly Uint8Array[];
+  readonly length: number;
+  readonly devices: readonly VmdescDevice[];
+  readonly ms: number;
+}
 
 /** Times (ms) and rates query-migrate reports for the source. */
 export interface OutgoingFigures {
@@ -311,11 +321,19 @@ export class OutgoingMigration {
     // A guest that was paused already is guarded too: calling its switchover off costs
     // nothing, and the downtime reported keeps to the limit. Not after
     // pause-before-switchover: whoever continued it has committed to it (QEMU).
+    let saved: SavedDevices | undefined;
     if (ramEntry && !this.#o.pauseBeforeSwitchover) {
       const limit = this.#o.parameters()['downtime-limit'];
+      // The device state first, into memory, to go out after the RAM's END as ever: what it
+      // costs (the time to save it, its bytes) comes off the RAM's budget exactly, instead
+      // of a share of the limit guessed for every kind of VM.
+      saved = await this.#saveDevices();
+      // (At most what the guard kept back before it measured: an estimate of 0 B/ms, after a
+      // called-off stop, must not put the deadline in the past and call every stop off.)
+      const deviceBytesMs = Math.min(saved.length / Math.max(this.#bytesPerMs, 1), limit * (1 - SWITCHOVER_RAM_SHARE));
       writeSectionPart(w, 'part', ramEntry.sectionId);
-      const soft = stopStart + limit * SWITCHOVER_RAM_SHARE;
-      const deadline = stopStart + limit * SWITCHOVER_RAM_SHARE_EXTENDED;
+      const deadline = stopStart + limit * SWITCHOVER_RAM_SHARE_EXTENDED - deviceBytesMs;
+      const soft = Math.min(deadline, stopStart + limit * SWITCHOVER_RAM_SHARE);
       const pagesBefore = ram.stats.pagesSent;
       const giveUp = (): boolean => this.#cannotDeliverBy(w, soft, deadline, pausedAt, deliveredAtStop);
       const sent = await ram.sendWhileStopped(w, deadline, giveUp);
@@ -348,15 +366,21 @@ export class OutgoingMigration {
     }
     const ramDoneAt = this.#o.now();
     const devices: VmdescDevice[] = [];
-    for (const { sectionId, handler } of registry.nonIterative) {
-      writeSectionStart(w, 'full', sectionId, handler.idstr, handler.instanceId, handler.version);
-      const entry = await handler.complete(w);
-      writeSectionFooter(w, sectionId);
-      if (entry) devices.push(entry);
+    if (saved) {
+      for (const chunk of saved.chunks) w.bytes(chunk);
+      devices.push(...saved.devices);
+    } else {
+      for (const { sectionId, handler } of registry.nonIterative) {
+        writeSectionStart(w, 'full', sectionId, handler.idstr, handler.instanceId, handler.version);
+        const entry = await handler.complete(w);
+        writeSectionFooter(w, sectionId);
+        if (entry) devices.push(entry);
+      }
     }
     writeEof(w);
     writeVmdesc(w, { page_size: PAGE_SIZE, devices });
     const devicesDoneAt = this.#o.now();
+    const deviceMs = (saved?.ms ?? 0) + (devicesDoneAt - ramDoneAt);
     await w.drain();
     if (w.error) throw w.error;
     const drainedAt = this.#o.now();
@@ -394,7 +418,7 @@ export class OutgoingMigration {
     this.#o.trace?.(
       `migration: completed in ${this.#totalTime.toFixed(1)} ms, downtime ${this.#downtime.toFixed(1)} ms ` +
         `(stopping the vCPUs ${(pausedAt - stopStart).toFixed(1)} ms, the last RAM ${(ramDoneAt - pausedAt).toFixed(1)} ms, ` +
-        `device state ${(devicesDoneAt - ramDoneAt).toFixed(1)} ms, the last flush ${(drainedAt - devicesDoneAt).toFixed(1)} ms, ` +
+        `device state ${deviceMs.toFixed(1)} ms, the last flush ${(drainedAt - devicesDoneAt).toFixed(1)} ms, ` +
         `the destination taking the bytes still queued ${(deliveredAt - drainedAt).toFixed(1)} ms` +
         `${acknowledgedAt === undefined ? '' : `, the destination's SHUT ${(acknowledgedAt - drainedAt).toFixed(1)} ms`}; ` +
         `${w.bytesWritten - bytesAtStop} B after the stop; then closing the channel ${(closedAt - end).toFixed(1)} ms), ` +
@@ -404,6 +428,40 @@ export class OutgoingMigration {
     vm.setRunState('postmigrate');
     state.transition('completed');
     return true;
+  }
+
+  /**
+   * With the guest stopped: every non-iterative handler's FULL section, written into memory
+   * rather than the stream (nothing goes out before the RAM's END), with the vmdesc entries,
+   * the bytes, and how long it took. A called-off switchover drops it; the next stop saves again.
+   */
+  async #saveDevices(): Promise<SavedDevices> {
+    const start = this.#o.now();
+    const chunks: Uint8Array[] = [];
+    let length = 0;
+    const collect: Channel = {
+      description: 'the device state, kept until the RAM is out',
+      read: () => Promise.resolve(null),
+      // Kept as handed over: without `done` the writer never reuses a buffer it gave away.
+      write: (data) => {
+        chunks.push(data);
+        length += data.byteLength;
+        return Promise.resolve();
+      },
+      end: () => Promise.resolve(),
+      destroy: () => {},
+    };
+    const sw = new StreamWriter(collect);
+    const devices: VmdescDevice[] = [];
+    for (const { sectionId, handler } of this.#o.registry.nonIterative) {
+      writeSectionStart(sw, 'full', sectionId, handler.idstr, handler.instanceId, handler.version);
+      const entry = await handler.complete(sw);
+      writeSectionFooter(sw, sectionId);
+      if (entry) devices.push(entry);
+    }
+    await sw.flush();
+    if (sw.error) throw sw.error;
+    return { chunks, length, devices, ms: this.#o.now() - start };
   }
 
   /** pre-switchover until migrate-continue (or a cancel), then device, as QEMU 7.2. */
