@@ -75,8 +75,15 @@ const SWITCHOVER_RAM_SHARE = 0.9;
  * limit is for the EOF, the vmdesc and the last flush.
  */
 const SWITCHOVER_RAM_SHARE_EXTENDED = 0.97;
-/** How long a stop must have lasted before the rate the destination takes during it is trusted. */
+/**
+ * The guard gives up on a stop early only once it has lasted this long (the rate the
+ * destination takes during it means something by then) and with at least this much left:
+ * a few bytes in a unix socket's queue, taken at the pace an idle guest's stream trickles,
+ * would read as hopeless (an estimate of a few B/ms is no measure of the link), and an
+ * idle 1 GiB guest's switchovers were called off dozens of times in a row.
+ */
 const STOP_RATE_MS = 20;
+const GIVE_UP_MIN_BYTES = 1024 * 1024;
 /**
  * How long the rate a called-off switchover got caps the estimate: a slow patch of the link
  * (a file's write-back, another tenant) passes, and a cap kept for good could stop a guest
@@ -536,7 +543,8 @@ export class OutgoingMigration {
   /**
    * The downtime guard's test while the stopped guest's RAM goes out: true when it cannot
    * reach the destination by `deadline` at the rate the destination has taken bytes since
-   * the guest stopped (the estimate before the stop, for the first STOP_RATE_MS). Before
+   * the guest stopped (never in the first STOP_RATE_MS, nor for less than
+   * GIVE_UP_MIN_BYTES). Before
    * `soft`, only what the channel already holds counts: handing out more pages is then
    * pointless, and waiting for room for them would hold the guest past the deadline (seen:
    * a lazy destination taking 0.46 GB/s with 44 MB queued, and a called-off guest paused
@@ -544,11 +552,12 @@ export class OutgoingMigration {
    */
   #cannotDeliverBy(w: StreamWriter, soft: number, deadline: number, pausedAt: number, deliveredAtStop: number): boolean {
     const now = this.#o.now();
+    const elapsed = now - pausedAt;
+    if (elapsed < STOP_RATE_MS) return false;
     const unsent = this.#channel?.unsent?.() ?? 0;
     const left = unsent + (now >= soft ? this.#o.ram.stats.remainingPages * (PAGE_SIZE + 8) : 0);
-    if (left === 0) return false;
-    const elapsed = now - pausedAt;
-    const rate = elapsed >= STOP_RATE_MS ? (w.bytesWritten - unsent - deliveredAtStop) / elapsed : this.#bytesPerMs;
+    if (left < GIVE_UP_MIN_BYTES) return false;
+    const rate = (w.bytesWritten - unsent - deliveredAtStop) / elapsed;
     return now + left / Math.max(rate, 1) > deadline;
   }
 
