@@ -147,6 +147,9 @@ async function migrateOnce(dir: string, cell: Cell, rep: number): Promise<Run> {
   return { ...run, ceilingAround: (before + after) / 2 };
 }
 
+/** Switchovers the downtime guard called off, with the engine's account of each (what was left, the rate while stopped). */
+const calledOff: string[] = [];
+
 /** Runs whose downtime overran the limit, with the engine's account of where it went. */
 const overruns: string[] = [];
 
@@ -194,6 +197,9 @@ async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Pr
     // A stopped source stops no guest, and its destination starts none.
     const pauseMs = outcome.status === 'completed' && !stopped ? await guestPause(source.qmp, dest.qmp) : undefined;
     const info: QueryMigrateInfo = outcome.info;
+    for (const line of source.stderr.split('\n').filter((l) => l.includes('migration: switchover called off'))) {
+      calledOff.push(`${cell.memory} ${cell.guest} ${cell.prealloc ? 'prealloc' : 'lazy'} ${cell.transport}, rep ${rep + 1}: ${line.replace(/^FERRY \d+: migration: /, '')}`);
+    }
     if ((info.downtime ?? 0) > downtimeLimit) {
       const breakdown = source.stderr.split('\n').find((line) => line.includes('migration: completed in'));
       overruns.push(`${cell.memory} ${cell.guest} ${cell.prealloc ? 'prealloc' : 'lazy'} ${cell.transport}, rep ${rep + 1}: downtime ${info.downtime} ms — ${breakdown?.replace(/^FERRY \d+: migration: /, '') ?? '(no trace)'}`);
@@ -282,6 +288,10 @@ async function main(): Promise<void> {
       const isIdle = /idle/.test(cell.guest);
       const paused = ok.map((r) => r.pauseMs).filter((x) => Number.isFinite(x));
       console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${isIdle ? '—' : pairedShare(ok)} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'}${calledOffNote(ok)} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
+    }
+    if (calledOff.length > 0) {
+      console.log("\nSwitchovers the downtime guard called off (the source's trace):");
+      for (const line of calledOff) console.log(`- ${line}`);
     }
     if (overruns.length > 0) {
       console.log(`\nRuns whose downtime overran the ${downtimeLimit} ms limit, and where it went (the source's trace):`);
