@@ -1,7 +1,7 @@
 // The downtime guard: a switchover whose RAM cannot go out within the downtime limit is
 // called off — the guest runs again, the passes go on at the rate the switchover really
 // got — and a later one completes inside the limit, with the RAM intact.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
 import type { Channel } from '../src/transport/channel.js';
@@ -46,6 +46,30 @@ function pairSlowWhileStopped(memorySize: number, delayMs: number, firstStopOnly
   return { src, dst, slowedWrites: () => slowed };
 }
 
+/**
+ * Fill `pages` of the source's RAM, keep `workloadPages` a millisecond rewritten, and
+ * migrate with a 60 ms limit to the end: the migration must complete with its first
+ * switchover called off (the guest ran again), its downtime within the limit, and the
+ * destination's RAM the source's.
+ */
+async function migrateCallingOffTheFirstStop(t: TestContext, src: Side, dst: Side, pages: number, workloadPages: number): Promise<void> {
+  src.vm.fillPages(0, pages);
+  src.vm.startWorkload(workloadPages, 1);
+  t.after(() => src.vm.stopWorkload());
+  src.vm.runStates.length = 0;
+  src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 60 });
+
+  await migrateToEnd(src, dst);
+  src.vm.stopWorkload();
+
+  const info = src.migration.queryMigrate();
+  assert.equal(info.status, 'completed', JSON.stringify(info));
+  const states = src.vm.runStates;
+  assert.equal(states[states.indexOf('finish-migrate') + 1], 'running', `the first switchover was called off: ${states.join(' → ')}`);
+  assert.ok((info.downtime ?? Infinity) <= 60 + 15, `downtime ${info.downtime} ms for a 60 ms limit`);
+  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+}
+
 test('a switchover that cannot send its RAM within the limit is called off; the guest runs again and a later one completes within it', async (t) => {
   const { src, dst, slowedWrites: slowed } = pairSlowWhileStopped(32 * MiB, 25, true);
   src.vm.fillPages(0, 8192); // 32 MiB of data
@@ -79,25 +103,11 @@ test('a switchover that cannot send its RAM within the limit is called off; the 
 // downtime came to 33 ms. The guard now hands the stopped guest's RAM to the channel and
 // checks the deadline once the channel has taken it.
 test('RAM that is buffered in time but that the channel takes too late still calls the switchover off', async (t) => {
-  // Fast while the guest runs; during the first stop every write takes 200 ms.
+  // Fast while the guest runs; during the first stop every write takes 200 ms. A few pages
+  // a millisecond: what is left at the stop fits one stream buffer.
   const { src, dst, slowedWrites } = pairSlowWhileStopped(8 * MiB, 200, true);
-  src.vm.fillPages(0, 2048);
-  // A few pages a millisecond: what is left at the stop fits one stream buffer.
-  src.vm.startWorkload(2, 1);
-  t.after(() => src.vm.stopWorkload());
-  src.vm.runStates.length = 0;
-  src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 60 });
-
-  await migrateToEnd(src, dst);
-  src.vm.stopWorkload();
-
-  const info = src.migration.queryMigrate();
-  assert.equal(info.status, 'completed', JSON.stringify(info));
+  await migrateCallingOffTheFirstStop(t, src, dst, 2048, 2);
   assert.ok(slowedWrites() > 0, 'the first switchover met the slow channel');
-  const states = src.vm.runStates;
-  assert.equal(states[states.indexOf('finish-migrate') + 1], 'running', `the first switchover was called off: ${states.join(' → ')}`);
-  assert.ok((info.downtime ?? Infinity) <= 60 + 15, `downtime ${info.downtime} ms for a 60 ms limit`);
-  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
 });
 
 /**
@@ -139,22 +149,8 @@ function pairDeepQueueWhileStopped(memorySize: number, lagMs: number): { src: Si
 test('RAM the channel took in time but the destination has not yet: the switchover is called off, not completed over the limit', async (t) => {
   // Taken 100 ms after it was written: more than the limit, however little is left.
   const { src, dst, writesInFirstStop } = pairDeepQueueWhileStopped(16 * MiB, 100);
-  src.vm.fillPages(0, 4096);
-  src.vm.startWorkload(64, 1);
-  t.after(() => src.vm.stopWorkload());
-  src.vm.runStates.length = 0;
-  src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 60 });
-
-  await migrateToEnd(src, dst);
-  src.vm.stopWorkload();
-
-  const info = src.migration.queryMigrate();
-  assert.equal(info.status, 'completed', JSON.stringify(info));
+  await migrateCallingOffTheFirstStop(t, src, dst, 4096, 64);
   assert.ok(writesInFirstStop() > 0, 'the first stop wrote to the channel');
-  const states = src.vm.runStates;
-  assert.equal(states[states.indexOf('finish-migrate') + 1], 'running', `the first switchover was called off: ${states.join(' → ')}`);
-  assert.ok((info.downtime ?? Infinity) <= 60 + 15, `downtime ${info.downtime} ms for a 60 ms limit`);
-  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
 });
 
 /**
@@ -199,11 +195,6 @@ function pairStalledWhileStopped(memorySize: number): { src: Side; dst: Side; he
 // the guest 305–316 ms for a 300 ms limit.
 test('a stop whose RAM the channel does not take ends at the deadline, not once the channel has room again', { timeout: 30_000 }, async (t) => {
   const { src, dst, heldWrites } = pairStalledWhileStopped(16 * MiB);
-  src.vm.fillPages(0, 4096);
-  src.vm.startWorkload(64, 1);
-  t.after(() => src.vm.stopWorkload());
-  src.vm.runStates.length = 0;
-  src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 60 });
   // The longest time the guest stayed stopped, from the run-state changes.
   let longestStop = 0;
   let stoppedSince: number | undefined;
@@ -216,18 +207,9 @@ test('a stop whose RAM the channel does not take ends at the deadline, not once 
     }
   }, 1);
   t.after(() => clearInterval(watch));
-
-  await migrateToEnd(src, dst);
-  src.vm.stopWorkload();
-
-  const info = src.migration.queryMigrate();
-  assert.equal(info.status, 'completed', JSON.stringify(info));
+  await migrateCallingOffTheFirstStop(t, src, dst, 4096, 64);
   assert.ok(heldWrites() > 0, 'the first stop wrote to the stalled channel');
-  const states = src.vm.runStates;
-  assert.equal(states[states.indexOf('finish-migrate') + 1], 'running', `the first switchover was called off: ${states.join(' → ')}`);
   assert.ok(longestStop <= 60 + 20, `the guest stayed stopped ${longestStop.toFixed(0)} ms for a 60 ms limit`);
-  assert.ok((info.downtime ?? Infinity) <= 60 + 15, `downtime ${info.downtime} ms for a 60 ms limit`);
-  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
 });
 
 test('a channel that stays too slow for the limit: between called-off switchovers the guest runs at least as long as each stop lasted', async (t) => {
