@@ -22,6 +22,7 @@ import type { MigrationVm } from './vm.js';
 import type { RunState } from '../machine/run-state.js';
 import type { RateLimiter } from './rate-limiter.js';
 import { settledBy } from './deadline.js';
+import { saveDevicesAhead, stopDeadlines, stopIsHopeless, type SavedDevices } from './switchover-guard.js';
 import { keepShape } from '../hot-shapes.js';
 
 export interface OutgoingOptions {
@@ -59,32 +60,6 @@ const DELIVERY_WAIT_MS = 5000;
 /** The share of the measured bandwidth the switchover decision counts on. */
 const SWITCHOVER_MARGIN = 0.9;
 /**
- * The downtime guard: once the guest is stopped (and its device state saved, into memory),
- * RAM must be out within this share of the downtime limit, or the switchover is called off
- * and the guest runs again...
- */
-const SWITCHOVER_RAM_SHARE = 0.9;
-/**
- * ...unless, at that point, what is left (pages and bytes queued) would reach the
- * destination within this share, less the time the saved device state needs to follow,
- * at the rate the destination has taken bytes since the stop: then the RAM may run on until
- * then. A switchover is tried when the pending bytes just fit the estimate, and the
- * estimate is the rate the destination takes, so the stop's RAM often needs a few per cent
- * more than SWITCHOVER_RAM_SHARE (seen: 760 MB pending against a threshold of 777 MB, 40 MB
- * still unsent at 270 ms; called off, that migration took twice as long). The rest of the
- * limit is for the EOF, the vmdesc and the last flush.
- */
-const SWITCHOVER_RAM_SHARE_EXTENDED = 0.97;
-/**
- * The guard gives up on a stop early only once it has lasted this long (the rate the
- * destination takes during it means something by then) and with at least this much left:
- * a few bytes in a unix socket's queue, taken at the pace an idle guest's stream trickles,
- * would read as hopeless (an estimate of a few B/ms is no measure of the link), and an
- * idle 1 GiB guest's switchovers were called off dozens of times in a row.
- */
-const STOP_RATE_MS = 20;
-const GIVE_UP_MIN_BYTES = 1024 * 1024;
-/**
  * How long the rate a called-off switchover got caps the estimate: a slow patch of the link
  * (a file's write-back, another tenant) passes, and a cap kept for good could stop a guest
  * that dirties fast from ever converging.
@@ -97,14 +72,6 @@ const CALLED_OFF_CAP_MS = 1000;
  * would run only between attempts.
  */
 const CALLED_OFF_MIN_RUN_MS = 100;
-
-/** The device state saved at a stop, before the RAM (see #saveDevices). */
-interface SavedDevices {
-  readonly chunks: readonly Uint8Array[];
-  readonly length: number;
-  readonly devices: readonly VmdescDevice[];
-  readonly ms: number;
-}
 
 /** Times (ms) and rates query-migrate reports for the source. */
 export interface OutgoingFigures {
@@ -334,15 +301,16 @@ export class OutgoingMigration {
       // The device state first, into memory, to go out after the RAM's END as ever: what it
       // costs (the time to save it, its bytes) comes off the RAM's budget exactly, instead
       // of a share of the limit guessed for every kind of VM.
-      saved = await this.#saveDevices();
-      // (At most what the guard kept back before it measured: an estimate of 0 B/ms, after a
-      // called-off stop, must not put the deadline in the past and call every stop off.)
-      const deviceBytesMs = Math.min(saved.length / Math.max(this.#bytesPerMs, 1), limit * (1 - SWITCHOVER_RAM_SHARE));
+      saved = await saveDevicesAhead(registry.nonIterative, this.#o.now);
       writeSectionPart(w, 'part', ramEntry.sectionId);
-      const deadline = stopStart + limit * SWITCHOVER_RAM_SHARE_EXTENDED - deviceBytesMs;
-      const soft = Math.min(deadline, stopStart + limit * SWITCHOVER_RAM_SHARE);
+      const deadlines = stopDeadlines(stopStart, limit, saved.length, this.#bytesPerMs);
+      const { deadline } = deadlines;
       const pagesBefore = ram.stats.pagesSent;
-      const giveUp = (): boolean => this.#cannotDeliverBy(w, soft, deadline, pausedAt, deliveredAtStop);
+      const giveUp = (): boolean => {
+        const unsent = this.#channel?.unsent?.() ?? 0;
+        const deliveredSinceStop = w.bytesWritten - unsent - deliveredAtStop;
+        return stopIsHopeless({ now: this.#o.now(), pausedAt, unsent, remainingPages: ram.stats.remainingPages, deliveredSinceStop }, deadlines);
+      };
       const sent = await ram.sendWhileStopped(w, deadline, giveUp);
       writeSectionFooter(w, ramEntry.sectionId);
       // In the stream buffer is not yet on its way: the pages must reach the channel before
@@ -437,40 +405,6 @@ export class OutgoingMigration {
     return true;
   }
 
-  /**
-   * With the guest stopped: every non-iterative handler's FULL section, written into memory
-   * rather than the stream (nothing goes out before the RAM's END), with the vmdesc entries,
-   * the bytes, and how long it took. A called-off switchover drops it; the next stop saves again.
-   */
-  async #saveDevices(): Promise<SavedDevices> {
-    const start = this.#o.now();
-    const chunks: Uint8Array[] = [];
-    let length = 0;
-    const collect: Channel = {
-      description: 'the device state, kept until the RAM is out',
-      read: () => Promise.resolve(null),
-      // Kept as handed over: without `done` the writer never reuses a buffer it gave away.
-      write: (data) => {
-        chunks.push(data);
-        length += data.byteLength;
-        return Promise.resolve();
-      },
-      end: () => Promise.resolve(),
-      destroy: () => {},
-    };
-    const sw = new StreamWriter(collect);
-    const devices: VmdescDevice[] = [];
-    for (const { sectionId, handler } of this.#o.registry.nonIterative) {
-      writeSectionStart(sw, 'full', sectionId, handler.idstr, handler.instanceId, handler.version);
-      const entry = await handler.complete(sw);
-      writeSectionFooter(sw, sectionId);
-      if (entry) devices.push(entry);
-    }
-    await sw.flush();
-    if (sw.error) throw sw.error;
-    return { chunks, length, devices, ms: this.#o.now() - start };
-  }
-
   /** pre-switchover until migrate-continue (or a cancel), then device, as QEMU 7.2. */
   async #pauseBeforeSwitchover(): Promise<void> {
     const { state } = this.#o;
@@ -538,27 +472,6 @@ export class OutgoingMigration {
    */
   #delivered(w: StreamWriter): number {
     return w.bytesWritten - (this.#channel?.unsent?.() ?? 0);
-  }
-
-  /**
-   * The downtime guard's test while the stopped guest's RAM goes out: true when it cannot
-   * reach the destination by `deadline` at the rate the destination has taken bytes since
-   * the guest stopped (never in the first STOP_RATE_MS, nor for less than
-   * GIVE_UP_MIN_BYTES). Before
-   * `soft`, only what the channel already holds counts: handing out more pages is then
-   * pointless, and waiting for room for them would hold the guest past the deadline (seen:
-   * a lazy destination taking 0.46 GB/s with 44 MB queued, and a called-off guest paused
-   * 305–316 ms for a 300 ms limit). From `soft` on, the pages still to send count too.
-   */
-  #cannotDeliverBy(w: StreamWriter, soft: number, deadline: number, pausedAt: number, deliveredAtStop: number): boolean {
-    const now = this.#o.now();
-    const elapsed = now - pausedAt;
-    if (elapsed < STOP_RATE_MS) return false;
-    const unsent = this.#channel?.unsent?.() ?? 0;
-    const left = unsent + (now >= soft ? this.#o.ram.stats.remainingPages * (PAGE_SIZE + 8) : 0);
-    if (left < GIVE_UP_MIN_BYTES) return false;
-    const rate = (w.bytesWritten - unsent - deliveredAtStop) / elapsed;
-    return now + left / Math.max(rate, 1) > deadline;
   }
 
   /**

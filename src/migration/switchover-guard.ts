@@ -1,0 +1,126 @@
+// The downtime guard's pieces (Ferry's, not QEMU 7.2's): once the source has stopped the
+// guest for the switchover, the rest of the RAM must reach the destination in time for the
+// downtime limit, or the switchover is called off and the guest runs again. Here: where
+// the deadlines fall, when a stop is hopeless, and the device state saved ahead of the RAM.
+
+import { PAGE_SIZE } from '../hypervisor/types.js';
+import type { Channel } from '../transport/channel.js';
+import { StreamWriter } from '../stream/writer.js';
+import { writeSectionFooter, writeSectionStart } from '../stream/format.js';
+import type { VmdescDevice } from '../stream/format.js';
+import type { SaveVmEntry } from './savevm.js';
+
+/**
+ * Once the guest is stopped (and its device state saved, into memory), RAM must be out
+ * within this share of the downtime limit, or the switchover is called off...
+ */
+export const SWITCHOVER_RAM_SHARE = 0.9;
+/**
+ * ...unless, at that point, what is left (pages and bytes queued) would reach the
+ * destination within this share, less the time the saved device state needs to follow,
+ * at the rate the destination has taken bytes since the stop: then the RAM may run on until
+ * then. A switchover is tried when the pending bytes just fit the estimate, and the
+ * estimate is the rate the destination takes, so the stop's RAM often needs a few per cent
+ * more than SWITCHOVER_RAM_SHARE (seen: 760 MB pending against a threshold of 777 MB, 40 MB
+ * still unsent at 270 ms; called off, that migration took twice as long). The rest of the
+ * limit is for the EOF, the vmdesc and the last flush.
+ */
+export const SWITCHOVER_RAM_SHARE_EXTENDED = 0.97;
+/**
+ * A stop is given up early only once it has lasted this long (the rate the destination
+ * takes during it means something by then) and with at least this much left: a few bytes
+ * in a unix socket's queue, taken at the pace an idle guest's stream trickles, would read
+ * as hopeless, and an idle 1 GiB guest's switchovers were called off dozens of times in a row.
+ */
+export const STOP_RATE_MS = 20;
+export const GIVE_UP_MIN_BYTES = 1024 * 1024;
+
+/** Where a stop's RAM must be out by: `soft` (then only if what is left fits) and `deadline`. */
+export interface StopDeadlines {
+  readonly soft: number;
+  readonly deadline: number;
+}
+
+/**
+ * The deadlines of a stop that began at `stopStart` under `limitMs`, with `deviceBytes` of
+ * saved device state to follow the RAM at `bytesPerMs` (the estimate before the stop; its
+ * share is at most what the guard kept back before it measured: an estimate of 0 B/ms,
+ * after a called-off stop, must not put the deadline in the past and call every stop off).
+ */
+export function stopDeadlines(stopStart: number, limitMs: number, deviceBytes: number, bytesPerMs: number): StopDeadlines {
+  const deviceMs = Math.min(deviceBytes / Math.max(bytesPerMs, 1), limitMs * (1 - SWITCHOVER_RAM_SHARE));
+  const deadline = stopStart + limitMs * SWITCHOVER_RAM_SHARE_EXTENDED - deviceMs;
+  return { soft: Math.min(deadline, stopStart + limitMs * SWITCHOVER_RAM_SHARE), deadline };
+}
+
+/** Where a stop stands: times on the engine's clock, bytes since the guest stopped. */
+export interface StopProgress {
+  readonly now: number;
+  readonly pausedAt: number;
+  /** Bytes written to the channel that the destination has not taken yet. */
+  readonly unsent: number;
+  /** Pages of RAM not yet handed to the channel. */
+  readonly remainingPages: number;
+  /** Bytes the destination has taken since the guest stopped. */
+  readonly deliveredSinceStop: number;
+}
+
+/**
+ * True when what is left cannot reach the destination by the deadline at the rate it has
+ * taken bytes since the guest stopped (never in the first STOP_RATE_MS, nor for less than
+ * GIVE_UP_MIN_BYTES). Before `soft`, only what the channel already holds counts: handing
+ * out more pages is then pointless, and waiting for room for them would hold the guest
+ * past the deadline (seen: a lazy destination taking 0.46 GB/s with 44 MB queued, and a
+ * called-off guest paused 305–316 ms for a 300 ms limit). From `soft` on, the pages still
+ * to send count too.
+ */
+export function stopIsHopeless(p: StopProgress, d: StopDeadlines): boolean {
+  const elapsed = p.now - p.pausedAt;
+  if (elapsed < STOP_RATE_MS) return false;
+  const left = p.unsent + (p.now >= d.soft ? p.remainingPages * (PAGE_SIZE + 8) : 0);
+  if (left < GIVE_UP_MIN_BYTES) return false;
+  const rate = p.deliveredSinceStop / elapsed;
+  return p.now + left / Math.max(rate, 1) > d.deadline;
+}
+
+/** The device state saved at a stop, ahead of the RAM. */
+export interface SavedDevices {
+  readonly chunks: readonly Uint8Array[];
+  readonly length: number;
+  readonly devices: readonly VmdescDevice[];
+  readonly ms: number;
+}
+
+/**
+ * With the guest stopped: every non-iterative handler's FULL section, written into memory
+ * rather than the stream (nothing goes out before the RAM's END), with the vmdesc entries,
+ * the bytes, and how long it took. A called-off switchover drops it; the next stop saves again.
+ */
+export async function saveDevicesAhead(entries: readonly SaveVmEntry[], now: () => number): Promise<SavedDevices> {
+  const start = now();
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  const collect: Channel = {
+    description: 'the device state, kept until the RAM is out',
+    read: () => Promise.resolve(null),
+    // Kept as handed over: without `done` the writer never reuses a buffer it gave away.
+    write: (data) => {
+      chunks.push(data);
+      length += data.byteLength;
+      return Promise.resolve();
+    },
+    end: () => Promise.resolve(),
+    destroy: () => {},
+  };
+  const w = new StreamWriter(collect);
+  const devices: VmdescDevice[] = [];
+  for (const { sectionId, handler } of entries) {
+    writeSectionStart(w, 'full', sectionId, handler.idstr, handler.instanceId, handler.version);
+    const entry = await handler.complete(w);
+    writeSectionFooter(w, sectionId);
+    if (entry) devices.push(entry);
+  }
+  await w.flush();
+  if (w.error) throw w.error;
+  return { chunks, length, devices, ms: now() - start };
+}
