@@ -427,7 +427,7 @@ export class OutgoingMigration {
     return true;
   }
 
-  /** The downtime guard's deadline passed before the stopped guest's RAM reached the channel: run the guest again and go on iterating. */
+  /** The stopped guest's RAM did not reach the destination by the downtime guard's deadline (or could not): run the guest again and go on iterating. */
   #callOffSwitchover(w: StreamWriter, pausedAt: number, deliveredAtStop: number): void {
     const { vm, ram } = this.#o;
     const stoppedMs = this.#o.now() - pausedAt;
