@@ -263,7 +263,7 @@ async function main(): Promise<void> {
   console.log(`Ceilings in this run (two Node processes, one connection, 1 MiB writes): loopback tcp ${gbs(tcpCeiling)}, unix ${gbs(unixCeiling)}; memcpy ${gbs(ceilings.memcpyBytesPerSec)}`);
   // Every run, so that the spread the medians come from shows (on a shared machine it is wide).
   const runsOf = (name: 'tcp' | 'unix' | 'channel-tcp' | 'channel-unix') => ceilings.samples[name].map((x) => (x / 1e9).toFixed(2)).join(', ');
-  console.log(`(each ceiling is the better median of raw 'data' events and Ferry's channel; runs in GB/s — raw tcp ${runsOf('tcp')}; channel tcp ${runsOf('channel-tcp')}; raw unix ${runsOf('unix')}; channel unix ${runsOf('channel-unix')})`);
+  console.log(`(each ceiling is the better median of raw 'data' events and Ferry's channel, whose sockets are set up as a migration's: buffers, and over loopback tcp a congestion control that does not pace; runs in GB/s — raw tcp ${runsOf('tcp')}; channel tcp ${runsOf('channel-tcp')}; raw unix ${runsOf('unix')}; channel unix ${runsOf('channel-unix')})`);
   console.log(`The host backed fresh memory at ${describeFirstTouch(ceilings.firstTouchBytesPerSec)}: ~0.6 GB/s is memory this VM never used before (its nested hypervisor maps it on first touch), ~20 GB/s memory it did. A lazy destination pays this for every page it receives.`);
   console.log('');
   console.log('Destination "lazy" backs its RAM 2 MiB at a time as pages arrive (the default); "prealloc" was started with --mem-prealloc, as QEMU\'s -mem-prealloc.');

@@ -1,6 +1,8 @@
 // Migration sockets to this host get large kernel buffers (src/transport/socket-buffers.ts): both sides
 // of tcp ones, the sending side of unix ones, listeners too (accepted sockets inherit them).
 // With CAP_NET_ADMIN the size is exactly what was asked; without, the sysctl caps decide.
+// Loopback tcp ones also leave a pacing congestion control (bbr) for a loss-based one
+// (src/transport/loopback-congestion.ts); over a real network the system's choice stands.
 
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -8,7 +10,8 @@ import net from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { setSocketBufferSize, socketBufferSize, type SocketBuffer } from '../src/sys/libc.js';
+import { setSocketBufferSize, setTcpCongestion, socketBufferSize, tcpCongestion, type SocketBuffer } from '../src/sys/libc.js';
+import { LOOPBACK_CONGESTION, loopbackCongestionChoices } from '../src/transport/loopback-congestion.js';
 import { fallbackBufferRequest, isLoopbackAddress, MIGRATION_RECEIVE_BUFFER, MIGRATION_SOCKET_BUFFER } from '../src/transport/socket-buffers.js';
 import { socketChannel, socketFd } from '../src/transport/socket.js';
 
@@ -131,6 +134,35 @@ test('tcp to a non-loopback address keeps the kernel\'s own sizing (a real netwo
   const before = [socketBufferSize(socketFd(a)!, 'send'), socketBufferSize(socketFd(a)!, 'receive')];
   socketChannel(a, `tcp:${address}`, {});
   socketChannel(b, `tcp:${address}`, {});
+  const congestion = tcpCongestion(socketFd(a)!);
+  socketChannel(a, `tcp:${address}`, {});
+  socketChannel(b, `tcp:${address}`, {});
   assert.deepEqual([socketBufferSize(socketFd(a)!, 'send'), socketBufferSize(socketFd(a)!, 'receive')], before);
   assert.notEqual(socketBufferSize(socketFd(b)!, 'send'), 2 * MIGRATION_SOCKET_BUFFER);
+  assert.equal(tcpCongestion(socketFd(a)!), congestion, 'the system\'s congestion control stands over a real network');
+});
+
+test('loopbackCongestionChoices: a loss-based algorithm stays, any other is replaced by cubic, else reno', () => {
+  assert.deepEqual(loopbackCongestionChoices('cubic'), []);
+  assert.deepEqual(loopbackCongestionChoices('reno'), []);
+  for (const pacing of ['bbr', 'bbr2', 'dctcp', 'vegas']) assert.deepEqual(loopbackCongestionChoices(pacing), ['cubic', 'reno'], pacing);
+});
+
+test('tcp over loopback: a migration socket that was set to bbr (which paces) leaves it for cubic or reno', async (t) => {
+  const { a, b, close } = await socketPair({ port: 0, host: '127.0.0.1' });
+  t.after(close);
+  // Whatever the system's default, start both from the pacing algorithm where the kernel has it.
+  const paced = [a, b].every((socket) => setTcpCongestion(socketFd(socket)!, 'bbr') === 0);
+  if (paced) assert.equal(tcpCongestion(socketFd(a)!), 'bbr');
+  socketChannel(a, 'tcp:a', {});
+  socketChannel(b, 'tcp:b', {});
+  for (const socket of [a, b]) {
+    const now = tcpCongestion(socketFd(socket)!);
+    assert.ok(LOOPBACK_CONGESTION.includes(now), `${now} is not one of ${LOOPBACK_CONGESTION.join(', ')}`);
+  }
+  // And the socket still carries bytes both ways.
+  const got = new Promise<Buffer>((resolve) => b.once('data', resolve));
+  a.write('ferry');
+  assert.equal((await got).toString(), 'ferry');
+  if (!paced) t.diagnostic('this kernel refused bbr: only checked that the socket uses cubic or reno');
 });

@@ -300,6 +300,31 @@ export function socketBufferSize(fd: number, which: SocketBuffer): number {
   return new DataView(value.buffer).getInt32(0, true);
 }
 
+const IPPROTO_TCP = 6;
+/** tcp(7): TCP_CONGESTION, the socket's congestion-control algorithm by name. */
+const TCP_CONGESTION = 13;
+/** TCP_CA_NAME_MAX: the longest algorithm name, with its NUL. */
+const TCP_CA_NAME_MAX = 16;
+
+/**
+ * setsockopt(TCP_CONGESTION): use the congestion-control algorithm `name` on a tcp socket
+ * (also once connected). One outside net.ipv4.tcp_allowed_congestion_control needs
+ * CAP_NET_ADMIN (EPERM without), one not in the kernel fails with ENOENT. Returns 0, or the errno.
+ */
+export function setTcpCongestion(fd: number, name: string): number {
+  const value = new TextEncoder().encode(name);
+  if (value.byteLength >= TCP_CA_NAME_MAX) throw new RangeError(`congestion-control name "${name}" is longer than ${TCP_CA_NAME_MAX - 1} bytes`);
+  return libc().setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, value, value.byteLength) < 0 ? koffi.errno() : 0;
+}
+
+/** getsockopt(TCP_CONGESTION): the name of the algorithm a tcp socket uses now. */
+export function tcpCongestion(fd: number): string {
+  const value = new Uint8Array(TCP_CA_NAME_MAX);
+  if (libc().getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, value, [TCP_CA_NAME_MAX]) < 0) throw fail('getsockopt', `getsockopt(${fd}, TCP_CONGESTION)`);
+  const end = value.indexOf(0);
+  return new TextDecoder().decode(value.subarray(0, end < 0 ? value.byteLength : end));
+}
+
 /** Bytes of one struct iovec on x86_64: a pointer, then a size_t. */
 export const IOVEC_BYTES = 16;
 /** The kernel's limit on iovec entries per writev (UIO_MAXIOV). */

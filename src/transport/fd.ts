@@ -9,7 +9,7 @@ import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { FileChannel } from './file-channel.js';
 import { PooledReads } from './read-pool.js';
-import { sizeIfLocal } from './socket-buffers.js';
+import { tuneIfLocal } from './socket-buffers.js';
 import { socketFd } from './socket.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import type { MigrationUri } from './uri.js';
@@ -81,7 +81,7 @@ export function fdChannel(uri: FdUri, role: FdRole, options: FdOptions = {}): Ch
     if (!pipe) {
       const tcp = socket.remoteFamily !== undefined;
       if (tcp) socket.setNoDelay(true);
-      sizeIfLocal(fd, tcp, socket.remoteAddress, description);
+      tuneIfLocal(fd, tcp, socket.remoteAddress, description);
     }
     return new StreamChannel({
       description,

@@ -22,6 +22,7 @@
 import { readFileSync } from 'node:fs';
 import { debuglog } from 'node:util';
 import { EPERM, setSocketBufferSize, socketBufferSize, type SocketBuffer } from '../sys/libc.js';
+import { useLoopbackCongestion } from './loopback-congestion.js';
 
 const debug = debuglog('ferry');
 
@@ -78,9 +79,15 @@ export function sizeSocketBuffers(fd: number, tcp: boolean, description: string)
   }
 }
 
-/** A connected migration socket: sizeSocketBuffers() when its peer is on this host (always for unix). */
-export function sizeIfLocal(fd: number, tcp: boolean, remoteAddress: string | undefined, description: string): void {
-  if (!tcp || isLoopbackAddress(remoteAddress)) sizeSocketBuffers(fd, tcp, description);
+/**
+ * A connected migration socket whose peer is on this host (always for unix): its buffers
+ * as sizeSocketBuffers() says, and a tcp one a congestion control that does not pace
+ * (loopback-congestion.ts).
+ */
+export function tuneIfLocal(fd: number, tcp: boolean, remoteAddress: string | undefined, description: string): void {
+  if (tcp && !isLoopbackAddress(remoteAddress)) return;
+  sizeSocketBuffers(fd, tcp, description);
+  if (tcp) useLoopbackCongestion(fd, description);
 }
 
 /** Whether a tcp peer is this host (127.0.0.0/8, ::1, or an IPv4-mapped 127.x address). */

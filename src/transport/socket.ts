@@ -9,7 +9,7 @@ import { TransportError } from '../errors.js';
 import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { adoptWithPooledReads, PooledReads } from './read-pool.js';
-import { sizeIfLocal, sizeSocketBuffers, isLoopbackAddress } from './socket-buffers.js';
+import { tuneIfLocal, sizeSocketBuffers, isLoopbackAddress } from './socket-buffers.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import { formatMigrationUri, type MigrationUri } from './uri.js';
 
@@ -26,7 +26,8 @@ export interface SocketOptions {
 
 /**
  * Wrap a connected socket; tcp sockets get TCP_NODELAY so the last small write is not held
- * back, and a socket to this host large kernel buffers (socket-buffers.ts). `pooledReads` is given
+ * back, and a socket to this host large kernel buffers (socket-buffers.ts) and, over tcp, a
+ * congestion control that does not pace (loopback-congestion.ts). `pooledReads` is given
  * when the socket was created with its `onread`.
  */
 export function socketChannel(
@@ -38,7 +39,7 @@ export function socketChannel(
   const tcp = socket.remoteFamily !== undefined;
   if (tcp) socket.setNoDelay(true);
   const fd = socketFd(socket);
-  if (fd !== undefined) sizeIfLocal(fd, tcp, socket.remoteAddress, description);
+  if (fd !== undefined) tuneIfLocal(fd, tcp, socket.remoteAddress, description);
   return new StreamChannel({
     description,
     readable: socket,
