@@ -16,34 +16,47 @@ const MiB = 1024 * 1024;
  * guest was stopped, as the overruns seen on these machines did. With `firstStopOnly` the
  * link is fast again once the guest has run after a slowed stop.
  */
-function pairSlowWhileStopped(memorySize: number, delayMs: number, firstStopOnly: boolean): { src: Side; dst: Side; slowedWrites: () => number } {
+function pairSlowWhileStopped(
+  memorySize: number,
+  delayMs: number,
+  firstStopOnly: boolean,
+): { src: Side; dst: Side; slowedWrites: () => number; lastSlowTaken: () => number } {
   const [a, b] = createMemoryChannelPair();
   let slowed = 0;
   let over = false;
   /** Stops (finish-migrate entries in the run states) when the first write was slowed. */
   let slowStop = -1;
   let src: Side | undefined;
+  let tail: Promise<void> = Promise.resolve();
+  let lastSlowTaken = 0;
   const stops = (): number => src?.vm.runStates.filter((s) => s === 'finish-migrate').length ?? 0;
   const channel: Channel = {
     description: `memory: ${delayMs} ms a write while the guest is stopped${firstStopOnly ? ' (first stop)' : ''}`,
     read: () => a.read(),
     end: () => a.end(),
     destroy: (error) => a.destroy(error),
-    write: async (data, done) => {
+    write: (data, done) => {
       const stopped = src?.vm.runState === 'finish-migrate';
       // Over once the guest has left that stop: a write while it runs, or a later stop.
       if (firstStopOnly && slowed > 0 && (!stopped || stops() > slowStop)) over = true;
-      if (stopped && !over) {
+      const slow = stopped && !over;
+      if (slow) {
         if (slowed === 0) slowStop = stops();
         slowed++;
-        await new Promise((r) => setTimeout(r, delayMs));
       }
-      return a.write(data, done);
+      // In order, as any channel's: a write made after a slowed one waits for it.
+      const write = tail.then(async () => {
+        if (slow) await new Promise((r) => setTimeout(r, delayMs));
+        await a.write(data, done);
+        if (slow) lastSlowTaken = performance.now();
+      });
+      tail = write.catch(() => {});
+      return write;
     },
   };
   src = makeSide({ memorySize }, { connect: async () => channel });
   const dst = makeSide({ memorySize, incoming: true }, { listen: async () => listenerFor(b) });
-  return { src, dst, slowedWrites: () => slowed };
+  return { src, dst, slowedWrites: () => slowed, lastSlowTaken: () => lastSlowTaken };
 }
 
 /**
@@ -300,7 +313,7 @@ test('a channel that fails to close fails the migration, after the downtime was 
 test('a guest that was paused before the migration is guarded too: its switchover is called off (it stays paused) and the downtime keeps to the limit', async () => {
   // Every write while stopped takes longer than the 54 ms deadline: the first switchover is
   // called off however little RAM is left by then.
-  const { src, dst, slowedWrites: slowed } = pairSlowWhileStopped(32 * MiB, 60, true);
+  const { src, dst, slowedWrites: slowed, lastSlowTaken } = pairSlowWhileStopped(32 * MiB, 60, true);
   src.vm.fillPages(0, 8192);
   src.vm.setRunState('paused');
   // RAM left to send at the first stop, however far the passes got before it: 256 pages
@@ -314,11 +327,27 @@ test('a guest that was paused before the migration is guarded too: its switchove
     return wasRunning;
   };
   src.vm.runStates.length = 0;
+  // When each run state began: a paused guest is owed no run time after a called-off stop.
+  const changedAt: number[] = [];
+  const setRunState = src.vm.setRunState.bind(src.vm);
+  src.vm.setRunState = (state) => {
+    changedAt.push(performance.now());
+    setRunState(state);
+  };
   src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 60 });
   await migrateToEnd(src, dst);
   const info = src.migration.queryMigrate();
   assert.equal(info.status, 'completed', JSON.stringify(info));
   assert.ok(slowed() > 0, 'a switchover met the slow link');
+  const calledOff = src.vm.runStates.indexOf('finish-migrate') + 1;
+  const nextStop = src.vm.runStates.indexOf('finish-migrate', calledOff);
+  assert.ok(nextStop > calledOff, `a second switchover followed: ${src.vm.runStates.join(' → ')}`);
+  // The next switchover waits for the channel to take what the called-off stop wrote (else
+  // its downtime is spent on those bytes), and no longer: a paused guest is owed no run time.
+  const settled = Math.max(lastSlowTaken(), changedAt[calledOff]!);
+  const afterMs = changedAt[nextStop]! - settled;
+  assert.ok(afterMs >= -1, `the next switchover came ${(-afterMs).toFixed(1)} ms before the channel took the called-off stop's last write`);
+  assert.ok(afterMs < 20, `the next switchover came ${afterMs.toFixed(1)} ms after the channel had taken everything`);
   const states = src.vm.runStates;
   assert.ok(!states.includes('running'), `the guest never ran: ${states.join(' → ')}`);
   assert.equal(states[states.indexOf('finish-migrate') + 1], 'paused', `the first switchover was called off: ${states.join(' → ')}`);

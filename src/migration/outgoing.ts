@@ -66,10 +66,11 @@ const SWITCHOVER_MARGIN = 0.9;
  */
 const CALLED_OFF_CAP_MS = 1000;
 /**
- * After a called-off switchover the guest runs at least as long as that stop lasted (and
- * at least this long) before the next attempt: a channel that stays slow (a stalled disk)
- * would otherwise have the guard stop and resume the guest back to back, and the guest
- * would run only between attempts.
+ * After a called-off switchover a running guest runs at least as long as that stop lasted
+ * (and at least this long) before the next attempt: a channel that stays slow (a stalled
+ * disk) would otherwise have the guard stop and resume the guest back to back, and the
+ * guest would run only between attempts. A guest that was paused is owed nothing: the
+ * passes go on at once.
  */
 const CALLED_OFF_MIN_RUN_MS = 100;
 
@@ -108,6 +109,8 @@ export class OutgoingMigration {
   #switchoversCalledOff = 0;
   /** No switchover before this (engine clock): the guest runs again after a called-off one. */
   #noSwitchoverBefore = 0;
+  /** After a called-off switchover: the next one waits until the channel has taken what that stop wrote. */
+  #settleBeforeSwitchover = false;
   #activeStart = 0;
   #activeBytes = 0;
   #threshold = 0;
@@ -242,6 +245,14 @@ export class OutgoingMigration {
           await this.#o.sleep(Math.min(owedRunMs, 10));
           continue;
         }
+      } else if (nearlyDone && this.#settleBeforeSwitchover) {
+        // What the called-off stop wrote may still wait in this process (a channel that
+        // cannot say what it holds counts none of it as pending): a switchover made now
+        // would spend its downtime on those bytes.
+        this.#settleBeforeSwitchover = false;
+        await this.#flush(w);
+        await this.#waitDelivered(w);
+        continue;
       } else if (nearlyDone) {
         const syncStart = this.#o.now();
         const exact = this.#pending(true);
@@ -436,7 +447,8 @@ export class OutgoingMigration {
     this.#switchoverBytesPerMs = capActive ? Math.min(this.#switchoverBytesPerMs!, rate) : rate;
     this.#switchoverCapUntil = this.#o.now() + CALLED_OFF_CAP_MS;
     this.#switchoversCalledOff++;
-    this.#noSwitchoverBefore = this.#o.now() + Math.max(stoppedMs, CALLED_OFF_MIN_RUN_MS);
+    this.#noSwitchoverBefore = this.#wasRunning ? this.#o.now() + Math.max(stoppedMs, CALLED_OFF_MIN_RUN_MS) : 0;
+    this.#settleBeforeSwitchover = true;
     ram.markRunning();
     this.#pausedByUs = false;
     this.#switchoverAt = undefined;
