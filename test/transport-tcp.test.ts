@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import net from 'node:net';
+import { lookup } from 'node:dns/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { test } from 'node:test';
 import { ConfigError, TransportError } from '../src/errors.js';
@@ -88,6 +89,30 @@ test('tcp: a host name (localhost) and IPv6 loopback [::1] both work', async (t)
     source.destroy();
     destination.destroy();
     await listener.close();
+  }
+});
+
+test('tcp: "localhost" reaches a destination listening on any one of the addresses it names alone', async () => {
+  // The source makes its loopback socket itself, for the first address the name gives; a
+  // destination on another of them (::1 where localhost names both) is reached as Node would.
+  const addresses = await lookup('localhost', { all: true });
+  assert.ok(addresses.length > 0);
+  for (const { address } of addresses) {
+    const server = net.createServer();
+    server.listen(0, address);
+    await once(server, 'listening');
+    const accepted = once(server, 'connection') as Promise<[net.Socket]>;
+    const source = await connect(`tcp:localhost:${(server.address() as net.AddressInfo).port}`);
+    const [peer] = await accepted;
+    const data = randomPayload(1 * MiB);
+    const got: Buffer[] = [];
+    peer.on('data', (chunk: Buffer) => got.push(chunk));
+    await sendAll(source, data);
+    await once(peer, 'end');
+    assert.equal(sha256(new Uint8Array(Buffer.concat(got))), sha256(data), `over ${address}`);
+    source.destroy();
+    peer.destroy();
+    await new Promise((resolve) => server.close(resolve));
   }
 });
 

@@ -57,6 +57,7 @@ interface Bindings {
     async(addr: bigint, length: number, advice: number, done: (err: unknown, result: number) => void): void;
   };
   mincore(addr: bigint, length: number, vec: Uint8Array): number;
+  socket(domain: number, type: number, protocol: number): number;
   setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
   getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number[]): number;
   writev(fd: number, iov: Uint8Array, iovcnt: number): number;
@@ -105,6 +106,7 @@ function libc(): Bindings {
     tgkill: lib.func('int tgkill(int tgid, int tid, int sig)'),
     strerror: lib.func('const char *strerror(int errnum)'),
     // `value` is read by the kernel during the call only.
+    socket: lib.func('int socket(int domain, int type, int protocol)'),
     setsockopt: lib.func('int setsockopt(int fd, int level, int name, void *value, uint32_t len)'),
     getsockopt: lib.func('int getsockopt(int fd, int level, int name, _Out_ uint8_t *value, _Inout_ uint32_t *len)'),
   } as unknown as Bindings;
@@ -298,6 +300,21 @@ export function socketBufferSize(fd: number, which: SocketBuffer): number {
   const { plain, name } = BUFFER_OPTION[which];
   if (libc().getsockopt(fd, SOL_SOCKET, plain, value, [4]) < 0) throw fail('getsockopt', `getsockopt(${fd}, ${name})`);
   return new DataView(value.buffer).getInt32(0, true);
+}
+
+const AF_INET = 2;
+const AF_INET6 = 10;
+const SOCK_STREAM = 1;
+const SOCK_CLOEXEC = 0o2000000;
+
+/**
+ * socket(2): a new, unconnected tcp socket of IPv4 or IPv6 (close-on-exec), for options
+ * that must be set before it connects; Node adopts it with `new net.Socket({ fd })`.
+ */
+export function tcpSocket(family: 4 | 6): number {
+  const fd = libc().socket(family === 6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw fail('socket', `socket(AF_INET${family === 6 ? '6' : ''}, SOCK_STREAM)`);
+  return fd;
 }
 
 const IPPROTO_TCP = 6;

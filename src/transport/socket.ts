@@ -10,6 +10,8 @@ import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { adoptWithPooledReads, PooledReads } from './read-pool.js';
 import { tuneIfLocal, sizeSocketBuffers, isLoopbackAddress } from './socket-buffers.js';
+import { useLoopbackCongestion } from './loopback-congestion.js';
+import { closeFd, tcpSocket } from '../sys/libc.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import { formatMigrationUri, type MigrationUri } from './uri.js';
 
@@ -56,42 +58,108 @@ export function connectSocket(uri: SocketUri, options: SocketOptions = {}): Prom
   const highWaterMark = options.writeHighWaterMark ?? DEFAULT_WRITE_HIGH_WATER_MARK;
   return new Promise<Channel>((resolve, reject) => {
     const pooledReads = new PooledReads();
-    const common = { writableHighWaterMark: highWaterMark, onread: pooledReads.onread };
-    const socket =
-      uri.kind === 'tcp'
-        ? net.connect({
-            host: uri.host === '' ? 'localhost' : uri.host,
-            port: uri.port,
-            ...(uri.family === undefined ? {} : { family: uri.family }),
-            ...common,
-          } as net.NetConnectOpts)
-        : net.connect({ path: uri.path, ...common } as net.NetConnectOpts);
+    const common = { writableHighWaterMark: highWaterMark, onread: pooledReads.onread } as net.SocketConstructorOpts;
+    let socket: net.Socket | undefined;
     let timer: NodeJS.Timeout | undefined;
     let settled = false;
     const fail = (err: unknown): void => {
       if (settled) return;
       settled = true;
       if (timer) clearTimeout(timer);
-      socket.off('connect', onConnect);
-      socket.destroy();
+      socket?.destroy();
       reject(toTransportError(err, description, 'connecting to'));
     };
     const onConnect = (): void => {
       if (settled) return;
       settled = true;
       if (timer) clearTimeout(timer);
-      socket.off('error', fail);
-      resolve(socketChannel(socket, description, options, pooledReads));
+      resolve(socketChannel(socket!, description, options, pooledReads));
     };
-    socket.on('error', fail);
-    socket.once('connect', onConnect);
     if (options.connectTimeoutMs !== undefined) {
       timer = setTimeout(
         () => fail(new TransportError(`Timed out after ${options.connectTimeoutMs} ms connecting to ${description}`)),
         options.connectTimeoutMs,
       );
     }
+    const attempt = (plain: boolean): void => {
+      openSocket(uri, description, common, plain).then((opened) => {
+        if (settled) {
+          opened.socket.destroy();
+          return;
+        }
+        socket = opened.socket;
+        const onError = (err: Error): void => {
+          // A name that resolves to more than one address (localhost: ::1 and 127.0.0.1):
+          // the first one refused, Node's own connect tries them all.
+          if (opened.byName && (err as NodeJS.ErrnoException).code === 'ECONNREFUSED' && !settled) {
+            opened.socket.destroy();
+            attempt(true);
+            return;
+          }
+          fail(err);
+        };
+        socket.on('error', onError);
+        socket.once('connect', () => {
+          socket!.off('error', onError);
+          onConnect();
+        });
+        opened.connect();
+      }, fail);
+    };
+    attempt(false);
   });
+}
+
+/**
+ * The socket connectSocket() connects, not yet connected. A tcp peer on this host gets a
+ * socket made here first, so that its buffers and congestion control are set before the
+ * handshake: one that connects with bbr keeps the kernel's pacing after it switches to a
+ * loss-based algorithm (loopback-congestion.ts), and the window scale the handshake offers
+ * should fit the buffers. A host name is looked up for that; if the lookup fails, or its
+ * first address refuses (`plain` then), Node's own connect goes the usual way.
+ */
+async function openSocket(
+  uri: SocketUri,
+  description: string,
+  common: net.SocketConstructorOpts,
+  plain: boolean,
+): Promise<{ socket: net.Socket; connect(): void; byName: boolean }> {
+  if (uri.kind === 'unix') {
+    const socket = new net.Socket(common);
+    return { socket, connect: () => socket.connect({ path: uri.path }), byName: false };
+  }
+  const host = uri.host === '' ? 'localhost' : uri.host;
+  const local = plain ? undefined : await loopbackPeer(host, uri.family);
+  if (local === undefined) {
+    const socket = new net.Socket(common);
+    return { socket, connect: () => socket.connect({ host, port: uri.port, ...(uri.family === undefined ? {} : { family: uri.family }) }), byName: false };
+  }
+  const fd = tcpSocket(local.family);
+  let socket: net.Socket;
+  try {
+    sizeSocketBuffers(fd, true, description);
+    useLoopbackCongestion(fd, description);
+    socket = new net.Socket({ ...common, fd, readable: true, writable: true });
+  } catch (err) {
+    closeFd(fd);
+    throw err;
+  }
+  return { socket, connect: () => socket.connect({ host: local.address, port: uri.port }), byName: net.isIP(host) === 0 };
+}
+
+/** The address `host` names when it is this host's loopback, else undefined (a failed lookup too). */
+async function loopbackPeer(host: string, family: 4 | 6 | undefined): Promise<{ address: string; family: 4 | 6 } | undefined> {
+  let address = host;
+  let kind = net.isIP(host);
+  if (kind === 0) {
+    try {
+      ({ address, family: kind } = await lookup(host, family === undefined ? {} : { family }));
+    } catch {
+      return undefined;
+    }
+  }
+  if (!isLoopbackAddress(address)) return undefined;
+  return { address, family: kind === 6 ? 6 : 4 };
 }
 
 export async function listenSocket(uri: SocketUri, options: SocketOptions = {}): Promise<Listener> {
@@ -123,7 +191,11 @@ export async function listenSocket(uri: SocketUri, options: SocketOptions = {}):
   const listenFd = serverFd(server);
   const bound = server.address();
   const local = uri.kind === 'unix' || (bound !== null && typeof bound === 'object' && isLoopbackAddress(bound.address));
-  if (listenFd !== undefined && local) sizeSocketBuffers(listenFd, uri.kind === 'tcp', description);
+  if (listenFd !== undefined && local) {
+    sizeSocketBuffers(listenFd, uri.kind === 'tcp', description);
+    // Accepted sockets start on the listener's algorithm, never on a pacing one.
+    if (uri.kind === 'tcp') useLoopbackCongestion(listenFd, description);
+  }
   return new SocketListener(server, uri, description, options);
 }
 
