@@ -22,10 +22,11 @@ import { runMigration, type QueryMigrateInfo } from '../src/cli/migrate-command.
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 import { describeFirstTouch, measureCeilings, measureChannelOnce } from './ceiling.js';
 
-/** Runs of each ceiling at the start of a run. */
-const CEILING_RUNS = 5;
 import { cpuBetween, sampleCpu, waitForQuiet } from './cpu-usage.js';
 import { keepOutput } from './lib/results-log.js';
+
+/** Runs of each ceiling at the start of a run. */
+const CEILING_RUNS = 5;
 
 interface Cell { memory: string; guest: string; transport: 'tcp' | 'unix'; prealloc: boolean }
 interface Run {
