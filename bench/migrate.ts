@@ -21,7 +21,6 @@ import { forgetEvents, guestPause } from '../src/report/guest-pause.js';
 import { runMigration, type QueryMigrateInfo } from '../src/cli/migrate-command.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 import { describeFirstTouch, measureCeilings, measureChannelOnce } from './ceiling.js';
-
 import { cpuBetween, sampleCpu, waitForQuiet } from './cpu-usage.js';
 import { keepOutput } from './lib/results-log.js';
 
