@@ -134,17 +134,19 @@ async function openSocket(
     const socket = new net.Socket(common);
     return { socket, connect: () => socket.connect({ host, port: uri.port, ...(uri.family === undefined ? {} : { family: uri.family }) }), byName: false };
   }
-  const fd = tcpSocket(local.family);
-  let socket: net.Socket;
+  let fd: number | undefined;
   try {
+    fd = tcpSocket(local.family);
     sizeSocketBuffers(fd, true, description);
     useLoopbackCongestion(fd, description);
-    socket = new net.Socket({ ...common, fd, readable: true, writable: true });
+    const socket = new net.Socket({ ...common, fd, readable: true, writable: true });
+    return { socket, connect: () => socket.connect({ host: local.address, port: uri.port }), byName: net.isIP(host) === 0 };
   } catch (err) {
-    closeFd(fd);
-    throw err;
+    // Made here only to be faster: if that fails, Node's own socket still connects.
+    debug('transport: %s: connecting the usual way (%s)', description, err instanceof Error ? err.message : String(err));
+    if (fd !== undefined) closeFd(fd);
+    return openSocket(uri, description, common, true);
   }
-  return { socket, connect: () => socket.connect({ host: local.address, port: uri.port }), byName: net.isIP(host) === 0 };
 }
 
 /** The address `host` names when it is this host's loopback, else undefined (a failed lookup too). */
