@@ -405,3 +405,87 @@ test('a device state that is slow to save comes off the RAM\'s budget: a stop ho
   const longest = Math.max(...stops);
   assert.ok(longest <= LIMIT_MS + 10, `a stop held the guest ${longest.toFixed(1)} ms for a ${LIMIT_MS} ms limit (stops: ${stops.map((s) => s.toFixed(1)).join(', ')})`);
 });
+
+test('a stop that would take far more than its budget is given up once its RAM has gone out for 50 ms, not at the deadline', async () => {
+  // A socket-like channel: what is written waits in a queue of at most 1.5 MiB (unsent()
+  // says how much), and during the first stop the destination takes 50 KB a millisecond —
+  // a destination that turned slow just then. That queue alone drains in time (30 ms), so
+  // only the pages still to send (24 MiB, ~0.5 s at that rate) show the stop is hopeless.
+  const QUEUE = 1.5 * MiB;
+  const [a, b] = createMemoryChannelPair();
+  let src: Side | undefined;
+  let stops = 0;
+  const queue: Uint8Array[] = [];
+  let queued = 0;
+  let pumping = false;
+  let roomWaiters: Array<() => void> = [];
+  const slowNow = (): boolean => stops === 1 && src?.vm.runState === 'finish-migrate';
+  const pump = async (): Promise<void> => {
+    if (pumping) return;
+    pumping = true;
+    while (queue.length > 0) {
+      const slow = slowNow();
+      const head = queue[0]!;
+      const take = slow ? Math.min(head.byteLength, 50_000) : head.byteLength;
+      await a.write(head.slice(0, take));
+      if (take === head.byteLength) queue.shift();
+      else queue[0] = head.subarray(take);
+      queued -= take;
+      if (queued <= QUEUE) {
+        const waiters = roomWaiters;
+        roomWaiters = [];
+        for (const wake of waiters) wake();
+      }
+      if (slow) await new Promise((r) => setTimeout(r, 1));
+    }
+    pumping = false;
+  };
+  const channel: Channel = {
+    description: 'memory: a 1.5 MiB queue, 50 MB/s during the first stop',
+    read: () => a.read(),
+    end: async () => {
+      while (queued > 0) await new Promise((r) => setTimeout(r, 1));
+      await a.end();
+    },
+    destroy: (error) => a.destroy(error),
+    unsent: () => queued,
+    write: async (data, done) => {
+      queue.push(data.slice());
+      queued += data.byteLength;
+      done?.();
+      void pump();
+      if (queued > QUEUE) await new Promise<void>((resolve) => roomWaiters.push(resolve));
+    },
+  };
+  src = makeSide({ memorySize: 32 * MiB }, { connect: async () => channel });
+  const dst = makeSide({ memorySize: 32 * MiB, incoming: true }, { listen: async () => listenerFor(b) });
+  src.vm.fillPages(0, 8192);
+  // 24 MiB rewritten as the first stop begins (a device's DMA, say): the stop's RAM.
+  const pause = src.vm.pauseForMigration.bind(src.vm);
+  src.vm.pauseForMigration = async () => {
+    const wasRunning = await pause();
+    stops++;
+    if (stops === 1) src!.vm.fillPages(0, 6144, 9);
+    return wasRunning;
+  };
+  const lengths: number[] = [];
+  let stoppedAt: number | undefined;
+  const setRunState = src.vm.setRunState.bind(src.vm);
+  src.vm.setRunState = (state) => {
+    const now = performance.now();
+    if (state === 'finish-migrate') stoppedAt = now;
+    else if (stoppedAt !== undefined) {
+      lengths.push(now - stoppedAt);
+      stoppedAt = undefined;
+    }
+    setRunState(state);
+  };
+  src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 300 });
+  await migrateToEnd(src, dst);
+  const info = src.migration.queryMigrate();
+  assert.equal(info.status, 'completed', JSON.stringify(info));
+  assert.ok(stops >= 2 && lengths.length >= 2, `the first switchover was called off (${stops} stops)`);
+  assert.ok(lengths[0]! < 150, `the hopeless first stop held the guest ${lengths[0]!.toFixed(1)} ms (limit 300 ms; stops ${lengths.map((l) => l.toFixed(1)).join(', ')})`);
+  assert.ok((info.downtime ?? Infinity) <= 300 + 15, `downtime ${info.downtime} ms`);
+  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+});

@@ -317,10 +317,29 @@ export class OutgoingMigration {
       const deadlines = stopDeadlines(stopStart, limit, saved.length, this.#bytesPerMs);
       const { deadline } = deadlines;
       const pagesBefore = ram.stats.pagesSent;
+      // First asked once the RAM goes out, after the stop's sync: the rate is taken from there.
+      let sendingSince: number | undefined;
+      let deliveredAtSending = 0;
       const giveUp = (): boolean => {
+        const now = this.#o.now();
         const unsent = this.#channel?.unsent?.() ?? 0;
-        const deliveredSinceStop = w.bytesWritten - unsent - deliveredAtStop;
-        return stopIsHopeless({ now: this.#o.now(), pausedAt, unsent, remainingPages: ram.stats.remainingPages, deliveredSinceStop }, deadlines);
+        const delivered = w.bytesWritten - unsent;
+        if (sendingSince === undefined) {
+          sendingSince = now;
+          deliveredAtSending = delivered;
+        }
+        return stopIsHopeless(
+          {
+            now,
+            pausedAt,
+            unsent,
+            remainingPages: ram.stats.remainingPages,
+            deliveredSinceStop: delivered - deliveredAtStop,
+            sendingSince,
+            deliveredSinceSending: delivered - deliveredAtSending,
+          },
+          deadlines,
+        );
       };
       const sent = await ram.sendWhileStopped(w, deadline, giveUp);
       writeSectionFooter(w, ramEntry.sectionId);

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { GIVE_UP_MIN_BYTES, STOP_RATE_MS, saveDevicesAhead, stopDeadlines, stopIsHopeless } from './switchover-guard.js';
+import { EARLY_EVIDENCE_MS, FAR_OFF_FACTOR, GIVE_UP_MIN_BYTES, STOP_RATE_MS, saveDevicesAhead, stopDeadlines, stopIsHopeless } from './switchover-guard.js';
 import type { SaveVmEntry } from './savevm.js';
 
 const MB = 1_000_000;
@@ -36,6 +36,35 @@ test('stopIsHopeless: from the soft deadline on, the pages still to send count t
   assert.equal(stopIsHopeless({ ...base, now: 260 }, d), false, 'before soft: only the queue');
   assert.equal(stopIsHopeless({ ...base, now: 272 }, d), true);
   assert.equal(stopIsHopeless({ ...base, now: 272, remainingPages: 1000 }, d), false, 'a few pages left fit');
+});
+
+test('stopIsHopeless: from 50 ms on, a stop whose pages too would take it far past its budget is given up', () => {
+  const d = stopDeadlines(0, 300, 4096, 2_000);
+  // A lazy destination: 0.48 MB/ms since the stop, 30 MB queued, 170 MB of pages to send —
+  // ~466 ms in all against a budget of ~289 (the queue alone would drain in time).
+  const lazy = { pausedAt: 0, unsent: 30 * MB, remainingPages: Math.ceil((170 * MB) / 4104), deliveredSinceStop: 24 * MB, now: 50 };
+  assert.equal(stopIsHopeless(lazy, d), true);
+  assert.equal(stopIsHopeless({ ...lazy, now: EARLY_EVIDENCE_MS - 1, deliveredSinceStop: 23.5 * MB }, d), false, 'not before 50 ms: the queue alone fits');
+  // A fast destination that began slowly (a 20 ms collection): 2.1 MB/ms so far, 700 MB
+  // left — ~383 ms at that rate, past the deadline but not far past it: it goes on.
+  const slowStart = { pausedAt: 0, unsent: 30 * MB, remainingPages: Math.ceil((670 * MB) / 4104), deliveredSinceStop: 105 * MB, now: 50 };
+  assert.equal(stopIsHopeless(slowStart, d), false);
+  // The margin is the factor: just past it, given up.
+  const budget = d.deadline;
+  const justPast = { ...slowStart, deliveredSinceStop: (700 * MB) / ((FAR_OFF_FACTOR * budget - 50) / 50) * 0.99 };
+  assert.equal(stopIsHopeless(justPast, d), true);
+});
+
+test('stopIsHopeless: the far-off test goes by the rate since the RAM began to go out, not through a slow sync before it', () => {
+  const d = stopDeadlines(0, 300, 4096, 2_000);
+  // 150 ms of sync sent nothing; since then 60 ms at 3 MB/ms, 300 MB left: ~310 ms in all.
+  const afterSlowSync = { pausedAt: 0, now: 210, unsent: 20 * MB, remainingPages: Math.ceil((280 * MB) / 4104), deliveredSinceStop: 180 * MB, sendingSince: 150, deliveredSinceSending: 180 * MB };
+  assert.equal(stopIsHopeless(afterSlowSync, d), false);
+  // Taken over the whole stop instead (0.86 MB/ms), the same stop would read as far off.
+  const { sendingSince: _s, deliveredSinceSending: _d, ...wholeStop } = afterSlowSync;
+  assert.equal(stopIsHopeless(wholeStop, d), true);
+  // And not before 50 ms of sending.
+  assert.equal(stopIsHopeless({ ...afterSlowSync, now: 190, deliveredSinceSending: 1 * MB }, d), false);
 });
 
 test('saveDevicesAhead: the FULL sections and vmdesc entries of every handler, in memory, nothing else', async () => {
