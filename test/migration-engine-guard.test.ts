@@ -225,6 +225,23 @@ test('a stop whose RAM the channel does not take ends at the deadline, not once 
   assert.ok(longestStop <= 60 + 20, `the guest stayed stopped ${longestStop.toFixed(0)} ms for a 60 ms limit`);
 });
 
+/** How long each stop held the source guest (finish-migrate to the next run state), in ms, as they end. */
+function recordStops(src: Side): number[] {
+  const lengths: number[] = [];
+  let stoppedAt: number | undefined;
+  const setRunState = src.vm.setRunState.bind(src.vm);
+  src.vm.setRunState = (state) => {
+    const now = performance.now();
+    if (state === 'finish-migrate') stoppedAt = now;
+    else if (stoppedAt !== undefined) {
+      lengths.push(now - stoppedAt);
+      stoppedAt = undefined;
+    }
+    setRunState(state);
+  };
+  return lengths;
+}
+
 /**
  * Migrate for `ms` over a channel on which no switchover can complete: the migration must
  * still be active then, and once cancelled, the source guest runs again.
@@ -384,18 +401,7 @@ test('a device state that is slow to save comes off the RAM\'s budget: a stop ho
     }
     return save();
   };
-  const stops: number[] = [];
-  let stoppedAt: number | undefined;
-  const setRunState = src.vm.setRunState.bind(src.vm);
-  src.vm.setRunState = (state) => {
-    const now = performance.now();
-    if (state === 'finish-migrate') stoppedAt = now;
-    else if (stoppedAt !== undefined) {
-      stops.push(now - stoppedAt);
-      stoppedAt = undefined;
-    }
-    setRunState(state);
-  };
+  const stops = recordStops(src);
   src.vm.fillPages(0, 2048);
   src.vm.startWorkload(2, 1);
   t.after(() => src.vm.stopWorkload());
@@ -468,18 +474,7 @@ test('a stop that would take far more than its budget is given up once its RAM h
     if (stops === 1) src!.vm.fillPages(0, 6144, 9);
     return wasRunning;
   };
-  const lengths: number[] = [];
-  let stoppedAt: number | undefined;
-  const setRunState = src.vm.setRunState.bind(src.vm);
-  src.vm.setRunState = (state) => {
-    const now = performance.now();
-    if (state === 'finish-migrate') stoppedAt = now;
-    else if (stoppedAt !== undefined) {
-      lengths.push(now - stoppedAt);
-      stoppedAt = undefined;
-    }
-    setRunState(state);
-  };
+  const lengths = recordStops(src);
   src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 300 });
   await migrateToEnd(src, dst);
   const info = src.migration.queryMigrate();
