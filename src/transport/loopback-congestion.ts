@@ -4,11 +4,13 @@
 // estimates, and with the two processes on two cores those sends run on whichever core the
 // timer fires while the source's own writev sends from the other. Loopback hands each
 // packet to the receiving side on the core that sent it, so the destination sees segments
-// out of order, asks again for what it already has, and the source resends 1–4 % of the
-// stream and cuts its window on each false loss. A loss-based algorithm sends only from
+// out of order, asks again for what it already has, and the source resends up to 4 % of
+// the stream and cuts its window on each false loss. A loss-based algorithm sends only from
 // the writer and from ACKs, in order: the same 1 GiB migrations then resent almost nothing
-// and ran about half as fast again (figures in the README's performance section). Over a
-// real network the system's choice stands: there the path is what it is for.
+// and ran about half as fast again (figures in the README's performance section). It is
+// set before the handshake where Ferry connects (socket.ts): a socket switched once
+// connected keeps the kernel's pacing. Over a real network the system's choice stands:
+// there the path is what it is for.
 
 import { debuglog } from 'node:util';
 import { setTcpCongestion, tcpCongestion } from '../sys/libc.js';
