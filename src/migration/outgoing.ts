@@ -22,7 +22,7 @@ import type { MigrationVm } from './vm.js';
 import type { RunState } from '../machine/run-state.js';
 import type { RateLimiter } from './rate-limiter.js';
 import { settledBy } from './deadline.js';
-import { saveDevicesAhead, stopDeadlines, stopIsHopeless, type SavedDevices } from './switchover-guard.js';
+import { saveDevicesAhead, stopDeadlines, stopGiveUp, type SavedDevices } from './switchover-guard.js';
 import { keepShape } from '../hot-shapes.js';
 
 export interface OutgoingOptions {
@@ -317,30 +317,15 @@ export class OutgoingMigration {
       const deadlines = stopDeadlines(stopStart, limit, saved.length, this.#bytesPerMs);
       const { deadline } = deadlines;
       const pagesBefore = ram.stats.pagesSent;
-      // First asked once the RAM goes out, after the stop's sync: the rate is taken from there.
-      let sendingSince: number | undefined;
-      let deliveredAtSending = 0;
-      const giveUp = (): boolean => {
-        const now = this.#o.now();
-        const unsent = this.#channel?.unsent?.() ?? 0;
-        const delivered = w.bytesWritten - unsent;
-        if (sendingSince === undefined) {
-          sendingSince = now;
-          deliveredAtSending = delivered;
-        }
-        return stopIsHopeless(
-          {
-            now,
-            pausedAt,
-            unsent,
-            remainingPages: ram.stats.remainingPages,
-            deliveredSinceStop: delivered - deliveredAtStop,
-            sendingSince,
-            deliveredSinceSending: delivered - deliveredAtSending,
-          },
-          deadlines,
-        );
-      };
+      const giveUp = stopGiveUp({
+        now: () => this.#o.now(),
+        pausedAt,
+        deadlines,
+        deliveredAtStop,
+        written: () => w.bytesWritten,
+        unsent: () => this.#channel?.unsent?.() ?? 0,
+        remainingPages: () => ram.stats.remainingPages,
+      });
       const sent = await ram.sendWhileStopped(w, deadline, giveUp);
       writeSectionFooter(w, ramEntry.sectionId);
       // In the stream buffer is not yet on its way: the pages must reach the channel before

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { EARLY_EVIDENCE_MS, FAR_OFF_FACTOR, GIVE_UP_MIN_BYTES, STOP_RATE_MS, saveDevicesAhead, stopDeadlines, stopIsHopeless } from './switchover-guard.js';
+import { EARLY_EVIDENCE_MS, FAR_OFF_FACTOR, GIVE_UP_MIN_BYTES, STOP_RATE_MS, saveDevicesAhead, stopDeadlines, stopGiveUp, stopIsHopeless } from './switchover-guard.js';
 import type { SaveVmEntry } from './savevm.js';
 
 const MB = 1_000_000;
@@ -65,6 +65,35 @@ test('stopIsHopeless: the far-off test goes by the rate since the RAM began to g
   assert.equal(stopIsHopeless(wholeStop, d), true);
   // And not before 50 ms of sending.
   assert.equal(stopIsHopeless({ ...afterSlowSync, now: 190, deliveredSinceSending: 1 * MB }, d), false);
+});
+
+test('stopGiveUp: the rate of its far-off test starts at its first call, when the RAM begins to go out', () => {
+  let now = 150;
+  let written = 100 * MB;
+  let unsent = 0;
+  let pages = Math.ceil((300 * MB) / 4104);
+  const giveUp = stopGiveUp({
+    now: () => now,
+    pausedAt: 0,
+    deadlines: stopDeadlines(0, 300, 4096, 2_000),
+    deliveredAtStop: 100 * MB,
+    written: () => written,
+    unsent: () => unsent,
+    remainingPages: () => pages,
+  });
+  // First asked 150 ms in (a slow sync before it): nothing sent yet, too early to tell.
+  assert.equal(giveUp(), false);
+  // 60 ms later, 3 MB/ms since then, 300 MB left: ~310 ms in all — it goes on.
+  now = 210;
+  written += 200 * MB;
+  unsent = 20 * MB;
+  pages = Math.ceil((280 * MB) / 4104);
+  assert.equal(giveUp(), false);
+  // Only 10 MB more in the next 60 ms: 1.6 MB/ms since the RAM began to go out, 300 MB
+  // left, ~460 ms in all against 1.5 times the budget (~434): given up.
+  now = 270;
+  written += 10 * MB;
+  assert.equal(giveUp(), true);
 });
 
 test('saveDevicesAhead: the FULL sections and vmdesc entries of every handler, in memory, nothing else', async () => {

@@ -109,6 +109,50 @@ export function stopIsHopeless(p: StopProgress, d: StopDeadlines): boolean {
   return p.now + left / rate > d.deadline;
 }
 
+/** What a stop's give-up test reads, each time it is asked. */
+export interface StopWatch {
+  readonly now: () => number;
+  readonly pausedAt: number;
+  readonly deadlines: StopDeadlines;
+  /** Bytes the destination had taken when the guest stopped. */
+  readonly deliveredAtStop: number;
+  /** Bytes written to the stream so far; less what the channel still holds, the bytes taken. */
+  readonly written: () => number;
+  readonly unsent: () => number;
+  readonly remainingPages: () => number;
+}
+
+/**
+ * The give-up test of one stop, for its RAM loop to ask as it sends: stopIsHopeless() on
+ * the stop's figures. It is first asked once the RAM goes out, after the stop's dirty sync
+ * and the device state's save; the far-off test's rate is taken from there.
+ */
+export function stopGiveUp(watch: StopWatch): () => boolean {
+  let sendingSince: number | undefined;
+  let deliveredAtSending = 0;
+  return () => {
+    const now = watch.now();
+    const unsent = watch.unsent();
+    const delivered = watch.written() - unsent;
+    if (sendingSince === undefined) {
+      sendingSince = now;
+      deliveredAtSending = delivered;
+    }
+    return stopIsHopeless(
+      {
+        now,
+        pausedAt: watch.pausedAt,
+        unsent,
+        remainingPages: watch.remainingPages(),
+        deliveredSinceStop: delivered - watch.deliveredAtStop,
+        sendingSince,
+        deliveredSinceSending: delivered - deliveredAtSending,
+      },
+      watch.deadlines,
+    );
+  };
+}
+
 /** The device state saved at a stop, ahead of the RAM. */
 export interface SavedDevices {
   readonly chunks: readonly Uint8Array[];
