@@ -40,11 +40,11 @@ export const GIVE_UP_MIN_BYTES = 1024 * 1024;
  * its whole budget: a destination that turned out far slower than the estimate (a lazy
  * one reaching memory the host never backed: 0.48 GB/s against 0.72–1.17 measured before
  * the stop) held its guest ~160 ms before the queue alone gave the stop up. The margin
- * keeps a stop that only began slowly (a collection on either side) going.
+ * keeps a stop that only began slowly (a collection on either side) going. Both the 50 ms
+ * and the rate count from when the RAM began to go out: a stop whose dirty sync took
+ * 150 ms had sent nothing by then, and read as hopeless.
  */
 export const EARLY_EVIDENCE_MS = 50;
-// (Measured from when the RAM began to go out: a stop whose dirty sync took 150 ms had
-// sent nothing by then, and read as hopeless.)
 export const FAR_OFF_FACTOR = 1.5;
 
 /** Where a stop's RAM must be out by: `soft` (then only if what is left fits) and `deadline`. */
