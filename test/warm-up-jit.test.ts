@@ -3,9 +3,13 @@
 // the warm-up's scratch migration does not share with a real one (the VM object, a
 // closure made per migration), V8 throws that code away at the real migration's first
 // pages — the migration still works, only slower — and this test names the function.
-// A branch the scratch migration happened not to take (a chunk header split across two
-// reads, say) may still be compiled late: V8 reports that as "Insufficient type feedback",
-// which this test lets pass; one recompiled function costs little. Code that meets objects
+// On the destination, a branch the scratch migration happened not to take (a chunk header
+// split across two reads, say) may still be compiled late: V8 reports that as "Insufficient
+// type feedback", which this test lets pass there; one recompiled function costs little.
+// The source's page loop is held to more: every real migration ends in a stop that sends
+// into a full socket against a deadline, and a warm-up that never did so left that branch
+// without feedback — V8 dropped the loop in the middle of the downtime and ran it
+// unoptimised while compiling it again (~70 ms). Code that meets objects
 // other than those it was specialised on ("wrong map", "wrong call target") fails it.
 // Code V8 drops when objects it was compiled for are collected ("weak objects") is reported
 // as a diagnostic, not failed on: it depends on when the collector runs. Its usual cause —
@@ -55,7 +59,7 @@ test('after the warm-up, a migration keeps the page paths V8 compiled for it', a
   // Each side's own page path; the other side's code (compiled by the warm-up's other end)
   // is not used here, and may go when the warm-up's objects do.
   const thrownAway = (trace: string, hot: readonly string[]): string[] => hotLines(trace, /bailout/, hot).filter((line) => !/Insufficient type feedback/.test(line));
-  assert.deepEqual(thrownAway(source.stdout.slice(mark.source), SOURCE_HOT), [], 'the source threw away compiled page-path code');
+  assert.deepEqual(hotLines(source.stdout.slice(mark.source), /bailout/, SOURCE_HOT), [], 'the source threw away compiled page-path code');
   assert.deepEqual(thrownAway(dest.stdout.slice(mark.dest), DESTINATION_HOT), [], 'the destination threw away compiled page-path code');
   for (const [side, trace, hot] of [['source', source.stdout.slice(mark.source), SOURCE_HOT], ['destination', dest.stdout.slice(mark.dest), DESTINATION_HOT]] as const) {
     for (const line of hotLines(trace, /marking dependent code .* reason: weak objects/, hot)) t.diagnostic(`${side}: ${line}`);
