@@ -24,9 +24,9 @@ import type { FerryProcess } from '../src/cli/ferry-process.js';
 import { scratch, started, waitFor } from './e2e-helpers.js';
 
 const FLAGS_MODULE = fileURLToPath(new URL('./v8-trace-flags.js', import.meta.url));
-/** The page paths of each side: the source's (ram.ts, ram-codec.ts, writer.ts, direct-writes.ts), the destination's (ram-codec.ts, ram-load.ts). */
+/** The page paths of each side: the source's (ram.ts, ram-codec.ts, writer.ts, direct-writes.ts), the destination's (ram-codec.ts, ram-load.ts, ram-scatter.ts). */
 const SOURCE_HOT = ['#send', '#build', 'pageOf', 'byReference'];
-const DESTINATION_HOT = ['readPageRun', 'pageFrom', 'readRamChunks'];
+const DESTINATION_HOT = ['readPageRun', 'pageFrom', 'readRamChunks', 'readScatteredPages'];
 
 function warmedUp(vm: FerryProcess): Promise<void> {
   return waitFor(async () => (await vm.execute<{ status: string }>('x-ferry-query-warm-up')).status === 'completed', 'the warm-up to complete', 30_000);

@@ -8,6 +8,7 @@ import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
 import { readRamChunks, xbzrleDecode } from '../stream/ram-codec.js';
 import type { RamChunkSink, RamStreamState } from '../stream/ram-codec.js';
+import type { ScatterTarget } from '../stream/ram-scatter.js';
 import type { StreamReader } from '../stream/reader.js';
 import { isZeroPage, wordsOf } from './ram-pages.js';
 import type { MigrationVm } from './vm.js';
@@ -140,6 +141,45 @@ export class RamLoader implements RamChunkSink {
     const b = this.#find(idstr, offset);
     this.#aboutToWrite(b, offset);
     this.#memory[b]!.bytes.set(new Uint8Array(buffer, byteOffset, PAGE_SIZE), offset);
+  }
+
+  scatterTarget(idstr: string, offset: number, maxPages: number): ScatterTarget | null {
+    const b = this.#blockIndex(idstr);
+    const block = this.#memory[b];
+    const knownZero = this.#knownZero[b];
+    if (block === undefined || knownZero === undefined || block.hostAddress === undefined) return null;
+    if (!Number.isInteger(offset) || offset < 0 || offset % PAGE_SIZE !== 0 || offset >= block.size) return null;
+    const first = offset / PAGE_SIZE;
+    const limit = Math.min(maxPages, block.size / PAGE_SIZE - first);
+    // Only pages still holding the zeros they started with: a wrong guess is undone by zeroing.
+    const written = knownZero.subarray(first, first + limit).indexOf(0);
+    const pages = written < 0 ? limit : written;
+    if (pages === 0) return null;
+    const populated = this.#populated[b];
+    if (populated !== undefined) {
+      const lastRegion = Math.floor((offset + pages * PAGE_SIZE - 1) / POPULATE_CHUNK);
+      for (let region = Math.floor(offset / POPULATE_CHUNK); region <= lastRegion; region++) {
+        if (populated[region] === 1) continue;
+        populated[region] = 1;
+        block.populate?.(region * POPULATE_CHUNK, POPULATE_CHUNK);
+      }
+      // Pages this dense are a first pass: back what comes next meanwhile, as #aboutToWrite does.
+      this.#populateAhead(b, lastRegion);
+    }
+    return { ram: block.bytes, offset, address: block.hostAddress + offset, pages };
+  }
+
+  scatterStored(idstr: string, offset: number, pages: number): void {
+    const b = this.#blockIndex(idstr);
+    const first = offset / PAGE_SIZE;
+    this.#knownZero[b]?.fill(0, first, first + pages);
+  }
+
+  /** The index of block `idstr`, or -1. */
+  #blockIndex(idstr: string): number {
+    const last = this.#last;
+    if (last !== undefined && last.idstr === idstr) return this.#lastIndex;
+    return this.#memory.findIndex((b) => b.idstr === idstr);
   }
 
   xbzrle(idstr: string, offset: number, encoded: Uint8Array): void {

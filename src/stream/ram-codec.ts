@@ -6,6 +6,9 @@ import { StreamFormatError } from '../errors.js';
 import { hex } from './format.js';
 import type { StreamReader } from './reader.js';
 import type { StreamWriter } from './writer.js';
+import { readScatteredPages } from './ram-scatter.js';
+import type { ScatterSink } from './ram-scatter.js';
+import type { ScatteredReader } from '../transport/channel.js';
 import { keepShape } from '../hot-shapes.js';
 
 export const RAM_SAVE_FLAG_ZERO = 0x02;
@@ -163,6 +166,12 @@ export interface RamChunkSink {
   pageFrom?(idstr: string, offset: number, buffer: ArrayBufferLike, byteOffset: number): void;
   zero(idstr: string, offset: number, fill: number): void;
   /**
+   * Optional: where pages may be read straight into (ram-scatter.ts), on a channel with
+   * scattered reads. Both methods or neither.
+   */
+  scatterTarget?: ScatterSink['scatterTarget'];
+  scatterStored?: ScatterSink['scatterStored'];
+  /**
    * Optional: `count` zero pages (fill 0) from `offset` of block `idstr` on, brought by
    * consecutive ZERO|CONTINUE chunks — an idle guest's stream is mostly such runs. Returns
    * false, having done nothing, when it cannot take them all (an unknown block, a range
@@ -185,7 +194,7 @@ export interface RamStreamState {
  * optimised allocates on the heap — for an idle guest's 262 144 ZERO chunks a GiB, enough
  * garbage to set off a collection while the destination takes the end of the stream.
  */
-function chunkOffset(high: number, low: number): number {
+export function chunkOffset(high: number, low: number): number {
   const pageAddress = (low & ~PAGE_MASK) >>> 0;
   return high === 0 ? pageAddress : high * TWO_32 + pageAddress;
 }
@@ -197,12 +206,17 @@ const ZERO_CHUNK_BYTES = 9;
 const PAGE_CONTINUE = RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE;
 const PAGE_CHUNK_BYTES = 8 + RAM_PAGE_SIZE;
 
+/** Whether a chunk header's low word is that of a PAGE|CONTINUE chunk (a page of the block named before). */
+export function isPageContinue(low: number): boolean {
+  return (low & PAGE_MASK) === PAGE_CONTINUE;
+}
+
 /**
  * Decode the PAGE|CONTINUE chunks that follow whole in the reader's current buffer in
  * place, as readZeroRun does for zero pages: a first pass is almost all of them. Stops at
  * anything else, at a chunk that straddles buffers, or at the buffer's end.
  */
-function readPageRun(r: StreamReader, sink: RamChunkSink & { pageFrom: NonNullable<RamChunkSink['pageFrom']> }, block: string): void {
+function readPageRun(r: StreamReader, sink: RamChunkSink & { pageFrom: NonNullable<RamChunkSink['pageFrom']> }, block: string, last: number): number {
   for (;;) {
     const { view, start, end } = r.contiguous();
     const buffer = view.buffer;
@@ -214,11 +228,63 @@ function readPageRun(r: StreamReader, sink: RamChunkSink & { pageFrom: NonNullab
       if ((low & PAGE_MASK) !== PAGE_CONTINUE || high > MAX_OFFSET_HIGH_WORD) break;
       // Consumed first, as the general loop does, so an error names the same offset.
       r.skipContiguous(PAGE_CHUNK_BYTES);
-      sink.pageFrom(block, chunkOffset(high, low), buffer, base + at + 8);
+      last = chunkOffset(high, low);
+      sink.pageFrom(block, last, buffer, base + at + 8);
       at += PAGE_CHUNK_BYTES;
     }
-    if (at !== end || r.available() < PAGE_CHUNK_BYTES) return;
+    if (at !== end || r.available() < PAGE_CHUNK_BYTES) return last;
   }
+}
+
+/**
+ * After a run of pages of `block` ending at `last`, with the reader's buffer used up to
+ * less than a chunk: where the channel has scattered reads and nothing waits in it, read
+ * what follows straight into guest RAM while it is the next pages in order
+ * (ram-scatter.ts). The chunk begun in the buffer is completed first, through a small
+ * read, and stored as usual.
+ */
+async function readPagesStraight(r: StreamReader, sink: RamChunkSink & { pageFrom: NonNullable<RamChunkSink['pageFrom']> }, block: string, last: number): Promise<void> {
+  const io = r.scattered();
+  if (io === null) return;
+  try {
+    if (r.available() > 0) {
+      // Its header first, alone: whatever follows a chunk that is not a page may be all the
+      // peer sends until it hears back, and a read for more would wait for ever.
+      if (r.available() < 8 && !(await readExactly(r, io, 8 - r.available()))) return;
+      let low = 0;
+      for (let i = 4; i < 8; i++) low = low * 256 + r.peekU8(i);
+      if (!isPageContinue(low)) return;
+      if (!(await readExactly(r, io, PAGE_CHUNK_BYTES - r.available()))) return;
+      const before = r.offset;
+      last = readPageRun(r, sink, block, last);
+      if (r.offset === before || r.available() !== 0) return;
+    }
+    await readScatteredPages(r, io, sink as ScatterSink & RamChunkSink, block, last);
+  } finally {
+    io.resume();
+  }
+}
+
+/** Read `n` (≤ a chunk) bytes through scattered reads into a scratch buffer the reader then holds; false when the stream ended first. */
+async function readExactly(r: StreamReader, io: ScatteredReader, n: number): Promise<boolean> {
+  // A whole chunk's room, so that the scratch is never on V8's heap (where it may move).
+  const scratch = new Uint8Array(PAGE_CHUNK_BYTES);
+  const iov = new Uint8Array(16);
+  const entry = new DataView(iov.buffer);
+  let got = 0;
+  while (got < n) {
+    const address = io.addressOf(scratch) + got;
+    entry.setUint32(0, address >>> 0, true);
+    entry.setUint32(4, Math.floor(address / TWO_32), true);
+    entry.setUint32(8, n - got, true);
+    entry.setUint32(12, 0, true);
+    const read = await io.read(iov, 1);
+    if (read === 0) break;
+    got += read;
+  }
+  // At the end of the stream, the general loop reports the chunk cut short.
+  r.takeBack(scratch.subarray(0, got));
+  return got === n;
 }
 
 /**
@@ -313,7 +379,10 @@ export async function readRamChunks(r: StreamReader, sink: RamChunkSink, section
         if (r.available() < RAM_PAGE_SIZE) await r.ensure(RAM_PAGE_SIZE, section);
         const target = sink.pageTarget(block, offset);
         r.copyTo(target.ram, target.offset, RAM_PAGE_SIZE);
-        if (sink.pageFrom) readPageRun(r, sink as Parameters<typeof readPageRun>[1], block);
+        if (sink.pageFrom) {
+          const last = readPageRun(r, sink as Parameters<typeof readPageRun>[1], block, offset);
+          if (sink.scatterTarget && r.available() < PAGE_CHUNK_BYTES) await readPagesStraight(r, sink as Parameters<typeof readPageRun>[1], block, last);
+        }
       } else if (kind === RAM_SAVE_FLAG_ZERO) {
         if (r.available() < 1) await r.ensure(1, section);
         sink.zero(block, offset, r.u8());

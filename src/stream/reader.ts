@@ -3,7 +3,7 @@
 // once, from the received chunk straight into guest RAM. Every read is bounds-checked.
 
 import { FerryError, StreamFormatError, StreamTruncatedError, TransportError } from '../errors.js';
-import type { Channel } from '../transport/channel.js';
+import type { Channel, ScatteredReader } from '../transport/channel.js';
 import { keepShape } from '../hot-shapes.js';
 
 const EMPTY = new Uint8Array(0);
@@ -208,6 +208,38 @@ export class StreamReader {
       index -= chunk.byteLength;
     }
     throw new StreamTruncatedError(`Cannot peek ${at + 1} bytes ahead at offset ${this.#consumed}`, this.#consumed);
+  }
+
+  /**
+   * The channel's scattered reads, when it has them and nothing received waits in the
+   * channel: the bytes after those buffered here (available()) then come from a scattered
+   * read. The caller
+   * accounts for what it reads that way with skipScattered() and gives back what it read
+   * but cannot use with takeBack(); it calls resume() on them when done.
+   */
+  scattered(): ScatteredReader | null {
+    const io = this.#channel.scattered;
+    if (io === undefined || this.#eof || this.#failure !== null || !io.ready()) return null;
+    return io;
+  }
+
+  /** Count `n` bytes as read that a scattered read put elsewhere (nothing may be buffered). */
+  skipScattered(n: number): void {
+    if (this.#buffered !== 0) {
+      throw new StreamTruncatedError(`Cannot skip ${n} bytes read around the buffer at offset ${this.#consumed}: ${this.#buffered} buffered bytes come first`, this.#consumed);
+    }
+    this.#consumed += n;
+  }
+
+  /** Bytes of the stream that a scattered read took and this reader is to read after what it holds (the caller's copy). */
+  takeBack(chunk: Uint8Array): void {
+    if (chunk.byteLength === 0) return;
+    if (this.#pos >= this.#cur.byteLength && this.#head >= this.#queue.length) {
+      this.#setCurrent(chunk);
+    } else {
+      this.#queue.push(chunk);
+    }
+    this.#buffered += chunk.byteLength;
   }
 
   /** Reads are synchronous: the caller awaited ensure() first. A read past that is a truncation, not a crash. */

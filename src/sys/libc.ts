@@ -61,6 +61,7 @@ interface Bindings {
   setsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number): number;
   getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number[]): number;
   writev(fd: number, iov: Uint8Array, iovcnt: number): number;
+  readv(fd: number, iov: Uint8Array, iovcnt: number): number;
   fcntlInt(fd: number, cmd: number, arg: number): number;
   poll: ((fds: Uint8Array, nfds: number, timeoutMs: number) => number) & {
     async(fds: Uint8Array, nfds: number, timeoutMs: number, done: (err: unknown, result: number) => void): void;
@@ -97,6 +98,8 @@ function libc(): Bindings {
     // `iov` (struct iovec[iovcnt]) is read during the call only; the addresses in it are
     // the caller's to keep valid for that long. ssize_t is 64-bit on x86_64.
     writev: lib.func('int64_t writev(int fd, void *iov, int iovcnt)'),
+    // The same for reading: the kernel writes into the memory the entries point at.
+    readv: lib.func('int64_t readv(int fd, void *iov, int iovcnt)'),
     // fcntl is variadic; an int third argument passes as in a fixed prototype (see above).
     fcntlInt: lib.func('fcntl', 'int', ['int', 'int', 'int']),
     // Run on the thread pool (async) to wait for a socket without blocking this thread;
@@ -357,9 +360,34 @@ export function writev(fd: number, iov: Uint8Array, count: number): number {
   return n < 0 ? -koffi.errno() : n;
 }
 
+/**
+ * readv(2) into `count` entries of `iov` (struct iovec, IOVEC_BYTES each, addresses of
+ * memory the caller keeps alive and writable for the call). Returns the bytes read (0 at
+ * the end of the stream), or -errno (-EAGAIN when a non-blocking socket has nothing yet).
+ */
+export function readv(fd: number, iov: Uint8Array, count: number): number {
+  const n = Number(libc().readv(fd, iov, count));
+  return n < 0 ? -koffi.errno() : n;
+}
+
+const POLLIN = 0x001;
 const POLLOUT = 0x004;
 const POLLERR = 0x008;
 const POLLHUP = 0x010;
+
+/** poll(2) for one descriptor on libuv's thread pool: true once `events` (or an error, a hang-up) show, false on the timeout. */
+function waitFor(fd: number, events: number, timeoutMs: number): Promise<boolean> {
+  const fds = new Uint8Array(8);
+  const view = new DataView(fds.buffer);
+  view.setInt32(0, fd, true);
+  view.setInt16(4, events, true);
+  return new Promise((resolve) => {
+    libc().poll.async(fds, 1, timeoutMs, (err, result) => {
+      if (err || result < 0) return resolve(true); // let the read or write itself say what is wrong
+      resolve(result > 0 && (view.getInt16(6, true) & (events | POLLERR | POLLHUP)) !== 0);
+    });
+  });
+}
 
 /**
  * Wait on libuv's thread pool until `fd` can take more bytes, an error or hang-up shows,
@@ -367,16 +395,12 @@ const POLLHUP = 0x010;
  * the next write will report), false on the timeout. Never rejects.
  */
 export function waitWritable(fd: number, timeoutMs: number): Promise<boolean> {
-  const fds = new Uint8Array(8);
-  const view = new DataView(fds.buffer);
-  view.setInt32(0, fd, true);
-  view.setInt16(4, POLLOUT, true);
-  return new Promise((resolve) => {
-    libc().poll.async(fds, 1, timeoutMs, (err, result) => {
-      if (err || result < 0) return resolve(true); // let the write itself say what is wrong
-      resolve(result > 0 && (view.getInt16(6, true) & (POLLOUT | POLLERR | POLLHUP)) !== 0);
-    });
-  });
+  return waitFor(fd, POLLOUT, timeoutMs);
+}
+
+/** The same for reading: true once `fd` has bytes, its end, or an error the next read will report. */
+export function waitReadable(fd: number, timeoutMs: number): Promise<boolean> {
+  return waitFor(fd, POLLIN, timeoutMs);
 }
 
 const F_SETPIPE_SZ = 1031;

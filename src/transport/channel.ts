@@ -21,6 +21,12 @@ export interface Channel {
    */
   release?(chunk: Uint8Array): void;
   /**
+   * Optional: reads that put the next bytes of the stream wherever the caller says —
+   * guest RAM, by address — instead of into the channel's own buffers (the destination's
+   * side of vectored writes). Present where the channel reads a descriptor itself.
+   */
+  readonly scattered?: ScatteredReader;
+  /**
    * Hand bytes to the channel. The channel owns `data` afterwards (the caller must not
    * change it). Resolves as soon as the channel can take more (at once below its
    * high-water mark, after the OS drained it otherwise); rejects if the peer is gone.
@@ -88,4 +94,28 @@ export interface VectoredWriter {
    * when the kernel reads it. Resolves once the kernel has every byte.
    */
   write(batch: VectoredBatch, done?: () => void): Promise<void>;
+}
+
+/**
+ * Scattered reads (readv(2)) from a channel, in order with read(): usable only while
+ * everything the channel received has been handed out by read() (`ready()`); from the
+ * first scattered read until resume() the channel reads nothing on its own, so the bytes
+ * a scattered read takes are the very next ones of the stream.
+ */
+export interface ScatteredReader {
+  /** The most iovec entries one read may carry. */
+  readonly maxEntries: number;
+  /** The address of `view`'s first byte, for an iovec entry (its memory must not be on V8's heap: 64 bytes or more). */
+  addressOf(view: Uint8Array): number;
+  /** True when no received bytes wait for read() and the stream is open: a scattered read comes next. */
+  ready(): boolean;
+  /**
+   * Read into the `count` struct iovec entries of `iov` (addresses of memory of this
+   * process that stays mapped and writable until the promise settles) as many bytes as
+   * have arrived, waiting for at least one. Resolves with the count, 0 at the end of the
+   * stream; rejects with a TransportError when the connection fails.
+   */
+  read(iov: Uint8Array, count: number): Promise<number>;
+  /** Let the channel read on its own again (after scattered reads; harmless otherwise). */
+  resume(): void;
 }

@@ -5,12 +5,13 @@
 import type { Readable, Writable } from 'node:stream';
 import { debuglog } from 'node:util';
 import { TransportError } from '../errors.js';
-import type { Channel, VectoredBatch, VectoredWriter } from './channel.js';
+import type { Channel, ScatteredReader, VectoredBatch, VectoredWriter } from './channel.js';
 import { DIRECT_MAX_REFS, DirectWrites } from './direct-writes.js';
 import { errorCode, toTransportError } from './errors.js';
 import type { PooledReads, ReadBufferPool } from './read-pool.js';
 import { keepShape } from '../hot-shapes.js';
-import { socketSendQueue } from '../sys/libc.js';
+import { EAGAIN, EINTR, IOV_MAX, addressOf, readv, socketSendQueue, waitReadable } from '../sys/libc.js';
+import { getSystemErrorName } from 'node:util';
 
 const debug = debuglog('ferry');
 
@@ -70,6 +71,10 @@ export class StreamChannel implements Channel {
 
   #drainWaiters: Waiter<void>[] = [];
   readonly vectored?: VectoredWriter;
+  readonly scattered?: ScatteredReader;
+  /** Reading was stopped for scattered reads (see ScatteredReader). */
+  #scatterPaused = false;
+  #scatteredSinceTurn = 0;
   readonly duplex: boolean;
   readonly #direct: DirectWrites | null = null;
   readonly #directFd: (() => number | undefined) | undefined;
@@ -124,6 +129,62 @@ export class StreamChannel implements Channel {
       this.#direct = new DirectWrites(this.description, options.directFd);
       this.vectored = new DirectVectoredWriter(this);
     }
+    // Scattered reads go to the socket's descriptor around the readable; only a readable
+    // that stops reading the moment it is paused (a socket with `onread`) can allow them.
+    if (this.duplex && options.pooledReads && options.directFd) this.scattered = new SocketScatteredReader(this);
+  }
+
+  /** ScatteredReader.ready, for this channel's `scattered`. */
+  scatterReady(): boolean {
+    return this.#head === this.#chunks.length && this.#error === null && !this.#readEnded && !this.#destroyed && this.#directFd?.() !== undefined;
+  }
+
+  /** ScatteredReader.read, for this channel's `scattered`. */
+  async scatterRead(iov: Uint8Array, count: number): Promise<number> {
+    if (!this.#scatterPaused) {
+      if (!this.scatterReady()) {
+        throw this.#error ?? new TransportError(`Cannot read from ${this.description} around its buffer: received bytes are waiting to be read`);
+      }
+      this.#scatterPaused = true;
+      this.#readable!.pause();
+    }
+    // While bytes keep coming, readv never has to wait, and nothing else on this thread
+    // (QMP, timers) would run: every so often the wait goes through the event loop anyway.
+    if (this.#scatteredSinceTurn >= SCATTER_BYTES_PER_TURN) {
+      this.#scatteredSinceTurn = 0;
+      const fd = this.#directFd!();
+      if (fd !== undefined) await waitReadable(fd, SCATTER_WAIT_SLICE_MS);
+    }
+    for (;;) {
+      if (this.#error) throw this.#error;
+      const fd = this.#directFd!();
+      if (fd === undefined || this.#destroyed) throw new TransportError(`Cannot read from ${this.description}: the socket was closed`);
+      const n = readv(fd, iov, count);
+      if (n === 0) {
+        this.#readEnded = true;
+        return 0;
+      }
+      if (n > 0) {
+        this.#scatteredSinceTurn += n;
+        return n;
+      }
+      if (n === -EINTR) continue;
+      if (n !== -EAGAIN) {
+        const code = getSystemErrorName(n);
+        const error = toTransportError(Object.assign(new Error(`readv: ${code}`), { code }), this.description, 'reading from');
+        this.#fail(error);
+        throw error;
+      }
+      this.#scatteredSinceTurn = 0;
+      await waitReadable(fd, SCATTER_WAIT_SLICE_MS);
+    }
+  }
+
+  /** ScatteredReader.resume, for this channel's `scattered`. */
+  scatterResume(): void {
+    if (!this.#scatterPaused) return;
+    this.#scatterPaused = false;
+    if (!this.#paused && !this.#destroyed && !this.#readEnded) this.#readable?.resume();
   }
 
   read(): Promise<Uint8Array | null> {
@@ -358,7 +419,7 @@ export class StreamChannel implements Channel {
     // Resume at half the mark so a consumer that keeps pace does not toggle per chunk.
     if (this.#paused && this.#queuedBytes <= this.#readHighWaterMark / 2 && !this.#destroyed) {
       this.#paused = false;
-      this.#readable?.resume();
+      if (!this.#scatterPaused) this.#readable?.resume();
     }
     return chunk;
   }
@@ -432,6 +493,37 @@ export class StreamChannel implements Channel {
 }
 
 const EMPTY = new Uint8Array(0);
+/** How long one wait for bytes to read lasts before the channel's state is looked at again. */
+const SCATTER_WAIT_SLICE_MS = 100;
+/** Bytes scattered reads take before they let the event loop turn once (see scatterRead). */
+const SCATTER_BYTES_PER_TURN = 8 * 1024 * 1024;
+
+/** A StreamChannel's `scattered` (a class for the reason DirectVectoredWriter is one). */
+class SocketScatteredReader implements ScatteredReader {
+  readonly maxEntries = IOV_MAX;
+  readonly #channel: StreamChannel;
+
+  constructor(channel: StreamChannel) {
+    keepShape(this);
+    this.#channel = channel;
+  }
+
+  addressOf(view: Uint8Array): number {
+    return Number(addressOf(view));
+  }
+
+  ready(): boolean {
+    return this.#channel.scatterReady();
+  }
+
+  read(iov: Uint8Array, count: number): Promise<number> {
+    return this.#channel.scatterRead(iov, count);
+  }
+
+  resume(): void {
+    this.#channel.scatterResume();
+  }
+}
 
 /**
  * A StreamChannel's `vectored`: a class rather than an object with a closure per channel,

@@ -111,16 +111,19 @@ class ScratchVm implements MigrationVm {
  * Scratch RAM laid out as guests' RAM tends to be, so that every page path runs: a first
  * MiB never touched (whole bitmap words of pages the host never backed: ZERO runs, as
  * most of an idle guest), a MiB touched but still zero (each read and found zero), then
- * pages with data, among them one in eight never touched and one in eight zero.
+ * pages with data, among them one in eight never touched and one in eight zero, and a
+ * last half of data only (long runs of pages in order: read straight into RAM).
  */
 function scratchContent(bytes: Uint8Array): void {
   const pages = bytes.byteLength / PAGE_SIZE;
   const untouchedEnd = (1024 * 1024) / PAGE_SIZE;
   const zeroEnd = 2 * untouchedEnd;
+  const denseFrom = pages / 2;
   for (let p = untouchedEnd; p < pages; p++) {
     const base = p * PAGE_SIZE;
-    if (p >= zeroEnd && p % 8 === 3) continue; // never touched: a ZERO page known from residency
-    if (p < zeroEnd || p % 8 === 7) {
+    const mixed = p >= zeroEnd && p < denseFrom;
+    if (mixed && p % 8 === 3) continue; // never touched: a ZERO page known from residency
+    if (p < zeroEnd || (mixed && p % 8 === 7)) {
       bytes[base] = 0; // touched, still zero: found by reading it
       continue;
     }
