@@ -9,6 +9,7 @@ import type { StreamWriter } from './writer.js';
 import { readScatteredPages } from './ram-scatter.js';
 import type { ScatterSink } from './ram-scatter.js';
 import type { ScatteredReader } from '../transport/channel.js';
+import { IOVEC_BYTES, setIovec } from '../transport/iovec.js';
 import { keepShape } from '../hot-shapes.js';
 
 export const RAM_SAVE_FLAG_ZERO = 0x02;
@@ -269,15 +270,11 @@ async function readPagesStraight(r: StreamReader, sink: RamChunkSink & { pageFro
 async function readExactly(r: StreamReader, io: ScatteredReader, n: number): Promise<boolean> {
   // A whole chunk's room, so that the scratch is never on V8's heap (where it may move).
   const scratch = new Uint8Array(PAGE_CHUNK_BYTES);
-  const iov = new Uint8Array(16);
+  const iov = new Uint8Array(IOVEC_BYTES);
   const entry = new DataView(iov.buffer);
   let got = 0;
   while (got < n) {
-    const address = io.addressOf(scratch) + got;
-    entry.setUint32(0, address >>> 0, true);
-    entry.setUint32(4, Math.floor(address / TWO_32), true);
-    entry.setUint32(8, n - got, true);
-    entry.setUint32(12, 0, true);
+    setIovec(entry, 0, io.addressOf(scratch) + got, n - got);
     const read = await io.read(iov, 1);
     if (read === 0) break;
     got += read;

@@ -12,9 +12,8 @@
 import { RAM_PAGE_SIZE, chunkOffset, isPageContinue } from './ram-codec.js';
 import type { StreamReader } from './reader.js';
 import type { ScatteredReader } from '../transport/channel.js';
+import { IOVEC_BYTES, consumeIovec, setIovec } from '../transport/iovec.js';
 
-const IOVEC_BYTES = 16;
-const TWO_32 = 0x100000000;
 /** Pages one read guesses at most: 2 MiB of RAM, 1024 iovec entries (the kernel's UIO_MAXIOV). */
 const MAX_PAGES = 512;
 
@@ -59,8 +58,8 @@ export async function readScatteredPages(r: StreamReader, io: ScatteredReader, s
     if (target === null) return;
     const pages = target.pages;
     for (let i = 0; i < pages; i++) {
-      setEntry(entries, 2 * i, headerAddress + 8 * i, 8);
-      setEntry(entries, 2 * i + 1, target.address + i * RAM_PAGE_SIZE, RAM_PAGE_SIZE);
+      setIovec(entries, 2 * i, headerAddress + 8 * i, 8);
+      setIovec(entries, 2 * i + 1, target.address + i * RAM_PAGE_SIZE, RAM_PAGE_SIZE);
     }
     const total = pages * CHUNK_BYTES;
     let got = 0;
@@ -72,7 +71,7 @@ export async function readScatteredPages(r: StreamReader, io: ScatteredReader, s
       const n = await io.read(new Uint8Array(iov.buffer, first * IOVEC_BYTES, (2 * pages - first) * IOVEC_BYTES), 2 * pages - first);
       if (n === 0) break;
       got += n;
-      first = consume(entries, first, n);
+      first = consumeIovec(entries, first, 2 * pages, n);
       while (right < pages && got >= right * CHUNK_BYTES + 8) {
         const high = headerView.getUint32(right * 8);
         const low = headerView.getUint32(right * 8 + 4);
@@ -113,29 +112,4 @@ function giveBack(headers: Uint8Array, target: ScatterTarget, from: number, byte
     at += page;
   }
   return out;
-}
-
-/** Drop `n` bytes read from the front of the entries from `first` on; returns the first entry not yet full. */
-function consume(entries: DataView, first: number, n: number): number {
-  while (n > 0) {
-    const at = first * IOVEC_BYTES;
-    const length = entries.getUint32(at + 8, true) + entries.getUint32(at + 12, true) * TWO_32;
-    if (n >= length) {
-      n -= length;
-      first++;
-      continue;
-    }
-    const address = entries.getUint32(at, true) + entries.getUint32(at + 4, true) * TWO_32;
-    setEntry(entries, first, address + n, length - n);
-    n = 0;
-  }
-  return first;
-}
-
-function setEntry(entries: DataView, entry: number, address: number, length: number): void {
-  const at = entry * IOVEC_BYTES;
-  entries.setUint32(at, address >>> 0, true);
-  entries.setUint32(at + 4, Math.floor(address / TWO_32), true);
-  entries.setUint32(at + 8, length >>> 0, true);
-  entries.setUint32(at + 12, Math.floor(length / TWO_32), true);
 }

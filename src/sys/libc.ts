@@ -345,13 +345,11 @@ export function tcpCongestion(fd: number): string {
   return new TextDecoder().decode(value.subarray(0, end < 0 ? value.byteLength : end));
 }
 
-/** Bytes of one struct iovec on x86_64: a pointer, then a size_t. */
-export const IOVEC_BYTES = 16;
 /** The kernel's limit on iovec entries per writev (UIO_MAXIOV). */
 export const IOV_MAX = 1024;
 
 /**
- * writev(2) of `count` entries of `iov` (struct iovec, IOVEC_BYTES each, addresses of
+ * writev(2) of `count` entries of `iov` (struct iovec, as transport/iovec.ts builds them; addresses of
  * memory the caller keeps alive for the call). Returns the bytes written, or -errno
  * (-EAGAIN when a non-blocking socket is full).
  */
@@ -361,7 +359,7 @@ export function writev(fd: number, iov: Uint8Array, count: number): number {
 }
 
 /**
- * readv(2) into `count` entries of `iov` (struct iovec, IOVEC_BYTES each, addresses of
+ * readv(2) into `count` entries of `iov` (struct iovec, as transport/iovec.ts builds them; addresses of
  * memory the caller keeps alive and writable for the call). Returns the bytes read (0 at
  * the end of the stream), or -errno (-EAGAIN when a non-blocking socket has nothing yet).
  */

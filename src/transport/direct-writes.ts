@@ -7,7 +7,8 @@
 
 import { getSystemErrorName } from 'node:util';
 import { TransportError } from '../errors.js';
-import { EAGAIN, EINTR, IOV_MAX, IOVEC_BYTES, addressOf, waitWritable, writev } from '../sys/libc.js';
+import { EAGAIN, EINTR, IOV_MAX, addressOf, waitWritable, writev } from '../sys/libc.js';
+import { IOVEC_BYTES, consumeIovec, setIovec } from './iovec.js';
 import type { VectoredBatch } from './channel.js';
 import { toTransportError } from './errors.js';
 import { keepShape } from '../hot-shapes.js';
@@ -16,7 +17,6 @@ import { keepShape } from '../hot-shapes.js';
 export const DIRECT_MAX_REFS = (IOV_MAX - 1) >> 1;
 /** How long one wait for room lasts before the channel's state is looked at again. */
 const WAIT_SLICE_MS = 100;
-const TWO_32 = 0x100000000;
 
 export class DirectWrites {
   readonly #description: string;
@@ -94,19 +94,7 @@ export class DirectWrites {
       this.#first = this.#entries;
       return;
     }
-    const v = this.#view;
-    while (n > 0 && this.#first < this.#entries) {
-      const at = this.#first * IOVEC_BYTES;
-      const len = v.getUint32(at + 8, true) + v.getUint32(at + 12, true) * TWO_32;
-      if (n >= len) {
-        n -= len;
-        this.#first++;
-        continue;
-      }
-      const address = v.getUint32(at, true) + v.getUint32(at + 4, true) * TWO_32 + n;
-      this.#set(this.#first, address, len - n);
-      n = 0;
-    }
+    this.#first = consumeIovec(this.#view, this.#first, this.#entries, n);
   }
 
   #build(batch: VectoredBatch): void {
@@ -135,11 +123,7 @@ export class DirectWrites {
   }
 
   #set(entry: number, address: number, length: number): void {
-    const v = this.#view;
-    const at = entry * IOVEC_BYTES;
-    v.setUint32(at, address >>> 0, true);
-    v.setUint32(at + 4, Math.floor(address / TWO_32), true);
-    v.setUint32(at + 8, length >>> 0, true);
-    v.setUint32(at + 12, Math.floor(length / TWO_32), true);
+    setIovec(this.#view, entry, address, length);
   }
+
 }
