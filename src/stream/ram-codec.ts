@@ -6,10 +6,8 @@ import { StreamFormatError } from '../errors.js';
 import { hex } from './format.js';
 import type { StreamReader } from './reader.js';
 import type { StreamWriter } from './writer.js';
-import { readScatteredPages } from './ram-scatter.js';
+import { readExactly, readScatteredPages } from './ram-scatter.js';
 import type { ScatterSink } from './ram-scatter.js';
-import type { ScatteredReader } from '../transport/channel.js';
-import { IOVEC_BYTES, setIovec } from '../transport/iovec.js';
 import { keepShape } from '../hot-shapes.js';
 
 export const RAM_SAVE_FLAG_ZERO = 0x02;
@@ -251,11 +249,11 @@ async function readPagesStraight(r: StreamReader, sink: RamChunkSink & { pageFro
     if (r.available() > 0) {
       // Its header first, alone: whatever follows a chunk that is not a page may be all the
       // peer sends until it hears back, and a read for more would wait for ever.
-      if (r.available() < 8 && !(await readExactly(r, io, 8 - r.available()))) return;
+      if (r.available() < 8 && !(await readExactly(r, io, 8 - r.available(), PAGE_CHUNK_BYTES))) return;
       let low = 0;
       for (let i = 4; i < 8; i++) low = low * 256 + r.peekU8(i);
       if (!isPageContinue(low)) return;
-      if (!(await readExactly(r, io, PAGE_CHUNK_BYTES - r.available()))) return;
+      if (!(await readExactly(r, io, PAGE_CHUNK_BYTES - r.available(), PAGE_CHUNK_BYTES))) return;
       const before = r.offset;
       last = readPageRun(r, sink, block, last);
       if (r.offset === before || r.available() !== 0) return;
@@ -264,24 +262,6 @@ async function readPagesStraight(r: StreamReader, sink: RamChunkSink & { pageFro
   } finally {
     io.resume();
   }
-}
-
-/** Read `n` (≤ a chunk) bytes through scattered reads into a scratch buffer the reader then holds; false when the stream ended first. */
-async function readExactly(r: StreamReader, io: ScatteredReader, n: number): Promise<boolean> {
-  // A whole chunk's room, so that the scratch is never on V8's heap (where it may move).
-  const scratch = new Uint8Array(PAGE_CHUNK_BYTES);
-  const iov = new Uint8Array(IOVEC_BYTES);
-  const entry = new DataView(iov.buffer);
-  let got = 0;
-  while (got < n) {
-    setIovec(entry, 0, io.addressOf(scratch) + got, n - got);
-    const read = await io.read(iov, 1);
-    if (read === 0) break;
-    got += read;
-  }
-  // At the end of the stream, the general loop reports the chunk cut short.
-  r.takeBack(scratch.subarray(0, got));
-  return got === n;
 }
 
 /**

@@ -113,3 +113,24 @@ function giveBack(headers: Uint8Array, target: ScatterTarget, from: number, byte
   }
   return out;
 }
+
+/**
+ * Read `n` bytes through scattered reads into a scratch buffer the reader then holds;
+ * false when the stream ended first. `room` (at least `n`, and 64 or more, so that the
+ * scratch is never on V8's heap, where it may move) is the scratch's size.
+ */
+export async function readExactly(r: StreamReader, io: ScatteredReader, n: number, room: number): Promise<boolean> {
+  const scratch = new Uint8Array(room);
+  const iov = new Uint8Array(IOVEC_BYTES);
+  const entry = new DataView(iov.buffer);
+  let got = 0;
+  while (got < n) {
+    setIovec(entry, 0, io.addressOf(scratch) + got, n - got);
+    const read = await io.read(iov, 1);
+    if (read === 0) break;
+    got += read;
+  }
+  // At the end of the stream, the general loop reports the chunk cut short.
+  r.takeBack(scratch.subarray(0, got));
+  return got === n;
+}

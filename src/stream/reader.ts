@@ -77,15 +77,20 @@ export class StreamReader {
         this.#eof = true;
         return false;
       }
-      if (chunk.byteLength === 0) continue;
-      if (this.#pos >= this.#cur.byteLength && this.#head >= this.#queue.length) {
-        this.#setCurrent(chunk);
-      } else {
-        this.#queue.push(chunk);
-      }
-      this.#buffered += chunk.byteLength;
+      this.#append(chunk);
     }
     return true;
+  }
+
+  /** Keep `chunk` after everything buffered. */
+  #append(chunk: Uint8Array): void {
+    if (chunk.byteLength === 0) return;
+    if (this.#pos >= this.#cur.byteLength && this.#head >= this.#queue.length) {
+      this.#setCurrent(chunk);
+    } else {
+      this.#queue.push(chunk);
+    }
+    this.#buffered += chunk.byteLength;
   }
 
   /** True when the channel ended exactly here (nothing buffered, nothing more to come). */
@@ -213,9 +218,8 @@ export class StreamReader {
   /**
    * The channel's scattered reads, when it has them and nothing received waits in the
    * channel: the bytes after those buffered here (available()) then come from a scattered
-   * read. The caller
-   * accounts for what it reads that way with skipScattered() and gives back what it read
-   * but cannot use with takeBack(); it calls resume() on them when done.
+   * read. The caller accounts for what it reads that way with skipScattered() and gives
+   * back what it read but cannot use with takeBack(); it calls resume() on them when done.
    */
   scattered(): ScatteredReader | null {
     const io = this.#channel.scattered;
@@ -233,13 +237,7 @@ export class StreamReader {
 
   /** Bytes of the stream that a scattered read took and this reader is to read after what it holds (the caller's copy). */
   takeBack(chunk: Uint8Array): void {
-    if (chunk.byteLength === 0) return;
-    if (this.#pos >= this.#cur.byteLength && this.#head >= this.#queue.length) {
-      this.#setCurrent(chunk);
-    } else {
-      this.#queue.push(chunk);
-    }
-    this.#buffered += chunk.byteLength;
+    this.#append(chunk);
   }
 
   /** Reads are synchronous: the caller awaited ensure() first. A read past that is a truncation, not a crash. */

@@ -5,12 +5,11 @@
 // stays non-blocking, as libuv keeps it: when the socket is full, the rest waits on libuv's
 // thread pool (poll) for room, and the event loop runs meanwhile.
 
-import { getSystemErrorName } from 'node:util';
 import { TransportError } from '../errors.js';
 import { EAGAIN, EINTR, IOV_MAX, addressOf, waitWritable, writev } from '../sys/libc.js';
 import { IOVEC_BYTES, consumeIovec, setIovec } from './iovec.js';
 import type { VectoredBatch } from './channel.js';
-import { toTransportError } from './errors.js';
+import { syscallError } from './errors.js';
 import { keepShape } from '../hot-shapes.js';
 
 /** References per batch: each can split the buffer in two, so 2n + 1 entries fit in IOV_MAX. */
@@ -78,8 +77,7 @@ export class DirectWrites {
       if (n < 0) {
         if (n === -EINTR) continue;
         if (n === -EAGAIN) return false;
-        const code = getSystemErrorName(n);
-        throw toTransportError(Object.assign(new Error(`writev: ${code}`), { code }), this.#description, 'writing to');
+        throw syscallError('writev', n, this.#description, 'writing to');
       }
       this.#advance(n);
       if (this.#first === this.#entries) return true;

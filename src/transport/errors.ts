@@ -1,6 +1,7 @@
 // Turns what Node reports for a broken socket, pipe or file (ECONNREFUSED, EPIPE, …)
 // into a TransportError that names the channel, so every transport words failures alike.
 
+import { getSystemErrorName } from 'node:util';
 import { TransportError } from '../errors.js';
 
 /** The errno-style code of a Node system error, if it has one. */
@@ -41,4 +42,10 @@ export function toTransportError(err: unknown, description: string, action: stri
     default:
       return new TransportError(`Failed ${action} ${description}: ${detail}`, { cause: err });
   }
+}
+
+/** A failed system call on a channel's descriptor (`-errno` as the libc wrappers return it), worded as toTransportError words Node's errors. */
+export function syscallError(call: string, negativeErrno: number, description: string, action: string): TransportError {
+  const code = getSystemErrorName(negativeErrno);
+  return toTransportError(Object.assign(new Error(`${call}: ${code}`), { code }), description, action);
 }

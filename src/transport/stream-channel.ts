@@ -7,11 +7,10 @@ import { debuglog } from 'node:util';
 import { TransportError } from '../errors.js';
 import type { Channel, ScatteredReader, VectoredBatch, VectoredWriter } from './channel.js';
 import { DIRECT_MAX_REFS, DirectWrites } from './direct-writes.js';
-import { errorCode, toTransportError } from './errors.js';
+import { errorCode, syscallError, toTransportError } from './errors.js';
 import type { PooledReads, ReadBufferPool } from './read-pool.js';
 import { keepShape } from '../hot-shapes.js';
 import { EAGAIN, EINTR, IOV_MAX, addressOf, readv, socketSendQueue, waitReadable } from '../sys/libc.js';
-import { getSystemErrorName } from 'node:util';
 
 const debug = debuglog('ferry');
 
@@ -170,8 +169,7 @@ export class StreamChannel implements Channel {
       }
       if (n === -EINTR) continue;
       if (n !== -EAGAIN) {
-        const code = getSystemErrorName(n);
-        const error = toTransportError(Object.assign(new Error(`readv: ${code}`), { code }), this.description, 'reading from');
+        const error = syscallError('readv', n, this.description, 'reading from');
         this.#fail(error);
         throw error;
       }
