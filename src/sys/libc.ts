@@ -62,6 +62,9 @@ interface Bindings {
   getsockopt(fd: number, level: number, name: number, value: Uint8Array, len: number[]): number;
   writev(fd: number, iov: Uint8Array, iovcnt: number): number;
   readv(fd: number, iov: Uint8Array, iovcnt: number): number;
+  pipe2(fds: Uint8Array, flags: number): number;
+  vmsplice(fd: number, iov: Uint8Array, count: number, flags: number): number | bigint;
+  splice(fdIn: number, offIn: null, fdOut: number, offOut: null, length: number, flags: number): number | bigint;
   fcntlInt(fd: number, cmd: number, arg: number): number;
   poll: ((fds: Uint8Array, nfds: number, timeoutMs: number) => number) & {
     async(fds: Uint8Array, nfds: number, timeoutMs: number, done: (err: unknown, result: number) => void): void;
@@ -100,6 +103,12 @@ function libc(): Bindings {
     writev: lib.func('int64_t writev(int fd, void *iov, int iovcnt)'),
     // The same for reading: the kernel writes into the memory the entries point at.
     readv: lib.func('int64_t readv(int fd, void *iov, int iovcnt)'),
+    // `fds` receives the two descriptors (int[2]).
+    pipe2: lib.func('int pipe2(_Out_ uint8_t *fds, int flags)'),
+    // `iov` is read during the call; the memory its entries point at is then referenced by
+    // the pipe (not copied) until the pages leave it and whatever they went to lets go.
+    vmsplice: lib.func('int64_t vmsplice(int fd, void *iov, unsigned long count, unsigned int flags)'),
+    splice: lib.func('int64_t splice(int fdIn, void *offIn, int fdOut, void *offOut, size_t length, unsigned int flags)'),
     // fcntl is variadic; an int third argument passes as in a fixed prototype (see above).
     fcntlInt: lib.func('fcntl', 'int', ['int', 'int', 'int']),
     // Run on the thread pool (async) to wait for a socket without blocking this thread;
@@ -399,6 +408,34 @@ export function waitWritable(fd: number, timeoutMs: number): Promise<boolean> {
 /** The same for reading: true once `fd` has bytes, its end, or an error the next read will report. */
 export function waitReadable(fd: number, timeoutMs: number): Promise<boolean> {
   return waitFor(fd, POLLIN, timeoutMs);
+}
+
+export const O_NONBLOCK = 0o4000;
+/** splice(2) flags: do not block on the pipe (the other end's blocking is its own O_NONBLOCK). */
+export const SPLICE_F_NONBLOCK = 0x02;
+
+/** pipe2(2): [read end, write end], or -errno. */
+export function pipe2(flags: number): [number, number] | number {
+  const fds = new Uint8Array(8);
+  if (libc().pipe2(fds, flags) < 0) return -koffi.errno();
+  const view = new DataView(fds.buffer);
+  return [view.getInt32(0, true), view.getInt32(4, true)];
+}
+
+/**
+ * vmsplice(2) of `count` entries of `iov` into the pipe `fd`: the pipe then holds references
+ * to that memory, not copies of it. Returns the bytes taken (fewer when the pipe filled up),
+ * or -errno (-EAGAIN when a non-blocking pipe is full).
+ */
+export function vmsplice(fd: number, iov: Uint8Array, count: number, flags: number): number {
+  const n = Number(libc().vmsplice(fd, iov, count, flags));
+  return n < 0 ? -koffi.errno() : n;
+}
+
+/** splice(2) of up to `length` bytes from `fdIn` to `fdOut` (one of them a pipe): bytes moved, or -errno. */
+export function splice(fdIn: number, fdOut: number, length: number, flags: number): number {
+  const n = Number(libc().splice(fdIn, null, fdOut, null, length, flags));
+  return n < 0 ? -koffi.errno() : n;
 }
 
 const F_SETPIPE_SZ = 1031;

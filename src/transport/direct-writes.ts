@@ -96,32 +96,38 @@ export class DirectWrites {
   }
 
   #build(batch: VectoredBatch): void {
-    if (batch.count > DIRECT_MAX_REFS) {
-      throw new TransportError(`Cannot write to ${this.#description}: ${batch.count} references in one batch, at most ${DIRECT_MAX_REFS}`);
-    }
-    const base = Number(addressOf(batch.buffer));
-    let entries = 0;
-    let start = 0;
-    let total = batch.length;
-    for (let i = 0; i < batch.count; i++) {
-      const at = batch.at[i]!;
-      if (at < start || at > batch.length) {
-        throw new TransportError(`Cannot write to ${this.#description}: reference ${i} goes at byte ${at}, outside ${start}..${batch.length}`);
-      }
-      if (at > start) this.#set(entries++, base + start, at - start);
-      start = at;
-      const bytes = batch.bytes[i]!;
-      total += bytes;
-      if (bytes > 0) this.#set(entries++, batch.address[i]!, bytes);
-    }
-    if (batch.length > start) this.#set(entries++, base + start, batch.length - start);
+    const { entries, total } = batchIovec(this.#view, batch, Number(addressOf(batch.buffer)), this.#description);
     this.#entries = entries;
     this.#first = 0;
     this.#remaining = total;
   }
 
-  #set(entry: number, address: number, length: number): void {
-    setIovec(this.#view, entry, address, length);
-  }
+}
 
+/**
+ * The iovec entries of `batch` into `view`: the buffer's bytes (which are at `base` in this
+ * process) cut where each reference goes in, the references between. Returns how many
+ * entries and bytes that makes; throws a TransportError naming `description` for a batch
+ * that does not fit or a reference outside its buffer.
+ */
+export function batchIovec(view: DataView, batch: VectoredBatch, base: number, description: string): { entries: number; total: number } {
+  if (batch.count > DIRECT_MAX_REFS) {
+    throw new TransportError(`Cannot write to ${description}: ${batch.count} references in one batch, at most ${DIRECT_MAX_REFS}`);
+  }
+  let entries = 0;
+  let start = 0;
+  let total = batch.length;
+  for (let i = 0; i < batch.count; i++) {
+    const at = batch.at[i]!;
+    if (at < start || at > batch.length) {
+      throw new TransportError(`Cannot write to ${description}: reference ${i} goes at byte ${at}, outside ${start}..${batch.length}`);
+    }
+    if (at > start) setIovec(view, entries++, base + start, at - start);
+    start = at;
+    const bytes = batch.bytes[i]!;
+    total += bytes;
+    if (bytes > 0) setIovec(view, entries++, batch.address[i]!, bytes);
+  }
+  if (batch.length > start) setIovec(view, entries++, base + start, batch.length - start);
+  return { entries, total };
 }

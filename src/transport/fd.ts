@@ -78,8 +78,8 @@ export function fdChannel(uri: FdUri, role: FdRole, options: FdOptions = {}): Ch
     } catch (err) {
       throw toTransportError(err, description, 'opening');
     }
+    const tcp = !pipe && socket.remoteFamily !== undefined;
     if (!pipe) {
-      const tcp = socket.remoteFamily !== undefined;
       if (tcp) socket.setNoDelay(true);
       tuneIfLocal(fd, tcp, socket.remoteAddress, description);
     }
@@ -91,6 +91,8 @@ export function fdChannel(uri: FdUri, role: FdRole, options: FdOptions = {}): Ch
       ...(pooledReads ? { pooledReads } : {}),
       // Guest pages by reference, as for tcp: and unix: (direct-writes.ts).
       ...((!pipe || role === 'send') && socketFd(socket) !== undefined ? { directFd: () => socketFd(socket) } : {}),
+      // A unix socket takes them through a pipe, as unix: does (spliced-writes.ts).
+      ...(!pipe && !tcp ? { spliceWrites: true } : {}),
     });
   }
   if (stats.isFile() || stats.isCharacterDevice()) {

@@ -50,6 +50,8 @@ export function socketChannel(
     ...(pooledReads ? { pooledReads } : {}),
     // Guest pages go from guest RAM to the kernel in one writev (see direct-writes.ts).
     ...(socketFd(socket) !== undefined ? { directFd: () => socketFd(socket) } : {}),
+    // Over a unix socket, by reference through a pipe: the peer's read is the only copy.
+    ...(tcp ? {} : { spliceWrites: true }),
   });
 }
 

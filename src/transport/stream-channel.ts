@@ -7,6 +7,7 @@ import { debuglog } from 'node:util';
 import { TransportError } from '../errors.js';
 import type { Channel, ScatteredReader, VectoredBatch, VectoredWriter } from './channel.js';
 import { DIRECT_MAX_REFS, DirectWrites } from './direct-writes.js';
+import { SplicedWrites } from './spliced-writes.js';
 import { errorCode, syscallError, toTransportError } from './errors.js';
 import type { PooledReads, ReadBufferPool } from './read-pool.js';
 import { keepShape } from '../hot-shapes.js';
@@ -40,6 +41,11 @@ export interface StreamChannelOptions {
    * undefined once it is closed. Without it the channel has no `vectored`.
    */
   readonly directFd?: () => number | undefined;
+  /**
+   * Vectored writes to `directFd` go through a pipe by reference (spliced-writes.ts) rather
+   * than writev: for unix-domain sockets, where the peer then copies guest pages once.
+   */
+  readonly spliceWrites?: boolean;
 }
 
 /** A write or vectored write that waits for the ones before it (see #pump), or a barrier for end(). */
@@ -75,7 +81,7 @@ export class StreamChannel implements Channel {
   #scatterPaused = false;
   #scatteredSinceTurn = 0;
   readonly duplex: boolean;
-  readonly #direct: DirectWrites | null = null;
+  readonly #direct: DirectWrites | SplicedWrites | null = null;
   readonly #directFd: (() => number | undefined) | undefined;
   /** A vectored write the socket has not taken all of yet; everything after it waits. */
   #directBusy: Promise<void> | null = null;
@@ -125,7 +131,9 @@ export class StreamChannel implements Channel {
     }
     this.#directFd = options.directFd;
     if (writable && options.directFd) {
-      this.#direct = new DirectWrites(this.description, options.directFd);
+      const spliced = options.spliceWrites ? SplicedWrites.open(this.description, options.directFd) : null;
+      // A process that cannot have a pipe writes with writev, as over tcp.
+      this.#direct = spliced instanceof SplicedWrites ? spliced : new DirectWrites(this.description, options.directFd);
       this.vectored = new DirectVectoredWriter(this);
     }
     // Scattered reads go to the socket's descriptor around the readable; only a readable
@@ -385,6 +393,12 @@ export class StreamChannel implements Channel {
     this.#queuedBytes = 0;
     this.#readable?.destroy();
     if (this.#writable && this.#writable !== (this.#readable as unknown)) this.#writable.destroy();
+    this.#closeDirect();
+  }
+
+  /** Let go of what the direct writes hold (a pipe), once nothing more can be written. */
+  #closeDirect(): void {
+    if (this.#direct instanceof SplicedWrites) this.#direct.close();
   }
 
   /** Take back a chunk read() returned, to read into it again; the caller must not use it after. */
@@ -395,6 +409,11 @@ export class StreamChannel implements Channel {
   /** How often a vectored write found the socket full and waited for room. */
   get directWaits(): number {
     return this.#direct?.waits ?? 0;
+  }
+
+  /** Bytes vectored writes handed to the socket by reference through a pipe (0 where they use writev). */
+  get splicedBytes(): number {
+    return this.#direct instanceof SplicedWrites ? this.#direct.referencedBytes : 0;
   }
 
   /** Bytes received and waiting for read(). */
@@ -456,6 +475,7 @@ export class StreamChannel implements Channel {
 
   #onWriteClose(): void {
     this.#writeClosed = true;
+    this.#closeDirect();
     const waiters = this.#drainWaiters;
     if (waiters.length === 0) return;
     this.#drainWaiters = [];
