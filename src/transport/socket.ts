@@ -11,7 +11,7 @@ import { toTransportError } from './errors.js';
 import { adoptWithPooledReads, PooledReads } from './read-pool.js';
 import { tuneIfLocal, sizeSocketBuffers, isLoopbackAddress } from './socket-buffers.js';
 import { useLoopbackCongestion } from './loopback-congestion.js';
-import { closeFd, tcpSocket } from '../sys/libc.js';
+import { closeFd, setSocketBufferSize, tcpSocket } from '../sys/libc.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
 import { formatMigrationUri, type MigrationUri } from './uri.js';
 
@@ -24,6 +24,12 @@ export interface SocketOptions {
   readonly readHighWaterMark?: number;
   /** Give up connecting after this long (default: the OS's own timeout). */
   readonly connectTimeoutMs?: number;
+  /**
+   * Each socket's kernel buffers, both ways, instead of the large ones a peer on this host
+   * gets (socket-buffers.ts). The warm-up's scratch migrations use small ones so that
+   * their sockets fill up as a real migration's do.
+   */
+  readonly socketBufferBytes?: number;
 }
 
 /**
@@ -41,7 +47,13 @@ export function socketChannel(
   const tcp = socket.remoteFamily !== undefined;
   if (tcp) socket.setNoDelay(true);
   const fd = socketFd(socket);
-  if (fd !== undefined) tuneIfLocal(fd, tcp, socket.remoteAddress, description);
+  if (fd !== undefined) {
+    tuneIfLocal(fd, tcp, socket.remoteAddress, description);
+    if (options.socketBufferBytes !== undefined) {
+      setSocketBufferSize(fd, 'send', options.socketBufferBytes);
+      setSocketBufferSize(fd, 'receive', options.socketBufferBytes);
+    }
+  }
   return new StreamChannel({
     description,
     readable: socket,

@@ -18,6 +18,8 @@ export interface TransportOptions {
   readonly readHighWaterMark?: number;
   /** tcp:/unix: connect only: give up after this long. */
   readonly connectTimeoutMs?: number;
+  /** tcp:/unix: each socket's kernel buffers, both ways, instead of the large ones a peer on this host gets. */
+  readonly socketBufferBytes?: number;
   /** exec: only: the shell that runs the command with -c (default /bin/sh). */
   readonly shell?: string;
 }

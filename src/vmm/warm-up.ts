@@ -14,7 +14,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { DirtyBitmap, DirtyLog, GuestMemoryBlock, StateSection } from '../hypervisor/types.js';
 import type { RunState } from '../machine/run-state.js';
-import { Migration } from '../migration/migration.js';
+import { Migration, type MigrationOptions } from '../migration/migration.js';
 import type { MigrationVm } from '../migration/vm.js';
 import { HostMemory } from '../sys/host-memory.js';
 import { connect, listen } from '../transport/index.js';
@@ -22,8 +22,21 @@ import { engineNow, engineSchedule } from './engine-hooks.js';
 
 /** Scratch RAM per side and round: enough pages for V8 to find the page loops hot. */
 const WARM_UP_BYTES = 16 * 1024 * 1024;
-/** Rounds: the first makes the code hot, the next ones run what the compiler made of it. */
-const WARM_UP_ROUNDS = 3;
+/**
+ * The scratch migrations, in order: the first makes the code hot, the next ones run what
+ * the compiler made of it. Each transport a source writes to by its own path (writev over
+ * tcp, vmsplice over unix sockets) goes once with the large buffers a real local migration
+ * gets and once with small ones, so that the branches a full socket takes (a batch written
+ * in part, a wait for room, a pipe that fills) have run before a real migration reaches
+ * them; V8 otherwise throws optimised code away there ("insufficient type feedback") and
+ * compiles it again during the migration.
+ */
+const WARM_UP_ROUNDS: readonly { transport: 'tcp' | 'unix'; socketBufferBytes?: number }[] = [
+  { transport: 'tcp' },
+  { transport: 'unix', socketBufferBytes: 128 * 1024 },
+  { transport: 'tcp', socketBufferBytes: 128 * 1024 },
+  { transport: 'unix' },
+];
 /** Pages a scratch "guest" dirties between two syncs, so that passes after the first run too. */
 const DIRTY_PER_SYNC = 64;
 /**
@@ -156,13 +169,12 @@ export interface WarmUpOptions {
  */
 export async function warmUpMigration(machineType: string, options: WarmUpOptions = {}): Promise<WarmUpResult | Error> {
   const started = performance.now();
-  const rounds = options.rounds ?? WARM_UP_ROUNDS;
+  const rounds = options.rounds ?? WARM_UP_ROUNDS.length;
   let done = 0;
   let bytes = 0;
   try {
     while (done < rounds && (options.keepGoing?.() ?? true)) {
-      // The second round over a unix socket, whose sender takes its own path (spliced-writes.ts).
-      bytes += await migrateScratch(machineType, done === 1 ? 'unix' : 'tcp');
+      bytes += await migrateScratch(machineType, WARM_UP_ROUNDS[done % WARM_UP_ROUNDS.length]!);
       done++;
       // Let the compiler's helper threads finish what this round made hot.
       await nextTurn();
@@ -174,17 +186,29 @@ export async function warmUpMigration(machineType: string, options: WarmUpOption
 }
 
 /** One scratch migration; the bytes it sent. Throws unless it completed with the RAM equal on both ends. */
-async function migrateScratch(machineType: string, transport: 'tcp' | 'unix'): Promise<number> {
-  const dir = transport === 'unix' ? await mkdtemp(join(tmpdir(), 'ferry-warm-up-')) : undefined;
+async function migrateScratch(machineType: string, round: (typeof WARM_UP_ROUNDS)[number]): Promise<number> {
+  const dir = round.transport === 'unix' ? await mkdtemp(join(tmpdir(), 'ferry-warm-up-')) : undefined;
   const sourceRam = HostMemory.allocate(WARM_UP_BYTES);
   const destinationRam = HostMemory.allocate(WARM_UP_BYTES);
   try {
     scratchContent(sourceRam.bytes);
     const source = new ScratchVm(sourceRam.block('pc.ram'), machineType, 'running');
     const destination = new ScratchVm(destinationRam.block('pc.ram', 0, { freshZero: true }), machineType, 'inmigrate');
-    const common = { connect, listen, now: engineNow, emit: () => {}, schedule: engineSchedule };
-    const outgoing = new Migration({ ...common, vm: source });
-    const incoming = new Migration({ ...common, vm: destination });
+    const options = round.socketBufferBytes === undefined ? {} : { socketBufferBytes: round.socketBufferBytes };
+    // The options in the order and with the members the VMM gives a real migration
+    // (vmm.ts): objects built from them then get the same hidden classes, and code compiled
+    // here does not meet a "wrong map" there.
+    const migrationOptions = (vm: ScratchVm): MigrationOptions => ({
+      vm,
+      connect: (uri) => connect(uri, options),
+      listen: (uri) => listen(uri, options),
+      now: engineNow,
+      emit: () => {},
+      schedule: engineSchedule,
+      trace: () => {},
+    });
+    const outgoing = new Migration(migrationOptions(source));
+    const incoming = new Migration(migrationOptions(destination));
     // Mostly over tcp: tcp's segments end anywhere, so reads end in the middle of chunks as
     // they will in a real migration, and that path gets compiled too.
     const { address } = await incoming.migrateIncoming(dir === undefined ? 'tcp:127.0.0.1:0' : `unix:${join(dir, 'scratch.sock')}`);
