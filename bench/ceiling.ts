@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, listen } from '../src/transport/index.js';
 import { HostMemory } from '../src/sys/host-memory.js';
+import { adoptWithPooledReads, PooledReads, ReadBufferPool } from '../src/transport/read-pool.js';
 
 export interface CeilingOptions {
   /** Bytes moved per socket run (default 2 GiB). */
@@ -24,6 +25,8 @@ export interface CeilingOptions {
   readonly memcpyBytes?: number;
   /** Also measure through Ferry's Channel (default true). */
   readonly channel?: boolean;
+  /** Also measure memory to memory (default true; see memoryReceiver). */
+  readonly memory?: boolean;
 }
 
 export interface Ceilings {
@@ -33,6 +36,14 @@ export interface Ceilings {
   /** The same moves through transport.connect/listen Channels (NaN when not measured). */
   readonly channelTcpBytesPerSec: number;
   readonly channelUnixBytesPerSec: number;
+  /**
+   * Memory to memory, as a migration moves RAM: through Ferry's Channel from a 1 GiB region
+   * of huge-page-backed memory, each byte sent once, into another such region in the
+   * receiver (NaN when not measured). The other cases send one 1 MiB buffer again and again
+   * and read into buffers used again and again, which stay in the caches.
+   */
+  readonly memoryTcpBytesPerSec: number;
+  readonly memoryUnixBytesPerSec: number;
   /** Uint8Array.set of warm memory, median bytes/s. */
   readonly memcpyBytesPerSec: number;
   /**
@@ -57,9 +68,9 @@ export interface Ceilings {
   readonly runs: number;
 }
 
-type SocketCase = 'tcp' | 'unix' | 'channel-tcp' | 'channel-unix';
+type SocketCase = 'tcp' | 'unix' | 'channel-tcp' | 'channel-unix' | 'memory-tcp' | 'memory-unix';
 type CaseName = SocketCase | 'memcpy';
-type PeerMode = 'raw' | 'channel';
+type PeerMode = 'raw' | 'channel' | 'memory';
 
 const PEER_FLAG = '--ceiling-peer';
 
@@ -68,9 +79,10 @@ export async function measureCeilings(options: CeilingOptions = {}): Promise<Cei
   const runs = options.runs ?? 3;
   const chunkSize = options.chunkSize ?? 1024 * 1024;
   const withChannel = options.channel ?? true;
-  const samples: Record<CaseName, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [], memcpy: [] };
-  const cpu: Record<SocketCase, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [] };
-  const senderCpu: Record<SocketCase, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [] };
+  const withMemory = options.memory ?? true;
+  const samples: Record<CaseName, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [], 'memory-tcp': [], 'memory-unix': [], memcpy: [] };
+  const cpu: Record<SocketCase, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [], 'memory-tcp': [], 'memory-unix': [] };
+  const senderCpu: Record<SocketCase, number[]> = { tcp: [], unix: [], 'channel-tcp': [], 'channel-unix': [], 'memory-tcp': [], 'memory-unix': [] };
   const record = (name: SocketCase, result: SocketResult): void => {
     samples[name].push(result.bytesPerSec);
     cpu[name].push(result.cpuSecondsPerGB);
@@ -86,6 +98,10 @@ export async function measureCeilings(options: CeilingOptions = {}): Promise<Cei
         record('channel-tcp', await measureSocket('channel', 'tcp:127.0.0.1:0', bytes, chunkSize));
         record('channel-unix', await measureSocket('channel', `unix:${join(dir, `channel-${run}.sock`)}`, bytes, chunkSize));
       }
+      if (withMemory) {
+        record('memory-tcp', await measureSocket('memory', 'tcp:127.0.0.1:0', bytes, chunkSize));
+        record('memory-unix', await measureSocket('memory', `unix:${join(dir, `memory-${run}.sock`)}`, bytes, chunkSize));
+      }
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -98,6 +114,8 @@ export async function measureCeilings(options: CeilingOptions = {}): Promise<Cei
     unixBytesPerSec: median(samples.unix),
     channelTcpBytesPerSec: withChannel ? median(samples['channel-tcp']) : Number.NaN,
     channelUnixBytesPerSec: withChannel ? median(samples['channel-unix']) : Number.NaN,
+    memoryTcpBytesPerSec: withMemory ? median(samples['memory-tcp']) : Number.NaN,
+    memoryUnixBytesPerSec: withMemory ? median(samples['memory-unix']) : Number.NaN,
     memcpyBytesPerSec: median(samples.memcpy),
     samples,
     receiverCpuSecondsPerGB: {
@@ -105,12 +123,16 @@ export async function measureCeilings(options: CeilingOptions = {}): Promise<Cei
       unix: median(cpu.unix),
       'channel-tcp': median(cpu['channel-tcp']),
       'channel-unix': median(cpu['channel-unix']),
+      'memory-tcp': median(cpu['memory-tcp']),
+      'memory-unix': median(cpu['memory-unix']),
     },
     senderCpuSecondsPerGB: {
       tcp: median(senderCpu.tcp),
       unix: median(senderCpu.unix),
       'channel-tcp': median(senderCpu['channel-tcp']),
       'channel-unix': median(senderCpu['channel-unix']),
+      'memory-tcp': median(senderCpu['memory-tcp']),
+      'memory-unix': median(senderCpu['memory-unix']),
     },
     bytes,
     chunkSize,
@@ -136,7 +158,7 @@ export interface SocketResult {
 }
 
 async function measureSocket(mode: PeerMode, uri: string, bytes: number, chunkSize: number): Promise<SocketResult> {
-  const receiver = mode === 'raw' ? await rawReceiver(uri) : await channelReceiver(uri);
+  const receiver = mode === 'raw' ? await rawReceiver(uri) : mode === 'memory' ? await memoryReceiver(uri, bytes) : await channelReceiver(uri);
   const child = spawn(
     process.execPath,
     [fileURLToPath(import.meta.url), PEER_FLAG, mode, receiver.address, String(bytes), String(chunkSize)],
@@ -215,9 +237,93 @@ async function channelReceiver(uri: string): Promise<Receiver> {
   return { address: listener.address, done, close: () => listener.close() };
 }
 
+/**
+ * Receives into a fresh region of `bytes` backed by huge pages and populated first, as a
+ * destination started with --mem-prealloc holds guest RAM: net.Socket reads straight into
+ * it, 1 MiB after 1 MiB, so every byte lands in memory not read or written since it was
+ * backed. (A migration's destination reads guest pages straight into guest RAM the same
+ * way, ram-scatter.ts.)
+ */
+async function memoryReceiver(uri: string, bytes: number): Promise<Receiver> {
+  const memory = HostMemory.allocate(bytes, { prealloc: true });
+  const server = net.createServer({ pauseOnConnect: true });
+  const path = uri.startsWith('unix:') ? uri.slice('unix:'.length) : undefined;
+  server.listen(path !== undefined ? { path } : { host: '127.0.0.1', port: 0 });
+  await once(server, 'listening');
+  const bound = server.address();
+  const address = path !== undefined ? uri : `tcp:127.0.0.1:${(bound as net.AddressInfo).port}`;
+  const done = new Promise<{ received: number; seconds: number }>((resolve, reject) => {
+    server.once('connection', (accepted: net.Socket) => {
+      let received = 0;
+      let start = 0;
+      const { socket, pooledReads } = adoptWithPooledReads(accepted, { writable: false }, new PooledReads(new RegionPool(memory.bytes)));
+      if (!pooledReads) return reject(new Error('Cannot read into memory: Node did not let the accepted socket be rebuilt'));
+      pooledReads.attach((chunk) => {
+        if (received === 0) start = performance.now();
+        received += chunk.byteLength;
+        return true;
+      });
+      socket.on('end', () => resolve({ received, seconds: (performance.now() - start) / 1000 }));
+      socket.on('error', reject);
+      socket.resume();
+    });
+  });
+  return {
+    address,
+    done,
+    close: () =>
+      new Promise((resolve) =>
+        server.close(() => {
+          memory.unmap();
+          resolve();
+        }),
+      ),
+  };
+}
+
+/** Hands out `region` 1 MiB at a time, in order, coming round at its end; nothing comes back. */
+class RegionPool extends ReadBufferPool {
+  readonly #region: Uint8Array;
+  #at = 0;
+
+  constructor(region: Uint8Array) {
+    super();
+    this.#region = region;
+  }
+
+  override take(): Uint8Array {
+    if (this.#at + this.bufferSize > this.#region.byteLength) this.#at = 0;
+    const slice = this.#region.subarray(this.#at, this.#at + this.bufferSize);
+    this.#at += this.bufferSize;
+    return slice;
+  }
+
+  override release(): void {}
+}
+
 /** Sends, then prints the CPU seconds it spent sending for the parent to read. */
 async function runPeer(mode: PeerMode, uri: string, bytes: number, chunkSize: number): Promise<void> {
+  if (mode === 'memory') {
+    // Guest RAM as a source holds it: backed by huge pages, written by this process, and
+    // sent once, in order. Backing it is not counted.
+    const memory = HostMemory.allocate(bytes, { prealloc: true });
+    memory.bytes.fill(0xa5);
+    await sendFromMemory(uri, memory.bytes, chunkSize, process.cpuUsage());
+    memory.unmap();
+    return;
+  }
   await sendFromPeer(mode, uri, bytes, chunkSize, process.cpuUsage());
+}
+
+async function sendFromMemory(uri: string, region: Uint8Array, chunkSize: number, cpuStart: NodeJS.CpuUsage): Promise<void> {
+  const channel = await connect(uri);
+  for (let sent = 0; sent < region.byteLength; sent += chunkSize) {
+    await channel.write(region.subarray(sent, Math.min(sent + chunkSize, region.byteLength)));
+  }
+  await channel.end();
+  const used = process.cpuUsage(cpuStart);
+  process.stdout.write(`${(used.user + used.system) / 1e6}\n`);
+  channel.destroy();
 }
 
 async function sendFromPeer(
@@ -308,6 +414,8 @@ function printTable(ceilings: Ceilings): void {
     ['loopback tcp, Ferry Channel', 'channel-tcp', ceilings.channelTcpBytesPerSec],
     ['unix socket, raw \'data\' events', 'unix', ceilings.unixBytesPerSec],
     ['unix socket, Ferry Channel', 'channel-unix', ceilings.channelUnixBytesPerSec],
+    ['loopback tcp, memory to memory', 'memory-tcp', ceilings.memoryTcpBytesPerSec],
+    ['unix socket, memory to memory', 'memory-unix', ceilings.memoryUnixBytesPerSec],
     ['memcpy (Uint8Array.set, warm)', 'memcpy', ceilings.memcpyBytesPerSec],
   ];
   const moved = `${(ceilings.bytes / 1024 ** 3).toFixed(2)} GiB per run, ${ceilings.chunkSize / 1024} KiB writes`;

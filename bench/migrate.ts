@@ -250,7 +250,7 @@ async function main(): Promise<void> {
   if (accel === 'sim') console.log('(sim: no guest code runs; a workload model writes guest RAM — the sweep at 250 000 pages/s, about what the real sweep guest does under this machine\'s KVM)');
   if (stopped) console.log('--stopped: each source guest was stopped (QMP stop) after warming up, before the migration: no guest thread runs meanwhile.');
   console.log(warmUp
-    ? 'Warm-up: each migration began once both processes had warmed their migration code up (ferry run does so after start: three scratch migrations of 16 MiB within the process).'
+    ? 'Warm-up: each migration began once both processes had warmed their migration code up (ferry run does so after start: four scratch migrations of 16 MiB within the process, over tcp and unix sockets).'
     : '--no-warm-up: both processes were started with --no-warm-up, so each migration ran on cold code (V8 compiled it meanwhile).');
   // Five runs each: with three, two runs disturbed by the machine set the median (a unix
   // ceiling of 2.92 GB/s from runs of 2.92, 2.32 and 8.87, at 18:16 on 2026-12-06).

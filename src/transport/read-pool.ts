@@ -81,13 +81,13 @@ export class PooledReads {
 export function adoptWithPooledReads(
   original: net.Socket,
   options: { writable: boolean; writableHighWaterMark?: number },
+  pooledReads = new PooledReads(),
 ): { socket: net.Socket; pooledReads?: PooledReads } {
   const internals = original as unknown as { _handle?: object | null };
   const handle = internals._handle;
   if (!handle || typeof (handle as { readStart?: unknown }).readStart !== 'function' || original.readableLength > 0) {
     return { socket: original };
   }
-  const pooledReads = new PooledReads();
   const socket = new net.Socket({
     handle,
     onread: pooledReads.onread,
