@@ -269,6 +269,8 @@ async function main(): Promise<void> {
   // Every run, so that the spread the medians come from shows (on a shared machine it is wide).
   const runsOf = (name: 'tcp' | 'unix' | 'channel-tcp' | 'channel-unix') => ceilings.samples[name].map((x) => (x / 1e9).toFixed(2)).join(', ');
   console.log(`(each ceiling is the better median of raw 'data' events and Ferry's channel, whose sockets are set up as a migration's: buffers, and over loopback tcp a congestion control that does not pace; runs in GB/s — raw tcp ${runsOf('tcp')}; channel tcp ${runsOf('channel-tcp')}; raw unix ${runsOf('unix')}; channel unix ${runsOf('channel-unix')})`);
+  const memoryRuns = (name: 'memory-tcp' | 'memory-unix') => ceilings.samples[name].map((x) => (x / 1e9).toFixed(2)).join(', ');
+  console.log(`Memory to memory in this run (Ferry's channel from 1 GiB of huge-page memory, each byte sent once, read straight into another such region: what a migration's bytes go through, where the ceilings above send one buffer again and again; median of ${CEILING_RUNS}): loopback tcp ${gbs(ceilings.memoryTcpBytesPerSec)}, unix ${gbs(ceilings.memoryUnixBytesPerSec)} (runs: tcp ${memoryRuns('memory-tcp')}; unix ${memoryRuns('memory-unix')})`);
   console.log(`The host backed fresh memory at ${describeFirstTouch(ceilings.firstTouchBytesPerSec)}: ~0.6 GB/s is memory this VM never used before (its nested hypervisor maps it on first touch), ~20 GB/s memory it did. A lazy destination pays this for every page it receives.`);
   console.log('');
   console.log('Destination "lazy" backs its RAM 2 MiB at a time as pages arrive (the default); "prealloc" was started with --mem-prealloc, as QEMU\'s -mem-prealloc.');
@@ -278,10 +280,10 @@ async function main(): Promise<void> {
   console.log('');
   console.log('Guest paused: from the source\'s STOP event to the destination\'s RESUME (QMP timestamps, one clock): what the guest\'s users see; downtime ends when the source has sent its last byte.');
   console.log('');
-  console.log('Of the socket ceiling: the median throughput against this run\'s ceiling above; "around it": the median of each migration\'s throughput against the mean of two channel runs of its transport, one just before its two processes started and one just after they quit (each on a quiet machine), with those means in GB/s.');
+  console.log('Of the socket ceiling: the median throughput against this run\'s ceiling above; "around it": the median of each migration\'s throughput against the mean of two channel runs of its transport, one just before its two processes started and one just after they quit (each on a quiet machine), with those means in GB/s. Of the memory ceiling: the median throughput against the memory-to-memory figure of its transport.');
   console.log('');
-  console.log('| RAM | guest | destination | transport | total time | downtime | guest paused | throughput | of the socket ceiling | of the ceiling around it | sent | passes | converged | CPU src / dst main | machine busy | CPU per GB |');
-  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  console.log('| RAM | guest | destination | transport | total time | downtime | guest paused | throughput | of the socket ceiling | of the ceiling around it | of the memory ceiling | sent | passes | converged | CPU src / dst main | machine busy | CPU per GB |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   const dir = mkdtempSync(join(tmpdir(), 'ferry-bench-'));
   try {
     for (const cell of cells) {
@@ -289,10 +291,11 @@ async function main(): Promise<void> {
       for (let rep = 0; rep < reps; rep++) runs.push(await migrateOnce(dir, cell, rep));
       const ok = runs.filter((r) => r.status === 'completed');
       const ceiling = cell.transport === 'tcp' ? tcpCeiling : unixCeiling;
+      const memoryCeiling = cell.transport === 'tcp' ? ceilings.memoryTcpBytesPerSec : ceilings.memoryUnixBytesPerSec;
       const cpuPerGB = median(ok.map((r) => r.bothMs / 1000 / (r.bytes / 1e9)));
       const isIdle = /idle/.test(cell.guest);
       const paused = ok.map((r) => r.pauseMs).filter((x) => Number.isFinite(x));
-      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${isIdle ? '—' : pairedShare(ok)} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'}${calledOffNote(ok)} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
+      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${isIdle ? '—' : pairedShare(ok)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / memoryCeiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'}${calledOffNote(ok)} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
     }
     if (calledOff.length > 0) {
       console.log("\nSwitchovers the downtime guard called off (the source's trace):");
