@@ -193,14 +193,19 @@ interface Receiver {
   close(): Promise<void>;
 }
 
-/** The clock starts at the first byte, so process start-up is not counted. */
-async function rawReceiver(uri: string): Promise<Receiver> {
-  const server = net.createServer();
+/** A net.Server listening on `uri` (unix:PATH, or tcp: on 127.0.0.1 at a port the kernel picks) and the address to connect to. */
+async function plainServer(uri: string, options: net.ServerOpts): Promise<{ server: net.Server; address: string }> {
+  const server = net.createServer(options);
   const path = uri.startsWith('unix:') ? uri.slice('unix:'.length) : undefined;
   server.listen(path !== undefined ? { path } : { host: '127.0.0.1', port: 0 });
   await once(server, 'listening');
   const bound = server.address();
-  const address = path !== undefined ? uri : `tcp:127.0.0.1:${(bound as net.AddressInfo).port}`;
+  return { server, address: path !== undefined ? uri : `tcp:127.0.0.1:${(bound as net.AddressInfo).port}` };
+}
+
+/** The clock starts at the first byte, so process start-up is not counted. */
+async function rawReceiver(uri: string): Promise<Receiver> {
+  const { server, address } = await plainServer(uri, {});
   const done = new Promise<{ received: number; seconds: number }>((resolve, reject) => {
     server.once('connection', (socket) => {
       let received = 0;
@@ -246,12 +251,7 @@ async function channelReceiver(uri: string): Promise<Receiver> {
  */
 async function memoryReceiver(uri: string, bytes: number): Promise<Receiver> {
   const memory = HostMemory.allocate(bytes, { prealloc: true });
-  const server = net.createServer({ pauseOnConnect: true });
-  const path = uri.startsWith('unix:') ? uri.slice('unix:'.length) : undefined;
-  server.listen(path !== undefined ? { path } : { host: '127.0.0.1', port: 0 });
-  await once(server, 'listening');
-  const bound = server.address();
-  const address = path !== undefined ? uri : `tcp:127.0.0.1:${(bound as net.AddressInfo).port}`;
+  const { server, address } = await plainServer(uri, { pauseOnConnect: true });
   const done = new Promise<{ received: number; seconds: number }>((resolve, reject) => {
     server.once('connection', (accepted: net.Socket) => {
       let received = 0;

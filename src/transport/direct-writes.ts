@@ -54,17 +54,7 @@ export class DirectWrites {
   }
 
   async #finish(aborted: () => Error | null): Promise<void> {
-    for (;;) {
-      const fd = this.#fd();
-      const stop = aborted();
-      if (stop) throw stop;
-      if (fd === undefined) throw new TransportError(`Cannot write to ${this.#description}: the socket was closed`);
-      this.waits++;
-      await waitWritable(fd, WAIT_SLICE_MS);
-      const stopNow = aborted();
-      if (stopNow) throw stopNow;
-      if (this.#writeSome()) return;
-    }
+    await untilWritten(this.#description, this.#fd, aborted, () => this.#writeSome(), () => this.waits++);
   }
 
   /** One writev of what is left; true when the batch is all out. */
@@ -102,6 +92,31 @@ export class DirectWrites {
     this.#remaining = total;
   }
 
+}
+
+/**
+ * Wait for room in the socket and `attempt` the rest of a batch again, until it says all
+ * of it went (true). Throws `aborted()`'s error as soon as it gives one, and a
+ * TransportError naming `description` once the socket is closed. `onWait` counts the waits.
+ */
+export async function untilWritten(
+  description: string,
+  fd: () => number | undefined,
+  aborted: () => Error | null,
+  attempt: () => boolean,
+  onWait: () => void,
+): Promise<void> {
+  for (;;) {
+    const now = fd();
+    const stop = aborted();
+    if (stop) throw stop;
+    if (now === undefined) throw new TransportError(`Cannot write to ${description}: the socket was closed`);
+    onWait();
+    await waitWritable(now, WAIT_SLICE_MS);
+    const stopNow = aborted();
+    if (stopNow) throw stopNow;
+    if (attempt()) return;
+  }
 }
 
 /**

@@ -19,11 +19,11 @@
 import { TransportError } from '../errors.js';
 import {
   EAGAIN, EINTR, IOV_MAX, O_CLOEXEC, O_NONBLOCK, SPLICE_F_NONBLOCK,
-  addressOf, closeFd, pipe2, setPipeSize, socketSendQueue, splice, vmsplice, waitWritable,
+  addressOf, closeFd, pipe2, setPipeSize, socketSendQueue, splice, vmsplice,
 } from '../sys/libc.js';
 import { IOVEC_BYTES, consumeIovec } from './iovec.js';
 import type { VectoredBatch } from './channel.js';
-import { batchIovec } from './direct-writes.js';
+import { batchIovec, untilWritten } from './direct-writes.js';
 import { syscallError } from './errors.js';
 import { keepShape } from '../hot-shapes.js';
 
@@ -33,7 +33,6 @@ const PIPE_BYTES = 4 * 1024 * 1024;
 const PIPE_BYTES_UNPRIVILEGED = 1024 * 1024;
 /** Default ring for the copied bytes: a batch holds ~8 bytes of them per 4 KiB page. */
 export const SPLICE_RING_BYTES = 1024 * 1024;
-const WAIT_SLICE_MS = 100;
 /** How long to wait before looking at the send queue again when the ring is still in use. */
 const RING_POLL_MS = 1;
 
@@ -169,17 +168,7 @@ export class SplicedWrites {
   }
 
   async #finish(aborted: () => Error | null): Promise<void> {
-    for (;;) {
-      const fd = this.#fd();
-      const stop = aborted();
-      if (stop) throw stop;
-      if (fd === undefined) throw new TransportError(`Cannot write to ${this.#description}: the socket was closed`);
-      this.waits++;
-      await waitWritable(fd, WAIT_SLICE_MS);
-      const stopNow = aborted();
-      if (stopNow) throw stopNow;
-      if (this.#pump()) return;
-    }
+    await untilWritten(this.#description, this.#fd, aborted, () => this.#pump(), () => this.waits++);
   }
 
   /** Fill the pipe from the batch and empty it into the socket until both are done (true) or the socket is full (false). */
