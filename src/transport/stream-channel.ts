@@ -133,6 +133,7 @@ export class StreamChannel implements Channel {
     if (writable && options.directFd) {
       const spliced = options.spliceWrites ? SplicedWrites.open(this.description, options.directFd) : null;
       // A process that cannot have a pipe writes with writev, as over tcp.
+      if (spliced instanceof TransportError) debug('%s: no pipe for spliced writes (%s): writing with writev', this.description, spliced.message);
       this.#direct = spliced instanceof SplicedWrites ? spliced : new DirectWrites(this.description, options.directFd);
       this.vectored = new DirectVectoredWriter(this);
     }
