@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { EARLY_EVIDENCE_MS, FAR_OFF_FACTOR, GIVE_UP_MIN_BYTES, STOP_RATE_MS, saveDevicesAhead, stopDeadlines, stopGiveUp, stopIsHopeless } from './switchover-guard.js';
+import { ASK_EVERY_MS, EARLY_EVIDENCE_MS, FAR_OFF_FACTOR, GIVE_UP_MIN_BYTES, STOP_RATE_MS, saveDevicesAhead, stopDeadlines, stopGiveUp, stopIsHopeless } from './switchover-guard.js';
 import type { SaveVmEntry } from './savevm.js';
 
 const MB = 1_000_000;
@@ -94,6 +94,35 @@ test('stopGiveUp: the rate of its far-off test starts at its first call, when th
   now = 270;
   written += 10 * MB;
   assert.equal(giveUp(), true);
+  assert.equal(giveUp(), true, 'and stays given up');
+});
+
+test('stopGiveUp: asked again within a millisecond, it answers as before without reading the channel', () => {
+  let now = 100;
+  let reads = 0;
+  let unsent = 0;
+  const giveUp = stopGiveUp({
+    now: () => now,
+    pausedAt: 0,
+    deadlines: stopDeadlines(0, 300, 4096, 2_000),
+    deliveredAtStop: 0,
+    written: () => 50 * MB,
+    unsent: () => {
+      reads++;
+      return unsent;
+    },
+    remainingPages: () => 0,
+  });
+  assert.equal(giveUp(), false);
+  assert.equal(reads, 1);
+  // 400 MB suddenly queued (hopeless by the deadline at 0.5 MB/ms), but within the millisecond: not looked at.
+  unsent = 400 * MB;
+  now = 100 + ASK_EVERY_MS / 2;
+  assert.equal(giveUp(), false);
+  assert.equal(reads, 1);
+  now = 100 + ASK_EVERY_MS;
+  assert.equal(giveUp(), true);
+  assert.equal(reads, 2);
 });
 
 test('saveDevicesAhead: the FULL sections and vmdesc entries of every handler, in memory, nothing else', async () => {
