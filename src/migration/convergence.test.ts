@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes } from './convergence.js';
+import { BUFFER_DELAY_MS, FIRST_WINDOW_MIN_BYTES, FIRST_WINDOW_MIN_MS, canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes, windowClosed } from './convergence.js';
 
 test('threshold is measured bandwidth (bytes/ms) times downtime-limit (ms)', () => {
   const cases: Array<[number, number, number]> = [
@@ -67,4 +67,16 @@ test('the final sync\'s own cost comes out of the downtime budget', () => {
   // A sync slower than the whole limit only lets a clean (nothing pending) stop through.
   assert.equal(canComplete(1, threshold, 400, 1000), false);
   assert.equal(canComplete(0, threshold, 400, 1000), true);
+});
+
+test('windowClosed: every 100 ms; the first window as soon as it has carried 128 MiB over at least 20 ms', () => {
+  const MiB = 1024 * 1024;
+  assert.equal(windowClosed(BUFFER_DELAY_MS, 0, true), true);
+  assert.equal(windowClosed(BUFFER_DELAY_MS - 1, 10_000 * MiB, true), false, 'later windows keep 100 ms, however much they carried');
+  assert.equal(windowClosed(BUFFER_DELAY_MS, 0, false), true, 'a first window that never got there closes at 100 ms');
+  assert.equal(windowClosed(FIRST_WINDOW_MIN_MS, FIRST_WINDOW_MIN_BYTES, false), true);
+  assert.equal(windowClosed(FIRST_WINDOW_MIN_MS, FIRST_WINDOW_MIN_BYTES - 1, false), false, 'too little to measure by');
+  assert.equal(windowClosed(FIRST_WINDOW_MIN_MS - 1, 1000 * MiB, false), false, 'too short: a burst into the buffers');
+  // 10 GbE (~1.2 GB/s): 128 MiB takes ~110 ms, so the first window is QEMU's too.
+  assert.equal(windowClosed(99, 99 * 1.2e6, false), false);
 });

@@ -6,6 +6,29 @@
 export const BUFFER_DELAY_MS = 100;
 
 /**
+ * The first window may close early, once it has carried this much and lasted this long: on
+ * a fast channel the first pass of a small guest is over well inside 100 ms (256 MiB in
+ * ~60 ms here), and with no bandwidth figure yet the loop could only go on resending what
+ * the guest dirtied — at the guest's dirty rate, not the channel's — until the window
+ * closed. So many bytes dwarf what the peer's socket buffer can hold (counted as taken
+ * before the destination reads it: 8 MiB on a local socket), so the early figure is not
+ * inflated by the buffers filling; a channel slower than ~1.3 GB/s never gets there
+ * before 100 ms, and keeps QEMU's windows.
+ */
+export const FIRST_WINDOW_MIN_BYTES = 128 * 1024 * 1024;
+export const FIRST_WINDOW_MIN_MS = 20;
+
+/**
+ * Whether a bandwidth window that began `elapsedMs` ago, during which the destination took
+ * `bytes`, is over: every BUFFER_DELAY_MS (QEMU), and the first one (`measuredBefore`
+ * false) as soon as it holds enough to measure by (FIRST_WINDOW_MIN_*).
+ */
+export function windowClosed(elapsedMs: number, bytes: number, measuredBefore: boolean): boolean {
+  if (elapsedMs >= BUFFER_DELAY_MS) return true;
+  return !measuredBefore && elapsedMs >= FIRST_WINDOW_MIN_MS && bytes >= FIRST_WINDOW_MIN_BYTES;
+}
+
+/**
  * Bytes that can still be sent within the downtime budget: measured bandwidth
  * (bytes per millisecond) × downtime-limit (milliseconds). Before the first
  * measurement there is no bandwidth figure and the threshold is 0, so the loop iterates.

@@ -13,7 +13,7 @@ import {
 import type { VmdescDevice } from '../stream/format.js';
 import { MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING, be32Bytes, writeCommand } from '../stream/return-path.js';
 import { SourceReturnPath } from './return-path.js';
-import { BUFFER_DELAY_MS, canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes } from './convergence.js';
+import { BUFFER_DELAY_MS, FIRST_WINDOW_MIN_MS, canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes, windowClosed } from './convergence.js';
 import type { MigrationParameters } from './parameters.js';
 import type { RamHandler } from './ram.js';
 import type { SaveVmRegistry } from './savevm.js';
@@ -511,12 +511,18 @@ export class OutgoingMigration {
     this.#windowPages = this.#o.ram.stats.pagesSent;
   }
 
-  /** QEMU's migration_update_counters: once per 100 ms window, re-measure and re-derive. */
+  /**
+   * QEMU's migration_update_counters: once per 100 ms window, re-measure and re-derive —
+   * the first window as soon as it can tell (windowClosed).
+   */
   #updateCounters(w: StreamWriter, final = false): void {
     const now = this.#o.now();
     const elapsed = now - this.#windowStart;
-    if (!final && elapsed < BUFFER_DELAY_MS) return;
+    const measured = this.#recentBytesPerMs.length > 0;
+    // The early close needs the bytes taken, which cost the channel a look at its queue.
+    if (!final && elapsed < (measured ? BUFFER_DELAY_MS : FIRST_WINDOW_MIN_MS)) return;
     const delivered = this.#delivered(w);
+    if (!final && !windowClosed(elapsed, delivered - this.#windowBytes, measured)) return;
     const figures = measureBandwidth({
       bytes: delivered - this.#windowBytes,
       pages: this.#o.ram.stats.pagesSent - this.#windowPages,
