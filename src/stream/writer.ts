@@ -258,7 +258,7 @@ export class StreamWriter {
       this.setError(new TransportError(`Cannot write to ${this.#channel.description}: the stream was closed`));
       return;
     }
-    let write: Promise<void>;
+    let write: Promise<void> | undefined;
     const giveBack = (): void => {
       if (this.#free.length < MAX_FREE_BUFFERS) this.#free.push(full);
     };
@@ -271,6 +271,8 @@ export class StreamWriter {
       this.setError(asTransportError(err, `Cannot write to ${this.#channel.description}`));
       return;
     }
+    // The kernel took the whole batch already: nothing to wait for.
+    if (write === undefined) return;
     this.#unsettled++;
     // The rejection handler is attached at once so a failed write is never unhandled.
     write.then(

@@ -91,9 +91,12 @@ export interface VectoredWriter {
    * are read before this returns and may be reused at once; `buffer` and the referenced
    * memory are read until the promise settles (`done` gives `buffer` back as write()'s
    * does). Referenced memory must stay mapped that long; what goes out is what it holds
-   * when the kernel reads it. Resolves once the kernel has every byte.
+   * when the kernel reads it. Resolves once the kernel has every byte — or, when the kernel
+   * took every byte before this returned, is undefined (and `done` has run): most batches
+   * go at once, and a promise for each, awaited by the sender, cost a turn of the microtask
+   * queue and a few allocations per batch.
    */
-  write(batch: VectoredBatch, done?: () => void): Promise<void>;
+  write(batch: VectoredBatch, done?: () => void): Promise<void> | undefined;
 }
 
 /**

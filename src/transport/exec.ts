@@ -86,12 +86,16 @@ class ExecChannel implements Channel {
     if (inner) {
       this.vectored = {
         maxRefs: inner.maxRefs,
-        write: async (batch, done) => {
+        write: (batch, done) => {
+          let written: Promise<void> | undefined;
           try {
-            await inner.write(batch, done);
+            written = inner.write(batch, done);
           } catch (err) {
-            throw await this.#explain(err);
+            return this.#explain(err).then((explained) => Promise.reject(explained));
           }
+          return written?.catch(async (err: unknown) => {
+            throw await this.#explain(err);
+          });
         },
       };
     }

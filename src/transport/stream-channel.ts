@@ -231,7 +231,7 @@ export class StreamChannel implements Channel {
   }
 
   /** VectoredWriter.write, for this channel's `vectored` (DirectVectoredWriter). */
-  writeVectored(batch: VectoredBatch, done?: () => void): Promise<void> {
+  writeVectored(batch: VectoredBatch, done?: () => void): Promise<void> | undefined {
     const refused = this.#refuseWrite();
     if (refused) return Promise.reject(refused);
     // Straight to the socket only when nothing written before is still on its way.
@@ -245,7 +245,8 @@ export class StreamChannel implements Channel {
     return this.#vectoredNow(batch, done);
   }
 
-  #vectoredNow(batch: VectoredBatch, done: (() => void) | undefined): Promise<void> {
+  /** The batch to the socket now: undefined when all of it went (see VectoredWriter.write). */
+  #vectoredNow(batch: VectoredBatch, done: (() => void) | undefined): Promise<void> | undefined {
     let rest: Promise<void> | null;
     try {
       rest = this.#direct!.write(batch, () => this.#error);
@@ -256,7 +257,7 @@ export class StreamChannel implements Channel {
     }
     if (rest === null) {
       done?.();
-      return Promise.resolve();
+      return undefined;
     }
     const busy = rest.then(
       () => done?.(),
@@ -295,7 +296,8 @@ export class StreamChannel implements Channel {
         continue;
       }
       const started = op.kind === 'write' ? this.#writeNow(op.data, op.done) : this.#vectoredNow(op.batch, op.done);
-      started.then(op.resolve, op.reject);
+      if (started === undefined) op.resolve();
+      else started.then(op.resolve, op.reject);
     }
   }
 
@@ -558,7 +560,7 @@ class DirectVectoredWriter implements VectoredWriter {
     this.#channel = channel;
   }
 
-  write(batch: VectoredBatch, done?: () => void): Promise<void> {
+  write(batch: VectoredBatch, done?: () => void): Promise<void> | undefined {
     return this.#channel.writeVectored(batch, done);
   }
 }
