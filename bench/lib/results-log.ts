@@ -10,9 +10,9 @@ export const RESULTS_DIR = fileURLToPath(new URL('../../../bench/results/', impo
 
 /**
  * From now on, console.log's lines are also kept; the returned function writes them to
- * bench/results/NAME-YYYY-MM-DDTHH-MM.txt and returns the path.
+ * bench/results/NAME-YYYY-MM-DDTHH-MM.txt (-SS added when that file exists) and returns the path.
  */
-export function keepOutput(name: string): () => string {
+export function keepOutput(name: string, dir: string = RESULTS_DIR): () => string {
   const lines: string[] = [];
   const log = console.log.bind(console);
   console.log = (...args: unknown[]): void => {
@@ -20,10 +20,21 @@ export function keepOutput(name: string): () => string {
     log(...args);
   };
   return () => {
-    const stamp = new Date().toISOString().slice(0, 16).replace(':', '-');
-    mkdirSync(RESULTS_DIR, { recursive: true });
-    const path = join(RESULTS_DIR, `${name}-${stamp}.txt`);
-    writeFileSync(path, `${lines.join('\n')}\n`);
-    return path;
+    const iso = new Date().toISOString();
+    const minute = iso.slice(0, 16).replace(':', '-');
+    mkdirSync(dir, { recursive: true });
+    // Never over another run's file: two runs that end in the same minute (one cell run
+    // again right after the table) get the second too, then a count.
+    const stamps = [minute, `${minute}-${iso.slice(17, 19)}`];
+    for (let attempt = 0; ; attempt++) {
+      const stamp = attempt < stamps.length ? stamps[attempt]! : `${stamps[1]}-${attempt}`;
+      const path = join(dir, `${name}-${stamp}.txt`);
+      try {
+        writeFileSync(path, `${lines.join('\n')}\n`, { flag: 'wx' });
+        return path;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+    }
   };
 }
