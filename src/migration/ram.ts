@@ -202,11 +202,13 @@ export class RamHandler implements SaveVmHandler {
 
   async iterate(w: StreamWriter): Promise<void> {
     await this.#send(w, true);
+    await this.#settle(w);
   }
 
   async complete(w: StreamWriter): Promise<VmdescDevice | undefined> {
     if (!this.#syncedWhileStopped) this.#sync();
     await this.#send(w, false);
+    await this.#settle(w);
     return undefined;
   }
 
@@ -223,6 +225,7 @@ export class RamHandler implements SaveVmHandler {
       this.#syncedWhileStopped = true;
     }
     await this.#send(w, false, until, giveUp);
+    await this.#settle(w, until, giveUp);
     return this.stats.remainingPages === 0;
   }
 
@@ -415,7 +418,18 @@ export class RamHandler implements SaveVmHandler {
     }
     chunks.eos();
     this.#account(w.bytesWritten - bytesMark);
-    if (w.needsFlush) await taken(w.flush());
+  }
+
+  /**
+   * After #send: wait for the channel to take a backlog, no longer than `until` on the
+   * engine's clock, or until `giveUp` says so. Outside #send, whose compiled loop a branch
+   * the warm-up seldom takes would throw away (see `taken` there): this one is taken only
+   * when a send ends with the channel still full.
+   */
+  async #settle(w: StreamWriter, until?: number, giveUp?: () => boolean): Promise<void> {
+    if (!w.needsFlush) return;
+    if (until === undefined) await w.flush();
+    else await settledBy(w.flush(), until, this.#opts.now, giveUp);
   }
 
   #passMark = { pages: 0, zero: 0, bytes: 0 };
