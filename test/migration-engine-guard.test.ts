@@ -86,7 +86,12 @@ async function migrateCallingOffTheFirstStop(t: TestContext, src: Side, dst: Sid
 test('a switchover that cannot send its RAM within the limit is called off; the guest runs again and a later one completes within it', async (t) => {
   const { src, dst, slowedWrites: slowed } = pairSlowWhileStopped(32 * MiB, 25, true);
   src.vm.fillPages(0, 8192); // 32 MiB of data
-  src.vm.startWorkload(64, 1); // keeps rewriting pages: each pass leaves some behind
+  // Rewrites 4 MiB before every dirty-log sync while it runs, so every stop has four
+  // stream buffers (1 MiB each) to send, 100 ms on the slow link: more than the limit
+  // however fast this machine is. (A timer-driven workload dirtied only what its ticks
+  // between the loop's 20 ms slices managed: on a fast machine the first pass took two
+  // slices and the stop had nothing to send.)
+  src.vm.startSyncWorkload(1024);
   t.after(() => src.vm.stopWorkload());
   src.vm.runStates.length = 0;
   for (const side of [src, dst]) side.migration.setCapabilities([{ capability: 'events', state: true }]);
