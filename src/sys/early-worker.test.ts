@@ -1,4 +1,6 @@
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import assert from 'node:assert/strict';
 import { prestartWorker, settlePrestartedWorkers, takePrestartedWorker } from './early-worker.js';
 
@@ -24,4 +26,18 @@ test('settlePrestartedWorkers waits no longer than its timeout, and returns at o
   started = Date.now();
   await settlePrestartedWorkers(50);
   assert.ok(Date.now() - started < LOAD_MS + 1_000, 'ended after the timeout, not held for good');
+});
+
+test('a process run with V8\'s --perf-basic-prof (for perf) still starts its workers', () => {
+  const module = new URL('./early-worker.js', import.meta.url).href;
+  const script = `
+    import { Worker } from 'node:worker_threads';
+    import { workerOptions } from ${JSON.stringify(module)};
+    const worker = new Worker('process.exit(0)', { ...workerOptions(), eval: true });
+    worker.on('exit', (code) => console.log('worker exited', code));
+  `;
+  const run = spawnSync(process.execPath, ['--perf-basic-prof', '--input-type=module', '-e', script], { encoding: 'utf8' });
+  rmSync(`/tmp/perf-${run.pid}.map`, { force: true });
+  assert.equal(run.status, 0, run.stderr);
+  assert.match(run.stdout, /worker exited 0/);
 });

@@ -25,9 +25,11 @@ export interface WorkerStartOptions {
 /** Options for every worker Ferry starts. */
 export function workerOptions(options?: WorkerStartOptions): { execArgv: string[]; name?: string } {
   // Workers inherit the process's flags; --input-type (from `node -e`) would make loading
-  // a module file fail.
+  // a module file fail, and Node refuses V8's --perf-* flags (`node --perf-basic-prof`, for
+  // `perf` to name JavaScript frames) in a worker's execArgv — they hold for every thread of
+  // the process anyway.
   return {
-    execArgv: process.execArgv.filter((arg) => !arg.startsWith('--input-type')),
+    execArgv: process.execArgv.filter((arg) => !arg.startsWith('--input-type') && !arg.startsWith('--perf-')),
     ...(options?.name !== undefined ? { name: options.name } : {}),
   };
 }
