@@ -212,20 +212,31 @@ export class Migration {
       const globalState = globalStateHandler(() => vm.runState);
       registry = this.#buildRegistry(ram, () => vm.runState, globalState);
       channel = await listener.accept();
+      const acceptedAt = this.#o.now();
       this.#incomingState.transition('active');
       const rp = new DestinationReturnPath(channel, this.#o.trace);
       returnPath = rp;
       await loadVmStream(new StreamReader(channel), registry, vm.machineType, (command, offset) => rp.onCommand(command, offset), this.#o.uuid);
+      const loadedAt = this.#o.now();
       registry.cleanupAll();
+      const installedAt = this.#o.now();
       // With a return path, the source hears that the stream is in before the guest runs
       // here; if it cannot be told, it runs its own guest again and this one must not start.
       await rp.shut(0);
+      const shutAt = this.#o.now();
       const source = globalState.received;
       // QEMU: a source that was not running gives a destination in the same state; otherwise autostart decides.
       if (source !== undefined && source !== 'running') vm.setRunState('paused');
       else vm.startAfterIncoming();
+      const startedAt = this.#o.now();
       this.#incomingState.transition('completed');
       rp.close();
+      this.#o.trace?.(
+        `migration: incoming completed: the stream read and checked in ${(loadedAt - acceptedAt).toFixed(1)} ms, ` +
+          `CPU and device state installed in ${(installedAt - loadedAt).toFixed(1)} ms, ` +
+          `the return path's SHUT ${(shutAt - installedAt).toFixed(1)} ms, ` +
+          `the guest ${vm.runState === 'running' ? 'started' : 'left paused'} in ${(startedAt - shutAt).toFixed(1)} ms`,
+      );
     } catch (err) {
       registry?.cleanupAll();
       // The source waits for this to run its guest again (QEMU sends SHUT 1 as well).
