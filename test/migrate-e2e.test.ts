@@ -61,7 +61,7 @@ const MiB = 1024 * 1024;
  * pass after pass (downtime-limit 0: it never stops the guest). Under dirty logging is what
  * counts: there every first write to a page after a sync is a trap, which costs little on
  * these machines (~300 000 pages/s with it or without) and a great deal in the nested KVM
- * host (its shadow page tables under TCG: ~2.7 million pages/s free, far fewer logged).
+ * host (shadow page tables under TCG: ~2.6 million pages/s free there, by hand).
  */
 async function loggedSweepRate(t: TestContext, dir: string): Promise<number> {
   const probe = await started(t, dir, 'probe', ['-m', '16M', '--accel', 'kvm', '--no-warm-up']);
@@ -314,11 +314,12 @@ test('kvm: auto-converge throttles a KVM guest that outruns max-bandwidth until 
   //   rate instead: max-bandwidth sends a sixth of what the free guest dirties (the
   //   threshold, 300 ms of it, is five throttled slices) and the guest sweeps four
   //   thresholds of RAM (free, it re-dirties all of it every pass; a pass takes 1.2 s).
-  // - The nested KVM host (test/kvm-nested.test.ts): its guest runs ~720 000 pages/s
-  //   between syncs, but every first write after one is a trap through shadow page tables
-  //   under TCG, slow enough that the original case converges there (it passed in every
-  //   nested run before), while the sizing above would ask for 563 MiB that its guest
-  //   could not even write once in 20 s. A size past 384 MiB takes the original case.
+  // - The nested KVM host (test/kvm-nested.test.ts): there the probe read 26 000 pages/s
+  //   in one run (30 syncs in its second) and 720 000 in another (8 syncs: the guest runs
+  //   free between syncs, and every first write after one is a trap through shadow page
+  //   tables under TCG). The first sized a 21 MiB case that passed in 22 s; the second
+  //   asked for 563 MiB, which its guest could not write once in 20 s — while the original
+  //   case converged in every nested run before. A size past 384 MiB takes the original case.
   const rate = await loggedSweepRate(t, dir);
   const thresholdPages = (0.3 * rate) / 6;
   const sizedMiB = Math.ceil((4 * thresholdPages * 4096) / MiB);
