@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { spawn, spawnSync } from 'node:child_process';
 import { FERRY_MAIN, type FerryProcess } from '../src/cli/ferry-process.js';
-import { runFerry, scratch, sleep, started, waitFor } from './e2e-helpers.js';
+import { runFerry, scratch, sleep, started, waitFor, waitMigration, type MigrateInfo } from './e2e-helpers.js';
 import { runMigration } from '../src/cli/migrate-command.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 
@@ -70,11 +70,11 @@ async function loggedSweepRate(t: TestContext, dir: string): Promise<number> {
   await waitFor(async () => (await pass()) >= 1, 'the probe guest to finish a pass');
   await probe.execute('migrate-set-parameters', { 'downtime-limit': 0, 'max-bandwidth': 0 });
   await probe.execute('migrate', { uri: 'exec:cat > /dev/null' });
-  await waitFor(async () => ((await probe.execute<{ ram?: { 'dirty-sync-count': number } }>('query-migrate')).ram?.['dirty-sync-count'] ?? 0) >= 2, 'the probe migration to sync twice');
+  await waitMigration(probe, (i) => (i.ram?.['dirty-sync-count'] ?? 0) >= 2);
   const [p0, t0] = [await pass(), performance.now()];
   await sleep(1000);
   const [p1, t1] = [await pass(), performance.now()];
-  const syncs = (await probe.execute<{ ram?: { 'dirty-sync-count': number } }>('query-migrate')).ram?.['dirty-sync-count'] ?? 0;
+  const syncs = (await probe.execute<MigrateInfo>('query-migrate')).ram?.['dirty-sync-count'] ?? 0;
   await probe.execute('migrate_cancel');
   await probe.quit();
   assert.ok(p1 > p0, `the probe guest made no pass in ${(t1 - t0).toFixed(0)} ms`);
