@@ -9,7 +9,7 @@
 // the warm-up's last scratch migration and the real one there often is no instance of the
 // stream reader, the chunk writer, the RAM loader...: traced, about one run in three lost
 // the source's page loop and the reader's methods that way and compiled them again during
-// the real migration (README: "The warm-up, measured"). Keeping one instance of each keeps
+// the real migration (bench/NOTES.md: "The warm-up, measured"). Keeping one instance of each keeps
 // the maps, and a new instance then gets the same one.
 //
 // The cost is one object per class and what it references, until the next instance of the

@@ -7,7 +7,7 @@
 // out of order, asks again for what it already has, and the source resends up to 4 % of
 // the stream and cuts its window on each false loss. A loss-based algorithm sends only from
 // the writer and from ACKs, in order: the same 1 GiB migrations then resent almost nothing
-// and ran about half as fast again (figures in the README's performance section). It is
+// and ran about half as fast again (figures in bench/NOTES.md). It is
 // set before the handshake where Ferry connects (socket.ts): a socket switched once
 // connected keeps the kernel's pacing. Over a real network the system's choice stands:
 // there the path is what it is for.

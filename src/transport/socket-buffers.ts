@@ -3,7 +3,7 @@
 // slice, the other's turn on a shared core), and whatever the socket can hold is what the
 // other side keeps working on meanwhile. Loopback tcp sizes its buffers by itself up to
 // tcp_wmem/tcp_rmem's maximum (4 MiB to send on these machines); with 32 MiB on each side
-// the same migrations ran faster (figures in the README's performance section). Memory is
+// the same migrations ran faster (figures in bench/NOTES.md). Memory is
 // only taken while bytes are queued. Only local peers get them (unix sockets, loopback
 // tcp): over a real network tcp's own sizing follows the path's bandwidth-delay product,
 // and a send buffer of tens of MiB would fill at once and make the first bandwidth windows
@@ -16,7 +16,7 @@
 // grows it that far by itself on these machines), a destination backing fresh memory at
 // 0.5 GB/s read as 1.1 GB/s in the first window, and 256 MiB migrations went 5 times in 6
 // over the downtime limit (305–382 ms against 300). With 8 MiB, the same loopback
-// migrations ran as fast (figures in the README), and what hides there drains in ~16 ms
+// migrations ran as fast (figures in bench/NOTES.md), and what hides there drains in ~16 ms
 // even at that rate. A unix socket's unread bytes stay charged to the sender: it sees all.
 
 import { readFileSync } from 'node:fs';
