@@ -13,15 +13,23 @@ import { HostMemory } from '../src/sys/host-memory.js';
 
 const SIZE = Number(process.env['RAM_MIB'] ?? 256) * 1024 * 1024;
 
-/** RAM_GUEST=idle: never-touched RAM (all ZERO chunks, known zero without reading it). */
-const IDLE = process.env['RAM_GUEST'] === 'idle';
+/**
+ * RAM_GUEST=idle: never-touched RAM (all ZERO chunks, known zero without reading it).
+ * RAM_GUEST=sparse: backed RAM with data in every other page, as a real guest's first
+ * pass mixes pages of data with pages it zeroed (a ZERO chunk between every two pages).
+ */
+const GUEST = process.env['RAM_GUEST'] ?? 'sweep';
+if (!['sweep', 'idle', 'sparse'].includes(GUEST)) throw new Error(`RAM_GUEST=${GUEST}: expected sweep, idle or sparse`);
+const IDLE = GUEST === 'idle';
+/** Every how many words a word of data is written: one per page, or one per two pages. */
+const DATA_STRIDE = GUEST === 'sparse' ? 4096 : 1024;
 
 function guestMemory(): HostMemory {
   const host = HostMemory.allocate(SIZE);
   if (IDLE) return host;
   host.populate(0, SIZE);
   const words = new Uint32Array(host.bytes.buffer, host.bytes.byteOffset, SIZE / 4);
-  for (let i = 0; i < words.length; i += 1024) words[i] = i + 1;
+  for (let i = 0; i < words.length; i += DATA_STRIDE) words[i] = i + 1;
   return host;
 }
 

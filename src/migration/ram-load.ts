@@ -209,12 +209,17 @@ export class RamLoader implements RamChunkSink {
     if (block === undefined || offset % PAGE_SIZE !== 0 || offset + count * PAGE_SIZE > block.size) return false;
     const knownZero = this.#knownZero[b];
     const first = offset / PAGE_SIZE;
-    const end = first + count;
+    if (knownZero === undefined) {
+      for (let page = first; page < first + count; page++) this.#fillPage(b, page * PAGE_SIZE, 0);
+      return true;
+    }
     // Mostly every page is known to hold zeros already (a fresh destination's first pass).
-    let page = knownZero === undefined ? first : knownZero.indexOf(0, first);
-    while (page >= 0 && page < end) {
-      this.#fillPage(b, page * PAGE_SIZE, 0);
-      page = knownZero === undefined ? page + 1 : knownZero.indexOf(0, page + 1);
+    // The search stays inside the run: one from `first` to the end of the block costs the
+    // rest of the block whenever it holds no written page, and a first pass of runs between
+    // pages of data (a real guest's RAM) made that quadratic — 2.6 s for 1 GiB, not 0.1.
+    const run = knownZero.subarray(first, first + count);
+    for (let i = run.indexOf(0); i >= 0; i = run.indexOf(0, i + 1)) {
+      this.#fillPage(b, (first + i) * PAGE_SIZE, 0);
     }
     return true;
   }
