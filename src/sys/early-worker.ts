@@ -23,15 +23,44 @@ export interface WorkerStartOptions {
 }
 
 /** Options for every worker Ferry starts. */
-export function workerOptions(options?: WorkerStartOptions): { execArgv: string[]; name?: string } {
-  // Workers inherit the process's flags; --input-type (from `node -e`) would make loading
-  // a module file fail, and Node refuses V8's --perf-* flags (`node --perf-basic-prof`, for
-  // `perf` to name JavaScript frames) in a worker's execArgv — they hold for every thread of
-  // the process anyway.
+export function workerOptions(options?: WorkerStartOptions): { execArgv?: string[]; name?: string } {
+  const execArgv = workerExecArgv(process.execArgv);
   return {
-    execArgv: process.execArgv.filter((arg) => !arg.startsWith('--input-type') && !arg.startsWith('--perf-')),
+    ...(execArgv !== undefined ? { execArgv } : {}),
     ...(options?.name !== undefined ? { name: options.name } : {}),
   };
+}
+
+/**
+ * Node's own flags that a worker's execArgv may carry. Node refuses V8's flags there
+ * (`--perf-basic-prof` for perf, `--trace-deopt`, `--max-old-space-size`) and those that
+ * act on the whole process (`--title`, `--expose-gc`); those hold for every thread anyway.
+ */
+const WORKER_FLAG_PREFIXES = ['--experimental-', '--no-experimental-', '--conditions', '-C', '--import', '--require', '-r', '--loader', '--experimental-loader', '--enable-source-maps', '--no-warnings', '--no-deprecation', '--pending-deprecation', '--throw-deprecation', '--trace-warnings', '--trace-uncaught', '--unhandled-rejections', '--inspect'];
+
+/**
+ * The execArgv a worker is given: undefined — inherit the process's own, which Node takes
+ * whole, V8's flags and all — unless the process has --input-type (`node -e`), which
+ * would make loading a module file fail in the worker. Then an explicit list without it,
+ * which Node checks: only its own flags that a worker takes are kept, each with its value.
+ */
+export function workerExecArgv(argv: readonly string[]): string[] | undefined {
+  if (!argv.some((arg) => arg.startsWith('--input-type'))) return undefined;
+  const kept: string[] = [];
+  let keepValue = false;
+  for (const arg of argv) {
+    if (!arg.startsWith('-')) {
+      // The value of the flag before it (`--require ./x.js`): kept with it or dropped with it.
+      if (keepValue) kept.push(arg);
+      keepValue = false;
+      continue;
+    }
+    const name = arg.split('=', 1)[0]!;
+    keepValue = name !== '--input-type' && WORKER_FLAG_PREFIXES.some((prefix) => name === prefix || (prefix.endsWith('-') && name.startsWith(prefix)));
+    if (keepValue) kept.push(arg);
+    if (arg.includes('=')) keepValue = false;
+  }
+  return kept;
 }
 
 interface Waiting {
