@@ -39,6 +39,8 @@ export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise
     now: () => performance.now(),
     emit: (event, data) => events.push({ event, data }),
     schedule: (fn) => setImmediate(fn),
+    // FERRY_TEST_TRACE=1: the engine's trace (what NODE_DEBUG=ferry shows of a real VM) on stderr.
+    ...(process.env['FERRY_TEST_TRACE'] ? { trace: (m: string) => console.error(m) } : {}),
     ...(uuid !== undefined ? { uuid } : {}),
   });
   return { vm, migration, events };

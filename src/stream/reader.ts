@@ -295,3 +295,36 @@ export class StreamReader {
     this.#pos = 0;
   }
 }
+
+/**
+ * Give V8 type feedback for the reader's paths that join a value from two received chunks
+ * (#gather, #advance), before it compiles the decoders around them: a warm-up over sockets
+ * splits a chunk header only now and then, and compiled code that meets a path it has no
+ * feedback for is thrown away there. An idle guest's 9-byte ZERO chunks split at most of
+ * a real migration's reads; the decoders were dropped in its first pass, and the stop
+ * waited for the destination to catch up (src/vmm/warm-up.ts runs this after each round).
+ */
+export async function warmUpSplitReads(): Promise<void> {
+  const PIECE = 3;
+  const bytes = new Uint8Array(96).map((_, i) => i);
+  let next = 0;
+  const pieces: Channel = {
+    description: 'split reads (warm-up)',
+    read: async () => (next < bytes.byteLength ? bytes.subarray(next, (next += PIECE)) : null),
+    write: async () => {},
+    end: async () => {},
+    destroy: () => {},
+  };
+  const r = new StreamReader(pieces);
+  await r.ensure(bytes.byteLength);
+  // Every width, each starting at every offset within a piece.
+  for (let round = 0; round < 2; round++) {
+    r.u8();
+    r.be16();
+    r.be32();
+    r.be64();
+    r.be16();
+    r.be32();
+    r.be64();
+  }
+}

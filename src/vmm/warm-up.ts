@@ -17,6 +17,7 @@ import type { RunState } from '../machine/run-state.js';
 import { Migration, type MigrationOptions } from '../migration/migration.js';
 import type { MigrationVm } from '../migration/vm.js';
 import { HostMemory } from '../sys/host-memory.js';
+import { warmUpSplitReads } from '../stream/reader.js';
 import { connect, listen } from '../transport/index.js';
 import { engineNow, engineSchedule } from './engine-hooks.js';
 
@@ -181,6 +182,10 @@ export async function warmUpMigration(machineType: string, options: WarmUpOption
     while (done < rounds && (options.keepGoing?.() ?? true)) {
       bytes += await migrateScratch(machineType, WARM_UP_ROUNDS[done % WARM_UP_ROUNDS.length]!);
       done++;
+      // After a round, when V8 keeps feedback for the reader's functions (it starts to only
+      // once a function has run a while): values split between two reads, which a round
+      // over a socket meets only now and then.
+      await warmUpSplitReads();
       // Let the compiler's helper threads finish what this round made hot.
       await nextTurn();
     }
