@@ -356,8 +356,12 @@ export async function readRamChunks(r: StreamReader, sink: RamChunkSink, section
         block = await readIdstr(r, section, at);
         state.lastBlock = block;
       }
+      // The chunk's body, or its first bytes, buffered through one call whatever its kind: a
+      // PAGE split between two reads gives it type feedback in every warm-up, while a ZERO
+      // chunk's fill byte in the next read is rare there — and common in an idle guest's stream.
+      const body = kind === RAM_SAVE_FLAG_PAGE ? RAM_PAGE_SIZE : kind === RAM_SAVE_FLAG_ZERO ? 1 : 3;
+      if (r.available() < body) await r.ensure(body, section);
       if (kind === RAM_SAVE_FLAG_PAGE) {
-        if (r.available() < RAM_PAGE_SIZE) await r.ensure(RAM_PAGE_SIZE, section);
         const target = sink.pageTarget(block, offset);
         r.copyTo(target.ram, target.offset, RAM_PAGE_SIZE);
         if (sink.pageFrom) {
@@ -365,11 +369,9 @@ export async function readRamChunks(r: StreamReader, sink: RamChunkSink, section
           if (sink.scatterTarget && r.available() < PAGE_CHUNK_BYTES) await readPagesStraight(r, sink as Parameters<typeof readPageRun>[1], block, last);
         }
       } else if (kind === RAM_SAVE_FLAG_ZERO) {
-        if (r.available() < 1) await r.ensure(1, section);
         sink.zero(block, offset, r.u8());
         readZeroRun(r, sink, block);
       } else {
-        await r.ensure(3, section);
         const encoding = r.u8();
         if (encoding !== ENCODING_FLAG_XBZRLE) {
           throw new StreamFormatError(`Failed to load XBZRLE page at offset ${at}: encoding 0x${hex(encoding, 2)} is not 0x01`, at, section);
