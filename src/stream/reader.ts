@@ -306,7 +306,7 @@ export class StreamReader {
  */
 export async function warmUpSplitReads(): Promise<void> {
   const PIECE = 3;
-  const bytes = new Uint8Array(96).map((_, i) => i);
+  const bytes = new Uint8Array(128).map((_, i) => i);
   let next = 0;
   const pieces: Channel = {
     description: 'split reads (warm-up)',
@@ -317,14 +317,14 @@ export async function warmUpSplitReads(): Promise<void> {
   };
   const r = new StreamReader(pieces);
   await r.ensure(bytes.byteLength);
-  // Every width, each starting at every offset within a piece.
-  for (let round = 0; round < 2; round++) {
-    r.u8();
-    r.be16();
-    r.be32();
-    r.be64();
-    r.be16();
-    r.be32();
-    r.be64();
+  // Every width, starting at each offset within a piece: split, or at a piece's start.
+  for (let phase = 0; phase < PIECE; phase++) {
+    for (const width of [1, 2, 4, 8]) {
+      while (r.offset % PIECE !== phase) r.u8();
+      if (width === 1) r.u8();
+      else if (width === 2) r.be16();
+      else if (width === 4) r.be32();
+      else r.be64();
+    }
   }
 }
