@@ -13,7 +13,8 @@ import {
 import type { VmdescDevice } from '../stream/format.js';
 import { MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING, be32Bytes, writeCommand } from '../stream/return-path.js';
 import { SourceReturnPath } from './return-path.js';
-import { BUFFER_DELAY_MS, FIRST_WINDOW_MIN_MS, canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes, windowClosed } from './convergence.js';
+import { canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes } from './convergence.js';
+import { BandwidthEstimate } from './bandwidth.js';
 import type { MigrationParameters } from './parameters.js';
 import type { RamHandler } from './ram.js';
 import type { SaveVmRegistry } from './savevm.js';
@@ -104,17 +105,12 @@ export class OutgoingMigration {
   #pagesPerSecond = 0;
   #bytesPerMs = 0;
   #switchoverAt: number | undefined;
-  #recentBytesPerMs: number[] = [];
-  /** What a called-off switchover really sent per ms: estimates stay below it until #switchoverCapUntil. */
-  #switchoverBytesPerMs: number | undefined;
-  #switchoverCapUntil = 0;
+  readonly #bandwidth = new BandwidthEstimate();
   #switchoversCalledOff = 0;
   /** No switchover before this (engine clock): the guest runs again after a called-off one. */
   #noSwitchoverBefore = 0;
   /** After a called-off switchover: the next one waits until the channel has taken what that stop wrote. */
   #settleBeforeSwitchover = false;
-  #activeStart = 0;
-  #activeBytes = 0;
   #threshold = 0;
   #errorDesc: string | undefined;
   #channel: Channel | undefined;
@@ -124,9 +120,6 @@ export class OutgoingMigration {
   #cancelRequested = false;
   #pausedByUs = false;
   #wasRunning = false;
-  #windowStart = 0;
-  #windowBytes = 0;
-  #windowPages = 0;
   #stateBeforeStop: RunState | undefined;
   /** Rejects when migrate_cancel arrives, so a connect that hangs cannot hold the cancel up. */
   #cancelSignal: Promise<never>;
@@ -220,9 +213,7 @@ export class OutgoingMigration {
       this.#checkCancelled();
       this.#setupTime = this.#o.now() - this.#startTime;
       state.transition('active');
-      this.#activeStart = this.#o.now();
-      this.#activeBytes = this.#delivered(w);
-      this.#startWindow(w);
+      this.#bandwidth.startPasses(this.#o.now(), this.#delivered(w), this.#o.ram.stats.pagesSent);
 
       // The downtime guard may call a switchover off: the passes then go on.
       do await this.#iterate(w);
@@ -472,9 +463,7 @@ export class OutgoingMigration {
     const { vm, ram } = this.#o;
     const stoppedMs = this.#o.now() - pausedAt;
     const rate = (this.#delivered(w) - deliveredAtStop) / Math.max(1, stoppedMs);
-    const capActive = this.#switchoverBytesPerMs !== undefined && this.#o.now() < this.#switchoverCapUntil;
-    this.#switchoverBytesPerMs = capActive ? Math.min(this.#switchoverBytesPerMs!, rate) : rate;
-    this.#switchoverCapUntil = this.#o.now() + CALLED_OFF_CAP_MS;
+    this.#bandwidth.cap(rate, this.#o.now(), this.#o.now() + CALLED_OFF_CAP_MS);
     this.#switchoversCalledOff++;
     this.#noSwitchoverBefore = this.#wasRunning ? this.#o.now() + Math.max(stoppedMs, CALLED_OFF_MIN_RUN_MS) : 0;
     this.#settleBeforeSwitchover = true;
@@ -488,7 +477,7 @@ export class OutgoingMigration {
       `migration: switchover called off after ${stoppedMs.toFixed(1)} ms with ${ram.pending()} B left ` +
         `(${rate.toFixed(1)} B/ms while stopped): ${this.#wasRunning ? 'the guest runs again' : 'the guest stays paused'}, the passes go on`,
     );
-    this.#startWindow(w);
+    this.#bandwidth.startWindow(this.#o.now(), this.#delivered(w), ram.stats.pagesSent);
   }
 
   /**
@@ -530,61 +519,30 @@ export class OutgoingMigration {
     return channel.unsent() === 0;
   }
 
-  #startWindow(w: StreamWriter): void {
-    this.#windowStart = this.#o.now();
-    this.#windowBytes = this.#delivered(w);
-    this.#windowPages = this.#o.ram.stats.pagesSent;
-  }
-
   /**
-   * QEMU's migration_update_counters: once per 100 ms window, re-measure and re-derive —
-   * the first window as soon as it can tell (windowClosed).
+   * QEMU's migration_update_counters: once a window closes (bandwidth.ts), re-derive the
+   * bandwidth counted on, the threshold and the expected downtime; `final`: the completed
+   * migration's figures, over all of it, as QEMU's final mbps.
    */
   #updateCounters(w: StreamWriter, final = false): void {
     const now = this.#o.now();
-    const elapsed = now - this.#windowStart;
-    const measured = this.#recentBytesPerMs.length > 0;
-    // The early close needs the bytes taken, which cost the channel a look at its queue.
-    if (!final && elapsed < (measured ? BUFFER_DELAY_MS : FIRST_WINDOW_MIN_MS)) return;
-    const delivered = this.#delivered(w);
-    if (!final && !windowClosed(elapsed, delivered - this.#windowBytes, measured)) return;
-    const figures = measureBandwidth({
-      bytes: delivered - this.#windowBytes,
-      pages: this.#o.ram.stats.pagesSent - this.#windowPages,
-      elapsedMs: elapsed,
-    });
     if (final) {
-      // The completed figure covers the whole migration, as QEMU's final mbps does.
       const whole = measureBandwidth({ bytes: w.bytesWritten, pages: this.#o.ram.stats.pagesSent, elapsedMs: now - this.#startTime });
       this.#mbps = whole.mbps;
       this.#pagesPerSecond = Math.round(whole.pagesPerSecond);
       return;
     }
-    // The switchover decision uses a cautious bandwidth: the lower of this window and the
-    // median of the last few. One 100 ms window can read high (the channel's queue filling,
-    // a burst while the other core was free); acting on it overruns the downtime limit,
-    // while erring low only costs another pass.
-    this.#recentBytesPerMs.push(figures.bytesPerMs);
-    if (this.#recentBytesPerMs.length > 5) this.#recentBytesPerMs.shift();
-    const sorted = [...this.#recentBytesPerMs].sort((a, b) => a - b);
-    let cautious = Math.min(figures.bytesPerMs, sorted[sorted.length >> 1]!);
-    // Not above what a called-off switchover really got, for a while after it.
-    if (this.#switchoverBytesPerMs !== undefined && now < this.#switchoverCapUntil) cautious = Math.min(cautious, this.#switchoverBytesPerMs);
-    // And never above the average since the passes began: windows measure what the
-    // stream writer accepted, which runs ahead of what the other side takes while the
-    // channel's and the kernel's buffers fill (seen: windows at 610 MB/s, 350 MB/s real).
-    const activeMs = now - this.#activeStart;
-    if (activeMs >= 2 * BUFFER_DELAY_MS) cautious = Math.min(cautious, (delivered - this.#activeBytes) / activeMs);
+    const window = this.#bandwidth.close(now, () => this.#delivered(w), this.#o.ram.stats.pagesSent);
+    if (window === undefined) return;
     // A tenth held back for what the switchover costs besides pages: stopping the vCPUs,
     // the device state, the last flush.
-    this.#bytesPerMs = cautious * SWITCHOVER_MARGIN;
-    this.#mbps = figures.mbps;
-    this.#pagesPerSecond = Math.round(figures.pagesPerSecond);
+    this.#bytesPerMs = window.cautiousBytesPerMs * SWITCHOVER_MARGIN;
+    this.#mbps = window.mbps;
+    this.#pagesPerSecond = Math.round(window.pagesPerSecond);
     this.#threshold = thresholdBytes(this.#bytesPerMs, this.#o.parameters()['downtime-limit']);
-    if (delivered - this.#windowBytes > 10000) {
+    if (window.bytes > 10000) {
       this.#expectedDowntime = expectedDowntimeMs(this.#o.ram.stats.remainingBytes, this.#bytesPerMs);
     }
-    this.#startWindow(w);
   }
 
   async #flush(w: StreamWriter): Promise<void> {
