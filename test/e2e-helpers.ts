@@ -20,12 +20,18 @@ export function scratch(t: TestContext, prefix = 'ferry-test-'): string {
   return dir;
 }
 
+/** How long a ferry process may take to open its QMP socket: FERRY_TEST_START_TIMEOUT_MS where set (the nested KVM host sets a minute), else FerryProcess's own. */
+function startTimeout(): { startTimeoutMs?: number } {
+  const ms = Number(process.env['FERRY_TEST_START_TIMEOUT_MS']);
+  return Number.isFinite(ms) && ms > 0 ? { startTimeoutMs: ms } : {};
+}
+
 /** `ferry run ARGS` with a QMP socket in `dir`, quit after the test. */
 export async function started(
   t: TestContext, dir: string, name: string, args: string[], env?: Record<string, string>,
   options?: Pick<FerryProcessOptions, 'nodeArgs' | 'captureStdout'>,
 ): Promise<FerryProcess> {
-  const vm = await FerryProcess.start({ dir, name, args, ...(env ? { env } : {}), ...options });
+  const vm = await FerryProcess.start({ dir, name, args, ...(env ? { env } : {}), ...startTimeout(), ...options });
   t.after(() => vm.quit());
   return vm;
 }

@@ -77,7 +77,10 @@ for (const { file, pattern, atLeast, timeoutMs } of FILES) {
       return;
     }
     const filter = pattern ? ` --test-name-pattern='${pattern}'` : '';
-    const script = `test -c /dev/kvm || { echo "no /dev/kvm in the KVM host"; exit 97; }\nnode --test --test-force-exit --test-reporter=tap${filter} ${file}`;
+    // Inside the KVM host (an emulated machine) a ferry process takes seconds to start, and
+    // once took more than the 15 s a test gives it to open its QMP socket (a fresh-clone run
+    // here, while the other VM of the test ran its warm-up): give it a minute there.
+    const script = `test -c /dev/kvm || { echo "no /dev/kvm in the KVM host"; exit 97; }\nFERRY_TEST_START_TIMEOUT_MS=60000 node --test --test-force-exit --test-reporter=tap${filter} ${file}`;
     const tail = (text: string): string => text.split('\n').slice(-40).join('\n');
     // Now and then a run goes silent part-way and never finishes: the KVM host's kernel
     // locks up under TCG, every CPU at once (its console then reports kthreadd and the idle
