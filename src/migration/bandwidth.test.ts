@@ -5,6 +5,20 @@ import { FIRST_WINDOW_MIN_BYTES } from './convergence.js';
 
 const MB = 1_000_000;
 
+/** An estimate whose passes began at 0, and a function that closes a 100 ms window at `bytesPerMs`, returning the rate counted on. */
+function windowsOf(): { b: BandwidthEstimate; window: (bytesPerMs: number) => number; now: () => number } {
+  const b = new BandwidthEstimate();
+  b.startPasses(0, 0, 0);
+  let taken = 0;
+  let now = 0;
+  const window = (bytesPerMs: number): number => {
+    now += 100;
+    taken += bytesPerMs * 100;
+    return b.close(now, () => taken, 0)!.cautiousBytesPerMs;
+  };
+  return { b, window, now: () => now };
+}
+
 test('a window closes after 100 ms, the first one sooner once 128 MiB have gone over at least 20 ms; the queue is looked at only then', () => {
   const b = new BandwidthEstimate();
   b.startPasses(0, 0, 0);
@@ -29,15 +43,7 @@ test('a window closes after 100 ms, the first one sooner once 128 MiB have gone 
 });
 
 test('the bandwidth counted on is at most the window, the median of the last five, and the average since the passes began', () => {
-  const b = new BandwidthEstimate();
-  b.startPasses(0, 0, 0);
-  let taken = 0;
-  let now = 0;
-  const window = (bytesPerMs: number) => {
-    now += 100;
-    taken += bytesPerMs * 100;
-    return b.close(now, () => taken, 0)!.cautiousBytesPerMs;
-  };
+  const { window } = windowsOf();
   assert.equal(window(1 * MB), 1 * MB);
   // A window that reads high counts for no more than the median so far — and the average.
   assert.equal(window(9 * MB), 5 * MB);
@@ -50,24 +56,16 @@ test('the bandwidth counted on is at most the window, the median of the last fiv
 });
 
 test('a cap after a called-off switchover holds until it ends; a second one while it holds keeps the lower rate', () => {
-  const b = new BandwidthEstimate();
-  b.startPasses(0, 0, 0);
-  let taken = 0;
-  let now = 0;
-  const window = (bytesPerMs: number) => {
-    now += 100;
-    taken += bytesPerMs * 100;
-    return b.close(now, () => taken, 0)!.cautiousBytesPerMs;
-  };
+  const { b, window, now } = windowsOf();
   window(4 * MB);
-  b.cap(1 * MB, now, now + 300);
+  b.cap(1 * MB, now(), now() + 300);
   assert.equal(window(4 * MB), 1 * MB);
-  b.cap(3 * MB, now, now + 300);
+  b.cap(3 * MB, now(), now() + 300);
   assert.equal(window(4 * MB), 1 * MB, 'the lower cap stays while the first holds');
   assert.equal(window(4 * MB), 1 * MB, 'until the second one ends');
   assert.equal(window(4 * MB), 4 * MB, 'and is gone once it ends');
   // A cap that begins after the last one ended replaces it.
-  b.cap(2 * MB, now, now + 150);
+  b.cap(2 * MB, now(), now() + 150);
   assert.equal(window(4 * MB), 2 * MB);
   assert.equal(window(4 * MB), 4 * MB);
 });
