@@ -161,7 +161,7 @@ function serveWarmUp(vmm: Vmm, enabled: boolean): void {
     state = { status: 'running' };
     setFlagsFromString('--no-flush-bytecode');
     void import('../vmm/warm-up.js').then(async ({ warmUpMigration }) => {
-      const outcome = await warmUpMigration(machine.machineType, { keepGoing: idle });
+      const outcome = await warmUpMigration(machine.machineType, { keepGoing: idle, sections: machine.stateSections });
       if (outcome instanceof Error) {
         state = { status: 'failed', error: outcome.message };
         trace('warm-up: failed: %s', outcome.message);

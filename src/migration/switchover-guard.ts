@@ -170,6 +170,9 @@ export interface SavedDevices {
   readonly ms: number;
 }
 
+/** The buffer the device state is encoded into at a switchover (more are added if it is larger). */
+const DEVICE_STATE_BUFFER_BYTES = 64 * 1024;
+
 /**
  * With the guest stopped: every non-iterative handler's FULL section, written into memory
  * rather than the stream (nothing goes out before the RAM's END), with the vmdesc entries,
@@ -191,7 +194,9 @@ export async function saveDevicesAhead(entries: readonly SaveVmEntry[], now: () 
     end: () => Promise.resolve(),
     destroy: () => {},
   };
-  const w = new StreamWriter(collect);
+  // A small buffer: device state is kilobytes, and a fresh 1 MiB one (the default) is a
+  // new mapping per switchover, its first page faulted in during the downtime.
+  const w = new StreamWriter(collect, { bufferSize: DEVICE_STATE_BUFFER_BYTES });
   const devices: VmdescDevice[] = [];
   for (const { sectionId, handler } of entries) {
     writeSectionStart(w, 'full', sectionId, handler.idstr, handler.instanceId, handler.version);
