@@ -12,6 +12,11 @@ import { Vmm } from './vmm.js';
 import { warmUpMigration } from './warm-up.js';
 import type { StateSection } from '../hypervisor/types.js';
 import type { VmStateValue } from '../migration/vmstate-types.js';
+import { vmstateWarmUp } from '../migration/vmstate.js';
+import { CPU_STATE_DESCRIPTION } from '../hypervisor/kvm-cpu-state.js';
+import { SIM_CPU_STATE_DESCRIPTION } from '../sim/cpu-state.js';
+import { SERIAL_STATE_DESCRIPTION } from '../devices/serial/serial-state.js';
+import { V86_STATE_DESCRIPTION } from '../v86/v86-accelerator.js';
 
 const MiB = 1024 * 1024;
 
@@ -86,5 +91,12 @@ test('warm-up: the machine\'s state sections go through every round as stand-ins
   assert.equal(checked.length, 4);
   for (const value of checked) {
     assert.deepEqual(value, { regs: [0, 0, 0, 0], clock: 0n, fifo: new Uint8Array(16) });
+  }
+});
+
+test('warm-up: every state section a machine has gets its stand-in (its sample encodes)', () => {
+  // A description whose sample did not encode would be left out of the warm-up in silence.
+  for (const description of [CPU_STATE_DESCRIPTION, SIM_CPU_STATE_DESCRIPTION, SERIAL_STATE_DESCRIPTION, V86_STATE_DESCRIPTION]) {
+    assert.equal(vmstateWarmUp(description), true, description.name);
   }
 });
