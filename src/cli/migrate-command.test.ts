@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { QmpClient } from '../qmp/client.js';
-import { formatSummary, runMigration, type QueryMigrateInfo } from './migrate-command.js';
+import { convergenceHint, formatSummary, runMigration, type QueryMigrateInfo } from './migrate-command.js';
 
 /** A QMP peer that records commands and answers query-migrate from a script. */
 function fakeClient(answers: QueryMigrateInfo[]) {
@@ -57,4 +57,36 @@ test('the summary names time, downtime, passes and bytes; a failure carries its 
   assert.match(throttled, /CPU throttle\s+up to 60 % \(auto-converge\)/);
   const failed = formatSummary({ status: 'failed', passes: 0, peakThrottle: 0, info: { status: 'failed', 'error-desc': 'Connection refused at tcp:127.0.0.1:1' } });
   assert.match(failed, /^Migration failed\n  error\s+Connection refused at tcp:127.0.0.1:1$/);
+});
+
+test('a migration that has not converged after a few passes is told so once, with the knobs that would help', async () => {
+  const settings = { downtimeLimitMs: 300, maxBandwidth: 0, autoConverge: false };
+  const active = (over: Partial<QueryMigrateInfo> = {}, r: Partial<NonNullable<QueryMigrateInfo['ram']>> = {}): QueryMigrateInfo => ({
+    status: 'active', 'expected-downtime': 820, ram: ram({ remaining: 200 * 1048576, 'dirty-sync-count': 7, 'dirty-pages-rate': 250_000, mbps: 8000, ...r }), ...over,
+  });
+  // Nothing to say too early, in the first passes, or once what is left fits the limit.
+  assert.equal(convergenceHint(active(), 4999, settings), undefined);
+  assert.equal(convergenceHint(active({}, { 'dirty-sync-count': 2 }), 60_000, settings), undefined);
+  assert.equal(convergenceHint(active({ 'expected-downtime': 300 }), 60_000, settings), undefined);
+  assert.equal(convergenceHint(active({ status: 'completed' }), 60_000, settings), undefined);
+  const hint = convergenceHint(active(), 6000, settings)!;
+  assert.match(hint, /not converging yet after 7 passes in 6\.00 s/);
+  assert.match(hint, /the 200\.0 MiB of its 256\.0 MiB of RAM still to send would take ~820 ms at 1\.00 GB\/s with the guest stopped; the downtime limit is 300 ms/);
+  assert.match(hint, /--auto-converge .*a --downtime-limit above 820 ms/);
+  assert.doesNotMatch(hint, /--max-bandwidth/);
+  // Auto-converge already on is not suggested again; a bandwidth cap is named.
+  const capped = convergenceHint(active(), 6000, { downtimeLimitMs: 300, maxBandwidth: 128 * 1048576, autoConverge: true })!;
+  assert.doesNotMatch(capped, /--auto-converge/);
+  assert.match(capped, /a --max-bandwidth above 134 MB\/s/);
+
+  // runMigration writes it once, however many samples qualify, and reads the settings from the peer.
+  const { client, calls } = fakeClient([active(), active(), active({}, { 'dirty-sync-count': 9 }), { status: 'cancelled', ram: ram() }]);
+  const written: string[] = [];
+  const out = { write: (text: string) => { written.push(text); return true; } } as unknown as NodeJS.WritableStream;
+  const outcome = await runMigration(client, { qmp: 'unused', uri: 'tcp:127.0.0.1:4444', progress: false, pollMs: 1, hintAfterMs: 0, out });
+  assert.equal(outcome.status, 'cancelled');
+  assert.equal(written.length, 1);
+  assert.match(written[0]!, /not converging yet after 7 passes/);
+  assert.ok(calls.some(([name]) => name === 'query-migrate-parameters'));
+  assert.ok(calls.some(([name]) => name === 'query-migrate-capabilities'));
 });

@@ -30,6 +30,8 @@ export interface MigrateCommandOptions {
    * guest's pause as its users saw it and the destination's run state.
    */
   readonly destinationQmp?: string;
+  /** How long a migration runs before it may be called not converging (default NOT_CONVERGING_AFTER_MS). */
+  readonly hintAfterMs?: number;
 }
 
 /** What the destination said, when its QMP socket was given. */
@@ -77,6 +79,57 @@ export interface MigrationOutcome {
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 
+/** A migration still active this long (and past its first passes) may be told it is not converging. */
+export const NOT_CONVERGING_AFTER_MS = 5000;
+/** Passes (dirty syncs) it must have made first: the first pass sends all of RAM whatever the guest does. */
+const NOT_CONVERGING_AFTER_PASSES = 3;
+
+/** What convergenceHint weighs besides query-migrate: the source's settings, read once. */
+export interface HintSettings {
+  readonly downtimeLimitMs: number;
+  /** max-bandwidth in bytes/s; 0 is no cap. */
+  readonly maxBandwidth: number;
+  readonly autoConverge: boolean;
+}
+
+/**
+ * What to tell someone watching a pre-copy migration that has not converged: after a few
+ * passes, what is left still takes longer than the downtime limit at the measured rate —
+ * typically a guest that dirties RAM about as fast as it can be sent. (Not query-migrate's
+ * dirty-pages-rate: it counts a page once per sync, so it cannot exceed RAM per pass.) QEMU's migration
+ * goes on until it fits (or is cancelled), and so does this one; the hint names the knobs
+ * that change that. Undefined while there is nothing to say.
+ */
+export function convergenceHint(info: QueryMigrateInfo, elapsedMs: number, settings: HintSettings, afterMs = NOT_CONVERGING_AFTER_MS): string | undefined {
+  const ram = info.ram;
+  const expected = info['expected-downtime'];
+  if (info.status !== 'active' || ram === undefined || expected === undefined) return undefined;
+  if (elapsedMs < afterMs || ram['dirty-sync-count'] < NOT_CONVERGING_AFTER_PASSES) return undefined;
+  if (expected <= settings.downtimeLimitMs) return undefined;
+  const knobs = [
+    ...(settings.autoConverge ? [] : ['--auto-converge (slows the guest\'s vCPUs until it fits)']),
+    `a --downtime-limit above ${formatMs(expected)}`,
+    ...(settings.maxBandwidth > 0 ? [`a --max-bandwidth above ${formatRate(settings.maxBandwidth)}`] : []),
+  ];
+  return (
+    `ferry: not converging yet after ${ram['dirty-sync-count']} passes in ${formatMs(elapsedMs)}: ` +
+    `the ${formatBytes(ram.remaining)} of its ${formatBytes(ram.total)} of RAM still to send would take ` +
+    `~${formatMs(expected)} at ${formatRate((ram.mbps * 1e6) / 8)} with the guest stopped; the downtime limit is ` +
+    `${formatMs(settings.downtimeLimitMs)}. It goes on until what is left fits; to help it: ${knobs.join(', or ')}. Ctrl-C cancels (the source guest runs on).\n`
+  );
+}
+
+/** The source's settings convergenceHint weighs; where the peer does not say, QEMU's defaults. */
+async function hintSettings(client: QmpClient): Promise<HintSettings> {
+  const params = (await client.execute('query-migrate-parameters').catch(() => ({}))) as { 'downtime-limit'?: number; 'max-bandwidth'?: number };
+  const caps = (await client.execute('query-migrate-capabilities').catch(() => [])) as Array<{ capability: string; state: boolean }>;
+  return {
+    downtimeLimitMs: params['downtime-limit'] ?? 300,
+    maxBandwidth: params['max-bandwidth'] ?? 0,
+    autoConverge: Array.isArray(caps) && caps.some((c) => c.capability === 'auto-converge' && c.state),
+  };
+}
+
 /** Run a migration to its end through an open QMP client; resolves with the final query-migrate. */
 export async function runMigration(client: QmpClient, options: MigrateCommandOptions): Promise<MigrationOutcome> {
   const params: Record<string, number> = {};
@@ -88,6 +141,8 @@ export async function runMigration(client: QmpClient, options: MigrateCommandOpt
 
   const started = performance.now();
   await client.execute('migrate', { uri: options.uri });
+  const settings = await hintSettings(client);
+  let hinted = false;
   const showBar = options.progress ?? true;
   const bar = showBar
     ? new cliProgress.SingleBar({
@@ -108,12 +163,18 @@ export async function runMigration(client: QmpClient, options: MigrateCommandOpt
     for (;;) {
       info = (await client.execute('query-migrate')) as QueryMigrateInfo;
       peakThrottle = Math.max(peakThrottle, info['cpu-throttle-percentage'] ?? 0);
-      options.onSample?.(info, performance.now() - started);
-      if (bar && info.ram) {
-        const total = info.ram.total || 1;
-        // Progress is what is left of RAM, not bytes sent: later passes resend pages.
-        const done = Math.max(0, Math.min(100, Math.round(100 * (1 - info.ram.remaining / total))));
-        bar.update(done, payload(info));
+      const elapsed = performance.now() - started;
+      options.onSample?.(info, elapsed);
+      const done = info.ram ? Math.max(0, Math.min(100, Math.round(100 * (1 - info.ram.remaining / (info.ram.total || 1))))) : 0;
+      // Progress is what is left of RAM, not bytes sent: later passes resend pages.
+      if (bar && info.ram) bar.update(done, payload(info));
+      const hint = hinted ? undefined : convergenceHint(info, elapsed, settings, options.hintAfterMs);
+      if (hint !== undefined) {
+        hinted = true;
+        // Once, between two bars: written under a live bar it would be drawn over.
+        bar?.stop();
+        (options.out ?? process.stderr).write(hint);
+        bar?.start(100, done, payload(info));
       }
       if (info.status && TERMINAL.has(info.status)) {
         // QEMU 7.2 can answer "completed" a moment before it has set total-time and downtime.
