@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { QmpClient } from '../qmp/client.js';
+import { pausesWithoutSwitchover } from '../report/guest-pause.js';
 import { convergenceHint, formatSummary, runMigration, type QueryMigrateInfo } from './migrate-command.js';
 
 /** A QMP peer that records commands and answers query-migrate from a script. */
@@ -89,4 +90,21 @@ test('a migration that has not converged after a few passes is told so once, wit
   assert.match(written[0]!, /not converging yet after 7 passes/);
   assert.ok(calls.some(([name]) => name === 'query-migrate-parameters'));
   assert.ok(calls.some(([name]) => name === 'query-migrate-capabilities'));
+});
+
+test('the summary lists the pauses that did not end in the switchover, from the source\'s STOP and RESUME events', () => {
+  const at = (ms: number) => ({ seconds: Math.floor(ms / 1000), microseconds: (ms % 1000) * 1000 });
+  const source = {
+    bufferedEvents: () => [
+      { event: 'MIGRATION', data: { status: 'active' }, timestamp: at(1000) },
+      { event: 'STOP', timestamp: at(2000) },
+      { event: 'RESUME', timestamp: at(2053) }, // a switchover called off after 53 ms
+      { event: 'STOP', timestamp: at(3000) }, // the switchover: no RESUME on the source
+    ],
+  } as unknown as QmpClient;
+  const pauses = pausesWithoutSwitchover(source);
+  assert.deepEqual(pauses, [53]);
+  const outcome = { status: 'completed', passes: 6, peakThrottle: 0, info: { status: 'completed', 'total-time': 1200, downtime: 40, ram: ram() } };
+  assert.match(formatSummary(outcome, undefined, pauses), /other pauses\s+1: 53\.0 ms \(the source stopped the guest and ran it again: a switchover called off/);
+  assert.doesNotMatch(formatSummary(outcome), /other pauses/);
 });

@@ -8,7 +8,7 @@ import { QmpClient } from '../qmp/client.js';
 import { MigrationRecorder, querySourceFacts, settleFinalInfo } from '../report/migration-record.js';
 import { renderMigrationReport } from '../report/migration-report.js';
 import { formatBytes, formatMs, formatRate } from '../format.js';
-import { forgetEvents, guestPause } from '../report/guest-pause.js';
+import { forgetEvents, guestPause, pausesWithoutSwitchover } from '../report/guest-pause.js';
 
 export interface MigrateCommandOptions {
   readonly qmp: string;
@@ -206,8 +206,11 @@ function payload(info: QueryMigrateInfo | undefined): Record<string, string> {
   };
 }
 
-/** The one-screen summary printed at the end. */
-export function formatSummary(outcome: MigrationOutcome, destination?: DestinationOutcome): string {
+/**
+ * The one-screen summary printed at the end. `otherPauses`: the source's pauses that did
+ * not end in the switchover (pausesWithoutSwitchover), in ms.
+ */
+export function formatSummary(outcome: MigrationOutcome, destination?: DestinationOutcome, otherPauses: readonly number[] = []): string {
   const { info } = outcome;
   const ram = info.ram;
   const lines = [`Migration ${outcome.status}`];
@@ -215,6 +218,10 @@ export function formatSummary(outcome: MigrationOutcome, destination?: Destinati
   if (info['setup-time'] !== undefined) lines.push(`  setup time      ${formatMs(info['setup-time'])}`);
   if (info.downtime !== undefined) lines.push(`  downtime        ${formatMs(info.downtime)}`);
   if (destination?.pauseMs !== undefined) lines.push(`  guest paused    ${destination.pauseMs.toFixed(1)} ms (source STOP to destination RESUME)`);
+  if (otherPauses.length > 0) {
+    const each = otherPauses.map((ms) => `${ms.toFixed(1)} ms`).join(', ');
+    lines.push(`  other pauses    ${otherPauses.length}: ${each} (the source stopped the guest and ran it again: a switchover called off, a failed or cancelled stop, or stop/cont)`);
+  }
   if (ram) {
     lines.push(`  passes          ${ram['dirty-sync-count']}`);
     lines.push(`  transferred     ${formatBytes(ram.transferred)} (${ram.normal} pages sent whole, ${ram.duplicate} zero pages)`);
@@ -275,7 +282,7 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
         : {}),
     });
     if (recorder && options.report !== undefined) await writeReport(client, recorder, options, outcome);
-    const summary = formatSummary(outcome, destination ? await destinationOutcome(client, destination, outcome.status) : undefined);
+    const summary = formatSummary(outcome, destination ? await destinationOutcome(client, destination, outcome.status) : undefined, pausesWithoutSwitchover(client));
     if (outcome.status === 'completed') {
       process.stdout.write(summary + '\n');
       return 0;

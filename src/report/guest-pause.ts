@@ -22,6 +22,25 @@ export async function guestPause(source: QmpClient, destination: QmpClient, time
   return eventMs(resume) - eventMs(stop);
 }
 
+/**
+ * The source's pauses that did not end in the switchover, in ms, oldest first: each STOP
+ * the source followed with a RESUME of its own — Ferry's downtime guard calling a
+ * switchover off (the guest runs again and the passes go on), a failed or cancelled stop,
+ * or someone's `stop` and `cont`. Its users saw these too.
+ */
+export function pausesWithoutSwitchover(source: QmpClient): number[] {
+  const pauses: number[] = [];
+  let stoppedAt: number | undefined;
+  for (const event of source.bufferedEvents()) {
+    if (event.event === 'STOP') stoppedAt = eventMs(event);
+    else if (event.event === 'RESUME' && stoppedAt !== undefined) {
+      pauses.push(eventMs(event) - stoppedAt);
+      stoppedAt = undefined;
+    }
+  }
+  return pauses;
+}
+
 function eventMs(event: QmpEvent): number {
   return event.timestamp.seconds * 1000 + event.timestamp.microseconds / 1000;
 }
