@@ -9,7 +9,7 @@ import type { AccelKind } from '../hypervisor/types.js';
 import { formatBytes } from '../format.js';
 import { FerryProcess } from './ferry-process.js';
 import { destinationOutcome, formatSummary, runMigration } from './migrate-command.js';
-import { forgetEvents } from '../report/guest-pause.js';
+import { forgetEvents, pausesWithoutSwitchover } from '../report/guest-pause.js';
 
 export interface DemoOptions {
   accel?: AccelKind;
@@ -46,7 +46,7 @@ export async function demoCommand(opts: DemoOptions): Promise<number> {
     forgetEvents(source.qmp, dest.qmp);
     const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: address, maxBandwidth: 0 });
     // The guest's pause as its users saw it, beside the downtime QEMU's way of counting gives.
-    say(formatSummary(outcome, await destinationOutcome(source.qmp, dest.qmp, outcome.status)));
+    say(formatSummary(outcome, await destinationOutcome(source.qmp, dest.qmp, outcome.status), pausesWithoutSwitchover(source.qmp)));
     if (outcome.status !== 'completed') return 1;
 
     const status = await dest.execute<{ status: string }>('query-status');

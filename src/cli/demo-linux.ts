@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { ConsoleClient } from './console-client.js';
 import { FerryProcess } from './ferry-process.js';
 import { destinationOutcome, formatSummary, runMigration } from './migrate-command.js';
-import { forgetEvents } from '../report/guest-pause.js';
+import { forgetEvents, pausesWithoutSwitchover } from '../report/guest-pause.js';
 
 const say = (text: string) => process.stdout.write(text + '\n');
 
@@ -42,7 +42,7 @@ export async function linuxDemo(opts: { memory?: number }): Promise<number> {
     forgetEvents(source.qmp, dest.qmp);
     const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: address, maxBandwidth: 0 });
     // The guest's pause as its users saw it, beside the downtime QEMU's way of counting gives.
-    say(formatSummary(outcome, await destinationOutcome(source.qmp, dest.qmp, outcome.status)));
+    say(formatSummary(outcome, await destinationOutcome(source.qmp, dest.qmp, outcome.status), pausesWithoutSwitchover(source.qmp)));
     if (outcome.status !== 'completed') return 1;
 
     const next = await dstConsole.waitFor(/heartbeat (\d+)/, 30_000);
