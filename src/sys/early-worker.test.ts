@@ -38,10 +38,17 @@ test('a process run with V8\'s --perf-basic-prof (for perf) still starts its wor
     const worker = new Worker('process.exit(0)', { ...workerOptions(), eval: true });
     worker.on('exit', (code) => console.log('worker exited', code));
   `;
-  const run = spawnSync(process.execPath, ['--perf-basic-prof', '--input-type=module', '-e', script], { encoding: 'utf8' });
-  rmSync(`/tmp/perf-${run.pid}.map`, { force: true });
-  assert.equal(run.status, 0, run.stderr);
-  assert.match(run.stdout, /worker exited 0/);
+  // In a directory of its own: V8's logger writes isolate-*-v8.log files into the working
+  // directory under this flag, which otherwise piled up in the checkout's root.
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-perf-prof-'));
+  try {
+    const run = spawnSync(process.execPath, ['--perf-basic-prof', '--input-type=module', '-e', script], { encoding: 'utf8', cwd: dir });
+    rmSync(`/tmp/perf-${run.pid}.map`, { force: true });
+    assert.equal(run.status, 0, run.stderr);
+    assert.match(run.stdout, /worker exited 0/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('a process run with V8\'s tracing flags (--trace-deopt, --trace-opt) starts its workers, which inherit them', () => {
