@@ -288,6 +288,22 @@ test('sim: an idle 1 GiB guest moves as a few MB of zero pages', async (t) => {
   assert.deepEqual(a, b);
 });
 
+test('sim: a 5 GiB guest — its RAM in two blocks, "pc.ram" and "pc.ram.1" from 4 GiB — migrates live, its sweep across 4 GiB intact', async (t) => {
+  const dir = scratch(t);
+  // The sweep writes 64 MiB either side of 4 GiB; the rest stays zero and moves as ZERO pages.
+  const args = ['-m', '5G', '--accel', 'sim', '--guest', 'builtin:sweep,from=4032M,to=4160M,rate=100000'];
+  const dest = await started(t, dir, 'dst', [...args, '-S', '--incoming', `unix:${join(dir, 'big.sock')}`]);
+  const source = await started(t, dir, 'src', args);
+  await dest.incomingAddress();
+  await waitFor(async () => (await source.execute<Guest>('x-ferry-query-guest')).pass >= 1, 'a first pass across 4 GiB');
+  const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: `unix:${join(dir, 'big.sock')}`, maxBandwidth: 0, progress: false });
+  assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+  const ram = outcome.info.ram!;
+  assert.equal(ram.total, 5 * 1024 * MiB);
+  assert.ok(ram.duplicate >= (5 * 1024 * MiB - 128 * MiB) / 4096 - 16, `only ${ram.duplicate} zero pages`);
+  await assertSameGuest(source, dest);
+});
+
 function splitHostPort(address: string): [string, number] {
   const match = /^tcp:(.*):(\d+)$/.exec(address);
   assert.ok(match, `not a tcp address: ${address}`);

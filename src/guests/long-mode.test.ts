@@ -9,6 +9,18 @@ import { loadBuiltinGuest } from './builtin.js';
 
 const dv = (b: Uint8Array): DataView => new DataView(b.buffer, b.byteOffset, b.byteLength);
 
+test('RAM above 4 GiB: PDPT[4..] map it as 1 GiB pages, up to its end; the first 4 GiB as before', () => {
+  const GiB = 2 ** 30;
+  const ram = new Uint8Array(1 << 20).fill(0xee);
+  writeLongModeTables(ram, 6 * GiB + 4096);
+  const v = dv(ram);
+  assert.equal(v.getBigUint64(PDPT_ADDR + 3 * 8, true), BigInt(PD_ADDR + 3 * 0x1000) | 3n);
+  assert.equal(v.getBigUint64(PDPT_ADDR + 4 * 8, true), BigInt(4 * GiB) | 0x83n, '4 GiB: P | RW | PS');
+  assert.equal(v.getBigUint64(PDPT_ADDR + 6 * 8, true), BigInt(6 * GiB) | 0x83n, 'the partial last GiB');
+  assert.equal(v.getBigUint64(PDPT_ADDR + 7 * 8, true), 0n, 'nothing past the end');
+  assert.throws(() => writeLongModeTables(ram, 513 * GiB), /reach 512 GiB/);
+});
+
 test('GDT golden bytes: null, 64-bit code, data, busy TSS', () => {
   const ram = new Uint8Array(1 << 20);
   writeLongModeTables(ram);
@@ -79,4 +91,20 @@ test('loadBuiltinGuest writes tables, parameters and code; rejects a too-small R
   assert.equal(ram[PML4_ADDR], 0x03);
   assert.throws(() => writeLongModeTables(new Uint8Array(0x1000)), /too small/);
   assert.throws(() => loadBuiltinGuest(ram, { kind: 'random', rate: undefined }, ram.byteLength, image), /sim accelerator/);
+});
+
+test('loadBuiltinGuest with RAM above 4 GiB: maps it where the CPU has 1 GiB pages, and otherwise refuses a sweep there', () => {
+  const ram = new Uint8Array(4 << 20);
+  const image = Uint8Array.of(0xf4);
+  const size = 2 ** 32 + 2 ** 30; // 3.5 GiB below the hole, 1.5 GiB from 4 GiB
+  const high = { lowRamLimit: 0xe0000000, end: 2 ** 32 + 2 ** 30 + 2 ** 29 };
+  const above = { kind: 'sweep', from: 2 ** 32, to: 2 ** 32 + (2 << 20), rate: undefined } as const;
+  loadBuiltinGuest(ram, above, size, image, undefined, { ...high, pages1G: true });
+  assert.equal(dv(ram).getBigUint64(PDPT_ADDR + 5 * 8, true), BigInt(5 * 2 ** 30) | 0x83n);
+  assert.equal(dv(ram).getBigUint64(PARAMS_ADDR + 8, true), 2n ** 32n, 'the sweep starts at 4 GiB');
+  assert.throws(() => loadBuiltinGuest(ram, above, size, image, undefined, { ...high, pages1G: false }), /cannot sweep RAM above 4 GiB on this CPU.*pdpe1gb/);
+  // Below the hole it needs no 1 GiB pages.
+  loadBuiltinGuest(ram, { ...above, from: 0x100000, to: undefined }, size, image, undefined, { ...high, pages1G: false });
+  assert.equal(dv(ram).getBigUint64(PARAMS_ADDR + 16, true), 0xe0000000n, 'the default sweep ends at the hole');
+  assert.equal(dv(ram).getBigUint64(PDPT_ADDR + 4 * 8, true), 0n);
 });

@@ -29,6 +29,7 @@ const PTE_WRITABLE = 0x2n;
 const PTE_PAGE_SIZE = 0x80n; // in a page-directory entry: a 2 MiB page
 const HUGE_PAGE = 0x200000;
 const ENTRIES_PER_TABLE = 512;
+const GIB = 0x40000000;
 
 export const CR0_PE = 0x1n;
 export const CR0_MP = 0x2n;
@@ -81,9 +82,11 @@ export function segmentFromDescriptor(descriptor: bigint, selector: number): Seg
 /**
  * Write the GDT at GDT_ADDR and identity-mapping page tables (PML4 → one PDPT → four
  * page directories of 2 MiB pages = the first 4 GiB) into guest RAM, which starts at
- * guest address 0.
+ * guest address 0. `highEnd`: RAM goes on from 4 GiB to there, mapped by the PDPT's
+ * further entries as 1 GiB pages (the CPU must offer them: CPUID pdpe1gb); one PDPT
+ * reaches 512 GiB.
  */
-export function writeLongModeTables(ram: Uint8Array): void {
+export function writeLongModeTables(ram: Uint8Array, highEnd?: number): void {
   if (ram.byteLength < LONG_MODE_TABLES_END) {
     throw new ConfigError(`Guest RAM of ${ram.byteLength} bytes is too small for the long-mode page tables (need ${LONG_MODE_TABLES_END})`);
   }
@@ -96,6 +99,11 @@ export function writeLongModeTables(ram: Uint8Array): void {
   }
   for (let j = 0; j < PD_COUNT * ENTRIES_PER_TABLE; j++) {
     v.setBigUint64(PD_ADDR + j * 8, BigInt(j) * BigInt(HUGE_PAGE) | PTE_PRESENT | PTE_WRITABLE | PTE_PAGE_SIZE, true);
+  }
+  if (highEnd !== undefined) {
+    const gibs = Math.ceil(highEnd / GIB);
+    if (gibs > ENTRIES_PER_TABLE) throw new ConfigError(`The built-in guest's page tables reach 512 GiB; its RAM ends at ${highEnd}`);
+    for (let i = PD_COUNT; i < gibs; i++) v.setBigUint64(PDPT_ADDR + i * 8, BigInt(i) * BigInt(GIB) | PTE_PRESENT | PTE_WRITABLE | PTE_PAGE_SIZE, true);
   }
 }
 

@@ -4,6 +4,7 @@
 import { ConfigError } from '../errors.js';
 import type { GuestSpec } from './spec.js';
 import { sweepRange } from './spec.js';
+import { GuestPhysical, type RamPiece } from './guest-physical.js';
 import {
   GUEST_MODE_IDLE, GUEST_MODE_SWEEP, PAGE_COUNTER_OFFSET, PARAMS_ADDR, PARAMS_MAGIC,
   PARAM_FROM_OFFSET, PARAM_MAGIC_OFFSET, PARAM_MODE_OFFSET, PARAM_PASS_OFFSET,
@@ -18,11 +19,12 @@ function view(ram: Uint8Array): DataView {
 
 /** Write the parameter block for `spec` into guest RAM (which starts at guest address 0). */
 /** `reportEvery`: print "pass N" every this many passes (default: the spec's `report=`, else every pass). */
-export function writeGuestParams(ram: Uint8Array, spec: GuestSpec, memorySize: number, reportEvery?: number): void {
+/** `lowRamLimit`: where the 32-bit hole begins in RAM that goes on above 4 GiB (see sweepRange). */
+export function writeGuestParams(ram: Uint8Array, spec: GuestSpec, memorySize: number, reportEvery?: number, lowRamLimit?: number): void {
   const every = reportEvery ?? ('report' in spec ? spec.report : undefined) ?? 1;
   if (ram.byteLength < PARAMS_ADDR + PAGE) throw new ConfigError(`Guest RAM of ${ram.byteLength} bytes is too small for the built-in guest`);
   const dv = view(ram);
-  const range = sweepRange(spec, memorySize);
+  const range = sweepRange(spec, memorySize, lowRamLimit);
   dv.setUint32(PARAMS_ADDR + PARAM_MAGIC_OFFSET, PARAMS_MAGIC, true);
   dv.setUint32(PARAMS_ADDR + PARAM_MODE_OFFSET, range ? GUEST_MODE_SWEEP : GUEST_MODE_IDLE, true);
   dv.setBigUint64(PARAMS_ADDR + PARAM_FROM_OFFSET, BigInt(range?.from ?? 0), true);
@@ -65,17 +67,22 @@ export interface SweepCheck {
  * counter equals the completed pass count or is one ahead of it (the current pass has
  * reached it), and the pages one ahead form a prefix of the range.
  */
-export function checkSweepCounters(ram: Uint8Array): SweepCheck {
-  const params = readGuestParams(ram);
+export function checkSweepCounters(ram: Uint8Array | readonly RamPiece[]): SweepCheck {
+  const pieces = ram instanceof Uint8Array ? [{ guestAddress: 0, bytes: ram }] : ram;
+  const low = pieces.find((p) => p.guestAddress === 0);
+  const params = low ? readGuestParams(low.bytes) : undefined;
   if (!params) return { ok: false, pass: 0, ahead: 0, problem: 'no built-in guest parameter block in RAM' };
   if (params.mode !== GUEST_MODE_SWEEP) return { ok: true, pass: params.pass, ahead: 0 };
-  const dv = view(ram);
+  const memory = new GuestPhysical(pieces);
+  if (!memory.contains(params.from, PAGE) || !memory.contains(params.to - PAGE, PAGE)) {
+    return { ok: false, pass: params.pass, ahead: 0, problem: `the swept range 0x${params.from.toString(16)}..0x${params.to.toString(16)} is not in guest RAM` };
+  }
   const expectLow = params.pass >>> 0;
   const expectHigh = (params.pass + 1) >>> 0;
   let ahead = 0;
   let inPrefix = true;
   for (let addr = params.from; addr < params.to; addr += PAGE) {
-    const counter = dv.getUint32(addr + PAGE_COUNTER_OFFSET, true);
+    const counter = memory.getUint32(addr + PAGE_COUNTER_OFFSET);
     if (counter === expectHigh && inPrefix) {
       ahead++;
     } else if (counter === expectLow) {

@@ -41,6 +41,19 @@ test('the sweep range fits the RAM; a working set that does not fit is refused',
   assert.equal(sweepRange(parseGuestSpec('builtin:idle'), 64 * MiB), undefined);
 });
 
+test('with a hole below 4 GiB the default sweep ends at it, and a range may lie above 4 GiB but not across the hole', () => {
+  const GiB = 1024 * MiB;
+  const hole = 0xe0000000;
+  const size = 4 * GiB + 512 * MiB; // 3.5 GiB below the hole, 1 GiB from 4 GiB
+  assert.deepEqual(sweepRange(parseGuestSpec('builtin:sweep'), size, hole), { from: MiB, to: hole });
+  assert.deepEqual(sweepRange(parseGuestSpec('builtin:sweep,from=4G,to=100G'), size, hole), { from: 4 * GiB, to: 5 * GiB });
+  assert.throws(() => sweepRange(parseGuestSpec('builtin:sweep,from=3G,to=5G'), size, hole), /crosses the hole without RAM at 0xe0000000\.\.0x100000000/);
+  assert.throws(() => sweepRange(parseGuestSpec('builtin:hot,mib=3584'), size, hole), /does not fit in 3584 MiB/);
+  // No hole where the RAM ends below it (the limit changes nothing), nor in the sim (none given).
+  assert.deepEqual(sweepRange(parseGuestSpec('builtin:sweep'), 64 * MiB, hole), { from: MiB, to: 64 * MiB });
+  assert.deepEqual(sweepRange(parseGuestSpec('builtin:sweep'), size), { from: MiB, to: size });
+});
+
 test('report=N reaches the parameter block the guest reads', () => {
   const ram = new Uint8Array(2 * MiB);
   writeGuestParams(ram, parseGuestSpec('builtin:sweep,report=7'), 2 * MiB);

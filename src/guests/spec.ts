@@ -4,6 +4,7 @@
 import { ConfigError } from '../errors.js';
 import { parseSize } from '../size.js';
 import { SWEEP_DEFAULT_FROM } from './layout.js';
+import { HIGH_RAM_BASE } from '../hypervisor/ram-layout.js';
 
 export type GuestSpec =
   | { readonly kind: 'sweep'; readonly from: number; readonly to: number | undefined; readonly rate: number | undefined; readonly report?: number }
@@ -77,17 +78,29 @@ export function parseGuestSpec(text: string): GuestSpec {
   }
 }
 
-/** The byte range a sweeping guest walks for a given RAM size. */
-export function sweepRange(spec: GuestSpec, memorySize: number): { from: number; to: number } | undefined {
+/**
+ * The byte range a sweeping guest walks for a given RAM size. `lowRamLimit`: where a PC's
+ * 32-bit hole begins when the RAM goes on above 4 GiB (ram-layout.ts, the kvm accelerator);
+ * the default sweep then ends at the hole, and a range given may lie below it or above
+ * 4 GiB but not across it.
+ */
+export function sweepRange(spec: GuestSpec, memorySize: number, lowRamLimit?: number): { from: number; to: number } | undefined {
+  const split = lowRamLimit !== undefined && memorySize > lowRamLimit;
+  const low = split ? lowRamLimit : memorySize;
+  /** Guest-physical end of RAM: the part above the hole starts at 4 GiB. */
+  const end = split ? HIGH_RAM_BASE + (memorySize - lowRamLimit) : memorySize;
   switch (spec.kind) {
     case 'sweep': {
-      const to = Math.min(spec.to ?? memorySize, memorySize);
+      const to = Math.min(spec.to ?? low, end);
       if (spec.from >= to) throw new ConfigError(`Guest sweep range ${spec.from}..${to} is empty for ${memorySize} bytes of RAM`);
+      if (split && spec.from < HIGH_RAM_BASE && to > low) {
+        throw new ConfigError(`Guest sweep range 0x${spec.from.toString(16)}..0x${to.toString(16)} crosses the hole without RAM at 0x${low.toString(16)}..0x${HIGH_RAM_BASE.toString(16)}: sweep below it or from 4G up`);
+      }
       return { from: spec.from, to };
     }
     case 'hot': {
       const to = SWEEP_DEFAULT_FROM + spec.mib * 1024 * 1024;
-      if (to > memorySize) throw new ConfigError(`Guest working set of ${spec.mib} MiB does not fit in ${memorySize / 1048576} MiB of RAM above 1 MiB`);
+      if (to > low) throw new ConfigError(`Guest working set of ${spec.mib} MiB does not fit in ${low / 1048576} MiB of RAM above 1 MiB`);
       return { from: SWEEP_DEFAULT_FROM, to };
     }
     default:

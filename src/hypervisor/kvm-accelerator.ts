@@ -1,5 +1,6 @@
-// The kvm accelerator: guest RAM as one anonymous mmap registered as KVM slot 0
-// ("pc.ram" at guest address 0), vCPUs on worker threads entered directly in long
+// The kvm accelerator: guest RAM as one anonymous mmap registered as one KVM slot per
+// block ("pc.ram" at guest address 0 up to the 32-bit PCI hole, then "pc.ram.1", … from
+// 4 GiB: src/hypervisor/ram-layout.ts), vCPUs on worker threads entered directly in long
 // mode, KVM's dirty log, and one "cpu" state section per vCPU. No in-kernel irqchip or
 // PIT: the built-in guests need neither, so there is no kernel device state to save.
 
@@ -13,10 +14,12 @@ import { zeroRegs } from '../kvm/structs.js';
 import type { KvmSregs } from '../kvm/structs.js';
 import { MSR_IA32_TSC, cpuidForVcpu } from '../kvm/vcpu.js';
 import type { KvmCpuState, KvmVcpu } from '../kvm/vcpu.js';
+import type { KvmCpuidEntry } from '../kvm/structs.js';
 import { VcpuThread } from '../kvm/vcpu-thread.js';
 import { STATE_PAUSED as VCPU_PAUSED, STATE_STOPPED as VCPU_STOPPED } from '../kvm/vcpu-mailbox.js';
 import type { KvmVm } from '../kvm/vm.js';
 import { HostMemory } from '../sys/host-memory.js';
+import { MAX_GUEST_RAM, planRamBlocks } from './ram-layout.js';
 import { CPU_SECTION_IDSTR, CPU_STATE_DESCRIPTION, cpuStateFromValue, cpuStateToValue } from './kvm-cpu-state.js';
 import { PAGE_SIZE } from './types.js';
 import type {
@@ -25,11 +28,14 @@ import type {
 
 const trace = debuglog('ferry');
 
-const RAM_SLOT = 0;
-/** The block name QEMU gives a PC's main RAM, so streams line up with QEMU's. */
-export const RAM_BLOCK_IDSTR = 'pc.ram';
-/** RAM is one slot from 0; it must end below the PCI hole, where KVM_TSS_ADDRESS also lives. */
-export const MAX_MEMORY = 0xe0000000;
+/**
+ * Where RAM below 4 GiB ends: the 32-bit PCI hole, where KVM_TSS_ADDRESS also lives,
+ * begins here (as on QEMU's pc machine). The built-in guests use this RAM alone: their
+ * page tables map the first 4 GiB.
+ */
+export const LOW_RAM_LIMIT = 0xe0000000;
+/** The most guest RAM the kvm accelerator runs (ram-layout.ts). */
+export const MAX_MEMORY = MAX_GUEST_RAM;
 /**
  * Secondary vCPUs (the built-in guests are single-threaded) park on `hlt; jmp .-1` at
  * the end of the code area; without an irqchip nothing ever wakes them.
@@ -42,9 +48,10 @@ export function kvmAvailable(): { ok: true } | { ok: false; reason: string } {
   return probeKvm();
 }
 
+/** KVM's dirty log of every RAM slot; slot i holds block i. */
 class KvmDirtyLog implements DirtyLog {
   private on = false;
-  constructor(private readonly vm: KvmVm) {}
+  constructor(private readonly vm: KvmVm, private readonly slots: readonly number[]) {}
 
   get active(): boolean {
     return this.on;
@@ -53,23 +60,29 @@ class KvmDirtyLog implements DirtyLog {
   start(): void {
     if (this.on) {
       // Forget what was logged so far, as the interface asks.
-      this.vm.fetchDirtyLog(RAM_SLOT);
+      for (const slot of this.slots) this.vm.fetchDirtyLog(slot);
       return;
     }
-    this.vm.setDirtyLogging(RAM_SLOT, true);
+    for (const slot of this.slots) this.vm.setDirtyLogging(slot, true);
     this.on = true;
   }
 
   sync(): DirtyBitmap[] {
     if (!this.on) throw new RangeError('Dirty log sync() before start()');
-    return [this.vm.fetchDirtyLog(RAM_SLOT)];
+    return this.slots.map((slot) => this.vm.fetchDirtyLog(slot));
   }
 
   stop(): void {
     if (!this.on) return;
-    this.vm.setDirtyLogging(RAM_SLOT, false);
+    for (const slot of this.slots) this.vm.setDirtyLogging(slot, false);
     this.on = false;
   }
+}
+
+/** CPUID.80000001H:EDX[26] (pdpe1gb): 1 GiB pages. */
+function offersPages1G(cpuid: readonly KvmCpuidEntry[]): boolean {
+  const ext = cpuid.find((e) => e.function === 0x80000001);
+  return ext !== undefined && ((ext.edx >>> 26) & 1) === 1;
 }
 
 function bootVcpu(vcpu: KvmVcpu, index: number): void {
@@ -113,8 +126,9 @@ class KvmAccelerator implements Accelerator {
   ) {
     this.stoppedTsc = vcpus.map(() => undefined);
     // An incoming VM's RAM stays untouched until the migration loads it (no guest loaded).
-    this.memory = [ram.block(RAM_BLOCK_IDSTR, 0, { freshZero: incoming })];
-    this.dirtyLog = new KvmDirtyLog(vm);
+    const blocks = planRamBlocks(ram.size, LOW_RAM_LIMIT);
+    this.memory = blocks.map((b) => ram.block(b.idstr, b.guestAddress, { offset: b.offset, size: b.size, freshZero: incoming }));
+    this.dirtyLog = new KvmDirtyLog(vm, blocks.map((_, slot) => slot));
     // KVM would happily read registers of a vCPU that is about to run again; the
     // interface promises these run only while paused, so hold callers to it.
     const requirePaused = (i: number, action: string): void => {
@@ -226,7 +240,7 @@ export async function createKvmAccelerator(config: AcceleratorConfig): Promise<A
     throw new ConfigError(`Guest memory size ${config.memorySize} must be a positive multiple of ${PAGE_SIZE} bytes`);
   }
   if (config.memorySize > MAX_MEMORY) {
-    throw new ConfigError(`Guest memory of ${config.memorySize} bytes is more than the kvm accelerator supports (${MAX_MEMORY / 1048576} MiB): RAM is one block below the 32-bit PCI hole and KVM's TSS pages`);
+    throw new ConfigError(`Guest memory of ${config.memorySize} bytes is more than the kvm accelerator supports (${MAX_MEMORY / 1048576} MiB)`);
   }
   if (!Number.isInteger(config.vcpus) || config.vcpus < 1 || config.vcpus > 255) {
     throw new ConfigError(`Invalid vCPU count ${config.vcpus}: expected 1 to 255`);
@@ -243,8 +257,10 @@ export async function createKvmAccelerator(config: AcceleratorConfig): Promise<A
     // --mem-prealloc; otherwise an incoming migration backs it 2 MiB at a time (ram.ts).
     const host = HostMemory.allocate(config.memorySize, { prealloc: config.memPrealloc ?? false });
     cleanup.unshift(() => host.unmap());
-    const ram = host.region;
-    vm.addMemorySlot(RAM_SLOT, 0, ram);
+    // One slot per block: below the PCI hole, then from 4 GiB up.
+    const blocks = planRamBlocks(config.memorySize, LOW_RAM_LIMIT);
+    blocks.forEach((b, slot) => vm.addMemorySlot(slot, b.guestAddress, host.regionAt(b.offset, b.size)));
+    const ram = host.regionAt(0, blocks[0]!.size);
 
     const cpuid = system.supportedCpuid();
     const vcpus: KvmVcpu[] = [];
@@ -257,7 +273,11 @@ export async function createKvmAccelerator(config: AcceleratorConfig): Promise<A
     }
 
     if (!config.incoming) {
-      loadBuiltinGuest(ram.bytes, config.guest, config.memorySize);
+      // The built-in guest's sweep ends at the hole unless told to sweep above 4 GiB,
+      // which its page tables map with 1 GiB pages where the CPU has them.
+      const last = blocks.at(-1)!;
+      const high = blocks.length > 1 ? { lowRamLimit: LOW_RAM_LIMIT, end: last.guestAddress + last.size, pages1G: offersPages1G(cpuid) } : undefined;
+      loadBuiltinGuest(ram.bytes, config.guest, config.memorySize, undefined, undefined, high);
       ram.bytes.set(AP_PARK_CODE, AP_PARK_ADDR);
       vcpus.forEach((vcpu, i) => bootVcpu(vcpu, i));
     }

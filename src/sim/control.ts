@@ -52,7 +52,10 @@ export function requestSeq(req: number): number {
 
 /** What the worker gets at start. */
 export interface SimWorkerData {
-  /** Guest RAM: an mmap'd region of this process (src/sys/host-memory.ts), seen by address. */
+  /**
+   * Guest RAM: an mmap'd region of this process (src/sys/host-memory.ts), seen by address,
+   * one view per block (planRamBlocks: the sim's guest addresses are the region's offsets).
+   */
   readonly ramAddress: bigint;
   readonly ramSize: number;
   readonly dirty: SharedArrayBuffer;

@@ -27,6 +27,7 @@ import {
 import type { WorkloadCpuState } from './workload.js';
 import { HostMemory } from '../sys/host-memory.js';
 import { checkThrottlePercent } from '../hypervisor/cpu-throttle.js';
+import { MAX_GUEST_RAM, planRamBlocks, type RamBlockPlan } from '../hypervisor/ram-layout.js';
 
 /**
  * Pages per second the sim workload writes when the guest spec names no rate: what the
@@ -46,16 +47,11 @@ export const PAUSE_SYNC_WAIT_MS = 50;
 /** The random workload's fixed seed, so runs are repeatable (the state travels with the guest). */
 export const SIM_RANDOM_SEED = 0x46525259;
 
-/**
- * The largest guest RAM the sim holds: one Uint8Array over an mmap (koffi.view), whose
- * length koffi caps at 4 GiB (page arithmetic in the worker also relies on it).
- */
-export const SIM_MAX_MEMORY = 4 * 1024 ** 3;
+/** The largest guest RAM the sim holds: blocks of at most 4 GiB over one mapping (ram-layout.ts). */
+export const SIM_MAX_MEMORY = MAX_GUEST_RAM;
 
 /** The serial port the progress lines go to, as the real guest writes them. */
 const COM1_THR = 0x3f8;
-
-const RAM_IDSTR = 'pc.ram';
 
 function initialCpuState(config: AcceleratorConfig): WorkloadCpuState {
   const spec = config.guest;
@@ -82,11 +78,14 @@ function initialCpuState(config: AcceleratorConfig): WorkloadCpuState {
 class SimDirtyLog implements DirtyLog {
   private readonly shared: Uint32Array;
   private readonly words: number;
+  /** Each block's [first word, end word) of the bitmap: blocks start on 4 GiB (2^15-word) boundaries. */
+  private readonly blockWords: ReadonlyArray<readonly [number, number]>;
   private isActive = false;
 
-  constructor(shared: Uint32Array) {
+  constructor(shared: Uint32Array, blocks: readonly RamBlockPlan[]) {
     this.shared = shared;
     this.words = shared.length;
+    this.blockWords = blocks.map((b) => [b.offset / PAGE_SIZE / 32, Math.ceil((b.offset + b.size) / PAGE_SIZE / 32)] as const);
   }
 
   get active(): boolean {
@@ -108,7 +107,7 @@ class SimDirtyLog implements DirtyLog {
     // The worker marks pages whether or not logging is on (a page write racing with
     // start() must not go unseen); outside start()..stop() nothing is reported.
     if (!this.isActive) out.fill(0);
-    return [out];
+    return this.blockWords.length === 1 ? [out] : this.blockWords.map(([from, to]) => out.subarray(from, to));
   }
 
   stop(): void {
@@ -161,8 +160,11 @@ class SimAccelerator implements Accelerator {
     this.control = new Int32Array(control);
     const bytes = host.bytes;
     // An incoming VM's RAM stays untouched until the migration loads it (no guest parameters).
-    this.memory = [host.block(RAM_IDSTR, 0, { freshZero: config.incoming })];
-    this.dirtyLog = new SimDirtyLog(new Uint32Array(dirty));
+    // No hole below 4 GiB: guest addresses are offsets in the mapping, and so the pages of
+    // the worker's one dirty bitmap.
+    const blocks = planRamBlocks(config.memorySize);
+    this.memory = blocks.map((b) => host.block(b.idstr, b.guestAddress, { offset: b.offset, size: b.size, freshZero: config.incoming }));
+    this.dirtyLog = new SimDirtyLog(new Uint32Array(dirty), blocks);
 
     const initial = initialCpuState(config);
     if (!config.incoming) writeGuestParams(bytes, config.guest, config.memorySize);
@@ -339,7 +341,7 @@ export async function createSimAccelerator(config: AcceleratorConfig): Promise<A
     throw new ConfigError(`Cannot create the sim accelerator: memory size ${config.memorySize} is not a positive multiple of ${PAGE_SIZE}`);
   }
   if (config.memorySize > SIM_MAX_MEMORY) {
-    throw new ConfigError(`Cannot create the sim accelerator with ${config.memorySize} bytes of RAM: at most ${SIM_MAX_MEMORY} (4 GiB)`);
+    throw new ConfigError(`Cannot create the sim accelerator with ${config.memorySize} bytes of RAM: at most ${SIM_MAX_MEMORY} (1 TiB)`);
   }
   // More vCPUs are accepted but modelled as one: the workload is a single writer.
   if (!Number.isInteger(config.vcpus) || config.vcpus < 1) {

@@ -12,6 +12,7 @@ import { workerInput } from '../sys/early-worker.js';
 import { TokenBucket } from './pacer.js';
 import { WorkloadModel, readCpuState, writeCpuState } from './workload.js';
 import { viewAt } from '../sys/view.js';
+import { planRamBlocks } from '../hypervisor/ram-layout.js';
 
 /**
  * Pages written between two looks at the command word. Small enough that a batch stays
@@ -25,7 +26,8 @@ const MAX_BATCH = 256;
 const data = await workerInput<SimWorkerData>();
 const control = new Int32Array(data.control);
 // The main thread owns the mapping and unmaps it only after this worker has exited.
-const ram = viewAt(data.ramAddress, data.ramSize);
+// A view is at most 4 GiB: larger RAM is seen a block at a time.
+const ram = planRamBlocks(data.ramSize).map((b) => ({ guestAddress: b.guestAddress, bytes: viewAt(data.ramAddress + BigInt(b.offset), b.size) }));
 const dirty = new Uint32Array(data.dirty);
 const port = data.events;
 

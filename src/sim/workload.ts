@@ -6,6 +6,7 @@
 import {
   PAGE_COUNTER_OFFSET, PARAMS_ADDR, PARAM_PASS_OFFSET, PARAM_REPORT_EVERY_OFFSET, SWEEP_DEFAULT_FROM,
 } from '../guests/layout.js';
+import { GuestPhysical, type RamPiece } from '../guests/guest-physical.js';
 
 const PAGE_SHIFT = 12;
 const PAGE_SIZE = 1 << PAGE_SHIFT;
@@ -98,7 +99,8 @@ export function seedPrng(seed: number): [number, number, number, number] {
 
 /** The guest's view of its memory plus the hooks the model needs. */
 export interface WorkloadEnv {
-  readonly ram: Uint8Array;
+  /** Guest RAM from guest address 0: one view, or the blocks of a guest larger than 4 GiB (back to back). */
+  readonly ram: Uint8Array | readonly RamPiece[];
   readonly dirty: Uint32Array;
   /** Receives "pass N\n" progress text, in order. */
   readonly output: (text: string) => void;
@@ -106,7 +108,7 @@ export interface WorkloadEnv {
 
 export class WorkloadModel {
   readonly state: WorkloadCpuState;
-  private readonly ram: DataView;
+  private readonly ram: GuestPhysical;
   private readonly dirty: Uint32Array;
   private readonly output: (text: string) => void;
   private readonly randomFirstPage: number;
@@ -114,11 +116,11 @@ export class WorkloadModel {
 
   constructor(env: WorkloadEnv, state: WorkloadCpuState) {
     this.state = { ...state, prng: [...state.prng] };
-    this.ram = new DataView(env.ram.buffer, env.ram.byteOffset, env.ram.byteLength);
+    this.ram = new GuestPhysical(env.ram instanceof Uint8Array ? [{ guestAddress: 0, bytes: env.ram }] : env.ram);
     this.dirty = env.dirty;
     this.output = env.output;
     this.randomFirstPage = SWEEP_DEFAULT_FROM >>> PAGE_SHIFT;
-    this.randomPages = Math.max(0, Math.floor(env.ram.byteLength / PAGE_SIZE) - this.randomFirstPage);
+    this.randomPages = Math.max(0, Math.floor(this.ram.size / PAGE_SIZE) - this.randomFirstPage);
   }
 
   /** True when running writes nothing (the worker then just waits for a command). */
@@ -143,10 +145,10 @@ export class WorkloadModel {
 
   private touch(addr: number): void {
     const at = addr + PAGE_COUNTER_OFFSET;
-    this.ram.setUint32(at, (this.ram.getUint32(at, true) + 1) >>> 0, true);
+    this.ram.setUint32(at, (this.ram.getUint32(at) + 1) >>> 0);
     // Marked after the write: a sync that clears the bit between the two sees the
-    // write on its next round, never loses it.
-    const page = addr >>> PAGE_SHIFT;
+    // write on its next round, never loses it. (Not `>>>`: above 4 GiB it would wrap.)
+    const page = addr / PAGE_SIZE;
     Atomics.or(this.dirty, page >>> 5, 1 << (page & 31));
   }
 
@@ -168,10 +170,10 @@ export class WorkloadModel {
   private completePass(): void {
     const s = this.state;
     s.pass++;
-    this.ram.setBigUint64(PARAMS_ADDR + PARAM_PASS_OFFSET, BigInt(s.pass), true);
+    this.ram.setBigUint64(PARAMS_ADDR + PARAM_PASS_OFFSET, BigInt(s.pass));
     const page = PARAMS_ADDR >>> PAGE_SHIFT;
     Atomics.or(this.dirty, page >>> 5, 1 << (page & 31));
-    const every = this.ram.getUint32(PARAMS_ADDR + PARAM_REPORT_EVERY_OFFSET, true);
+    const every = this.ram.getUint32(PARAMS_ADDR + PARAM_REPORT_EVERY_OFFSET);
     if (every !== 0 && s.pass % every === 0) this.output(`pass ${s.pass}\n`);
   }
 

@@ -43,8 +43,32 @@ test('host memory: block() is the guest\'s view — same bytes, residency and po
     block.bytes[12345] = 9;
     assert.equal(host.bytes[12345], 9);
     assert.equal(resident(block.residency!()) >= 1, true);
-    assert.equal(host.region.address, host.address);
-    assert.equal(host.region.length, 4 * MiB);
+    assert.equal(host.regionAt(0, 4 * MiB).address, host.address);
+    assert.equal(host.regionAt(0, 4 * MiB).length, 4 * MiB);
+  } finally {
+    host.unmap();
+  }
+});
+
+test('host memory: more than 4 GiB is one mapping seen a block at a time; each block\'s bytes, residency and populate are its own', () => {
+  const GiB = 1024 * MiB;
+  const host = HostMemory.allocate(4 * GiB + 8 * MiB);
+  try {
+    assert.equal(host.size, 4 * GiB + 8 * MiB);
+    assert.equal(host.bytes.byteLength, 4 * GiB, 'the first 4 GiB in one view');
+    const high = host.block('pc.ram.1', 4 * GiB, { offset: 4 * GiB, size: 8 * MiB });
+    assert.equal(high.size, 8 * MiB);
+    assert.equal(high.hostAddress, Number(host.address) + 4 * GiB);
+    assert.equal(resident(high.residency!()), 0);
+    high.bytes[4096 + 7] = 42;
+    assert.equal(resident(high.residency!()) >= 1, true);
+    assert.equal(host.regionAt(4 * GiB, 8 * MiB).bytes[4096 + 7], 42, 'the same memory through another view');
+    assert.equal(resident(host.residency(0, 4 * GiB)), 0, 'nothing below 4 GiB was touched');
+    high.populate!(2 * MiB, 2 * MiB);
+    assert.ok(resident(high.residency!()) >= 512, 'populate backed the range in this block');
+    assert.equal(resident(host.residency(0, 4 * GiB)), 0);
+    assert.throws(() => host.regionAt(4 * GiB, 16 * MiB), /Cannot view/);
+    assert.throws(() => HostMemory.allocate(2 ** 41), /1 TiB/);
   } finally {
     host.unmap();
   }

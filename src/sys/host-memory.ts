@@ -7,6 +7,7 @@
 import { debuglog } from 'node:util';
 import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, addressOf, mincore, mmapAnonymousUnseen, madviseRange, madviseRangeInBackground, munmap, viewAt, MAX_VIEW_BYTES, type MappedRange, type Mapping } from './libc.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
+import { MAX_GUEST_RAM } from '../hypervisor/ram-layout.js';
 
 const trace = debuglog('ferry');
 const PAGE = 4096;
@@ -17,8 +18,13 @@ const HUGE_PAGE = 2 * 1024 * 1024;
 export class HostMemory {
   /** The whole mapping: guest RAM plus up to 2 MiB before it, for the alignment. */
   readonly mapping: MappedRange;
-  /** The 2 MiB-aligned start of guest RAM inside the mapping, and a view of it. */
+  /** The 2 MiB-aligned start of guest RAM inside the mapping. */
   readonly address: bigint;
+  readonly size: number;
+  /**
+   * A view of the first 4 GiB (all of guest RAM for most guests): where a guest's code and
+   * parameters go. Larger RAM is seen a block at a time (block(), regionAt()).
+   */
   readonly bytes: Uint8Array;
   private populateWorks = true;
   /** Every page is backed already (--mem-prealloc): populating is a no-op, not a system call. */
@@ -27,19 +33,20 @@ export class HostMemory {
   private constructor(mapping: MappedRange, size: number) {
     this.mapping = mapping;
     this.address = (mapping.address + BigInt(HUGE_PAGE - 1)) & ~BigInt(HUGE_PAGE - 1);
-    // Only the RAM is viewed: a view is at most 4 GiB, and so 4 GiB of RAM fits.
-    this.bytes = viewAt(this.address, size);
+    this.size = size;
+    this.bytes = viewAt(this.address, Math.min(size, MAX_VIEW_BYTES));
   }
 
   /**
    * Zero-filled memory that costs nothing until touched, backed by transparent huge
    * pages where the kernel offers them (as QEMU asks for guest RAM): on these machines
    * the first touch of each 4 KiB page traps to the hypervisor below (~8-40 µs), while a
-   * 2 MiB page takes one trap for 512 of them.
+   * 2 MiB page takes one trap for 512 of them. One mapping however large; each view of it
+   * (a block) is at most 4 GiB.
    */
   static allocate(size: number, options?: { prealloc?: boolean }): HostMemory {
-    if (!Number.isSafeInteger(size) || size <= 0 || size > MAX_VIEW_BYTES) {
-      throw new RangeError(`Cannot allocate ${size} bytes of guest RAM: 1 byte to ${MAX_VIEW_BYTES} bytes (4 GiB) in one block`);
+    if (!Number.isSafeInteger(size) || size <= 0 || size > MAX_GUEST_RAM) {
+      throw new RangeError(`Cannot allocate ${size} bytes of guest RAM: 1 byte to ${MAX_GUEST_RAM} bytes (1 TiB)`);
     }
     const mapping = mmapAnonymousUnseen(size + HUGE_PAGE);
     const memory = new HostMemory(mapping, size);
@@ -55,27 +62,29 @@ export class HostMemory {
   }
 
   /**
-   * The guest's RAM as the accelerator and the migration see it: one block at
-   * `guestAddress`. `freshZero`: the caller (an accelerator creating an incoming VM)
-   * vouches that nothing has written this memory since allocate(); the block says so once
-   * (GuestMemoryBlock.takeFreshZero).
+   * [offset, offset + size) of this memory as a guest RAM block at `guestAddress`, as the
+   * accelerator and the migration see it (at most 4 GiB: one view). `freshZero`: the caller
+   * (an accelerator creating an incoming VM) vouches that nothing has written this memory
+   * since allocate(); the block says so once (GuestMemoryBlock.takeFreshZero).
    */
-  block(idstr: string, guestAddress = 0, options?: { freshZero?: boolean }): GuestMemoryBlock {
-    return new HostMemoryBlock(this, idstr, guestAddress, options?.freshZero ?? false);
+  block(idstr: string, guestAddress = 0, options?: { offset?: number; size?: number; freshZero?: boolean }): GuestMemoryBlock {
+    const offset = options?.offset ?? 0;
+    const region = this.regionAt(offset, options?.size ?? this.size - offset);
+    return new HostMemoryBlock(this, idstr, guestAddress, offset, region.bytes, options?.freshZero ?? false);
   }
 
-  /** The aligned guest RAM as a mapping (what KVM_SET_USER_MEMORY_REGION registers). */
-  get region(): Mapping {
-    return { address: this.address, length: this.size, bytes: this.bytes, pointer: this.mapping.pointer };
+  /** [offset, offset + length) as a mapping (what KVM_SET_USER_MEMORY_REGION registers), at most 4 GiB. */
+  regionAt(offset: number, length: number): Mapping {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > this.size || offset % PAGE !== 0) {
+      throw new RangeError(`Cannot view [${offset}, ${offset + length}) of ${this.size} bytes of guest RAM`);
+    }
+    const address = this.address + BigInt(offset);
+    return { address, length, bytes: offset === 0 && length <= this.bytes.byteLength ? this.bytes.subarray(0, length) : viewAt(address, length), pointer: this.mapping.pointer };
   }
 
-  get size(): number {
-    return this.bytes.byteLength;
-  }
-
-  /** One byte per page: bit 0 set where the page is resident (has ever been touched). */
-  residency(): Uint8Array {
-    return residencyAt(this.address, this.size);
+  /** One byte per page of [offset, offset + length): bit 0 set where the page is resident (has ever been touched). */
+  residency(offset = 0, length = this.size - offset): Uint8Array {
+    return residencyAt(this.address + BigInt(offset), length);
   }
 
   /** Back [offset, offset + length) with memory now; a no-op where the kernel cannot. */
@@ -128,28 +137,31 @@ class HostMemoryBlock implements GuestMemoryBlock {
   readonly bytes: Uint8Array;
   readonly hostAddress: number;
   readonly #host: HostMemory;
+  /** Where the block starts in its HostMemory. */
+  readonly #offset: number;
   #freshZero: boolean;
 
-  constructor(host: HostMemory, idstr: string, guestAddress: number, freshZero: boolean) {
+  constructor(host: HostMemory, idstr: string, guestAddress: number, offset: number, bytes: Uint8Array, freshZero: boolean) {
     this.#host = host;
     this.idstr = idstr;
     this.guestAddress = guestAddress;
-    this.size = host.size;
-    this.bytes = host.bytes;
-    this.hostAddress = Number(host.address);
+    this.size = bytes.byteLength;
+    this.bytes = bytes;
+    this.hostAddress = Number(host.address) + offset;
+    this.#offset = offset;
     this.#freshZero = freshZero;
   }
 
   residency(): Uint8Array {
-    return this.#host.residency();
+    return this.#host.residency(this.#offset, this.size);
   }
 
   populate(offset: number, length: number): void {
-    this.#host.populate(offset, length);
+    this.#host.populate(this.#offset + offset, Math.min(length, this.size - offset));
   }
 
   populateInBackground(offset: number, length: number): Promise<void> {
-    return this.#host.populateInBackground(offset, length);
+    return this.#host.populateInBackground(this.#offset + offset, Math.min(length, this.size - offset));
   }
 
   takeFreshZero(): boolean {
