@@ -25,9 +25,9 @@ export interface GuestMemoryBlock {
    */
   readonly hostAddress?: number;
   /**
-   * Optional: one byte per page, bit 0 set where the host has ever backed the page. A
-   * page without it has never been touched and reads as zero — the RAM handler sends it
-   * as a ZERO page without reading it (a read would fault it in).
+   * Optional: one byte per page, bit 0 set where the host has ever backed the page (it is
+   * in memory or in swap). A page without it has never been touched and reads as zero —
+   * the RAM handler sends it as a ZERO page without reading it (a read would fault it in).
    */
   residency?(): Uint8Array;
   /** Optional: back [offset, offset + length) with host memory now, in bulk (a destination about to write there). */

@@ -1,13 +1,14 @@
 // Guest RAM as the host holds it: anonymous private memory from mmap, with the two
 // things a migration wants from the kernel that Node cannot ask for — which pages were
-// never touched (mincore: they must read as zero) and backing a range in one go
+// never backed (page-residency.ts: they must read as zero) and backing a range in one go
 // (MADV_POPULATE_WRITE), because a page fault taken from JavaScript costs tens of µs on
 // these machines while the kernel populates gigabytes per second.
 
 import { debuglog } from 'node:util';
-import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, addressOf, mincore, mmapAnonymousUnseen, madviseRange, madviseRangeInBackground, munmap, viewAt, MAX_VIEW_BYTES, type MappedRange, type Mapping } from './libc.js';
+import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, addressOf, mmapAnonymousUnseen, madviseRange, madviseRangeInBackground, munmap, viewAt, MAX_VIEW_BYTES, type MappedRange, type Mapping } from './libc.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
 import { MAX_GUEST_RAM } from '../hypervisor/ram-layout.js';
+import { residencyAt } from './page-residency.js';
 
 const trace = debuglog('ferry');
 const PAGE = 4096;
@@ -169,13 +170,6 @@ class HostMemoryBlock implements GuestMemoryBlock {
     this.#freshZero = false;
     return was;
   }
-}
-
-/** One byte per page of the page-aligned [address, address + size): bit 0 set where backed. */
-function residencyAt(address: bigint, size: number): Uint8Array {
-  const vec = new Uint8Array(Math.ceil(size / PAGE));
-  mincore(address, size, vec);
-  return vec;
 }
 
 /** MADV_POPULATE_WRITE on [offset, offset + length) of the region at `address`; 0 or the errno. */

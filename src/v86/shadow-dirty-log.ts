@@ -54,7 +54,7 @@ export class ShadowDirtyLog implements DirtyLog {
   #totalCollectMs = 0;
 
   /**
-   * `residency`, when given, tells which pages of RAM the host ever backed (mincore):
+   * `residency`, when given, tells which pages of RAM the host ever backed (in memory or swap):
    * the others read as zero and cannot have changed, so they are neither copied nor
    * compared — reading one would back it, a page fault each (~13 µs here), and a guest
    * usually leaves most of its RAM untouched.

@@ -205,7 +205,7 @@ export class V86RamBlock implements GuestMemoryBlock {
   }
 
   /**
-   * Which pages the host ever backed (mincore on the wasm memory): the rest read as zero,
+   * Which pages of the wasm memory the host ever backed (in memory or swap: page-residency.ts): the rest read as zero,
    * so a source sends them as ZERO without reading them and a destination skips them —
    * reading a never-touched page faults it in, which costs more than sending it.
    */
