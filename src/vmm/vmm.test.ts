@@ -5,6 +5,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,7 +46,7 @@ test('vmm: query-status, stop and cont follow the machine, with STOP and RESUME 
 });
 
 test('vmm: x-ferry-* inspect the guest — pass counter, memory check, RAM digest and state only while stopped', async (t) => {
-  const { qmp } = await vmWithClient(t);
+  const { qmp, vmm } = await vmWithClient(t);
   const deadline = Date.now() + 10_000;
   while (((await qmp.execute<{ pass?: number }>('x-ferry-query-guest')).pass ?? 0) < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   const guest = await qmp.execute<{ accel: string; 'memory-size': number; pass: number }>('x-ferry-query-guest');
@@ -61,6 +62,12 @@ test('vmm: x-ferry-* inspect the guest — pass counter, memory check, RAM diges
   const digest = await qmp.execute<{ sha256: string }>('x-ferry-ram-digest');
   assert.match(digest.sha256, /^[0-9a-f]{64}$/);
   assert.deepEqual(await qmp.execute('x-ferry-ram-digest'), digest, 'a stopped guest digests the same twice');
+  // The digest is SHA-256 over the block's name and bytes, never-backed pages (the sweep
+  // ends at 4 MiB of the 8) hashed as the zeros they read as, not read.
+  const block = vmm.machine.memory[0]!;
+  assert.equal(block.residency!().subarray(4 * MiB / 4096).some((b) => (b & 1) === 1), false, 'the top 4 MiB was never backed');
+  assert.equal(digest.sha256, createHash('sha256').update('pc.ram').update(block.bytes).digest('hex'));
+  assert.deepEqual(await qmp.execute('x-ferry-ram-digest'), digest, 'the same once those pages are backed (read above)');
   const state = await qmp.execute<{ sections: Array<{ idstr: string }> }>('x-ferry-query-state');
   assert.ok(state.sections.some((s) => s.idstr === 'cpu'));
 });

@@ -2,7 +2,8 @@
 // together. This is where QMP commands meet the subsystems that carry them out and
 // where machine and migration events become QMP events.
 
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
+import { PAGE_SIZE, type GuestMemoryBlock } from '../hypervisor/types.js';
 import { debuglog } from 'node:util';
 import { ConfigError, QmpError, errorMessage } from '../errors.js';
 import { Machine, type MachineOptions } from '../machine/machine.js';
@@ -23,8 +24,32 @@ import { formatUuid, NIL_UUID, uuidOption } from '../uuid.js';
 
 const trace = debuglog('ferry');
 
-/** x-ferry-ram-digest hashes a block this much at a time. */
+/** x-ferry-ram-digest hashes a block this much at a time (hash.update() refuses 2 GiB or more). */
 const DIGEST_PIECE = 1 << 30;
+/** What a page the host never backed holds, 2 MiB of it. */
+const ZEROS = new Uint8Array(2 << 20);
+
+/**
+ * Hash a block's bytes. Pages the host never backed read as zero: they are hashed from a
+ * buffer of zeros rather than read, which would fault each in (~0.3 GB/s here, where the
+ * hash runs at ~1.5 GB/s) — the same digest, in a fifth of the time for a large idle guest.
+ */
+function hashBlock(hash: Hash, block: GuestMemoryBlock): void {
+  const residency = block.residency?.();
+  const pages = block.size / PAGE_SIZE;
+  const piecePages = DIGEST_PIECE / PAGE_SIZE;
+  for (let page = 0; page < pages;) {
+    const backed = residency === undefined || (residency[page]! & 1) === 1;
+    let end = page + 1;
+    while (end < pages && end - page < piecePages && (residency === undefined || (residency[end]! & 1) === (backed ? 1 : 0))) end++;
+    if (backed) {
+      hash.update(block.bytes.subarray(page * PAGE_SIZE, end * PAGE_SIZE));
+    } else {
+      for (let at = page * PAGE_SIZE; at < end * PAGE_SIZE; at += ZEROS.length) hash.update(ZEROS.subarray(0, Math.min(ZEROS.length, end * PAGE_SIZE - at)));
+    }
+    page = end;
+  }
+}
 
 export interface VmmOptions extends MachineOptions {
   readonly name?: string;
@@ -254,8 +279,7 @@ export class Vmm {
         const hash = createHash('sha256');
         for (const block of machine.memory) {
           hash.update(block.idstr);
-          // In pieces: hash.update() refuses a buffer of 2 GiB or more.
-          for (let at = 0; at < block.size; at += DIGEST_PIECE) hash.update(block.bytes.subarray(at, at + DIGEST_PIECE));
+          hashBlock(hash, block);
         }
         return { sha256: hash.digest('hex') };
       },
