@@ -21,28 +21,32 @@ test('a pagemap entry present or swapped is a backed page; one with neither read
   assert.deepEqual([...vec], [7, 1, 1, 0, 1, 7]);
 });
 
-test('residency from pagemap: untouched pages 0, written ones 1, given back ones 0 again', () => {
-  const host = HostMemory.allocate(8 * MiB);
-  try {
-    // 4 KiB pages, so one write backs one page (a huge page would back 512).
-    madviseRange(host.address, 8 * MiB, MADV_NOHUGEPAGE);
-    assert.equal(residencyAt(host.address, 8 * MiB).reduce((n, b) => n + b, 0), 0);
-    host.bytes[5 * 4096] = 1;
-    host.bytes[2000 * 4096 + 9] = 1;
-    const vec = residencyAt(host.address, 8 * MiB);
-    assert.deepEqual([...vec.keys()].filter((i) => vec[i] === 1), [5, 2000]);
-    // A range that starts inside the mapping reads from there.
-    assert.deepEqual([...residencyAt(host.address + BigInt(4 * 4096), 3 * 4096)], [0, 1, 0]);
-    host.release();
-    assert.equal(residencyAt(host.address, 8 * MiB).reduce((n, b) => n + b, 0), 0);
-  } finally {
-    host.unmap();
-  }
-});
+const NO_SWAP = 'Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n';
+const SWAP_ON = NO_SWAP + '/swapfile                               file\t\t262140\t\t0\t\t-2\n';
+
+for (const [how, swaps] of [['mincore (no swap)', NO_SWAP], ['pagemap (swap on)', SWAP_ON]] as const) {
+  test(`residency from ${how}: untouched pages 0, written ones 1, given back ones 0 again`, () => {
+    const host = HostMemory.allocate(8 * MiB);
+    try {
+      // 4 KiB pages, so one write backs one page (a huge page would back 512).
+      madviseRange(host.address, 8 * MiB, MADV_NOHUGEPAGE);
+      assert.equal(residencyAt(host.address, 8 * MiB, swaps).reduce((n, b) => n + b, 0), 0);
+      host.bytes[5 * 4096] = 1;
+      host.bytes[2000 * 4096 + 9] = 1;
+      const vec = residencyAt(host.address, 8 * MiB, swaps);
+      assert.deepEqual([...vec.keys()].filter((i) => vec[i] === 1), [5, 2000]);
+      // A range that starts inside the mapping reads from there.
+      assert.deepEqual([...residencyAt(host.address + BigInt(4 * 4096), 3 * 4096, swaps)], [0, 1, 0]);
+      host.release();
+      assert.equal(residencyAt(host.address, 8 * MiB, swaps).reduce((n, b) => n + b, 0), 0);
+    } finally {
+      host.unmap();
+    }
+  });
+}
 
 test('swap is configured when /proc/swaps lists anything below its header', () => {
-  const header = 'Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n';
-  assert.equal(swapConfigured(header), false);
-  assert.equal(swapConfigured(header + '/swapfile                               file\t\t262140\t\t0\t\t-2\n'), true);
+  assert.equal(swapConfigured(NO_SWAP), false);
+  assert.equal(swapConfigured(SWAP_ON), true);
   assert.equal(swapConfigured(null), true, 'unreadable is taken as swap on');
 });
