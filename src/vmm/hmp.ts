@@ -293,6 +293,12 @@ const INFO: Record<string, { help: string; run(ctx: HmpContext): Promise<string>
       return formatInfoMigrate((await ctx.qmp('query-migrate')) as MigrationInfo);
     },
   },
+  ramblock: {
+    help: 'the guest\'s RAM blocks: name, page size, offset, used and total length (x-query-ramblock)',
+    async run(ctx) {
+      return ((await ctx.qmp('x-query-ramblock')) as { 'human-readable-text': string })['human-readable-text'];
+    },
+  },
   name: {
     help: 'this VM\'s --name, if it has one',
     async run(ctx) {

@@ -75,6 +75,9 @@ test('vmm: x-ferry-* inspect the guest — pass counter, memory check, RAM diges
 test('vmm: HMP info status and info migrate; refused commands say why, as QEMU does', async (t) => {
   const { qmp } = await vmWithClient(t);
   assert.match(await qmp.execute<string>('human-monitor-command', { 'command-line': 'info status' }), /VM status: running/);
+  assert.equal(await qmp.execute<string>('human-monitor-command', { 'command-line': 'info ramblock' }),
+    '              Block Name    PSize              Offset               Used              Total\r\n'
+    + '                  pc.ram    4 KiB  0x0000000000000000 0x0000000000800000 0x0000000000800000\r\n');
   assert.match(await qmp.execute<string>('human-monitor-command', { 'command-line': 'info migrate' }), /./);
   await assert.rejects(qmp.execute('migrate-start-postcopy'), /Enable postcopy/);
   await assert.rejects(qmp.execute('migrate-continue', { state: 'pre-switchover' }), /Migration not in expected state: none/);

@@ -21,6 +21,7 @@ import { t, type Fields, type Schema } from '../qmp/schema.js';
 import { connect, listen, parseMigrationUri } from '../transport/index.js';
 import { checkSweepCounters, readGuestParams } from '../guests/params.js';
 import { formatUuid, NIL_UUID, uuidOption } from '../uuid.js';
+import { formatRamBlocks } from './ramblock-info.js';
 
 const trace = debuglog('ferry');
 
@@ -159,6 +160,7 @@ export class Vmm {
     });
     qmp.register({ name: 'query-name', handler: () => (this.name !== undefined ? { name: this.name } : {}) });
     qmp.register({ name: 'query-uuid', handler: () => ({ UUID: formatUuid(this.uuid ?? NIL_UUID) }) });
+    qmp.register({ name: 'x-query-ramblock', handler: () => ({ 'human-readable-text': formatRamBlocks(this.machine.memory) }) });
     qmp.register({
       name: 'human-monitor-command',
       args: { 'command-line': t.str, 'cpu-index?': t.int },
