@@ -5,7 +5,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -199,6 +199,29 @@ test('kvm: QEMU\'s analyze-migration.py decodes a running KVM guest\'s snapshot,
   const expected = (await source.execute<{ sha256: string }>('x-ferry-ram-digest')).sha256;
   const actual = createHash('sha256').update('pc.ram').update(readFileSync(join(dir, 'pc.ram'))).digest('hex');
   assert.equal(actual, expected, 'the RAM QEMU\'s tool extracted differs from the source\'s');
+});
+
+test('sim: QEMU\'s analyze-migration.py extracts both RAM blocks of a 4 GiB + 64 MiB guest\'s snapshot, byte for byte', async (t) => {
+  if (!existsSync(ANALYZE)) return t.skip('QEMU\'s analyze-migration.py not fetched: run scripts/fetch-qemu-scripts.sh (as root) first');
+  const dir = scratch(t);
+  // The sweep writes 2 MiB either side of 4 GiB: pages in both blocks.
+  const source = await started(t, dir, 'src', ['-m', '4160M', '--accel', 'sim', '--guest', 'builtin:sweep,from=4094M,to=4098M,rate=100000']);
+  await waitFor(async () => (await source.execute<Guest>('x-ferry-query-guest')).pass >= 1, 'a first pass across 4 GiB');
+  const file = join(dir, 'vm.snapshot');
+  const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: `exec:cat > ${file}`, maxBandwidth: 0, progress: false });
+  assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+  const extract = spawnSync('python3', [ANALYZE, '-x', '-f', file], { cwd: dir, encoding: 'utf8', timeout: 120_000 });
+  assert.equal(extract.status, 0, extract.stderr);
+  assert.equal(statSync(join(dir, 'pc.ram')).size, 4 * 1024 * MiB);
+  assert.equal(statSync(join(dir, 'pc.ram.1')).size, 64 * MiB);
+  // x-ferry-ram-digest: SHA-256 over each block's name and bytes, in order.
+  const hash = createHash('sha256');
+  for (const block of ['pc.ram', 'pc.ram.1']) {
+    hash.update(block);
+    for await (const chunk of createReadStream(join(dir, block), { highWaterMark: 16 * MiB })) hash.update(chunk as Buffer);
+  }
+  const expected = (await source.execute<{ sha256: string }>('x-ferry-ram-digest')).sha256;
+  assert.equal(hash.digest('hex'), expected, 'the RAM QEMU\'s tool extracted differs from the source\'s');
 });
 
 test('sim: with return-path the source completes once the destination answered, over tcp (QMP) and unix (ferry migrate --return-path)', async (t) => {
