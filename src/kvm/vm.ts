@@ -19,11 +19,18 @@ const PAGE_SIZE = 4096;
 export const KVM_TSS_ADDRESS = 0xfffbd000;
 export const KVM_IDENTITY_MAP_ADDRESS = 0xfffbc000;
 
+/** Host memory by address, as a slot registers it (a part of a mapping, or all of one). */
+export interface HostRange {
+  readonly address: bigint;
+  readonly length: number;
+}
+
 export interface MemorySlot {
   readonly slot: number;
   readonly guestAddress: number;
   readonly size: number;
-  readonly memory: Mapping;
+  /** The host memory behind it: where it starts and how long it is. */
+  readonly memory: HostRange;
   dirtyLogging: boolean;
   /** Host memory the kernel writes the slot's dirty bitmap into (one bit per page, u64 words). */
   bitmap: Mapping | undefined;
@@ -75,7 +82,7 @@ export class KvmVm {
    * Register host memory as guest-physical [guestAddress, guestAddress + size).
    * SAFETY: `memory` must stay mapped for as long as the slot exists (until close()).
    */
-  addMemorySlot(slot: number, guestAddress: number, memory: Mapping): MemorySlot {
+  addMemorySlot(slot: number, guestAddress: number, memory: HostRange): MemorySlot {
     if (this.slots.has(slot)) throw new RangeError(`KVM memory slot ${slot} is already in use`);
     if (guestAddress % PAGE_SIZE !== 0 || memory.length % PAGE_SIZE !== 0) {
       throw new RangeError(`KVM memory slot ${slot}: guest address 0x${guestAddress.toString(16)} and size ${memory.length} must be page-aligned`);

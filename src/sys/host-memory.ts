@@ -5,7 +5,7 @@
 // these machines while the kernel populates gigabytes per second.
 
 import { debuglog } from 'node:util';
-import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, addressOf, mmapAnonymousUnseen, madviseRange, madviseRangeInBackground, munmap, viewAt, MAX_VIEW_BYTES, type MappedRange, type Mapping } from './libc.js';
+import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, addressOf, mmapAnonymousUnseen, madviseRange, madviseRangeInBackground, munmap, viewAt, MAX_VIEW_BYTES, type MappedRange } from './libc.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
 import { MAX_GUEST_RAM } from '../hypervisor/ram-layout.js';
 import { residencyAt } from './page-residency.js';
@@ -74,13 +74,16 @@ export class HostMemory {
     return new HostMemoryBlock(this, idstr, guestAddress, offset, region.bytes, options?.freshZero ?? false);
   }
 
-  /** [offset, offset + length) as a mapping (what KVM_SET_USER_MEMORY_REGION registers), at most 4 GiB. */
-  regionAt(offset: number, length: number): Mapping {
+  /**
+   * [offset, offset + length) by address with a view of it (what KVM_SET_USER_MEMORY_REGION
+   * registers), at most 4 GiB. Not a Mapping: it is part of one, never unmapped on its own.
+   */
+  regionAt(offset: number, length: number): { readonly address: bigint; readonly length: number; readonly bytes: Uint8Array } {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset + length > this.size || offset % PAGE !== 0) {
       throw new RangeError(`Cannot view [${offset}, ${offset + length}) of ${this.size} bytes of guest RAM`);
     }
     const address = this.address + BigInt(offset);
-    return { address, length, bytes: offset === 0 && length <= this.bytes.byteLength ? this.bytes.subarray(0, length) : viewAt(address, length), pointer: this.mapping.pointer };
+    return { address, length, bytes: offset === 0 && length <= this.bytes.byteLength ? this.bytes.subarray(0, length) : viewAt(address, length) };
   }
 
   /** One byte per page of [offset, offset + length): bit 0 set where the page is resident (has ever been touched). */
