@@ -19,7 +19,7 @@ import { VcpuThread } from '../kvm/vcpu-thread.js';
 import { STATE_PAUSED as VCPU_PAUSED, STATE_STOPPED as VCPU_STOPPED } from '../kvm/vcpu-mailbox.js';
 import type { KvmVm } from '../kvm/vm.js';
 import { HostMemory } from '../sys/host-memory.js';
-import { MAX_GUEST_RAM, planRamBlocks } from './ram-layout.js';
+import { MAX_GUEST_RAM, planRamBlocks, type RamBlockPlan } from './ram-layout.js';
 import { CPU_SECTION_IDSTR, CPU_STATE_DESCRIPTION, cpuStateFromValue, cpuStateToValue } from './kvm-cpu-state.js';
 import { PAGE_SIZE } from './types.js';
 import type {
@@ -122,11 +122,12 @@ class KvmAccelerator implements Accelerator {
     private readonly ram: HostMemory,
     private readonly vcpus: readonly KvmVcpu[],
     private readonly threads: readonly VcpuThread[],
+    /** Guest RAM's blocks; block i is KVM slot i. */
+    blocks: readonly RamBlockPlan[],
     incoming = false,
   ) {
     this.stoppedTsc = vcpus.map(() => undefined);
     // An incoming VM's RAM stays untouched until the migration loads it (no guest loaded).
-    const blocks = planRamBlocks(ram.size, LOW_RAM_LIMIT);
     this.memory = blocks.map((b) => ram.block(b.idstr, b.guestAddress, { offset: b.offset, size: b.size, freshZero: incoming }));
     this.dirtyLog = new KvmDirtyLog(vm, blocks.map((_, slot) => slot));
     // KVM would happily read registers of a vCPU that is about to run again; the
@@ -292,7 +293,7 @@ export async function createKvmAccelerator(config: AcceleratorConfig): Promise<A
       threads.push(thread);
     }
     await Promise.all(threads.map((t) => t.ready()));
-    accelerator = new KvmAccelerator(system, vm, host, vcpus, threads, config.incoming);
+    accelerator = new KvmAccelerator(system, vm, host, vcpus, threads, blocks, config.incoming);
     for (const exit of pendingExits) accelerator.emit(exit);
     return accelerator;
   } catch (err) {
