@@ -112,7 +112,12 @@ test('ferry hmp prints the monitor\'s text, from QEMU 7.2 and from Ferry alike, 
   const ferryPath = join(dir, 'ferry.qmp');
   const vmm = await Vmm.create({ accel: 'sim', memorySize: 8 * 1024 * 1024, guest: parseGuestSpec('builtin:idle'), qmp: [`unix:${ferryPath}`], startPaused: true, onQuit: () => {} });
   t.after(() => vmm.destroy());
+  const flagged: Array<[number | null, string]> = [];
   for (const socket of [join(dir, 'qemu-1.qmp'), ferryPath]) {
+    // Dashes in the command line are the monitor's flags, not ferry's options.
+    const flags = await runFerry(['hmp', socket, 'calc_dirty_rate', '-r', '-b', '1']);
+    assert.doesNotMatch(flags.stderr, /unknown option/, socket);
+    flagged.push([flags.code, flags.stdout]);
     const ok = await runFerry(['hmp', socket, 'info', 'status']);
     assert.deepEqual([ok.code, ok.stdout], [0, 'VM status: paused (prelaunch)\n'], `${socket}: ${ok.stderr}`);
     const set = await runFerry(['hmp', socket, 'migrate_set_parameter', 'downtime-limit', '100']);
@@ -123,6 +128,8 @@ test('ferry hmp prints the monitor\'s text, from QEMU 7.2 and from Ferry alike, 
     const unknown = await runFerry(['hmp', socket, 'bogus']);
     assert.deepEqual([unknown.code, unknown.stdout], [1, "unknown command: 'bogus'\n"], socket);
   }
+  assert.deepEqual(flagged[1], flagged[0], 'calc_dirty_rate -r -b: QEMU and Ferry answer alike');
+  assert.match(flagged[0]![1], /dirty ring or dirty bitmap/, 'the flags reached the monitor');
 });
 
 test('HMP and QMP: a destination listening after migrate_incoming looks the same in QEMU 7.2 and Ferry', { skip: QEMU_SKIP, timeout: 60_000 }, async (t) => {

@@ -141,6 +141,8 @@ program
   .description('send one HMP command line (human-monitor-command) and print its text, e.g. ferry hmp /tmp/vm.sock info migrate')
   .argument('<socket>', 'a unix socket path or tcp:HOST:PORT')
   .argument('<words...>', 'the command line, e.g. migrate_set_parameter downtime-limit 100')
+  // HMP's own flags (migrate -d, calc_dirty_rate -b) belong to the command line, not to ferry.
+  .allowUnknownOption()
   .action(async (socket: string, words: string[]) => {
     const { hmpCommand } = await import('./qmp-command.js');
     process.exitCode = await hmpCommand(socket, words);
