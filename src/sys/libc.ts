@@ -72,6 +72,7 @@ interface Bindings {
   gettid(): number;
   tgkill(tgid: number, tid: number, sig: number): number;
   strerror(errnum: number): string;
+  syscall1(number: number, arg: number): number | bigint;
 }
 
 let bindings: Bindings | undefined;
@@ -117,6 +118,9 @@ function libc(): Bindings {
     gettid: lib.func('int gettid(void)'),
     tgkill: lib.func('int tgkill(int tgid, int tid, int sig)'),
     strerror: lib.func('const char *strerror(int errnum)'),
+    // syscall(2) with one integer argument, for calls glibc has no wrapper for (userfaultfd);
+    // variadic in C, fixed here as ioctl's is (see above).
+    syscall1: lib.func('syscall', 'long', ['long', 'long']),
     // `value` is read by the kernel during the call only.
     socket: lib.func('int socket(int domain, int type, int protocol)'),
     setsockopt: lib.func('int setsockopt(int fd, int level, int name, void *value, uint32_t len)'),
@@ -458,4 +462,16 @@ export function gettid(): number {
 /** Send `signal` to one thread of this process (tgkill(2)). */
 export function tgkill(tgid: number, tid: number, signal: number): void {
   if (libc().tgkill(tgid, tid, signal) < 0) throw fail('tgkill', `tgkill(${tgid}, ${tid}, ${signal})`);
+}
+
+/** syscall(2) with one integer argument: the result, or -errno. */
+export function syscall1(number: number, arg: number): number {
+  const r = Number(libc().syscall1(number, arg));
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** ioctl with a pointer argument that may fail with an errno the caller handles: the result, or -errno. */
+export function ioctlPtrRaw(fd: number, request: number, arg: Uint8Array): number {
+  const r = libc().ioctlPtr(fd, request, arg);
+  return r < 0 ? -koffi.errno() : r;
 }

@@ -1,0 +1,75 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Worker } from 'node:worker_threads';
+import { addressOf, mmapAnonymous, munmap } from './libc.js';
+import { Userfaultfd } from './userfaultfd.js';
+
+const PAGE = 4096;
+
+test('a thread touching a registered page sleeps until the page is placed, then reads what was placed', async () => {
+  const ram = mmapAnonymous(16 * PAGE);
+  const uffd = Userfaultfd.open();
+  try {
+    uffd.register(ram.address, 16 * PAGE);
+    assert.deepEqual(uffd.readFaults(), [], 'nothing has faulted yet');
+    const viewUrl = new URL('./view.js', import.meta.url).href;
+    // The worker reads page 3 and page 9: each read sleeps in the kernel until placed.
+    const worker = new Worker(`
+      const { parentPort, workerData } = require('node:worker_threads');
+      import(${JSON.stringify(viewUrl)}).then(({ viewAt }) => {
+        const ram = viewAt(workerData.address, workerData.length);
+        parentPort.postMessage({ page3: ram[3 * 4096 + 7] });
+        parentPort.postMessage({ page9: ram[9 * 4096 + 100] });
+      });
+    `, { eval: true, workerData: { address: ram.address, length: 16 * PAGE } });
+    const messages: Array<Record<string, number>> = [];
+    worker.on('message', (m: Record<string, number>) => messages.push(m));
+
+    assert.equal(await uffd.waitForFault(10_000), true, 'the worker faulted on page 3');
+    const faults = uffd.readFaults();
+    assert.deepEqual(faults.map((a) => (a - ram.address) / BigInt(PAGE)), [3n]);
+    assert.deepEqual(messages, [], 'the worker still waits');
+    const page = new Uint8Array(PAGE).fill(0x5a);
+    page[7] = 42;
+    assert.equal(uffd.copy(ram.address + 3n * BigInt(PAGE), addressOf(page), PAGE), 'placed');
+
+    assert.equal(await uffd.waitForFault(10_000), true, 'then on page 9');
+    assert.deepEqual(uffd.readFaults().map((a) => (a - ram.address) / BigInt(PAGE)), [9n]);
+    assert.equal(uffd.zeropage(ram.address + 9n * BigInt(PAGE), PAGE), 'placed');
+    await new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    assert.deepEqual(messages, [{ page3: 42 }, { page9: 0 }]);
+
+    // Placing over a page that is there already changes nothing and says so.
+    assert.equal(uffd.copy(ram.address + 3n * BigInt(PAGE), addressOf(new Uint8Array(PAGE)), PAGE), 'present');
+    assert.equal(uffd.zeropage(ram.address + 3n * BigInt(PAGE), PAGE), 'present');
+    assert.equal(ram.bytes[3 * PAGE + 7], 42);
+    // Several pages at once.
+    const two = new Uint8Array(2 * PAGE).fill(7);
+    assert.equal(uffd.copy(ram.address + 12n * BigInt(PAGE), addressOf(two), 2 * PAGE), 'placed');
+    uffd.unregister(ram.address, 16 * PAGE);
+    assert.equal(ram.bytes[12 * PAGE], 7);
+    assert.equal(ram.bytes[13 * PAGE + 4095], 7);
+    assert.equal(ram.bytes[0], 0, 'an unregistered page that was never placed reads as zero again');
+  } finally {
+    uffd.close();
+    munmap(ram);
+  }
+});
+
+test('registering a range that is not page-aligned fails with the request named', () => {
+  const uffd = Userfaultfd.open();
+  try {
+    assert.throws(() => uffd.register(4097n, PAGE), /UFFDIO_REGISTER.*0x1001/);
+  } finally {
+    uffd.close();
+  }
+});
+
+test('waitForFault says false when nothing faults before the timeout', async () => {
+  const uffd = Userfaultfd.open();
+  try {
+    assert.equal(await uffd.waitForFault(20), false);
+  } finally {
+    uffd.close();
+  }
+});

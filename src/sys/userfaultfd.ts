@@ -1,0 +1,202 @@
+// userfaultfd(2): a post-copy destination runs its guest before all of its RAM has
+// arrived. Guest RAM is registered for missing-page faults; a thread that touches a page
+// not placed yet (a vCPU, the sim's workload) sleeps in the kernel, and this descriptor
+// reports the address. The page is asked of the source, and placed when it arrives with
+// UFFDIO_COPY — atomically: the page appears whole, and the sleeping thread wakes.
+// The numbers are linux/userfaultfd.h's (x86_64).
+
+import { readSync } from 'node:fs';
+import { SystemCallError } from '../errors.js';
+import {
+  EAGAIN, EEXIST, O_CLOEXEC, O_NONBLOCK, O_RDWR, closeFd, errnoName, ioctlIntRaw, ioctlPtrRaw,
+  openPath, syscall1, waitReadable,
+} from './libc.js';
+
+const SYS_USERFAULTFD = 323;
+/** /dev/userfaultfd's one ioctl: a new userfaultfd, for who may not make the syscall. */
+const USERFAULTFD_IOC_NEW = 0xaa00;
+const UFFD_API = 0xaan;
+/** _IOWR(0xAA, 0x3F, struct uffdio_api {u64 api, features, ioctls}). */
+const UFFDIO_API = 0xc018aa3f;
+/** _IOWR(0xAA, 0x00, struct uffdio_register {u64 start, len, mode, ioctls}). */
+const UFFDIO_REGISTER = 0xc020aa00;
+/** _IOR(0xAA, 0x01, struct uffdio_range {u64 start, len}). */
+const UFFDIO_UNREGISTER = 0x8010aa01;
+/** _IOR(0xAA, 0x02, struct uffdio_range). */
+const UFFDIO_WAKE = 0x8010aa02;
+/** _IOWR(0xAA, 0x03, struct uffdio_copy {u64 dst, src, len, mode; s64 copy}). */
+const UFFDIO_COPY = 0xc028aa03;
+/** _IOWR(0xAA, 0x04, struct uffdio_zeropage {u64 start, len, mode; s64 zeropage}). */
+const UFFDIO_ZEROPAGE = 0xc020aa04;
+const UFFDIO_REGISTER_MODE_MISSING = 1n;
+/** Bits of `ioctls` a registered range must offer: COPY (3) and ZEROPAGE (4). */
+const RANGE_IOCTLS_NEEDED = (1n << 3n) | (1n << 4n);
+/** struct uffd_msg: 32 bytes; event at 0, the page fault's flags at 8 and address at 16. */
+const UFFD_MSG_BYTES = 32;
+const UFFD_EVENT_PAGEFAULT = 0x12;
+
+/** What placing a page did: placed it (and woke whoever waited on it), or found one there already. */
+export type Placement = 'placed' | 'present';
+
+export class Userfaultfd {
+  readonly fd: number;
+  #closed = false;
+  readonly #range = new Uint8Array(16);
+  readonly #rangeView = new DataView(this.#range.buffer);
+  readonly #copy = new Uint8Array(40);
+  readonly #copyView = new DataView(this.#copy.buffer);
+  readonly #zero = new Uint8Array(32);
+  readonly #zeroView = new DataView(this.#zero.buffer);
+  readonly #messages = Buffer.alloc(UFFD_MSG_BYTES * 64);
+
+  private constructor(fd: number) {
+    this.fd = fd;
+  }
+
+  /**
+   * A non-blocking userfaultfd with the API handshake done. The syscall first; where it
+   * is refused (vm.unprivileged_userfaultfd = 0 without CAP_SYS_PTRACE) /dev/userfaultfd.
+   * Throws a SystemCallError saying what the host lacks.
+   */
+  static open(): Userfaultfd {
+    let fd = syscall1(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+      const syscallErrno = -fd;
+      let dev: number;
+      try {
+        dev = openPath('/dev/userfaultfd', O_RDWR);
+      } catch (err) {
+        throw new SystemCallError('userfaultfd', syscallErrno, `userfaultfd(2) failed: ${errnoName(syscallErrno)} (errno ${syscallErrno}), and /dev/userfaultfd cannot be opened either (${err instanceof Error ? err.message : String(err)}): post-copy needs one of them`, { cause: err });
+      }
+      try {
+        fd = ioctlIntRaw(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+      } finally {
+        closeFd(dev);
+      }
+      if (fd < 0) throw new SystemCallError('ioctl', -fd, `ioctl(/dev/userfaultfd, USERFAULTFD_IOC_NEW) failed: ${errnoName(-fd)} (errno ${-fd})`);
+    }
+    const uffd = new Userfaultfd(fd);
+    const api = new Uint8Array(24);
+    const view = new DataView(api.buffer);
+    view.setBigUint64(0, UFFD_API, true);
+    const r = ioctlPtrRaw(fd, UFFDIO_API, api);
+    if (r < 0) {
+      uffd.close();
+      throw new SystemCallError('ioctl', -r, `ioctl(userfaultfd, UFFDIO_API) failed: ${errnoName(-r)} (errno ${-r})`);
+    }
+    return uffd;
+  }
+
+  /** Report missing-page faults in [address, address + length) (page-aligned). */
+  register(address: bigint, length: number): void {
+    const reg = new Uint8Array(32);
+    const view = new DataView(reg.buffer);
+    view.setBigUint64(0, address, true);
+    view.setBigUint64(8, BigInt(length), true);
+    view.setBigUint64(16, UFFDIO_REGISTER_MODE_MISSING, true);
+    const r = ioctlPtrRaw(this.fd, UFFDIO_REGISTER, reg);
+    if (r < 0) throw this.#error('UFFDIO_REGISTER', -r, address, length);
+    const offered = view.getBigUint64(24, true);
+    if ((offered & RANGE_IOCTLS_NEEDED) !== RANGE_IOCTLS_NEEDED) {
+      throw new SystemCallError('ioctl', 0, `userfaultfd: the range at 0x${address.toString(16)} (${length} bytes) does not offer UFFDIO_COPY and UFFDIO_ZEROPAGE (ioctls 0x${offered.toString(16)})`);
+    }
+  }
+
+  unregister(address: bigint, length: number): void {
+    this.#setRange(address, length);
+    const r = ioctlPtrRaw(this.fd, UFFDIO_UNREGISTER, this.#range);
+    if (r < 0) throw this.#error('UFFDIO_UNREGISTER', -r, address, length);
+  }
+
+  /** Wake threads waiting on [address, address + length) without placing anything (they fault again). */
+  wake(address: bigint, length: number): void {
+    this.#setRange(address, length);
+    const r = ioctlPtrRaw(this.fd, UFFDIO_WAKE, this.#range);
+    if (r < 0) throw this.#error('UFFDIO_WAKE', -r, address, length);
+  }
+
+  /** Place `length` bytes from `src` (a page or whole pages) at `dst`, atomically, and wake whoever waits on them. */
+  copy(dst: bigint, src: bigint, length: number): Placement {
+    const view = this.#copyView;
+    for (;;) {
+      view.setBigUint64(0, dst, true);
+      view.setBigUint64(8, src, true);
+      view.setBigUint64(16, BigInt(length), true);
+      view.setBigUint64(24, 0n, true);
+      view.setBigInt64(32, 0n, true);
+      const r = ioctlPtrRaw(this.fd, UFFDIO_COPY, this.#copy);
+      if (r >= 0) return 'placed';
+      // EAGAIN: the address space changed under the call (it copied part, or nothing);
+      // the rest is placed again. EEXIST: a page is there already.
+      if (-r === EEXIST) return 'present';
+      if (-r !== EAGAIN) throw this.#error('UFFDIO_COPY', -r, dst, length);
+      const done = Number(view.getBigInt64(32, true));
+      if (done > 0) {
+        dst += BigInt(done);
+        src += BigInt(done);
+        length -= done;
+        if (length <= 0) return 'placed';
+      }
+    }
+  }
+
+  /** Place zero pages at [dst, dst + length), and wake whoever waits on them. */
+  zeropage(dst: bigint, length: number): Placement {
+    const view = this.#zeroView;
+    for (;;) {
+      view.setBigUint64(0, dst, true);
+      view.setBigUint64(8, BigInt(length), true);
+      view.setBigUint64(16, 0n, true);
+      view.setBigInt64(24, 0n, true);
+      const r = ioctlPtrRaw(this.fd, UFFDIO_ZEROPAGE, this.#zero);
+      if (r >= 0) return 'placed';
+      if (-r === EEXIST) return 'present';
+      if (-r !== EAGAIN) throw this.#error('UFFDIO_ZEROPAGE', -r, dst, length);
+      const done = Number(view.getBigInt64(24, true));
+      if (done > 0) {
+        dst += BigInt(done);
+        length -= done;
+        if (length <= 0) return 'placed';
+      }
+    }
+  }
+
+  /** The addresses of the page faults reported so far (none when there are none); never blocks. */
+  readFaults(): bigint[] {
+    const faults: bigint[] = [];
+    for (;;) {
+      let n: number;
+      try {
+        n = readSync(this.fd, this.#messages, 0, this.#messages.byteLength, null);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EAGAIN') return faults;
+        throw err;
+      }
+      for (let at = 0; at + UFFD_MSG_BYTES <= n; at += UFFD_MSG_BYTES) {
+        if (this.#messages[at] !== UFFD_EVENT_PAGEFAULT) continue;
+        faults.push(this.#messages.readBigUInt64LE(at + 16));
+      }
+      if (n < this.#messages.byteLength) return faults;
+    }
+  }
+
+  /** Resolves true once a fault is waiting to be read (or the descriptor fails), false after `timeoutMs`. */
+  waitForFault(timeoutMs: number): Promise<boolean> {
+    return waitReadable(this.fd, timeoutMs);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeFd(this.fd);
+  }
+
+  #setRange(address: bigint, length: number): void {
+    this.#rangeView.setBigUint64(0, address, true);
+    this.#rangeView.setBigUint64(8, BigInt(length), true);
+  }
+
+  #error(request: string, errno: number, address: bigint, length: number): SystemCallError {
+    return new SystemCallError('ioctl', errno, `ioctl(userfaultfd, ${request}) at 0x${address.toString(16)} for ${length} bytes failed: ${errnoName(errno)} (errno ${errno})`);
+  }
+}
