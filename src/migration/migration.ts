@@ -7,6 +7,8 @@ import type { Channel, Listener } from '../transport/channel.js';
 import { StreamReader } from '../stream/reader.js';
 import { loadVmStream } from './incoming.js';
 import { DestinationReturnPath } from './return-path.js';
+import { PostcopyIncoming } from './postcopy-incoming.js';
+import { Userfaultfd } from '../sys/userfaultfd.js';
 import { OutgoingMigration } from './outgoing.js';
 import { AutoConverge } from './auto-converge.js';
 import {
@@ -164,6 +166,7 @@ export class Migration {
       ...(this.#o.trace ? { trace: this.#o.trace } : {}),
       returnPath: this.#capabilities['return-path'],
       pauseBeforeSwitchover: this.#capabilities['pause-before-switchover'],
+      postcopy: this.#capabilities['postcopy-ram'],
       ...(this.#capabilities['validate-uuid'] ? { uuid: this.#o.uuid ?? NIL_UUID } : {}),
     });
     this.#outgoing = outgoing;
@@ -207,6 +210,7 @@ export class Migration {
     let channel: Channel | undefined;
     let registry: SaveVmRegistry | undefined;
     let returnPath: DestinationReturnPath | undefined;
+    let postcopy: PostcopyIncoming | undefined;
     try {
       const ram = new RamHandler(vm, { now: this.#o.now, limiter: new RateLimiter(this.#o.now, 0) });
       const globalState = globalStateHandler(() => vm.runState);
@@ -216,18 +220,56 @@ export class Migration {
       this.#incomingState.transition('active');
       const rp = new DestinationReturnPath(channel, this.#o.trace);
       returnPath = rp;
-      await loadVmStream(new StreamReader(channel), registry, vm.machineType, (command, offset) => rp.onCommand(command, offset), this.#o.uuid);
+      // QEMU: a source that was not running gives a destination in the same state; otherwise autostart decides.
+      const startGuest = (): void => {
+        const source = globalState.received;
+        if (source !== undefined && source !== 'running') vm.setRunState('paused');
+        else vm.startAfterIncoming();
+      };
+      let runAt = 0;
+      if (this.#capabilities['postcopy-ram']) {
+        postcopy = new PostcopyIncoming({
+          vm,
+          returnPath: rp,
+          placeWith: (sink) => ram.placeWith(sink),
+          backgroundSettled: () => ram.backgroundSettled(),
+          run: () => {
+            runAt = this.#o.now();
+            startGuest();
+            this.#incomingState.transition('postcopy-active');
+          },
+          ...(this.#o.trace ? { trace: this.#o.trace } : {}),
+        });
+      }
+      const loaded = await loadVmStream(new StreamReader(channel), registry, vm.machineType, {
+        onCommand: (command, offset) => rp.onCommand(command, offset),
+        ...(this.#o.uuid ? { localUuid: this.#o.uuid } : {}),
+        ...(postcopy ? { postcopy } : {}),
+      });
       const loadedAt = this.#o.now();
+      if (loaded.startedEarly && postcopy) {
+        // Post-copy: the guest has run since RUN; the last page is in.
+        await postcopy.finish();
+        registry.cleanupAll();
+        // The guest here is whole and runs: that stands even if the source cannot be told
+        // (it then keeps its copy stopped, as after any failure past the switch).
+        await rp.shut(0).catch((err: unknown) => this.#o.trace?.(`migration: the source could not be told that post-copy completed: ${errorMessage(err)}`));
+        this.#incomingState.transition('completed');
+        rp.close();
+        const f = postcopy.figures;
+        this.#o.trace?.(
+          `migration: incoming completed in post-copy: the guest ran ${(loadedAt - runAt).toFixed(1)} ms before the last page arrived ` +
+            `(${f.discardedPages} pages to come at the switch, ${f.requests} asked for by faults, ${f.localZeroPages} zeroed here)`,
+        );
+        return;
+      }
       registry.cleanupAll();
       const installedAt = this.#o.now();
       // With a return path, the source hears that the stream is in before the guest runs
       // here; if it cannot be told, it runs its own guest again and this one must not start.
       await rp.shut(0);
       const shutAt = this.#o.now();
-      const source = globalState.received;
-      // QEMU: a source that was not running gives a destination in the same state; otherwise autostart decides.
-      if (source !== undefined && source !== 'running') vm.setRunState('paused');
-      else vm.startAfterIncoming();
+      startGuest();
       const startedAt = this.#o.now();
       this.#incomingState.transition('completed');
       rp.close();
@@ -238,11 +280,15 @@ export class Migration {
           `the guest ${vm.runState === 'running' ? 'started' : 'left paused'} in ${(startedAt - shutAt).toFixed(1)} ms`,
       );
     } catch (err) {
+      const startedEarly = postcopy?.running === true;
+      await postcopy?.abort();
       registry?.cleanupAll();
       // The source waits for this to run its guest again (QEMU sends SHUT 1 as well).
       await returnPath?.shutAfterFailure();
       channel?.destroy(err instanceof Error ? err : undefined);
-      this.#incomingError = streamErrorMessage(err);
+      this.#incomingError = startedEarly
+        ? `${streamErrorMessage(err)} — in post-copy, after the guest started here: it cannot go on (part of its RAM never arrived; its vCPUs wait for it), and the source still holds the whole guest, stopped`
+        : streamErrorMessage(err);
       this.#o.trace?.(`migration: incoming failed: ${this.#incomingError}`);
       if (isMigrationRunning(this.#incomingState.status)) this.#incomingState.transition('failed');
     } finally {
@@ -263,6 +309,30 @@ export class Migration {
     if (status !== state || !this.#outgoing?.continueFromPause()) {
       throw new MigrationError(`Migration not in expected state: ${status}`);
     }
+  }
+
+  /**
+   * QMP `migrate-start-postcopy`: switch the running migration to post-copy at its next
+   * iteration (QEMU's checks and words).
+   */
+  startPostcopy(): void {
+    if (!this.#capabilities['postcopy-ram']) {
+      throw new MigrationError('Enable postcopy with migrate_set_capability before the start of migration');
+    }
+    if (this.#outgoingState.status === 'none') {
+      throw new MigrationError('Postcopy must be started after migration has been started');
+    }
+    if (!this.#outgoing?.startPostcopy()) {
+      throw new MigrationError(`Postcopy cannot start now: the migration is ${this.#outgoingState.status}`);
+    }
+  }
+
+  /**
+   * Guest RAM is still arriving (a post-copy destination runs its guest meanwhile): this
+   * process must not read it — a page not placed yet would stop the thread reading it.
+   */
+  get ramArriving(): boolean {
+    return this.#incomingState.status === 'postcopy-active';
   }
 
   /** QMP `migrate_cancel`: nothing to do unless an outgoing migration is in setup or active (as QEMU). */
@@ -330,13 +400,27 @@ export class Migration {
   /** QMP `migrate-set-capabilities`: refused during a migration and for capabilities Ferry lacks. */
   setCapabilities(request: readonly CapabilityStatus[]): void {
     if (isMigrationRunning(this.#outgoingState.status)) throw new MigrationError(MIGRATION_ACTIVE);
-    this.#capabilities = applyCapabilities(this.#capabilities, request, this.#implementedCapabilities());
+    const next = applyCapabilities(this.#capabilities, request, this.#implementedCapabilities());
+    if (next['postcopy-ram'] && !this.#capabilities['postcopy-ram']) {
+      // QEMU's migrate_caps_check: refused where the host cannot (postcopy_ram_supported_by_host).
+      try {
+        Userfaultfd.open().close();
+      } catch (err) {
+        throw new MigrationError(`Postcopy is not supported: ${errorMessage(err)}`, { cause: err });
+      }
+    }
+    this.#capabilities = next;
   }
 
-  /** What this VM can carry out: auto-converge needs an accelerator that can throttle its vCPUs. */
+  /**
+   * What this VM can carry out: auto-converge needs an accelerator that can throttle its
+   * vCPUs; post-copy guest RAM this process maps (userfaultfd registers it).
+   */
   #implementedCapabilities(): ReadonlySet<MigrationCapability> {
-    if (this.#o.vm.setThrottle) return IMPLEMENTED_CAPABILITIES;
-    return new Set([...IMPLEMENTED_CAPABILITIES].filter((c) => c !== 'auto-converge'));
+    const vm = this.#o.vm;
+    return new Set([...IMPLEMENTED_CAPABILITIES].filter((c) =>
+      (c !== 'auto-converge' || vm.setThrottle !== undefined) &&
+      (c !== 'postcopy-ram' || vm.memory.every((b) => b.hostAddress !== undefined))));
   }
 
   #stopThrottle(): void {

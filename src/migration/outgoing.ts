@@ -11,7 +11,10 @@ import {
   writeEof, writeHeader, writeSectionFooter, writeSectionPart, writeSectionStart, writeVmdesc,
 } from '../stream/format.js';
 import type { VmdescDevice } from '../stream/format.js';
-import { MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING, be32Bytes, writeCommand } from '../stream/return-path.js';
+import {
+  MAX_PACKAGED_BYTES, MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PACKAGED, MIG_CMD_PING, MIG_CMD_POSTCOPY_ADVISE,
+  MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RUN, be32Bytes, encodeCommand, postcopyAdviseData, writeCommand,
+} from '../stream/return-path.js';
 import { SourceReturnPath } from './return-path.js';
 import { canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes } from './convergence.js';
 import { BandwidthEstimate } from './bandwidth.js';
@@ -45,6 +48,12 @@ export interface OutgoingOptions {
    * `pre-switchover` for migrate-continue before sending the rest (QEMU's migration_maybe_pause).
    */
   readonly pauseBeforeSwitchover?: boolean;
+  /**
+   * The `postcopy-ram` capability: the destination is told at the start (ADVISE), and
+   * migrate-start-postcopy then switches to post-copy — the guest runs on the destination
+   * while the rest of its RAM follows, pages it touches first.
+   */
+  readonly postcopy?: boolean;
   /** The `validate-uuid` capability: the UUID sent in the configuration for the destination to check. */
   readonly uuid?: Uint8Array;
   /** Diagnostics (the Node side wires util.debuglog('ferry') here). */
@@ -55,6 +64,14 @@ export interface OutgoingOptions {
 function refusedByDestination(shut: number): string {
   return `The destination failed to load the stream (it answered SHUT ${shut} on the return path)`;
 }
+
+/**
+ * Post-copy: new background pages wait while the socket holds more than this, so that a
+ * page the destination asks for (a vCPU waits for it) is not queued behind many others.
+ */
+const POSTCOPY_QUEUE_BYTES = 256 * 1024;
+/** Post-copy: background pages per PART section (between looks at the requests). */
+const POSTCOPY_BACKGROUND_PAGES = 64;
 
 /** How long the end of a migration waits for the destination to take what its socket still holds. */
 const DELIVERY_WAIT_MS = 5000;
@@ -92,6 +109,8 @@ export interface OutgoingFigures {
   readonly switchoverTime: number | undefined;
   /** Switchovers the downtime guard called off (the guest ran again and the passes went on). */
   readonly switchoversCalledOff: number;
+  /** Milliseconds from the start to the switch to post-copy, once it happened. */
+  readonly postcopyTime: number | undefined;
 }
 
 export class OutgoingMigration {
@@ -121,6 +140,15 @@ export class OutgoingMigration {
   #pausedByUs = false;
   #wasRunning = false;
   #stateBeforeStop: RunState | undefined;
+  /** migrate-start-postcopy arrived: switch at the next iteration. */
+  #postcopyRequested = false;
+  /** When the switch to post-copy began (engine clock). */
+  #postcopyAt: number | undefined;
+  /**
+   * The package (LISTEN, device state, RUN) may have reached the destination: it may run
+   * the guest, so this side must never run it again on its own.
+   */
+  #postcopyCommitted = false;
   /** Rejects when migrate_cancel arrives, so a connect that hangs cannot hold the cancel up. */
   #cancelSignal: Promise<never>;
   #signalCancel: (err: Error) => void = () => {};
@@ -149,7 +177,19 @@ export class OutgoingMigration {
       errorDesc: this.#errorDesc,
       switchoverTime: this.#switchoverAt === undefined ? undefined : this.#switchoverAt - this.#startTime,
       switchoversCalledOff: this.#switchoversCalledOff,
+      postcopyTime: this.#postcopyAt === undefined ? undefined : this.#postcopyAt - this.#startTime,
     };
+  }
+
+  /**
+   * migrate-start-postcopy: switch to post-copy at the next iteration (QEMU's
+   * start_postcopy flag). False when the migration can no longer switch (it is completing).
+   */
+  startPostcopy(): boolean {
+    const status = this.#o.state.status;
+    if (status !== 'setup' && status !== 'active') return false;
+    this.#postcopyRequested = true;
+    return true;
   }
 
   /** The run state the guest had just before the switchover stopped it (QEMU's global state). */
@@ -188,12 +228,19 @@ export class OutgoingMigration {
       const w = new StreamWriter(channel, this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : undefined);
 
       writeHeader(w, vm.machineType, this.#o.uuid !== undefined ? { uuid: this.#o.uuid } : undefined);
-      if (this.#o.returnPath) {
+      // Post-copy opens the return path whatever the capability says (QEMU's migrate_fd_connect).
+      if (this.#o.returnPath || this.#o.postcopy) {
         if (!channel.duplex) {
-          throw new MigrationError(`Cannot use the return-path capability over ${channel.description}: the destination has no way to answer on it (use tcp:, unix: or fd: with a socket)`);
+          throw new MigrationError(`Cannot use the ${this.#o.postcopy ? 'postcopy-ram' : 'return-path'} capability over ${channel.description}: the destination has no way to answer on it (use tcp:, unix: or fd: with a socket)`);
         }
         // As QEMU's migration thread: open it, and ping once so a dead one shows early.
-        this.#returnPath = new SourceReturnPath(channel, this.#o.trace);
+        const onPageRequest = this.#o.postcopy
+          ? (idstr: string | undefined, start: number, length: number): void => {
+            if (!this.#postcopyCommitted) throw new MigrationError('The destination asked for pages before the switch to post-copy');
+            this.#o.ram.queuePages(idstr, start, length);
+          }
+          : undefined;
+        this.#returnPath = new SourceReturnPath(channel, this.#o.trace, onPageRequest);
         // A destination that fails part-way says so at once (QEMU's return path thread marks
         // the migration bad): stop sending into it, and let its SHUT be the error reported.
         this.#returnPath.shut.then((value) => {
@@ -202,6 +249,8 @@ export class OutgoingMigration {
         writeCommand(w, MIG_CMD_OPEN_RETURN_PATH);
         writeCommand(w, MIG_CMD_PING, be32Bytes(1));
       }
+      // Before any page: a destination that cannot do post-copy fails now, not at the switch.
+      if (this.#o.postcopy) writeCommand(w, MIG_CMD_POSTCOPY_ADVISE, postcopyAdviseData(PAGE_SIZE, PAGE_SIZE));
       for (const { sectionId, handler } of registry.iterative) {
         writeSectionStart(w, 'start', sectionId, handler.idstr, handler.instanceId, handler.version);
         await handler.setup?.(w);
@@ -216,8 +265,14 @@ export class OutgoingMigration {
       this.#bandwidth.startPasses(this.#o.now(), this.#delivered(w), this.#o.ram.stats.pagesSent);
 
       // The downtime guard may call a switchover off: the passes then go on.
-      do await this.#iterate(w);
-      while (!(await this.#complete(w)));
+      for (;;) {
+        await this.#iterate(w);
+        if (this.#postcopyRequested && this.#o.state.status === 'active') {
+          await this.#postcopy(w);
+          break;
+        }
+        if (await this.#complete(w)) break;
+      }
     } catch (err) {
       this.#fail(err);
     }
@@ -230,6 +285,9 @@ export class OutgoingMigration {
       this.#updateCounters(w);
       const pending = this.#pending(false);
       const nearlyDone = decideIteration(pending, this.#threshold) === 'sync-and-check';
+      // As QEMU's migration_iteration_run: post-copy starts only while much is left; with
+      // little left the migration completes as pre-copy.
+      if (this.#postcopyRequested && !nearlyDone) return;
       const owedRunMs = this.#noSwitchoverBefore - this.#o.now();
       if (nearlyDone && owedRunMs > 0) {
         // Close enough to switch over, but the guest is owed run time after a called-off
@@ -436,8 +494,98 @@ export class OutgoingMigration {
     return true;
   }
 
-  /** pre-switchover until migrate-continue (or a cancel), then device, as QEMU 7.2. */
-  async #pauseBeforeSwitchover(): Promise<void> {
+  /**
+   * The switch to post-copy and what follows (QEMU's postcopy_start, then its iterations in
+   * postcopy-active): stop the guest, discard on the destination what it must not keep,
+   * send the device state in a package that ends with RUN — the destination runs the
+   * guest from there — then the rest of the RAM, the pages it asks for first.
+   */
+  async #postcopy(w: StreamWriter): Promise<void> {
+    const { registry, vm, ram, state } = this.#o;
+    const stopStart = this.#o.now();
+    this.#postcopyAt = stopStart;
+    if (!this.#o.pauseBeforeSwitchover) state.transition('postcopy-active');
+    this.#switchoverAt = stopStart;
+    this.#stateBeforeStop = vm.runState;
+    this.#wasRunning = await vm.pauseForMigration();
+    this.#pausedByUs = true;
+    this.#checkCancelled();
+    ram.markStopped();
+    if (this.#o.pauseBeforeSwitchover) await this.#pauseBeforeSwitchover('postcopy-active');
+    const discarded = ram.startPostcopy(w);
+    writeCommand(w, MIG_CMD_PING, be32Bytes(2));
+    const saved = await saveDevicesAhead(registry.nonIterative, this.#o.now);
+    const parts = [encodeCommand(MIG_CMD_POSTCOPY_LISTEN), ...saved.chunks, encodeCommand(MIG_CMD_PING, be32Bytes(3)), encodeCommand(MIG_CMD_POSTCOPY_RUN)];
+    const length = parts.reduce((sum, p) => sum + p.byteLength, 0);
+    if (length > MAX_PACKAGED_BYTES) throw new MigrationError(`The device state (${length} bytes) does not fit a post-copy package (${MAX_PACKAGED_BYTES} bytes at most)`);
+    this.#checkCancelled();
+    // From the first byte of the package on, the destination may come to run the guest.
+    this.#postcopyCommitted = true;
+    writeCommand(w, MIG_CMD_PACKAGED, be32Bytes(length));
+    for (const part of parts) w.bytes(part);
+    await this.#flush(w);
+    const packagedAt = this.#o.now();
+    // QEMU's downtime in post-copy: the guest stopped here until its state went out.
+    this.#downtime = packagedAt - stopStart;
+    writeCommand(w, MIG_CMD_PING, be32Bytes(4));
+    this.#o.trace?.(
+      `migration: post-copy: the guest stopped ${(packagedAt - stopStart).toFixed(1)} ms after ${(stopStart - this.#startTime).toFixed(1)} ms ` +
+        `(${discarded.pages} pages still to send, in ${discarded.ranges} discard ranges; device state ${saved.length} B); the destination runs it now`,
+    );
+
+    const channel = this.#channel!;
+    while (ram.stats.remainingPages > 0) {
+      if (w.error) throw w.error;
+      // A page asked for goes at once; background pages wait while the socket is full,
+      // so that one asked for is never far behind.
+      if (!ram.requestsQueued && (channel.unsent?.() ?? 0) > POSTCOPY_QUEUE_BYTES) {
+        await this.#o.sleep(1);
+        continue;
+      }
+      for (const { sectionId, handler } of registry.iterative) {
+        writeSectionPart(w, 'part', sectionId);
+        if (handler === ram) ram.sendPostcopy(w, POSTCOPY_BACKGROUND_PAGES);
+        else await handler.iterate!(w);
+        writeSectionFooter(w, sectionId);
+      }
+      await this.#flush(w);
+      this.#updateCounters(w);
+      // A macrotask boundary: the destination's requests come in here.
+      await this.#o.sleep(0);
+    }
+    // QEMU's qemu_savevm_state_complete_postcopy: END sections, EOF; no vmdesc.
+    for (const { sectionId, handler } of registry.iterative) {
+      writeSectionPart(w, 'end', sectionId);
+      await handler.complete(w);
+      writeSectionFooter(w, sectionId);
+    }
+    writeEof(w);
+    await w.drain();
+    if (w.error) throw w.error;
+    await this.#waitDelivered(w);
+    // The destination says whether it has everything (post-copy always has the return path).
+    const shut = await this.#returnPath!.shut;
+    if (shut !== 0) throw new MigrationError(refusedByDestination(shut));
+    const end = this.#o.now();
+    try {
+      await w.close();
+    } catch (err) {
+      this.#o.trace?.(`migration: closing the channel after the destination's SHUT 0 failed (${errorMessage(err)}); the migration stands`);
+    }
+    this.#totalTime = end - this.#startTime;
+    this.#updateCounters(w, true);
+    ram.finishPasses();
+    this.#o.trace?.(
+      `migration: completed in post-copy in ${this.#totalTime.toFixed(1)} ms (the switch at ${(stopStart - this.#startTime).toFixed(1)} ms, ` +
+        `downtime ${this.#downtime.toFixed(1)} ms; ${ram.stats.postcopyRequests} page requests, ${ram.stats.postcopyBytes} B after the switch, ${w.bytesWritten} B in all)`,
+    );
+    registry.cleanupAll();
+    vm.setRunState('postmigrate');
+    state.transition('completed');
+  }
+
+  /** pre-switchover until migrate-continue (or a cancel), then device (post-copy: postcopy-active), as QEMU 7.2. */
+  async #pauseBeforeSwitchover(next: 'device' | 'postcopy-active' = 'device'): Promise<void> {
     const { state } = this.#o;
     state.transition('pre-switchover');
     this.#o.trace?.('migration: the vCPUs are stopped; paused before the switchover until migrate-continue');
@@ -447,7 +595,7 @@ export class OutgoingMigration {
       this.#continue = undefined;
     }
     this.#checkCancelled();
-    state.transition('device');
+    state.transition(next);
   }
 
   /** migrate-continue: true when the migration was paused in pre-switchover and goes on now. */
@@ -561,6 +709,16 @@ export class OutgoingMigration {
     registry.cleanupAll();
     this.#o.ram.finishPasses();
     this.#totalTime = this.#o.now() - this.#startTime;
+    if (this.#postcopyCommitted) {
+      // The destination may run the guest already: running it here too would make two.
+      // It stays stopped, whole; `cont` runs it here if the destination did not.
+      this.#pausedByUs = false;
+      this.#errorDesc = `${errorMessage(err)} — after the switch to post-copy: the guest is stopped here with all of its state, and may be running on the destination; if it is not, 'cont' runs it here`;
+      this.#o.trace?.(`migration: failed: ${this.#errorDesc}`);
+      vm.setRunState('paused');
+      if (state.status === 'postcopy-active' || state.status === 'pre-switchover') state.transition('failed');
+      return;
+    }
     // Back to where the guest was before anything else hears of the outcome.
     if (this.#pausedByUs) {
       this.#pausedByUs = false;

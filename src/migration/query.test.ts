@@ -7,7 +7,7 @@ import { RamStats } from './ram.js';
 function figures(over: Partial<OutgoingFigures> = {}): OutgoingFigures {
   return {
     startTime: 1000, setupTime: 12, totalTime: undefined, downtime: undefined, expectedDowntime: 40,
-    mbps: 812.345, pagesPerSecond: 24000, thresholdBytes: 0, errorDesc: undefined, switchoverTime: undefined, switchoversCalledOff: 0, ...over,
+    mbps: 812.345, pagesPerSecond: 24000, thresholdBytes: 0, errorDesc: undefined, switchoverTime: undefined, switchoversCalledOff: 0, postcopyTime: undefined, ...over,
   };
 }
 

@@ -111,13 +111,13 @@ export function buildMigrationInfo(source: SourceView | undefined, destinationSt
     'dirty-pages-rate': completed ? 0 : ram.dirtyPagesRate,
     mbps: figures.mbps,
     'dirty-sync-count': ram.dirtySyncCount,
-    'postcopy-requests': 0,
+    'postcopy-requests': ram.postcopyRequests,
     'page-size': PAGE_SIZE,
     'multifd-bytes': 0,
     'pages-per-second': figures.pagesPerSecond,
     'precopy-bytes': ram.precopyBytes,
     'downtime-bytes': ram.downtimeBytes,
-    'postcopy-bytes': 0,
+    'postcopy-bytes': ram.postcopyBytes,
     'dirty-sync-missed-zero-copy': 0,
   };
   const x = source.xbzrle;

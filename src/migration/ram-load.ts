@@ -12,6 +12,7 @@ import type { ScatterTarget } from '../stream/ram-scatter.js';
 import type { StreamReader } from '../stream/reader.js';
 import { isZeroPage, wordsOf } from './ram-pages.js';
 import type { MigrationVm } from './vm.js';
+import type { PostcopyRamSink } from './postcopy-incoming.js';
 import { keepShape } from '../hot-shapes.js';
 
 /** The RAM section version both sides speak (QEMU ram.c). */
@@ -52,6 +53,8 @@ export class RamLoader implements RamChunkSink {
   #populatesInFlight = 0;
   /** The last block named, kept across sections as QEMU's loader does. */
   readonly #loadState: RamStreamState = { lastBlock: null };
+  /** Post-copy, from LISTEN on: pages are placed through this, never written (postcopy-incoming.ts). */
+  #placement: PostcopyRamSink | undefined;
 
   constructor(vm: MigrationVm) {
     keepShape(this);
@@ -61,6 +64,13 @@ export class RamLoader implements RamChunkSink {
   async load(r: StreamReader, versionId: number, section: string): Promise<void> {
     if (versionId !== RAM_VERSION) {
       throw new StreamFormatError(`Cannot load section "${section}": RAM version ${versionId} is not ${RAM_VERSION}`, r.offset, section);
+    }
+    const placement = this.#placement;
+    if (placement !== undefined) {
+      placement.at = () => r.offset;
+      await readRamChunks(r, placement, section, this.#loadState);
+      placement.flush();
+      return;
     }
     const memory = this.#vm.memory;
     this.#memory = memory;
@@ -263,10 +273,25 @@ export class RamLoader implements RamChunkSink {
       if (populated[r] === 1) continue;
       populated[r] = 1;
       this.#populatesInFlight++;
-      void mem.populateInBackground(r * POPULATE_CHUNK, POPULATE_CHUNK).finally(() => {
+      const populating = mem.populateInBackground(r * POPULATE_CHUNK, POPULATE_CHUNK).finally(() => {
         this.#populatesInFlight--;
+        this.#populating.delete(populating);
       });
+      this.#populating.add(populating);
     }
+  }
+
+  /** Background populates still running (post-copy's DISCARD must not race one). */
+  readonly #populating = new Set<Promise<void>>();
+
+  /** Resolves once no region is being backed in the background. */
+  async backgroundSettled(): Promise<void> {
+    while (this.#populating.size > 0) await Promise.allSettled([...this.#populating]);
+  }
+
+  /** Post-copy's LISTEN: from now on pages are placed through `sink`. */
+  placeWith(sink: PostcopyRamSink): void {
+    this.#placement = sink;
   }
 
   /** Whether a MEM_SIZE record arrived (a stream without one never set up RAM). */

@@ -5,7 +5,9 @@
 
 import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
+import { MigrationError } from '../errors.js';
 import { RamChunkWriter } from '../stream/ram-codec.js';
+import { MAX_DISCARDS_PER_COMMAND, MIG_CMD_POSTCOPY_RAM_DISCARD, discardData, writeCommand, type BlockRange } from '../stream/return-path.js';
 import type { StreamReader } from '../stream/reader.js';
 import type { StreamWriter } from '../stream/writer.js';
 import type { VmdescDevice } from '../stream/format.js';
@@ -13,6 +15,7 @@ import type { RateLimiter } from './rate-limiter.js';
 import { XBZRLE_SEND_PAGE, XBZRLE_UNCHANGED, XbzrleCache } from './xbzrle-cache.js';
 import type { SaveVmHandler } from './savevm.js';
 import type { MigrationVm } from './vm.js';
+import type { PostcopyRamSink } from './postcopy-incoming.js';
 import type { DirtyPeriod } from './auto-converge.js';
 import { RAM_VERSION, RamLoader } from './ram-load.js';
 import { WORDS_PER_PAGE, isZeroPage, popcount32, wordsOf } from './ram-pages.js';
@@ -54,6 +57,9 @@ export class RamStats {
   /** RAM bytes sent while the guest still ran, and after it stopped. */
   precopyBytes = 0;
   downtimeBytes = 0;
+  /** RAM bytes sent once the destination ran the guest (post-copy), and the pages it asked for. */
+  postcopyBytes = 0;
+  postcopyRequests = 0;
   /** Pages still to send (the to-send bitmap's population). */
   remainingPages = 0;
   totalBytes = 0;
@@ -420,6 +426,147 @@ export class RamHandler implements SaveVmHandler {
     this.#account(w.bytesWritten - bytesMark);
   }
 
+  // ---- source, post-copy ----
+
+  /**
+   * The guest is stopped and the destination is about to run it: sync the dirty log one
+   * last time, and tell the destination which pages to throw away — every page still to
+   * send (never sent, or dirtied since), in DISCARD commands of up to 12 ranges, as QEMU's
+   * ram_postcopy_send_discard_bitmap. From now on pages go as the destination needs them.
+   */
+  startPostcopy(w: StreamWriter): { pages: number; ranges: number } {
+    if (!this.#syncedWhileStopped) {
+      this.#sync();
+      this.#syncedWhileStopped = true;
+    }
+    this.#postcopy = true;
+    let pages = 0;
+    let count = 0;
+    const before = w.bytesWritten;
+    for (let b = 0; b < this.#memory.length; b++) {
+      const block = this.#memory[b]!;
+      const toSend = this.#toSend[b]!;
+      const total = this.#blockPages[b]!;
+      let ranges: BlockRange[] = [];
+      let page = 0;
+      while (page < total) {
+        if (!bitSet(toSend, page)) {
+          // Whole empty words at once.
+          page = toSend[page >>> 5] === 0 ? (page | 31) + 1 : page + 1;
+          continue;
+        }
+        const first = page;
+        while (page < total && bitSet(toSend, page)) page++;
+        ranges.push({ start: first * PAGE_SIZE, length: (page - first) * PAGE_SIZE });
+        pages += page - first;
+        count++;
+        if (ranges.length === MAX_DISCARDS_PER_COMMAND) {
+          writeCommand(w, MIG_CMD_POSTCOPY_RAM_DISCARD, discardData(block.idstr, ranges));
+          ranges = [];
+        }
+      }
+      if (ranges.length > 0) writeCommand(w, MIG_CMD_POSTCOPY_RAM_DISCARD, discardData(block.idstr, ranges));
+    }
+    this.stats.downtimeBytes += w.bytesWritten - before;
+    return { pages, ranges: count };
+  }
+
+  /**
+   * A post-copy destination asks for pages (MIG_RP_MSG_REQ_PAGES[_ID]): queued to go ahead
+   * of the rest. `idstr` undefined: the block of the last request. Throws on a request
+   * QEMU's source refuses too (ram_save_queue_pages): no block yet, an unknown block, a
+   * range not whole pages or past the block's end.
+   */
+  queuePages(idstr: string | undefined, start: number, length: number): void {
+    const name = idstr ?? this.#lastRequestedBlock;
+    if (name === undefined) throw new MigrationError('The destination asked for pages without naming a RAM block first');
+    const b = this.#memory.findIndex((block) => block.idstr === name);
+    const block = this.#memory[b];
+    if (block === undefined) throw new MigrationError(`The destination asked for pages of an unknown RAM block "${name}"`);
+    if (start % PAGE_SIZE !== 0 || length % PAGE_SIZE !== 0 || length === 0) {
+      throw new MigrationError(`The destination asked for a misaligned range of "${name}": start 0x${start.toString(16)}, length 0x${length.toString(16)}`);
+    }
+    if (start + length > block.size) {
+      throw new MigrationError(`The destination asked for 0x${start.toString(16)}+0x${length.toString(16)}, past the end of "${name}" (0x${block.size.toString(16)} bytes)`);
+    }
+    this.#lastRequestedBlock = name;
+    this.stats.postcopyRequests++;
+    for (let page = start / PAGE_SIZE; page < (start + length) / PAGE_SIZE; page++) this.#requests.push(b, page);
+  }
+
+  /** Pages the destination asked for and that have not gone yet. */
+  get requestsQueued(): boolean {
+    return this.#requests.length > 0;
+  }
+
+  /**
+   * Post-copy: the pages asked for first (those still to send; one sent meanwhile is not
+   * sent again), then up to `backgroundPages` more in order, then EOS.
+   */
+  sendPostcopy(w: StreamWriter, backgroundPages: number): void {
+    const chunks = new RamChunkWriter(w);
+    const before = w.bytesWritten;
+    const requests = this.#requests;
+    for (let i = 0; i < requests.length; i += 2) this.#sendOne(chunks, requests[i]!, requests[i + 1]!);
+    requests.length = 0;
+    let left = backgroundPages;
+    const memory = this.#memory;
+    while (left > 0 && this.stats.remainingPages > 0) {
+      const b = this.#cursorBlock;
+      const toSend = this.#toSend[b];
+      if (toSend === undefined || b >= memory.length) {
+        this.#cursorBlock = 0;
+        this.#cursorWord = 0;
+        continue;
+      }
+      while (left > 0 && this.#cursorWord < toSend.length) {
+        const wi = this.#cursorWord;
+        const bits = toSend[wi]! | 0;
+        if (bits === 0) {
+          this.#cursorWord++;
+          continue;
+        }
+        const page = wi * 32 + (31 - Math.clz32(bits & -bits));
+        this.#sendOne(chunks, b, page);
+        left--;
+      }
+      if (this.#cursorWord >= toSend.length) {
+        this.#cursorBlock = (b + 1) % memory.length;
+        this.#cursorWord = 0;
+      }
+    }
+    chunks.eos();
+    this.#account(w.bytesWritten - before);
+  }
+
+  /** Send page `page` of block `b` if it is still to send (ZERO chunk if it reads as zero). */
+  #sendOne(chunks: RamChunkWriter, b: number, page: number): void {
+    const toSend = this.#toSend[b]!;
+    const word = page >>> 5;
+    const bit = 1 << (page & 31);
+    if ((toSend[word]! & bit) === 0) return;
+    toSend[word] = toSend[word]! & ~bit;
+    this.stats.remainingPages--;
+    const block = this.#memory[b]!;
+    const offset = page * PAGE_SIZE;
+    const untouched = this.#untouched[b];
+    const neverBacked = untouched !== undefined && page < untouched.length && (untouched[page]! & 1) === 0;
+    if (untouched !== undefined && page < untouched.length) untouched[page] = 1;
+    const words = (this.#words[b] = wordsOf(block, this.#words[b]));
+    if (neverBacked || isZeroPage(words, page * WORDS_PER_PAGE)) {
+      chunks.zero(block.idstr, offset);
+      this.stats.duplicate++;
+    } else {
+      chunks.pageOf(block.idstr, block.bytes, offset, block.hostAddress);
+      this.stats.normal++;
+    }
+  }
+
+  #postcopy = false;
+  #lastRequestedBlock: string | undefined;
+  /** Pages asked for: block index and page number, in pairs. */
+  readonly #requests: number[] = [];
+
   /**
    * After #send: wait for the channel to take a backlog, no longer than `until` on the
    * engine's clock, or until `giveUp` says so. Outside #send, whose compiled loop a branch
@@ -470,7 +617,8 @@ export class RamHandler implements SaveVmHandler {
 
   #account(bytes: number): void {
     this.stats.transferred += bytes;
-    if (this.#stopped) this.stats.downtimeBytes += bytes;
+    if (this.#postcopy) this.stats.postcopyBytes += bytes;
+    else if (this.#stopped) this.stats.downtimeBytes += bytes;
     else this.stats.precopyBytes += bytes;
     this.#opts.limiter.account(bytes);
   }
@@ -485,9 +633,23 @@ export class RamHandler implements SaveVmHandler {
   get memSizeSeen(): boolean {
     return this.#loader.memSizeSeen;
   }
+
+  /** Resolves once the destination backs no RAM in the background (before post-copy discards pages). */
+  backgroundSettled(): Promise<void> {
+    return this.#loader.backgroundSettled();
+  }
+
+  /** Post-copy's LISTEN: pages are placed through `sink` from now on. */
+  placeWith(sink: PostcopyRamSink): void {
+    this.#loader.placeWith(sink);
+  }
 }
 
 const yes = (): boolean => true;
+
+function bitSet(bitmap: Uint32Array, page: number): boolean {
+  return (bitmap[page >>> 5]! & (1 << (page & 31))) !== 0;
+}
 
 /** Set bit 0 (backed) in `residency` for each page of word `word` whose bit is set in `bits`. */
 function markWritten(residency: Uint8Array, word: number, bits: number): void {

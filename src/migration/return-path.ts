@@ -6,8 +6,8 @@
 
 import { MigrationError, StreamFormatError, TransportError } from '../errors.js';
 import { StreamReader } from '../stream/reader.js';
-import { MIG_RP_MSG_PONG, MIG_RP_MSG_SHUT, be32Bytes, encodeRpMessage, readRpMessage } from '../stream/return-path.js';
-import type { PrecopyCommand } from '../stream/return-path.js';
+import { MIG_RP_MSG_PONG, MIG_RP_MSG_SHUT, be32Bytes, encodePageRequest, encodeRpMessage, readRpMessage } from '../stream/return-path.js';
+import type { ReturnPathCommand } from '../stream/return-path.js';
 import type { Channel } from '../transport/channel.js';
 import { keepShape } from '../hot-shapes.js';
 
@@ -28,7 +28,7 @@ export class DestinationReturnPath {
   }
 
   /** A command from the stream: OPEN_RETURN_PATH opens it, PING gets a PONG (savevm.c loadvm_process_command). */
-  onCommand(command: PrecopyCommand, offset: number): void {
+  onCommand(command: ReturnPathCommand, offset: number): void {
     if (command.type === 'open-return-path') {
       if (!this.#channel.duplex) {
         // A saved stream restored from exec: or a file: nobody is there to answer.
@@ -80,6 +80,31 @@ export class DestinationReturnPath {
     }
   }
 
+  /** Whether the source can be asked for pages (post-copy): the return path is open. */
+  get open(): boolean {
+    return this.#open;
+  }
+
+  /**
+   * Ask the source for `length` bytes of block `idstr` from `start` (post-copy): REQ_PAGES_ID
+   * when the block differs from the last request's, REQ_PAGES otherwise. A write that fails
+   * is kept, and the load fails on it (see requestError).
+   */
+  requestPages(idstr: string, start: number, length: number): void {
+    const named = idstr === this.#lastRequested ? undefined : idstr;
+    this.#lastRequested = idstr;
+    this.#channel.write(encodePageRequest(start, length, named)).catch((err: unknown) => {
+      this.#writeError ??= err instanceof Error ? err : new Error(String(err));
+    });
+  }
+
+  /** Why a message could not be sent, once one could not. */
+  get writeError(): Error | undefined {
+    return this.#writeError;
+  }
+
+  #lastRequested: string | undefined;
+
   /** Done: end this side of the connection (the source closes its own). */
   close(): void {
     if (this.#open) void this.#channel.end().catch(() => {});
@@ -92,27 +117,35 @@ export class DestinationReturnPath {
   }
 }
 
+/** A post-copy destination asks for pages: `idstr` undefined means the block its last request named. */
+export type PageRequestListener = (idstr: string | undefined, start: number, length: number) => void;
+
 /**
  * The source's end: reads the destination's messages from the moment the stream asked for
  * the return path. `shut` settles with the destination's SHUT value; it rejects if the
- * connection ends or breaks first, or with a message a precopy source never asked for.
+ * connection ends or breaks first, with a message this source never asked for (page
+ * requests without post-copy), or with what `onPageRequest` throws.
  */
 export class SourceReturnPath {
   readonly shut: Promise<number>;
   pongs = 0;
 
-  constructor(channel: Channel, trace?: (message: string) => void) {
+  constructor(channel: Channel, trace?: (message: string) => void, onPageRequest?: PageRequestListener) {
     keepShape(this);
     const reader = new StreamReader(channel);
     this.shut = (async () => {
       for (;;) {
-        const message = await readRpMessage(reader);
+        const message = await readRpMessage(reader, onPageRequest !== undefined);
         if (message === null) {
           throw new MigrationError(`The destination closed the return path (${channel.description}) without saying whether it loaded the stream`);
         }
         if (message.type === 'pong') {
           this.pongs++;
           trace?.(`migration: return path: PONG ${message.value}`);
+          continue;
+        }
+        if (message.type === 'req-pages') {
+          onPageRequest!(message.idstr, message.start, message.length);
           continue;
         }
         return message.value;

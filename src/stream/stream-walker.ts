@@ -6,7 +6,7 @@ import { StreamFormatError } from '../errors.js';
 import { readHeader, readSectionFooter, readSectionHeader, readVmdesc } from './format.js';
 import type { StreamHeader, Vmdesc } from './format.js';
 import type { StreamReader } from './reader.js';
-import { precopyCommand } from './return-path.js';
+import { streamCommand } from './return-path.js';
 
 export type SectionKind = 'start' | 'part' | 'end' | 'full';
 
@@ -58,8 +58,13 @@ export async function walkStream(r: StreamReader, callbacks: StreamWalkCallbacks
     const h = await readSectionHeader(r);
     if (h.kind === 'eof') break;
     if (h.kind === 'command') {
-      // A saved stream may carry the return-path commands; nobody answers them here.
-      precopyCommand(h.command, h.data, h.offset);
+      // A saved stream may carry the return-path commands; nobody answers them here. A
+      // post-copy package is checked for its length and passed over, not walked.
+      const command = streamCommand(h.command, h.data, h.offset);
+      if (command.type === 'packaged') {
+        await r.ensure(command.length, 'command');
+        r.bytes(command.length);
+      }
       continue;
     }
     let entry;

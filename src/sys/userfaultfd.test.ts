@@ -31,21 +31,27 @@ test('a thread touching a registered page sleeps until the page is placed, then 
     assert.deepEqual(messages, [], 'the worker still waits');
     const page = new Uint8Array(PAGE).fill(0x5a);
     page[7] = 42;
-    assert.equal(uffd.copy(ram.address + 3n * BigInt(PAGE), addressOf(page), PAGE), 'placed');
+    assert.equal(uffd.copy(ram.address + 3n * BigInt(PAGE), addressOf(page), PAGE), 0);
 
     assert.equal(await uffd.waitForFault(10_000), true, 'then on page 9');
     assert.deepEqual(uffd.readFaults().map((a) => (a - ram.address) / BigInt(PAGE)), [9n]);
-    assert.equal(uffd.zeropage(ram.address + 9n * BigInt(PAGE), PAGE), 'placed');
+    assert.equal(uffd.zeropage(ram.address + 9n * BigInt(PAGE), PAGE), 0);
     await new Promise<void>((resolve) => worker.once('exit', () => resolve()));
     assert.deepEqual(messages, [{ page3: 42 }, { page9: 0 }]);
 
     // Placing over a page that is there already changes nothing and says so.
-    assert.equal(uffd.copy(ram.address + 3n * BigInt(PAGE), addressOf(new Uint8Array(PAGE)), PAGE), 'present');
-    assert.equal(uffd.zeropage(ram.address + 3n * BigInt(PAGE), PAGE), 'present');
+    assert.equal(uffd.copy(ram.address + 3n * BigInt(PAGE), addressOf(new Uint8Array(PAGE)), PAGE), PAGE);
+    assert.equal(uffd.zeropage(ram.address + 3n * BigInt(PAGE), PAGE), PAGE);
+    // A range with a page there already in the middle: the others are placed all the same.
+    assert.equal(uffd.zeropage(ram.address + 2n * BigInt(PAGE), 3 * PAGE), PAGE);
+    assert.equal(uffd.copy(ram.address + 8n * BigInt(PAGE), addressOf(new Uint8Array(3 * PAGE).fill(3)), 3 * PAGE), PAGE);
+    assert.equal(ram.bytes[8 * PAGE], 3);
+    assert.equal(ram.bytes[9 * PAGE + 100], 0, 'page 9 kept the zeros placed before');
+    assert.equal(ram.bytes[10 * PAGE], 3);
     assert.equal(ram.bytes[3 * PAGE + 7], 42);
     // Several pages at once.
     const two = new Uint8Array(2 * PAGE).fill(7);
-    assert.equal(uffd.copy(ram.address + 12n * BigInt(PAGE), addressOf(two), 2 * PAGE), 'placed');
+    assert.equal(uffd.copy(ram.address + 12n * BigInt(PAGE), addressOf(two), 2 * PAGE), 0);
     uffd.unregister(ram.address, 16 * PAGE);
     assert.equal(ram.bytes[12 * PAGE], 7);
     assert.equal(ram.bytes[13 * PAGE + 4095], 7);

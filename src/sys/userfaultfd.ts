@@ -35,8 +35,7 @@ const RANGE_IOCTLS_NEEDED = (1n << 3n) | (1n << 4n);
 const UFFD_MSG_BYTES = 32;
 const UFFD_EVENT_PAGEFAULT = 0x12;
 
-/** What placing a page did: placed it (and woke whoever waited on it), or found one there already. */
-export type Placement = 'placed' | 'present';
+const PAGE = 4096;
 
 export class Userfaultfd {
   readonly fd: number;
@@ -115,50 +114,54 @@ export class Userfaultfd {
     if (r < 0) throw this.#error('UFFDIO_WAKE', -r, address, length);
   }
 
-  /** Place `length` bytes from `src` (a page or whole pages) at `dst`, atomically, and wake whoever waits on them. */
-  copy(dst: bigint, src: bigint, length: number): Placement {
+  /**
+   * Place `length` bytes from `src` (whole pages) at `dst`, atomically, and wake whoever
+   * waits on them. Returns how many of those bytes were not placed because a page was
+   * there already (0: all placed).
+   */
+  copy(dst: bigint, src: bigint, length: number): number {
     const view = this.#copyView;
-    for (;;) {
+    let present = 0;
+    while (length > 0) {
       view.setBigUint64(0, dst, true);
       view.setBigUint64(8, src, true);
       view.setBigUint64(16, BigInt(length), true);
       view.setBigUint64(24, 0n, true);
       view.setBigInt64(32, 0n, true);
       const r = ioctlPtrRaw(this.fd, UFFDIO_COPY, this.#copy);
-      if (r >= 0) return 'placed';
-      // EAGAIN: the address space changed under the call (it copied part, or nothing);
-      // the rest is placed again. EEXIST: a page is there already.
-      if (-r === EEXIST) return 'present';
-      if (-r !== EAGAIN) throw this.#error('UFFDIO_COPY', -r, dst, length);
+      if (r >= 0) break;
+      // EAGAIN: part was placed (the count says how much) or the address space changed under
+      // the call: the rest goes again. EEXIST: the next page is there already: skip it.
       const done = Number(view.getBigInt64(32, true));
-      if (done > 0) {
-        dst += BigInt(done);
-        src += BigInt(done);
-        length -= done;
-        if (length <= 0) return 'placed';
-      }
+      const step = -r === EEXIST ? PAGE : -r === EAGAIN ? Math.max(0, done) : -1;
+      if (step < 0) throw this.#error('UFFDIO_COPY', -r, dst, length);
+      if (-r === EEXIST) present += PAGE;
+      dst += BigInt(step);
+      src += BigInt(step);
+      length -= step;
     }
+    return present;
   }
 
-  /** Place zero pages at [dst, dst + length), and wake whoever waits on them. */
-  zeropage(dst: bigint, length: number): Placement {
+  /** Place zero pages at [dst, dst + length), and wake whoever waits on them; returns bytes found there already, as copy(). */
+  zeropage(dst: bigint, length: number): number {
     const view = this.#zeroView;
-    for (;;) {
+    let present = 0;
+    while (length > 0) {
       view.setBigUint64(0, dst, true);
       view.setBigUint64(8, BigInt(length), true);
       view.setBigUint64(16, 0n, true);
       view.setBigInt64(24, 0n, true);
       const r = ioctlPtrRaw(this.fd, UFFDIO_ZEROPAGE, this.#zero);
-      if (r >= 0) return 'placed';
-      if (-r === EEXIST) return 'present';
-      if (-r !== EAGAIN) throw this.#error('UFFDIO_ZEROPAGE', -r, dst, length);
+      if (r >= 0) break;
       const done = Number(view.getBigInt64(24, true));
-      if (done > 0) {
-        dst += BigInt(done);
-        length -= done;
-        if (length <= 0) return 'placed';
-      }
+      const step = -r === EEXIST ? PAGE : -r === EAGAIN ? Math.max(0, done) : -1;
+      if (step < 0) throw this.#error('UFFDIO_ZEROPAGE', -r, dst, length);
+      if (-r === EEXIST) present += PAGE;
+      dst += BigInt(step);
+      length -= step;
     }
+    return present;
   }
 
   /** The addresses of the page faults reported so far (none when there are none); never blocks. */

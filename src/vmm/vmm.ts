@@ -230,6 +230,8 @@ export class Vmm {
       name: 'calc-dirty-rate',
       args: { 'calc-time': t.int, 'sample-pages?': t.int, 'mode?': t.enum(DIRTY_RATE_MODES) },
       handler: (args) => {
+        // Page sampling reads guest RAM from this thread.
+        this.refuseWhileRamArrives();
         const request = {
           calcTime: args['calc-time'],
           ...(args['sample-pages'] !== undefined ? { samplePages: args['sample-pages'] } : {}),
@@ -240,12 +242,17 @@ export class Vmm {
       },
     });
     qmp.register({ name: 'query-dirty-rate', handler: () => this.dirtyRate.query() as unknown as Record<string, unknown> });
-    qmp.register({
-      name: 'migrate-start-postcopy',
-      handler: () => {
-        throw new QmpError('GenericError', "Enable postcopy with migrate_set_capability before the start of migration");
-      },
-    });
+    qmp.register({ name: 'migrate-start-postcopy', handler: () => wrap(() => migration.startPostcopy()) });
+  }
+
+  /**
+   * A post-copy destination's guest RAM is still arriving: a command that reads it from
+   * this thread could touch a page not placed yet and stop the process for good.
+   */
+  private refuseWhileRamArrives(): void {
+    if (this.migration.ramArriving) {
+      throw new QmpError('GenericError', 'Guest RAM is still arriving (post-copy): this command reads it; try again once query-migrate says "completed"');
+    }
   }
 
   /** Ferry's own commands (x-ferry-*, as QEMU prefixes its extensions): inspection for tests and people. */
@@ -254,6 +261,7 @@ export class Vmm {
     qmp.register({
       name: 'x-ferry-query-guest',
       handler: () => {
+        this.refuseWhileRamArrives();
         const ram = machine.memory[0]?.bytes;
         const params = ram ? readGuestParams(ram) : undefined;
         const result: Record<string, unknown> = { accel: machine.accelKind, 'memory-size': machine.memorySize };
@@ -269,6 +277,7 @@ export class Vmm {
       name: 'x-ferry-check-memory',
       handler: () => {
         if (machine.isRunning) throw new QmpError('GenericError', 'Stop the guest first: the memory check needs a guest that does not run');
+        this.refuseWhileRamArrives();
         if (machine.memory.length === 0) throw new QmpError('GenericError', 'The guest has no RAM');
         const check = checkSweepCounters(machine.memory);
         return { ok: check.ok, pass: check.pass, ahead: check.ahead, ...(check.problem ? { problem: check.problem } : {}) };
@@ -278,6 +287,7 @@ export class Vmm {
       name: 'x-ferry-ram-digest',
       handler: () => {
         if (machine.isRunning) throw new QmpError('GenericError', 'Stop the guest first: a digest of running memory means nothing');
+        this.refuseWhileRamArrives();
         const hash = createHash('sha256');
         for (const block of machine.memory) {
           hash.update(block.idstr);

@@ -1,0 +1,359 @@
+// The destination of a post-copy migration (QEMU's postcopy-ram.c, destination side).
+// The source sends its device state in a package once the guest has stopped there, with
+// the pages it has not sent yet or that were dirtied since listed in DISCARD commands;
+// this side throws those pages away, registers guest RAM with userfaultfd (LISTEN) and
+// runs the guest (RUN) while the rest of the RAM arrives. A guest thread that touches a
+// page still to come sleeps in the kernel; its fault asks the source for the page over the
+// return path, and the page is placed atomically when it arrives, in the stream with the
+// others. Every page is placed, never written: the main thread must not touch a page
+// that is not there yet (it would sleep on a fault only it can serve).
+
+import { MigrationError, StreamFormatError, errorMessage } from '../errors.js';
+import { PAGE_SIZE } from '../hypervisor/types.js';
+import type { GuestMemoryBlock } from '../hypervisor/types.js';
+import type { RamChunkSink } from '../stream/ram-codec.js';
+import type { BlockRange } from '../stream/return-path.js';
+import { MADV_DONTNEED, addressOf, madviseRange } from '../sys/libc.js';
+import { Userfaultfd } from '../sys/userfaultfd.js';
+import type { PostcopyLoadHooks } from './incoming.js';
+import type { MigrationVm } from './vm.js';
+import { keepShape } from '../hot-shapes.js';
+
+/** How long one wait for faults lasts before the loop looks whether it should stop. */
+const FAULT_WAIT_MS = 100;
+
+/** What the destination needs from its end of the return path. */
+export interface PageRequester {
+  readonly open: boolean;
+  requestPages(idstr: string, start: number, length: number): void;
+  readonly writeError: Error | undefined;
+}
+
+export interface PostcopyIncomingOptions {
+  readonly vm: MigrationVm;
+  readonly returnPath: PageRequester;
+  /** Resolves once nothing backs guest RAM in the background (a populate after a discard would undo it). */
+  readonly backgroundSettled: () => Promise<void>;
+  /** LISTEN: the RAM handler places pages through `sink` from now on. */
+  readonly placeWith: (sink: PostcopyRamSink) => void;
+  /** RUN: the device state is installed; start the guest (or leave it paused, as the source was). */
+  readonly run: () => void;
+  readonly trace?: (message: string) => void;
+}
+
+/** What post-copy did on this side, for the trace and the tests. */
+export interface PostcopyIncomingFigures {
+  /** Pages the DISCARD commands threw away (to come in post-copy). */
+  readonly discardedPages: number;
+  /** Faults that asked the source for a page. */
+  readonly requests: number;
+  /** Faults on pages the source never sends (never written there): placed as zeros here. */
+  readonly localZeroPages: number;
+  /** Pages placed from the stream after LISTEN. */
+  readonly placedPages: number;
+}
+
+export class PostcopyIncoming implements PostcopyLoadHooks {
+  readonly #o: PostcopyIncomingOptions;
+  #blocks: readonly GuestMemoryBlock[] = [];
+  #uffd: Userfaultfd | undefined;
+  /** Per block, one bit per page: discarded, not placed yet (the source will send it). */
+  #awaited: Uint32Array[] = [];
+  /** Per block, one bit per page: asked of the source, not placed yet. */
+  #requested: Uint32Array[] = [];
+  #awaitedCount = 0;
+  #listening = false;
+  #running = false;
+  #stopFaults = false;
+  #faultLoop: Promise<void> = Promise.resolve();
+  #faultError: Error | undefined;
+  #discardedPages = 0;
+  #requests = 0;
+  #localZeroPages = 0;
+  #placedPages = 0;
+  readonly sink: PostcopyRamSink;
+
+  constructor(options: PostcopyIncomingOptions) {
+    keepShape(this);
+    this.#o = options;
+    this.sink = new PostcopyRamSink(this);
+  }
+
+  get figures(): PostcopyIncomingFigures {
+    return { discardedPages: this.#discardedPages, requests: this.#requests, localZeroPages: this.#localZeroPages, placedPages: this.#placedPages };
+  }
+
+  /** The guest runs here while RAM still arrives. */
+  get running(): boolean {
+    return this.#running;
+  }
+
+  /** Pages still to come. */
+  get awaitedPages(): number {
+    return this.#awaitedCount;
+  }
+
+  advise(pageSizeSummary: number, targetPageSize: number, offset: number): void {
+    // QEMU's checks and words (loadvm_postcopy_handle_advise): Ferry's RAM is in 4 KiB pages.
+    if (pageSizeSummary !== PAGE_SIZE) {
+      throw new StreamFormatError(`Postcopy needs matching RAM page sizes (s=${pageSizeSummary.toString(16)} d=${PAGE_SIZE.toString(16)})`, offset, 'command');
+    }
+    if (targetPageSize !== PAGE_SIZE) {
+      throw new StreamFormatError(`Postcopy needs matching target page sizes (s=${targetPageSize} d=${PAGE_SIZE})`, offset, 'command');
+    }
+    if (!this.#o.returnPath.open) {
+      throw new StreamFormatError(`CMD_POSTCOPY_ADVISE at offset ${offset}: post-copy needs the return path (the source asks for pages over it), and this stream did not open one`, offset, 'command');
+    }
+    const blocks = this.#o.vm.memory;
+    const unmapped = blocks.find((b) => b.hostAddress === undefined);
+    if (unmapped) throw new MigrationError(`Cannot do post-copy: RAM block "${unmapped.idstr}" is not memory this process maps itself (the v86 accelerator's guest RAM is not)`);
+    try {
+      this.#uffd = Userfaultfd.open();
+    } catch (err) {
+      throw new MigrationError(`Cannot do post-copy on this host: ${errorMessage(err)}`, { cause: err });
+    }
+    this.#blocks = blocks;
+    this.#awaited = blocks.map((b) => new Uint32Array(Math.ceil(b.size / PAGE_SIZE / 32)));
+    this.#requested = blocks.map((b) => new Uint32Array(Math.ceil(b.size / PAGE_SIZE / 32)));
+    this.#o.trace?.(`migration: post-copy advised: userfaultfd ${this.#uffd.fd}, ${blocks.length} RAM block(s)`);
+  }
+
+  async discard(idstr: string, ranges: readonly BlockRange[], offset: number): Promise<void> {
+    await this.#o.backgroundSettled();
+    const b = this.#blocks.findIndex((block) => block.idstr === idstr);
+    const block = this.#blocks[b];
+    if (block === undefined) throw new StreamFormatError(`CMD_POSTCOPY_RAM_DISCARD at offset ${offset}: unknown RAM block "${idstr}"`, offset, 'command');
+    const awaited = this.#awaited[b]!;
+    for (const { start, length } of ranges) {
+      // QEMU's ram_discard_range checks.
+      if (start % PAGE_SIZE !== 0 || length % PAGE_SIZE !== 0 || length === 0) {
+        throw new StreamFormatError(`CMD_POSTCOPY_RAM_DISCARD at offset ${offset}: range 0x${start.toString(16)}+0x${length.toString(16)} of "${idstr}" is not whole pages`, offset, 'command');
+      }
+      if (start + length > block.size) {
+        throw new StreamFormatError(`CMD_POSTCOPY_RAM_DISCARD at offset ${offset}: range 0x${start.toString(16)}+0x${length.toString(16)} overruns block "${idstr}" (0x${block.size.toString(16)} bytes)`, offset, 'command');
+      }
+      const errno = madviseRange(BigInt(block.hostAddress!) + BigInt(start), length, MADV_DONTNEED);
+      if (errno !== 0) throw new MigrationError(`Cannot discard 0x${start.toString(16)}+0x${length.toString(16)} of RAM block "${idstr}": madvise failed with errno ${errno}`);
+      for (let page = start / PAGE_SIZE; page < (start + length) / PAGE_SIZE; page++) {
+        const word = page >>> 5;
+        const bit = 1 << (page & 31);
+        if ((awaited[word]! & bit) === 0) {
+          awaited[word] = awaited[word]! | bit;
+          this.#awaitedCount++;
+          this.#discardedPages++;
+        }
+      }
+    }
+  }
+
+  listen(offset: number): void {
+    const uffd = this.#uffd;
+    if (!uffd) throw new StreamFormatError(`CMD_POSTCOPY_LISTEN at offset ${offset} before POSTCOPY_ADVISE`, offset, 'command');
+    for (const block of this.#blocks) uffd.register(BigInt(block.hostAddress!), block.size);
+    this.#listening = true;
+    this.#o.placeWith(this.sink);
+    this.#faultLoop = this.#serveFaults();
+    this.#o.trace?.(`migration: post-copy listening: ${this.#awaitedCount} pages to come, ${this.#blocks.length} block(s) registered`);
+  }
+
+  run(): void {
+    this.#running = true;
+    this.#o.run();
+  }
+
+  /**
+   * The stream has ended (EOF): every page must have arrived. Then guest RAM is ordinary
+   * memory again. Throws when pages are missing — the guest would wait for them for ever.
+   */
+  async finish(): Promise<void> {
+    if (this.#awaitedCount > 0) {
+      throw new MigrationError(`The post-copy stream ended with ${this.#awaitedCount} page(s) of guest RAM never sent`);
+    }
+    await this.#stopServing();
+    if (this.#faultError) throw this.#faultError;
+    const uffd = this.#uffd;
+    this.#uffd = undefined;
+    if (!uffd) return;
+    if (this.#listening) for (const block of this.#blocks) uffd.unregister(BigInt(block.hostAddress!), block.size);
+    uffd.close();
+    this.#o.trace?.(`migration: post-copy done here: ${this.#placedPages} pages placed, ${this.#requests} asked for by faults, ${this.#localZeroPages} never-sent pages zeroed on a fault`);
+  }
+
+  /**
+   * The load failed. Before RUN the guest never ran here: RAM goes back to ordinary memory.
+   * After it, the guest's threads that wait on missing pages must go on waiting — letting
+   * go of the registration would hand them zeros for pages they had — so it stays.
+   */
+  async abort(): Promise<void> {
+    await this.#stopServing();
+    const uffd = this.#uffd;
+    if (!uffd || this.#running) return;
+    this.#uffd = undefined;
+    if (this.#listening) for (const block of this.#blocks) uffd.unregister(BigInt(block.hostAddress!), block.size);
+    uffd.close();
+  }
+
+  async #stopServing(): Promise<void> {
+    this.#stopFaults = true;
+    await this.#faultLoop;
+  }
+
+  /** Wait for faults on libuv's thread pool and answer each. */
+  async #serveFaults(): Promise<void> {
+    const uffd = this.#uffd!;
+    try {
+      while (!this.#stopFaults) {
+        if (!(await uffd.waitForFault(FAULT_WAIT_MS))) continue;
+        if (this.#stopFaults) return;
+        for (const address of uffd.readFaults()) this.#fault(address);
+        const writeError = this.#o.returnPath.writeError;
+        if (writeError) throw new MigrationError(`Cannot ask the source for pages: ${writeError.message}`, { cause: writeError });
+      }
+    } catch (err) {
+      this.#faultError = err instanceof Error ? err : new Error(String(err));
+      this.#o.trace?.(`migration: post-copy fault handling failed: ${errorMessage(err)}`);
+    }
+  }
+
+  #fault(address: bigint): void {
+    const blocks = this.#blocks;
+    for (let b = 0; b < blocks.length; b++) {
+      const block = blocks[b]!;
+      const base = BigInt(block.hostAddress!);
+      if (address < base || address >= base + BigInt(block.size)) continue;
+      const page = Number((address - base) / BigInt(PAGE_SIZE));
+      const word = page >>> 5;
+      const bit = 1 << (page & 31);
+      if ((this.#awaited[b]![word]! & bit) === 0) {
+        // Not discarded, not here: a page that reached this side as zeros without being
+        // written (never backed). The source will not send it again.
+        this.#uffd!.zeropage(base + BigInt(page * PAGE_SIZE), PAGE_SIZE);
+        this.#localZeroPages++;
+        return;
+      }
+      const requested = this.#requested[b]!;
+      if ((requested[word]! & bit) !== 0) return;
+      requested[word] = requested[word]! | bit;
+      this.#requests++;
+      this.#o.returnPath.requestPages(block.idstr, page * PAGE_SIZE, PAGE_SIZE);
+      return;
+    }
+    this.#o.trace?.(`migration: post-copy: a fault at 0x${address.toString(16)} outside guest RAM, ignored`);
+  }
+
+  // ---- placing pages (PostcopyRamSink) ----
+
+  /** The index of block `idstr`, with `offset` a whole page in it; throws otherwise. */
+  blockIndex(idstr: string, offset: number, at: () => number): number {
+    const b = this.#blocks.findIndex((block) => block.idstr === idstr);
+    const block = this.#blocks[b];
+    if (block === undefined) throw new StreamFormatError(`Cannot place RAM page: unknown block "${idstr}"`, at(), 'ram');
+    if (!Number.isInteger(offset) || offset < 0 || offset % PAGE_SIZE !== 0 || offset + PAGE_SIZE > block.size) {
+      throw new StreamFormatError(`Cannot place RAM page at offset ${offset} of block "${idstr}" (${block.size} bytes)`, at(), 'ram');
+    }
+    return b;
+  }
+
+  blockSize(b: number): number {
+    return this.#blocks[b]!.size;
+  }
+
+  /** Place `pages` pages at `offset` of block `b`, from `src` (or zeros with src undefined). */
+  place(b: number, offset: number, pages: number, src: bigint | undefined, at: () => number): void {
+    const block = this.#blocks[b]!;
+    const awaited = this.#awaited[b]!;
+    const first = offset / PAGE_SIZE;
+    for (let page = first; page < first + pages; page++) {
+      if ((awaited[page >>> 5]! & (1 << (page & 31))) === 0) {
+        // QEMU fails the same way (postcopy_place_page's EEXIST): the source sent a page it
+        // had not listed as still to come, and it would go over what the guest has.
+        throw new StreamFormatError(`RAM page at offset ${page * PAGE_SIZE} of block "${block.idstr}" arrived in post-copy but was not discarded (it is here already)`, at(), 'ram');
+      }
+    }
+    const dst = BigInt(block.hostAddress!) + BigInt(offset);
+    const uffd = this.#uffd!;
+    const present = src === undefined ? uffd.zeropage(dst, pages * PAGE_SIZE) : uffd.copy(dst, src, pages * PAGE_SIZE);
+    if (present !== 0) {
+      throw new StreamFormatError(`RAM pages at offset ${offset} of block "${block.idstr}": ${present / PAGE_SIZE} of ${pages} were present already although still to come`, at(), 'ram');
+    }
+    const requested = this.#requested[b]!;
+    for (let page = first; page < first + pages; page++) {
+      const word = page >>> 5;
+      const bit = ~(1 << (page & 31));
+      awaited[word] = awaited[word]! & bit;
+      requested[word] = requested[word]! & bit;
+    }
+    this.#awaitedCount -= pages;
+    this.#placedPages += pages;
+  }
+}
+
+/**
+ * The RAM chunks of a post-copy stream, placed page by page with userfaultfd: a page from
+ * the general decoder lands in a staging page first and is placed at the next call (or at
+ * the end of the section: flush()); pages decoded in place are placed from the received
+ * bytes; zero pages as zero pages. No scattered reads into RAM, and no XBZRLE (QEMU's
+ * source sends none in post-copy).
+ */
+export class PostcopyRamSink implements RamChunkSink {
+  readonly #p: PostcopyIncoming;
+  readonly #staging = new Uint8Array(PAGE_SIZE);
+  readonly #stagingAddress = addressOf(this.#staging);
+  #pending: { block: number; offset: number } | undefined;
+  /** The stream offset for errors (the reader's, set by RamLoader for each section). */
+  at: () => number = () => 0;
+
+  constructor(postcopy: PostcopyIncoming) {
+    keepShape(this);
+    this.#p = postcopy;
+  }
+
+  memSize(): void {
+    throw new StreamFormatError('A RAM size list (MEM_SIZE) arrived after POSTCOPY_LISTEN', this.at(), 'ram');
+  }
+
+  pageTarget(idstr: string, offset: number): { ram: Uint8Array; offset: number } {
+    this.flush();
+    const block = this.#p.blockIndex(idstr, offset, this.at);
+    this.#pending = { block, offset };
+    return { ram: this.#staging, offset: 0 };
+  }
+
+  pageFrom(idstr: string, offset: number, buffer: ArrayBufferLike, byteOffset: number): void {
+    this.flush();
+    const b = this.#p.blockIndex(idstr, offset, this.at);
+    this.#p.place(b, offset, 1, addressOf(new Uint8Array(buffer, byteOffset, PAGE_SIZE)), this.at);
+  }
+
+  zero(idstr: string, offset: number, fill: number): void {
+    this.flush();
+    const b = this.#p.blockIndex(idstr, offset, this.at);
+    if (fill === 0) {
+      this.#p.place(b, offset, 1, undefined, this.at);
+      return;
+    }
+    this.#staging.fill(fill);
+    this.#p.place(b, offset, 1, this.#stagingAddress, this.at);
+  }
+
+  zeroRun(idstr: string, offset: number, count: number): boolean {
+    this.flush();
+    const b = this.#p.blockIndex(idstr, offset, this.at);
+    // A run past the block's end goes chunk by chunk: zero() names the chunk at fault.
+    if (offset + count * PAGE_SIZE > this.#p.blockSize(b)) return false;
+    this.#p.place(b, offset, count, undefined, this.at);
+    return true;
+  }
+
+  xbzrle(): void {
+    throw new StreamFormatError('An XBZRLE page arrived in post-copy (the source sends whole pages then)', this.at(), 'ram');
+  }
+
+  /** Place the page the general decoder copied into the staging page, if any. */
+  flush(): void {
+    const pending = this.#pending;
+    if (pending === undefined) return;
+    this.#pending = undefined;
+    this.#p.place(pending.block, pending.offset, 1, this.#stagingAddress, this.at);
+  }
+}
