@@ -32,6 +32,11 @@ export interface MigrateCommandOptions {
   readonly destinationQmp?: string;
   /** How long a migration runs before it may be called not converging (default NOT_CONVERGING_AFTER_MS). */
   readonly hintAfterMs?: number;
+  /**
+   * Post-copy: postcopy-ram on (migrateCommand turns it on at the destination too when it
+   * has its QMP socket), and migrate-start-postcopy once the first pass has gone.
+   */
+  readonly postcopy?: boolean;
 }
 
 /** What the destination said, when its QMP socket was given. */
@@ -66,6 +71,8 @@ export interface QueryMigrateInfo {
     'precopy-bytes'?: number;
     'downtime-bytes'?: number;
     'page-size'?: number;
+    'postcopy-requests'?: number;
+    'postcopy-bytes'?: number;
   };
 }
 
@@ -136,7 +143,8 @@ export async function runMigration(client: QmpClient, options: MigrateCommandOpt
   if (options.downtimeLimitMs !== undefined) params['downtime-limit'] = options.downtimeLimitMs;
   if (options.maxBandwidth !== undefined) params['max-bandwidth'] = options.maxBandwidth;
   if (Object.keys(params).length > 0) await client.execute('migrate-set-parameters', params);
-  const caps = [{ capability: 'events', state: true }, ...(options.capabilities ?? []).map((c) => ({ capability: c, state: true }))];
+  const wanted = [...(options.capabilities ?? []), ...(options.postcopy ? ['postcopy-ram'] : [])];
+  const caps = [{ capability: 'events', state: true }, ...wanted.map((c) => ({ capability: c, state: true }))];
   await client.execute('migrate-set-capabilities', { capabilities: caps });
 
   const started = performance.now();
@@ -159,9 +167,15 @@ export async function runMigration(client: QmpClient, options: MigrateCommandOpt
   const poll = options.pollMs ?? 100;
   let info: QueryMigrateInfo = {};
   let peakThrottle = 0;
+  let postcopyAsked = false;
   try {
     for (;;) {
       info = (await client.execute('query-migrate')) as QueryMigrateInfo;
+      // The first pass (every page) is out once the dirty log was synced again.
+      if (options.postcopy && !postcopyAsked && info.status === 'active' && (info.ram?.['dirty-sync-count'] ?? 0) >= 2) {
+        postcopyAsked = true;
+        await client.execute('migrate-start-postcopy');
+      }
       peakThrottle = Math.max(peakThrottle, info['cpu-throttle-percentage'] ?? 0);
       const elapsed = performance.now() - started;
       options.onSample?.(info, elapsed);
@@ -229,6 +243,9 @@ export function formatSummary(outcome: MigrationOutcome, destination?: Destinati
     if (info['total-time']) lines.push(`  throughput      ${formatRate(ram.transferred / (info['total-time'] / 1000))} average, ${formatRate((ram.mbps * 1e6) / 8)} last`);
   }
   if (outcome.peakThrottle > 0) lines.push(`  CPU throttle    up to ${outcome.peakThrottle} % (auto-converge)`);
+  if (ram?.['postcopy-bytes']) {
+    lines.push(`  post-copy       ${formatBytes(ram['postcopy-bytes'])} sent after the switch, ${ram['postcopy-requests'] ?? 0} page requests from the destination`);
+  }
   if (info['error-desc']) lines.push(`  error           ${info['error-desc']}`);
   if (destination) lines.push(`  destination     ${destination.status}`);
   return lines.join('\n');
@@ -251,6 +268,16 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
       destination = await QmpClient.connect(options.destinationQmp);
     } catch (err) {
       await client.close();
+      throw err;
+    }
+  }
+  if (options.postcopy && destination) {
+    // Both sides must have it before the stream starts (the destination checks at ADVISE).
+    try {
+      await destination.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }] });
+    } catch (err) {
+      await client.close();
+      await destination.close();
       throw err;
     }
   }

@@ -390,7 +390,8 @@ export class Migration {
   /** QMP `migrate-set-parameters`: validated as QEMU does; max-bandwidth applies at once. */
   setParameters(request: Readonly<Record<string, unknown>>): void {
     this.#parameters = applyParameters(this.#parameters, request);
-    this.#limiter?.setLimit(this.#parameters['max-bandwidth']);
+    // In post-copy the cap is max-postcopy-bandwidth (QEMU's postcopy_start).
+    this.#limiter?.setLimit(this.#parameters[this.#outgoingState.status === 'postcopy-active' ? 'max-postcopy-bandwidth' : 'max-bandwidth']);
   }
 
   queryParameters(): MigrationParameters {

@@ -534,12 +534,15 @@ export class OutgoingMigration {
     );
 
     const channel = this.#channel!;
+    // QEMU: max-postcopy-bandwidth caps post-copy (0: none), not max-bandwidth.
+    const limiter = this.#o.limiter;
+    limiter.setLimit(this.#o.parameters()['max-postcopy-bandwidth']);
     while (ram.stats.remainingPages > 0) {
       if (w.error) throw w.error;
-      // A page asked for goes at once; background pages wait while the socket is full,
-      // so that one asked for is never far behind.
-      if (!ram.requestsQueued && (channel.unsent?.() ?? 0) > POSTCOPY_QUEUE_BYTES) {
-        await this.#o.sleep(1);
+      // A page asked for goes at once; background pages wait while the socket is full, so
+      // that one asked for is never far behind, and while the cap's window is spent.
+      if (!ram.requestsQueued && ((channel.unsent?.() ?? 0) > POSTCOPY_QUEUE_BYTES || limiter.exceeded())) {
+        await this.#o.sleep(limiter.exceeded() ? Math.max(1, Math.min(5, limiter.waitMs())) : 1);
         continue;
       }
       for (const { sectionId, handler } of registry.iterative) {

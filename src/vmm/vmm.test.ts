@@ -79,7 +79,9 @@ test('vmm: HMP info status and info migrate; refused commands say why, as QEMU d
     '              Block Name    PSize              Offset               Used              Total\r\n'
     + '                  pc.ram    4 KiB  0x0000000000000000 0x0000000000800000 0x0000000000800000\r\n');
   assert.match(await qmp.execute<string>('human-monitor-command', { 'command-line': 'info migrate' }), /./);
-  await assert.rejects(qmp.execute('migrate-start-postcopy'), /Enable postcopy/);
+  await assert.rejects(qmp.execute('migrate-start-postcopy'), /Enable postcopy with migrate_set_capability before the start of migration/);
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }] });
+  await assert.rejects(qmp.execute('migrate-start-postcopy'), /Postcopy must be started after migration has been started/);
   await assert.rejects(qmp.execute('migrate-continue', { state: 'pre-switchover' }), /Migration not in expected state: none/);
   await assert.rejects(qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' }), /incoming|-incoming/i);
 });

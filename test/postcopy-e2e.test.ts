@@ -1,0 +1,161 @@
+// Post-copy between two real Ferry processes: the guest runs on the destination while
+// the rest of its RAM arrives, the pages it touches first asked for over the return path.
+// Afterwards the guest's memory holds together (its sweep counters), it goes on there, and
+// — for a guest that stays paused — the destination's RAM is the source's, byte for byte.
+// And the ways it can go wrong: a destination that cannot, a transport without a way back,
+// a destination lost after the switch (the source keeps the guest, stopped, whole).
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import type { FerryProcess } from '../src/cli/ferry-process.js';
+import { runFerry, scratch, started, waitFor, waitMigration } from './e2e-helpers.js';
+
+interface Guest { pass: number }
+interface Check { ok: boolean; pass: number; problem?: string }
+interface Info {
+  status: string;
+  'error-desc'?: string;
+  downtime?: number;
+  ram?: { 'postcopy-requests': number; 'postcopy-bytes': number; 'precopy-bytes': number; remaining: number; 'dirty-sync-count': number };
+}
+
+const MiB = 1024 * 1024;
+/** A guest sweeping its 32 MiB fast enough that it never converges under a cap of 8 MiB/s. */
+const GUEST = ['--accel', 'sim', '-m', '32M', '--guest', 'builtin:sweep,rate=20000'];
+const POSTCOPY = { capabilities: [{ capability: 'postcopy-ram', state: true }] };
+
+async function status(vm: FerryProcess): Promise<string> {
+  return (await vm.execute<{ status: string }>('query-status')).status;
+}
+
+/** A destination started with --incoming defer: postcopy-ram on, then listening on a loopback tcp port; its URI. */
+async function listening(dest: FerryProcess): Promise<string> {
+  await dest.execute('migrate-set-capabilities', POSTCOPY);
+  await dest.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' });
+  const info = await dest.execute<{ 'socket-address'?: Array<{ host: string; port: string }> }>('query-migrate');
+  const address = info['socket-address']?.[0];
+  assert.ok(address, JSON.stringify(info));
+  return `tcp:${address.host}:${address.port}`;
+}
+
+async function passOf(vm: FerryProcess): Promise<number> {
+  return (await vm.execute<Guest>('x-ferry-query-guest')).pass;
+}
+
+test('sim: post-copy over unix (ferry migrate --postcopy --dest-qmp): the guest runs on the destination while its RAM arrives, the pages it touches asked for first', async (t) => {
+  const dir = scratch(t);
+  const path = join(dir, 'migration.sock');
+  const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', `unix:${path}`], { NODE_DEBUG: 'ferry' });
+  const source = await started(t, dir, 'src', GUEST, { NODE_DEBUG: 'ferry' });
+  await dest.incomingAddress();
+  // Slow enough that the guest runs on the destination for seconds with pages missing.
+  await source.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': 8 * MiB });
+  const before = await passOf(source);
+  const { code, stdout, stderr } = await runFerry(['migrate', '--qmp', source.qmpPath, `unix:${path}`, '--max-bandwidth', '8M', '--no-progress', '--postcopy', '--dest-qmp', dest.qmpPath]);
+  assert.equal(code, 0, stderr + stdout);
+  assert.match(stdout, /Migration completed/);
+  assert.match(stdout, /post-copy +[\d.]+ [KMG]?i?B sent after the switch, \d+ page requests from the destination/);
+  const info = await source.execute<Info>('query-migrate');
+  assert.equal(info.status, 'completed');
+  assert.ok(info.ram!['postcopy-requests'] > 0, `the destination asked for no page: ${JSON.stringify(info.ram)}`);
+  assert.ok(info.ram!['postcopy-bytes'] > 16 * MiB, `most of RAM went after the switch: ${JSON.stringify(info.ram)}`);
+  assert.ok(info.downtime !== undefined && info.downtime < 300, `downtime ${info.downtime} ms`);
+  assert.equal(await status(source), 'postmigrate');
+  assert.equal((await dest.execute<Info>('query-migrate')).status, 'completed');
+  assert.equal(await status(dest), 'running');
+  // The destination ran the guest before its RAM was all there, and says so.
+  const ran = /the guest ran ([\d.]+) ms before the last page arrived \((\d+) pages to come at the switch, (\d+) asked for by faults/.exec(dest.stderr);
+  assert.ok(ran, dest.stderr);
+  assert.ok(Number(ran[1]) > 500 && Number(ran[3]) > 0, ran[0]);
+  // Its memory holds together, and it goes on.
+  const start = await passOf(dest);
+  assert.ok(start >= before, `pass ${start} on the destination, ${before} on the source before`);
+  await waitFor(async () => (await passOf(dest)) > start, 'the pass counter to move on the destination');
+  await dest.execute('stop');
+  const check = await dest.execute<Check>('x-ferry-check-memory');
+  assert.ok(check.ok, check.problem);
+});
+
+test('sim: post-copy of a paused guest over tcp: it stays paused, and the destination\'s RAM and CPU state are the source\'s, byte for byte', async (t) => {
+  const dir = scratch(t);
+  const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer']);
+  const source = await started(t, dir, 'src', GUEST);
+  const address = await listening(dest);
+  await waitFor(async () => (await passOf(source)) >= 1, 'a first pass of the guest');
+  await source.execute('stop');
+  await source.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }, { capability: 'events', state: true }] });
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 0, 'max-postcopy-bandwidth': 64 * MiB });
+  await source.execute('migrate', { uri: address });
+  // At once: every page then goes after the switch.
+  await source.execute('migrate-start-postcopy');
+  const info = await waitMigration(source, (i) => i.status === 'completed' || i.status === 'failed') as unknown as Info;
+  assert.equal(info.status, 'completed', info['error-desc']);
+  const done = await source.execute<Info>('query-migrate');
+  assert.ok(done.ram!['postcopy-bytes'] > 0 && done.ram!['postcopy-bytes'] >= done.ram!['precopy-bytes'], JSON.stringify(done.ram));
+  await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'completed', 'the destination to complete');
+  assert.equal(await status(dest), 'paused');
+  const [srcDigest, dstDigest] = await Promise.all([source.execute('x-ferry-ram-digest'), dest.execute('x-ferry-ram-digest')]);
+  assert.deepEqual(dstDigest, srcDigest, 'RAM digest differs between source and destination');
+  assert.deepEqual(await dest.execute('x-ferry-query-state'), await source.execute('x-ferry-query-state'));
+  const check = await dest.execute<Check>('x-ferry-check-memory');
+  assert.ok(check.ok, check.problem);
+  await dest.execute('cont');
+  await waitFor(async () => (await passOf(dest)) > check.pass, 'the pass counter to move on the destination');
+});
+
+test('sim: a destination lost after the switch to post-copy: the source fails, keeps its guest stopped and whole, and cont runs it there', async (t) => {
+  const dir = scratch(t);
+  const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer']);
+  const source = await started(t, dir, 'src', GUEST, { NODE_DEBUG: 'ferry' });
+  const uri = await listening(dest);
+  await source.execute('migrate-set-capabilities', POSTCOPY);
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 8 * MiB, 'max-postcopy-bandwidth': MiB });
+  await source.execute('migrate', { uri });
+  await waitMigration(source, (i) => i.status === 'active');
+  await source.execute('migrate-start-postcopy');
+  await waitMigration(source, (i) => i.status === 'postcopy-active');
+  await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'postcopy-active', 'the destination to run the guest');
+  // A cancel now would leave no whole guest anywhere: it changes nothing.
+  await source.execute('migrate_cancel');
+  assert.equal((await source.execute<Info>('query-migrate')).status, 'postcopy-active');
+  dest.kill();
+  const failed = await waitMigration(source, (i) => i.status === 'failed', 20_000) as unknown as Info;
+  assert.match(failed['error-desc'] ?? '', /after the switch to post-copy: the guest is stopped here with all of its state, and may be running on the destination; if it is not, 'cont' runs it here/);
+  assert.equal(await status(source), 'paused');
+  const check = await source.execute<Check>('x-ferry-check-memory');
+  assert.ok(check.ok, check.problem);
+  await source.execute('cont');
+  await waitFor(async () => (await passOf(source)) > check.pass, 'the pass counter to move on the source');
+});
+
+test('sim: post-copy refused cleanly — a destination without postcopy-ram, exec:, start-postcopy too late — and the source guest runs on', async (t) => {
+  const dir = scratch(t);
+  const source = await started(t, dir, 'src', GUEST);
+  await source.execute('migrate-set-capabilities', POSTCOPY);
+
+  // The destination has not turned it on: it refuses at ADVISE, before any page.
+  const plain = await started(t, dir, 'dst-plain', [...GUEST, '--incoming', 'tcp:127.0.0.1:0']);
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 0 });
+  await source.execute('migrate', { uri: await plain.incomingAddress() });
+  const refused = await waitMigration(source, (i) => i.status === 'failed' || i.status === 'completed') as unknown as Info;
+  assert.equal(refused.status, 'failed');
+  assert.equal(await plain.exited, 1);
+  assert.match(plain.stderr, /The source asks for post-copy \(CMD_POSTCOPY_ADVISE at offset \d+\), but postcopy-ram is off here: turn it on with migrate-set-capabilities on the destination too/);
+  assert.equal(await status(source), 'running');
+
+  // exec: has no way back for page requests.
+  await source.execute('migrate', { uri: `exec:cat > ${join(dir, 'never')}` });
+  const exec = await waitMigration(source, (i) => i.status === 'failed' || i.status === 'completed') as unknown as Info;
+  assert.equal(exec.status, 'failed');
+  assert.match(exec['error-desc'] ?? '', /Cannot use the postcopy-ram capability over exec:.*use tcp:, unix: or fd: with a socket/);
+  assert.equal(await status(source), 'running');
+
+  // Once completed, there is nothing to switch.
+  const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer']);
+  const uri = await listening(dest);
+  await source.execute('stop');
+  await source.execute('migrate', { uri });
+  await waitMigration(source, (i) => i.status === 'completed');
+  await assert.rejects(source.execute('migrate-start-postcopy'), /Postcopy cannot start now: the migration is completed/);
+});
