@@ -5,7 +5,11 @@ import { channelFromBytes, createCollectingChannel } from '../stream/memory-chan
 import { writeEof, writeHeader, writeSectionFooter, writeSectionPart, writeSectionStart, writeVmdesc } from '../stream/format.js';
 import { StreamReader } from '../stream/reader.js';
 import { StreamWriter } from '../stream/writer.js';
-import { loadVmStream } from './incoming.js';
+import { loadVmStream, type PostcopyLoadHooks } from './incoming.js';
+import {
+  MIG_CMD_PACKAGED, MIG_CMD_POSTCOPY_ADVISE, MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RAM_DISCARD, MIG_CMD_POSTCOPY_RUN,
+  be32Bytes, discardData, postcopyAdviseData, writeCommand,
+} from '../stream/return-path.js';
 import { SaveVmRegistry } from './savevm.js';
 import type { SaveVmHandler } from './savevm.js';
 
@@ -98,4 +102,123 @@ test('the registry refuses a second handler under the same idstr + instance, and
   registry.register(iter.handler);
   assert.deepEqual(registry.iterative.map((e) => [e.sectionId, e.handler.idstr]), [[1, 'ram']]);
   assert.deepEqual(registry.nonIterative.map((e) => [e.sectionId, e.handler.idstr]), [[0, 'dev']]);
+});
+
+/** Post-copy hooks that log what the stream asked, in order. */
+function postcopyLog(): { hooks: PostcopyLoadHooks; log: string[] } {
+  const log: string[] = [];
+  return {
+    log,
+    hooks: {
+      advise: (summary, target) => { log.push(`advise ${summary} ${target}`); },
+      discard: (idstr, ranges) => { log.push(`discard ${idstr} ${ranges.map((r) => `${r.start}+${r.length}`).join(',')}`); },
+      listen: () => { log.push('listen'); },
+      run: () => { log.push('run'); },
+    },
+  };
+}
+
+/** The bytes of a package: `build` writes what goes inside. */
+async function packaged(w: StreamWriter, build: (inner: StreamWriter) => void): Promise<void> {
+  const sink = createCollectingChannel();
+  const inner = new StreamWriter(sink);
+  build(inner);
+  await inner.flush();
+  const bytes = sink.bytes();
+  writeCommand(w, MIG_CMD_PACKAGED, be32Bytes(bytes.byteLength));
+  w.bytes(bytes);
+}
+
+test('post-copy: ADVISE, DISCARD, a package of LISTEN, device state and RUN, then RAM to EOF — the device state is committed at RUN, before the rest of RAM', async () => {
+  const ram = byteHandler('ram', { iterative: true, version: 4, minimumVersion: 4 });
+  const dev = byteHandler('dev');
+  const registry = new SaveVmRegistry();
+  registry.register(ram.handler);
+  registry.register(dev.handler);
+  const { hooks, log } = postcopyLog();
+  // The package is built first: the stream writer is synchronous.
+  const sink = createCollectingChannel();
+  const w = new StreamWriter(sink);
+  writeHeader(w, 'pc-i440fx-7.2');
+  writeCommand(w, MIG_CMD_POSTCOPY_ADVISE, postcopyAdviseData(4096, 4096));
+  writeSectionStart(w, 'start', 0, 'ram', 0, 4); w.u8(1); writeSectionFooter(w, 0);
+  writeCommand(w, MIG_CMD_POSTCOPY_RAM_DISCARD, discardData('pc.ram', [{ start: 4096, length: 8192 }]));
+  await packaged(w, (inner) => {
+    writeCommand(inner, MIG_CMD_POSTCOPY_LISTEN);
+    writeSectionStart(inner, 'full', 1, 'dev', 0, 1); inner.u8(9); writeSectionFooter(inner, 1);
+    writeCommand(inner, MIG_CMD_POSTCOPY_RUN);
+  });
+  writeSectionPart(w, 'part', 0); w.u8(2); writeSectionFooter(w, 0);
+  writeSectionPart(w, 'end', 0); w.u8(3); writeSectionFooter(w, 0);
+  writeEof(w);
+  await w.flush();
+  // Hooks log into the same list as the handlers, to see the order.
+  const order: string[] = [];
+  const loaded = await loadVmStream(new StreamReader(channelFromBytes(sink.bytes(), { chunkSize: 5 })), registry, 'pc-i440fx-7.2', {
+    postcopy: {
+      advise: (...a) => { hooks.advise(...a); order.push('advise'); },
+      discard: (...a) => { hooks.discard(...a); order.push('discard'); },
+      listen: (...a) => { hooks.listen(...a); order.push('listen'); },
+      run: (...a) => { hooks.run(...a); order.push(`run (dev: ${dev.log.join('; ')}; ram: ${ram.log.join('; ')})`); },
+    },
+  });
+  assert.equal(loaded.startedEarly, true);
+  assert.equal(loaded.vmdesc, null, 'no vmdesc is waited for after a post-copy EOF');
+  assert.deepEqual(log, ['advise 4096 4096', 'discard pc.ram 4096+8192', 'listen', 'run']);
+  assert.deepEqual(order, ['advise', 'discard', 'listen', 'run (dev: load v1 9; commit; ram: load v4 1; commit)']);
+  assert.deepEqual(ram.log, ['load v4 1', 'commit', 'load v4 2', 'load v4 3'], 'RAM goes on after RUN; nothing is committed twice');
+  assert.deepEqual(dev.log, ['load v1 9', 'commit']);
+});
+
+test('post-copy: commands out of order, a package without RUN, device state after RUN, and no postcopy-ram here are refused with the offset, before RUN commits anything', async () => {
+  const advise = (w: StreamWriter): void => writeCommand(w, MIG_CMD_POSTCOPY_ADVISE, postcopyAdviseData(4096, 4096));
+  const cases: Array<[string, (w: StreamWriter) => Promise<void> | void, RegExp, boolean?]> = [
+    ['ADVISE without postcopy-ram here', (w) => advise(w), /The source asks for post-copy \(CMD_POSTCOPY_ADVISE at offset 26\), but postcopy-ram is off here/, false],
+    ['ADVISE twice', (w) => { advise(w); advise(w); }, /CMD_POSTCOPY_ADVISE at offset 47 in the wrong post-copy state \(advised\)/],
+    ['an empty ADVISE with postcopy-ram on here', (w) => writeCommand(w, MIG_CMD_POSTCOPY_ADVISE), /is empty, but postcopy-ram is on here/],
+    ['DISCARD before ADVISE', (w) => writeCommand(w, MIG_CMD_POSTCOPY_RAM_DISCARD, discardData('pc.ram', [{ start: 0, length: 4096 }])), /CMD_POSTCOPY_RAM_DISCARD at offset 26 in the wrong post-copy state \(none\)/],
+    ['LISTEN before ADVISE', (w) => writeCommand(w, MIG_CMD_POSTCOPY_LISTEN), /CMD_POSTCOPY_LISTEN at offset 26 in the wrong post-copy state/],
+    ['RUN before LISTEN', (w) => { advise(w); writeCommand(w, MIG_CMD_POSTCOPY_RUN); }, /CMD_POSTCOPY_RUN at offset 47 in the wrong post-copy state \(advised\)/],
+    ['a package without RUN', async (w) => { advise(w); await packaged(w, (inner) => writeCommand(inner, MIG_CMD_POSTCOPY_LISTEN)); }, /The package ended at offset 5 without POSTCOPY_RUN \(in the package at offset 56/],
+    ['EOF in a package', async (w) => { advise(w); await packaged(w, (inner) => { writeCommand(inner, MIG_CMD_POSTCOPY_LISTEN); writeEof(inner); }); }, /EOF inside a package/],
+    ['a package in a package', async (w) => { advise(w); await packaged(w, (inner) => writeCommand(inner, MIG_CMD_PACKAGED, be32Bytes(0))); }, /CMD_PACKAGED at offset 0 inside a package/],
+    ['a package cut short', async (w) => {
+      advise(w);
+      await packaged(w, (inner) => { writeCommand(inner, MIG_CMD_POSTCOPY_LISTEN); writeSectionStart(inner, 'full', 1, 'dev', 0, 1); });
+    }, /in the package at offset 56/],
+    ['RAM between DISCARD and LISTEN', (w) => {
+      advise(w);
+      writeSectionStart(w, 'start', 0, 'ram', 0, 4); w.u8(1); writeSectionFooter(w, 0);
+      writeCommand(w, MIG_CMD_POSTCOPY_RAM_DISCARD, discardData('pc.ram', [{ start: 0, length: 4096 }]));
+      writeSectionPart(w, 'part', 0); w.u8(2); writeSectionFooter(w, 0);
+    }, /Cannot load section "ram" between POSTCOPY_RAM_DISCARD and POSTCOPY_LISTEN/],
+    ['device state after RUN', async (w) => {
+      advise(w);
+      await packaged(w, (inner) => { writeCommand(inner, MIG_CMD_POSTCOPY_LISTEN); writeCommand(inner, MIG_CMD_POSTCOPY_RUN); });
+      writeSectionStart(w, 'full', 1, 'dev', 0, 1); w.u8(0); writeSectionFooter(w, 1);
+    }, /Cannot load section "dev": the guest already runs on the state loaded before POSTCOPY_RUN/],
+    ['LISTEN and EOF without RUN', (w) => { advise(w); writeCommand(w, MIG_CMD_POSTCOPY_LISTEN); }, /ended after POSTCOPY_LISTEN without POSTCOPY_RUN/],
+  ];
+  for (const [what, build, pattern, postcopyOn] of cases) {
+    const dev = byteHandler('dev');
+    const ram = byteHandler('ram', { iterative: true, version: 4, minimumVersion: 4 });
+    const registry = new SaveVmRegistry();
+    registry.register(ram.handler);
+    registry.register(dev.handler);
+    const sink = createCollectingChannel();
+    const w = new StreamWriter(sink);
+    writeHeader(w, 'pc-i440fx-7.2');
+    await build(w);
+    writeEof(w);
+    await w.flush();
+    const { hooks, log } = postcopyLog();
+    await assert.rejects(loadVmStream(new StreamReader(channelFromBytes(sink.bytes(), { chunkSize: 6 })), registry, 'pc-i440fx-7.2', postcopyOn === false ? {} : { postcopy: hooks }), (err: unknown) => {
+      assert.ok(err instanceof StreamFormatError, `${what}: ${String(err)}`);
+      assert.match(err.message, pattern, what);
+      return true;
+    });
+    if (what !== 'device state after RUN') {
+      assert.ok(!dev.log.includes('commit') && !log.includes('run'), `${what}: nothing committed, the guest not run (${log.join(', ')})`);
+    }
+  }
 });

@@ -240,6 +240,7 @@ export class Migration {
           },
           ...(this.#o.trace ? { trace: this.#o.trace } : {}),
         });
+        this.#incomingPostcopy = postcopy;
       }
       const loaded = await loadVmStream(new StreamReader(channel), registry, vm.machineType, {
         onCommand: (command, offset) => rp.onCommand(command, offset),
@@ -332,8 +333,11 @@ export class Migration {
    * process must not read it — a page not placed yet would stop the thread reading it.
    */
   get ramArriving(): boolean {
-    return this.#incomingState.status === 'postcopy-active';
+    return this.#incomingPostcopy?.ramArriving === true;
   }
+
+  /** The incoming migration's post-copy side, while one runs (and after it failed past RUN). */
+  #incomingPostcopy: PostcopyIncoming | undefined;
 
   /** QMP `migrate_cancel`: nothing to do unless an outgoing migration is in setup or active (as QEMU). */
   cancel(): void {

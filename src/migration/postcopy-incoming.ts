@@ -88,6 +88,18 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
     return this.#running;
   }
 
+  /**
+   * From the first DISCARD until every page is in: this process must not read guest RAM —
+   * a page still to come read now would map the zero page (the guest would later see zeros
+   * there) or, once registered, stop the reading thread for good.
+   */
+  get ramArriving(): boolean {
+    return this.#discarding && !this.#finished;
+  }
+
+  #discarding = false;
+  #finished = false;
+
   /** Pages still to come. */
   get awaitedPages(): number {
     return this.#awaitedCount;
@@ -120,6 +132,7 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
 
   async discard(idstr: string, ranges: readonly BlockRange[], offset: number): Promise<void> {
     await this.#o.backgroundSettled();
+    this.#discarding = true;
     const b = this.#blocks.findIndex((block) => block.idstr === idstr);
     const block = this.#blocks[b];
     if (block === undefined) throw new StreamFormatError(`CMD_POSTCOPY_RAM_DISCARD at offset ${offset}: unknown RAM block "${idstr}"`, offset, 'command');
@@ -171,6 +184,7 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
     }
     await this.#stopServing();
     if (this.#faultError) throw this.#faultError;
+    this.#finished = true;
     const uffd = this.#uffd;
     this.#uffd = undefined;
     if (!uffd) return;
@@ -186,8 +200,11 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
    */
   async abort(): Promise<void> {
     await this.#stopServing();
+    if (this.#running) return;
+    // The guest never ran here: its RAM holds nothing anyone waits for.
+    this.#finished = true;
     const uffd = this.#uffd;
-    if (!uffd || this.#running) return;
+    if (!uffd) return;
     this.#uffd = undefined;
     if (this.#listening) for (const block of this.#blocks) uffd.unregister(BigInt(block.hostAddress!), block.size);
     uffd.close();
