@@ -51,8 +51,10 @@ test('sim: post-copy over unix (ferry migrate --postcopy --dest-qmp): the guest 
   const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', `unix:${path}`], { NODE_DEBUG: 'ferry' });
   const source = await started(t, dir, 'src', GUEST, { NODE_DEBUG: 'ferry' });
   await dest.incomingAddress();
-  // Slow enough that the guest runs on the destination for seconds with pages missing.
-  await source.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': 8 * MiB });
+  // Every page written (zero pages would go as a few bytes each), and post-copy slow enough
+  // that the guest runs on the destination for a second or two with pages missing.
+  await waitFor(async () => (await passOf(source)) >= 2, 'two passes of the guest over its RAM');
+  await source.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': 16 * MiB });
   const before = await passOf(source);
   const { code, stdout, stderr } = await runFerry(['migrate', '--qmp', source.qmpPath, `unix:${path}`, '--max-bandwidth', '8M', '--no-progress', '--postcopy', '--dest-qmp', dest.qmpPath]);
   assert.equal(code, 0, stderr + stdout);

@@ -69,9 +69,9 @@ function refusedByDestination(shut: number): string {
  * Post-copy: new background pages wait while the socket holds more than this, so that a
  * page the destination asks for (a vCPU waits for it) is not queued behind many others.
  */
-const POSTCOPY_QUEUE_BYTES = 256 * 1024;
+const POSTCOPY_QUEUE_BYTES = 2 * 1024 * 1024;
 /** Post-copy: background pages per PART section (between looks at the requests). */
-const POSTCOPY_BACKGROUND_PAGES = 64;
+const POSTCOPY_BACKGROUND_PAGES = 256;
 
 /** How long the end of a migration waits for the destination to take what its socket still holds. */
 const DELIVERY_WAIT_MS = 5000;
@@ -140,6 +140,8 @@ export class OutgoingMigration {
   #pausedByUs = false;
   #wasRunning = false;
   #stateBeforeStop: RunState | undefined;
+  /** Ends the post-copy loop's wait early: a page was asked for. */
+  #pageRequested: (() => void) | undefined;
   /** migrate-start-postcopy arrived: switch at the next iteration. */
   #postcopyRequested = false;
   /** When the switch to post-copy began (engine clock). */
@@ -238,6 +240,7 @@ export class OutgoingMigration {
           ? (idstr: string | undefined, start: number, length: number): void => {
             if (!this.#postcopyCommitted) throw new MigrationError('The destination asked for pages before the switch to post-copy');
             this.#o.ram.queuePages(idstr, start, length);
+            this.#pageRequested?.();
           }
           : undefined;
         this.#returnPath = new SourceReturnPath(channel, this.#o.trace, onPageRequest);
@@ -321,6 +324,8 @@ export class OutgoingMigration {
         await this.#o.sleep(Math.max(1, limiter.waitMs()));
         this.#checkCancelled();
         this.#updateCounters(w);
+        // migrate-start-postcopy while the cap holds the passes back: switch now.
+        if (this.#postcopyRequested) return;
       }
       const sentBefore = this.#o.ram.stats.pagesSent;
       for (const { sectionId, handler } of registry.iterative) {
@@ -541,13 +546,18 @@ export class OutgoingMigration {
       if (w.error) throw w.error;
       // A page asked for goes at once; background pages wait while the socket is full, so
       // that one asked for is never far behind, and while the cap's window is spent.
-      if (!ram.requestsQueued && ((channel.unsent?.() ?? 0) > POSTCOPY_QUEUE_BYTES || limiter.exceeded())) {
-        await this.#o.sleep(limiter.exceeded() ? Math.max(1, Math.min(5, limiter.waitMs())) : 1);
+      const held = (channel.unsent?.() ?? 0) > POSTCOPY_QUEUE_BYTES || limiter.exceeded();
+      if (held && !ram.requestsQueued) {
+        // Until the socket drains or the cap's window ends — or at once, for a page asked for.
+        const asked = new Promise<void>((resolve) => (this.#pageRequested = resolve));
+        await Promise.race([this.#o.sleep(limiter.exceeded() ? Math.max(1, Math.min(5, limiter.waitMs())) : 1), asked]);
+        this.#pageRequested = undefined;
         continue;
       }
       for (const { sectionId, handler } of registry.iterative) {
         writeSectionPart(w, 'part', sectionId);
-        if (handler === ram) ram.sendPostcopy(w, POSTCOPY_BACKGROUND_PAGES);
+        // Held back: the pages asked for alone.
+        if (handler === ram) ram.sendPostcopy(w, held ? 0 : POSTCOPY_BACKGROUND_PAGES);
         else await handler.iterate!(w);
         writeSectionFooter(w, sectionId);
       }

@@ -51,6 +51,9 @@ export interface PostcopyIncomingFigures {
   readonly localZeroPages: number;
   /** Pages placed from the stream after LISTEN. */
   readonly placedPages: number;
+  /** From a fault's request to its page being placed, in ms: the mean and the longest. */
+  readonly requestWaitMeanMs: number;
+  readonly requestWaitMaxMs: number;
 }
 
 export class PostcopyIncoming implements PostcopyLoadHooks {
@@ -80,8 +83,17 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
   }
 
   get figures(): PostcopyIncomingFigures {
-    return { discardedPages: this.#discardedPages, requests: this.#requests, localZeroPages: this.#localZeroPages, placedPages: this.#placedPages };
+    return {
+      discardedPages: this.#discardedPages, requests: this.#requests, localZeroPages: this.#localZeroPages, placedPages: this.#placedPages,
+      requestWaitMeanMs: this.#answered === 0 ? 0 : this.#waitedMs / this.#answered, requestWaitMaxMs: this.#waitedMaxMs,
+    };
   }
+
+  /** When each outstanding request went out (key: block × 2^32 + page). */
+  readonly #requestedAt = new Map<number, number>();
+  #answered = 0;
+  #waitedMs = 0;
+  #waitedMaxMs = 0;
 
   /** The guest runs here while RAM still arrives. */
   get running(): boolean {
@@ -190,7 +202,12 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
     if (!uffd) return;
     if (this.#listening) for (const block of this.#blocks) uffd.unregister(BigInt(block.hostAddress!), block.size);
     uffd.close();
-    this.#o.trace?.(`migration: post-copy done here: ${this.#placedPages} pages placed, ${this.#requests} asked for by faults, ${this.#localZeroPages} never-sent pages zeroed on a fault`);
+    const f = this.figures;
+    this.#o.trace?.(
+      `migration: post-copy done here: ${f.placedPages} pages placed, ${f.requests} asked for by faults ` +
+        `(each placed ${f.requestWaitMeanMs.toFixed(2)} ms after it was asked for on average, ${f.requestWaitMaxMs.toFixed(1)} ms at most), ` +
+        `${f.localZeroPages} never-sent pages zeroed on a fault`,
+    );
   }
 
   /**
@@ -252,10 +269,21 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
       if ((requested[word]! & bit) !== 0) return;
       requested[word] = requested[word]! | bit;
       this.#requests++;
+      this.#requestedAt.set(b * 2 ** 32 + page, performance.now());
       this.#o.returnPath.requestPages(block.idstr, page * PAGE_SIZE, PAGE_SIZE);
       return;
     }
     this.#o.trace?.(`migration: post-copy: a fault at 0x${address.toString(16)} outside guest RAM, ignored`);
+  }
+
+  #answer(key: number): void {
+    const since = this.#requestedAt.get(key);
+    if (since === undefined) return;
+    this.#requestedAt.delete(key);
+    const waited = performance.now() - since;
+    this.#answered++;
+    this.#waitedMs += waited;
+    if (waited > this.#waitedMaxMs) this.#waitedMaxMs = waited;
   }
 
   // ---- placing pages (PostcopyRamSink) ----
@@ -296,27 +324,37 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
     const requested = this.#requested[b]!;
     for (let page = first; page < first + pages; page++) {
       const word = page >>> 5;
-      const bit = ~(1 << (page & 31));
-      awaited[word] = awaited[word]! & bit;
-      requested[word] = requested[word]! & bit;
+      const bit = 1 << (page & 31);
+      awaited[word] = awaited[word]! & ~bit;
+      if ((requested[word]! & bit) !== 0) {
+        requested[word] = requested[word]! & ~bit;
+        this.#answer(b * 2 ** 32 + page);
+      }
     }
     this.#awaitedCount -= pages;
     this.#placedPages += pages;
   }
 }
 
+/** Pages placed with one ioctl at most: one call per page cost ~3.5 µs here, one per 64 ~0.7 µs a page. */
+const PLACE_BATCH_PAGES = 64;
+
 /**
- * The RAM chunks of a post-copy stream, placed page by page with userfaultfd: a page from
- * the general decoder lands in a staging page first and is placed at the next call (or at
- * the end of the section: flush()); pages decoded in place are placed from the received
- * bytes; zero pages as zero pages. No scattered reads into RAM, and no XBZRLE (QEMU's
- * source sends none in post-copy).
+ * The RAM chunks of a post-copy stream, placed with userfaultfd: consecutive pages of a
+ * block gather in a staging buffer (or, zero pages, as a count) and go in one call — at
+ * the first page that does not follow, when the batch is full, and at the end of each
+ * section (flush()), so a page asked for waits no longer than its section. No scattered
+ * reads into RAM, and no XBZRLE (QEMU's source sends none in post-copy).
  */
 export class PostcopyRamSink implements RamChunkSink {
   readonly #p: PostcopyIncoming;
-  readonly #staging = new Uint8Array(PAGE_SIZE);
+  readonly #staging = new Uint8Array(PLACE_BATCH_PAGES * PAGE_SIZE);
   readonly #stagingAddress = addressOf(this.#staging);
-  #pending: { block: number; offset: number } | undefined;
+  /** The run being gathered: its block, first offset, pages, and whether they are zero pages (nothing staged). */
+  #block = -1;
+  #first = 0;
+  #count = 0;
+  #zero = false;
   /** The stream offset for errors (the reader's, set by RamLoader for each section). */
   at: () => number = () => 0;
 
@@ -330,35 +368,35 @@ export class PostcopyRamSink implements RamChunkSink {
   }
 
   pageTarget(idstr: string, offset: number): { ram: Uint8Array; offset: number } {
-    this.flush();
-    const block = this.#p.blockIndex(idstr, offset, this.at);
-    this.#pending = { block, offset };
-    return { ram: this.#staging, offset: 0 };
+    const slot = this.#slot(idstr, offset, false);
+    return { ram: this.#staging, offset: slot * PAGE_SIZE };
   }
 
   pageFrom(idstr: string, offset: number, buffer: ArrayBufferLike, byteOffset: number): void {
-    this.flush();
-    const b = this.#p.blockIndex(idstr, offset, this.at);
-    this.#p.place(b, offset, 1, addressOf(new Uint8Array(buffer, byteOffset, PAGE_SIZE)), this.at);
+    const slot = this.#slot(idstr, offset, false);
+    this.#staging.set(new Uint8Array(buffer, byteOffset, PAGE_SIZE), slot * PAGE_SIZE);
   }
 
   zero(idstr: string, offset: number, fill: number): void {
-    this.flush();
-    const b = this.#p.blockIndex(idstr, offset, this.at);
     if (fill === 0) {
-      this.#p.place(b, offset, 1, undefined, this.at);
+      this.#slot(idstr, offset, true);
       return;
     }
-    this.#staging.fill(fill);
-    this.#p.place(b, offset, 1, this.#stagingAddress, this.at);
+    const slot = this.#slot(idstr, offset, false);
+    this.#staging.fill(fill, slot * PAGE_SIZE, (slot + 1) * PAGE_SIZE);
   }
 
   zeroRun(idstr: string, offset: number, count: number): boolean {
-    this.flush();
     const b = this.#p.blockIndex(idstr, offset, this.at);
     // A run past the block's end goes chunk by chunk: zero() names the chunk at fault.
     if (offset + count * PAGE_SIZE > this.#p.blockSize(b)) return false;
-    this.#p.place(b, offset, count, undefined, this.at);
+    if (!(this.#zero && this.#block === b && offset === this.#first + this.#count * PAGE_SIZE)) {
+      this.flush();
+      this.#block = b;
+      this.#first = offset;
+      this.#zero = true;
+    }
+    this.#count += count;
     return true;
   }
 
@@ -366,11 +404,29 @@ export class PostcopyRamSink implements RamChunkSink {
     throw new StreamFormatError('An XBZRLE page arrived in post-copy (the source sends whole pages then)', this.at(), 'ram');
   }
 
-  /** Place the page the general decoder copied into the staging page, if any. */
+  /** Place the run gathered so far, if any. */
   flush(): void {
-    const pending = this.#pending;
-    if (pending === undefined) return;
-    this.#pending = undefined;
-    this.#p.place(pending.block, pending.offset, 1, this.#stagingAddress, this.at);
+    const count = this.#count;
+    if (count === 0) return;
+    this.#count = 0;
+    this.#p.place(this.#block, this.#first, count, this.#zero ? undefined : this.#stagingAddress, this.at);
+  }
+
+  /**
+   * Where page `offset` of block `idstr` goes in the run: it extends the run being
+   * gathered when it follows it (same kind, same block, the next page, room left); the run
+   * is placed and a new one begun otherwise. Returns its slot in the staging buffer.
+   */
+  #slot(idstr: string, offset: number, zero: boolean): number {
+    const b = this.#p.blockIndex(idstr, offset, this.at);
+    const follows = this.#count > 0 && this.#zero === zero && this.#block === b &&
+      offset === this.#first + this.#count * PAGE_SIZE && (zero || this.#count < PLACE_BATCH_PAGES);
+    if (!follows) {
+      this.flush();
+      this.#block = b;
+      this.#first = offset;
+      this.#zero = zero;
+    }
+    return this.#count++;
   }
 }
