@@ -66,7 +66,8 @@ test('sim: post-copy over unix (ferry migrate --postcopy --dest-qmp): the guest 
   assert.ok(info.ram!['postcopy-bytes'] > 16 * MiB, `most of RAM went after the switch: ${JSON.stringify(info.ram)}`);
   assert.ok(info.downtime !== undefined && info.downtime < 300, `downtime ${info.downtime} ms`);
   assert.equal(await status(source), 'postmigrate');
-  assert.equal((await dest.execute<Info>('query-migrate')).status, 'completed');
+  // The destination completes once it has told the source and let go of its RAM's registration.
+  await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'completed', 'the destination to complete');
   assert.equal(await status(dest), 'running');
   // The destination ran the guest before its RAM was all there, and says so.
   const ran = /the guest ran ([\d.]+) ms before the last page arrived \((\d+) pages to come at the switch, (\d+) asked for by faults/.exec(dest.stderr);

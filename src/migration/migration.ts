@@ -249,12 +249,14 @@ export class Migration {
       });
       const loadedAt = this.#o.now();
       if (loaded.startedEarly && postcopy) {
-        // Post-copy: the guest has run since RUN; the last page is in.
-        await postcopy.finish();
-        registry.cleanupAll();
+        // Post-copy: the guest has run since RUN; the last page is in. The source hears it
+        // first (it completes on that), then RAM is let go of userfaultfd.
+        postcopy.checkAllArrived();
         // The guest here is whole and runs: that stands even if the source cannot be told
         // (it then keeps its copy stopped, as after any failure past the switch).
         await rp.shut(0).catch((err: unknown) => this.#o.trace?.(`migration: the source could not be told that post-copy completed: ${errorMessage(err)}`));
+        await postcopy.finish();
+        registry.cleanupAll();
         this.#incomingState.transition('completed');
         rp.close();
         const f = postcopy.figures;

@@ -186,14 +186,20 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
     this.#o.run();
   }
 
+  /** Throws unless every page still to come at the switch has arrived, or the fault handling failed. */
+  checkAllArrived(): void {
+    if (this.#awaitedCount > 0) {
+      throw new MigrationError(`The post-copy stream ended with ${this.#awaitedCount} page(s) of guest RAM never sent`);
+    }
+    if (this.#faultError) throw this.#faultError;
+  }
+
   /**
    * The stream has ended (EOF): every page must have arrived. Then guest RAM is ordinary
    * memory again. Throws when pages are missing — the guest would wait for them for ever.
    */
   async finish(): Promise<void> {
-    if (this.#awaitedCount > 0) {
-      throw new MigrationError(`The post-copy stream ended with ${this.#awaitedCount} page(s) of guest RAM never sent`);
-    }
+    this.checkAllArrived();
     await this.#stopServing();
     if (this.#faultError) throw this.#faultError;
     this.#finished = true;
