@@ -7,6 +7,7 @@ import { openCharBackend } from '../chardev/char-backend.js';
 import { ConfigError, errorMessage, FerryError } from '../errors.js';
 import { parseGuestSpec } from '../guests/spec.js';
 import { uuidOption } from '../uuid.js';
+import { exitImmediately } from '../sys/libc.js';
 import type { AccelKind } from '../hypervisor/types.js';
 import type { Vmm, VmmOptions } from '../vmm/vmm.js';
 
@@ -50,6 +51,11 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
     if (ending) return;
     ending = true;
     if (message) process.stderr.write(`ferry: ${message}\n`);
+    if (vmm?.migration.ramArriving) {
+      // A post-copy destination whose guest RAM is not all here: a vCPU asleep on a missing
+      // page cannot be stopped, and Node's own exit would wait for it for ever.
+      exitImmediately(code);
+    }
     await vmm?.destroy().catch(() => {});
     await console.close().catch(() => {});
     process.exit(code);

@@ -73,6 +73,7 @@ interface Bindings {
   tgkill(tgid: number, tid: number, sig: number): number;
   strerror(errnum: number): string;
   syscall1(number: number, arg: number): number | bigint;
+  _exit(status: number): void;
 }
 
 let bindings: Bindings | undefined;
@@ -121,6 +122,7 @@ function libc(): Bindings {
     // syscall(2) with one integer argument, for calls glibc has no wrapper for (userfaultfd);
     // variadic in C, fixed here as ioctl's is (see above).
     syscall1: lib.func('syscall', 'long', ['long', 'long']),
+    _exit: lib.func('void _exit(int status)'),
     // `value` is read by the kernel during the call only.
     socket: lib.func('int socket(int domain, int type, int protocol)'),
     setsockopt: lib.func('int setsockopt(int fd, int level, int name, void *value, uint32_t len)'),
@@ -474,4 +476,15 @@ export function syscall1(number: number, arg: number): number {
 export function ioctlPtrRaw(fd: number, request: number, arg: Uint8Array): number {
   const r = libc().ioctlPtr(fd, request, arg);
   return r < 0 ? -koffi.errno() : r;
+}
+
+/**
+ * _exit(2): end the process now, every thread with it (exit_group), without Node's exit
+ * path — which waits for worker threads to stop, and waits for ever on one asleep in the
+ * kernel on a page fault only this process could have served (a post-copy destination
+ * whose source is gone).
+ */
+export function exitImmediately(code: number): never {
+  libc()._exit(code);
+  throw new Error('_exit returned');
 }
