@@ -7,6 +7,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { join } from 'node:path';
 import type { FerryProcess } from '../src/cli/ferry-process.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
@@ -108,7 +109,7 @@ test('sim: post-copy of a paused guest over tcp: it stays paused, and the destin
   await waitFor(async () => (await passOf(dest)) > check.pass, 'the pass counter to move on the destination');
 });
 
-test('sim: a destination lost after the switch to post-copy: the source fails, keeps its guest stopped and whole, and cont runs it there', async (t) => {
+test('sim: a destination lost after the switch to post-copy: the source pauses with its guest stopped and whole; migrate_cancel gives up, and cont runs the guest there', async (t) => {
   const dir = scratch(t);
   const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer']);
   const source = await started(t, dir, 'src', GUEST, { NODE_DEBUG: 'ferry' });
@@ -124,8 +125,14 @@ test('sim: a destination lost after the switch to post-copy: the source fails, k
   await source.execute('migrate_cancel');
   assert.equal((await source.execute<Info>('query-migrate')).status, 'postcopy-active');
   dest.kill();
+  // As QEMU: paused, waiting for a new connection (migrate with resume) that could go on.
+  await waitMigration(source, (i) => i.status === 'postcopy-paused', 20_000);
+  assert.equal(await status(source), 'finish-migrate');
+  assert.match(source.stderr, /post-copy paused: .*migrate-recover on the destination, then migrate with resume here, goes on/);
+  // No destination will come back: give up.
+  await source.execute('migrate_cancel');
   const failed = await waitMigration(source, (i) => i.status === 'failed', 20_000) as unknown as Info;
-  assert.match(failed['error-desc'] ?? '', /after the switch to post-copy: the guest is stopped here with all of its state, and may be running on the destination; if it is not, 'cont' runs it here/);
+  assert.match(failed['error-desc'] ?? '', /migrate_cancel while post-copy was paused — after the switch to post-copy: the guest is stopped here with all of its state, and may be running on the destination; if it is not, 'cont' runs it here/);
   assert.equal(await status(source), 'paused');
   const check = await source.execute<Check>('x-ferry-check-memory');
   assert.ok(check.ok, check.problem);
@@ -133,9 +140,9 @@ test('sim: a destination lost after the switch to post-copy: the source fails, k
   await waitFor(async () => (await passOf(source)) > check.pass, 'the pass counter to move on the source');
 });
 
-test('sim: a source lost after the switch to post-copy: the destination fails, names why, and ends — its guest cannot go on without the missing pages', async (t) => {
+test('sim: a source lost after the switch to post-copy: the destination pauses, its guest waiting for the missing pages; what reads guest RAM is refused, and quit ends it at once', async (t) => {
   const dir = scratch(t);
-  const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer']);
+  const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer'], { NODE_DEBUG: 'ferry' });
   const source = await started(t, dir, 'src', GUEST);
   const uri = await listening(dest);
   await waitFor(async () => (await passOf(source)) >= 2, 'two passes of the guest over its RAM');
@@ -147,8 +154,70 @@ test('sim: a source lost after the switch to post-copy: the destination fails, n
   // RAM still arrives: what reads it from the VMM's thread is refused, not left to hang.
   await assert.rejects(dest.execute('x-ferry-query-guest'), /Guest RAM is still arriving \(post-copy\)/);
   source.kill();
-  assert.equal(await dest.exited, 1);
-  assert.match(dest.stderr, /incoming migration failed: .* in post-copy, after the guest started here: it cannot go on \(part of its RAM never arrived; its vCPUs wait for it\), and the source still holds the whole guest, stopped/);
+  // As QEMU: paused until a source resumes (migrate-recover), the guest on what it has.
+  await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'postcopy-paused', 'the destination to pause');
+  assert.match(dest.stderr, /post-copy paused: .*; \d+ pages still to come/);
+  await assert.rejects(dest.execute('x-ferry-ram-digest'), /Stop the guest first|Guest RAM is still arriving/);
+  await assert.rejects(dest.execute('x-ferry-query-guest'), /Guest RAM is still arriving \(post-copy\)/);
+  // A vCPU asleep on a missing page cannot be stopped; quit still ends the process, at once.
+  const quitAt = Date.now();
+  await dest.execute('quit').catch(() => {});
+  assert.equal(await dest.exited, 0);
+  assert.ok(Date.now() - quitAt < 5000, `quit took ${Date.now() - quitAt} ms`);
+});
+
+test('sim: post-copy recovers from a broken connection: both sides pause, migrate-recover and migrate with resume go on from what arrived, and the guest is whole', async (t) => {
+  const dir = scratch(t);
+  const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer'], { NODE_DEBUG: 'ferry' });
+  const source = await started(t, dir, 'src', GUEST, { NODE_DEBUG: 'ferry' });
+  const target = await listening(dest);
+  // The connection runs through a relay here, so that the test can cut it.
+  const [host, port] = target.slice('tcp:'.length).split(':') as [string, string];
+  const sockets: net.Socket[] = [];
+  const relay = net.createServer((client) => {
+    const upstream = net.connect(Number(port), host);
+    client.pipe(upstream).on('error', () => {});
+    upstream.pipe(client).on('error', () => {});
+    client.on('error', () => {});
+    upstream.on('error', () => {});
+    sockets.push(client, upstream);
+  });
+  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  t.after(() => relay.close());
+  const relayPort = (relay.address() as net.AddressInfo).port;
+  await waitFor(async () => (await passOf(source)) >= 2, 'two passes of the guest over its RAM');
+  await source.execute('migrate-set-capabilities', POSTCOPY);
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 8 * MiB, 'max-postcopy-bandwidth': 4 * MiB });
+  await source.execute('migrate', { uri: `tcp:127.0.0.1:${relayPort}` });
+  await source.execute('migrate-start-postcopy');
+  await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'postcopy-active', 'the destination to run the guest');
+  await waitFor(async () => ((await source.execute<Info>('query-migrate')).ram?.['postcopy-bytes'] ?? 0) > 4 * MiB, 'some of RAM after the switch');
+  for (const socket of sockets) socket.destroy();
+  await waitMigration(source, (i) => i.status === 'postcopy-paused');
+  await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'postcopy-paused', 'the destination to pause');
+  // Paused: the guest stays stopped on the source, running on the destination on what it has.
+  assert.equal(await status(source), 'finish-migrate');
+  assert.equal(await status(dest), 'running');
+  await assert.rejects(source.execute('migrate', { uri: 'tcp:127.0.0.1:1', resume: false }), /There's a migration process in progress/);
+  await assert.rejects(dest.execute('migrate-recover', { uri: 'bogus:x' }), /./);
+  await dest.execute('migrate-recover', { uri: 'tcp:127.0.0.1:0' });
+  await assert.rejects(dest.execute('migrate-recover', { uri: 'tcp:127.0.0.1:0' }), /Migrate recovery is triggered already/);
+  const recovered = (await dest.execute<{ 'socket-address'?: Array<{ host: string; port: string }> }>('query-migrate'))['socket-address']?.[0];
+  assert.ok(recovered);
+  await source.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': 0 });
+  await source.execute('migrate', { uri: `tcp:${recovered.host}:${recovered.port}`, resume: true });
+  const done = await waitMigration(source, (i) => i.status === 'completed' || i.status === 'failed', 60_000) as unknown as Info;
+  assert.equal(done.status, 'completed', done['error-desc']);
+  await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'completed', 'the destination to complete');
+  assert.match(source.stderr, /post-copy paused: .*migrate-recover on the destination, then migrate with resume here, goes on/);
+  assert.match(source.stderr, /post-copy resumed on tcp:[^:]+:\d+: \d+ pages to send again/);
+  assert.match(dest.stderr, /post-copy resumed: \d+ pages still to come/);
+  assert.equal(await status(source), 'postmigrate');
+  const start = await passOf(dest);
+  await waitFor(async () => (await passOf(dest)) > start, 'the pass counter to move on the destination');
+  await dest.execute('stop');
+  const check = await dest.execute<Check>('x-ferry-check-memory');
+  assert.ok(check.ok, check.problem);
 });
 
 test('sim: post-copy refused cleanly — a destination without postcopy-ram, exec:, start-postcopy too late — and the source guest runs on', async (t) => {

@@ -3,7 +3,7 @@
 // — the whole stream read and checked — install device state. Errors name the section
 // and the byte offset.
 
-import { StreamFormatError, StreamTruncatedError } from '../errors.js';
+import { StreamFormatError, StreamTruncatedError, TransportError } from '../errors.js';
 import { StreamReader } from '../stream/reader.js';
 import { readHeader, readSectionFooter, readSectionHeader, readVmdesc } from '../stream/format.js';
 import type { Vmdesc } from '../stream/format.js';
@@ -32,6 +32,15 @@ export interface PostcopyLoadHooks {
   listen(offset: number): void;
   /** The device state is loaded and installed: run the guest. */
   run(offset: number): void;
+  /**
+   * Post-copy recovery (optional): the connection broke after RUN. Resolves with a reader
+   * of the connection the source resumes on (migrate-recover); rejects to fail the load.
+   */
+  paused?(cause: Error): Promise<StreamReader>;
+  /** RECV_BITMAP on the resumed connection: send which pages of `idstr` have arrived. */
+  recvBitmap?(idstr: string, offset: number): void;
+  /** POSTCOPY_RESUME: acknowledge, and pages flow again. */
+  resume?(offset: number): void;
 }
 
 export interface LoadOptions {
@@ -99,6 +108,22 @@ function commit(context: LoadContext): void {
  * LOADVM_QUIT). Returns which ended it.
  */
 async function loadSections(r: StreamReader, context: LoadContext, inPackage: boolean): Promise<'eof' | 'run'> {
+  for (;;) {
+    try {
+      return await loadSectionsFrom(r, context, inPackage);
+    } catch (err) {
+      // After RUN the guest runs here on what has arrived: a broken connection pauses
+      // post-copy until the source resumes on a new one (QEMU's postcopy-paused), where
+      // this side can recover. Anything else — and a break before RUN — fails the load.
+      const postcopy = context.options.postcopy;
+      const broken = err instanceof StreamTruncatedError || err instanceof TransportError;
+      if (inPackage || context.postcopy !== 'running' || !broken || postcopy?.paused === undefined) throw err;
+      r = await postcopy.paused(err);
+    }
+  }
+}
+
+async function loadSectionsFrom(r: StreamReader, context: LoadContext, inPackage: boolean): Promise<'eof' | 'run'> {
   const { registry, open } = context;
   for (;;) {
     if (inPackage && (await r.atEnd())) {
@@ -210,6 +235,14 @@ async function runCommand(r: StreamReader, context: LoadContext, command: Stream
       context.postcopy = 'running';
       postcopy.run(offset);
       return inPackage;
+    case 'recv-bitmap':
+      if (!postcopy?.recvBitmap || context.postcopy !== 'running') throw wrongState('RECV_BITMAP');
+      postcopy.recvBitmap(command.idstr, offset);
+      return false;
+    case 'postcopy-resume':
+      if (!postcopy?.resume || context.postcopy !== 'running') throw wrongState('POSTCOPY_RESUME');
+      postcopy.resume(offset);
+      return false;
     case 'packaged': {
       if (inPackage) throw new StreamFormatError(`CMD_PACKAGED at offset ${offset} inside a package`, offset, 'command');
       if (!postcopy || (context.postcopy !== 'advised' && context.postcopy !== 'discarding')) throw wrongState('PACKAGED');

@@ -124,8 +124,12 @@ export class Migration {
    * QMP `migrate`: checks, moves to setup and returns at once; connecting and sending
    * run in the background. Throws MigrationError when a migration cannot start now.
    */
-  migrate(uri: string): void {
+  migrate(uri: string, options: { resume?: boolean } = {}): void {
     const vm = this.#o.vm;
+    if (options.resume) {
+      this.#resume(uri);
+      return;
+    }
     if (isMigrationRunning(this.#outgoingState.status)) throw new MigrationError(MIGRATION_ACTIVE);
     if (vm.runState === 'inmigrate' || isMigrationRunning(this.#incomingState.status)) {
       throw new MigrationError('Guest is waiting for an incoming migration');
@@ -218,7 +222,7 @@ export class Migration {
       channel = await listener.accept();
       const acceptedAt = this.#o.now();
       this.#incomingState.transition('active');
-      const rp = new DestinationReturnPath(channel, this.#o.trace);
+      let rp = new DestinationReturnPath(channel, this.#o.trace);
       returnPath = rp;
       // QEMU: a source that was not running gives a destination in the same state; otherwise autostart decides.
       const startGuest = (): void => {
@@ -238,6 +242,22 @@ export class Migration {
             startGuest();
             this.#incomingState.transition('postcopy-active');
           },
+          // QEMU's postcopy-paused: the guest runs on what it has until the source is back.
+          awaitRecovery: async (cause) => {
+            channel?.destroy(cause);
+            this.#incomingState.transition('postcopy-paused');
+            this.#incomingPausedBy = streamErrorMessage(cause);
+            const next = await new Promise<Channel>((resolve, reject) => (this.#incomingRecovery = { resolve, reject }));
+            this.#incomingPausedBy = undefined;
+            channel = next;
+            this.#incomingState.transition('postcopy-recover');
+            rp = new DestinationReturnPath(next, this.#o.trace);
+            rp.openForRecovery();
+            returnPath = rp;
+            this.#o.trace?.(`migration: post-copy recovering on ${next.description}`);
+            return { reader: new StreamReader(next), returnPath: rp };
+          },
+          resumed: () => this.#incomingState.transition('postcopy-active'),
           ...(this.#o.trace ? { trace: this.#o.trace } : {}),
         });
         this.#incomingPostcopy = postcopy;
@@ -315,6 +335,24 @@ export class Migration {
   }
 
   /**
+   * QMP `migrate {uri, resume: true}`: a post-copy paused by a broken connection goes on
+   * over a new one to `uri` (where the destination's migrate-recover listens). Returns at
+   * once; a connection that fails leaves it paused, and says so in the trace.
+   */
+  #resume(uri: string): void {
+    const outgoing = this.#outgoing;
+    if (this.#outgoingState.status !== 'postcopy-paused' || !outgoing) {
+      throw new MigrationError('Cannot resume if there is no paused migration');
+    }
+    this.#o.connect(uri).then(
+      (channel) => {
+        if (!outgoing.resume(channel)) channel.destroy(new MigrationError('The migration is no longer paused'));
+      },
+      (err: unknown) => this.#o.trace?.(`migration: resuming post-copy over ${uri} failed: ${errorMessage(err)}; still paused`),
+    );
+  }
+
+  /**
    * QMP `migrate-start-postcopy`: switch the running migration to post-copy at its next
    * iteration (QEMU's checks and words).
    */
@@ -340,6 +378,45 @@ export class Migration {
 
   /** The incoming migration's post-copy side, while one runs (and after it failed past RUN). */
   #incomingPostcopy: PostcopyIncoming | undefined;
+  /** While post-copy is paused here: hands the load the connection migrate-recover accepted. */
+  #incomingRecovery: { resolve: (channel: Channel) => void; reject: (err: Error) => void } | undefined;
+  /** Why post-copy paused here (query-migrate has no field for it; the trace and migrate-recover's errors say it). */
+  #incomingPausedBy: string | undefined;
+  #recoverListening = false;
+
+  /**
+   * QMP `migrate-recover {uri}` on a destination whose post-copy paused: listen on `uri`
+   * for the source's `migrate` with resume, and go on with the connection it opens.
+   * Resolves once listening (query-migrate's socket-address says where).
+   */
+  async recover(uri: string): Promise<void> {
+    const recovery = this.#incomingRecovery;
+    if (this.#incomingState.status !== 'postcopy-paused' || !recovery) {
+      throw new MigrationError('Migrate recover can only be run when postcopy is paused.');
+    }
+    if (this.#recoverListening) throw new MigrationError('Migrate recovery is triggered already');
+    this.#recoverListening = true;
+    let listener: Listener;
+    try {
+      listener = await this.#o.listen(uri);
+    } catch (err) {
+      this.#recoverListening = false;
+      throw err;
+    }
+    this.#incomingAddress = socketAddressInfo(listener.address);
+    this.#o.trace?.(`migration: post-copy recovery: waiting for the source on ${listener.address}`);
+    void listener.accept().then(
+      (channel) => {
+        this.#incomingRecovery = undefined;
+        recovery.resolve(channel);
+      },
+      (err: unknown) => this.#o.trace?.(`migration: post-copy recovery: no connection on ${listener.address}: ${errorMessage(err)}`),
+    ).finally(() => {
+      this.#recoverListening = false;
+      this.#incomingAddress = undefined;
+      void listener.close().catch(() => {});
+    });
+  }
 
   /** QMP `migrate_cancel`: nothing to do unless an outgoing migration is in setup or active (as QEMU). */
   cancel(): void {
@@ -445,6 +522,7 @@ export class Migration {
   /** Stop listening for an incoming migration that has not connected yet. */
   async close(): Promise<void> {
     this.cancel();
+    this.#incomingRecovery?.reject(new MigrationError('The VM is closing'));
     await this.#listener?.close();
   }
 

@@ -13,7 +13,8 @@ import {
 import type { VmdescDevice } from '../stream/format.js';
 import {
   MAX_PACKAGED_BYTES, MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PACKAGED, MIG_CMD_PING, MIG_CMD_POSTCOPY_ADVISE,
-  MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RUN, be32Bytes, encodeCommand, postcopyAdviseData, writeCommand,
+  MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RESUME, MIG_CMD_POSTCOPY_RUN, MIG_CMD_RECV_BITMAP, RESUME_ACK_VALUE, be32Bytes,
+  encodeCommand, postcopyAdviseData, recvBitmapData, writeCommand,
 } from '../stream/return-path.js';
 import { SourceReturnPath } from './return-path.js';
 import { canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes } from './convergence.js';
@@ -61,9 +62,13 @@ export interface OutgoingOptions {
 }
 
 /** A destination's SHUT other than 0: it did not load the stream. */
+const REFUSED_PREFIX = 'The destination failed to load the stream';
 function refusedByDestination(shut: number): string {
-  return `The destination failed to load the stream (it answered SHUT ${shut} on the return path)`;
+  return `${REFUSED_PREFIX} (it answered SHUT ${shut} on the return path)`;
 }
+
+/** Post-copy recovery: how long the source waits for each of the destination's answers. */
+const RECOVERY_WAIT_MS = 30_000;
 
 /**
  * Post-copy: new background pages wait while the socket holds more than this, so that a
@@ -140,6 +145,13 @@ export class OutgoingMigration {
   #pausedByUs = false;
   #wasRunning = false;
   #stateBeforeStop: RunState | undefined;
+  /** A post-copy destination asks for pages (on any connection, the resumed ones too). */
+  readonly #onPageRequest = (idstr: string | undefined, start: number, length: number): void => {
+    if (!this.#postcopyCommitted) throw new MigrationError('The destination asked for pages before the switch to post-copy');
+    this.#o.ram.queuePages(idstr, start, length);
+    this.#pageRequested?.();
+  };
+
   /** Ends the post-copy loop's wait early: a page was asked for. */
   #pageRequested: (() => void) | undefined;
   /** migrate-start-postcopy arrived: switch at the next iteration. */
@@ -205,6 +217,11 @@ export class OutgoingMigration {
    */
   cancel(): void {
     const { state } = this.#o;
+    if (state.status === 'postcopy-paused' && this.#resumeWith) {
+      // Nothing is in flight: give the paused post-copy up (the guest stays stopped here).
+      this.#resumeWith.reject(new MigrationError('migrate_cancel while post-copy was paused'));
+      return;
+    }
     const from = (['setup', 'active', 'pre-switchover', 'device'] as const).find((s) => state.transitionFrom(s, 'cancelling'));
     if (from === undefined) return;
     this.#cancelRequested = true;
@@ -236,14 +253,7 @@ export class OutgoingMigration {
           throw new MigrationError(`Cannot use the ${this.#o.postcopy ? 'postcopy-ram' : 'return-path'} capability over ${channel.description}: the destination has no way to answer on it (use tcp:, unix: or fd: with a socket)`);
         }
         // As QEMU's migration thread: open it, and ping once so a dead one shows early.
-        const onPageRequest = this.#o.postcopy
-          ? (idstr: string | undefined, start: number, length: number): void => {
-            if (!this.#postcopyCommitted) throw new MigrationError('The destination asked for pages before the switch to post-copy');
-            this.#o.ram.queuePages(idstr, start, length);
-            this.#pageRequested?.();
-          }
-          : undefined;
-        this.#returnPath = new SourceReturnPath(channel, this.#o.trace, onPageRequest);
+        this.#returnPath = new SourceReturnPath(channel, this.#o.trace, this.#o.postcopy ? { onPageRequest: this.#onPageRequest } : undefined);
         // A destination that fails part-way says so at once (QEMU's return path thread marks
         // the migration bad): stop sending into it, and let its SHUT be the error reported.
         this.#returnPath.shut.then((value) => {
@@ -538,10 +548,43 @@ export class OutgoingMigration {
         `(${discarded.pages} pages still to send, in ${discarded.ranges} discard ranges; device state ${saved.length} B); the destination runs it now`,
     );
 
-    const channel = this.#channel!;
     // QEMU: max-postcopy-bandwidth caps post-copy (0: none), not max-bandwidth.
+    this.#o.limiter.setLimit(this.#o.parameters()['max-postcopy-bandwidth']);
+    // A broken connection pauses here (QEMU's postcopy-paused) until `migrate` with resume
+    // brings a new one; the rest then goes from what the destination says it has.
+    for (;;) {
+      try {
+        await this.#postcopySend(w);
+        break;
+      } catch (err) {
+        if (this.#cancelRequested || err instanceof MigrationCancelledError || (err instanceof MigrationError && err.message.startsWith(REFUSED_PREFIX))) throw err;
+        this.#bytesOnEarlierChannels += w.bytesWritten;
+        w = await this.#pausePostcopy(err);
+      }
+    }
+    const end = this.#o.now();
+    try {
+      await w.close();
+    } catch (err) {
+      this.#o.trace?.(`migration: closing the channel after the destination's SHUT 0 failed (${errorMessage(err)}); the migration stands`);
+    }
+    this.#totalTime = end - this.#startTime;
+    this.#updateCounters(w, true);
+    ram.finishPasses();
+    this.#o.trace?.(
+      `migration: completed in post-copy in ${this.#totalTime.toFixed(1)} ms (the switch at ${(stopStart - this.#startTime).toFixed(1)} ms, ` +
+        `downtime ${this.#downtime.toFixed(1)} ms; ${ram.stats.postcopyRequests} page requests, ${ram.stats.postcopyBytes} B after the switch, ${this.#bytesOnEarlierChannels + w.bytesWritten} B in all)`,
+    );
+    registry.cleanupAll();
+    vm.setRunState('postmigrate');
+    state.transition('completed');
+  }
+
+  /** Post-copy on one connection: the rest of the RAM (pages asked for first), END, EOF, and the destination's SHUT 0. */
+  async #postcopySend(w: StreamWriter): Promise<void> {
+    const { registry, ram } = this.#o;
+    const channel = this.#channel!;
     const limiter = this.#o.limiter;
-    limiter.setLimit(this.#o.parameters()['max-postcopy-bandwidth']);
     while (ram.stats.remainingPages > 0) {
       if (w.error) throw w.error;
       // A page asked for goes at once; background pages wait while the socket is full, so
@@ -550,7 +593,7 @@ export class OutgoingMigration {
       if (held && !ram.requestsQueued) {
         // Until the socket drains or the cap's window ends — or at once, for a page asked for.
         const asked = new Promise<void>((resolve) => (this.#pageRequested = resolve));
-        await Promise.race([this.#o.sleep(limiter.exceeded() ? Math.max(1, Math.min(5, limiter.waitMs())) : 1), asked]);
+        await Promise.race([this.#o.sleep(limiter.exceeded() ? Math.max(1, Math.min(5, limiter.waitMs())) : 1), asked, this.#brokenSignal(channel)]);
         this.#pageRequested = undefined;
         continue;
       }
@@ -579,23 +622,99 @@ export class OutgoingMigration {
     // The destination says whether it has everything (post-copy always has the return path).
     const shut = await this.#returnPath!.shut;
     if (shut !== 0) throw new MigrationError(refusedByDestination(shut));
-    const end = this.#o.now();
-    try {
-      await w.close();
-    } catch (err) {
-      this.#o.trace?.(`migration: closing the channel after the destination's SHUT 0 failed (${errorMessage(err)}); the migration stands`);
-    }
-    this.#totalTime = end - this.#startTime;
-    this.#updateCounters(w, true);
-    ram.finishPasses();
-    this.#o.trace?.(
-      `migration: completed in post-copy in ${this.#totalTime.toFixed(1)} ms (the switch at ${(stopStart - this.#startTime).toFixed(1)} ms, ` +
-        `downtime ${this.#downtime.toFixed(1)} ms; ${ram.stats.postcopyRequests} page requests, ${ram.stats.postcopyBytes} B after the switch, ${w.bytesWritten} B in all)`,
-    );
-    registry.cleanupAll();
-    vm.setRunState('postmigrate');
-    state.transition('completed');
   }
+
+  /** Rejects once the return path of `channel` has failed (the connection is gone), never resolves. */
+  #brokenSignal(channel: Channel): Promise<never> {
+    const rp = this.#returnPath;
+    return new Promise<never>((_, reject) => {
+      rp?.shut.then(
+        (value) => { if (value !== 0) reject(new MigrationError(refusedByDestination(value))); },
+        (err: unknown) => { if (this.#channel === channel) reject(err instanceof Error ? err : new Error(String(err))); },
+      );
+    });
+  }
+
+  /**
+   * Post-copy lost its connection: postcopy-paused until migrate with resume hands over a
+   * new one (resume()), then QEMU's recovery on it — RECV_BITMAP for each block, whose
+   * answer says which pages the destination has (the rest are sent again), then
+   * POSTCOPY_RESUME and its RESUME_ACK — and postcopy-active again. A recovery that fails
+   * pauses again. migrate_cancel meanwhile gives up (the guest stays stopped here).
+   */
+  async #pausePostcopy(cause: unknown): Promise<StreamWriter> {
+    const { state, ram, registry } = this.#o;
+    let why = cause;
+    for (;;) {
+      this.#channel?.destroy(why instanceof Error ? why : new MigrationError(errorMessage(why)));
+      state.transition('postcopy-paused');
+      this.#o.trace?.(`migration: post-copy paused: ${errorMessage(why)}; ${ram.stats.remainingPages} pages still to send. migrate-recover on the destination, then migrate with resume here, goes on`);
+      const channel = await new Promise<Channel>((resolve, reject) => (this.#resumeWith = { resolve, reject }));
+      this.#resumeWith = undefined;
+      this.#channel = channel;
+      state.transition('postcopy-recover');
+      try {
+        return await this.#recoverOn(channel);
+      } catch (err) {
+        if (err instanceof MigrationCancelledError) throw err;
+        why = err;
+      }
+    }
+  }
+
+  async #recoverOn(channel: Channel): Promise<StreamWriter> {
+    const { state, ram } = this.#o;
+    if (!channel.duplex) throw new MigrationError(`Cannot resume post-copy over ${channel.description}: the destination has no way to answer on it`);
+    const w = new StreamWriter(channel, this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : undefined);
+    const bitmaps = new Map<string, Uint8Array>();
+    let ack: number | undefined;
+    let progress: () => void = () => {};
+    this.#returnPath = new SourceReturnPath(channel, this.#o.trace, {
+      onPageRequest: this.#onPageRequest,
+      onRecvBitmap: (idstr, bitmap) => {
+        bitmaps.set(idstr, bitmap);
+        progress();
+      },
+      onResumeAck: (value) => {
+        ack = value;
+        progress();
+      },
+    });
+    const broken = this.#brokenSignal(channel);
+    broken.catch(() => {});
+    const until = async (done: () => boolean, what: string): Promise<void> => {
+      const deadline = this.#o.now() + RECOVERY_WAIT_MS;
+      while (!done()) {
+        if (w.error) throw w.error;
+        if (this.#o.now() > deadline) throw new MigrationError(`Post-copy recovery: no ${what} from the destination within ${RECOVERY_WAIT_MS / 1000} s`);
+        await Promise.race([new Promise<void>((resolve) => { progress = resolve; setTimeout(resolve, 50); }), broken]);
+      }
+    };
+    const blocks = this.#o.vm.memory;
+    for (const block of blocks) writeCommand(w, MIG_CMD_RECV_BITMAP, recvBitmapData(block.idstr));
+    await this.#flush(w);
+    await until(() => blocks.every((b) => bitmaps.has(b.idstr)), 'received bitmap');
+    for (const block of blocks) ram.resumeFrom(block.idstr, bitmaps.get(block.idstr)!);
+    writeCommand(w, MIG_CMD_POSTCOPY_RESUME);
+    await this.#flush(w);
+    await until(() => ack !== undefined, 'RESUME_ACK');
+    if (ack !== RESUME_ACK_VALUE) throw new MigrationError(`Post-copy recovery: RESUME_ACK ${ack}, expected ${RESUME_ACK_VALUE}`);
+    state.transition('postcopy-active');
+    this.#o.trace?.(`migration: post-copy resumed on ${channel.description}: ${ram.stats.remainingPages} pages to send again`);
+    return w;
+  }
+
+  /** migrate with resume: the new connection for a paused post-copy. False when none is paused. */
+  resume(channel: Channel): boolean {
+    const resumeWith = this.#resumeWith;
+    if (!resumeWith || this.#o.state.status !== 'postcopy-paused') return false;
+    resumeWith.resolve(channel);
+    return true;
+  }
+
+  #resumeWith: { resolve: (channel: Channel) => void; reject: (err: Error) => void } | undefined;
+  /** Bytes written on the connections post-copy recovery replaced. */
+  #bytesOnEarlierChannels = 0;
 
   /** pre-switchover until migrate-continue (or a cancel), then device (post-copy: postcopy-active), as QEMU 7.2. */
   async #pauseBeforeSwitchover(next: 'device' | 'postcopy-active' = 'device'): Promise<void> {
@@ -688,7 +807,7 @@ export class OutgoingMigration {
   #updateCounters(w: StreamWriter, final = false): void {
     const now = this.#o.now();
     if (final) {
-      const whole = measureBandwidth({ bytes: w.bytesWritten, pages: this.#o.ram.stats.pagesSent, elapsedMs: now - this.#startTime });
+      const whole = measureBandwidth({ bytes: this.#bytesOnEarlierChannels + w.bytesWritten, pages: this.#o.ram.stats.pagesSent, elapsedMs: now - this.#startTime });
       this.#mbps = whole.mbps;
       this.#pagesPerSecond = Math.round(whole.pagesPerSecond);
       return;
@@ -729,7 +848,7 @@ export class OutgoingMigration {
       this.#errorDesc = `${errorMessage(err)} — after the switch to post-copy: the guest is stopped here with all of its state, and may be running on the destination; if it is not, 'cont' runs it here`;
       this.#o.trace?.(`migration: failed: ${this.#errorDesc}`);
       vm.setRunState('paused');
-      if (state.status === 'postcopy-active' || state.status === 'pre-switchover') state.transition('failed');
+      if (state.status === 'postcopy-active' || state.status === 'postcopy-paused' || state.status === 'postcopy-recover' || state.status === 'pre-switchover') state.transition('failed');
       return;
     }
     // Back to where the guest was before anything else hears of the outcome.

@@ -18,7 +18,7 @@ function setup(t: import('node:test').TestContext) {
   const events: string[] = [];
   const postcopy = new PostcopyIncoming({
     vm: { memory: [block] } as unknown as MigrationVm,
-    returnPath: { open: true, writeError: undefined, requestPages: (idstr, start, length) => requests.push(`${idstr} ${start / PAGE}+${length / PAGE}`) },
+    returnPath: { open: true, writeError: undefined, requestPages: (idstr, start, length) => requests.push(`${idstr} ${start / PAGE}+${length / PAGE}`), sendRecvBitmap: (idstr, bitmap) => requests.push(`bitmap ${idstr} ${[...bitmap].join(',')}`), sendResumeAck: () => requests.push('ack') },
     backgroundSettled: async () => { events.push('settled'); },
     placeWith: () => events.push('placeWith'),
     run: () => events.push('run'),
@@ -111,10 +111,43 @@ test('post-copy destination: without a return path, ADVISE is refused', (t) => {
   t.after(() => munmap(mapping));
   const postcopy = new PostcopyIncoming({
     vm: { memory: [{ idstr: 'pc.ram', guestAddress: 0, size: PAGE, bytes: mapping.bytes, hostAddress: Number(mapping.address) }] } as unknown as MigrationVm,
-    returnPath: { open: false, writeError: undefined, requestPages: () => {} },
+    returnPath: { open: false, writeError: undefined, requestPages: () => {}, sendRecvBitmap: () => {}, sendResumeAck: () => {} },
     backgroundSettled: async () => {},
     placeWith: () => {},
     run: () => {},
   });
   assert.throws(() => postcopy.advise(PAGE, PAGE, 3), /post-copy needs the return path/);
+});
+
+test('post-copy destination, recovery: a broken run is dropped, faults while paused wait, RECV_BITMAP says what is here, and RESUME asks again for what faults wanted', async (t) => {
+  const { mapping, postcopy, requests, events } = setup(t);
+  postcopy.advise(PAGE, PAGE, 0);
+  // 16 pages, all to come; pages 0-2 arrive before the break, 3-4 are half a run when it breaks.
+  await postcopy.discard('pc.ram', [{ start: 0, length: 16 * PAGE }], 0);
+  postcopy.listen(0);
+  postcopy.run();
+  const page = new Uint8Array(PAGE).fill(5);
+  for (let p = 0; p < 3; p++) postcopy.sink.pageFrom('pc.ram', p * PAGE, page.buffer, 0);
+  postcopy.sink.flush();
+  postcopy.sink.pageFrom('pc.ram', 3 * PAGE, page.buffer, 0);
+  postcopy.sink.pageFrom('pc.ram', 4 * PAGE, page.buffer, 0);
+  postcopy.pause();
+  postcopy.sink.flush();
+  assert.equal(postcopy.awaitedPages, 13, 'the half run was not placed: pages 3 and 4 are still to come');
+  // A fault while paused is noted, not sent (nobody is there to hear it).
+  const { worker, values } = reader(Number(mapping.address), [9]);
+  await until(() => postcopy.figures.requests === 1, 'the fault on page 9');
+  assert.deepEqual(requests, []);
+  // The source is back on a new connection.
+  postcopy.recvBitmap('pc.ram', 0);
+  assert.throws(() => postcopy.recvBitmap('pc.rom', 77), /CMD_RECV_BITMAP at offset 77: unknown RAM block "pc.rom"/);
+  // Pages 0-2 are here: bits 0-2 of the first byte; 16 pages take 2 bytes, padded to 8.
+  assert.deepEqual(requests, ['bitmap pc.ram 7,0,0,0,0,0,0,0']);
+  postcopy.resume();
+  assert.deepEqual(requests, ['bitmap pc.ram 7,0,0,0,0,0,0,0', 'ack', 'pc.ram 9+1']);
+  assert.deepEqual(events.slice(-1), ['run']);
+  page.fill(9);
+  postcopy.place(0, 9 * PAGE, 1, addressOf(page), at);
+  assert.deepEqual(await values, [9]);
+  await worker.terminate();
 });

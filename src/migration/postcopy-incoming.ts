@@ -12,6 +12,7 @@ import { MigrationError, StreamFormatError, errorMessage } from '../errors.js';
 import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
 import type { RamChunkSink } from '../stream/ram-codec.js';
+import type { StreamReader } from '../stream/reader.js';
 import type { BlockRange } from '../stream/return-path.js';
 import { MADV_DONTNEED, addressOf, madviseRange } from '../sys/libc.js';
 import { Userfaultfd } from '../sys/userfaultfd.js';
@@ -26,6 +27,9 @@ const FAULT_WAIT_MS = 100;
 export interface PageRequester {
   readonly open: boolean;
   requestPages(idstr: string, start: number, length: number): void;
+  /** Post-copy recovery's answers. */
+  sendRecvBitmap(idstr: string, bitmap: Uint8Array): void;
+  sendResumeAck(): void;
   readonly writeError: Error | undefined;
 }
 
@@ -38,6 +42,13 @@ export interface PostcopyIncomingOptions {
   readonly placeWith: (sink: PostcopyRamSink) => void;
   /** RUN: the device state is installed; start the guest (or leave it paused, as the source was). */
   readonly run: () => void;
+  /**
+   * Recovery (optional): the connection broke after RUN; resolves with the connection the
+   * source resumes on (its reader and return path), rejects to give up.
+   */
+  readonly awaitRecovery?: (cause: Error) => Promise<{ reader: StreamReader; returnPath: PageRequester }>;
+  /** POSTCOPY_RESUME was answered: post-copy is active again. */
+  readonly resumed?: () => void;
   readonly trace?: (message: string) => void;
 }
 
@@ -75,10 +86,15 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
   #localZeroPages = 0;
   #placedPages = 0;
   readonly sink: PostcopyRamSink;
+  /** The return path in use: a resumed connection brings another. */
+  #rp: PageRequester;
+  /** The connection broke after RUN: faults are noted, asked for once the source is back. */
+  #paused = false;
 
   constructor(options: PostcopyIncomingOptions) {
     keepShape(this);
     this.#o = options;
+    this.#rp = options.returnPath;
     this.sink = new PostcopyRamSink(this);
   }
 
@@ -125,7 +141,7 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
     if (targetPageSize !== PAGE_SIZE) {
       throw new StreamFormatError(`Postcopy needs matching target page sizes (s=${targetPageSize} d=${PAGE_SIZE})`, offset, 'command');
     }
-    if (!this.#o.returnPath.open) {
+    if (!this.#rp.open) {
       throw new StreamFormatError(`CMD_POSTCOPY_ADVISE at offset ${offset}: post-copy needs the return path (the source asks for pages over it), and this stream did not open one`, offset, 'command');
     }
     const blocks = this.#o.vm.memory;
@@ -246,7 +262,7 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
         if (!(await uffd.waitForFault(FAULT_WAIT_MS))) continue;
         if (this.#stopFaults) return;
         for (const address of uffd.readFaults()) this.#fault(address);
-        const writeError = this.#o.returnPath.writeError;
+        const writeError = this.#paused ? undefined : this.#rp.writeError;
         if (writeError) throw new MigrationError(`Cannot ask the source for pages: ${writeError.message}`, { cause: writeError });
       }
     } catch (err) {
@@ -276,7 +292,8 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
       requested[word] = requested[word]! | bit;
       this.#requests++;
       this.#requestedAt.set(b * 2 ** 32 + page, performance.now());
-      this.#o.returnPath.requestPages(block.idstr, page * PAGE_SIZE, PAGE_SIZE);
+      // While paused the request waits (its bit says so) for the source to come back.
+      if (!this.#paused) this.#rp.requestPages(block.idstr, page * PAGE_SIZE, PAGE_SIZE);
       return;
     }
     this.#o.trace?.(`migration: post-copy: a fault at 0x${address.toString(16)} outside guest RAM, ignored`);
@@ -290,6 +307,68 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
     this.#answered++;
     this.#waitedMs += waited;
     if (waited > this.#waitedMaxMs) this.#waitedMaxMs = waited;
+  }
+
+  // ---- recovery (QEMU's postcopy-paused / postcopy-recover) ----
+
+  /**
+   * The connection broke after RUN: the guest keeps running on what it has (a vCPU that
+   * needs a missing page waits), faults are noted, and a run of pages half received is
+   * dropped — those pages are still to come, and the source will send them again.
+   */
+  pause(): void {
+    this.#paused = true;
+    this.sink.abandon();
+  }
+
+  /** A new connection from the source (migrate-recover): its return path from now on. */
+  recovered(returnPath: PageRequester): void {
+    this.#rp = returnPath;
+  }
+
+  /** The load's hook: pause, wait for the source on a new connection, and read from there. */
+  async paused(cause: Error): Promise<StreamReader> {
+    const awaitRecovery = this.#o.awaitRecovery;
+    if (!awaitRecovery) throw cause;
+    this.pause();
+    this.#o.trace?.(`migration: post-copy paused: ${errorMessage(cause)}; ${this.#awaitedCount} pages still to come`);
+    const { reader, returnPath } = await awaitRecovery(cause);
+    this.recovered(returnPath);
+    return reader;
+  }
+
+  /** RECV_BITMAP: tell the source which pages of `idstr` are here (every page not still to come). */
+  recvBitmap(idstr: string, offset: number): void {
+    const b = this.#blocks.findIndex((block) => block.idstr === idstr);
+    const block = this.#blocks[b];
+    if (block === undefined) throw new StreamFormatError(`CMD_RECV_BITMAP at offset ${offset}: unknown RAM block "${idstr}"`, offset, 'command');
+    const pages = block.size / PAGE_SIZE;
+    const received = new Uint32Array(Math.ceil(pages / 64) * 2);
+    const awaited = this.#awaited[b]!;
+    for (let w = 0; w < awaited.length; w++) received[w] = ~awaited[w]! >>> 0;
+    // Bits past the block's last page say nothing.
+    if (pages % 32 !== 0) received[pages >>> 5] = received[pages >>> 5]! & ((2 ** (pages % 32)) - 1);
+    for (let w = Math.ceil(pages / 32); w < received.length; w++) received[w] = 0;
+    this.#rp.sendRecvBitmap(idstr, new Uint8Array(received.buffer));
+  }
+
+  /** POSTCOPY_RESUME: acknowledge, and ask again for every page a fault wanted meanwhile or before. */
+  resume(): void {
+    this.#paused = false;
+    this.#rp.sendResumeAck();
+    this.#o.resumed?.();
+    for (let b = 0; b < this.#blocks.length; b++) {
+      const requested = this.#requested[b]!;
+      for (let w = 0; w < requested.length; w++) {
+        let bits = requested[w]! | 0;
+        while (bits !== 0) {
+          const bit = 31 - Math.clz32(bits & -bits);
+          bits &= ~(1 << bit);
+          this.#rp.requestPages(this.#blocks[b]!.idstr, (w * 32 + bit) * PAGE_SIZE, PAGE_SIZE);
+        }
+      }
+    }
+    this.#o.trace?.(`migration: post-copy resumed: ${this.#awaitedCount} pages still to come`);
   }
 
   // ---- placing pages (PostcopyRamSink) ----
@@ -408,6 +487,11 @@ export class PostcopyRamSink implements RamChunkSink {
 
   xbzrle(): void {
     throw new StreamFormatError('An XBZRLE page arrived in post-copy (the source sends whole pages then)', this.at(), 'ram');
+  }
+
+  /** Forget the run gathered so far (a broken connection: its last page may be half there). */
+  abandon(): void {
+    this.#count = 0;
   }
 
   /** Place the run gathered so far, if any. */

@@ -494,6 +494,32 @@ export class RamHandler implements SaveVmHandler {
     for (let page = start / PAGE_SIZE; page < (start + length) / PAGE_SIZE; page++) this.#requests.push(b, page);
   }
 
+  /**
+   * Post-copy recovery: block `idstr`'s received bitmap from the destination (bit i of byte
+   * i / 8 set where page i is there, padded to 8 bytes, as QEMU's ramblock_recv_bitmap_send):
+   * every page not there is to send again (QEMU's ram_dirty_bitmap_reload). The requests
+   * queued before the break are dropped: the destination asks again for what it still needs.
+   */
+  resumeFrom(idstr: string, received: Uint8Array): void {
+    const b = this.#memory.findIndex((block) => block.idstr === idstr);
+    if (b < 0) throw new MigrationError(`Post-copy recovery: a received bitmap for an unknown RAM block "${idstr}"`);
+    const pages = this.#blockPages[b]!;
+    const expected = Math.ceil(Math.ceil(pages / 8) / 8) * 8;
+    if (received.byteLength !== expected) {
+      throw new MigrationError(`Post-copy recovery: ramblock '${idstr}' bitmap size mismatch (0x${received.byteLength.toString(16)} != 0x${expected.toString(16)})`);
+    }
+    const toSend = this.#toSend[b]!;
+    const view = new DataView(received.buffer, received.byteOffset, received.byteLength);
+    for (let w = 0; w < toSend.length; w++) toSend[w] = ~view.getUint32(w * 4, true) >>> 0;
+    if (pages % 32 !== 0) toSend[toSend.length - 1] = toSend[toSend.length - 1]! & ((2 ** (pages % 32)) - 1);
+    let remaining = 0;
+    for (const bitmap of this.#toSend) for (let w = 0; w < bitmap.length; w++) remaining += popcount32(bitmap[w]! | 0);
+    this.stats.remainingPages = remaining;
+    this.#requests.length = 0;
+    this.#cursorBlock = 0;
+    this.#cursorWord = 0;
+  }
+
   /** Pages the destination asked for and that have not gone yet. */
   get requestsQueued(): boolean {
     return this.#requests.length > 0;

@@ -6,7 +6,9 @@
 
 import { MigrationError, StreamFormatError, TransportError } from '../errors.js';
 import { StreamReader } from '../stream/reader.js';
-import { MIG_RP_MSG_PONG, MIG_RP_MSG_SHUT, be32Bytes, encodePageRequest, encodeRpMessage, readRpMessage } from '../stream/return-path.js';
+import {
+  MIG_RP_MSG_PONG, MIG_RP_MSG_RESUME_ACK, MIG_RP_MSG_SHUT, RESUME_ACK_VALUE, be32Bytes, encodePageRequest, encodeRecvBitmap, encodeRpMessage, readRpMessage,
+} from '../stream/return-path.js';
 import type { ReturnPathCommand } from '../stream/return-path.js';
 import type { Channel } from '../transport/channel.js';
 import { keepShape } from '../hot-shapes.js';
@@ -98,6 +100,26 @@ export class DestinationReturnPath {
     });
   }
 
+  /**
+   * Post-copy recovery: a resumed connection has its return path open from the start (no
+   * OPEN_RETURN_PATH comes on it).
+   */
+  openForRecovery(): void {
+    this.#open = true;
+  }
+
+  /** RECV_BITMAP's answer: which pages of `idstr` have arrived (bit i of byte i / 8). */
+  sendRecvBitmap(idstr: string, bitmap: Uint8Array): void {
+    this.#channel.write(encodeRecvBitmap(idstr, bitmap)).catch((err: unknown) => {
+      this.#writeError ??= err instanceof Error ? err : new Error(String(err));
+    });
+  }
+
+  /** POSTCOPY_RESUME's answer: RESUME_ACK with QEMU's value. */
+  sendResumeAck(): void {
+    this.#send(MIG_RP_MSG_RESUME_ACK, RESUME_ACK_VALUE);
+  }
+
   /** Why a message could not be sent, once one could not. */
   get writeError(): Error | undefined {
     return this.#writeError;
@@ -117,8 +139,14 @@ export class DestinationReturnPath {
   }
 }
 
-/** A post-copy destination asks for pages: `idstr` undefined means the block its last request named. */
-export type PageRequestListener = (idstr: string | undefined, start: number, length: number) => void;
+/** What a post-copy source hears on the return path besides PONG and SHUT. */
+export interface PostcopyListeners {
+  /** A page request: `idstr` undefined means the block the last request named. */
+  readonly onPageRequest: (idstr: string | undefined, start: number, length: number) => void;
+  /** Recovery: the pages of block `idstr` the destination has (bit i of byte i / 8). */
+  readonly onRecvBitmap?: (idstr: string, bitmap: Uint8Array) => void;
+  readonly onResumeAck?: (value: number) => void;
+}
 
 /**
  * The source's end: reads the destination's messages from the moment the stream asked for
@@ -130,12 +158,12 @@ export class SourceReturnPath {
   readonly shut: Promise<number>;
   pongs = 0;
 
-  constructor(channel: Channel, trace?: (message: string) => void, onPageRequest?: PageRequestListener) {
+  constructor(channel: Channel, trace?: (message: string) => void, postcopy?: PostcopyListeners) {
     keepShape(this);
     const reader = new StreamReader(channel);
     this.shut = (async () => {
       for (;;) {
-        const message = await readRpMessage(reader, onPageRequest !== undefined);
+        const message = await readRpMessage(reader, postcopy !== undefined);
         if (message === null) {
           throw new MigrationError(`The destination closed the return path (${channel.description}) without saying whether it loaded the stream`);
         }
@@ -145,7 +173,15 @@ export class SourceReturnPath {
           continue;
         }
         if (message.type === 'req-pages') {
-          onPageRequest!(message.idstr, message.start, message.length);
+          postcopy!.onPageRequest(message.idstr, message.start, message.length);
+          continue;
+        }
+        if (message.type === 'recv-bitmap' || message.type === 'resume-ack') {
+          // Only a source resuming post-copy asked for these.
+          const listener = message.type === 'recv-bitmap' ? postcopy?.onRecvBitmap : postcopy?.onResumeAck;
+          if (!listener) throw new MigrationError(`The destination sent ${message.type === 'recv-bitmap' ? 'a received bitmap' : 'RESUME_ACK'} unasked`);
+          if (message.type === 'recv-bitmap') postcopy!.onRecvBitmap!(message.idstr, message.bitmap);
+          else postcopy!.onResumeAck!(message.value);
           continue;
         }
         return message.value;

@@ -6,7 +6,8 @@ import {
   MAX_PACKAGED_BYTES, MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PACKAGED, MIG_CMD_PING, MIG_CMD_POSTCOPY_ADVISE,
   MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RAM_DISCARD, MIG_CMD_POSTCOPY_RUN, MIG_RP_MSG_PONG, MIG_RP_MSG_REQ_PAGES,
   MIG_RP_MSG_SHUT, be32Bytes, discardData, encodeCommand, encodePageRequest, encodeRpMessage, postcopyAdviseData,
-  readRpMessage, streamCommand, writeCommand,
+  readRpMessage, streamCommand, writeCommand, MIG_CMD_RECV_BITMAP, MIG_CMD_POSTCOPY_RESUME, MIG_RP_MSG_RESUME_ACK,
+  encodeRecvBitmap, recvBitmapData,
 } from './return-path.js';
 import { readerOf, toHex, writtenBytes } from './testing.js';
 
@@ -27,7 +28,8 @@ test('return path: the commands a source writes, byte for byte (QEMU_VM_COMMAND,
 
 test('commands: COLO, post-copy recovery, unknown and malformed commands are refused with the offset', () => {
   assert.throws(() => streamCommand(8, new Uint8Array(0), 40), (err: unknown) => err instanceof StreamFormatError && err.offset === 40 && /Command 0x0008 at offset 40 is not supported \(ENABLE_COLO/.test(err.message));
-  assert.throws(() => streamCommand(9, new Uint8Array(0), 40), /0x0009 .*POSTCOPY_RESUME/);
+  assert.throws(() => streamCommand(9, new Uint8Array(1), 40), /POSTCOPY_RESUME\) at offset 40 carries 1 bytes, expected 0/);
+  assert.throws(() => streamCommand(10, new Uint8Array([5, 1]), 40), /RECV_BITMAP\) at offset 40 carries 2 bytes, expected 1 \+ the length/);
   assert.throws(() => streamCommand(0x42, new Uint8Array(0), 40), /0x0042 .*unknown/);
   assert.throws(() => streamCommand(MIG_CMD_PING, new Uint8Array(2), 7), /PING\) at offset 7 carries 2 bytes, expected 4/);
   assert.throws(() => streamCommand(MIG_CMD_OPEN_RETURN_PATH, new Uint8Array(1), 7), /carries 1 bytes, expected 0/);
@@ -87,4 +89,25 @@ test('return path: the destination\'s messages decode; a postcopy request or a b
   await assert.rejects(readRpMessage(readerOf(encodeRpMessage(4, new Uint8Array(12)))), /invalid return-path message 0x0004 length 0x000c at offset 0 \(a post-copy message/);
   await assert.rejects(readRpMessage(readerOf(encodeRpMessage(MIG_RP_MSG_SHUT, new Uint8Array(2)))), /length 2, expected 4/);
   await assert.rejects(readRpMessage(readerOf(new Uint8Array([0, 1, 0, 4, 0]))), /return path/);
+});
+
+test('post-copy recovery: RECV_BITMAP and POSTCOPY_RESUME, the received bitmap and RESUME_ACK on the return path, as QEMU 7.2 lays them out', async () => {
+  assert.equal(toHex(encodeCommand(MIG_CMD_RECV_BITMAP, recvBitmapData('pc.ram'))), '08' + '000a' + '0007' + '06' + '70632e72616d');
+  assert.deepEqual(streamCommand(MIG_CMD_RECV_BITMAP, recvBitmapData('pc.ram'), 0), { type: 'recv-bitmap', idstr: 'pc.ram' });
+  assert.deepEqual(streamCommand(MIG_CMD_POSTCOPY_RESUME, new Uint8Array(0), 0), { type: 'postcopy-resume' });
+  // 12 pages: two bytes of bitmap, padded to 8; page 0 and page 9 arrived.
+  const bitmap = new Uint8Array([0x01, 0x02]);
+  const bytes = encodeRecvBitmap('pc.ram', bitmap);
+  assert.equal(toHex(bytes), '0005' + '0007' + '06' + '70632e72616d' + '0000000000000008' + '0102000000000000' + '0123456789abcdef');
+  const ack = encodeRpMessage(MIG_RP_MSG_RESUME_ACK, be32Bytes(1));
+  const r = readerOf(new Uint8Array([...bytes, ...ack]), 5);
+  assert.deepEqual(await readRpMessage(r, true), { type: 'recv-bitmap', idstr: 'pc.ram', bitmap: new Uint8Array([1, 2, 0, 0, 0, 0, 0, 0]) });
+  assert.deepEqual(await readRpMessage(r, true), { type: 'resume-ack', value: 1 });
+  await assert.rejects(readRpMessage(readerOf(bytes)), /not doing post-copy/);
+  const badEnd = bytes.slice();
+  badEnd[badEnd.byteLength - 1] = 0;
+  await assert.rejects(readRpMessage(readerOf(badEnd), true), /end mark 0x123456789abcd00, expected 0x123456789abcdef/);
+  const badSize = bytes.slice();
+  badSize[4 + 7 + 7] = 7;
+  await assert.rejects(readRpMessage(readerOf(badSize), true), /7 bytes, not a multiple of 8/);
 });

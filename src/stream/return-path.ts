@@ -20,6 +20,13 @@ export const MIG_CMD_POSTCOPY_LISTEN = 4;
 export const MIG_CMD_POSTCOPY_RUN = 5;
 export const MIG_CMD_POSTCOPY_RAM_DISCARD = 6;
 export const MIG_CMD_PACKAGED = 7;
+/** Post-copy recovery: the source resumes on a new connection (savevm.c). */
+export const MIG_CMD_POSTCOPY_RESUME = 9;
+export const MIG_CMD_RECV_BITMAP = 10;
+/** ram.c RAMBLOCK_RECV_BITMAP_ENDING: the mark after a received bitmap. */
+export const RECV_BITMAP_ENDING = 0x0123456789abcdefn;
+/** migration.c MIGRATION_RESUME_ACK_VALUE. */
+export const RESUME_ACK_VALUE = 1;
 /** savevm.c MAX_VM_CMD_PACKAGED_SIZE: the largest package a destination reads. */
 export const MAX_PACKAGED_BYTES = 1 << 24;
 /** postcopy-ram.c: ranges per DISCARD command as QEMU's source sends them, and the version byte. */
@@ -30,8 +37,12 @@ export const MIG_RP_MSG_SHUT = 1;
 export const MIG_RP_MSG_PONG = 2;
 export const MIG_RP_MSG_REQ_PAGES_ID = 3;
 export const MIG_RP_MSG_REQ_PAGES = 4;
-/** RECV_BITMAP and RESUME_ACK (post-copy recovery) and anything above: refused. */
+export const MIG_RP_MSG_RECV_BITMAP = 5;
+export const MIG_RP_MSG_RESUME_ACK = 6;
+/** Anything from here on: refused. */
 const MIG_RP_MSG_MAX = 7;
+/** The largest received bitmap taken: one of a 1 TiB block (Ferry's largest guest). */
+const MAX_RECV_BITMAP_BYTES = 2 ** 40 / 4096 / 8;
 
 /** QEMU_VM_COMMAND with `data` (at most 65535 bytes). */
 export function writeCommand(w: StreamWriter, command: number, data: Uint8Array = new Uint8Array(0)): void {
@@ -122,11 +133,43 @@ export function encodeRpMessage(type: number, data: Uint8Array): Uint8Array {
   return out;
 }
 
+/** RECV_BITMAP's data: the block's name as a counted string (qemu_savevm_send_recv_bitmap). */
+export function recvBitmapData(idstr: string): Uint8Array {
+  const name = new TextEncoder().encode(idstr);
+  if (name.byteLength === 0 || name.byteLength > 255) throw new RangeError(`RAM block name "${idstr}" must be 1 to 255 bytes`);
+  const out = new Uint8Array(1 + name.byteLength);
+  out[0] = name.byteLength;
+  out.set(name, 1);
+  return out;
+}
+
+/**
+ * A destination's answer to RECV_BITMAP (migrate_send_rp_recv_bitmap, then
+ * ramblock_recv_bitmap_send): the message with the block's name, then — on the return
+ * path, outside the message — be64 the bitmap's size in bytes (a multiple of 8), the
+ * bitmap (bit i of byte i / 8 for page i, set where the page has arrived) and be64
+ * RECV_BITMAP_ENDING.
+ */
+export function encodeRecvBitmap(idstr: string, bitmap: Uint8Array): Uint8Array {
+  const message = encodeRpMessage(MIG_RP_MSG_RECV_BITMAP, recvBitmapData(idstr));
+  const size = Math.ceil(bitmap.byteLength / 8) * 8;
+  const out = new Uint8Array(message.byteLength + 8 + size + 8);
+  const view = new DataView(out.buffer);
+  out.set(message, 0);
+  view.setBigUint64(message.byteLength, BigInt(size));
+  out.set(bitmap, message.byteLength + 8);
+  view.setBigUint64(message.byteLength + 8 + size, RECV_BITMAP_ENDING);
+  return out;
+}
+
 export type RpMessage =
   | { type: 'shut'; value: number }
   | { type: 'pong'; value: number }
   /** A post-copy page request; `idstr` absent: the block the last request named. */
-  | { type: 'req-pages'; start: number; length: number; idstr?: string };
+  | { type: 'req-pages'; start: number; length: number; idstr?: string }
+  /** Post-copy recovery: the pages of block `idstr` the destination has (bit set: arrived). */
+  | { type: 'recv-bitmap'; idstr: string; bitmap: Uint8Array }
+  | { type: 'resume-ack'; value: number };
 
 /**
  * The next return-path message, or null at a clean end of stream. Page requests only
@@ -161,6 +204,29 @@ export async function readRpMessage(r: StreamReader, postcopy = false): Promise<
     if (type === MIG_RP_MSG_REQ_PAGES) return { type: 'req-pages', start, length };
     return { type: 'req-pages', start, length, idstr: new TextDecoder().decode(data.subarray(13, 13 + idLength)) };
   }
+  if (postcopy && type === MIG_RP_MSG_RESUME_ACK) {
+    if (len !== 4) throw new StreamFormatError(`Return-path message 0x${hex(type, 4)} at offset ${at}: length ${len}, expected 4`, at, 'return path');
+    return { type: 'resume-ack', value: r.be32() };
+  }
+  if (postcopy && type === MIG_RP_MSG_RECV_BITMAP) {
+    const data = r.bytes(len);
+    if (len < 2 || data[0] !== len - 1) {
+      throw new StreamFormatError(`Return-path message 0x${hex(type, 4)} at offset ${at}: length ${len} does not hold its block name`, at, 'return path');
+    }
+    const idstr = new TextDecoder().decode(data.subarray(1));
+    await r.ensure(8, 'return path');
+    const size = r.be64();
+    if (size % 8n !== 0n || size > BigInt(MAX_RECV_BITMAP_BYTES)) {
+      throw new StreamFormatError(`Received bitmap of "${idstr}" at offset ${at}: ${size} bytes, not a multiple of 8 up to ${MAX_RECV_BITMAP_BYTES}`, at, 'return path');
+    }
+    await r.ensure(Number(size) + 8, 'return path');
+    const bitmap = r.bytes(Number(size));
+    const ending = r.be64();
+    if (ending !== RECV_BITMAP_ENDING) {
+      throw new StreamFormatError(`Received bitmap of "${idstr}" at offset ${at}: end mark 0x${ending.toString(16)}, expected 0x${RECV_BITMAP_ENDING.toString(16)}`, at, 'return path');
+    }
+    return { type: 'recv-bitmap', idstr, bitmap };
+  }
   const what = type > MIG_RP_MSG_SHUT && type < MIG_RP_MSG_MAX ? ' (a post-copy message, and this migration is not doing post-copy)' : '';
   throw new StreamFormatError(`Received invalid return-path message 0x${hex(type, 4)} length 0x${hex(len, 4)} at offset ${at}${what}`, at, 'return path');
 }
@@ -175,7 +241,10 @@ export type StreamCommand =
   | { type: 'postcopy-run' }
   | { type: 'postcopy-ram-discard'; idstr: string; ranges: BlockRange[] }
   /** `length` bytes of a stream of their own follow the command. */
-  | { type: 'packaged'; length: number };
+  | { type: 'packaged'; length: number }
+  /** Post-copy recovery, on the new connection: send back which pages of `idstr` arrived, then resume. */
+  | { type: 'recv-bitmap'; idstr: string }
+  | { type: 'postcopy-resume' };
 
 /** The commands the return path answers. */
 export type ReturnPathCommand = Extract<StreamCommand, { type: 'open-return-path' | 'ping' }>;
@@ -237,6 +306,12 @@ export function streamCommand(command: number, data: Uint8Array, offset: number)
       }
       return { type: 'packaged', length };
     }
+    case MIG_CMD_POSTCOPY_RESUME:
+      if (len !== 0) throw wrongLength('0');
+      return { type: 'postcopy-resume' };
+    case MIG_CMD_RECV_BITMAP:
+      if (len < 2 || data[0] !== len - 1) throw wrongLength('1 + the length of the block name it starts with');
+      return { type: 'recv-bitmap', idstr: new TextDecoder().decode(data.subarray(1)) };
     default:
       throw new StreamFormatError(`Command 0x${hex(command, 4)} at offset ${offset} is not supported (${COMMAND_NAMES[command] ?? 'unknown'}; Ferry takes precopy and post-copy streams)`, offset, 'command');
   }

@@ -182,14 +182,24 @@ export class Vmm {
       name: 'migrate',
       args: { uri: t.str, 'blk?': t.bool, 'inc?': t.bool, 'detach?': t.bool, 'resume?': t.bool },
       handler: (args) => {
-        if (args.resume) throw new QmpError('GenericError', 'Cannot resume a migration: post-copy recovery is not supported by Ferry');
         if (args.blk || args.inc) throw new QmpError('GenericError', 'Block migration is not supported by Ferry (it has no block devices)');
         // A URI that names no transport is refused at once and changes nothing (QEMU also refuses it here).
         wrap(() => parseMigrationUri(args.uri));
         if (this.dirtyRate.holdsDirtyLog) {
           throw new QmpError('GenericError', 'Cannot start a migration while calc-dirty-rate measures with the dirty bitmap (it holds the dirty log): query-dirty-rate says when it is done');
         }
-        wrap(() => migration.migrate(args.uri));
+        wrap(() => migration.migrate(args.uri, { resume: args.resume === true }));
+      },
+    });
+    qmp.register({
+      name: 'migrate-recover',
+      args: { uri: t.str },
+      handler: async (args) => {
+        try {
+          await migration.recover(args.uri);
+        } catch (err) {
+          throw new QmpError('GenericError', (err as Error).message, { cause: err });
+        }
       },
     });
     qmp.register({
