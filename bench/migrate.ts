@@ -14,7 +14,6 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { ConsoleClient } from '../src/cli/console-client.js';
 import { FerryProcess } from '../src/cli/ferry-process.js';
 import { forgetEvents, guestPause } from '../src/report/guest-pause.js';
@@ -23,6 +22,7 @@ import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 import { describeFirstTouch, measureCeilings, measureChannelOnce } from './ceiling.js';
 import { cpuBetween, sampleCpu, waitForQuiet } from './cpu-usage.js';
 import { keepOutput } from './lib/results-log.js';
+import { benchUsage, parseBenchArgs } from './lib/usage.js';
 
 /** Runs of each ceiling at the start of a run. */
 const CEILING_RUNS = 5;
@@ -45,36 +45,19 @@ interface Run {
 
 const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up]';
 
-/** A bad flag gets its message and the usage, not a stack trace. */
-function usageError(message: string): never {
-  console.error(`bench:migrate: ${message}\n${USAGE}`);
-  process.exit(2);
-}
-
-if (process.argv.includes('--help') || process.argv.includes('-h')) {
-  console.log(USAGE);
-  process.exit(0);
-}
-const { values } = (() => {
-  try {
-    return parseArgs({
-      options: {
-        accel: { type: 'string' },
-        reps: { type: 'string', default: '3' },
-        quick: { type: 'boolean', default: false },
-        'downtime-limit': { type: 'string', default: '300' },
-        'mem-prealloc': { type: 'string', default: 'both' },
-        memory: { type: 'string' },
-        transport: { type: 'string' },
-        stopped: { type: 'boolean', default: false },
-        guests: { type: 'string' },
-        'no-warm-up': { type: 'boolean', default: false },
-      },
-    });
-  } catch (err) {
-    return usageError(err instanceof Error ? err.message : String(err));
-  }
-})();
+const usageError: (message: string) => never = benchUsage('bench:migrate', USAGE);
+const { values } = parseBenchArgs({
+  accel: { type: 'string' },
+  reps: { type: 'string', default: '3' },
+  quick: { type: 'boolean', default: false },
+  'downtime-limit': { type: 'string', default: '300' },
+  'mem-prealloc': { type: 'string', default: 'both' },
+  memory: { type: 'string' },
+  transport: { type: 'string' },
+  stopped: { type: 'boolean', default: false },
+  guests: { type: 'string' },
+  'no-warm-up': { type: 'boolean', default: false },
+}, usageError);
 const reps = Number(values.reps);
 if (!Number.isInteger(reps) || reps < 1) usageError(`--reps must be a whole number of at least 1, not "${values.reps}"`);
 const downtimeLimit = Number(values['downtime-limit']);

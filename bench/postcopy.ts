@@ -13,40 +13,24 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { FerryProcess } from '../src/cli/ferry-process.js';
 import { runMigration, type QueryMigrateInfo } from '../src/cli/migrate-command.js';
 import { forgetEvents, guestPause } from '../src/report/guest-pause.js';
 import { parseSize } from '../src/size.js';
 import { keepOutput } from './lib/results-log.js';
+import { benchUsage, parseBenchArgs } from './lib/usage.js';
 
 const USAGE = 'usage: npm run bench:postcopy [-- --memory 256M,1G] [--reps N] [--max-bandwidth RATE] [--transport unix|tcp] [--accel sim|kvm] [--give-up-s S]';
 
-function usageError(message: string): never {
-  console.error(`bench:postcopy: ${message}\n${USAGE}`);
-  process.exit(2);
-}
-
-if (process.argv.includes('--help') || process.argv.includes('-h')) {
-  console.log(USAGE);
-  process.exit(0);
-}
-const { values } = (() => {
-  try {
-    return parseArgs({
-      options: {
-        memory: { type: 'string', default: '256M,1G' },
-        reps: { type: 'string', default: '3' },
-        'max-bandwidth': { type: 'string', default: '128M' },
-        transport: { type: 'string', default: 'unix' },
-        accel: { type: 'string', default: 'sim' },
-        'give-up-s': { type: 'string', default: '15' },
-      },
-    });
-  } catch (err) {
-    return usageError(err instanceof Error ? err.message : String(err));
-  }
-})();
+const usageError: (message: string) => never = benchUsage('bench:postcopy', USAGE);
+const { values } = parseBenchArgs({
+  memory: { type: 'string', default: '256M,1G' },
+  reps: { type: 'string', default: '3' },
+  'max-bandwidth': { type: 'string', default: '128M' },
+  transport: { type: 'string', default: 'unix' },
+  accel: { type: 'string', default: 'sim' },
+  'give-up-s': { type: 'string', default: '15' },
+}, usageError);
 const memories = values.memory.split(',');
 for (const m of memories) if (!/^\d+[MG]$/.test(m)) usageError(`--memory takes sizes like 256M or 1G (comma-separated), not "${m}"`);
 const reps = Number(values.reps);

@@ -13,10 +13,10 @@ import {
 import type { VmdescDevice } from '../stream/format.js';
 import {
   MAX_PACKAGED_BYTES, MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PACKAGED, MIG_CMD_PING, MIG_CMD_POSTCOPY_ADVISE,
-  MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RESUME, MIG_CMD_POSTCOPY_RUN, MIG_CMD_RECV_BITMAP, RESUME_ACK_VALUE, be32Bytes,
-  encodeCommand, postcopyAdviseData, recvBitmapData, writeCommand,
+  MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RUN, be32Bytes, encodeCommand, postcopyAdviseData, writeCommand,
 } from '../stream/return-path.js';
-import { SourceReturnPath } from './return-path.js';
+import { SourceReturnPath, refusedByDestination } from './return-path.js';
+import { PostcopyStream } from './postcopy-outgoing.js';
 import { canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes } from './convergence.js';
 import { BandwidthEstimate } from './bandwidth.js';
 import type { MigrationParameters } from './parameters.js';
@@ -61,22 +61,8 @@ export interface OutgoingOptions {
   readonly trace?: (message: string) => void;
 }
 
-/** A destination's SHUT other than 0: it did not load the stream. */
-const REFUSED_PREFIX = 'The destination failed to load the stream';
-function refusedByDestination(shut: number): string {
-  return `${REFUSED_PREFIX} (it answered SHUT ${shut} on the return path)`;
-}
 
-/** Post-copy recovery: how long the source waits for each of the destination's answers. */
-const RECOVERY_WAIT_MS = 30_000;
 
-/**
- * Post-copy: new background pages wait while the socket holds more than this, so that a
- * page the destination asks for (a vCPU waits for it) is not queued behind many others.
- */
-const POSTCOPY_QUEUE_BYTES = 2 * 1024 * 1024;
-/** Post-copy: background pages per PART section (between looks at the requests). */
-const POSTCOPY_BACKGROUND_PAGES = 256;
 
 /** How long the end of a migration waits for the destination to take what its socket still holds. */
 const DELIVERY_WAIT_MS = 5000;
@@ -149,11 +135,11 @@ export class OutgoingMigration {
   readonly #onPageRequest = (idstr: string | undefined, start: number, length: number): void => {
     if (!this.#postcopyCommitted) throw new MigrationError('The destination asked for pages before the switch to post-copy');
     this.#o.ram.queuePages(idstr, start, length);
-    this.#pageRequested?.();
+    this.#postcopyStream?.wake();
   };
 
-  /** Ends the post-copy loop's wait early: a page was asked for. */
-  #pageRequested: (() => void) | undefined;
+  /** After the switch: what sends the rest, and pauses and recovers (postcopy-outgoing.ts). */
+  #postcopyStream: PostcopyStream | undefined;
   /** migrate-start-postcopy arrived: switch at the next iteration. */
   #postcopyRequested = false;
   /** When the switch to post-copy began (engine clock). */
@@ -217,11 +203,8 @@ export class OutgoingMigration {
    */
   cancel(): void {
     const { state } = this.#o;
-    if (state.status === 'postcopy-paused' && this.#resumeWith) {
-      // Nothing is in flight: give the paused post-copy up (the guest stays stopped here).
-      this.#resumeWith.reject(new MigrationError('migrate_cancel while post-copy was paused'));
-      return;
-    }
+    // A paused post-copy has nothing in flight: cancelling gives it up (the guest stays stopped here).
+    if (state.status === 'postcopy-paused' && this.#postcopyStream?.giveUp(new MigrationError('migrate_cancel while post-copy was paused'))) return;
     const from = (['setup', 'active', 'pre-switchover', 'device'] as const).find((s) => state.transitionFrom(s, 'cancelling'));
     if (from === undefined) return;
     this.#cancelRequested = true;
@@ -373,16 +356,25 @@ export class OutgoingMigration {
     this.#o.trace?.(`migration: before the stop, the destination took ${drained ? 'the' : 'part of the'} ${queued} B still queued in ${(this.#o.now() - start).toFixed(1)} ms`);
   }
 
-  /** The switchover; false when the downtime guard called it off and the guest runs again. */
-  async #complete(w: StreamWriter): Promise<boolean> {
-    const { registry, vm, ram, state } = this.#o;
-    const stopStart = this.#o.now();
-    this.#switchoverAt = stopStart;
+  /**
+   * Stop the vCPUs for a switchover (QEMU's vm_stop_force_state(FINISH_MIGRATE)), noting
+   * how the guest was; RAM sent from here on counts as sent while it was stopped.
+   */
+  async #stopGuest(at: number): Promise<void> {
+    const { vm, ram } = this.#o;
+    this.#switchoverAt = at;
     this.#stateBeforeStop = vm.runState;
     this.#wasRunning = await vm.pauseForMigration();
     this.#pausedByUs = true;
     this.#checkCancelled();
     ram.markStopped();
+  }
+
+  /** The switchover; false when the downtime guard called it off and the guest runs again. */
+  async #complete(w: StreamWriter): Promise<boolean> {
+    const { registry, vm, ram, state } = this.#o;
+    const stopStart = this.#o.now();
+    await this.#stopGuest(stopStart);
     if (this.#o.pauseBeforeSwitchover) await this.#pauseBeforeSwitchover();
     const pausedAt = this.#o.now();
     const bytesAtStop = w.bytesWritten;
@@ -520,12 +512,7 @@ export class OutgoingMigration {
     const stopStart = this.#o.now();
     this.#postcopyAt = stopStart;
     if (!this.#o.pauseBeforeSwitchover) state.transition('postcopy-active');
-    this.#switchoverAt = stopStart;
-    this.#stateBeforeStop = vm.runState;
-    this.#wasRunning = await vm.pauseForMigration();
-    this.#pausedByUs = true;
-    this.#checkCancelled();
-    ram.markStopped();
+    await this.#stopGuest(stopStart);
     if (this.#o.pauseBeforeSwitchover) await this.#pauseBeforeSwitchover('postcopy-active');
     const discarded = ram.startPostcopy(w);
     writeCommand(w, MIG_CMD_PING, be32Bytes(2));
@@ -550,18 +537,21 @@ export class OutgoingMigration {
 
     // QEMU: max-postcopy-bandwidth caps post-copy (0: none), not max-bandwidth.
     this.#o.limiter.setLimit(this.#o.parameters()['max-postcopy-bandwidth']);
-    // A broken connection pauses here (QEMU's postcopy-paused) until `migrate` with resume
-    // brings a new one; the rest then goes from what the destination says it has.
-    for (;;) {
-      try {
-        await this.#postcopySend(w);
-        break;
-      } catch (err) {
-        if (this.#cancelRequested || err instanceof MigrationCancelledError || (err instanceof MigrationError && err.message.startsWith(REFUSED_PREFIX))) throw err;
-        this.#bytesOnEarlierChannels += w.bytesWritten;
-        w = await this.#pausePostcopy(err);
-      }
-    }
+    const self = this;
+    const stream = new PostcopyStream({
+      options: this.#o,
+      get channel() { return self.#channel; },
+      set channel(channel) { self.#channel = channel; },
+      get returnPath() { return self.#returnPath; },
+      set returnPath(rp) { self.#returnPath = rp; },
+      cancelRequested: () => this.#cancelRequested,
+      flush: (writer) => this.#flush(writer),
+      waitDelivered: (writer) => this.#waitDelivered(writer),
+      updateCounters: (writer) => this.#updateCounters(writer),
+      onPageRequest: this.#onPageRequest,
+    });
+    this.#postcopyStream = stream;
+    w = await stream.sendRest(w);
     const end = this.#o.now();
     try {
       await w.close();
@@ -573,148 +563,18 @@ export class OutgoingMigration {
     ram.finishPasses();
     this.#o.trace?.(
       `migration: completed in post-copy in ${this.#totalTime.toFixed(1)} ms (the switch at ${(stopStart - this.#startTime).toFixed(1)} ms, ` +
-        `downtime ${this.#downtime.toFixed(1)} ms; ${ram.stats.postcopyRequests} page requests, ${ram.stats.postcopyBytes} B after the switch, ${this.#bytesOnEarlierChannels + w.bytesWritten} B in all)`,
+        `downtime ${this.#downtime.toFixed(1)} ms; ${ram.stats.postcopyRequests} page requests, ${ram.stats.postcopyBytes} B after the switch, ${stream.bytesOnEarlierChannels + w.bytesWritten} B in all)`,
     );
     registry.cleanupAll();
     vm.setRunState('postmigrate');
     state.transition('completed');
   }
 
-  /** Post-copy on one connection: the rest of the RAM (pages asked for first), END, EOF, and the destination's SHUT 0. */
-  async #postcopySend(w: StreamWriter): Promise<void> {
-    const { registry, ram } = this.#o;
-    const channel = this.#channel!;
-    const limiter = this.#o.limiter;
-    while (ram.stats.remainingPages > 0) {
-      if (w.error) throw w.error;
-      // A page asked for goes at once; background pages wait while the socket is full, so
-      // that one asked for is never far behind, and while the cap's window is spent.
-      const held = (channel.unsent?.() ?? 0) > POSTCOPY_QUEUE_BYTES || limiter.exceeded();
-      if (held && !ram.requestsQueued) {
-        // Until the socket drains or the cap's window ends — or at once, for a page asked for.
-        const asked = new Promise<void>((resolve) => (this.#pageRequested = resolve));
-        await Promise.race([this.#o.sleep(limiter.exceeded() ? Math.max(1, Math.min(5, limiter.waitMs())) : 1), asked, this.#brokenSignal(channel)]);
-        this.#pageRequested = undefined;
-        continue;
-      }
-      for (const { sectionId, handler } of registry.iterative) {
-        writeSectionPart(w, 'part', sectionId);
-        // Held back: the pages asked for alone.
-        if (handler === ram) ram.sendPostcopy(w, held ? 0 : POSTCOPY_BACKGROUND_PAGES);
-        else await handler.iterate!(w);
-        writeSectionFooter(w, sectionId);
-      }
-      await this.#flush(w);
-      this.#updateCounters(w);
-      // A macrotask boundary: the destination's requests come in here.
-      await this.#o.sleep(0);
-    }
-    // QEMU's qemu_savevm_state_complete_postcopy: END sections, EOF; no vmdesc.
-    for (const { sectionId, handler } of registry.iterative) {
-      writeSectionPart(w, 'end', sectionId);
-      await handler.complete(w);
-      writeSectionFooter(w, sectionId);
-    }
-    writeEof(w);
-    await w.drain();
-    if (w.error) throw w.error;
-    await this.#waitDelivered(w);
-    // The destination says whether it has everything (post-copy always has the return path).
-    const shut = await this.#returnPath!.shut;
-    if (shut !== 0) throw new MigrationError(refusedByDestination(shut));
-  }
-
-  /** Rejects once the return path of `channel` has failed (the connection is gone), never resolves. */
-  #brokenSignal(channel: Channel): Promise<never> {
-    const rp = this.#returnPath;
-    return new Promise<never>((_, reject) => {
-      rp?.shut.then(
-        (value) => { if (value !== 0) reject(new MigrationError(refusedByDestination(value))); },
-        (err: unknown) => { if (this.#channel === channel) reject(err instanceof Error ? err : new Error(String(err))); },
-      );
-    });
-  }
-
-  /**
-   * Post-copy lost its connection: postcopy-paused until migrate with resume hands over a
-   * new one (resume()), then QEMU's recovery on it — RECV_BITMAP for each block, whose
-   * answer says which pages the destination has (the rest are sent again), then
-   * POSTCOPY_RESUME and its RESUME_ACK — and postcopy-active again. A recovery that fails
-   * pauses again. migrate_cancel meanwhile gives up (the guest stays stopped here).
-   */
-  async #pausePostcopy(cause: unknown): Promise<StreamWriter> {
-    const { state, ram, registry } = this.#o;
-    let why = cause;
-    for (;;) {
-      this.#channel?.destroy(why instanceof Error ? why : new MigrationError(errorMessage(why)));
-      state.transition('postcopy-paused');
-      this.#o.trace?.(`migration: post-copy paused: ${errorMessage(why)}; ${ram.stats.remainingPages} pages still to send. migrate-recover on the destination, then migrate with resume here, goes on`);
-      const channel = await new Promise<Channel>((resolve, reject) => (this.#resumeWith = { resolve, reject }));
-      this.#resumeWith = undefined;
-      this.#channel = channel;
-      state.transition('postcopy-recover');
-      try {
-        return await this.#recoverOn(channel);
-      } catch (err) {
-        if (err instanceof MigrationCancelledError) throw err;
-        why = err;
-      }
-    }
-  }
-
-  async #recoverOn(channel: Channel): Promise<StreamWriter> {
-    const { state, ram } = this.#o;
-    if (!channel.duplex) throw new MigrationError(`Cannot resume post-copy over ${channel.description}: the destination has no way to answer on it`);
-    const w = new StreamWriter(channel, this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : undefined);
-    const bitmaps = new Map<string, Uint8Array>();
-    let ack: number | undefined;
-    let progress: () => void = () => {};
-    this.#returnPath = new SourceReturnPath(channel, this.#o.trace, {
-      onPageRequest: this.#onPageRequest,
-      onRecvBitmap: (idstr, bitmap) => {
-        bitmaps.set(idstr, bitmap);
-        progress();
-      },
-      onResumeAck: (value) => {
-        ack = value;
-        progress();
-      },
-    });
-    const broken = this.#brokenSignal(channel);
-    broken.catch(() => {});
-    const until = async (done: () => boolean, what: string): Promise<void> => {
-      const deadline = this.#o.now() + RECOVERY_WAIT_MS;
-      while (!done()) {
-        if (w.error) throw w.error;
-        if (this.#o.now() > deadline) throw new MigrationError(`Post-copy recovery: no ${what} from the destination within ${RECOVERY_WAIT_MS / 1000} s`);
-        await Promise.race([new Promise<void>((resolve) => { progress = resolve; setTimeout(resolve, 50); }), broken]);
-      }
-    };
-    const blocks = this.#o.vm.memory;
-    for (const block of blocks) writeCommand(w, MIG_CMD_RECV_BITMAP, recvBitmapData(block.idstr));
-    await this.#flush(w);
-    await until(() => blocks.every((b) => bitmaps.has(b.idstr)), 'received bitmap');
-    for (const block of blocks) ram.resumeFrom(block.idstr, bitmaps.get(block.idstr)!);
-    writeCommand(w, MIG_CMD_POSTCOPY_RESUME);
-    await this.#flush(w);
-    await until(() => ack !== undefined, 'RESUME_ACK');
-    if (ack !== RESUME_ACK_VALUE) throw new MigrationError(`Post-copy recovery: RESUME_ACK ${ack}, expected ${RESUME_ACK_VALUE}`);
-    state.transition('postcopy-active');
-    this.#o.trace?.(`migration: post-copy resumed on ${channel.description}: ${ram.stats.remainingPages} pages to send again`);
-    return w;
-  }
-
   /** migrate with resume: the new connection for a paused post-copy. False when none is paused. */
   resume(channel: Channel): boolean {
-    const resumeWith = this.#resumeWith;
-    if (!resumeWith || this.#o.state.status !== 'postcopy-paused') return false;
-    resumeWith.resolve(channel);
-    return true;
+    return this.#postcopyStream?.resume(channel) ?? false;
   }
 
-  #resumeWith: { resolve: (channel: Channel) => void; reject: (err: Error) => void } | undefined;
-  /** Bytes written on the connections post-copy recovery replaced. */
-  #bytesOnEarlierChannels = 0;
 
   /** pre-switchover until migrate-continue (or a cancel), then device (post-copy: postcopy-active), as QEMU 7.2. */
   async #pauseBeforeSwitchover(next: 'device' | 'postcopy-active' = 'device'): Promise<void> {
@@ -807,7 +667,7 @@ export class OutgoingMigration {
   #updateCounters(w: StreamWriter, final = false): void {
     const now = this.#o.now();
     if (final) {
-      const whole = measureBandwidth({ bytes: this.#bytesOnEarlierChannels + w.bytesWritten, pages: this.#o.ram.stats.pagesSent, elapsedMs: now - this.#startTime });
+      const whole = measureBandwidth({ bytes: (this.#postcopyStream?.bytesOnEarlierChannels ?? 0) + w.bytesWritten, pages: this.#o.ram.stats.pagesSent, elapsedMs: now - this.#startTime });
       this.#mbps = whole.mbps;
       this.#pagesPerSecond = Math.round(whole.pagesPerSecond);
       return;

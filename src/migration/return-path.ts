@@ -13,6 +13,12 @@ import type { ReturnPathCommand } from '../stream/return-path.js';
 import type { Channel } from '../transport/channel.js';
 import { keepShape } from '../hot-shapes.js';
 
+/** A destination's SHUT other than 0: it did not load the stream. */
+export const REFUSED_PREFIX = 'The destination failed to load the stream';
+export function refusedByDestination(shut: number): string {
+  return `${REFUSED_PREFIX} (it answered SHUT ${shut} on the return path)`;
+}
+
 /** How long a failing destination tries to tell the source before it gives up the connection. */
 const FAILURE_SHUT_MS = 1000;
 

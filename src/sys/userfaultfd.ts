@@ -120,45 +120,42 @@ export class Userfaultfd {
    * there already (0: all placed).
    */
   copy(dst: bigint, src: bigint, length: number): number {
-    const view = this.#copyView;
-    let present = 0;
-    while (length > 0) {
-      view.setBigUint64(0, dst, true);
-      view.setBigUint64(8, src, true);
-      view.setBigUint64(16, BigInt(length), true);
-      view.setBigUint64(24, 0n, true);
-      view.setBigInt64(32, 0n, true);
-      const r = ioctlPtrRaw(this.fd, UFFDIO_COPY, this.#copy);
-      if (r >= 0) break;
-      // EAGAIN: part was placed (the count says how much) or the address space changed under
-      // the call: the rest goes again. EEXIST: the next page is there already: skip it.
-      const done = Number(view.getBigInt64(32, true));
-      const step = -r === EEXIST ? PAGE : -r === EAGAIN ? Math.max(0, done) : -1;
-      if (step < 0) throw this.#error('UFFDIO_COPY', -r, dst, length);
-      if (-r === EEXIST) present += PAGE;
-      dst += BigInt(step);
-      src += BigInt(step);
-      length -= step;
-    }
-    return present;
+    return this.#fill('UFFDIO_COPY', dst, src, length);
   }
 
   /** Place zero pages at [dst, dst + length), and wake whoever waits on them; returns bytes found there already, as copy(). */
   zeropage(dst: bigint, length: number): number {
-    const view = this.#zeroView;
+    return this.#fill('UFFDIO_ZEROPAGE', dst, undefined, length);
+  }
+
+  /**
+   * UFFDIO_COPY (from `src`) or UFFDIO_ZEROPAGE (`src` undefined) over [dst, dst + length),
+   * going on past pages that are there already. struct uffdio_copy is {dst, src, len, mode,
+   * copy}, struct uffdio_zeropage {start, len, mode, zeropage}: the count of bytes done
+   * comes back in the last field.
+   */
+  #fill(request: 'UFFDIO_COPY' | 'UFFDIO_ZEROPAGE', dst: bigint, src: bigint | undefined, length: number): number {
+    const zero = src === undefined;
+    const struct = zero ? this.#zero : this.#copy;
+    const view = zero ? this.#zeroView : this.#copyView;
+    const lengthAt = zero ? 8 : 16;
     let present = 0;
     while (length > 0) {
       view.setBigUint64(0, dst, true);
-      view.setBigUint64(8, BigInt(length), true);
-      view.setBigUint64(16, 0n, true);
-      view.setBigInt64(24, 0n, true);
-      const r = ioctlPtrRaw(this.fd, UFFDIO_ZEROPAGE, this.#zero);
+      if (src !== undefined) view.setBigUint64(8, src, true);
+      view.setBigUint64(lengthAt, BigInt(length), true);
+      view.setBigUint64(lengthAt + 8, 0n, true);
+      view.setBigInt64(lengthAt + 16, 0n, true);
+      const r = ioctlPtrRaw(this.fd, zero ? UFFDIO_ZEROPAGE : UFFDIO_COPY, struct);
       if (r >= 0) break;
-      const done = Number(view.getBigInt64(24, true));
+      // EAGAIN: part was placed (the count says how much) or the address space changed under
+      // the call: the rest goes again. EEXIST: the next page is there already: skip it.
+      const done = Number(view.getBigInt64(lengthAt + 16, true));
       const step = -r === EEXIST ? PAGE : -r === EAGAIN ? Math.max(0, done) : -1;
-      if (step < 0) throw this.#error('UFFDIO_ZEROPAGE', -r, dst, length);
+      if (step < 0) throw this.#error(request, -r, dst, length);
       if (-r === EEXIST) present += PAGE;
       dst += BigInt(step);
+      if (src !== undefined) src += BigInt(step);
       length -= step;
     }
     return present;

@@ -178,6 +178,13 @@ export class Vmm {
         throw new QmpError('GenericError', (err as Error).message, { cause: err });
       }
     };
+    const wrapAsync = async (fn: () => Promise<unknown>): Promise<void> => {
+      try {
+        await fn();
+      } catch (err) {
+        throw new QmpError('GenericError', (err as Error).message, { cause: err });
+      }
+    };
     qmp.register({
       name: 'migrate',
       args: { uri: t.str, 'blk?': t.bool, 'inc?': t.bool, 'detach?': t.bool, 'resume?': t.bool },
@@ -194,24 +201,12 @@ export class Vmm {
     qmp.register({
       name: 'migrate-recover',
       args: { uri: t.str },
-      handler: async (args) => {
-        try {
-          await migration.recover(args.uri);
-        } catch (err) {
-          throw new QmpError('GenericError', (err as Error).message, { cause: err });
-        }
-      },
+      handler: (args) => wrapAsync(() => migration.recover(args.uri)),
     });
     qmp.register({
       name: 'migrate-incoming',
       args: { uri: t.str },
-      handler: async (args) => {
-        try {
-          await migration.migrateIncoming(args.uri);
-        } catch (err) {
-          throw new QmpError('GenericError', (err as Error).message, { cause: err });
-        }
-      },
+      handler: (args) => wrapAsync(() => migration.migrateIncoming(args.uri)),
     });
     qmp.register({ name: 'migrate_cancel', handler: () => wrap(() => migration.cancel()) });
     qmp.register({ name: 'query-migrate', handler: () => migration.queryMigrate() as unknown as Record<string, unknown> });
