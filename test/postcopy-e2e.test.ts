@@ -6,6 +6,7 @@
 // a destination lost after the switch (the source keeps the guest, stopped, whole).
 
 import { test } from 'node:test';
+import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -20,6 +21,8 @@ interface Info {
   'error-desc'?: string;
   downtime?: number;
   ram?: { 'postcopy-requests': number; 'postcopy-bytes': number; 'precopy-bytes': number; remaining: number; 'dirty-sync-count': number };
+  'postcopy-blocktime'?: number;
+  'postcopy-vcpu-blocktime'?: number[];
 }
 
 const MiB = 1024 * 1024;
@@ -51,6 +54,7 @@ test('sim: post-copy over unix (ferry migrate --postcopy --dest-qmp): the guest 
   const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', `unix:${path}`], { NODE_DEBUG: 'ferry' });
   const source = await started(t, dir, 'src', GUEST, { NODE_DEBUG: 'ferry' });
   await dest.incomingAddress();
+  await dest.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-blocktime', state: true }] });
   // Every page written (zero pages would go as a few bytes each), and post-copy slow enough
   // that the guest runs on the destination for a second or two with pages missing.
   await waitFor(async () => (await passOf(source)) >= 2, 'two passes of the guest over its RAM');
@@ -73,6 +77,14 @@ test('sim: post-copy over unix (ferry migrate --postcopy --dest-qmp): the guest 
   const ran = /the guest ran ([\d.]+) ms before the last page arrived \((\d+) pages to come at the switch, (\d+) asked for by faults/.exec(dest.stderr);
   assert.ok(ran, dest.stderr);
   assert.ok(Number(ran[1]) > 500 && Number(ran[3]) > 0, ran[0]);
+  // postcopy-blocktime: the guest's one vCPU (the sim's workload thread) waited on the pages it asked for.
+  const blocktime = await dest.execute<Info>('query-migrate');
+  assert.equal(blocktime['postcopy-vcpu-blocktime']?.length, 1, JSON.stringify(blocktime));
+  assert.ok(blocktime['postcopy-vcpu-blocktime'][0]! > 0, JSON.stringify(blocktime));
+  assert.ok(Math.abs(blocktime['postcopy-blocktime']! - blocktime['postcopy-vcpu-blocktime'][0]!) <= 1, JSON.stringify(blocktime));
+  assert.match(await dest.execute<string>('human-monitor-command', { 'command-line': 'info migrate' }), /\npostcopy blocktime: \d+\r?\npostcopy vcpu blocktime: \d+\r?\n/);
+  assert.match(dest.stderr, /post-copy done here: .*; vCPUs blocked \d+ ms, all at once \d+ ms/);
+  assert.equal(info['postcopy-blocktime'], undefined, 'the source measures no blocktime');
   // Its memory holds together, and it goes on.
   const start = await passOf(dest);
   assert.ok(start >= before, `pass ${start} on the destination, ${before} on the source before`);
@@ -166,12 +178,20 @@ test('sim: a source lost after the switch to post-copy: the destination pauses, 
   assert.ok(Date.now() - quitAt < 5000, `quit took ${Date.now() - quitAt} ms`);
 });
 
-test('sim: post-copy recovers from a broken connection: both sides pause, migrate-recover and migrate with resume go on from what arrived, and the guest is whole', async (t) => {
+/**
+ * Post-copy broken mid-way — by `how`: the connection cut at a relay, or QMP migrate-pause
+ * on either side — both sides pause; migrate-recover and migrate with resume go on from
+ * what arrived, and the guest is whole. The destination measures postcopy-blocktime: its
+ * vCPU waits on missing pages while paused, and the figure grows.
+ */
+async function recoverAfter(t: TestContext, how: 'cut' | 'pause-source' | 'pause-destination'): Promise<void> {
   const dir = scratch(t);
   const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer'], { NODE_DEBUG: 'ferry' });
   const source = await started(t, dir, 'src', GUEST, { NODE_DEBUG: 'ferry' });
+  await dest.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-blocktime', state: true }] });
   const target = await listening(dest);
-  // The connection runs through a relay here, so that the test can cut it.
+  // The connection runs through a relay here, so that the test can cut it. A side that
+  // goes (a reset, as a socket closed with unread bytes sends) takes the other with it.
   const [host, port] = target.slice('tcp:'.length).split(':') as [string, string];
   const sockets: net.Socket[] = [];
   const relay = net.createServer((client) => {
@@ -180,6 +200,8 @@ test('sim: post-copy recovers from a broken connection: both sides pause, migrat
     upstream.pipe(client).on('error', () => {});
     client.on('error', () => {});
     upstream.on('error', () => {});
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
     sockets.push(client, upstream);
   });
   await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
@@ -188,16 +210,26 @@ test('sim: post-copy recovers from a broken connection: both sides pause, migrat
   await waitFor(async () => (await passOf(source)) >= 2, 'two passes of the guest over its RAM');
   await source.execute('migrate-set-capabilities', POSTCOPY);
   await source.execute('migrate-set-parameters', { 'max-bandwidth': 8 * MiB, 'max-postcopy-bandwidth': 4 * MiB });
+  await assert.rejects(source.execute('migrate-pause'), /migrate-pause is currently only supported during postcopy-active state/);
   await source.execute('migrate', { uri: `tcp:127.0.0.1:${relayPort}` });
+  await assert.rejects(source.execute('migrate-pause'), /migrate-pause is currently only supported during postcopy-active state/, 'pre-copy cannot be paused');
   await source.execute('migrate-start-postcopy');
   await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'postcopy-active', 'the destination to run the guest');
   await waitFor(async () => ((await source.execute<Info>('query-migrate')).ram?.['postcopy-bytes'] ?? 0) > 4 * MiB, 'some of RAM after the switch');
-  for (const socket of sockets) socket.destroy();
+  if (how === 'cut') for (const socket of sockets) socket.destroy();
+  else await (how === 'pause-source' ? source : dest).execute('migrate-pause');
   await waitMigration(source, (i) => i.status === 'postcopy-paused');
   await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'postcopy-paused', 'the destination to pause');
+  if (how !== 'cut') assert.match((how === 'pause-source' ? source : dest).stderr, /post-copy paused: Paused by migrate-pause/);
   // Paused: the guest stays stopped on the source, running on the destination on what it has.
   assert.equal(await status(source), 'finish-migrate');
   assert.equal(await status(dest), 'running');
+  await assert.rejects(dest.execute('migrate-pause'), /only supported during postcopy-active state/, 'paused already');
+  // Its vCPU soon waits on a page that cannot come now: the blocktime grows while it waits.
+  const blocked = async (): Promise<number> => (await dest.execute<Info>('query-migrate'))['postcopy-vcpu-blocktime']?.[0] ?? -1;
+  const first = await blocked();
+  assert.ok(first >= 0, 'postcopy-vcpu-blocktime on the destination');
+  await waitFor(async () => (await blocked()) > first + 100, 'the vCPU to be blocked on a missing page while paused');
   await assert.rejects(source.execute('migrate', { uri: 'tcp:127.0.0.1:1', resume: false }), /There's a migration process in progress/);
   await assert.rejects(dest.execute('migrate-recover', { uri: 'bogus:x' }), /./);
   await dest.execute('migrate-recover', { uri: 'tcp:127.0.0.1:0' });
@@ -213,11 +245,28 @@ test('sim: post-copy recovers from a broken connection: both sides pause, migrat
   assert.match(source.stderr, /post-copy resumed on tcp:[^:]+:\d+: \d+ pages to send again/);
   assert.match(dest.stderr, /post-copy resumed: \d+ pages still to come/);
   assert.equal(await status(source), 'postmigrate');
+  // One vCPU: the time it waited is the time the whole guest waited.
+  const final = await dest.execute<Info>('query-migrate');
+  const perVcpu = final['postcopy-vcpu-blocktime'];
+  assert.ok(perVcpu && perVcpu.length === 1 && perVcpu[0]! > first + 100, JSON.stringify(final));
+  assert.ok(Math.abs(final['postcopy-blocktime']! - perVcpu[0]!) <= 1, JSON.stringify(final));
   const start = await passOf(dest);
   await waitFor(async () => (await passOf(dest)) > start, 'the pass counter to move on the destination');
   await dest.execute('stop');
   const check = await dest.execute<Check>('x-ferry-check-memory');
   assert.ok(check.ok, check.problem);
+}
+
+test('sim: post-copy recovers from a broken connection: both sides pause, migrate-recover and migrate with resume go on from what arrived, and the guest is whole', async (t) => {
+  await recoverAfter(t, 'cut');
+});
+
+test('sim: migrate-pause on the source breaks post-copy\'s connection; both sides pause and recover as from a network failure', async (t) => {
+  await recoverAfter(t, 'pause-source');
+});
+
+test('sim: migrate-pause on the destination does the same from its side', async (t) => {
+  await recoverAfter(t, 'pause-destination');
 });
 
 test('sim: post-copy refused cleanly — a destination without postcopy-ram, exec:, start-postcopy too late — and the source guest runs on', async (t) => {

@@ -195,6 +195,10 @@ class KvmAccelerator implements Accelerator {
     for (const t of this.threads) t.resume();
   }
 
+  vcpuThreadIds(): readonly number[] {
+    return this.threads.map((t) => t.tid);
+  }
+
   setThrottle(percent: number): void {
     for (const t of this.threads) t.setThrottle(percent);
   }

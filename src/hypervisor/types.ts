@@ -131,6 +131,13 @@ export interface Accelerator {
    */
   setThrottle?(percent: number): void;
   /**
+   * The host thread that runs each vCPU (by vCPU index; 0 for one not started), where guest
+   * code runs on threads of this process: a post-copy destination tells by them which
+   * vCPU a page fault stopped (postcopy-blocktime). The sim accelerator's workload thread
+   * stands for vCPU 0.
+   */
+  vcpuThreadIds?(): readonly number[];
+  /**
    * Present on accelerators that emulate their own serial port (v86): the Machine then
    * connects its console backend here instead of its own 16550A. Returns the input side.
    */

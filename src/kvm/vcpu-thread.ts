@@ -101,6 +101,11 @@ export class VcpuThread {
     this.servicing = this.serviceLoop();
   }
 
+  /** The worker's kernel thread id (0 until it has started). */
+  get tid(): number {
+    return Atomics.load(this.box, M.TID);
+  }
+
   get state(): number {
     return Atomics.load(this.box, M.STATE);
   }

@@ -123,6 +123,12 @@ export class Machine extends EventEmitter<MachineEvents> {
     return accel.setThrottle ? (percent) => accel.setThrottle!(percent) : undefined;
   }
 
+  /** The host thread of each vCPU, where the accelerator knows them (MigrationVm.vcpuThreadIds). */
+  get vcpuThreadIds(): (() => readonly number[]) | undefined {
+    const accel = this.accel;
+    return accel.vcpuThreadIds ? () => accel.vcpuThreadIds!() : undefined;
+  }
+
   /** CPU state first (per vCPU), then accelerator-held devices, then the Machine's devices. */
   get stateSections(): readonly StateSection[] {
     return [...this.accel.stateSections, ...this.devices];

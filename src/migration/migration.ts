@@ -2,12 +2,13 @@
 // query-migrate, parameters and capabilities, "info migrate", status listeners. It owns
 // the status machines and builds the savevm handler table for each run.
 
-import { MigrationError, errorMessage, streamErrorMessage } from '../errors.js';
+import { MigrationError, TransportError, errorMessage, streamErrorMessage } from '../errors.js';
 import type { Channel, Listener } from '../transport/channel.js';
 import { StreamReader } from '../stream/reader.js';
 import { loadVmStream } from './incoming.js';
 import { DestinationReturnPath } from './return-path.js';
 import { PostcopyIncoming } from './postcopy-incoming.js';
+import { PostcopyBlocktime } from './postcopy-blocktime.js';
 import { Userfaultfd } from '../sys/userfaultfd.js';
 import { OutgoingMigration } from './outgoing.js';
 import { AutoConverge } from './auto-converge.js';
@@ -54,6 +55,9 @@ export interface MigrationOptions {
 
 export type MigrationSide = 'outgoing' | 'incoming';
 export type MigrationStatusListener = (status: MigrationStatus, side: MigrationSide) => void;
+
+/** Where a destination's query-migrate shows postcopy-blocktime (QEMU 7.2: completed only; here while post-copy runs too). */
+const BLOCKTIME_SHOWN: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>(['postcopy-active', 'postcopy-paused', 'postcopy-recover', 'completed']);
 
 /** QEMU's QERR_MIGRATION_ACTIVE. */
 const MIGRATION_ACTIVE = "There's a migration process in progress";
@@ -220,6 +224,11 @@ export class Migration {
       const globalState = globalStateHandler(() => vm.runState);
       registry = this.#buildRegistry(ram, () => vm.runState, globalState);
       channel = await listener.accept();
+      this.#breakIncoming = (cause) => {
+        if (!channel) return false;
+        channel.destroy(cause);
+        return true;
+      };
       const acceptedAt = this.#o.now();
       this.#incomingState.transition('active');
       let rp = new DestinationReturnPath(channel, this.#o.trace);
@@ -258,6 +267,8 @@ export class Migration {
             return { reader: new StreamReader(next), returnPath: rp };
           },
           resumed: () => this.#incomingState.transition('postcopy-active'),
+          // QEMU's blocktime context: with the capability, where the vCPUs' threads are known.
+          ...(this.#capabilities['postcopy-blocktime'] && vm.vcpuThreadIds ? { blocktime: new PostcopyBlocktime(vm.vcpuThreadIds) } : {}),
           ...(this.#o.trace ? { trace: this.#o.trace } : {}),
         });
         this.#incomingPostcopy = postcopy;
@@ -315,6 +326,7 @@ export class Migration {
       this.#o.trace?.(`migration: incoming failed: ${this.#incomingError}`);
       if (isMigrationRunning(this.#incomingState.status)) this.#incomingState.transition('failed');
     } finally {
+      this.#breakIncoming = undefined;
       this.#listener = undefined;
       this.#incomingAddress = undefined;
       await listener.close().catch(() => {
@@ -418,6 +430,26 @@ export class Migration {
     });
   }
 
+  /**
+   * QMP `migrate-pause` (QEMU 7.2's checks and words): during post-copy, break the
+   * connection on this side — the source's if it sends, else the destination's — and both
+   * pause as after a network failure; migrate-recover and migrate with resume go on.
+   */
+  pause(): void {
+    if (this.#outgoingState.status === 'postcopy-active') {
+      if (!this.#outgoing?.breakConnection(new TransportError('Paused by migrate-pause'))) throw new MigrationError('Failed to pause source migration');
+      return;
+    }
+    if (this.#incomingState.status === 'postcopy-active') {
+      if (!this.#breakIncoming?.(new TransportError('Paused by migrate-pause'))) throw new MigrationError('Failed to pause destination migration');
+      return;
+    }
+    throw new MigrationError('migrate-pause is currently only supported during postcopy-active state');
+  }
+
+  /** Breaks the incoming migration's connection while one is open; false otherwise. */
+  #breakIncoming: ((cause: Error) => boolean) | undefined;
+
   /** QMP `migrate_cancel`: nothing to do unless an outgoing migration is in setup or active (as QEMU). */
   cancel(): void {
     this.#outgoing?.cancel();
@@ -437,6 +469,12 @@ export class Migration {
       info['error-desc'] = this.#incomingError;
     }
     if (this.#incomingAddress !== undefined) info['socket-address'] = [{ ...this.#incomingAddress }];
+    const incoming = this.#incomingState.status;
+    const blocktime = BLOCKTIME_SHOWN.has(incoming) ? this.#incomingPostcopy?.blocktime(this.#o.now()) : undefined;
+    if (blocktime) {
+      info['postcopy-blocktime'] = blocktime.total;
+      info['postcopy-vcpu-blocktime'] = [...blocktime.perVcpu];
+    }
     return info;
   }
 

@@ -570,6 +570,13 @@ export class OutgoingMigration {
     state.transition('completed');
   }
 
+  /** migrate-pause: break the connection of a post-copy in flight (it then pauses, as after a network failure); false when none is. */
+  breakConnection(cause: Error): boolean {
+    if (this.#o.state.status !== 'postcopy-active' || !this.#channel) return false;
+    this.#channel.destroy(cause);
+    return true;
+  }
+
   /** migrate with resume: the new connection for a paused post-copy. False when none is paused. */
   resume(channel: Channel): boolean {
     return this.#postcopyStream?.resume(channel) ?? false;

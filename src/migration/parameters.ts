@@ -207,7 +207,9 @@ export const MIGRATION_CAPABILITIES = [
 export type MigrationCapability = (typeof MIGRATION_CAPABILITIES)[number];
 
 /** The capabilities Ferry carries out; turning any other one on is refused. */
-export const IMPLEMENTED_CAPABILITIES: ReadonlySet<MigrationCapability> = new Set<MigrationCapability>(['events', 'xbzrle', 'auto-converge', 'postcopy-ram', 'return-path', 'pause-before-switchover', 'validate-uuid']);
+export const IMPLEMENTED_CAPABILITIES: ReadonlySet<MigrationCapability> = new Set<MigrationCapability>([
+  'events', 'xbzrle', 'auto-converge', 'postcopy-ram', 'postcopy-blocktime', 'return-path', 'pause-before-switchover', 'validate-uuid',
+]);
 
 export type MigrationCapabilities = Record<MigrationCapability, boolean>;
 

@@ -16,6 +16,8 @@ import type { StreamReader } from '../stream/reader.js';
 import type { BlockRange } from '../stream/return-path.js';
 import { MADV_DONTNEED, addressOf, madviseRange } from '../sys/libc.js';
 import { Userfaultfd } from '../sys/userfaultfd.js';
+import type { Fault } from '../sys/userfaultfd.js';
+import type { BlocktimeFigures, PostcopyBlocktime } from './postcopy-blocktime.js';
 import type { PostcopyLoadHooks } from './incoming.js';
 import type { MigrationVm } from './vm.js';
 import { keepShape } from '../hot-shapes.js';
@@ -49,6 +51,8 @@ export interface PostcopyIncomingOptions {
   readonly awaitRecovery?: (cause: Error) => Promise<{ reader: StreamReader; returnPath: PageRequester }>;
   /** POSTCOPY_RESUME was answered: post-copy is active again. */
   readonly resumed?: () => void;
+  /** postcopy-blocktime: how long the vCPUs wait on faults, measured here when given. */
+  readonly blocktime?: PostcopyBlocktime;
   readonly trace?: (message: string) => void;
 }
 
@@ -90,12 +94,20 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
   #rp: PageRequester;
   /** The connection broke after RUN: faults are noted, asked for once the source is back. */
   #paused = false;
+  /** postcopy-blocktime's account, while the kernel names the threads that fault. */
+  #blocktime: PostcopyBlocktime | undefined;
 
   constructor(options: PostcopyIncomingOptions) {
     keepShape(this);
     this.#o = options;
     this.#rp = options.returnPath;
+    this.#blocktime = options.blocktime;
     this.sink = new PostcopyRamSink(this);
+  }
+
+  /** postcopy-blocktime's figures so far (undefined when not measured). */
+  blocktime(now: number): BlocktimeFigures | undefined {
+    return this.#blocktime?.figures(now);
   }
 
   get figures(): PostcopyIncomingFigures {
@@ -148,9 +160,13 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
     const unmapped = blocks.find((b) => b.hostAddress === undefined);
     if (unmapped) throw new MigrationError(`Cannot do post-copy: RAM block "${unmapped.idstr}" is not memory this process maps itself (the v86 accelerator's guest RAM is not)`);
     try {
-      this.#uffd = Userfaultfd.open();
+      this.#uffd = Userfaultfd.open({ threadIds: this.#blocktime !== undefined });
     } catch (err) {
       throw new MigrationError(`Cannot do post-copy on this host: ${errorMessage(err)}`, { cause: err });
+    }
+    if (this.#blocktime && !this.#uffd.threadIds) {
+      this.#blocktime = undefined;
+      this.#o.trace?.('migration: postcopy-blocktime: this kernel does not say which thread faulted (UFFD_FEATURE_THREAD_ID); not measured');
     }
     this.#blocks = blocks;
     this.#awaited = blocks.map((b) => new Uint32Array(Math.ceil(b.size / PAGE_SIZE / 32)));
@@ -225,10 +241,12 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
     if (this.#listening) for (const block of this.#blocks) uffd.unregister(BigInt(block.hostAddress!), block.size);
     uffd.close();
     const f = this.figures;
+    const blocked = this.#blocktime?.figures(performance.now());
     this.#o.trace?.(
       `migration: post-copy done here: ${f.placedPages} pages placed, ${f.requests} asked for by faults ` +
         `(each placed ${f.requestWaitMeanMs.toFixed(2)} ms after it was asked for on average, ${f.requestWaitMaxMs.toFixed(1)} ms at most), ` +
-        `${f.localZeroPages} never-sent pages zeroed on a fault`,
+        `${f.localZeroPages} never-sent pages zeroed on a fault` +
+        (blocked ? `; vCPUs blocked ${blocked.perVcpu.join(', ')} ms, all at once ${blocked.total} ms` : ''),
     );
   }
 
@@ -261,7 +279,7 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
       while (!this.#stopFaults) {
         if (!(await uffd.waitForFault(FAULT_WAIT_MS))) continue;
         if (this.#stopFaults) return;
-        for (const address of uffd.readFaults()) this.#fault(address);
+        for (const fault of uffd.readFaults()) this.#fault(fault);
         const writeError = this.#paused ? undefined : this.#rp.writeError;
         if (writeError) throw new MigrationError(`Cannot ask the source for pages: ${writeError.message}`, { cause: writeError });
       }
@@ -271,7 +289,8 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
     }
   }
 
-  #fault(address: bigint): void {
+  #fault(fault: Fault): void {
+    const { address } = fault;
     const blocks = this.#blocks;
     for (let b = 0; b < blocks.length; b++) {
       const block = blocks[b]!;
@@ -287,6 +306,8 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
         this.#localZeroPages++;
         return;
       }
+      // A vCPU waits for the page from now (a second vCPU may wait on a page already asked for).
+      this.#blocktime?.begin(fault.tid, b * 2 ** 32 + page, performance.now());
       const requested = this.#requested[b]!;
       if ((requested[word]! & bit) !== 0) return;
       requested[word] = requested[word]! | bit;
@@ -407,6 +428,8 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
       throw new StreamFormatError(`RAM pages at offset ${offset} of block "${block.idstr}": ${present / PAGE_SIZE} of ${pages} were present already although still to come`, at(), 'ram');
     }
     const requested = this.#requested[b]!;
+    const blocktime = this.#blocktime?.waiting ? this.#blocktime : undefined;
+    const now = blocktime ? performance.now() : 0;
     for (let page = first; page < first + pages; page++) {
       const word = page >>> 5;
       const bit = 1 << (page & 31);
@@ -414,6 +437,7 @@ export class PostcopyIncoming implements PostcopyLoadHooks {
       if ((requested[word]! & bit) !== 0) {
         requested[word] = requested[word]! & ~bit;
         this.#answer(b * 2 ** 32 + page);
+        blocktime?.end(b * 2 ** 32 + page, now);
       }
     }
     this.#awaitedCount -= pages;

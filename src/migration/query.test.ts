@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { OutgoingFigures } from './outgoing.js';
-import { buildMigrationInfo, formatInfoMigrate, socketAddressInfo } from './query.js';
+import { buildMigrationInfo, formatInfoMigrate, integerListText, socketAddressInfo } from './query.js';
 import { RamStats } from './ram.js';
 
 function figures(over: Partial<OutgoingFigures> = {}): OutgoingFigures {
@@ -118,4 +118,19 @@ test('a destination waiting for its connection reports no status, as QEMU 7.2; i
   assert.deepEqual(buildMigrationInfo(undefined, 'active'), { status: 'active' });
   const text = formatInfoMigrate({ 'socket-address': [{ port: '4444', ipv6: true, host: '::1', type: 'inet' }, { path: '/run/m.sock', type: 'unix' }] });
   assert.match(text, /clear-bitmap-shift: 18\nsocket address: \[\n\ttcp:::1:4444\n\tunix:\/run\/m.sock\n\]\n$/);
+});
+
+test('info migrate on a post-copy destination: the blocktime lines, then where it listens last, in QEMU 7.2\'s order', () => {
+  const text = formatInfoMigrate({
+    status: 'postcopy-active', 'postcopy-blocktime': 12, 'postcopy-vcpu-blocktime': [40, 12],
+    'socket-address': [{ path: '/run/m.sock', type: 'unix' }],
+  });
+  assert.match(text, /Migration status: postcopy-active\ntotal time: 0 ms\npostcopy blocktime: 12\npostcopy vcpu blocktime: 12,40\nsocket address: \[\n\tunix:\/run\/m.sock\n\]\n$/);
+});
+
+test('HMP integer lists as QEMU\'s string output visitor writes them: a sorted set, runs as a-b', () => {
+  assert.equal(integerListText([7]), '7');
+  assert.equal(integerListText([12, 0, 1]), '0-1,12');
+  assert.equal(integerListText([3, 3, 4, 5, 9]), '3-5,9');
+  assert.equal(integerListText([]), '');
 });

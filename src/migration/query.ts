@@ -57,6 +57,13 @@ export interface MigrationInfo {
   downtime?: number;
   'setup-time'?: number;
   'error-desc'?: string;
+  /**
+   * Destination, with postcopy-blocktime on, once post-copy has run the guest here: ms during
+   * which every vCPU waited on a page at once, and each vCPU's ms waiting (QEMU 7.2 shows
+   * them once completed; Ferry from postcopy-active on, waits going on counted so far).
+   */
+  'postcopy-blocktime'?: number;
+  'postcopy-vcpu-blocktime'?: number[];
 }
 
 export interface SourceView {
@@ -170,11 +177,6 @@ export function formatInfoMigrate(info: MigrationInfo): string {
     if (info.downtime !== undefined) lines.push(`downtime: ${info.downtime} ms`);
     if (info['setup-time'] !== undefined) lines.push(`setup: ${info['setup-time']} ms`);
   }
-  const addresses = info['socket-address'];
-  if (addresses) {
-    // socket_uri: "tcp:HOST:PORT" with no brackets even around an IPv6 host, as QEMU 7.2 prints it.
-    lines.push('socket address: [', ...addresses.map((a) => `\t${a.type === 'unix' ? `unix:${a.path}` : `tcp:${a.host}:${a.port}`}`), ']');
-  }
   const ram = info.ram;
   if (ram) {
     lines.push(
@@ -210,5 +212,29 @@ export function formatInfoMigrate(info: MigrationInfo): string {
     );
   }
   if (info['cpu-throttle-percentage'] !== undefined) lines.push(`cpu throttle percentage: ${info['cpu-throttle-percentage']}`);
+  if (info['postcopy-blocktime'] !== undefined) lines.push(`postcopy blocktime: ${info['postcopy-blocktime']}`);
+  const perVcpu = info['postcopy-vcpu-blocktime'];
+  if (perVcpu !== undefined) lines.push(`postcopy vcpu blocktime: ${integerListText(perVcpu)}`);
+  const addresses = info['socket-address'];
+  if (addresses) {
+    // socket_uri: "tcp:HOST:PORT" with no brackets even around an IPv6 host, as QEMU 7.2 prints it.
+    lines.push('socket address: [', ...addresses.map((a) => `\t${a.type === 'unix' ? `unix:${a.path}` : `tcp:${a.host}:${a.port}`}`), ']');
+  }
   return lines.join('\n') + '\n';
+}
+
+/**
+ * An integer list as QEMU's string output visitor writes it (HMP's lists): the values as a
+ * sorted set, runs of consecutive values as "a-b", comma-separated — [12, 0, 1] is "0-1,12".
+ */
+export function integerListText(values: readonly number[]): string {
+  const sorted = [...new Set(values)].sort((a, b) => a - b);
+  const parts: string[] = [];
+  for (let i = 0; i < sorted.length;) {
+    let j = i;
+    while (j + 1 < sorted.length && sorted[j + 1] === sorted[j]! + 1) j++;
+    parts.push(j === i ? `${sorted[i]}` : `${sorted[i]}-${sorted[j]}`);
+    i = j + 1;
+  }
+  return parts.join(',');
 }

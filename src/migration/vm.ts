@@ -31,4 +31,9 @@ export interface MigrationVm {
    * Absent where the accelerator cannot throttle; the capability is then refused.
    */
   readonly setThrottle?: ((percent: number) => void) | undefined;
+  /**
+   * The host thread of each vCPU (by index, 0 for one not started), where the accelerator
+   * runs them on threads of this process: post-copy's blocktime attributes faults by them.
+   */
+  readonly vcpuThreadIds?: (() => readonly number[]) | undefined;
 }

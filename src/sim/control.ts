@@ -32,7 +32,9 @@ export const CTRL_PARK = 3;
 export const PARK_ACTIVE = 0;
 export const PARK_PARKED = 1;
 export const PARK_CLAIMED = 2;
-export const CTRL_WORDS = 4;
+/** Int32 index: the worker's kernel thread id, written once as it starts (0 until then). */
+export const CTRL_TID = 4;
+export const CTRL_WORDS = 5;
 export const CTRL_BYTES = CTRL_WORDS * 4;
 
 /** Sequence numbers wrap well inside an int32 once shifted. */

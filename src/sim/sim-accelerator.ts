@@ -14,7 +14,7 @@ import type {
 import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { VmStateValue } from '../migration/vmstate-types.js';
 import {
-  CMD_EXIT, CMD_PAUSE, CMD_RUN, CTRL_ACK, CTRL_BYTES, CTRL_PARK, CTRL_REQUEST, CTRL_THROTTLE, PARK_CLAIMED, PARK_PARKED,
+  CMD_EXIT, CMD_PAUSE, CMD_RUN, CTRL_ACK, CTRL_BYTES, CTRL_PARK, CTRL_REQUEST, CTRL_THROTTLE, CTRL_TID, PARK_CLAIMED, PARK_PARKED,
   SEQ_MASK, encodeRequest,
 } from './control.js';
 import type { SimCommand, SimWorkerData, SimWorkerMessage } from './control.js';
@@ -277,6 +277,11 @@ class SimAccelerator implements Accelerator {
     for (let next = receiveMessageOnPort(this.events); next !== undefined; next = receiveMessageOnPort(this.events)) {
       this.onMessage(next.message as SimWorkerMessage);
     }
+  }
+
+  /** The workload thread stands for vCPU 0 (it is what writes guest RAM); the others run nothing. */
+  vcpuThreadIds(): readonly number[] {
+    return Array.from({ length: this.config.vcpus }, (_, i) => (i === 0 ? Atomics.load(this.control, CTRL_TID) : 0));
   }
 
   setThrottle(percent: number): void {

@@ -1,9 +1,10 @@
 // The sim accelerator's "vCPU thread": runs the workload model, paced by a token bucket,
 // until the main thread asks it to pause or exit (see control.ts for the handshake).
 
+import { readlinkSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import {
-  CMD_EXIT, CMD_PAUSE, CTRL_ACK, CTRL_PARK, CTRL_REQUEST, CTRL_THROTTLE, PARK_ACTIVE, PARK_CLAIMED, PARK_PARKED,
+  CMD_EXIT, CMD_PAUSE, CTRL_ACK, CTRL_TID, CTRL_PARK, CTRL_REQUEST, CTRL_THROTTLE, PARK_ACTIVE, PARK_CLAIMED, PARK_PARKED,
   requestCommand, requestSeq,
 } from './control.js';
 import { THROTTLE_TIMESLICE_MS, throttleSleepMs } from '../hypervisor/cpu-throttle.js';
@@ -25,6 +26,9 @@ const MAX_BATCH = 256;
 // learns its memory and control words from the first message.
 const data = await workerInput<SimWorkerData>();
 const control = new Int32Array(data.control);
+// Who this thread is, for a post-copy destination telling whose page faults it sees:
+// /proc/thread-self links to "PID/task/TID" (no FFI needed for that).
+Atomics.store(control, CTRL_TID, Number(readlinkSync('/proc/thread-self').split('/').pop()));
 // The main thread owns the mapping and unmaps it only after this worker has exited.
 // A view is at most 4 GiB: larger RAM is seen a block at a time.
 const ram = planRamBlocks(data.ramSize).map((b) => ({ guestAddress: b.guestAddress, bytes: viewAt(data.ramAddress + BigInt(b.offset), b.size) }));

@@ -27,14 +27,15 @@ test('a thread touching a registered page sleeps until the page is placed, then 
 
     assert.equal(await uffd.waitForFault(10_000), true, 'the worker faulted on page 3');
     const faults = uffd.readFaults();
-    assert.deepEqual(faults.map((a) => (a - ram.address) / BigInt(PAGE)), [3n]);
+    assert.deepEqual(faults.map((f) => (f.address - ram.address) / BigInt(PAGE)), [3n]);
+    assert.deepEqual(faults.map((f) => f.tid), [0], 'no thread ids unless asked for');
     assert.deepEqual(messages, [], 'the worker still waits');
     const page = new Uint8Array(PAGE).fill(0x5a);
     page[7] = 42;
     assert.equal(uffd.copy(ram.address + 3n * BigInt(PAGE), addressOf(page), PAGE), 0);
 
     assert.equal(await uffd.waitForFault(10_000), true, 'then on page 9');
-    assert.deepEqual(uffd.readFaults().map((a) => (a - ram.address) / BigInt(PAGE)), [9n]);
+    assert.deepEqual(uffd.readFaults().map((f) => (f.address - ram.address) / BigInt(PAGE)), [9n]);
     assert.equal(uffd.zeropage(ram.address + 9n * BigInt(PAGE), PAGE), 0);
     await new Promise<void>((resolve) => worker.once('exit', () => resolve()));
     assert.deepEqual(messages, [{ page3: 42 }, { page9: 0 }]);
@@ -77,5 +78,41 @@ test('waitForFault says false when nothing faults before the timeout', async () 
     assert.equal(await uffd.waitForFault(20), false);
   } finally {
     uffd.close();
+  }
+});
+
+test('asked for, a fault names the thread that faulted (UFFD_FEATURE_THREAD_ID)', async () => {
+  const ram = mmapAnonymous(4 * PAGE);
+  const uffd = Userfaultfd.open({ threadIds: true });
+  try {
+    assert.equal(uffd.threadIds, true, 'this kernel offers thread ids');
+    uffd.register(ram.address, 4 * PAGE);
+    const libcUrl = new URL('./libc.js', import.meta.url).href;
+    const viewUrl = new URL('./view.js', import.meta.url).href;
+    // The worker says who it is, then reads page 2: it sleeps there until the page is placed.
+    const worker = new Worker(`
+      const { parentPort, workerData } = require('node:worker_threads');
+      Promise.all([import(${JSON.stringify(libcUrl)}), import(${JSON.stringify(viewUrl)})]).then(([{ gettid }, { viewAt }]) => {
+        parentPort.postMessage({ tid: gettid() });
+        parentPort.postMessage({ byte: viewAt(workerData.address, workerData.length)[2 * 4096] });
+      });
+    `, { eval: true, workerData: { address: ram.address, length: 4 * PAGE } });
+    const messages: Array<Record<string, number>> = [];
+    const first = new Promise<void>((resolve) => worker.once('message', () => resolve()));
+    worker.on('message', (m: Record<string, number>) => messages.push(m));
+    await first;
+    assert.equal(await uffd.waitForFault(10_000), true, 'the worker faulted on page 2');
+    const [fault] = uffd.readFaults();
+    assert.ok(fault);
+    assert.equal(fault.address, ram.address + 2n * BigInt(PAGE));
+    assert.equal(messages.length, 1);
+    assert.equal(fault.tid, messages[0]!.tid, 'the fault names the worker\'s thread');
+    assert.notEqual(fault.tid, process.pid, 'not the main thread');
+    uffd.zeropage(ram.address + 2n * BigInt(PAGE), PAGE);
+    await new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    assert.deepEqual(messages[1], { byte: 0 });
+  } finally {
+    uffd.close();
+    munmap(ram);
   }
 });

@@ -31,14 +31,27 @@ const UFFDIO_ZEROPAGE = 0xc020aa04;
 const UFFDIO_REGISTER_MODE_MISSING = 1n;
 /** Bits of `ioctls` a registered range must offer: COPY (3) and ZEROPAGE (4). */
 const RANGE_IOCTLS_NEEDED = (1n << 3n) | (1n << 4n);
-/** struct uffd_msg: 32 bytes; event at 0, the page fault's flags at 8 and address at 16. */
+/**
+ * struct uffd_msg: 32 bytes; event at 0, the page fault's flags at 8, its address at 16
+ * and, with UFFD_FEATURE_THREAD_ID, the faulting thread's id at 24.
+ */
 const UFFD_MSG_BYTES = 32;
 const UFFD_EVENT_PAGEFAULT = 0x12;
+/** uffdio_api.features: fault messages name the thread that faulted (Linux 4.14). */
+const UFFD_FEATURE_THREAD_ID = 1n << 8n;
 
 const PAGE = 4096;
 
+/** A page fault: the page's address (rounded down to its page) and, when asked for, the thread's id (0 otherwise). */
+export interface Fault {
+  readonly address: bigint;
+  readonly tid: number;
+}
+
 export class Userfaultfd {
   readonly fd: number;
+  /** Whether fault messages name the faulting thread (open({ threadIds: true }) on a kernel that can). */
+  readonly threadIds: boolean;
   #closed = false;
   readonly #range = new Uint8Array(16);
   readonly #rangeView = new DataView(this.#range.buffer);
@@ -48,16 +61,18 @@ export class Userfaultfd {
   readonly #zeroView = new DataView(this.#zero.buffer);
   readonly #messages = Buffer.alloc(UFFD_MSG_BYTES * 64);
 
-  private constructor(fd: number) {
+  private constructor(fd: number, threadIds: boolean) {
     this.fd = fd;
+    this.threadIds = threadIds;
   }
 
   /**
    * A non-blocking userfaultfd with the API handshake done. The syscall first; where it
    * is refused (vm.unprivileged_userfaultfd = 0 without CAP_SYS_PTRACE) /dev/userfaultfd.
-   * Throws a SystemCallError saying what the host lacks.
+   * With `threadIds`, faults name the thread that faulted where the kernel can say it
+   * (`threadIds` on the result tells). Throws a SystemCallError saying what the host lacks.
    */
-  static open(): Userfaultfd {
+  static open(options: { threadIds?: boolean } = {}): Userfaultfd {
     let fd = syscall1(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
       const syscallErrno = -fd;
@@ -74,17 +89,33 @@ export class Userfaultfd {
       }
       if (fd < 0) throw new SystemCallError('ioctl', -fd, `ioctl(/dev/userfaultfd, USERFAULTFD_IOC_NEW) failed: ${errnoName(-fd)} (errno ${-fd})`);
     }
-    const uffd = new Userfaultfd(fd);
+    // The handshake goes once per descriptor; a feature the kernel lacks fails it (EINVAL),
+    // so thread ids are asked for only when a handshake without features offers them.
+    let threadIds = false;
+    if (options.threadIds) {
+      const probe = Userfaultfd.open();
+      try {
+        threadIds = (probe.#features & UFFD_FEATURE_THREAD_ID) !== 0n;
+      } finally {
+        probe.close();
+      }
+    }
+    const uffd = new Userfaultfd(fd, threadIds);
     const api = new Uint8Array(24);
     const view = new DataView(api.buffer);
     view.setBigUint64(0, UFFD_API, true);
+    view.setBigUint64(8, threadIds ? UFFD_FEATURE_THREAD_ID : 0n, true);
     const r = ioctlPtrRaw(fd, UFFDIO_API, api);
     if (r < 0) {
       uffd.close();
       throw new SystemCallError('ioctl', -r, `ioctl(userfaultfd, UFFDIO_API) failed: ${errnoName(-r)} (errno ${-r})`);
     }
+    uffd.#features = view.getBigUint64(8, true);
     return uffd;
   }
+
+  /** The features the kernel offers (what the handshake answered). */
+  #features = 0n;
 
   /** Report missing-page faults in [address, address + length) (page-aligned). */
   register(address: bigint, length: number): void {
@@ -161,9 +192,9 @@ export class Userfaultfd {
     return present;
   }
 
-  /** The addresses of the page faults reported so far (none when there are none); never blocks. */
-  readFaults(): bigint[] {
-    const faults: bigint[] = [];
+  /** The page faults reported so far (none when there are none); never blocks. */
+  readFaults(): Fault[] {
+    const faults: Fault[] = [];
     for (;;) {
       let n: number;
       try {
@@ -174,7 +205,7 @@ export class Userfaultfd {
       }
       for (let at = 0; at + UFFD_MSG_BYTES <= n; at += UFFD_MSG_BYTES) {
         if (this.#messages[at] !== UFFD_EVENT_PAGEFAULT) continue;
-        faults.push(this.#messages.readBigUInt64LE(at + 16));
+        faults.push({ address: this.#messages.readBigUInt64LE(at + 16), tid: this.#messages.readUInt32LE(at + 24) });
       }
       if (n < this.#messages.byteLength) return faults;
     }

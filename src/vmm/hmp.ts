@@ -264,6 +264,7 @@ const COMMANDS: Record<string, HmpCommand> = {
   },
   migrate_cancel: plain('migrate_cancel', 'cancel the outgoing migration; the guest runs on here'),
   migrate_continue: plain('migrate-continue', 'let a migration paused in that state (pre-switchover) go on', ['state']),
+  migrate_pause: plain('migrate-pause', 'break the connection of a migration in post-copy, on either side: both pause, as after a network failure (migrate_recover and migrate -r go on)'),
   migrate_recover: plain('migrate-recover', 'on a destination whose post-copy paused: listen on URI for the source to resume', ['uri']),
   migrate_start_postcopy: plain('migrate-start-postcopy', 'switch the outgoing migration to post-copy (postcopy-ram on both sides): the guest runs on the destination while the rest of its RAM follows'),
   migrate_incoming: plain('migrate-incoming', 'start listening for the incoming migration of a VM started with --incoming defer', ['uri']),

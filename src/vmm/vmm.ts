@@ -198,6 +198,7 @@ export class Vmm {
         wrap(() => migration.migrate(args.uri, { resume: args.resume === true }));
       },
     });
+    qmp.register({ name: 'migrate-pause', handler: () => wrap(() => migration.pause()) });
     qmp.register({
       name: 'migrate-recover',
       args: { uri: t.str },
