@@ -61,6 +61,8 @@ interface Run {
   waitMeanMs: number;
   waitMaxMs: number;
   ranBeforeLastPageMs: number;
+  /** postcopy-vcpu-blocktime's one vCPU (the sim's workload thread, KVM's vCPU 0): ms it slept on missing pages. */
+  vcpuBlockedMs: number;
   memoryOk: boolean | undefined;
 }
 
@@ -70,7 +72,9 @@ async function migrate(dir: string, memory: string, postcopy: boolean, rep: numb
   const dest = await FerryProcess.start({ dir, name: `dst-${tag}`, args: [...args, '--incoming', 'defer'], startTimeoutMs: 120_000, env: { NODE_DEBUG: 'ferry' } });
   const source = await FerryProcess.start({ dir, name: `src-${tag}`, args, startTimeoutMs: 120_000 });
   try {
-    if (postcopy) await dest.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }] });
+    if (postcopy) {
+      await dest.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }, { capability: 'postcopy-blocktime', state: true }] });
+    }
     const uri = transport === 'unix' ? `unix:${join(dir, `${tag}.sock`)}` : 'tcp:127.0.0.1:0';
     await dest.execute('migrate-incoming', { uri });
     const listening = (await dest.execute<{ 'socket-address'?: Array<{ type: string; host?: string; port?: string; path?: string }> }>('query-migrate'))['socket-address']?.[0];
@@ -100,12 +104,14 @@ async function migrate(dir: string, memory: string, postcopy: boolean, rep: numb
     const info = !completed && lastActive ? lastActive : outcome.info;
     const pauseMs = completed ? await guestPause(source.qmp, dest.qmp, 5_000) : undefined;
     let memoryOk: boolean | undefined;
+    let vcpuBlockedMs = NaN;
     if (completed) {
       const deadline2 = Date.now() + 30_000;
       while ((await dest.execute<{ status?: string }>('query-migrate')).status !== 'completed') {
         if (Date.now() > deadline2) throw new Error('the destination did not complete');
         await new Promise((r) => setTimeout(r, 50));
       }
+      vcpuBlockedMs = (await dest.execute<{ 'postcopy-vcpu-blocktime'?: number[] }>('query-migrate'))['postcopy-vcpu-blocktime']?.[0] ?? NaN;
       await dest.execute('stop');
       memoryOk = (await dest.execute<{ ok: boolean }>('x-ferry-check-memory')).ok;
     }
@@ -124,6 +130,7 @@ async function migrate(dir: string, memory: string, postcopy: boolean, rep: numb
       waitMeanMs: waits ? Number(waits[1]) : NaN,
       waitMaxMs: waits ? Number(waits[2]) : NaN,
       ranBeforeLastPageMs: ran ? Number(ran[1]) : NaN,
+      vcpuBlockedMs,
       memoryOk,
     };
   } finally {
@@ -150,10 +157,10 @@ async function main(): Promise<void> {
   console.log(`Ferry post-copy benchmark — accel ${accel}, ${transport}, the built-in sweep guest (every page written once before), max-bandwidth ${mb(cap)}/s, ${reps} reps per cell; median [min–max]`);
   console.log(`Pre-copy alone is given up (migrate_cancel: the source guest runs on) after ${giveUpS} s; post-copy switches once the first pass is out (ferry migrate --postcopy), max-postcopy-bandwidth unlimited (QEMU's default).`);
   console.log('A migration given up shows what it had done by then: its time, passes and bytes.');
-  console.log('Downtime: the source\'s (stop to the device state sent); guest paused: the source\'s STOP to the destination\'s RESUME. Request waits and "ran before the last page": the destination\'s trace.');
+  console.log('Downtime: the source\'s (stop to the device state sent); guest paused: the source\'s STOP to the destination\'s RESUME. Request waits and "ran before the last page": the destination\'s trace. vCPU blocked: the destination\'s postcopy-vcpu-blocktime (capability postcopy-blocktime), how long the guest\'s vCPU slept on pages not there yet, out of the time it ran before the last page.');
   console.log('');
-  console.log('| RAM | mode | outcome | total time | downtime | guest paused | passes | sent | after the switch | page requests | request wait mean / max | guest ran before the last page | memory check |');
-  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  console.log('| RAM | mode | outcome | total time | downtime | guest paused | passes | sent | after the switch | page requests | request wait mean / max | guest ran before the last page | vCPU blocked | memory check |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   const dir = mkdtempSync(join(tmpdir(), 'ferry-bench-postcopy-'));
   try {
     for (const memory of memories) {
@@ -162,7 +169,7 @@ async function main(): Promise<void> {
         for (let rep = 0; rep < reps; rep++) runs.push(await migrate(dir, memory, postcopy, rep));
         const outcomes = [...new Set(runs.map((r) => r.status))].map((s) => `${runs.filter((r) => r.status === s).length}× ${s}`).join(', ');
         const checks = runs.filter((r) => r.memoryOk !== undefined);
-        console.log(`| ${memory} | ${postcopy ? 'post-copy' : 'pre-copy'} | ${outcomes} | ${span(runs.map((r) => r.totalMs), ms)} | ${span(runs.map((r) => r.downtimeMs), ms)} | ${span(runs.map((r) => r.pauseMs), ms)} | ${span(runs.map((r) => r.passes), count)} | ${span(runs.map((r) => r.transferred), mb)} | ${postcopy ? span(runs.map((r) => r.postcopyBytes), mb) : '—'} | ${postcopy ? span(runs.map((r) => r.requests), count) : '—'} | ${postcopy ? `${span(runs.map((r) => r.waitMeanMs), ms)} / ${span(runs.map((r) => r.waitMaxMs), ms)}` : '—'} | ${postcopy ? span(runs.map((r) => r.ranBeforeLastPageMs), ms) : '—'} | ${checks.length === 0 ? '—' : `${checks.filter((r) => r.memoryOk).length}/${checks.length} ok`} |`);
+        console.log(`| ${memory} | ${postcopy ? 'post-copy' : 'pre-copy'} | ${outcomes} | ${span(runs.map((r) => r.totalMs), ms)} | ${span(runs.map((r) => r.downtimeMs), ms)} | ${span(runs.map((r) => r.pauseMs), ms)} | ${span(runs.map((r) => r.passes), count)} | ${span(runs.map((r) => r.transferred), mb)} | ${postcopy ? span(runs.map((r) => r.postcopyBytes), mb) : '—'} | ${postcopy ? span(runs.map((r) => r.requests), count) : '—'} | ${postcopy ? `${span(runs.map((r) => r.waitMeanMs), ms)} / ${span(runs.map((r) => r.waitMaxMs), ms)}` : '—'} | ${postcopy ? span(runs.map((r) => r.ranBeforeLastPageMs), ms) : '—'} | ${postcopy ? span(runs.map((r) => r.vcpuBlockedMs), ms) : '—'} | ${checks.length === 0 ? '—' : `${checks.filter((r) => r.memoryOk).length}/${checks.length} ok`} |`);
       }
     }
   } finally {

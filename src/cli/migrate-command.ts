@@ -45,6 +45,9 @@ export interface DestinationOutcome {
   readonly status: string;
   /** Source STOP to destination RESUME (ms), when both came. */
   readonly pauseMs: number | undefined;
+  /** After a post-copy with postcopy-blocktime on there: each vCPU's ms asleep on missing pages, and the ms all slept at once. */
+  readonly vcpuBlocktimeMs?: readonly number[];
+  readonly blocktimeMs?: number;
 }
 
 /** The parts of QEMU's query-migrate answer this command reads. */
@@ -246,6 +249,11 @@ export function formatSummary(outcome: MigrationOutcome, destination?: Destinati
   if (ram?.['postcopy-bytes']) {
     lines.push(`  post-copy       ${formatBytes(ram['postcopy-bytes'])} sent after the switch, ${ram['postcopy-requests'] ?? 0} page requests from the destination`);
   }
+  const perVcpu = destination?.vcpuBlocktimeMs;
+  if (perVcpu !== undefined && perVcpu.length > 0) {
+    const each = perVcpu.length === 1 ? `${perVcpu[0]} ms` : perVcpu.map((ms, i) => `vCPU ${i} ${ms} ms`).join(', ');
+    lines.push(`  vCPUs blocked   ${each} on pages not there yet, all at once ${destination?.blocktimeMs ?? 0} ms (the destination's postcopy-blocktime)`);
+  }
   if (info['error-desc']) lines.push(`  error           ${info['error-desc']}`);
   if (destination) lines.push(`  destination     ${destination.status}`);
   return lines.join('\n');
@@ -272,9 +280,10 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
     }
   }
   if (options.postcopy && destination) {
-    // Both sides must have it before the stream starts (the destination checks at ADVISE).
+    // Both sides must have it before the stream starts (the destination checks at ADVISE);
+    // the destination also measures what the switch costs the guest (postcopy-blocktime).
     try {
-      await destination.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }] });
+      await destination.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }, { capability: 'postcopy-blocktime', state: true }] });
     } catch (err) {
       await client.close();
       await destination.close();
@@ -309,7 +318,8 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
         : {}),
     });
     if (recorder && options.report !== undefined) await writeReport(client, recorder, options, outcome);
-    const summary = formatSummary(outcome, destination ? await destinationOutcome(client, destination, outcome.status) : undefined, pausesWithoutSwitchover(client));
+    const postcopied = (outcome.info.ram?.['postcopy-bytes'] ?? 0) > 0;
+    const summary = formatSummary(outcome, destination ? await destinationOutcome(client, destination, outcome.status, postcopied) : undefined, pausesWithoutSwitchover(client));
     if (outcome.status === 'completed') {
       process.stdout.write(summary + '\n');
       return 0;
@@ -329,12 +339,25 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
  * paused: a destination started with -S stays paused, and one that failed never runs it.
  * Call forgetEvents on both clients before the migration starts.
  */
-export async function destinationOutcome(source: QmpClient, destination: QmpClient, status: string): Promise<DestinationOutcome> {
+export async function destinationOutcome(source: QmpClient, destination: QmpClient, status: string, postcopy = false): Promise<DestinationOutcome> {
   const runState = async (): Promise<string> => (await destination.execute<{ status: string }>('query-status')).status;
   if (status !== 'completed') return { status: await runState(), pauseMs: undefined };
   // The destination starts the guest a moment after the source completes.
   const pauseMs = await guestPause(source, destination, 2_000);
-  return { status: await runState(), pauseMs };
+  if (!postcopy) return { status: await runState(), pauseMs };
+  // After post-copy the destination completes once it has told the source (a moment later).
+  type Blocktime = { status?: string; 'postcopy-blocktime'?: number; 'postcopy-vcpu-blocktime'?: number[] };
+  let info = await destination.execute<Blocktime>('query-migrate');
+  for (const deadline = Date.now() + 5_000; info.status !== 'completed' && Date.now() < deadline;) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    info = await destination.execute<Blocktime>('query-migrate');
+  }
+  return {
+    status: await runState(),
+    pauseMs,
+    ...(info['postcopy-vcpu-blocktime'] !== undefined ? { vcpuBlocktimeMs: info['postcopy-vcpu-blocktime'] } : {}),
+    ...(info['postcopy-blocktime'] !== undefined ? { blocktimeMs: info['postcopy-blocktime'] } : {}),
+  };
 }
 
 /** Read back what the source ran with (after the run, so the limits set by this command show) and write the page. */
