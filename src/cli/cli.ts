@@ -108,6 +108,7 @@ program
   .option('--return-path', 'turn on the return-path capability (complete only once the destination says it loaded everything; otherwise the source guest runs again)')
   .option('--validate-uuid', 'turn on the validate-uuid capability (a destination with a UUID of its own loads only a stream from the same UUID)')
   .option('--postcopy', 'turn on the postcopy-ram capability (on the destination too with --dest-qmp; otherwise turn it on there first) and switch to post-copy once the first pass is sent: the guest then runs on the destination while the rest of its RAM follows')
+  .option('--background-snapshot', 'turn on the background-snapshot capability: save the VM as it was when the migration began while it runs on (e.g. to "exec:cat > FILE"; ferry run --incoming "exec:cat FILE" restores it)')
   .option('--no-progress', 'no progress bar, only the summary')
   .option('--report <file.html>', 'write a self-contained HTML report of the migration')
   .option('--dest-qmp <socket>', 'the destination\'s QMP socket: the summary then also says how long the guest was paused (source STOP to destination RESUME) and how the destination ended')
@@ -118,7 +119,7 @@ program
       uri,
       ...(opts.downtimeLimit !== undefined ? { downtimeLimitMs: opts.downtimeLimit } : {}),
       ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
-      capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : []), ...(opts.validateUuid ? ['validate-uuid'] : [])],
+      capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : []), ...(opts.validateUuid ? ['validate-uuid'] : []), ...(opts.backgroundSnapshot ? ['background-snapshot'] : [])],
       progress: opts.progress,
       ...(opts.postcopy ? { postcopy: true } : {}),
       ...(opts.report !== undefined ? { report: opts.report } : {}),

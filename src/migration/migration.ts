@@ -9,6 +9,7 @@ import { loadVmStream } from './incoming.js';
 import { DestinationReturnPath } from './return-path.js';
 import { PostcopyIncoming } from './postcopy-incoming.js';
 import { PostcopyBlocktime } from './postcopy-blocktime.js';
+import { writeTrackingAvailable } from './background-snapshot.js';
 import { Userfaultfd } from '../sys/userfaultfd.js';
 import { OutgoingMigration } from './outgoing.js';
 import { AutoConverge } from './auto-converge.js';
@@ -55,6 +56,21 @@ export interface MigrationOptions {
 
 export type MigrationSide = 'outgoing' | 'incoming';
 export type MigrationStatusListener = (status: MigrationStatus, side: MigrationSide) => void;
+
+/** Capabilities QEMU 7.2 refuses beside background-snapshot (check_caps_background_snapshot). */
+const NOT_WITH_BACKGROUND_SNAPSHOT: readonly MigrationCapability[] = [
+  'postcopy-ram', 'dirty-bitmaps', 'postcopy-blocktime', 'late-block-activate', 'return-path', 'multifd',
+  'pause-before-switchover', 'auto-converge', 'release-ram', 'rdma-pin-all', 'compress', 'xbzrle', 'x-colo',
+  'validate-uuid', 'zero-copy-send',
+];
+
+/** QEMU's migrate_caps_check for background-snapshot, in its words. */
+function checkBackgroundSnapshot(caps: Readonly<MigrationCapabilities>, memory: readonly { hostAddress?: number | undefined }[]): void {
+  if (!writeTrackingAvailable()) throw new MigrationError('Background-snapshot is not supported by host kernel');
+  if (memory.some((b) => b.hostAddress === undefined)) throw new MigrationError('Background-snapshot is not compatible with guest memory configuration');
+  const other = NOT_WITH_BACKGROUND_SNAPSHOT.find((c) => caps[c]);
+  if (other !== undefined) throw new MigrationError(`Background-snapshot is not compatible with ${other}`);
+}
 
 /** Where a destination's query-migrate shows postcopy-blocktime (QEMU 7.2: completed only; here while post-copy runs too). */
 const BLOCKTIME_SHOWN: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>(['postcopy-active', 'postcopy-paused', 'postcopy-recover', 'completed']);
@@ -141,9 +157,11 @@ export class Migration {
     const limiter = new RateLimiter(this.#o.now, this.#parameters['max-bandwidth']);
     const autoConverge = this.#capabilities['auto-converge'] && vm.setThrottle ? new AutoConverge() : undefined;
     this.#autoConverge = autoConverge;
+    const backgroundSnapshot = this.#capabilities['background-snapshot'];
     const ram = new RamHandler(vm, {
       now: this.#o.now,
       limiter,
+      ...(backgroundSnapshot ? { snapshot: true } : {}),
       // The cache is sized when a migration starts; QEMU also resizes a running one.
       ...(this.#capabilities.xbzrle ? { xbzrleCacheSize: this.#parameters['xbzrle-cache-size'] } : {}),
       onSync: (pass) => {
@@ -175,6 +193,7 @@ export class Migration {
       returnPath: this.#capabilities['return-path'],
       pauseBeforeSwitchover: this.#capabilities['pause-before-switchover'],
       postcopy: this.#capabilities['postcopy-ram'],
+      backgroundSnapshot,
       ...(this.#capabilities['validate-uuid'] ? { uuid: this.#o.uuid ?? NIL_UUID } : {}),
     });
     this.#outgoing = outgoing;
@@ -531,6 +550,7 @@ export class Migration {
         throw new MigrationError(`Postcopy is not supported: ${errorMessage(err)}`, { cause: err });
       }
     }
+    if (next['background-snapshot']) checkBackgroundSnapshot(next, this.#o.vm.memory);
     this.#capabilities = next;
   }
 

@@ -17,6 +17,7 @@ import {
 } from '../stream/return-path.js';
 import { SourceReturnPath, refusedByDestination } from './return-path.js';
 import { PostcopyStream } from './postcopy-outgoing.js';
+import { BackgroundSnapshot } from './background-snapshot.js';
 import { canComplete, decideIteration, expectedDowntimeMs, measureBandwidth, thresholdBytes } from './convergence.js';
 import { BandwidthEstimate } from './bandwidth.js';
 import type { MigrationParameters } from './parameters.js';
@@ -55,6 +56,12 @@ export interface OutgoingOptions {
    * while the rest of its RAM follows, pages it touches first.
    */
   readonly postcopy?: boolean;
+  /**
+   * The `background-snapshot` capability: save the guest as it was when the migration
+   * stopped it briefly, while it runs on (background-snapshot.ts); RAM must be in snapshot
+   * mode (RamHandlerOptions.snapshot).
+   */
+  readonly backgroundSnapshot?: boolean;
   /** The `validate-uuid` capability: the UUID sent in the configuration for the destination to check. */
   readonly uuid?: Uint8Array;
   /** Diagnostics (the Node side wires util.debuglog('ferry') here). */
@@ -259,6 +266,10 @@ export class OutgoingMigration {
       this.#setupTime = this.#o.now() - this.#startTime;
       state.transition('active');
       this.#bandwidth.startPasses(this.#o.now(), this.#delivered(w), this.#o.ram.stats.pagesSent);
+      if (this.#o.backgroundSnapshot) {
+        await this.#backgroundSnapshot(w);
+        return;
+      }
 
       // The downtime guard may call a switchover off: the passes then go on.
       for (;;) {
@@ -499,6 +510,66 @@ export class OutgoingMigration {
     vm.setRunState('postmigrate');
     state.transition('completed');
     return true;
+  }
+
+  /**
+   * background-snapshot (QEMU's bg_migration_thread): stop the guest, encode its device
+   * state into memory, write-protect its RAM, run it again — the downtime — then every
+   * page as it was at the stop, the RAM's END, the device state, EOF and the vmdesc. The
+   * guest runs on here whatever the outcome.
+   */
+  async #backgroundSnapshot(w: StreamWriter): Promise<void> {
+    const { registry, vm, ram, state } = this.#o;
+    const ramEntry = registry.iterative.find((entry) => entry.handler === ram);
+    if (!ramEntry) throw new MigrationError('background-snapshot: no RAM section to save');
+    const self = this;
+    const snapshot = new BackgroundSnapshot({
+      memory: vm.memory,
+      ram,
+      limiter: this.#o.limiter,
+      ramSectionId: ramEntry.sectionId,
+      sleep: this.#o.sleep,
+      unsent: () => this.#channel?.unsent?.() ?? 0,
+      flush: (writer) => this.#flush(writer),
+      updateCounters: (writer) => this.#updateCounters(writer),
+      checkCancelled: () => self.#checkCancelled(),
+      trace: this.#o.trace,
+    });
+    try {
+      const stopStart = this.#o.now();
+      await this.#stopGuest(stopStart);
+      const saved = await saveDevicesAhead(registry.nonIterative, this.#o.now);
+      snapshot.protect();
+      // The moment is kept: the guest runs again (QEMU starts it before sending any page).
+      this.#pausedByUs = false;
+      vm.resumeAfterMigration(this.#wasRunning);
+      ram.markRunning();
+      this.#downtime = this.#o.now() - stopStart;
+      this.#o.trace?.(`migration: background-snapshot: the guest stopped ${this.#downtime.toFixed(1)} ms (device state ${saved.length} B); its RAM goes as it was then while it runs`);
+      await snapshot.sendAll(w);
+      writeSectionPart(w, 'end', ramEntry.sectionId);
+      await ram.complete(w);
+      writeSectionFooter(w, ramEntry.sectionId);
+      for (const chunk of saved.chunks) w.bytes(chunk);
+      writeEof(w);
+      writeVmdesc(w, { page_size: PAGE_SIZE, devices: [...saved.devices] });
+      await w.drain();
+      if (w.error) throw w.error;
+      await this.#waitDelivered(w);
+      await w.close();
+      if (w.error) throw w.error;
+    } finally {
+      snapshot.stop();
+    }
+    this.#totalTime = this.#o.now() - this.#startTime;
+    this.#updateCounters(w, true);
+    ram.finishPasses();
+    this.#o.trace?.(
+      `migration: background-snapshot completed in ${this.#totalTime.toFixed(1)} ms: ${ram.stats.pagesSent} pages, ` +
+        `${snapshot.writesHeld} of them written by the guest before their turn (sent ahead), downtime ${this.#downtime.toFixed(1)} ms, ${w.bytesWritten} B`,
+    );
+    registry.cleanupAll();
+    state.transition('completed');
   }
 
   /**

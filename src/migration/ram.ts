@@ -92,6 +92,14 @@ export interface RamHandlerOptions {
    * and the pages newly found dirty since (auto-converge: QEMU's migration_trigger_throttle).
    */
   readonly onDirtyPeriod?: (period: DirtyPeriod) => void;
+  /**
+   * The `background-snapshot` capability: RAM as it was at one moment (snapshotPoint()),
+   * each page once — no dirty log; pages go copied into the stream, never by reference (a
+   * page is let go for the guest to write as soon as it is in the stream's buffer), and
+   * the pages sent are logged for that (takeSent()). The driver feeds pages the guest
+   * wants to write first (queueWrite()) and sends with sendPostcopy().
+   */
+  readonly snapshot?: boolean;
 }
 
 export class RamHandler implements SaveVmHandler {
@@ -186,13 +194,17 @@ export class RamHandler implements SaveVmHandler {
     this.stats.remainingPages = this.stats.totalBytes / PAGE_SIZE;
     const before = w.bytesWritten;
     new RamChunkWriter(w).memSize(memory.map((b) => ({ idstr: b.idstr, size: b.size })));
-    this.#vm.dirtyLog.start();
-    this.#loggingStarted = true;
-    // After logging started: a page touched from here on is in the log, whatever this says.
-    this.#untouched = memory.map((b) => b.residency?.());
     this.#rateWindowStart = this.#opts.now();
-    // QEMU syncs once at setup (ram_init_bitmaps): the first pass, every page, is pass 1.
-    this.#sync();
+    // A snapshot needs no dirty log (QEMU's ram_init_bitmaps neither starts nor syncs one
+    // for background-snapshot); which pages were never backed is asked at its moment.
+    if (!this.#opts.snapshot) {
+      this.#vm.dirtyLog.start();
+      this.#loggingStarted = true;
+      // After logging started: a page touched from here on is in the log, whatever this says.
+      this.#untouched = memory.map((b) => b.residency?.());
+      // QEMU syncs once at setup (ram_init_bitmaps): the first pass, every page, is pass 1.
+      this.#sync();
+    }
     new RamChunkWriter(w).eos();
     this.#account(w.bytesWritten - before);
   }
@@ -212,6 +224,12 @@ export class RamHandler implements SaveVmHandler {
   }
 
   async complete(w: StreamWriter): Promise<VmdescDevice | undefined> {
+    if (this.#opts.snapshot) {
+      // Every page went before (the snapshot's driver sends them all): the section ends.
+      if (this.stats.remainingPages > 0) throw new MigrationError(`The snapshot ended with ${this.stats.remainingPages} pages of RAM not sent`);
+      new RamChunkWriter(w).eos();
+      return undefined;
+    }
     if (!this.#syncedWhileStopped) this.#sync();
     await this.#send(w, false);
     await this.#settle(w);
@@ -520,6 +538,29 @@ export class RamHandler implements SaveVmHandler {
     this.#cursorWord = 0;
   }
 
+  /**
+   * background-snapshot, the guest stopped: the moment RAM is saved as of. Pages the host
+   * never backed by now are zero without being read (a write to one later is held by the
+   * write-protection until it has gone).
+   */
+  snapshotPoint(): void {
+    this.#untouched = this.#memory.map((b) => b.residency?.());
+  }
+
+  /** background-snapshot: the guest waits to write page `page` of block `b`: it goes ahead of the rest. */
+  queueWrite(b: number, page: number): void {
+    this.#requests.push(b, page);
+  }
+
+  /** background-snapshot: the pages sent since the last call (block index and page, in pairs); they may be written again. */
+  takeSent(): number[] {
+    const sent = this.#sentLog;
+    this.#sentLog = [];
+    return sent;
+  }
+
+  #sentLog: number[] = [];
+
   /** Pages the destination asked for and that have not gone yet. */
   get requestsQueued(): boolean {
     return this.#requests.length > 0;
@@ -579,13 +620,16 @@ export class RamHandler implements SaveVmHandler {
     const neverBacked = untouched !== undefined && page < untouched.length && (untouched[page]! & 1) === 0;
     if (untouched !== undefined && page < untouched.length) untouched[page] = 1;
     const words = (this.#words[b] = wordsOf(block, this.#words[b]));
+    const snapshot = this.#opts.snapshot === true;
     if (neverBacked || isZeroPage(words, page * WORDS_PER_PAGE)) {
       chunks.zero(block.idstr, offset);
       this.stats.duplicate++;
     } else {
-      chunks.pageOf(block.idstr, block.bytes, offset, block.hostAddress);
+      // A snapshot's page is copied now: it may be written the moment it is let go.
+      chunks.pageOf(block.idstr, block.bytes, offset, snapshot ? undefined : block.hostAddress);
       this.stats.normal++;
     }
+    if (snapshot) this.#sentLog.push(b, page);
   }
 
   #postcopy = false;

@@ -116,3 +116,51 @@ test('asked for, a fault names the thread that faulted (UFFD_FEATURE_THREAD_ID)'
     munmap(ram);
   }
 });
+
+test('write-protected pages: a write sleeps until the page is let go, reads go through, and a page never touched is protected too', async () => {
+  const ram = mmapAnonymous(8 * PAGE);
+  ram.bytes[1 * PAGE] = 11;
+  const uffd = Userfaultfd.open({ writeProtect: true, threadIds: true });
+  try {
+    assert.equal(uffd.protectsUnpopulated, true, 'this kernel protects unpopulated pages (UFFD_FEATURE_WP_UNPOPULATED)');
+    uffd.registerWriteProtect(ram.address, 8 * PAGE);
+    uffd.writeProtect(ram.address, 8 * PAGE, true);
+    const viewUrl = new URL('./view.js', import.meta.url).href;
+    // The worker reads page 1, then writes it, then writes page 5 (never touched before).
+    const worker = new Worker(`
+      const { parentPort, workerData } = require('node:worker_threads');
+      import(${JSON.stringify(viewUrl)}).then(({ viewAt }) => {
+        const ram = viewAt(workerData.address, workerData.length);
+        parentPort.postMessage({ read: ram[4096] });
+        ram[4096] = 12;
+        parentPort.postMessage({ wrote: 1 });
+        ram[5 * 4096] = 55;
+        parentPort.postMessage({ wrote: 5 });
+      });
+    `, { eval: true, workerData: { address: ram.address, length: 8 * PAGE } });
+    const messages: Array<Record<string, number>> = [];
+    worker.on('message', (m: Record<string, number>) => messages.push(m));
+    assert.equal(await uffd.waitForFault(10_000), true, 'the write to page 1 faulted');
+    const [first] = uffd.readFaults();
+    assert.ok(first);
+    assert.equal(first.address, ram.address + BigInt(PAGE));
+    assert.equal(first.writeProtect, true);
+    assert.ok(first.tid > 0);
+    assert.equal(ram.bytes[PAGE], 11, 'the page still holds what it held when protected');
+    uffd.writeProtect(ram.address + BigInt(PAGE), PAGE, false);
+    assert.equal(await uffd.waitForFault(10_000), true, 'the write to page 5 faulted');
+    const [second] = uffd.readFaults();
+    assert.equal(second?.address, ram.address + 5n * BigInt(PAGE));
+    assert.equal(second?.writeProtect, true);
+    assert.equal(ram.bytes[5 * PAGE], 0);
+    uffd.writeProtect(ram.address + 5n * BigInt(PAGE), PAGE, false);
+    await new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    assert.deepEqual(messages, [{ read: 11 }, { wrote: 1 }, { wrote: 5 }]);
+    assert.equal(ram.bytes[PAGE], 12);
+    assert.equal(ram.bytes[5 * PAGE], 55);
+    uffd.unregister(ram.address, 8 * PAGE);
+  } finally {
+    uffd.close();
+    munmap(ram);
+  }
+});

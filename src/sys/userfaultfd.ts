@@ -28,30 +28,51 @@ const UFFDIO_WAKE = 0x8010aa02;
 const UFFDIO_COPY = 0xc028aa03;
 /** _IOWR(0xAA, 0x04, struct uffdio_zeropage {u64 start, len, mode; s64 zeropage}). */
 const UFFDIO_ZEROPAGE = 0xc020aa04;
+/** _IOWR(0xAA, 0x06, struct uffdio_writeprotect {struct uffdio_range range; u64 mode}). */
+const UFFDIO_WRITEPROTECT = 0xc018aa06;
 const UFFDIO_REGISTER_MODE_MISSING = 1n;
-/** Bits of `ioctls` a registered range must offer: COPY (3) and ZEROPAGE (4). */
+const UFFDIO_REGISTER_MODE_WP = 2n;
+const UFFDIO_WRITEPROTECT_MODE_WP = 1n;
+/** Bits of `ioctls` a registered range must offer: COPY (3) and ZEROPAGE (4); for write-protection WRITEPROTECT (6). */
 const RANGE_IOCTLS_NEEDED = (1n << 3n) | (1n << 4n);
+const RANGE_IOCTLS_NEEDED_WP = 1n << 6n;
 /**
  * struct uffd_msg: 32 bytes; event at 0, the page fault's flags at 8, its address at 16
  * and, with UFFD_FEATURE_THREAD_ID, the faulting thread's id at 24.
  */
 const UFFD_MSG_BYTES = 32;
 const UFFD_EVENT_PAGEFAULT = 0x12;
+/** uffdio_api.features: write-protect faults (Linux 5.7 for anonymous memory). */
+const UFFD_FEATURE_PAGEFAULT_FLAG_WP = 1n << 0n;
 /** uffdio_api.features: fault messages name the thread that faulted (Linux 4.14). */
 const UFFD_FEATURE_THREAD_ID = 1n << 8n;
+/** uffdio_api.features: write-protection holds on pages never touched too (Linux 6.4). */
+const UFFD_FEATURE_WP_UNPOPULATED = 1n << 13n;
+/** uffd_msg's page-fault flags: the fault came from write-protection. */
+const UFFD_PAGEFAULT_FLAG_WP = 2;
 
 const PAGE = 4096;
 
-/** A page fault: the page's address (rounded down to its page) and, when asked for, the thread's id (0 otherwise). */
+/**
+ * A page fault: the page's address (rounded down to its page), when asked for the thread's
+ * id (0 otherwise), and whether it was a write to a write-protected page (else a missing page).
+ */
 export interface Fault {
   readonly address: bigint;
   readonly tid: number;
+  readonly writeProtect: boolean;
 }
 
 export class Userfaultfd {
   readonly fd: number;
   /** Whether fault messages name the faulting thread (open({ threadIds: true }) on a kernel that can). */
   readonly threadIds: boolean;
+  /**
+   * open({ writeProtect: true }): whether write-protection also holds on pages never
+   * touched (UFFD_FEATURE_WP_UNPOPULATED); without it such a page must be mapped (read)
+   * before it is protected, or a write to it is not reported.
+   */
+  readonly protectsUnpopulated: boolean;
   #closed = false;
   readonly #range = new Uint8Array(16);
   readonly #rangeView = new DataView(this.#range.buffer);
@@ -61,18 +82,21 @@ export class Userfaultfd {
   readonly #zeroView = new DataView(this.#zero.buffer);
   readonly #messages = Buffer.alloc(UFFD_MSG_BYTES * 64);
 
-  private constructor(fd: number, threadIds: boolean) {
+  private constructor(fd: number, threadIds: boolean, protectsUnpopulated: boolean) {
     this.fd = fd;
     this.threadIds = threadIds;
+    this.protectsUnpopulated = protectsUnpopulated;
   }
 
   /**
    * A non-blocking userfaultfd with the API handshake done. The syscall first; where it
    * is refused (vm.unprivileged_userfaultfd = 0 without CAP_SYS_PTRACE) /dev/userfaultfd.
    * With `threadIds`, faults name the thread that faulted where the kernel can say it
-   * (`threadIds` on the result tells). Throws a SystemCallError saying what the host lacks.
+   * (`threadIds` on the result tells). With `writeProtect`, write-protect faults are
+   * reported (registerWriteProtect); a kernel that cannot is refused. Throws a
+   * SystemCallError saying what the host lacks.
    */
-  static open(options: { threadIds?: boolean } = {}): Userfaultfd {
+  static open(options: { threadIds?: boolean; writeProtect?: boolean } = {}): Userfaultfd {
     let fd = syscall1(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
       const syscallErrno = -fd;
@@ -91,20 +115,27 @@ export class Userfaultfd {
     }
     // The handshake goes once per descriptor; a feature the kernel lacks fails it (EINVAL),
     // so thread ids are asked for only when a handshake without features offers them.
-    let threadIds = false;
-    if (options.threadIds) {
+    let asked = 0n;
+    if (options.threadIds || options.writeProtect) {
+      let offered: bigint;
       const probe = Userfaultfd.open();
       try {
-        threadIds = (probe.#features & UFFD_FEATURE_THREAD_ID) !== 0n;
+        offered = probe.#features;
       } finally {
         probe.close();
       }
+      if (options.writeProtect && (offered & UFFD_FEATURE_PAGEFAULT_FLAG_WP) === 0n) {
+        closeFd(fd);
+        throw new SystemCallError('ioctl', 0, 'userfaultfd: this kernel cannot report writes to write-protected pages (UFFD_FEATURE_PAGEFAULT_FLAG_WP, Linux 5.7)');
+      }
+      if (options.threadIds) asked |= offered & UFFD_FEATURE_THREAD_ID;
+      if (options.writeProtect) asked |= UFFD_FEATURE_PAGEFAULT_FLAG_WP | (offered & UFFD_FEATURE_WP_UNPOPULATED);
     }
-    const uffd = new Userfaultfd(fd, threadIds);
+    const uffd = new Userfaultfd(fd, (asked & UFFD_FEATURE_THREAD_ID) !== 0n, (asked & UFFD_FEATURE_WP_UNPOPULATED) !== 0n);
     const api = new Uint8Array(24);
     const view = new DataView(api.buffer);
     view.setBigUint64(0, UFFD_API, true);
-    view.setBigUint64(8, threadIds ? UFFD_FEATURE_THREAD_ID : 0n, true);
+    view.setBigUint64(8, asked, true);
     const r = ioctlPtrRaw(fd, UFFDIO_API, api);
     if (r < 0) {
       uffd.close();
@@ -131,6 +162,36 @@ export class Userfaultfd {
       throw new SystemCallError('ioctl', 0, `userfaultfd: the range at 0x${address.toString(16)} (${length} bytes) does not offer UFFDIO_COPY and UFFDIO_ZEROPAGE (ioctls 0x${offered.toString(16)})`);
     }
   }
+
+  /** Report writes to [address, address + length) (page-aligned) while it is write-protected (writeProtect()). Needs open({ writeProtect: true }). */
+  registerWriteProtect(address: bigint, length: number): void {
+    const reg = new Uint8Array(32);
+    const view = new DataView(reg.buffer);
+    view.setBigUint64(0, address, true);
+    view.setBigUint64(8, BigInt(length), true);
+    view.setBigUint64(16, UFFDIO_REGISTER_MODE_WP, true);
+    const r = ioctlPtrRaw(this.fd, UFFDIO_REGISTER, reg);
+    if (r < 0) throw this.#error('UFFDIO_REGISTER (write-protect)', -r, address, length);
+    const offered = view.getBigUint64(24, true);
+    if ((offered & RANGE_IOCTLS_NEEDED_WP) !== RANGE_IOCTLS_NEEDED_WP) {
+      throw new SystemCallError('ioctl', 0, `userfaultfd: the range at 0x${address.toString(16)} (${length} bytes) cannot be write-protected (ioctls 0x${offered.toString(16)})`);
+    }
+  }
+
+  /**
+   * Write-protect [address, address + length) (`protect`), or let writes through again —
+   * which also wakes the threads waiting to write there.
+   */
+  writeProtect(address: bigint, length: number, protect: boolean): void {
+    this.#wpView.setBigUint64(0, address, true);
+    this.#wpView.setBigUint64(8, BigInt(length), true);
+    this.#wpView.setBigUint64(16, protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0n, true);
+    const r = ioctlPtrRaw(this.fd, UFFDIO_WRITEPROTECT, this.#wp);
+    if (r < 0) throw this.#error(protect ? 'UFFDIO_WRITEPROTECT' : 'UFFDIO_WRITEPROTECT (off)', -r, address, length);
+  }
+
+  readonly #wp = new Uint8Array(24);
+  readonly #wpView = new DataView(this.#wp.buffer);
 
   unregister(address: bigint, length: number): void {
     this.#setRange(address, length);
@@ -205,7 +266,11 @@ export class Userfaultfd {
       }
       for (let at = 0; at + UFFD_MSG_BYTES <= n; at += UFFD_MSG_BYTES) {
         if (this.#messages[at] !== UFFD_EVENT_PAGEFAULT) continue;
-        faults.push({ address: this.#messages.readBigUInt64LE(at + 16), tid: this.#messages.readUInt32LE(at + 24) });
+        faults.push({
+          address: this.#messages.readBigUInt64LE(at + 16),
+          tid: this.#messages.readUInt32LE(at + 24),
+          writeProtect: (Number(this.#messages.readBigUInt64LE(at + 8) & 0xffn) & UFFD_PAGEFAULT_FLAG_WP) !== 0,
+        });
       }
       if (n < this.#messages.byteLength) return faults;
     }
