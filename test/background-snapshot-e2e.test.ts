@@ -44,6 +44,8 @@ async function snapshotAndRestore(t: TestContext, guest: string[], bandwidth: nu
   const { code, stdout, stderr } = await runFerry(['migrate', '--qmp', source.qmpPath, `exec:cat > ${file}`, '--background-snapshot', '--max-bandwidth', String(bandwidth), '--no-progress']);
   assert.equal(code, 0, stderr + stdout);
   assert.match(stdout, /Migration completed/);
+  assert.match(stdout, /guest paused +[\d.]+ ms \(STOP to RESUME: the snapshot's moment/);
+  assert.doesNotMatch(stdout, /other pauses/);
   const info = await source.execute<Info>('query-migrate');
   assert.equal(info.status, 'completed', info['error-desc']);
   // The guest ran on while its RAM was saved: stopped only for the device state and the

@@ -227,7 +227,7 @@ function payload(info: QueryMigrateInfo | undefined): Record<string, string> {
  * The one-screen summary printed at the end. `otherPauses`: the source's pauses that did
  * not end in the switchover (pausesWithoutSwitchover), in ms.
  */
-export function formatSummary(outcome: MigrationOutcome, destination?: DestinationOutcome, otherPauses: readonly number[] = []): string {
+export function formatSummary(outcome: MigrationOutcome, destination?: DestinationOutcome, otherPauses: readonly number[] = [], snapshotPauseMs?: number): string {
   const { info } = outcome;
   const ram = info.ram;
   const lines = [`Migration ${outcome.status}`];
@@ -235,6 +235,7 @@ export function formatSummary(outcome: MigrationOutcome, destination?: Destinati
   if (info['setup-time'] !== undefined) lines.push(`  setup time      ${formatMs(info['setup-time'])}`);
   if (info.downtime !== undefined) lines.push(`  downtime        ${formatMs(info.downtime)}`);
   if (destination?.pauseMs !== undefined) lines.push(`  guest paused    ${destination.pauseMs.toFixed(1)} ms (source STOP to destination RESUME)`);
+  if (snapshotPauseMs !== undefined) lines.push(`  guest paused    ${snapshotPauseMs.toFixed(1)} ms (STOP to RESUME: the snapshot's moment; the guest ran on while its RAM was saved)`);
   if (otherPauses.length > 0) {
     const each = otherPauses.map((ms) => `${ms.toFixed(1)} ms`).join(', ');
     lines.push(`  other pauses    ${otherPauses.length}: ${each} (the source stopped the guest and ran it again: a switchover called off, a failed or cancelled stop, or stop/cont)`);
@@ -319,7 +320,11 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
     });
     if (recorder && options.report !== undefined) await writeReport(client, recorder, options, outcome);
     const postcopied = (outcome.info.ram?.['postcopy-bytes'] ?? 0) > 0;
-    const summary = formatSummary(outcome, destination ? await destinationOutcome(client, destination, outcome.status, postcopied) : undefined, pausesWithoutSwitchover(client));
+    // A background snapshot stops the guest once, at its start, and runs it again: that
+    // pause is its own, not one of the others.
+    const pauses = pausesWithoutSwitchover(client);
+    const snapshotPause = options.capabilities?.includes('background-snapshot') ? pauses.shift() : undefined;
+    const summary = formatSummary(outcome, destination ? await destinationOutcome(client, destination, outcome.status, postcopied) : undefined, pauses, snapshotPause);
     if (outcome.status === 'completed') {
       process.stdout.write(summary + '\n');
       return 0;
