@@ -19,6 +19,7 @@ import { forgetEvents, guestPause } from '../src/report/guest-pause.js';
 import { parseSize } from '../src/size.js';
 import { keepOutput } from './lib/results-log.js';
 import { benchUsage, parseBenchArgs } from './lib/usage.js';
+import { count, mb, ms, span } from './lib/table.js';
 
 const USAGE = 'usage: npm run bench:postcopy [-- --memory 256M,1G] [--reps N] [--max-bandwidth RATE] [--transport unix|tcp] [--accel sim|kvm] [--give-up-s S]';
 
@@ -138,19 +139,6 @@ async function migrate(dir: string, memory: string, postcopy: boolean, rep: numb
     await dest.quit();
   }
 }
-
-const median = (xs: number[]): number => {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length === 0 ? NaN : s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-};
-const span = (xs: number[], f: (x: number) => string): string => {
-  const finite = xs.filter((x) => Number.isFinite(x));
-  return finite.length === 0 ? '—' : `${f(median(finite))} [${f(Math.min(...finite))}–${f(Math.max(...finite))}]`;
-};
-const ms = (x: number): string => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(x < 10 ? 1 : 0)} ms`);
-const mb = (x: number): string => `${(x / 1e6).toFixed(1)} MB`;
-const count = (x: number): string => String(Math.round(x));
 
 async function main(): Promise<void> {
   const finish = keepOutput(`postcopy-${accel}`);

@@ -71,7 +71,7 @@ export class BackgroundSnapshot {
     this.#h = host;
   }
 
-  /** Pages the guest waited to write, sent ahead of their turn. */
+  /** Writes of the guest held until their page (and its 2 MiB region) had gone ahead of its turn. */
   get writesHeld(): number {
     return this.#writesHeld;
   }

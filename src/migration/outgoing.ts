@@ -565,8 +565,8 @@ export class OutgoingMigration {
     this.#updateCounters(w, true);
     ram.finishPasses();
     this.#o.trace?.(
-      `migration: background-snapshot completed in ${this.#totalTime.toFixed(1)} ms: ${ram.stats.pagesSent} pages, ` +
-        `${snapshot.writesHeld} of them written by the guest before their turn (sent ahead), downtime ${this.#downtime.toFixed(1)} ms, ${w.bytesWritten} B`,
+      `migration: background-snapshot completed in ${this.#totalTime.toFixed(1)} ms: ${ram.stats.pagesSent} pages; ` +
+        `the guest's writes held ${snapshot.writesHeld} times until their page's region had gone ahead of its turn; downtime ${this.#downtime.toFixed(1)} ms, ${w.bytesWritten} B`,
     );
     registry.cleanupAll();
     state.transition('completed');
