@@ -12,11 +12,13 @@
 import { MigrationError } from '../errors.js';
 import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { GuestMemoryBlock } from '../hypervisor/types.js';
-import { writeSectionFooter, writeSectionPart } from '../stream/format.js';
+import { writeEof, writeSectionFooter, writeSectionPart, writeVmdesc } from '../stream/format.js';
 import type { StreamWriter } from '../stream/writer.js';
 import { Userfaultfd } from '../sys/userfaultfd.js';
 import type { RamHandler } from './ram.js';
 import type { RateLimiter } from './rate-limiter.js';
+import type { SaveVmRegistry } from './savevm.js';
+import { saveDevicesAhead } from './switchover-guard.js';
 
 /** Background pages per section: enough to keep the socket busy, few enough that a vCPU waiting to write is served soon. */
 const BACKGROUND_PAGES = 256;
@@ -32,19 +34,26 @@ const FAULT_WAIT_MS = 20;
  */
 const REGION_PAGES = (2 * 1024 * 1024) / PAGE_SIZE;
 
+/** What the snapshot needs of the outgoing migration that runs it. */
 export interface SnapshotHost {
   readonly memory: readonly GuestMemoryBlock[];
   readonly ram: RamHandler;
+  readonly registry: SaveVmRegistry;
   readonly limiter: RateLimiter;
-  /** The RAM's section id in the stream. */
-  readonly ramSectionId: number;
+  readonly now: () => number;
   readonly sleep: (ms: number) => Promise<void>;
   /** Bytes the channel holds that the peer has not taken (0 where it cannot tell). */
   readonly unsent: () => number;
   readonly flush: (w: StreamWriter) => Promise<void>;
+  /** After the last flush: until the peer has taken what the channel holds (as far as the OS tells). */
+  readonly waitDelivered: (w: StreamWriter) => Promise<unknown>;
   readonly updateCounters: (w: StreamWriter) => void;
   /** Throws once the migration was cancelled. */
   readonly checkCancelled: () => void;
+  /** Stop the vCPUs (the migration's own stop: a failure from here runs the guest again). */
+  readonly stopGuest: (at: number) => Promise<void>;
+  /** Run the guest again as it ran before the stop; nothing is to undo after this. */
+  readonly resumeGuest: () => void;
   readonly trace?: ((message: string) => void) | undefined;
 }
 
@@ -71,6 +80,46 @@ export class BackgroundSnapshot {
     this.#h = host;
   }
 
+  /**
+   * The whole snapshot after the setup sections: stop the guest, encode its device state
+   * into memory, write-protect its RAM, run it again — the downtime, returned in ms — then
+   * every page as it was at the stop, the RAM's END, the device state, EOF and the vmdesc,
+   * and the channel closed. All of RAM is let go whatever happens.
+   */
+  async run(w: StreamWriter): Promise<number> {
+    const { registry, ram } = this.#h;
+    const ramEntry = registry.iterative.find((entry) => entry.handler === ram);
+    if (!ramEntry) throw new MigrationError('background-snapshot: no RAM section to save');
+    this.#ramSectionId = ramEntry.sectionId;
+    try {
+      const stopStart = this.#h.now();
+      await this.#h.stopGuest(stopStart);
+      const saved = await saveDevicesAhead(registry.nonIterative, this.#h.now);
+      this.#protect();
+      // The moment is kept: the guest runs again (QEMU starts it before sending any page).
+      this.#h.resumeGuest();
+      const downtime = this.#h.now() - stopStart;
+      this.#h.trace?.(`migration: background-snapshot: the guest stopped ${downtime.toFixed(1)} ms (device state ${saved.length} B); its RAM goes as it was then while it runs`);
+      await this.#sendAll(w);
+      writeSectionPart(w, 'end', ramEntry.sectionId);
+      await ram.complete(w);
+      writeSectionFooter(w, ramEntry.sectionId);
+      for (const chunk of saved.chunks) w.bytes(chunk);
+      writeEof(w);
+      writeVmdesc(w, { page_size: PAGE_SIZE, devices: [...saved.devices] });
+      await w.drain();
+      if (w.error) throw w.error;
+      await this.#h.waitDelivered(w);
+      await w.close();
+      if (w.error) throw w.error;
+      return downtime;
+    } finally {
+      this.#stop();
+    }
+  }
+
+  #ramSectionId = 0;
+
   /** Writes of the guest held until their page (and its 2 MiB region) had gone ahead of its turn. */
   get writesHeld(): number {
     return this.#writesHeld;
@@ -81,7 +130,7 @@ export class BackgroundSnapshot {
    * write-protected; on a kernel that cannot protect pages never touched, those are
    * mapped (read) first, as QEMU's ram_block_populate_read.
    */
-  protect(): void {
+  #protect(): void {
     const uffd = Userfaultfd.open({ writeProtect: true });
     this.#uffd = uffd;
     this.#regionSent = this.#h.memory.map((b) => new Uint16Array(Math.ceil(b.size / PAGE_SIZE / REGION_PAGES)));
@@ -100,7 +149,7 @@ export class BackgroundSnapshot {
   }
 
   /** Every page, those the guest waits to write first, each let go once it is in the stream. */
-  async sendAll(w: StreamWriter): Promise<void> {
+  async #sendAll(w: StreamWriter): Promise<void> {
     const { ram, limiter } = this.#h;
     while (ram.stats.remainingPages > 0) {
       this.#h.checkCancelled();
@@ -113,9 +162,9 @@ export class BackgroundSnapshot {
         await Promise.race([this.#h.sleep(wait), this.#waitForFault()]);
         continue;
       }
-      writeSectionPart(w, 'part', this.#h.ramSectionId);
+      writeSectionPart(w, 'part', this.#ramSectionId);
       ram.sendPostcopy(w, held ? 0 : BACKGROUND_PAGES);
-      writeSectionFooter(w, this.#h.ramSectionId);
+      writeSectionFooter(w, this.#ramSectionId);
       // Copied into the stream's buffer: the guest may write them from now on.
       this.#release(ram.takeSent());
       await this.#h.flush(w);
@@ -126,7 +175,7 @@ export class BackgroundSnapshot {
   }
 
   /** Let go of all of RAM (whatever happened): no vCPU stays waiting on a write. */
-  stop(): void {
+  #stop(): void {
     const uffd = this.#uffd;
     if (!uffd) return;
     this.#uffd = undefined;

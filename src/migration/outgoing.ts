@@ -520,47 +520,28 @@ export class OutgoingMigration {
    */
   async #backgroundSnapshot(w: StreamWriter): Promise<void> {
     const { registry, vm, ram, state } = this.#o;
-    const ramEntry = registry.iterative.find((entry) => entry.handler === ram);
-    if (!ramEntry) throw new MigrationError('background-snapshot: no RAM section to save');
     const self = this;
     const snapshot = new BackgroundSnapshot({
       memory: vm.memory,
       ram,
+      registry,
       limiter: this.#o.limiter,
-      ramSectionId: ramEntry.sectionId,
+      now: this.#o.now,
       sleep: this.#o.sleep,
       unsent: () => this.#channel?.unsent?.() ?? 0,
       flush: (writer) => this.#flush(writer),
+      waitDelivered: (writer) => this.#waitDelivered(writer),
       updateCounters: (writer) => this.#updateCounters(writer),
       checkCancelled: () => self.#checkCancelled(),
+      stopGuest: (at) => this.#stopGuest(at),
+      resumeGuest: () => {
+        this.#pausedByUs = false;
+        vm.resumeAfterMigration(this.#wasRunning);
+        ram.markRunning();
+      },
       trace: this.#o.trace,
     });
-    try {
-      const stopStart = this.#o.now();
-      await this.#stopGuest(stopStart);
-      const saved = await saveDevicesAhead(registry.nonIterative, this.#o.now);
-      snapshot.protect();
-      // The moment is kept: the guest runs again (QEMU starts it before sending any page).
-      this.#pausedByUs = false;
-      vm.resumeAfterMigration(this.#wasRunning);
-      ram.markRunning();
-      this.#downtime = this.#o.now() - stopStart;
-      this.#o.trace?.(`migration: background-snapshot: the guest stopped ${this.#downtime.toFixed(1)} ms (device state ${saved.length} B); its RAM goes as it was then while it runs`);
-      await snapshot.sendAll(w);
-      writeSectionPart(w, 'end', ramEntry.sectionId);
-      await ram.complete(w);
-      writeSectionFooter(w, ramEntry.sectionId);
-      for (const chunk of saved.chunks) w.bytes(chunk);
-      writeEof(w);
-      writeVmdesc(w, { page_size: PAGE_SIZE, devices: [...saved.devices] });
-      await w.drain();
-      if (w.error) throw w.error;
-      await this.#waitDelivered(w);
-      await w.close();
-      if (w.error) throw w.error;
-    } finally {
-      snapshot.stop();
-    }
+    this.#downtime = await snapshot.run(w);
     this.#totalTime = this.#o.now() - this.#startTime;
     this.#updateCounters(w, true);
     ram.finishPasses();

@@ -150,32 +150,27 @@ export class Userfaultfd {
 
   /** Report missing-page faults in [address, address + length) (page-aligned). */
   register(address: bigint, length: number): void {
+    this.#register(address, length, UFFDIO_REGISTER_MODE_MISSING, RANGE_IOCTLS_NEEDED, 'does not offer UFFDIO_COPY and UFFDIO_ZEROPAGE');
+  }
+
+  /** UFFDIO_REGISTER in `mode`; the range must then offer the `needed` ioctls, or the error says it `lacks`. */
+  #register(address: bigint, length: number, mode: bigint, needed: bigint, lacks: string): void {
     const reg = new Uint8Array(32);
     const view = new DataView(reg.buffer);
     view.setBigUint64(0, address, true);
     view.setBigUint64(8, BigInt(length), true);
-    view.setBigUint64(16, UFFDIO_REGISTER_MODE_MISSING, true);
+    view.setBigUint64(16, mode, true);
     const r = ioctlPtrRaw(this.fd, UFFDIO_REGISTER, reg);
-    if (r < 0) throw this.#error('UFFDIO_REGISTER', -r, address, length);
+    if (r < 0) throw this.#error(mode === UFFDIO_REGISTER_MODE_WP ? 'UFFDIO_REGISTER (write-protect)' : 'UFFDIO_REGISTER', -r, address, length);
     const offered = view.getBigUint64(24, true);
-    if ((offered & RANGE_IOCTLS_NEEDED) !== RANGE_IOCTLS_NEEDED) {
-      throw new SystemCallError('ioctl', 0, `userfaultfd: the range at 0x${address.toString(16)} (${length} bytes) does not offer UFFDIO_COPY and UFFDIO_ZEROPAGE (ioctls 0x${offered.toString(16)})`);
+    if ((offered & needed) !== needed) {
+      throw new SystemCallError('ioctl', 0, `userfaultfd: the range at 0x${address.toString(16)} (${length} bytes) ${lacks} (ioctls 0x${offered.toString(16)})`);
     }
   }
 
   /** Report writes to [address, address + length) (page-aligned) while it is write-protected (writeProtect()). Needs open({ writeProtect: true }). */
   registerWriteProtect(address: bigint, length: number): void {
-    const reg = new Uint8Array(32);
-    const view = new DataView(reg.buffer);
-    view.setBigUint64(0, address, true);
-    view.setBigUint64(8, BigInt(length), true);
-    view.setBigUint64(16, UFFDIO_REGISTER_MODE_WP, true);
-    const r = ioctlPtrRaw(this.fd, UFFDIO_REGISTER, reg);
-    if (r < 0) throw this.#error('UFFDIO_REGISTER (write-protect)', -r, address, length);
-    const offered = view.getBigUint64(24, true);
-    if ((offered & RANGE_IOCTLS_NEEDED_WP) !== RANGE_IOCTLS_NEEDED_WP) {
-      throw new SystemCallError('ioctl', 0, `userfaultfd: the range at 0x${address.toString(16)} (${length} bytes) cannot be write-protected (ioctls 0x${offered.toString(16)})`);
-    }
+    this.#register(address, length, UFFDIO_REGISTER_MODE_WP, RANGE_IOCTLS_NEEDED_WP, 'cannot be write-protected');
   }
 
   /**
