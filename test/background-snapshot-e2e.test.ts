@@ -101,7 +101,7 @@ test('sim: background-snapshot refuses what QEMU refuses beside it, and a cancel
   assert.ok(check.ok, check.problem);
 });
 
-test('kvm: background-snapshot of a running KVM guest: its vCPU waits only for the pages it writes before their turn; the file restores it whole', { skip: kvm.ok ? false : `needs /dev/kvm: ${kvm.reason}` }, async (t) => {
+test('kvm: background-snapshot of a running KVM guest: its vCPU waits only on what it writes before its turn; the file restores it whole', { skip: kvm.ok ? false : `needs /dev/kvm: ${kvm.reason}` }, async (t) => {
   // The guest sweeps 8 MiB of its 16 at whatever pace the (nested, emulated) CPU allows:
   // its pass count during the snapshot is not asked for, only that it wrote ahead of the
   // saving and that it runs on.

@@ -34,6 +34,7 @@ test('hmp: each command runs its QMP command with the arguments QEMU would pass'
     ['migrate_continue pre-switchover', 'migrate-continue', { state: 'pre-switchover' }],
     ['migrate_start_postcopy', 'migrate-start-postcopy', undefined],
     ['migrate_recover tcp:127.0.0.1:4445', 'migrate-recover', { uri: 'tcp:127.0.0.1:4445' }],
+    ['migrate_pause', 'migrate-pause', undefined],
     ['migrate_incoming unix:/tmp/m.sock', 'migrate-incoming', { uri: 'unix:/tmp/m.sock' }],
     ['migrate_set_capability xbzrle on', 'migrate-set-capabilities', { capabilities: [{ capability: 'xbzrle', state: true }] }],
     ['migrate_set_capability events off', 'migrate-set-capabilities', { capabilities: [{ capability: 'events', state: false }] }],
