@@ -489,7 +489,8 @@ export class Migration {
     }
     if (this.#incomingAddress !== undefined) info['socket-address'] = [{ ...this.#incomingAddress }];
     const incoming = this.#incomingState.status;
-    const blocktime = BLOCKTIME_SHOWN.has(incoming) ? this.#incomingPostcopy?.blocktime(this.#o.now()) : undefined;
+    // On the clock the faults and placements were timed on (performance.now, whatever `now` is).
+    const blocktime = BLOCKTIME_SHOWN.has(incoming) ? this.#incomingPostcopy?.blocktime(performance.now()) : undefined;
     if (blocktime) {
       info['postcopy-blocktime'] = blocktime.total;
       info['postcopy-vcpu-blocktime'] = [...blocktime.perVcpu];
