@@ -2,7 +2,8 @@
 // was at one moment while it runs on, and restored from that file whole — its memory
 // consistent with its CPU state of that moment, though the guest kept rewriting its RAM
 // while the file was written. And the ways around it: the capabilities QEMU refuses
-// beside it, and a cancel that leaves the guest running, none of its writes held back.
+// beside it, and a cancel or a failure that leaves the guest running, none of its writes
+// held back.
 
 import { test } from 'node:test';
 import type { TestContext } from 'node:test';
@@ -75,7 +76,7 @@ test('sim: background-snapshot saves a running guest as it was at one moment whi
   await snapshotAndRestore(t, ['--accel', 'sim', '-m', '32M', '--guest', 'builtin:sweep,rate=20000'], 8 * MiB, 1, 30_000);
 });
 
-test('sim: background-snapshot refuses what QEMU refuses beside it, and a cancel leaves the guest running freely', async (t) => {
+test('sim: background-snapshot refuses what QEMU refuses beside it, and a cancel or a failure leaves the guest running freely', async (t) => {
   const dir = scratch(t);
   const source = await started(t, dir, 'src', ['--accel', 'sim', '-m', '32M', '--guest', 'builtin:sweep,rate=20000']);
   await source.execute('migrate-set-capabilities', { capabilities: [{ capability: 'xbzrle', state: true }] });
@@ -96,6 +97,15 @@ test('sim: background-snapshot refuses what QEMU refuses beside it, and a cancel
   // A full sweep of its RAM after the cancel: it writes every page, none of them held.
   const start = await passOf(source);
   await waitFor(async () => (await passOf(source)) >= start + 2, 'the guest to sweep all of its RAM after the cancel');
+  // One that fails (the reader goes away part-way): the same.
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 0 });
+  await source.execute('migrate', { uri: 'exec:head -c 1000000 > /dev/null' });
+  const failed = await waitMigration(source, (i) => i.status === 'failed' || i.status === 'completed');
+  assert.equal(failed.status, 'failed');
+  assert.match(failed['error-desc'] ?? '', /closed the connection/);
+  assert.equal(await status(source), 'running');
+  const after = await passOf(source);
+  await waitFor(async () => (await passOf(source)) >= after + 2, 'the guest to sweep all of its RAM after the failure');
   await source.execute('stop');
   const check = await source.execute<Check>('x-ferry-check-memory');
   assert.ok(check.ok, check.problem);
