@@ -15,7 +15,7 @@ import { OutgoingMigration } from './outgoing.js';
 import { AutoConverge } from './auto-converge.js';
 import {
   DEFAULT_MIGRATION_PARAMETERS, IMPLEMENTED_CAPABILITIES, applyCapabilities, applyParameters,
-  capabilityList, defaultCapabilities,
+  capabilityList, checkBackgroundSnapshot, defaultCapabilities,
 } from './parameters.js';
 import type { CapabilityStatus, MigrationCapabilities, MigrationCapability, MigrationParameters } from './parameters.js';
 import { buildMigrationInfo, formatInfoMigrate, socketAddressInfo } from './query.js';
@@ -56,21 +56,6 @@ export interface MigrationOptions {
 
 export type MigrationSide = 'outgoing' | 'incoming';
 export type MigrationStatusListener = (status: MigrationStatus, side: MigrationSide) => void;
-
-/** Capabilities QEMU 7.2 refuses beside background-snapshot (check_caps_background_snapshot). */
-const NOT_WITH_BACKGROUND_SNAPSHOT: readonly MigrationCapability[] = [
-  'postcopy-ram', 'dirty-bitmaps', 'postcopy-blocktime', 'late-block-activate', 'return-path', 'multifd',
-  'pause-before-switchover', 'auto-converge', 'release-ram', 'rdma-pin-all', 'compress', 'xbzrle', 'x-colo',
-  'validate-uuid', 'zero-copy-send',
-];
-
-/** QEMU's migrate_caps_check for background-snapshot, in its words. */
-function checkBackgroundSnapshot(caps: Readonly<MigrationCapabilities>, memory: readonly { hostAddress?: number | undefined }[]): void {
-  if (!writeTrackingAvailable()) throw new MigrationError('Background-snapshot is not supported by host kernel');
-  if (memory.some((b) => b.hostAddress === undefined)) throw new MigrationError('Background-snapshot is not compatible with guest memory configuration');
-  const other = NOT_WITH_BACKGROUND_SNAPSHOT.find((c) => caps[c]);
-  if (other !== undefined) throw new MigrationError(`Background-snapshot is not compatible with ${other}`);
-}
 
 /** Where a destination's query-migrate shows postcopy-blocktime (QEMU 7.2: completed only; here while post-copy runs too). */
 const BLOCKTIME_SHOWN: ReadonlySet<MigrationStatus> = new Set<MigrationStatus>(['postcopy-active', 'postcopy-paused', 'postcopy-recover', 'completed']);
@@ -551,7 +536,9 @@ export class Migration {
         throw new MigrationError(`Postcopy is not supported: ${errorMessage(err)}`, { cause: err });
       }
     }
-    if (next['background-snapshot']) checkBackgroundSnapshot(next, this.#o.vm.memory);
+    if (next['background-snapshot']) {
+      checkBackgroundSnapshot(next, { writeTracking: writeTrackingAvailable(), ownMemory: this.#o.vm.memory.every((b) => b.hostAddress !== undefined) });
+    }
     this.#capabilities = next;
   }
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { MigrationError } from '../errors.js';
 import {
   DEFAULT_MIGRATION_PARAMETERS, MIGRATION_CAPABILITIES, applyCapabilities, applyParameters,
-  capabilityList, defaultCapabilities,
+  capabilityList, checkBackgroundSnapshot, defaultCapabilities,
 } from './parameters.js';
 
 const rejects = (request: Record<string, unknown>, message: string): void => {
@@ -91,4 +91,15 @@ test('capabilities Ferry does not carry out are refused when turned on, never si
   // Turning one off is what QEMU's default already is: accepted.
   assert.equal(applyCapabilities(caps, [{ capability: 'multifd', state: false }]).multifd, false);
   assert.throws(() => applyCapabilities(caps, [{ capability: 'warp-drive', state: true }]), /Parameter 'capability' does not accept value 'warp-drive'/);
+});
+
+test('background-snapshot: QEMU 7.2\'s checks and words — the host, the guest memory, and every capability refused beside it', () => {
+  const host = { writeTracking: true, ownMemory: true };
+  const caps = applyCapabilities(defaultCapabilities(), [{ capability: 'background-snapshot', state: true }, { capability: 'events', state: true }]);
+  checkBackgroundSnapshot(caps, host);
+  assert.throws(() => checkBackgroundSnapshot(caps, { ...host, writeTracking: false }), /^MigrationError: Background-snapshot is not supported by host kernel$/);
+  assert.throws(() => checkBackgroundSnapshot(caps, { ...host, ownMemory: false }), /Background-snapshot is not compatible with guest memory configuration/);
+  for (const capability of ['postcopy-ram', 'postcopy-blocktime', 'return-path', 'pause-before-switchover', 'auto-converge', 'xbzrle', 'validate-uuid', 'multifd', 'release-ram', 'compress'] as const) {
+    assert.throws(() => checkBackgroundSnapshot({ ...caps, [capability]: true }, host), new RegExp(`Background-snapshot is not compatible with ${capability}$`));
+  }
 });

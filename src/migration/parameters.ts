@@ -250,6 +250,25 @@ export function applyCapabilities(
   return next;
 }
 
+/** Capabilities QEMU 7.2 refuses beside background-snapshot (check_caps_background_snapshot). */
+const NOT_WITH_BACKGROUND_SNAPSHOT: readonly MigrationCapability[] = [
+  'postcopy-ram', 'dirty-bitmaps', 'postcopy-blocktime', 'late-block-activate', 'return-path', 'multifd',
+  'pause-before-switchover', 'auto-converge', 'release-ram', 'rdma-pin-all', 'compress', 'xbzrle', 'x-colo',
+  'validate-uuid', 'zero-copy-send',
+];
+
+/**
+ * QEMU's migrate_caps_check for background-snapshot, in its words: the host must be able to
+ * write-protect guest RAM (`writeTracking`), guest RAM must be this process's own mapping
+ * (`ownMemory`), and none of the capabilities QEMU refuses beside it may be on.
+ */
+export function checkBackgroundSnapshot(caps: Readonly<MigrationCapabilities>, host: { writeTracking: boolean; ownMemory: boolean }): void {
+  if (!host.writeTracking) throw new MigrationError('Background-snapshot is not supported by host kernel');
+  if (!host.ownMemory) throw new MigrationError('Background-snapshot is not compatible with guest memory configuration');
+  const other = NOT_WITH_BACKGROUND_SNAPSHOT.find((c) => caps[c]);
+  if (other !== undefined) throw new MigrationError(`Background-snapshot is not compatible with ${other}`);
+}
+
 export function capabilityList(caps: Readonly<MigrationCapabilities>): CapabilityStatus[] {
   return MIGRATION_CAPABILITIES.map((capability) => ({ capability, state: caps[capability] }));
 }
