@@ -20,16 +20,22 @@ export interface Side {
   readonly events: RecordedEvent[];
 }
 
+/** A listener whose one connection is `channel`; asked for more, it waits, as a real one nobody else connects to. */
 export function listenerFor(channel: Promise<Channel> | Channel): Listener {
+  let accepted = false;
   return {
     description: 'memory:listen',
     address: 'memory:b',
-    accept: async () => channel,
+    accept: async () => {
+      if (accepted) return new Promise<never>(() => {});
+      accepted = true;
+      return channel;
+    },
     close: async () => {},
   };
 }
 
-export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise<Channel>; listen?: () => Promise<Listener> }, uuid?: Uint8Array): Side {
+export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise<Channel>; listen?: () => Promise<Listener> }, uuid?: Uint8Array, extra?: { multifdConnectWaitMs?: number }): Side {
   const vm = new FakeVm(vmOptions);
   const events: RecordedEvent[] = [];
   const migration = new Migration({
@@ -42,6 +48,7 @@ export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise
     // FERRY_TEST_TRACE=1: the engine's trace (what NODE_DEBUG=ferry shows of a real VM) on stderr.
     ...(process.env['FERRY_TEST_TRACE'] ? { trace: (m: string) => console.error(m) } : {}),
     ...(uuid !== undefined ? { uuid } : {}),
+    ...extra,
   });
   return { vm, migration, events };
 }

@@ -15,6 +15,7 @@ import type { RunState } from '../src/machine/run-state.js';
 import type { MigrationVm } from '../src/migration/vm.js';
 import { Migration } from '../src/migration/migration.js';
 import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
+import { listenerFor } from './migration-engine-helpers.js';
 
 const RAM = 8 * 1024 * 1024;
 const OFFSET = 64 * 1024; // v86 puts RAM after its own data, not at 0
@@ -58,7 +59,7 @@ test('RAM arrives intact when the wasm memory grows during the migration', async
   const out = new Migration({ ...common, vm: srcVm, connect: async () => a, listen: () => Promise.reject(new Error('no')) });
   const inc = new Migration({
     ...common, vm: dstVm, connect: () => Promise.reject(new Error('no')),
-    listen: async () => ({ description: 'memory', address: 'memory', accept: async () => b, close: async () => {} }),
+    listen: async () => listenerFor(b),
   });
   await inc.migrateIncoming('tcp:0:0');
   out.migrate('tcp:127.0.0.1:1');

@@ -12,6 +12,7 @@ import type { RunState } from '../src/machine/run-state.js';
 import type { MigrationVm } from '../src/migration/vm.js';
 import { Migration } from '../src/migration/migration.js';
 import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
+import { listenerFor } from './migration-engine-helpers.js';
 
 const MEMORY = 128 * 1024 * 1024;
 const skip = linuxGuestAvailable() ? false : `no Linux guest in ${linuxGuestDir()}: run \`sudo sh scripts/setup-linux-guest.sh\``;
@@ -87,7 +88,7 @@ test('pre-copy migration of the running Linux guest through the engine', { skip,
   const out = new Migration({ ...common, vm: srcVm, connect: async () => a, listen: () => Promise.reject(new Error('source does not listen')) });
   const inc = new Migration({
     ...common, vm: dstVm, connect: () => Promise.reject(new Error('destination does not connect')),
-    listen: async () => ({ description: 'memory', address: 'memory', accept: async () => b, close: async () => {} }),
+    listen: async () => listenerFor(b),
   });
   await inc.migrateIncoming('tcp:0:0');
   const t0 = performance.now();

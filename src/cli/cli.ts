@@ -109,6 +109,7 @@ program
   .option('--validate-uuid', 'turn on the validate-uuid capability (a destination with a UUID of its own loads only a stream from the same UUID)')
   .option('--postcopy', 'turn on the postcopy-ram capability (on the destination too with --dest-qmp; otherwise turn it on there first) and switch to post-copy once the first pass is sent: the guest then runs on the destination while the rest of its RAM follows')
   .option('--background-snapshot', 'turn on the background-snapshot capability: save the VM as it was when the migration began while it runs on (e.g. to "exec:cat > FILE"; ferry run --incoming "exec:cat FILE" restores it)')
+  .option('--multifd [channels]', 'turn on the multifd capability: pages of data go over this many more connections (multifd-channels; 2 unless given), on the destination too with --dest-qmp (otherwise turn it on there first); tcp: and unix: only', intArg('--multifd', 1))
   .option('--no-progress', 'no progress bar, only the summary')
   .option('--report <file.html>', 'write a self-contained HTML report of the migration')
   .option('--dest-qmp <socket>', 'the destination\'s QMP socket: the summary then also says how long the guest was paused (source STOP to destination RESUME) and how the destination ended')
@@ -122,6 +123,7 @@ program
       capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : []), ...(opts.validateUuid ? ['validate-uuid'] : []), ...(opts.backgroundSnapshot ? ['background-snapshot'] : [])],
       progress: opts.progress,
       ...(opts.postcopy ? { postcopy: true } : {}),
+      ...(opts.multifd !== undefined ? { multifd: opts.multifd === true ? true : opts.multifd } : {}),
       ...(opts.report !== undefined ? { report: opts.report } : {}),
       ...(opts.destQmp !== undefined ? { destinationQmp: opts.destQmp } : {}),
     });

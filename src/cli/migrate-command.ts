@@ -37,6 +37,17 @@ export interface MigrateCommandOptions {
    * has its QMP socket), and migrate-start-postcopy once the first pass has gone.
    */
   readonly postcopy?: boolean;
+  /**
+   * The multifd capability, with this many channels (true: the multifd-channels already
+   * set); migrateCommand sets both on the destination too when it has its QMP socket.
+   */
+  readonly multifd?: boolean | number;
+}
+
+/** The migrate-set-parameters a run asks for beside its capabilities (multifd-channels). */
+function multifdSettings(multifd: boolean | number | undefined): { capabilities: { capability: string; state: boolean }[]; parameters: Record<string, number> } {
+  if (multifd === undefined || multifd === false) return { capabilities: [], parameters: {} };
+  return { capabilities: [{ capability: 'multifd', state: true }], parameters: typeof multifd === 'number' ? { 'multifd-channels': multifd } : {} };
 }
 
 /** What the destination said, when its QMP socket was given. */
@@ -145,8 +156,9 @@ export async function runMigration(client: QmpClient, options: MigrateCommandOpt
   const params: Record<string, number> = {};
   if (options.downtimeLimitMs !== undefined) params['downtime-limit'] = options.downtimeLimitMs;
   if (options.maxBandwidth !== undefined) params['max-bandwidth'] = options.maxBandwidth;
+  Object.assign(params, multifdSettings(options.multifd).parameters);
   if (Object.keys(params).length > 0) await client.execute('migrate-set-parameters', params);
-  const wanted = [...(options.capabilities ?? []), ...(options.postcopy ? ['postcopy-ram'] : [])];
+  const wanted = [...(options.capabilities ?? []), ...(options.postcopy ? ['postcopy-ram'] : []), ...(options.multifd !== undefined && options.multifd !== false ? ['multifd'] : [])];
   const caps = [{ capability: 'events', state: true }, ...wanted.map((c) => ({ capability: c, state: true }))];
   await client.execute('migrate-set-capabilities', { capabilities: caps });
 
@@ -285,6 +297,19 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
     // the destination also measures what the switch costs the guest (postcopy-blocktime).
     try {
       await destination.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-ram', state: true }, { capability: 'postcopy-blocktime', state: true }] });
+    } catch (err) {
+      await client.close();
+      await destination.close();
+      throw err;
+    }
+  }
+  const multifd = multifdSettings(options.multifd);
+  if (destination && multifd.capabilities.length > 0) {
+    // Before the source connects: the destination takes connections after the main one as
+    // its channels only with the capability on, and expects as many as it is told.
+    try {
+      if (Object.keys(multifd.parameters).length > 0) await destination.execute('migrate-set-parameters', multifd.parameters);
+      await destination.execute('migrate-set-capabilities', { capabilities: multifd.capabilities });
     } catch (err) {
       await client.close();
       await destination.close();

@@ -15,8 +15,9 @@ import { OutgoingMigration } from './outgoing.js';
 import { AutoConverge } from './auto-converge.js';
 import {
   DEFAULT_MIGRATION_PARAMETERS, IMPLEMENTED_CAPABILITIES, applyCapabilities, applyParameters,
-  capabilityList, checkBackgroundSnapshot, defaultCapabilities,
+  MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, defaultCapabilities,
 } from './parameters.js';
+import { MultifdReceiver } from './multifd-recv.js';
 import type { CapabilityStatus, MigrationCapabilities, MigrationCapability, MigrationParameters } from './parameters.js';
 import { buildMigrationInfo, formatInfoMigrate, socketAddressInfo } from './query.js';
 import type { MigrationInfo, SocketAddressInfo } from './query.js';
@@ -52,6 +53,8 @@ export interface MigrationOptions {
    * zeros without one, as QEMU), and checked against what an incoming stream carries.
    */
   readonly uuid?: Uint8Array;
+  /** How long a multifd destination waits for its channels after the main connection (MULTIFD_CONNECT_WAIT_MS; tests shorten it). */
+  readonly multifdConnectWaitMs?: number;
 }
 
 export type MigrationSide = 'outgoing' | 'incoming';
@@ -139,6 +142,12 @@ export class Migration {
     if (vm.runState === 'inmigrate' || isMigrationRunning(this.#incomingState.status)) {
       throw new MigrationError('Guest is waiting for an incoming migration');
     }
+    const multifd = this.#capabilities.multifd;
+    if (multifd) {
+      if (!allowsMultipleChannels(uri)) throw new MigrationError(MULTIFD_PROTOCOL_REFUSED);
+      const compression = this.#parameters['multifd-compression'];
+      if (compression !== 'none') throw new MigrationError(`multifd-compression '${compression}' is not supported by Ferry: its multifd channels carry pages uncompressed (set it to 'none')`);
+    }
     const limiter = new RateLimiter(this.#o.now, this.#parameters['max-bandwidth']);
     const autoConverge = this.#capabilities['auto-converge'] && vm.setThrottle ? new AutoConverge() : undefined;
     this.#autoConverge = autoConverge;
@@ -179,6 +188,7 @@ export class Migration {
       pauseBeforeSwitchover: this.#capabilities['pause-before-switchover'],
       postcopy: this.#capabilities['postcopy-ram'],
       backgroundSnapshot,
+      ...(multifd ? { multifd: { channels: this.#parameters['multifd-channels'], uuid: this.#o.uuid ?? NIL_UUID } } : {}),
       ...(this.#capabilities['validate-uuid'] ? { uuid: this.#o.uuid ?? NIL_UUID } : {}),
     });
     this.#outgoing = outgoing;
@@ -201,6 +211,7 @@ export class Migration {
     if (isMigrationRunning(this.#incomingState.status) || this.#incomingState.status === 'completed') {
       throw new MigrationError('The incoming migration has already been started');
     }
+    if (this.#capabilities.multifd && !allowsMultipleChannels(uri)) throw new MigrationError(MULTIFD_PROTOCOL_REFUSED);
     this.#incomingError = undefined;
     this.#incomingState.transition('setup');
     let listener: Listener;
@@ -223,6 +234,7 @@ export class Migration {
     let registry: SaveVmRegistry | undefined;
     let returnPath: DestinationReturnPath | undefined;
     let postcopy: PostcopyIncoming | undefined;
+    let multifd: MultifdReceiver | undefined;
     try {
       const ram = new RamHandler(vm, { now: this.#o.now, limiter: new RateLimiter(this.#o.now, 0) });
       const globalState = globalStateHandler(() => vm.runState);
@@ -235,6 +247,13 @@ export class Migration {
       };
       const acceptedAt = this.#o.now();
       this.#incomingState.transition('active');
+      // A connection after the main one that fails the migration: the load must not
+      // complete on a main stream whose pages went elsewhere, however late it is told.
+      let sideError: Error | undefined;
+      multifd = this.#acceptMultifd(listener, ram, (cause) => {
+        sideError ??= cause;
+        channel?.destroy(cause);
+      });
       let rp = new DestinationReturnPath(channel, this.#o.trace);
       returnPath = rp;
       // QEMU: a source that was not running gives a destination in the same state; otherwise autostart decides.
@@ -283,6 +302,7 @@ export class Migration {
         ...(postcopy ? { postcopy } : {}),
       });
       const loadedAt = this.#o.now();
+      if (sideError) throw sideError;
       if (loaded.startedEarly && postcopy) {
         // Post-copy: the guest has run since RUN; the last page is in. The source hears it
         // first (it completes on that), then RAM is let go of userfaultfd.
@@ -302,6 +322,7 @@ export class Migration {
         return;
       }
       registry.cleanupAll();
+      multifd?.close();
       const installedAt = this.#o.now();
       // With a return path, the source hears that the stream is in before the guest runs
       // here; if it cannot be told, it runs its own guest again and this one must not start.
@@ -320,6 +341,7 @@ export class Migration {
     } catch (err) {
       const startedEarly = postcopy?.running === true;
       await postcopy?.abort();
+      multifd?.close(err instanceof Error ? err : undefined);
       registry?.cleanupAll();
       // The source waits for this to run its guest again (QEMU sends SHUT 1 as well).
       await returnPath?.shutAfterFailure();
@@ -337,6 +359,42 @@ export class Migration {
         // Closing a listener that already failed has nothing left to report.
       });
     }
+  }
+
+  /**
+   * The connections after the main one (QEMU's migration_ioc_process_incoming): with the
+   * `multifd` capability, multifd-channels of them, each a channel of pages (multifd-recv.ts).
+   * Without it, one is a source that uses multifd against a destination that does not —
+   * its pages would never arrive: the migration fails (QEMU asserts).
+   */
+  #acceptMultifd(listener: Listener, ram: RamHandler, breakMain: (cause: Error) => void): MultifdReceiver | undefined {
+    if (!this.#capabilities.multifd) {
+      listener.accept().then(
+        (extra) => {
+          const error = new MigrationError(`A second connection arrived on ${listener.address}: the source uses multifd, but the multifd capability is off here (turn it on before the source connects)`);
+          extra.destroy(error);
+          breakMain(error);
+        },
+        () => {},
+      );
+      return undefined;
+    }
+    const channels = this.#parameters['multifd-channels'];
+    const receiver = new MultifdReceiver({
+      channels, uuid: this.#o.uuid ?? NIL_UUID, sink: ram.multifdSink, onError: breakMain,
+      ...(this.#o.multifdConnectWaitMs !== undefined ? { connectWaitMs: this.#o.multifdConnectWaitMs } : {}),
+    });
+    ram.receiveMultifd(receiver);
+    // Every connection, not just as many as expected: one too many is refused by its id
+    // rather than left unread (its pages would never land, and its sender would wait for ever).
+    const acceptNext = (): void => {
+      listener.accept().then((c) => {
+        receiver.add(c);
+        acceptNext();
+      }, () => {});
+    };
+    acceptNext();
+    return receiver;
   }
 
   /**
@@ -539,6 +597,10 @@ export class Migration {
     if (next['background-snapshot']) {
       checkBackgroundSnapshot(next, { writeTracking: writeTrackingAvailable(), ownMemory: this.#o.vm.memory.every((b) => b.hostAddress !== undefined) });
     }
+    checkMultifd(next);
+    // QEMU's "incoming side only" check: a destination already listening where no more
+    // connections can come (exec:, fd:).
+    if (next.multifd && this.#listener !== undefined && this.#incomingAddress === undefined) throw new MigrationError(MULTIFD_PROTOCOL_REFUSED);
     this.#capabilities = next;
   }
 

@@ -30,6 +30,7 @@ import type { RateLimiter } from './rate-limiter.js';
 import { settledBy } from './deadline.js';
 import { saveDevicesAhead, stopDeadlines, stopGiveUp, type SavedDevices } from './switchover-guard.js';
 import { keepShape } from '../hot-shapes.js';
+import { MultifdSender } from './multifd-send.js';
 
 export interface OutgoingOptions {
   readonly vm: MigrationVm;
@@ -62,6 +63,12 @@ export interface OutgoingOptions {
    * mode (RamHandlerOptions.snapshot).
    */
   readonly backgroundSnapshot?: boolean;
+  /**
+   * The `multifd` capability: `channels` more connections through `connect`, each opened
+   * with the VM's `uuid` (QEMU sends its -uuid whatever validate-uuid says); pages of data
+   * go on them (multifd-send.ts).
+   */
+  readonly multifd?: { readonly channels: number; readonly uuid: Uint8Array };
   /** The `validate-uuid` capability: the UUID sent in the configuration for the destination to check. */
   readonly uuid?: Uint8Array;
   /** Diagnostics (the Node side wires util.debuglog('ferry') here). */
@@ -131,6 +138,10 @@ export class OutgoingMigration {
   #threshold = 0;
   #errorDesc: string | undefined;
   #channel: Channel | undefined;
+  /** The `multifd` channels, once connected. */
+  #multifd: MultifdSender | undefined;
+  /** Connections made for multifd channels, kept so a cancel or failure can tear them down. */
+  readonly #multifdChannels: Channel[] = [];
   #returnPath: SourceReturnPath | undefined;
   /** Set while paused in pre-switchover: migrate-continue calls it. */
   #continue: (() => void) | undefined;
@@ -217,6 +228,7 @@ export class OutgoingMigration {
     this.#cancelRequested = true;
     this.#signalCancel(new MigrationCancelledError());
     this.#channel?.destroy(new MigrationCancelledError());
+    for (const c of this.#multifdChannels) c.destroy(new MigrationCancelledError());
   }
 
   /** Runs the whole migration; never rejects — the outcome is the state machine's status. */
@@ -234,7 +246,15 @@ export class OutgoingMigration {
       const channel = await Promise.race([connecting, this.#cancelSignal]);
       this.#channel = channel;
       this.#checkCancelled();
-      const w = new StreamWriter(channel, this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : undefined);
+      const writerOptions = this.#o.bufferSize !== undefined ? { bufferSize: this.#o.bufferSize } : undefined;
+      const w = new StreamWriter(channel, writerOptions);
+      // QEMU 7.2's destination takes the first connection as the main stream and every
+      // later one as a multifd channel: they connect only once the main one has.
+      if (this.#o.multifd) {
+        const { channels, uuid } = this.#o.multifd;
+        this.#multifd = new MultifdSender(await this.#connectMultifd(channels), uuid, writerOptions);
+        this.#o.ram.useMultifd(this.#multifd);
+      }
 
       writeHeader(w, vm.machineType, this.#o.uuid !== undefined ? { uuid: this.#o.uuid } : undefined);
       // Post-copy opens the return path whatever the capability says (QEMU's migrate_fd_connect).
@@ -341,7 +361,7 @@ export class OutgoingMigration {
       // A macrotask boundary, not just a microtask: QMP commands and timers run here. A
       // pass that found nothing to send while the socket still holds what the last ones
       // sent waits a little for it to drain, instead of syncing again at once.
-      const idle = this.#o.ram.stats.pagesSent === sentBefore && (this.#channel?.unsent?.() ?? 0) > 0;
+      const idle = this.#o.ram.stats.pagesSent === sentBefore && this.#unsent() > 0;
       await this.#o.sleep(idle ? 1 : 0);
     }
   }
@@ -359,7 +379,7 @@ export class OutgoingMigration {
   async #drainBeforeStop(w: StreamWriter): Promise<void> {
     if (this.#channel?.unsent === undefined) return;
     await this.#flush(w);
-    const queued = this.#channel.unsent();
+    const queued = this.#unsent();
     if (queued === 0) return;
     const start = this.#o.now();
     const until = start + Math.max(DRAIN_BEFORE_STOP_MIN_MS, this.#o.parameters()['downtime-limit']);
@@ -388,7 +408,7 @@ export class OutgoingMigration {
     await this.#stopGuest(stopStart);
     if (this.#o.pauseBeforeSwitchover) await this.#pauseBeforeSwitchover();
     const pausedAt = this.#o.now();
-    const bytesAtStop = w.bytesWritten;
+    const bytesAtStop = this.#written(w);
     const deliveredAtStop = this.#delivered(w);
 
     // The downtime guard: a running guest's RAM goes out in a PART section against the
@@ -414,8 +434,8 @@ export class OutgoingMigration {
         pausedAt,
         deadlines,
         deliveredAtStop,
-        written: () => w.bytesWritten,
-        unsent: () => this.#channel?.unsent?.() ?? 0,
+        written: () => this.#written(w),
+        unsent: () => this.#unsent(),
         remainingPages: () => ram.stats.remainingPages,
       });
       const sent = await ram.sendWhileStopped(w, deadline, giveUp);
@@ -426,8 +446,9 @@ export class OutgoingMigration {
       // the destination must have taken them, as far as the OS tells: a local socket holds
       // tens of MiB, which a destination slower than the source (one backing fresh memory)
       // took 84–133 ms more to read after RAM had "gone out" in time.
-      const flushed = sent && (await settledBy(w.flush(), deadline, this.#o.now, giveUp));
+      const flushed = sent && (await settledBy(this.#multifd ? Promise.all([w.flush(), this.#multifd.flush()]).then(() => {}) : w.flush(), deadline, this.#o.now, giveUp));
       if (w.error) throw w.error;
+      if (this.#multifd?.error) throw this.#multifd.error;
       const delivered = flushed && (await this.#waitDelivered(w, deadline, giveUp));
       // A paused guest's stop that sent no pages and flushed late met the channel's latency,
       // not the RAM's volume: more passes cannot make the next stop faster, and calling it
@@ -465,6 +486,10 @@ export class OutgoingMigration {
     const deviceMs = (saved?.ms ?? 0) + (devicesDoneAt - ramDoneAt);
     await w.drain();
     if (w.error) throw w.error;
+    if (this.#multifd) {
+      await this.#multifd.drain().catch(() => {});
+      if (this.#multifd.error) throw this.#multifd.error;
+    }
     const drainedAt = this.#o.now();
     await this.#waitDelivered(w);
     const deliveredAt = this.#o.now();
@@ -486,6 +511,11 @@ export class OutgoingMigration {
     // unless the destination already said it has everything: it may run the guest now, so
     // this one must not run again whatever closing says.
     try {
+      // The multifd channels end first: the destination finishes on the main stream's EOF.
+      if (this.#multifd) {
+        await this.#multifd.close().catch(() => {});
+        if (this.#multifd.error) throw this.#multifd.error;
+      }
       await w.close();
       if (w.error) throw w.error;
     } catch (err) {
@@ -503,8 +533,9 @@ export class OutgoingMigration {
         `device state ${deviceMs.toFixed(1)} ms, the last flush ${(drainedAt - devicesDoneAt).toFixed(1)} ms, ` +
         `the destination taking the bytes still queued ${(deliveredAt - drainedAt).toFixed(1)} ms` +
         `${acknowledgedAt === undefined ? '' : `, the destination's SHUT ${(acknowledgedAt - drainedAt).toFixed(1)} ms`}; ` +
-        `${w.bytesWritten - bytesAtStop} B after the stop; then closing the channel ${(closedAt - end).toFixed(1)} ms), ` +
-        `${w.bytesWritten} B in all, ${w.bytesByReference} B of it from guest RAM by reference`,
+        `${this.#written(w) - bytesAtStop} B after the stop; then closing the channel ${(closedAt - end).toFixed(1)} ms), ` +
+        `${this.#written(w)} B in all, ${w.bytesByReference} B of it from guest RAM by reference` +
+        `${this.#multifd ? ` (the main stream; ${this.#multifd.packets} multifd packets on ${this.#multifd.channels} channels carried ${this.#multifd.pages} pages)` : ''}`,
     );
     registry.cleanupAll();
     vm.setRunState('postmigrate');
@@ -686,7 +717,7 @@ export class OutgoingMigration {
    * writing would switch over with all of them still to deliver.
    */
   #pending(exact: boolean): number {
-    let sum = this.#channel?.unsent?.() ?? 0;
+    let sum = this.#unsent();
     for (const { handler } of this.#o.registry.iterative) {
       sum += (exact ? handler.pendingExact?.() : undefined) ?? handler.pending?.() ?? 0;
     }
@@ -700,7 +731,36 @@ export class OutgoingMigration {
    * accepted run far ahead of bytes the destination has.
    */
   #delivered(w: StreamWriter): number {
-    return w.bytesWritten - (this.#channel?.unsent?.() ?? 0);
+    return this.#written(w) - this.#unsent();
+  }
+
+  /** Bytes written on the main stream and, with multifd, on its channels. */
+  #written(w: StreamWriter): number {
+    return w.bytesWritten + (this.#multifd?.bytesWritten ?? 0);
+  }
+
+  /** Bytes written that the destination has not taken yet, on every connection (where the OS tells). */
+  #unsent(): number {
+    return (this.#channel?.unsent?.() ?? 0) + (this.#multifd?.unsent() ?? 0);
+  }
+
+  /**
+   * Connect the multifd channels, all at once as QEMU does; if one fails, the others are
+   * closed and the migration fails with its error. A cancel meanwhile closes all of them.
+   */
+  async #connectMultifd(count: number): Promise<Channel[]> {
+    const attempts = Array.from({ length: count }, () =>
+      this.#o.connect().then((c) => {
+        this.#multifdChannels.push(c);
+        if (this.#cancelRequested) c.destroy(new MigrationCancelledError());
+        return c;
+      }),
+    );
+    const settled = await Promise.race([Promise.allSettled(attempts), this.#cancelSignal]);
+    this.#checkCancelled();
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw new MigrationError(`Cannot open multifd channel: ${errorMessage(failed.reason)}`, { cause: failed.reason });
+    return settled.map((r) => (r as PromiseFulfilledResult<Channel>).value);
   }
 
   /**
@@ -714,8 +774,8 @@ export class OutgoingMigration {
   async #waitDelivered(w: StreamWriter, until = this.#o.now() + DELIVERY_WAIT_MS, giveUp?: () => boolean): Promise<boolean> {
     const channel = this.#channel;
     if (channel?.unsent === undefined) return true;
-    while (!w.error && channel.unsent() > 0 && this.#o.now() < until && giveUp?.() !== true) await this.#o.sleep(1);
-    return channel.unsent() === 0;
+    while (!w.error && this.#unsent() > 0 && this.#o.now() < until && giveUp?.() !== true) await this.#o.sleep(1);
+    return this.#unsent() === 0;
   }
 
   /**
@@ -726,7 +786,7 @@ export class OutgoingMigration {
   #updateCounters(w: StreamWriter, final = false): void {
     const now = this.#o.now();
     if (final) {
-      const whole = measureBandwidth({ bytes: (this.#postcopyStream?.bytesOnEarlierChannels ?? 0) + w.bytesWritten, pages: this.#o.ram.stats.pagesSent, elapsedMs: now - this.#startTime });
+      const whole = measureBandwidth({ bytes: (this.#postcopyStream?.bytesOnEarlierChannels ?? 0) + this.#written(w), pages: this.#o.ram.stats.pagesSent, elapsedMs: now - this.#startTime });
       this.#mbps = whole.mbps;
       this.#pagesPerSecond = Math.round(whole.pagesPerSecond);
       return;
@@ -747,6 +807,11 @@ export class OutgoingMigration {
   async #flush(w: StreamWriter): Promise<void> {
     await w.flush();
     if (w.error) throw w.error;
+    if (this.#multifd) {
+      await this.#multifd.flush().catch(() => {});
+      const error = this.#multifd.error;
+      if (error) throw error;
+    }
   }
 
   #checkCancelled(): void {
@@ -757,6 +822,7 @@ export class OutgoingMigration {
     const { state, registry, vm } = this.#o;
     const cancelled = this.#cancelRequested || state.status === 'cancelling';
     this.#channel?.destroy(err instanceof Error ? err : new MigrationError(errorMessage(err)));
+    for (const c of this.#multifdChannels) c.destroy(err instanceof Error ? err : undefined);
     registry.cleanupAll();
     this.#o.ram.finishPasses();
     this.#totalTime = this.#o.now() - this.#startTime;

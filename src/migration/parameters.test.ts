@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { MigrationError } from '../errors.js';
 import {
   DEFAULT_MIGRATION_PARAMETERS, MIGRATION_CAPABILITIES, applyCapabilities, applyParameters,
-  capabilityList, checkBackgroundSnapshot, defaultCapabilities,
+  allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, defaultCapabilities,
 } from './parameters.js';
 
 const rejects = (request: Record<string, unknown>, message: string): void => {
@@ -83,13 +83,13 @@ test("capabilities: QEMU's list, all off; events can be turned on", () => {
 
 test('capabilities Ferry does not carry out are refused when turned on, never silently accepted', () => {
   const caps = defaultCapabilities();
-  for (const capability of ['multifd', 'postcopy-preempt', 'zero-copy-send', 'x-colo', 'compress']) {
+  for (const capability of ['postcopy-preempt', 'zero-copy-send', 'x-colo', 'compress', 'release-ram']) {
     assert.throws(() => applyCapabilities(caps, [{ capability, state: true }]), (err: unknown) => {
       return err instanceof MigrationError && err.message.includes(`'${capability}' is not supported by Ferry`);
     });
   }
   // Turning one off is what QEMU's default already is: accepted.
-  assert.equal(applyCapabilities(caps, [{ capability: 'multifd', state: false }]).multifd, false);
+  assert.equal(applyCapabilities(caps, [{ capability: 'compress', state: false }]).compress, false);
   assert.throws(() => applyCapabilities(caps, [{ capability: 'warp-drive', state: true }]), /Parameter 'capability' does not accept value 'warp-drive'/);
 });
 
@@ -102,4 +102,17 @@ test('background-snapshot: QEMU 7.2\'s checks and words — the host, the guest 
   for (const capability of ['postcopy-ram', 'postcopy-blocktime', 'return-path', 'pause-before-switchover', 'auto-converge', 'xbzrle', 'validate-uuid', 'multifd', 'release-ram', 'compress'] as const) {
     assert.throws(() => checkBackgroundSnapshot({ ...caps, [capability]: true }, host), new RegExp(`Background-snapshot is not compatible with ${capability}$`));
   }
+});
+
+test('multifd: what it is refused beside, and the URIs it can open more connections to', () => {
+  const caps = applyCapabilities(defaultCapabilities(), [{ capability: 'multifd', state: true }]);
+  checkMultifd(caps);
+  checkMultifd({ ...caps, 'auto-converge': true, 'return-path': true, 'validate-uuid': true, 'pause-before-switchover': true, events: true });
+  assert.throws(() => checkMultifd({ ...caps, compress: true }), /^MigrationError: Multifd is not compatible with compress$/);
+  assert.throws(() => checkMultifd({ ...caps, xbzrle: true }), /^MigrationError: Multifd is not compatible with xbzrle in Ferry/);
+  assert.throws(() => checkMultifd({ ...caps, 'postcopy-ram': true }), /^MigrationError: Multifd is not compatible with postcopy-ram in Ferry yet$/);
+  // Off, nothing is checked.
+  checkMultifd({ ...caps, multifd: false, xbzrle: true, 'postcopy-ram': true });
+  for (const uri of ['tcp:127.0.0.1:4444', 'tcp:[::1]:4444', 'unix:/run/m.sock']) assert.ok(allowsMultipleChannels(uri), uri);
+  for (const uri of ['exec:cat > f', 'fd:3', 'fd:migfd', 'file:/x']) assert.ok(!allowsMultipleChannels(uri), uri);
 });

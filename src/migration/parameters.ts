@@ -209,7 +209,7 @@ export type MigrationCapability = (typeof MIGRATION_CAPABILITIES)[number];
 /** The capabilities Ferry carries out; turning any other one on is refused. */
 export const IMPLEMENTED_CAPABILITIES: ReadonlySet<MigrationCapability> = new Set<MigrationCapability>([
   'events', 'xbzrle', 'auto-converge', 'postcopy-ram', 'postcopy-blocktime', 'return-path', 'pause-before-switchover', 'validate-uuid',
-  'background-snapshot',
+  'background-snapshot', 'multifd',
 ]);
 
 export type MigrationCapabilities = Record<MigrationCapability, boolean>;
@@ -268,6 +268,26 @@ export function checkBackgroundSnapshot(caps: Readonly<MigrationCapabilities>, h
   const other = NOT_WITH_BACKGROUND_SNAPSHOT.find((c) => caps[c]);
   if (other !== undefined) throw new MigrationError(`Background-snapshot is not compatible with ${other}`);
 }
+
+/**
+ * What Ferry's multifd does not combine with (QEMU 7.2 lets these through): XBZRLE (QEMU's
+ * multifd path takes every page whole, so the capability would do nothing) and post-copy
+ * (not built here yet). QEMU's own refusal of `compress` beside it stands as well.
+ */
+export function checkMultifd(caps: Readonly<MigrationCapabilities>): void {
+  if (!caps.multifd) return;
+  if (caps.compress) throw new MigrationError('Multifd is not compatible with compress');
+  if (caps.xbzrle) throw new MigrationError('Multifd is not compatible with xbzrle in Ferry: multifd carries every page whole (QEMU 7.2 then sends no XBZRLE page either)');
+  if (caps['postcopy-ram']) throw new MigrationError('Multifd is not compatible with postcopy-ram in Ferry yet');
+}
+
+/** QEMU's migrate_multi_channels_is_allowed: multifd needs a URI that can open more connections. */
+export function allowsMultipleChannels(uri: string): boolean {
+  return uri.startsWith('tcp:') || uri.startsWith('unix:');
+}
+
+/** QEMU 7.2's words when it is not. */
+export const MULTIFD_PROTOCOL_REFUSED = 'multifd is not supported by current protocol';
 
 export function capabilityList(caps: Readonly<MigrationCapabilities>): CapabilityStatus[] {
   return MIGRATION_CAPABILITIES.map((capability) => ({ capability, state: caps[capability] }));

@@ -120,7 +120,7 @@ export function buildMigrationInfo(source: SourceView | undefined, destinationSt
     'dirty-sync-count': ram.dirtySyncCount,
     'postcopy-requests': ram.postcopyRequests,
     'page-size': PAGE_SIZE,
-    'multifd-bytes': 0,
+    'multifd-bytes': ram.multifdBytes,
     'pages-per-second': figures.pagesPerSecond,
     'precopy-bytes': ram.precopyBytes,
     'downtime-bytes': ram.downtimeBytes,

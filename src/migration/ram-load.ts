@@ -14,6 +14,7 @@ import { isZeroPage, wordsOf } from './ram-pages.js';
 import type { MigrationVm } from './vm.js';
 import type { PostcopyRamSink } from './postcopy-incoming.js';
 import { keepShape } from '../hot-shapes.js';
+import type { MultifdPageSink, MultifdReceiver } from './multifd-recv.js';
 
 /** The RAM section version both sides speak (QEMU ram.c). */
 export const RAM_VERSION = 4;
@@ -28,7 +29,7 @@ const DENSE_REGION_PAGES = 64;
 const POPULATE_AHEAD_REGIONS = 4;
 const POPULATE_AHEAD_IN_FLIGHT = 2;
 
-export class RamLoader implements RamChunkSink {
+export class RamLoader implements RamChunkSink, MultifdPageSink {
   readonly #vm: MigrationVm;
   /**
    * The VM's blocks, taken once per stream: the page path reads this array rather than the
@@ -55,6 +56,8 @@ export class RamLoader implements RamChunkSink {
   readonly #loadState: RamStreamState = { lastBlock: null };
   /** Post-copy, from LISTEN on: pages are placed through this, never written (postcopy-incoming.ts). */
   #placement: PostcopyRamSink | undefined;
+  /** The `multifd` capability: pages of data come on these channels; every EOS waits for their SYNC. */
+  #multifd: MultifdReceiver | undefined;
 
   constructor(vm: MigrationVm) {
     keepShape(this);
@@ -74,7 +77,27 @@ export class RamLoader implements RamChunkSink {
     }
     const memory = this.#vm.memory;
     this.#memory = memory;
+    this.#prepare();
+    this.#reader = r;
+    this.#section = section;
+    this.#words = memory.map((b) => wordsOf(b));
+    this.#last = undefined;
+    this.#lastIndex = -1;
+    await readRamChunks(r, this, section, this.#loadState);
+    // QEMU's ram_load_precopy at RAM_SAVE_FLAG_EOS: multifd_recv_sync_main.
+    if (this.#multifd !== undefined) await this.#multifd.syncMain();
+  }
+
+  /** The `multifd` capability: pages also come through `receiver`'s channels (multifd-recv.ts). */
+  useMultifd(receiver: MultifdReceiver): void {
+    this.#multifd = receiver;
+  }
+
+  /** Take the VM's blocks and what is known of them once, before the first page lands (on any channel). */
+  #prepare(): void {
+    if (this.#memory.length === 0) this.#memory = this.#vm.memory;
     if (this.#knownZero.length === 0) {
+      const memory = this.#memory;
       this.#knownZero = memory.map((b) => {
         // Nothing has been loaded into this memory yet, backed or not: every page is zero.
         if (b.takeFreshZero?.() === true) return new Uint8Array(b.size / PAGE_SIZE).fill(1);
@@ -86,12 +109,19 @@ export class RamLoader implements RamChunkSink {
       });
       this.#populated = memory.map((b) => (b.populate ? new Uint8Array(Math.ceil(b.size / POPULATE_CHUNK)) : undefined));
     }
-    this.#reader = r;
-    this.#section = section;
-    this.#words = memory.map((b) => wordsOf(b));
-    this.#last = undefined;
-    this.#lastIndex = -1;
-    await readRamChunks(r, this, section, this.#loadState);
+  }
+
+  // ---- MultifdPageSink ----
+
+  blocks(): readonly GuestMemoryBlock[] {
+    this.#prepare();
+    return this.#memory;
+  }
+
+  multifdPage(b: number, offset: number): Uint8Array {
+    this.#prepare();
+    this.#aboutToWrite(b, offset);
+    return this.#memory[b]!.bytes;
   }
 
   // ---- the RamChunkSink readRamChunks() writes through: methods of this class rather than

@@ -21,6 +21,8 @@ import { RAM_VERSION, RamLoader } from './ram-load.js';
 import { WORDS_PER_PAGE, isZeroPage, popcount32, wordsOf } from './ram-pages.js';
 import { settledBy } from './deadline.js';
 import { keepShape } from '../hot-shapes.js';
+import type { MultifdSender } from './multifd-send.js';
+import type { MultifdPageSink, MultifdReceiver } from './multifd-recv.js';
 
 export { isZeroPage } from './ram-pages.js';
 export { RAM_VERSION } from './ram-load.js';
@@ -62,6 +64,8 @@ export class RamStats {
   postcopyRequests = 0;
   /** Pages still to send (the to-send bitmap's population). */
   remainingPages = 0;
+  /** Bytes of multifd packets (headers and pages), part of `transferred` (QEMU's multifd_bytes). */
+  multifdBytes = 0;
   totalBytes = 0;
 
   get normalBytes(): number {
@@ -145,6 +149,8 @@ export class RamHandler implements SaveVmHandler {
   #untouched: (Uint8Array | undefined)[] = [];
   /** Destination: loads the stream's RAM chunks into guest RAM (ram-load.ts). */
   readonly #loader: RamLoader;
+  /** Source, `multifd`: pages of data go on these channels, zero pages still on the main stream. */
+  #multifd: MultifdSender | undefined;
   /** Per-pass figures, oldest first (source). */
   readonly passes: RamPass[] = [];
 
@@ -155,6 +161,26 @@ export class RamHandler implements SaveVmHandler {
     this.#sliceMs = options.sliceMs ?? 20;
     this.xbzrle = options.xbzrleCacheSize !== undefined ? new XbzrleCache(options.xbzrleCacheSize) : undefined;
     this.#loader = new RamLoader(vm);
+  }
+
+  /**
+   * The `multifd` capability (source): pages of data go in packets on `sender`'s channels
+   * from now on, and every EOS is preceded by a SYNC on each (QEMU's ram_save_multifd_page
+   * and multifd_send_sync_main). Before setup().
+   */
+  useMultifd(sender: MultifdSender): void {
+    if (this.xbzrle !== undefined || this.#opts.snapshot) throw new MigrationError('multifd carries whole pages only: not with xbzrle or a background snapshot');
+    this.#multifd = sender;
+    this.#multifdMark = sender.bytesWritten;
+  }
+
+  /** The multifd channels' bytes already counted in stats.multifdBytes. */
+  #multifdMark = 0;
+
+  #noteMultifd(mf: MultifdSender): void {
+    const now = mf.bytesWritten;
+    this.stats.multifdBytes += now - this.#multifdMark;
+    this.#multifdMark = now;
   }
 
   /** Pages sent from now on count as downtime bytes (the guest is stopped). */
@@ -205,8 +231,12 @@ export class RamHandler implements SaveVmHandler {
       // QEMU syncs once at setup (ram_init_bitmaps): the first pass, every page, is pass 1.
       this.#sync();
     }
+    const mf = this.#multifd;
+    const mfBefore = mf?.bytesWritten ?? 0;
+    mf?.sync();
     new RamChunkWriter(w).eos();
-    this.#account(w.bytesWritten - before);
+    this.#account(w.bytesWritten - before + (mf === undefined ? 0 : mf.bytesWritten - mfBefore));
+    if (mf !== undefined) this.#noteMultifd(mf);
   }
 
   pending(): number {
@@ -333,7 +363,10 @@ export class RamHandler implements SaveVmHandler {
     const checkEvery = limited ? Math.max(1, Math.min(CHECK_EVERY_PAGES, Math.floor(limiter.windowBudget / (8 * PAGE_SIZE)))) : CHECK_EVERY_PAGES;
     const stats = this.stats;
     const xbz = this.xbzrle;
-    let bytesMark = w.bytesWritten;
+    const mf = this.#multifd;
+    // Bytes on the main stream and, with multifd, on its channels: what is accounted.
+    const written = (): number => (mf === undefined ? w.bytesWritten : w.bytesWritten + mf.bytesWritten);
+    let bytesMark = written();
     let sinceCheck = 0;
     let visitedBlocks = 0;
     // Every checkEvery pages: account the bytes written since, wait out backpressure, and
@@ -341,8 +374,10 @@ export class RamHandler implements SaveVmHandler {
     // an async one, allocating a promise each time, slowed the sender in bench/ram-path.)
     const account = (): void => {
       sinceCheck = 0;
-      this.#account(w.bytesWritten - bytesMark);
-      bytesMark = w.bytesWritten;
+      const now = written();
+      this.#account(now - bytesMark);
+      bytesMark = now;
+      if (mf !== undefined) this.#noteMultifd(mf);
     };
     const stopNow = (): boolean => until !== undefined && (now() >= until || (giveUp?.() ?? false));
     const sliceOver = (): boolean => (limited && (limiter.exceeded() || now() >= deadline)) || stopNow();
@@ -413,6 +448,9 @@ export class RamHandler implements SaveVmHandler {
               } else if (len !== XBZRLE_UNCHANGED) {
                 chunks.xbzrle(block.idstr, offset, xbz.encoded.subarray(0, len));
               }
+            } else if (mf !== undefined) {
+              mf.queue(block.idstr, block.bytes, offset, block.hostAddress);
+              stats.normal++;
             } else {
               chunks.pageOf(block.idstr, block.bytes, offset, block.hostAddress);
               stats.normal++;
@@ -427,7 +465,7 @@ export class RamHandler implements SaveVmHandler {
         // backpressure, and end an iteration whose rate-limit window or time slice is spent.
         if (sinceCheck >= checkEvery) {
           account();
-          if (w.backlogged && !(await taken(w.settled()))) break outer;
+          if ((w.backlogged || (mf !== undefined && mf.backlogged)) && !(await taken(mf === undefined || w.backlogged ? w.settled() : mf.settled()))) break outer;
           // Memory can only be replaced (a grown WebAssembly memory) while this awaited.
           words = wordsOf(block, words);
           if (sliceOver()) break outer;
@@ -440,8 +478,10 @@ export class RamHandler implements SaveVmHandler {
       // A wrap to the first block ends a round: from the second round on, XBZRLE applies.
       if (this.#cursorBlock === 0) this.#xbzrleActive = xbz !== undefined;
     }
+    mf?.sync();
     chunks.eos();
-    this.#account(w.bytesWritten - bytesMark);
+    this.#account(written() - bytesMark);
+    if (mf !== undefined) this.#noteMultifd(mf);
   }
 
   // ---- source, post-copy ----
@@ -707,6 +747,16 @@ export class RamHandler implements SaveVmHandler {
   /** Resolves once the destination backs no RAM in the background (before post-copy discards pages). */
   backgroundSettled(): Promise<void> {
     return this.#loader.backgroundSettled();
+  }
+
+  /** The `multifd` capability (destination): pages of data arrive through `receiver`'s channels too. */
+  receiveMultifd(receiver: MultifdReceiver): void {
+    this.#loader.useMultifd(receiver);
+  }
+
+  /** Where `multifd` channels put their pages (the loader, which keeps what it knows of every page). */
+  get multifdSink(): MultifdPageSink {
+    return this.#loader;
   }
 
   /** Post-copy's LISTEN: pages are placed through `sink` from now on. */

@@ -1,0 +1,251 @@
+// The `multifd` capability between two fake VMs in one process: pages of data on extra
+// connections, zero pages on the main stream, every EOS waiting for each channel's SYNC —
+// so a page sent again in a later pass lands after its older copy even when the older one
+// took a slower channel — and every way it can go wrong leaving the source guest running.
+
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
+import type { Channel, Listener } from '../src/transport/channel.js';
+import { MultifdSender } from '../src/migration/multifd-send.js';
+import { digest, makeSide, statuses, type Side } from './migration-engine-helpers.js';
+
+const MiB = 1024 * 1024;
+const URI = 'unix:/memory/multifd';
+
+/** A listener that queues the far end of every connection the source makes, in order. */
+function network(options?: { slow?: (n: number) => number }): { connect: () => Promise<Channel>; listen: () => Promise<Listener>; made: Channel[] } {
+  const queue: Channel[] = [];
+  const waiters: Array<(c: Channel) => void> = [];
+  const made: Channel[] = [];
+  let n = 0;
+  const connect = async (): Promise<Channel> => {
+    const [near, far] = createMemoryChannelPair({ highWaterMark: 256 * 1024 });
+    const delay = options?.slow?.(n++) ?? 0;
+    const out = delay > 0 ? slowed(near, delay) : near;
+    made.push(out);
+    const waiter = waiters.shift();
+    if (waiter) waiter(far);
+    else queue.push(far);
+    return out;
+  };
+  const listener: Listener = {
+    description: 'memory:listen',
+    address: URI,
+    accept: () => {
+      const next = queue.shift();
+      return next ? Promise.resolve(next) : new Promise((resolve) => waiters.push(resolve));
+    },
+    close: async () => {},
+  };
+  return { connect, listen: async () => listener, made };
+}
+
+/** A channel whose every write waits `ms` first, in order: a slower link. */
+function slowed(inner: Channel, ms: number): Channel {
+  let tail = Promise.resolve();
+  return {
+    ...inner,
+    description: `${inner.description} (slow)`,
+    read: () => inner.read(),
+    write: (data, done) => {
+      tail = tail.then(() => new Promise((r) => setTimeout(r, ms))).then(() => inner.write(data, done));
+      return tail;
+    },
+    end: async () => {
+      await tail;
+      await inner.end();
+    },
+    destroy: (error) => inner.destroy(error),
+  };
+}
+
+function pair(memorySize: number, net: ReturnType<typeof network>, waitMs?: number): { src: Side; dst: Side } {
+  const src = makeSide({ memorySize }, { connect: net.connect });
+  const dst = makeSide({ memorySize, incoming: true }, { listen: net.listen }, undefined, waitMs !== undefined ? { multifdConnectWaitMs: waitMs } : undefined);
+  for (const side of [src, dst]) side.migration.setCapabilities([{ capability: 'events', state: true }]);
+  return { src, dst };
+}
+
+function multifd(side: Side, channels: number): void {
+  side.migration.setParameters({ 'multifd-channels': channels });
+  side.migration.setCapabilities([{ capability: 'multifd', state: true }]);
+}
+
+async function settle(src: Side, dst: Side): Promise<void> {
+  await src.migration.whenSettled();
+  await dst.migration.whenIncomingSettled();
+}
+
+function runningAgain(t: TestContext, src: Side): void {
+  assert.equal(src.vm.runState, 'running', 'the source guest runs again');
+  assert.equal(src.vm.dirtyLog.active, false);
+  t.diagnostic(`source: ${JSON.stringify(src.migration.queryMigrate())}`);
+}
+
+test('multifd: a dirtying guest migrates over three channels; pages of data on them, zero pages on the main stream', async (t) => {
+  const net = network();
+  const { src, dst } = pair(16 * MiB, net);
+  src.vm.fillPages(0, 2048); // 8 MiB of data, 8 MiB of zeros
+  src.vm.startWorkload(20, 1);
+  t.after(() => src.vm.stopWorkload());
+  multifd(src, 3);
+  multifd(dst, 3);
+  src.migration.setParameters({ 'max-bandwidth': 0 });
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  await settle(src, dst);
+  src.vm.stopWorkload();
+  assert.equal(src.migration.status, 'completed', JSON.stringify(src.migration.queryMigrate()));
+  assert.equal(dst.migration.incomingStatus, 'completed', dst.migration.incomingError);
+  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+  assert.equal(net.made.length, 4, 'the main connection and three channels');
+  const info = src.migration.queryMigrate();
+  assert.ok(info.ram);
+  assert.ok(info.ram.normal >= 2048, `normal ${info.ram.normal}`);
+  // Every page of data went in a packet: 4096 bytes each, plus 1344 per packet of at most 128.
+  const packetBytes = info.ram['multifd-bytes'] - info.ram.normal * 4096;
+  assert.ok(packetBytes > 0 && packetBytes % 1344 === 0, `multifd-bytes ${info.ram['multifd-bytes']} for ${info.ram.normal} pages`);
+  assert.ok(packetBytes / 1344 >= Math.ceil(info.ram.normal / 128), 'at most 128 pages per packet');
+  assert.ok(info.ram.transferred > info.ram['multifd-bytes'], 'the main stream carried the rest');
+  assert.deepEqual(statuses(dst.events), ['setup', 'active', 'completed']);
+});
+
+test('multifd: a page sent again lands after its older copy, even when the older one took a slower channel', async (t) => {
+  // Channel 0 (the second connection) is slow: pages sent on it in one pass would land
+  // after the same pages sent on the fast one in the next pass, but for the SYNC each EOS waits for.
+  const net = network({ slow: (n) => (n === 1 ? 3 : 0) });
+  const { src, dst } = pair(8 * MiB, net);
+  src.vm.fillPages(0, 2048);
+  src.vm.startWorkload(64, 1);
+  t.after(() => src.vm.stopWorkload());
+  multifd(src, 2);
+  multifd(dst, 2);
+  src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 50 });
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  await settle(src, dst);
+  src.vm.stopWorkload();
+  assert.equal(src.migration.status, 'completed', JSON.stringify(src.migration.queryMigrate()));
+  assert.equal(dst.migration.incomingStatus, 'completed', dst.migration.incomingError);
+  const info = src.migration.queryMigrate();
+  assert.ok((info.ram?.['dirty-sync-count'] ?? 0) >= 3, `passes: ${info.ram?.['dirty-sync-count']}`);
+  assert.equal(digest(dst.vm.ram), digest(src.vm.ram), 'a stale copy of a page landed last');
+});
+
+test('multifd: a destination without the capability refuses the source\'s channels; the source guest runs on', async (t) => {
+  const net = network();
+  const { src, dst } = pair(4 * MiB, net);
+  src.vm.fillPages(0, 512);
+  multifd(src, 2);
+  src.migration.setParameters({ 'max-bandwidth': 0 });
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  await settle(src, dst);
+  assert.equal(dst.migration.incomingStatus, 'failed');
+  assert.match(dst.migration.incomingError ?? '', /A second connection arrived on unix:\/memory\/multifd: the source uses multifd, but the multifd capability is off here/);
+  assert.equal(dst.vm.runState, 'inmigrate', 'the destination never started a guest');
+  assert.equal(src.migration.status, 'failed');
+  runningAgain(t, src);
+});
+
+test('multifd: a source with more channels than the destination expects is refused at its first extra one', async (t) => {
+  const net = network();
+  const { src, dst } = pair(4 * MiB, net);
+  src.vm.fillPages(0, 512);
+  multifd(src, 3);
+  multifd(dst, 2);
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  await settle(src, dst);
+  assert.equal(dst.migration.incomingStatus, 'failed');
+  assert.match(dst.migration.incomingError ?? '', /multifd: received channel id 2, but multifd-channels is 2 here/);
+  assert.equal(src.migration.status, 'failed');
+  runningAgain(t, src);
+});
+
+test('multifd: a source with fewer channels than the destination expects fails once the wait for them is over', async (t) => {
+  const net = network();
+  const { src, dst } = pair(4 * MiB, net, 300);
+  src.vm.fillPages(0, 512);
+  multifd(src, 1);
+  multifd(dst, 2);
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  await settle(src, dst);
+  assert.equal(dst.migration.incomingStatus, 'failed');
+  assert.match(dst.migration.incomingError ?? '', /multifd: 1 of 2 channels connected within 0.3 s of the main one \(is multifd-channels the same on both sides\?\)/);
+  assert.equal(dst.vm.runState, 'inmigrate');
+  assert.equal(src.migration.status, 'failed');
+  runningAgain(t, src);
+});
+
+test('multifd: a channel that breaks mid-stream fails both sides; the source guest runs on', async (t) => {
+  const net = network();
+  const { src, dst } = pair(16 * MiB, net);
+  src.vm.fillPages(0, 4096);
+  src.vm.startWorkload(64, 1);
+  t.after(() => src.vm.stopWorkload());
+  multifd(src, 2);
+  multifd(dst, 2);
+  src.migration.setParameters({ 'max-bandwidth': 32 * MiB });
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  while ((src.migration.queryMigrate().ram?.['multifd-bytes'] ?? 0) < 2 * MiB) await new Promise((r) => setTimeout(r, 5));
+  net.made[2]!.destroy(new Error('cable pulled'));
+  await settle(src, dst);
+  src.vm.stopWorkload();
+  assert.equal(src.migration.status, 'failed');
+  assert.equal(dst.migration.incomingStatus, 'failed');
+  assert.equal(dst.vm.runState, 'inmigrate');
+  runningAgain(t, src);
+});
+
+test('multifd: cancel while pages go over the channels closes all of them; the source guest runs on', async (t) => {
+  const net = network();
+  const { src, dst } = pair(16 * MiB, net);
+  src.vm.fillPages(0, 4096);
+  multifd(src, 2);
+  multifd(dst, 2);
+  src.migration.setParameters({ 'max-bandwidth': 32 * MiB });
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  while ((src.migration.queryMigrate().ram?.['multifd-bytes'] ?? 0) < 1 * MiB) await new Promise((r) => setTimeout(r, 5));
+  src.migration.cancel();
+  await settle(src, dst);
+  assert.equal(src.migration.status, 'cancelled');
+  assert.equal(dst.migration.incomingStatus, 'failed');
+  runningAgain(t, src);
+  for (const c of net.made) await assert.rejects(c.write(new Uint8Array(1)), `${c.description} was closed`);
+});
+
+test('multifd: refused where it cannot work, in QEMU\'s words where QEMU has them', async () => {
+  const src = makeSide({ memorySize: 1 * MiB }, { connect: () => Promise.reject(new Error('no')) });
+  multifd(src, 2);
+  for (const uri of ['exec:cat > /dev/null', 'fd:3']) {
+    assert.throws(() => src.migration.migrate(uri), /^MigrationError: multifd is not supported by current protocol$/);
+  }
+  src.migration.setParameters({ 'multifd-compression': 'zlib' });
+  assert.throws(() => src.migration.migrate(URI), /multifd-compression 'zlib' is not supported by Ferry/);
+  src.migration.setParameters({ 'multifd-compression': 'none' });
+  assert.throws(() => src.migration.setCapabilities([{ capability: 'xbzrle', state: true }]), /Multifd is not compatible with xbzrle/);
+  assert.equal(src.migration.status, 'none', 'nothing started');
+
+  const dst = makeSide({ memorySize: 1 * MiB, incoming: true }, { listen: () => Promise.reject(new Error('no')) });
+  multifd(dst, 2);
+  await assert.rejects(dst.migration.migrateIncoming('exec:cat /dev/null'), /^MigrationError: multifd is not supported by current protocol$/);
+});
+
+test('multifd: packets hold at most 128 pages of one block, go to a channel that is not pushing back, and SYNC on every channel', async () => {
+  const pairs = [0, 1].map(() => createMemoryChannelPair());
+  const sender = new MultifdSender(pairs.map(([near]) => near), new Uint8Array(16));
+  const ram = new Uint8Array(1 * MiB);
+  for (let page = 0; page < 200; page++) sender.queue('pc.ram', ram, page * 4096, undefined);
+  sender.queue('other', ram, 0, undefined);
+  sender.sync();
+  await sender.flush();
+  assert.equal(sender.pages, 201);
+  // 128 + 72 pages of pc.ram, 1 of other, then one SYNC per channel.
+  assert.equal(sender.packets, 5);
+  assert.equal(sender.bytesWritten, 2 * 64 + 5 * 1344 + 201 * 4096);
+});
