@@ -100,7 +100,7 @@ export class MultifdReceiver {
       for (const s of slots) {
         if (s === undefined || s.syncs <= s.released) {
           ready = false;
-          if (s?.ended) throw this.#fail(new StreamTruncatedError(`${s.where}: multifd channel ${s.id} ended before the SYNC the main stream waits for`, 0, 'multifd'));
+          if (s?.ended) throw this.#fail(new StreamTruncatedError(`${s.where}: ended before the SYNC the main stream waits for`, 0, 'multifd'));
         }
       }
       if (ready) break;

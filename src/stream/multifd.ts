@@ -92,7 +92,12 @@ export interface MultifdPacket {
   readonly pagesAlloc: number;
   /** The pages that follow the header. */
   readonly normalPages: number;
-  /** Bytes that follow the header: normalPages × 4096 without compression. */
+  /**
+   * The sender's next_packet_size. Without compression the bytes that follow are
+   * normalPages × 4096 whatever it says: QEMU 7.2 sets it only for a packet with pages, and
+   * its SYNC packets carry the previous packet's (524288 after a full one); its receiver
+   * never reads it. Ferry writes the true figure, 0 in a SYNC packet.
+   */
   readonly nextPacketSize: number;
   readonly packetNum: number;
   /** The RAM block's idstr (QEMU: NUL-terminated in 256 bytes); '' in a packet with no pages. */
@@ -131,9 +136,9 @@ export function multifdBlockName(idstr: string): Uint8Array {
 
 /**
  * One packet header, checked as multifd_recv_unfill_packet does and in its words: the
- * magic and version, no more pages than a packet holds, no compression (Ferry sends and
- * takes `multifd-compression` none only), a page count that matches the bytes that follow.
- * Offsets are checked against the block by the caller, who knows the blocks. `at` is the
+ * magic and version, no more pages than a packet holds, and — for a packet with pages, as
+ * QEMU's nocomp_recv_pages — no compression (Ferry sends and takes `multifd-compression`
+ * none only). Offsets are checked against the block by the caller, who knows the blocks. `at` is the
  * header's byte offset in its channel, `where` the channel, for errors.
  */
 export function decodeMultifdPacket(bytes: Uint8Array, at: number, where: string): MultifdPacket {
@@ -151,9 +156,10 @@ export function decodeMultifdPacket(bytes: Uint8Array, at: number, where: string
   const normalPages = view.getUint32(16);
   if (normalPages > pagesAlloc) fail(`received packet with ${normalPages} pages and expected maximum pages are ${pagesAlloc}`, 16);
   const compression = (flags & MULTIFD_FLAG_COMPRESSION_MASK) >>> 1;
-  if (compression !== 0) fail(`received a packet compressed with ${compression === 1 ? 'zlib' : compression === 2 ? 'zstd' : `method ${compression}`}; multifd-compression is none here`, 8);
+  if (compression !== 0 && normalPages > 0) {
+    fail(`flags received ${(flags & MULTIFD_FLAG_COMPRESSION_MASK).toString(16)} flags expected 0: pages compressed with ${compression === 1 ? 'zlib' : compression === 2 ? 'zstd' : `method ${compression}`}, and multifd-compression is none here`, 8);
+  }
   const nextPacketSize = view.getUint32(20);
-  if (nextPacketSize !== normalPages * 4096) fail(`received packet with ${normalPages} pages and ${nextPacketSize} bytes of them`, 20);
   const high = view.getUint32(24);
   const packetNum = high * 0x100000000 + view.getUint32(28);
   let ramblock = '';

@@ -1,0 +1,95 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { channelFromBytes } from '../stream/memory-channel.js';
+import { MULTIFD_FLAG_SYNC, encodeMultifdInit, multifdBlockName, writeMultifdPacketHeader } from '../stream/multifd.js';
+import { writtenBytes } from '../stream/testing.js';
+import { MultifdReceiver } from './multifd-recv.js';
+
+const UUID = new Uint8Array(16);
+const BLOCK = 64 * 4096;
+
+interface Packet { flags?: number; block?: string; pages?: Array<[number, number]> }
+
+/** A channel's bytes: its initial packet, then packets of [offset, fill byte] pages. */
+async function channelBytes(id: number, packets: Packet[]): Promise<Uint8Array> {
+  return writtenBytes((w) => {
+    w.bytes(encodeMultifdInit(UUID, id));
+    for (const p of packets) {
+      const pages = p.pages ?? [];
+      const offsets = new Float64Array(128);
+      pages.forEach(([offset], i) => (offsets[i] = offset));
+      writeMultifdPacketHeader(w, p.flags ?? 0, 0, multifdBlockName(p.block ?? 'pc.ram'), offsets, pages.length);
+      for (const [, fill] of pages) w.bytes(new Uint8Array(4096).fill(fill));
+    }
+  });
+}
+
+function receiver(channels: number, errors: Error[]): { rx: MultifdReceiver; ram: Uint8Array } {
+  const ram = new Uint8Array(BLOCK);
+  const rx = new MultifdReceiver({
+    channels,
+    uuid: UUID,
+    sink: { blocks: () => [{ idstr: 'pc.ram', size: BLOCK }], multifdPage: () => ram },
+    onError: (err) => errors.push(err),
+    connectWaitMs: 2000,
+  });
+  return { rx, ram };
+}
+
+test('multifd receiver: pages land, and each channel waits at its SYNC until the main stream lets it go', async () => {
+  const errors: Error[] = [];
+  const { rx, ram } = receiver(2, errors);
+  // Page 0 goes on channel 0 before the SYNC, its newer copy on channel 1 after it: the
+  // newer one must win whichever channel is read first.
+  rx.add(channelFromBytes(await channelBytes(0, [{ pages: [[0, 1]] }, { flags: MULTIFD_FLAG_SYNC }]), { chunkSize: 1000 }));
+  rx.add(channelFromBytes(await channelBytes(1, [{ flags: MULTIFD_FLAG_SYNC }, { pages: [[0, 2], [4096, 3]] }, { flags: MULTIFD_FLAG_SYNC }]), { chunkSize: 100_000 }));
+  await rx.syncMain();
+  assert.equal(ram[0], 1, 'the first pass\'s copy, and nothing after its SYNC yet');
+  assert.equal(ram[4096], 0);
+  // Channel 0 has no second SYNC: it ends there, and the main stream waiting for one is told so.
+  await assert.rejects(rx.syncMain(), /multifd channel 0 \(memory:bytes\): ended before the SYNC the main stream waits for/);
+  assert.equal(ram[0], 2);
+  assert.equal(ram[4096], 3);
+  assert.equal(rx.pages, 3);
+  rx.close();
+});
+
+test('multifd receiver: a hostile channel fails the migration in QEMU\'s words, naming the channel and the byte offset', async () => {
+  const cases: Array<[Packet[], RegExp]> = [
+    [[{ block: 'pc.rom', pages: [[0, 1]] }], /multifd channel 0 \(memory:bytes\): multifd: unknown ram block pc.rom/],
+    [[{ pages: [[BLOCK, 1]] }], /multifd: offset too long 262144 \(max 262144\)/],
+    [[{ pages: [[100, 1]] }], /multifd: offset not page-aligned 100/],
+  ];
+  for (const [packets, message] of cases) {
+    const errors: Error[] = [];
+    const { rx } = receiver(1, errors);
+    rx.add(channelFromBytes(await channelBytes(0, packets)));
+    await assert.rejects(rx.syncMain(), message);
+    assert.equal(errors.length, 1, 'the caller is told once, to break the main stream');
+    assert.match(errors[0]!.message, message);
+    rx.close();
+  }
+  // Cut inside a packet.
+  const errors: Error[] = [];
+  const { rx } = receiver(1, errors);
+  const whole = await channelBytes(0, [{ pages: [[0, 1]] }]);
+  rx.add(channelFromBytes(whole.subarray(0, 64 + 1000)));
+  await assert.rejects(rx.syncMain(), /multifd channel 0 \(memory:bytes\): ended at offset 1064 inside a packet \(1344 bytes from offset 64\)/);
+  rx.close();
+});
+
+test('multifd receiver: the same channel id twice, and channels that never come, are refused', async () => {
+  const errors: Error[] = [];
+  const { rx } = receiver(2, errors);
+  rx.add(channelFromBytes(await channelBytes(0, [{ flags: MULTIFD_FLAG_SYNC }])));
+  rx.add(channelFromBytes(await channelBytes(0, [{ flags: MULTIFD_FLAG_SYNC }])));
+  await assert.rejects(rx.syncMain(), /multifd: received id '0' already setup'/);
+  rx.close();
+
+  const late: Error[] = [];
+  const waiting = new MultifdReceiver({ channels: 2, uuid: UUID, sink: { blocks: () => [], multifdPage: () => new Uint8Array(0) }, onError: (err) => late.push(err), connectWaitMs: 50 });
+  waiting.add(channelFromBytes(await channelBytes(1, [{ flags: MULTIFD_FLAG_SYNC }])));
+  await assert.rejects(waiting.syncMain(), /multifd: 1 of 2 channels connected within 0.05 s of the main one/);
+  assert.equal(late.length, 1);
+  waiting.close();
+});
