@@ -171,6 +171,28 @@ for (const { accel, skip } of accelerators()) {
     assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
     await assertSameGuest(source, dest);
   });
+
+  test(`${accel}: multifd over tcp and over a unix socket (ferry migrate --multifd 3 --dest-qmp)`, { skip }, async (t) => {
+    const dir = scratch(t);
+    for (const transport of ['tcp', 'unix'] as const) {
+      const dest = await started(t, dir, `dst-${transport}`, [...guestArgs, '-S', '--incoming', 'defer']);
+      const source = await started(t, dir, `src-${transport}`, guestArgs, { NODE_DEBUG: 'ferry' });
+      const uri = transport === 'tcp' ? `tcp:127.0.0.1:${await freePort('127.0.0.1')}` : `unix:${join(dir, 'multifd.sock')}`;
+      await dest.execute('migrate-incoming', { uri });
+      // The CLI sets multifd and its channel count on the destination too, before the source
+      // connects (a destination reads them when the main connection arrives, as QEMU's).
+      const { code, stdout, stderr } = await runFerry(['migrate', '--qmp', source.qmpPath, uri, '--multifd', '3', '--dest-qmp', dest.qmpPath, '--max-bandwidth', '0', '--no-progress',
+        ...(accel === 'kvm' ? ['--downtime-limit', '2000'] : [])]);
+      assert.equal(code, 0, `${stdout}\n${stderr}`);
+      assert.match(stdout, /Migration completed/);
+      const info = await source.execute<{ ram: { 'multifd-bytes': number; 'normal-bytes': number } }>('query-migrate');
+      assert.ok(info.ram['multifd-bytes'] > info.ram['normal-bytes'], `multifd-bytes ${info.ram['multifd-bytes']} for ${info.ram['normal-bytes']} B of whole pages`);
+      // Every page of data went on the three channels.
+      assert.match(source.stderr, /multifd packets on 3 channels carried \d+ pages/);
+      await assertSameGuest(source, dest);
+      await Promise.all([source.quit(), dest.quit()]);
+    }
+  });
 }
 
 // dist/test/migrate-e2e.test.js → the repository root

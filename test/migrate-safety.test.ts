@@ -129,6 +129,48 @@ for (const transport of ['tcp', 'unix'] as const) {
   });
 }
 
+// multifd: the same guarantees with pages on three more connections.
+async function multifdPair(t: TestContext, dir: string, name: string, incomingUri: string): Promise<{ source: FerryProcess; dest: FerryProcess; address: string }> {
+  const dest = await started(t, dir, `dst-${name}`, [...ARGS, '--incoming', 'defer']);
+  await dest.execute('migrate-set-parameters', { 'multifd-channels': 3 });
+  await dest.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
+  await dest.execute('migrate-incoming', { uri: incomingUri });
+  const address = incomingUri;
+  const source = await started(t, dir, `src-${name}`, ARGS);
+  await source.execute('migrate-set-parameters', { 'multifd-channels': 3 });
+  await source.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
+  return { source, dest, address };
+}
+
+test('multifd: destination killed mid-stream — the source fails and its guest runs again; source killed — the destination never starts the guest', async (t) => {
+  const dir = scratch(t);
+  {
+    const { source, dest, address } = await multifdPair(t, dir, 'a', `unix:${join(dir, 'multifd-a.sock')}`);
+    await migrateSlowly(source, address);
+    dest.kill();
+    const info = await waitMigration(source, (i) => i.status === 'failed');
+    assert.ok(info['error-desc'] && info['error-desc'].length > 0, 'failed without an error-desc');
+    await assertRunning(source);
+    await source.quit();
+  }
+  {
+    const { source, dest, address } = await multifdPair(t, dir, 'b', `unix:${join(dir, 'multifd-b.sock')}`);
+    await migrateSlowly(source, address);
+    source.kill();
+    await assertDestinationFailed(dest, /./);
+  }
+});
+
+test('multifd: refused over exec: in QEMU\'s words by ferry migrate --multifd, and nothing changes', async (t) => {
+  const dir = scratch(t);
+  const source = await started(t, dir, 'src', ARGS);
+  const { code, stdout, stderr } = await runFerry(['migrate', '--qmp', source.qmpPath, `exec:cat > ${join(dir, 'never')}`, '--multifd', '2', '--no-progress']);
+  assert.notEqual(code, 0, stdout);
+  assert.match(stderr, /multifd is not supported by current protocol/);
+  assert.deepEqual(await source.execute<MigrateInfo>('query-migrate'), {});
+  await assertRunning(source);
+});
+
 test('connection refused reaches error-desc and the MIGRATION failed event', async (t) => {
   const dir = scratch(t);
   const source = await started(t, dir, 'src', ARGS);
