@@ -10,6 +10,8 @@
 // --no-warm-up starts both processes with --no-warm-up: the first migration of a process
 // then runs on cold code (by default every `ferry run` warms its migration code up after
 // start, and each run here waits for both ends to have done so).
+// --multifd N turns the multifd capability on at both ends with N channels: pages of data
+// then go over N more connections (the ceilings stay those of one connection).
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -43,7 +45,7 @@ interface Run {
   ceilingAround: number;
 }
 
-const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up]';
+const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up] [--multifd CHANNELS]';
 
 const usageError: (message: string) => never = benchUsage('bench:migrate', USAGE);
 const { values } = parseBenchArgs({
@@ -57,6 +59,7 @@ const { values } = parseBenchArgs({
   stopped: { type: 'boolean', default: false },
   guests: { type: 'string' },
   'no-warm-up': { type: 'boolean', default: false },
+  multifd: { type: 'string', default: '0' },
 }, usageError);
 const reps = Number(values.reps);
 if (!Number.isInteger(reps) || reps < 1) usageError(`--reps must be a whole number of at least 1, not "${values.reps}"`);
@@ -70,6 +73,8 @@ if (!(preallocOption in PREALLOC_MODES)) usageError(`--mem-prealloc must be both
 const preallocModes = PREALLOC_MODES[preallocOption]!;
 const stopped = values.stopped ?? false;
 const warmUp = !(values['no-warm-up'] ?? false);
+const multifdChannels = Number(values.multifd);
+if (!Number.isInteger(multifdChannels) || multifdChannels < 0 || multifdChannels > 255) usageError(`--multifd takes a channel count from 1 to 255 (0: off), not "${values.multifd}"`);
 const TRANSPORTS = ['tcp', 'unix'] as const;
 const transports = (values.transport ?? 'tcp,unix').split(',');
 for (const t of transports) if (!(TRANSPORTS as readonly string[]).includes(t)) usageError(`--transport takes tcp and/or unix (comma-separated), not "${t}"`);
@@ -175,6 +180,13 @@ async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Pr
     // A VM that has been up a while: both ends have compiled their migration code.
     if (warmUp) await Promise.all([warmedUp(source), warmedUp(dest)]);
     const address = await dest.incomingAddress();
+    if (multifdChannels > 0) {
+      // Both ends, before the source connects (the destination reads them when it does).
+      for (const vm of [dest, source]) {
+        await vm.execute('migrate-set-parameters', { 'multifd-channels': multifdChannels });
+        await vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
+      }
+    }
     const pids = [source.child.pid!, dest.child.pid!];
     const before = sampleCpu(pids);
     forgetEvents(source.qmp, dest.qmp);
@@ -229,7 +241,7 @@ async function main(): Promise<void> {
     }
   }
 
-  console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${reps} reps per cell; median [min–max]`);
+  console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${multifdChannels > 0 ? `multifd with ${multifdChannels} channels, ` : ''}${reps} reps per cell; median [min–max]`);
   if (accel === 'sim') console.log('(sim: no guest code runs; a workload model writes guest RAM — the sweep at 250 000 pages/s, about what the real sweep guest does under this machine\'s KVM)');
   if (stopped) console.log('--stopped: each source guest was stopped (QMP stop) after warming up, before the migration: no guest thread runs meanwhile.');
   console.log(warmUp
@@ -293,6 +305,6 @@ async function main(): Promise<void> {
   }
 }
 
-const saveOutput = keepOutput(`migrate-${accel}${stopped ? '-stopped' : ''}${warmUp ? '' : '-cold'}`);
+const saveOutput = keepOutput(`migrate-${accel}${stopped ? '-stopped' : ''}${warmUp ? '' : '-cold'}${multifdChannels > 0 ? `-multifd${multifdChannels}` : ''}`);
 await main();
 console.log(`\nWritten to ${saveOutput()}`);

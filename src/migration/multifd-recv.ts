@@ -5,9 +5,12 @@
 // source sent before that EOS has then landed, whichever channel it took.
 
 import { MigrationError, StreamFormatError, StreamTruncatedError } from '../errors.js';
-import type { Channel } from '../transport/channel.js';
+import type { Channel, ScatteredReader } from '../transport/channel.js';
+import { readExactly } from '../stream/ram-scatter.js';
 import { StreamReader } from '../stream/reader.js';
-import { MULTIFD_FLAG_SYNC, MULTIFD_INIT_BYTES, MULTIFD_PACKET_BYTES, decodeMultifdInit, decodeMultifdPacket } from '../stream/multifd.js';
+import {
+  MULTIFD_FLAG_SYNC, MULTIFD_INIT_BYTES, MULTIFD_PACKET_BYTES, MULTIFD_PACKET_PAGES, decodeMultifdInit, decodeMultifdPacket, readMultifdPagesStraight,
+} from '../stream/multifd.js';
 
 const PAGE_BYTES = 4096;
 /**
@@ -23,6 +26,12 @@ export interface MultifdPageSink {
   blocks(): readonly { readonly idstr: string; readonly size: number }[];
   /** Page `offset` (checked) of block `b` is about to be written: the memory to copy it into. */
   multifdPage(b: number, offset: number): Uint8Array;
+  /**
+   * Where block `b`'s memory is in this process, when it has a fixed address: pages are
+   * then read straight into it (readv) where the channel can, instead of through the
+   * reader's buffers and a copy.
+   */
+  blockAddress?(b: number): number | undefined;
 }
 
 interface ChannelState {
@@ -36,6 +45,12 @@ interface ChannelState {
   ended: boolean;
   packets: number;
   pages: number;
+  /**
+   * The channel's scattered reads, once this channel reads by itself alone: from then on
+   * every byte comes through readv — packet headers into a scratch the reader holds, pages
+   * straight into guest RAM — and the socket never reads into a buffer of its own again.
+   */
+  io: ScatteredReader | null;
 }
 
 export class MultifdReceiver {
@@ -129,7 +144,7 @@ export class MultifdReceiver {
     await r.ensure(MULTIFD_INIT_BYTES, 'multifd');
     const { id } = decodeMultifdInit(r.bytes(MULTIFD_INIT_BYTES), this.#uuid, this.#channels, where);
     if (this.#slots[id] !== undefined) throw new StreamFormatError(`${where}: multifd: received id '${id}' already setup'`, 24, 'multifd');
-    const s: ChannelState = { id, channel, where: `multifd channel ${id} (${channel.description})`, syncs: 0, released: 0, wake: undefined, ended: false, packets: 0, pages: 0 };
+    const s: ChannelState = { id, channel, where: `multifd channel ${id} (${channel.description})`, syncs: 0, released: 0, wake: undefined, ended: false, packets: 0, pages: 0, io: null };
     this.#slots[id] = s;
     if (this.#slots.every((slot) => slot !== undefined) && this.#connectTimer !== undefined) {
       clearTimeout(this.#connectTimer);
@@ -137,8 +152,26 @@ export class MultifdReceiver {
     }
     this.#notify();
     const blocks = this.#sink.blocks();
+    const addresses = new Float64Array(MULTIFD_PACKET_PAGES);
+    const scratch = new Uint8Array(MULTIFD_PACKET_BYTES);
+    // Pages can go straight into guest RAM where the blocks have a fixed address.
+    const straight = blocks.length > 0 && blocks.every((_, b) => this.#sink.blockAddress?.(b) !== undefined);
+    try {
+      await this.#packets(r, s, blocks, addresses, scratch, straight);
+    } finally {
+      s.io?.resume();
+    }
+  }
+
+  async #packets(r: StreamReader, s: ChannelState, blocks: ReturnType<MultifdPageSink['blocks']>, addresses: Float64Array, scratch: Uint8Array, straight: boolean): Promise<void> {
     for (;;) {
-      if (!(await r.fill(MULTIFD_PACKET_BYTES))) {
+      // Once the reader holds nothing and the socket has nothing of its own queued, this
+      // channel reads through readv only (the socket's own reads stop until the end).
+      if (straight && s.io === null && r.available() === 0) s.io = r.scattered();
+      const whole = s.io !== null && r.available() < MULTIFD_PACKET_BYTES
+        ? await readExactly(r, s.io, MULTIFD_PACKET_BYTES - r.available(), MULTIFD_PACKET_BYTES)
+        : await r.fill(MULTIFD_PACKET_BYTES);
+      if (!whole) {
         if (r.available() > 0) {
           throw new StreamTruncatedError(`${s.where}: ended at offset ${r.offset + r.available()} inside a packet (${MULTIFD_PACKET_BYTES} bytes from offset ${r.offset})`, r.offset + r.available(), 'multifd');
         }
@@ -161,11 +194,8 @@ export class MultifdReceiver {
             throw new StreamFormatError(`${s.where}: multifd: offset ${offset % PAGE_BYTES !== 0 && offset <= size - PAGE_BYTES ? 'not page-aligned' : 'too long'} ${offset} (max ${size})`, at + MULTIFD_PACKET_BYTES - 8 * (128 - i), 'multifd');
           }
         }
-        for (let i = 0; i < packet.normalPages; i++) {
-          if (r.available() < PAGE_BYTES) await r.ensure(PAGE_BYTES, 'multifd');
-          if (this.#error) return;
-          r.copyTo(this.#sink.multifdPage(b, offsets[i]!), offsets[i]!, PAGE_BYTES);
-        }
+        await this.#readPages(r, s, b, offsets, packet.normalPages, addresses, scratch);
+        if (this.#error) return;
         s.pages += packet.normalPages;
       }
       if ((packet.flags & MULTIFD_FLAG_SYNC) !== 0) {
@@ -176,6 +206,48 @@ export class MultifdReceiver {
         while (s.released < s.syncs && !this.#error) await new Promise<void>((resolve) => (s.wake = resolve));
         if (this.#error) return;
       }
+    }
+  }
+
+  /**
+   * The `count` pages of a packet: copied from what the reader holds while it holds whole
+   * pages, then — where the channel has scattered reads — the rest read straight into guest
+   * RAM in one readv, as the main stream's first pass is (ram-scatter.ts); otherwise page
+   * by page through the reader.
+   */
+  async #readPages(r: StreamReader, s: ChannelState, b: number, offsets: Float64Array, count: number, addresses: Float64Array, scratch: Uint8Array): Promise<void> {
+    const sink = this.#sink;
+    const base = sink.blockAddress?.(b);
+    for (let i = 0; i < count; i++) {
+      const offset = offsets[i]!;
+      const ram = sink.multifdPage(b, offset);
+      // A page begun in the reader (only before this channel reads through readv alone).
+      if (s.io !== null && r.available() > 0 && r.available() < PAGE_BYTES && !(await readExactly(r, s.io, PAGE_BYTES - r.available(), PAGE_BYTES))) {
+        throw new StreamTruncatedError(`${s.where}: ended at offset ${r.offset + r.available()} inside the pages of a packet`, r.offset + r.available(), 'multifd');
+      }
+      if (r.available() >= PAGE_BYTES) {
+        r.copyTo(ram, offset, PAGE_BYTES);
+        continue;
+      }
+      const io = s.io ?? (base !== undefined && r.available() === 0 ? r.scattered() : null);
+      if (io !== null) {
+        addresses[0] = base! + offset;
+        for (let j = i + 1; j < count; j++) {
+          sink.multifdPage(b, offsets[j]!);
+          addresses[j - i] = base! + offsets[j]!;
+        }
+        let whole: boolean;
+        try {
+          whole = await readMultifdPagesStraight(r, io, addresses, count - i, scratch);
+        } finally {
+          if (io !== s.io) io.resume();
+        }
+        if (!whole) throw new StreamTruncatedError(`${s.where}: ended at offset ${r.offset} inside the pages of a packet`, r.offset, 'multifd');
+        return;
+      }
+      await r.ensure(PAGE_BYTES, 'multifd');
+      if (this.#error) return;
+      r.copyTo(ram, offset, PAGE_BYTES);
     }
   }
 

@@ -118,6 +118,11 @@ export class RamLoader implements RamChunkSink, MultifdPageSink {
     return this.#memory;
   }
 
+  blockAddress(b: number): number | undefined {
+    this.#prepare();
+    return this.#memory[b]?.hostAddress;
+  }
+
   multifdPage(b: number, offset: number): Uint8Array {
     this.#prepare();
     this.#aboutToWrite(b, offset);

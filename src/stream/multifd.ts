@@ -10,7 +10,12 @@
 // sent after it, whichever channel each took. All integers are big-endian.
 
 import { StreamFormatError } from '../errors.js';
+import type { ScatteredReader } from '../transport/channel.js';
+import { IOVEC_BYTES, consumeIovec, setIovec } from '../transport/iovec.js';
+import type { StreamReader } from './reader.js';
 import type { StreamWriter } from './writer.js';
+
+const PAGE_BYTES = 4096;
 
 export const MULTIFD_MAGIC = 0x11223344;
 export const MULTIFD_VERSION = 1;
@@ -176,4 +181,32 @@ export function decodeMultifdPacket(bytes: Uint8Array, at: number, where: string
     }
   }
   return { flags, pagesAlloc, normalPages, nextPacketSize, packetNum, ramblock, offsets };
+}
+
+/**
+ * Read the `count` pages that come next on a multifd channel straight into memory — page i
+ * at host address `addresses[i]` — with readv(2), and with them as much of the next packet
+ * header as has arrived, into `scratch` (MULTIFD_PACKET_BYTES), which the reader then holds
+ * to be read as usual. The reader must hold nothing and `io` be its channel's scattered
+ * reads, ready; the caller resumes them. False when the stream ended before the last page.
+ */
+export async function readMultifdPagesStraight(r: StreamReader, io: ScatteredReader, addresses: Float64Array, count: number, scratch: Uint8Array): Promise<boolean> {
+  const entries = count + 1;
+  const iov = new Uint8Array(entries * IOVEC_BYTES);
+  const view = new DataView(iov.buffer);
+  for (let i = 0; i < count; i++) setIovec(view, i, addresses[i]!, PAGE_BYTES);
+  setIovec(view, count, io.addressOf(scratch), MULTIFD_PACKET_BYTES);
+  const pageBytes = count * PAGE_BYTES;
+  let got = 0;
+  let first = 0;
+  while (got < pageBytes) {
+    const n = await io.read(new Uint8Array(iov.buffer, first * IOVEC_BYTES, (entries - first) * IOVEC_BYTES), entries - first);
+    if (n === 0) break;
+    got += n;
+    first = consumeIovec(view, first, entries, n);
+  }
+  const pagesIn = Math.min(got, pageBytes);
+  r.skipScattered(pagesIn);
+  if (got > pageBytes) r.takeBack(scratch.slice(0, got - pageBytes));
+  return pagesIn === pageBytes;
 }
