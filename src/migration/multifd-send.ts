@@ -4,6 +4,7 @@
 // before every EOS a SYNC packet on every channel. One writer per channel; pages go by
 // reference where the channel takes references, as on the main stream.
 
+import { MigrationCancelledError, MigrationError, errorMessage } from '../errors.js';
 import type { Channel } from '../transport/channel.js';
 import { StreamWriter } from '../stream/writer.js';
 import {
@@ -125,22 +126,50 @@ export class MultifdSender {
     this.pages += count;
   }
 
-  /** Hand everything written to the channels and wait until they can take more. */
+  /** Hand everything written to the channels and wait until they can take more; rejects with the first channel's error. */
   async flush(): Promise<void> {
-    await Promise.all(this.#writers.map((w) => w.flush()));
+    await this.#all((w) => w.flush());
   }
 
   /** Flush, then wait until the OS has every byte (Channel.drain). */
   async drain(): Promise<void> {
-    await Promise.all(this.#writers.map((w) => w.drain()));
+    await this.#all((w) => w.drain());
   }
 
   /** Flush and end every channel's sending side. */
   async close(): Promise<void> {
-    await Promise.all(this.#writers.map((w) => w.close()));
+    await this.#all((w) => w.close());
+  }
+
+  /** `step` on every channel, all of them settled before the first error is thrown. */
+  async #all(step: (w: StreamWriter) => Promise<void>): Promise<void> {
+    await Promise.allSettled(this.#writers.map(step));
+    const error = this.error;
+    if (error) throw error;
   }
 
   destroy(error?: Error): void {
     for (const c of this.#channels) c.destroy(error);
   }
+}
+
+/**
+ * Connect `count` multifd channels through `connect`, all at once as QEMU does. Each one
+ * is pushed to `opened` as it connects, so that a cancel or a failure can tear it down;
+ * one that connects after `cancelled()` is closed at once. If any fails, the migration
+ * fails with its error (the caller closes the others with the rest).
+ */
+export async function connectMultifdChannels(count: number, connect: () => Promise<Channel>, opened: Channel[], cancelled: () => boolean, cancelSignal: Promise<never>): Promise<Channel[]> {
+  const attempts = Array.from({ length: count }, () =>
+    connect().then((c) => {
+      opened.push(c);
+      if (cancelled()) c.destroy(new MigrationCancelledError());
+      return c;
+    }),
+  );
+  const settled = await Promise.race([Promise.allSettled(attempts), cancelSignal]);
+  if (cancelled()) throw new MigrationCancelledError();
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw new MigrationError(`Cannot open multifd channel: ${errorMessage(failed.reason)}`, { cause: failed.reason });
+  return settled.map((r) => (r as PromiseFulfilledResult<Channel>).value);
 }

@@ -30,7 +30,7 @@ import type { RateLimiter } from './rate-limiter.js';
 import { settledBy } from './deadline.js';
 import { saveDevicesAhead, stopDeadlines, stopGiveUp, type SavedDevices } from './switchover-guard.js';
 import { keepShape } from '../hot-shapes.js';
-import { MultifdSender } from './multifd-send.js';
+import { MultifdSender, connectMultifdChannels } from './multifd-send.js';
 
 export interface OutgoingOptions {
   readonly vm: MigrationVm;
@@ -252,7 +252,8 @@ export class OutgoingMigration {
       // later one as a multifd channel: they connect only once the main one has.
       if (this.#o.multifd) {
         const { channels, uuid } = this.#o.multifd;
-        this.#multifd = new MultifdSender(await this.#connectMultifd(channels), uuid, writerOptions);
+        const connected = await connectMultifdChannels(channels, () => this.#o.connect(), this.#multifdChannels, () => this.#cancelRequested, this.#cancelSignal);
+        this.#multifd = new MultifdSender(connected, uuid, writerOptions);
         this.#o.ram.useMultifd(this.#multifd);
       }
 
@@ -448,7 +449,6 @@ export class OutgoingMigration {
       // took 84–133 ms more to read after RAM had "gone out" in time.
       const flushed = sent && (await settledBy(this.#multifd ? Promise.all([w.flush(), this.#multifd.flush()]).then(() => {}) : w.flush(), deadline, this.#o.now, giveUp));
       if (w.error) throw w.error;
-      if (this.#multifd?.error) throw this.#multifd.error;
       const delivered = flushed && (await this.#waitDelivered(w, deadline, giveUp));
       // A paused guest's stop that sent no pages and flushed late met the channel's latency,
       // not the RAM's volume: more passes cannot make the next stop faster, and calling it
@@ -486,10 +486,7 @@ export class OutgoingMigration {
     const deviceMs = (saved?.ms ?? 0) + (devicesDoneAt - ramDoneAt);
     await w.drain();
     if (w.error) throw w.error;
-    if (this.#multifd) {
-      await this.#multifd.drain().catch(() => {});
-      if (this.#multifd.error) throw this.#multifd.error;
-    }
+    await this.#multifd?.drain();
     const drainedAt = this.#o.now();
     await this.#waitDelivered(w);
     const deliveredAt = this.#o.now();
@@ -512,10 +509,7 @@ export class OutgoingMigration {
     // this one must not run again whatever closing says.
     try {
       // The multifd channels end first: the destination finishes on the main stream's EOF.
-      if (this.#multifd) {
-        await this.#multifd.close().catch(() => {});
-        if (this.#multifd.error) throw this.#multifd.error;
-      }
+      await this.#multifd?.close();
       await w.close();
       if (w.error) throw w.error;
     } catch (err) {
@@ -745,25 +739,6 @@ export class OutgoingMigration {
   }
 
   /**
-   * Connect the multifd channels, all at once as QEMU does; if one fails, the others are
-   * closed and the migration fails with its error. A cancel meanwhile closes all of them.
-   */
-  async #connectMultifd(count: number): Promise<Channel[]> {
-    const attempts = Array.from({ length: count }, () =>
-      this.#o.connect().then((c) => {
-        this.#multifdChannels.push(c);
-        if (this.#cancelRequested) c.destroy(new MigrationCancelledError());
-        return c;
-      }),
-    );
-    const settled = await Promise.race([Promise.allSettled(attempts), this.#cancelSignal]);
-    this.#checkCancelled();
-    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw new MigrationError(`Cannot open multifd channel: ${errorMessage(failed.reason)}`, { cause: failed.reason });
-    return settled.map((r) => (r as PromiseFulfilledResult<Channel>).value);
-  }
-
-  /**
    * After the last flush: wait until the destination has taken every byte, as far as the
    * OS tells (a socket's send queue; a local socket holds tens of MiB), so that the
    * downtime covers them — QEMU's ends at its last write to a socket whose buffer is a
@@ -807,11 +782,7 @@ export class OutgoingMigration {
   async #flush(w: StreamWriter): Promise<void> {
     await w.flush();
     if (w.error) throw w.error;
-    if (this.#multifd) {
-      await this.#multifd.flush().catch(() => {});
-      const error = this.#multifd.error;
-      if (error) throw error;
-    }
+    await this.#multifd?.flush();
   }
 
   #checkCancelled(): void {
