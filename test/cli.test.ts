@@ -83,6 +83,13 @@ test('ferry run warms the migration code up once started (x-ferry-query-warm-up)
     assert.equal(state.rounds, 4); // tcp and unix, each with large and with small socket buffers
     assert.ok((state['total-ms'] ?? 0) > 0);
     assert.match(warm.stderr, /warm-up: 4 scratch migrations in \d+ ms/);
+    // multifd's paths are warmed once the capability is turned on, not at every start.
+    assert.doesNotMatch(warm.stderr, /with multifd/);
+    await warm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
+    const multifdDeadline = Date.now() + 20_000;
+    while ((state = await warm.execute<WarmUp>('x-ferry-query-warm-up')).rounds !== 6 && Date.now() < multifdDeadline) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual([state.status, state.rounds], ['completed', 6]);
+    assert.match(warm.stderr, /warm-up: 2 scratch migrations with multifd in \d+ ms/);
     // The VM's own migration state is untouched by it.
     assert.deepEqual(await warm.execute('query-migrate'), {});
     assert.deepEqual(await cold.execute('x-ferry-query-warm-up'), { status: 'off' });

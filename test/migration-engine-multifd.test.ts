@@ -133,6 +133,31 @@ test('multifd: a page sent again lands after its older copy, even when the older
   assert.equal(digest(dst.vm.ram), digest(src.vm.ram), 'a stale copy of a page landed last');
 });
 
+test('multifd beside return-path, pause-before-switchover and auto-converge: the destination\'s SHUT comes after every channel\'s last page', async (t) => {
+  const net = network();
+  const { src, dst } = pair(8 * MiB, net);
+  src.vm.fillPages(0, 1024);
+  src.vm.startWorkload(16, 1);
+  t.after(() => src.vm.stopWorkload());
+  multifd(src, 2);
+  multifd(dst, 2);
+  src.migration.setCapabilities([{ capability: 'return-path', state: true }, { capability: 'pause-before-switchover', state: true }, { capability: 'auto-converge', state: true }]);
+  src.migration.setParameters({ 'max-bandwidth': 0 });
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  while (src.migration.status !== 'pre-switchover') {
+    assert.ok(['setup', 'active'].includes(src.migration.status), src.migration.status);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  src.migration.continue('pre-switchover');
+  await settle(src, dst);
+  src.vm.stopWorkload();
+  assert.equal(src.migration.status, 'completed', JSON.stringify(src.migration.queryMigrate()));
+  assert.equal(dst.migration.incomingStatus, 'completed', dst.migration.incomingError);
+  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+  assert.ok((src.migration.queryMigrate().ram?.['multifd-bytes'] ?? 0) > 4 * MiB);
+});
+
 test('multifd: a destination without the capability refuses the source\'s channels; the source guest runs on', async (t) => {
   const net = network();
   const { src, dst } = pair(4 * MiB, net);

@@ -219,7 +219,9 @@ test('a load that rebases v86 timers by ±30 s (a source process whose clock sta
     section.load({ ...value, time_origin_us: (value['time_origin_us'] as bigint) + shiftUs });
     const from = log.text.length;
     dest.resume();
-    const first = await log.waitFor(/heartbeat (\d+)/, 20_000, from);
+    // A whole line: a match on one still arriving ("heartbeat 1" of "heartbeat 15") waited
+    // for "heartbeat 2", twenty beats behind.
+    const first = await log.waitFor(/heartbeat (\d+)\r?\n/, 20_000, from);
     await log.waitFor(new RegExp(`heartbeat ${Number(first[1]) + 1}\\b`), 20_000, from);
   }
 });

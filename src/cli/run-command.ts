@@ -159,22 +159,36 @@ function serveWarmUp(vmm: Vmm, enabled: boolean): void {
   qmp.register({ name: 'x-ferry-query-warm-up', handler: () => ({ ...state }) });
   if (!enabled) return;
   const idle = (): boolean => migration.status === 'none' && (migration.incomingStatus === 'none' || migration.incomingStatus === 'setup');
-  setTimeout(() => {
-    if (!idle()) {
-      state = { status: 'skipped', rounds: 0 };
-      return;
-    }
-    state = { status: 'running' };
-    setFlagsFromString('--no-flush-bytecode');
-    void import('../vmm/warm-up.js').then(async ({ warmUpMigration }) => {
-      const outcome = await warmUpMigration(machine.machineType, { keepGoing: idle, sections: machine.stateSections });
+  let rounds = 0;
+  let totalMs = 0;
+  // One warm-up at a time: the usual rounds after start, multifd's once it is turned on.
+  let queue: Promise<void> = new Promise((resolve) => setTimeout(resolve, WARM_UP_DELAY_MS).unref());
+  const warmUp = (multifd: boolean): void => {
+    queue = queue.then(async () => {
+      if (!idle()) {
+        if (state.status === 'scheduled') state = { status: 'skipped', rounds: 0 };
+        return;
+      }
+      state = { status: 'running' };
+      setFlagsFromString('--no-flush-bytecode');
+      const { warmUpMigration } = await import('../vmm/warm-up.js');
+      const outcome = await warmUpMigration(machine.machineType, { keepGoing: idle, sections: machine.stateSections, multifd });
       if (outcome instanceof Error) {
         state = { status: 'failed', error: outcome.message };
         trace('warm-up: failed: %s', outcome.message);
       } else {
-        state = { status: 'completed', rounds: outcome.rounds, 'total-ms': Math.round(outcome.milliseconds) };
-        trace('warm-up: %d scratch migrations in %s ms', outcome.rounds, outcome.milliseconds.toFixed(0));
+        rounds += outcome.rounds;
+        totalMs += outcome.milliseconds;
+        state = { status: 'completed', rounds, 'total-ms': Math.round(totalMs) };
+        trace('warm-up: %d scratch migrations%s in %s ms', outcome.rounds, multifd ? ' with multifd' : '', outcome.milliseconds.toFixed(0));
       }
     });
-  }, WARM_UP_DELAY_MS).unref();
+  };
+  warmUp(false);
+  let multifdWarm = false;
+  migration.onCapabilities((capabilities) => {
+    if (!capabilities.multifd || multifdWarm) return;
+    multifdWarm = true;
+    warmUp(true);
+  });
 }

@@ -71,6 +71,7 @@ export class Migration {
   readonly #outgoingState = new MigrationStateMachine();
   readonly #incomingState = new MigrationStateMachine();
   readonly #listeners: MigrationStatusListener[] = [];
+  readonly #capabilityListeners: Array<(capabilities: Readonly<MigrationCapabilities>) => void> = [];
   #parameters: MigrationParameters = { ...DEFAULT_MIGRATION_PARAMETERS };
   #capabilities: MigrationCapabilities = defaultCapabilities();
   #outgoing: OutgoingMigration | undefined;
@@ -602,6 +603,12 @@ export class Migration {
     // connections can come (exec:, fd:).
     if (next.multifd && this.#listener !== undefined && this.#incomingAddress === undefined) throw new MigrationError(MULTIFD_PROTOCOL_REFUSED);
     this.#capabilities = next;
+    for (const listener of [...this.#capabilityListeners]) listener(next);
+  }
+
+  /** Told of the capabilities after every migrate-set-capabilities (the warm-up of multifd's paths listens). */
+  onCapabilities(listener: (capabilities: Readonly<MigrationCapabilities>) => void): void {
+    this.#capabilityListeners.push(listener);
   }
 
   /**

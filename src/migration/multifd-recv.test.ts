@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { channelFromBytes } from '../stream/memory-channel.js';
 import { MULTIFD_FLAG_SYNC, encodeMultifdInit, multifdBlockName, writeMultifdPacketHeader } from '../stream/multifd.js';
-import { writtenBytes } from '../stream/testing.js';
+import { prng, writtenBytes } from '../stream/testing.js';
+import { FerryError } from '../errors.js';
 import { MultifdReceiver } from './multifd-recv.js';
 
 const UUID = new Uint8Array(16);
@@ -92,4 +93,54 @@ test('multifd receiver: the same channel id twice, and channels that never come,
   await assert.rejects(waiting.syncMain(), /multifd: 1 of 2 channels connected within 0.05 s of the main one/);
   assert.equal(late.length, 1);
   waiting.close();
+});
+
+test('multifd receiver: 400 mutations of a real channel\'s bytes end in a typed error naming the channel, or load pages inside the RAM', async () => {
+  const random = prng(7);
+  const packets: Packet[] = [];
+  for (let p = 0; p < 6; p++) {
+    const pages: Array<[number, number]> = [];
+    for (let i = 0; i < 1 + Math.floor(random() * 8); i++) pages.push([Math.floor(random() * 64) * 4096, 1 + Math.floor(random() * 250)]);
+    packets.push({ pages }, ...(p % 2 === 1 ? [{ flags: MULTIFD_FLAG_SYNC }] : []));
+  }
+  const good = await channelBytes(0, packets);
+  const syncs = packets.filter((p) => p.flags === MULTIFD_FLAG_SYNC).length;
+  let refused = 0;
+  for (let round = 0; round < 400; round++) {
+    const bytes = good.slice();
+    const kind = round % 4;
+    if (kind === 3) {
+      // Cut anywhere.
+      const cut = Math.floor(random() * bytes.byteLength);
+      await feed(bytes.subarray(0, cut));
+      continue;
+    }
+    // Bytes of a header (the init packet or a packet's fixed part and offsets), or anywhere.
+    for (let n = 0; n < 1 + Math.floor(random() * 3); n++) {
+      const at = kind === 0 ? Math.floor(random() * 64) : kind === 1 ? 64 + Math.floor(random() * 1344) : Math.floor(random() * bytes.byteLength);
+      bytes[at] = Math.floor(random() * 256);
+    }
+    await feed(bytes);
+  }
+  assert.ok(refused > 150, `only ${refused} of 400 refused`);
+
+  async function feed(bytes: Uint8Array): Promise<void> {
+    const ram = new Uint8Array(BLOCK);
+    const errors: Error[] = [];
+    const rx = new MultifdReceiver({
+      channels: 1, uuid: UUID, connectWaitMs: 2000,
+      sink: { blocks: () => [{ idstr: 'pc.ram', size: BLOCK }], multifdPage: (_b, offset) => { assert.ok(offset >= 0 && offset + 4096 <= BLOCK && offset % 4096 === 0, `page at ${offset}`); return ram; } },
+      onError: (err) => errors.push(err),
+    });
+    rx.add(channelFromBytes(bytes, { chunkSize: 1 + Math.floor(random() * 5000) }));
+    try {
+      for (let i = 0; i < syncs; i++) await rx.syncMain();
+    } catch (err) {
+      refused++;
+      assert.ok(err instanceof FerryError, `not a typed error: ${String(err)}`);
+      assert.match(err.message, /multifd/);
+    } finally {
+      rx.close();
+    }
+  }
 });

@@ -35,14 +35,22 @@ const WARM_UP_BYTES = 16 * 1024 * 1024;
  * them; V8 otherwise throws optimised code away there ("insufficient type feedback") and
  * compiles it again during the migration.
  */
-const WARM_UP_ROUNDS: readonly { transport: 'tcp' | 'unix'; socketBufferBytes?: number; multifd?: number }[] = [
+type WarmUpRound = { readonly transport: 'tcp' | 'unix'; readonly socketBufferBytes?: number; readonly multifd?: number };
+const WARM_UP_ROUNDS: readonly WarmUpRound[] = [
   { transport: 'tcp' },
   { transport: 'unix', socketBufferBytes: 128 * 1024 },
   { transport: 'tcp', socketBufferBytes: 128 * 1024 },
   { transport: 'unix' },
-  // The multifd capability's paths (pages in packets on more connections, SYNCs): left
-  // cold, V8 compiled them during a real multifd migration (--trace-opt), which ran slower
-  // meanwhile (a stopped 1 GiB guest over one channel, by hand: 1.9 GB/s, 2.6 warm).
+];
+/**
+ * The multifd capability's paths (pages in packets on more connections, SYNCs), run once
+ * the capability is turned on (`multifd: true`) rather than at every start: they cost as
+ * much again (by hand, an idle 64 MiB sim VM: all six rounds ~1.2 s of CPU and 50–57 MB
+ * resident for good, against ~0.7 s and 35 MB for the four). Left cold, V8 compiled them
+ * during a real multifd migration (--trace-opt), which ran slower meanwhile (a stopped
+ * 1 GiB guest over one channel, by hand: 1.9 GB/s, 2.6 warm).
+ */
+const MULTIFD_WARM_UP_ROUNDS: readonly WarmUpRound[] = [
   { transport: 'tcp', multifd: 2 },
   { transport: 'unix', multifd: 2 },
 ];
@@ -197,8 +205,10 @@ export interface WarmUpResult {
 }
 
 export interface WarmUpOptions {
-  /** Scratch migrations to run (default: every one of WARM_UP_ROUNDS). */
+  /** Scratch migrations to run (default: every one of the list). */
   readonly rounds?: number;
+  /** The multifd capability's rounds instead of the usual ones (MULTIFD_WARM_UP_ROUNDS). */
+  readonly multifd?: boolean;
   /** Asked before each round: false ends the warm-up (a real migration has begun). */
   readonly keepGoing?: () => boolean;
   /** The machine's state sections: the scratch VMs carry stand-ins of them (see standIn). */
@@ -212,13 +222,14 @@ export interface WarmUpOptions {
  */
 export async function warmUpMigration(machineType: string, options: WarmUpOptions = {}): Promise<WarmUpResult | Error> {
   const started = performance.now();
-  const rounds = options.rounds ?? WARM_UP_ROUNDS.length;
+  const list = options.multifd ? MULTIFD_WARM_UP_ROUNDS : WARM_UP_ROUNDS;
+  const rounds = options.rounds ?? list.length;
   let done = 0;
   let bytes = 0;
   try {
     const sections = (options.sections ?? []).map(standIn).filter((s): s is StateSection => s !== undefined);
     while (done < rounds && (options.keepGoing?.() ?? true)) {
-      bytes += await migrateScratch(machineType, WARM_UP_ROUNDS[done % WARM_UP_ROUNDS.length]!, sections);
+      bytes += await migrateScratch(machineType, list[done % list.length]!, sections);
       done++;
       // After a round, when V8 keeps feedback for the reader's functions (it starts to only
       // once a function has run a while): values split between two reads, which a round
@@ -234,7 +245,7 @@ export async function warmUpMigration(machineType: string, options: WarmUpOption
 }
 
 /** One scratch migration; the bytes it sent. Throws unless it completed with the RAM equal on both ends. */
-async function migrateScratch(machineType: string, round: (typeof WARM_UP_ROUNDS)[number], sections: readonly StateSection[]): Promise<number> {
+async function migrateScratch(machineType: string, round: WarmUpRound, sections: readonly StateSection[]): Promise<number> {
   const dir = round.transport === 'unix' ? await mkdtemp(join(tmpdir(), 'ferry-warm-up-')) : undefined;
   const sourceRam = HostMemory.allocate(WARM_UP_BYTES);
   const destinationRam = HostMemory.allocate(WARM_UP_BYTES);
