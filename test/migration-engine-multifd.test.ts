@@ -77,6 +77,15 @@ async function settle(src: Side, dst: Side): Promise<void> {
   await dst.migration.whenIncomingSettled();
 }
 
+/** Both ends settle, completed, with the same RAM. */
+async function completes(src: Side, dst: Side): Promise<void> {
+  await settle(src, dst);
+  src.vm.stopWorkload();
+  assert.equal(src.migration.status, 'completed', JSON.stringify(src.migration.queryMigrate()));
+  assert.equal(dst.migration.incomingStatus, 'completed', dst.migration.incomingError);
+  assert.equal(digest(dst.vm.ram), digest(src.vm.ram), 'the RAM differs (a stale copy of a page landed last?)');
+}
+
 function runningAgain(t: TestContext, src: Side): void {
   assert.equal(src.vm.runState, 'running', 'the source guest runs again');
   assert.equal(src.vm.dirtyLog.active, false);
@@ -94,11 +103,7 @@ test('multifd: a dirtying guest migrates over three channels; pages of data on t
   src.migration.setParameters({ 'max-bandwidth': 0 });
   await dst.migration.migrateIncoming(URI);
   src.migration.migrate(URI);
-  await settle(src, dst);
-  src.vm.stopWorkload();
-  assert.equal(src.migration.status, 'completed', JSON.stringify(src.migration.queryMigrate()));
-  assert.equal(dst.migration.incomingStatus, 'completed', dst.migration.incomingError);
-  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+  await completes(src, dst);
   assert.equal(net.made.length, 4, 'the main connection and three channels');
   const info = src.migration.queryMigrate();
   assert.ok(info.ram);
@@ -124,13 +129,9 @@ test('multifd: a page sent again lands after its older copy, even when the older
   src.migration.setParameters({ 'max-bandwidth': 0, 'downtime-limit': 50 });
   await dst.migration.migrateIncoming(URI);
   src.migration.migrate(URI);
-  await settle(src, dst);
-  src.vm.stopWorkload();
-  assert.equal(src.migration.status, 'completed', JSON.stringify(src.migration.queryMigrate()));
-  assert.equal(dst.migration.incomingStatus, 'completed', dst.migration.incomingError);
+  await completes(src, dst);
   const info = src.migration.queryMigrate();
   assert.ok((info.ram?.['dirty-sync-count'] ?? 0) >= 3, `passes: ${info.ram?.['dirty-sync-count']}`);
-  assert.equal(digest(dst.vm.ram), digest(src.vm.ram), 'a stale copy of a page landed last');
 });
 
 test('multifd beside return-path, pause-before-switchover and auto-converge: the destination\'s SHUT comes after every channel\'s last page', async (t) => {
@@ -150,73 +151,68 @@ test('multifd beside return-path, pause-before-switchover and auto-converge: the
     await new Promise((r) => setTimeout(r, 2));
   }
   src.migration.continue('pre-switchover');
-  await settle(src, dst);
-  src.vm.stopWorkload();
-  assert.equal(src.migration.status, 'completed', JSON.stringify(src.migration.queryMigrate()));
-  assert.equal(dst.migration.incomingStatus, 'completed', dst.migration.incomingError);
-  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+  await completes(src, dst);
   assert.ok((src.migration.queryMigrate().ram?.['multifd-bytes'] ?? 0) > 4 * MiB);
 });
 
-test('multifd: a destination without the capability refuses the source\'s channels; the source guest runs on', async (t) => {
-  const net = network();
-  const { src, dst } = pair(4 * MiB, net);
-  src.vm.fillPages(0, 512);
-  multifd(src, 2);
-  src.migration.setParameters({ 'max-bandwidth': 0 });
-  await dst.migration.migrateIncoming(URI);
-  src.migration.migrate(URI);
-  await settle(src, dst);
-  assert.equal(dst.migration.incomingStatus, 'failed');
-  assert.match(dst.migration.incomingError ?? '', /A second connection arrived on unix:\/memory\/multifd: the source uses multifd, but the multifd capability is off here/);
-  assert.equal(dst.vm.runState, 'inmigrate', 'the destination never started a guest');
-  assert.equal(src.migration.status, 'failed');
-  runningAgain(t, src);
-});
+// Two ends that disagree about multifd: the destination fails and never starts a guest, and
+// the source, its connection broken, runs its guest again.
+const MISMATCHES: Array<{ name: string; source: number; destination: number | undefined; waitMs?: number; error: RegExp }> = [
+  {
+    name: 'a destination without the capability refuses the source\'s channels',
+    source: 2, destination: undefined,
+    error: /A second connection arrived on unix:\/memory\/multifd: the source uses multifd, but the multifd capability is off here/,
+  },
+  {
+    name: 'a source with more channels than the destination expects is refused at its first extra one',
+    source: 3, destination: 2,
+    error: /multifd: received channel id 2, but multifd-channels is 2 here/,
+  },
+  {
+    name: 'a source with fewer channels than the destination expects fails once the wait for them is over',
+    source: 1, destination: 2, waitMs: 300,
+    error: /multifd: 1 of 2 channels connected within 0.3 s of the main one \(is multifd-channels the same on both sides\?\)/,
+  },
+];
 
-test('multifd: a source with more channels than the destination expects is refused at its first extra one', async (t) => {
-  const net = network();
-  const { src, dst } = pair(4 * MiB, net);
-  src.vm.fillPages(0, 512);
-  multifd(src, 3);
-  multifd(dst, 2);
-  await dst.migration.migrateIncoming(URI);
-  src.migration.migrate(URI);
-  await settle(src, dst);
-  assert.equal(dst.migration.incomingStatus, 'failed');
-  assert.match(dst.migration.incomingError ?? '', /multifd: received channel id 2, but multifd-channels is 2 here/);
-  assert.equal(src.migration.status, 'failed');
-  runningAgain(t, src);
-});
+for (const { name, source, destination, waitMs, error } of MISMATCHES) {
+  test(`multifd: ${name}; the source guest runs on`, async (t) => {
+    const { src, dst } = pair(4 * MiB, network(), waitMs);
+    src.vm.fillPages(0, 512);
+    multifd(src, source);
+    if (destination !== undefined) multifd(dst, destination);
+    src.migration.setParameters({ 'max-bandwidth': 0 });
+    await dst.migration.migrateIncoming(URI);
+    src.migration.migrate(URI);
+    await settle(src, dst);
+    assert.equal(dst.migration.incomingStatus, 'failed');
+    assert.match(dst.migration.incomingError ?? '', error);
+    assert.equal(dst.vm.runState, 'inmigrate', 'the destination never started a guest');
+    assert.equal(src.migration.status, 'failed');
+    runningAgain(t, src);
+  });
+}
 
-test('multifd: a source with fewer channels than the destination expects fails once the wait for them is over', async (t) => {
-  const net = network();
-  const { src, dst } = pair(4 * MiB, net, 300);
-  src.vm.fillPages(0, 512);
-  multifd(src, 1);
-  multifd(dst, 2);
-  await dst.migration.migrateIncoming(URI);
-  src.migration.migrate(URI);
-  await settle(src, dst);
-  assert.equal(dst.migration.incomingStatus, 'failed');
-  assert.match(dst.migration.incomingError ?? '', /multifd: 1 of 2 channels connected within 0.3 s of the main one \(is multifd-channels the same on both sides\?\)/);
-  assert.equal(dst.vm.runState, 'inmigrate');
-  assert.equal(src.migration.status, 'failed');
-  runningAgain(t, src);
-});
-
-test('multifd: a channel that breaks mid-stream fails both sides; the source guest runs on', async (t) => {
+/** A multifd migration of 16 MiB of data capped at 32 MiB/s, once `bytes` went on its channels. */
+async function midway(t: TestContext, bytes: number, dirtying: boolean): Promise<{ src: Side; dst: Side; net: ReturnType<typeof network> }> {
   const net = network();
   const { src, dst } = pair(16 * MiB, net);
   src.vm.fillPages(0, 4096);
-  src.vm.startWorkload(64, 1);
-  t.after(() => src.vm.stopWorkload());
+  if (dirtying) {
+    src.vm.startWorkload(64, 1);
+    t.after(() => src.vm.stopWorkload());
+  }
   multifd(src, 2);
   multifd(dst, 2);
   src.migration.setParameters({ 'max-bandwidth': 32 * MiB });
   await dst.migration.migrateIncoming(URI);
   src.migration.migrate(URI);
-  while ((src.migration.queryMigrate().ram?.['multifd-bytes'] ?? 0) < 2 * MiB) await new Promise((r) => setTimeout(r, 5));
+  while ((src.migration.queryMigrate().ram?.['multifd-bytes'] ?? 0) < bytes) await new Promise((r) => setTimeout(r, 5));
+  return { src, dst, net };
+}
+
+test('multifd: a channel that breaks mid-stream fails both sides; the source guest runs on', async (t) => {
+  const { src, dst, net } = await midway(t, 2 * MiB, true);
   net.made[2]!.destroy(new Error('cable pulled'));
   await settle(src, dst);
   src.vm.stopWorkload();
@@ -227,15 +223,7 @@ test('multifd: a channel that breaks mid-stream fails both sides; the source gue
 });
 
 test('multifd: cancel while pages go over the channels closes all of them; the source guest runs on', async (t) => {
-  const net = network();
-  const { src, dst } = pair(16 * MiB, net);
-  src.vm.fillPages(0, 4096);
-  multifd(src, 2);
-  multifd(dst, 2);
-  src.migration.setParameters({ 'max-bandwidth': 32 * MiB });
-  await dst.migration.migrateIncoming(URI);
-  src.migration.migrate(URI);
-  while ((src.migration.queryMigrate().ram?.['multifd-bytes'] ?? 0) < 1 * MiB) await new Promise((r) => setTimeout(r, 5));
+  const { src, dst, net } = await midway(t, 1 * MiB, false);
   src.migration.cancel();
   await settle(src, dst);
   assert.equal(src.migration.status, 'cancelled');
