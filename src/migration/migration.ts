@@ -17,7 +17,7 @@ import {
   DEFAULT_MIGRATION_PARAMETERS, IMPLEMENTED_CAPABILITIES, applyCapabilities, applyParameters,
   MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, defaultCapabilities,
 } from './parameters.js';
-import { MultifdReceiver } from './multifd-recv.js';
+import { acceptAfterMain, type MultifdReceiver } from './multifd-recv.js';
 import type { CapabilityStatus, MigrationCapabilities, MigrationCapability, MigrationParameters } from './parameters.js';
 import { buildMigrationInfo, formatInfoMigrate, socketAddressInfo } from './query.js';
 import type { MigrationInfo, SocketAddressInfo } from './query.js';
@@ -251,9 +251,16 @@ export class Migration {
       // A connection after the main one that fails the migration: the load must not
       // complete on a main stream whose pages went elsewhere, however late it is told.
       let sideError: Error | undefined;
-      multifd = this.#acceptMultifd(listener, ram, (cause) => {
-        sideError ??= cause;
-        channel?.destroy(cause);
+      multifd = acceptAfterMain(listener, {
+        multifd: this.#capabilities.multifd,
+        channels: this.#parameters['multifd-channels'],
+        uuid: this.#o.uuid ?? NIL_UUID,
+        ram,
+        ...(this.#o.multifdConnectWaitMs !== undefined ? { connectWaitMs: this.#o.multifdConnectWaitMs } : {}),
+        breakMain: (cause) => {
+          sideError ??= cause;
+          channel?.destroy(cause);
+        },
       });
       let rp = new DestinationReturnPath(channel, this.#o.trace);
       returnPath = rp;
@@ -360,42 +367,6 @@ export class Migration {
         // Closing a listener that already failed has nothing left to report.
       });
     }
-  }
-
-  /**
-   * The connections after the main one (QEMU's migration_ioc_process_incoming): with the
-   * `multifd` capability, multifd-channels of them, each a channel of pages (multifd-recv.ts).
-   * Without it, one is a source that uses multifd against a destination that does not —
-   * its pages would never arrive: the migration fails (QEMU asserts).
-   */
-  #acceptMultifd(listener: Listener, ram: RamHandler, breakMain: (cause: Error) => void): MultifdReceiver | undefined {
-    if (!this.#capabilities.multifd) {
-      listener.accept().then(
-        (extra) => {
-          const error = new MigrationError(`A second connection arrived on ${listener.address}: the source uses multifd, but the multifd capability is off here (turn it on before the source connects)`);
-          extra.destroy(error);
-          breakMain(error);
-        },
-        () => {},
-      );
-      return undefined;
-    }
-    const channels = this.#parameters['multifd-channels'];
-    const receiver = new MultifdReceiver({
-      channels, uuid: this.#o.uuid ?? NIL_UUID, sink: ram.multifdSink, onError: breakMain,
-      ...(this.#o.multifdConnectWaitMs !== undefined ? { connectWaitMs: this.#o.multifdConnectWaitMs } : {}),
-    });
-    ram.receiveMultifd(receiver);
-    // Every connection, not just as many as expected: one too many is refused by its id
-    // rather than left unread (its pages would never land, and its sender would wait for ever).
-    const acceptNext = (): void => {
-      listener.accept().then((c) => {
-        receiver.add(c);
-        acceptNext();
-      }, () => {});
-    };
-    acceptNext();
-    return receiver;
   }
 
   /**

@@ -5,7 +5,7 @@
 // source sent before that EOS has then landed, whichever channel it took.
 
 import { MigrationError, StreamFormatError, StreamTruncatedError } from '../errors.js';
-import type { Channel, ScatteredReader } from '../transport/channel.js';
+import type { Channel, Listener, ScatteredReader } from '../transport/channel.js';
 import { readExactly } from '../stream/ram-scatter.js';
 import { StreamReader } from '../stream/reader.js';
 import {
@@ -272,4 +272,47 @@ export class MultifdReceiver {
     this.#onError(error);
     return error;
   }
+}
+
+/**
+ * The connections after the main one (QEMU's migration_ioc_process_incoming): with the
+ * `multifd` capability, every one is a channel of pages for a new MultifdReceiver, which
+ * `ram` then waits for at every EOS — every one, not just as many as expected: one too
+ * many is refused by its number rather than left unread (its pages would never land, and
+ * its sender would wait for ever). Without the capability, one is a source that uses
+ * multifd against a destination that does not: its pages would never arrive, so
+ * `breakMain` fails the migration (QEMU asserts).
+ */
+export function acceptAfterMain(
+  listener: Listener,
+  o: {
+    multifd: boolean; channels: number; uuid: Uint8Array; connectWaitMs?: number;
+    ram: { readonly multifdSink: MultifdPageSink; receiveMultifd(receiver: MultifdReceiver): void };
+    breakMain: (cause: Error) => void;
+  },
+): MultifdReceiver | undefined {
+  if (!o.multifd) {
+    listener.accept().then(
+      (extra) => {
+        const error = new MigrationError(`A second connection arrived on ${listener.address}: the source uses multifd, but the multifd capability is off here (turn it on before the source connects)`);
+        extra.destroy(error);
+        o.breakMain(error);
+      },
+      () => {},
+    );
+    return undefined;
+  }
+  const receiver = new MultifdReceiver({
+    channels: o.channels, uuid: o.uuid, sink: o.ram.multifdSink, onError: o.breakMain,
+    ...(o.connectWaitMs !== undefined ? { connectWaitMs: o.connectWaitMs } : {}),
+  });
+  o.ram.receiveMultifd(receiver);
+  const acceptNext = (): void => {
+    listener.accept().then((c) => {
+      receiver.add(c);
+      acceptNext();
+    }, () => {});
+  };
+  acceptNext();
+  return receiver;
 }
