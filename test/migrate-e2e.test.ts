@@ -185,6 +185,7 @@ for (const { accel, skip } of accelerators()) {
         ...(accel === 'kvm' ? ['--downtime-limit', '2000'] : [])]);
       assert.equal(code, 0, `${stdout}\n${stderr}`);
       assert.match(stdout, /Migration completed/);
+      assert.match(stdout, /multifd\s+[\d.]+ [KMG]iB of it on the multifd channels/);
       const info = await source.execute<{ ram: { 'multifd-bytes': number; 'normal-bytes': number } }>('query-migrate');
       assert.ok(info.ram['multifd-bytes'] > info.ram['normal-bytes'], `multifd-bytes ${info.ram['multifd-bytes']} for ${info.ram['normal-bytes']} B of whole pages`);
       // Every page of data went on the three channels.

@@ -87,6 +87,7 @@ export interface QueryMigrateInfo {
     'page-size'?: number;
     'postcopy-requests'?: number;
     'postcopy-bytes'?: number;
+    'multifd-bytes'?: number;
   };
 }
 
@@ -258,6 +259,7 @@ export function formatSummary(outcome: MigrationOutcome, destination?: Destinati
     lines.push(`  RAM             ${formatBytes(ram.total)}`);
     if (info['total-time']) lines.push(`  throughput      ${formatRate(ram.transferred / (info['total-time'] / 1000))} average, ${formatRate((ram.mbps * 1e6) / 8)} last`);
   }
+  if (ram?.['multifd-bytes']) lines.push(`  multifd         ${formatBytes(ram['multifd-bytes'])} of it on the multifd channels (pages of data; zero pages on the main stream)`);
   if (outcome.peakThrottle > 0) lines.push(`  CPU throttle    up to ${outcome.peakThrottle} % (auto-converge)`);
   if (ram?.['postcopy-bytes']) {
     lines.push(`  post-copy       ${formatBytes(ram['postcopy-bytes'])} sent after the switch, ${ram['postcopy-requests'] ?? 0} page requests from the destination`);
