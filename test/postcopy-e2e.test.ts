@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FerryProcess } from '../src/cli/ferry-process.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
@@ -95,6 +96,32 @@ test('sim: post-copy over unix (ferry migrate --postcopy --dest-qmp): the guest 
   assert.ok(check.ok, check.problem);
 });
 
+test('sim: release-ram (ferry migrate --postcopy --release-ram): the source gives its guest\'s RAM back as post-copy sends it, and refuses to run the guest after', async (t) => {
+  const dir = scratch(t);
+  // 256 MiB, all written: what the source gives back shows in its resident memory.
+  const guest = ['--accel', 'sim', '-m', '256M', '--guest', 'builtin:sweep,rate=200000'];
+  const dest = await started(t, dir, 'dst', [...guest, '--incoming', 'defer'], { NODE_DEBUG: 'ferry' });
+  const source = await started(t, dir, 'src', guest, { NODE_DEBUG: 'ferry' });
+  const uri = await listening(dest);
+  await waitFor(async () => (await passOf(source)) >= 1, 'the guest to write all of its RAM');
+  const resident = (): number => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${source.child.pid}/status`, 'utf8'))![1]) * 1024;
+  const before = resident();
+  const { code, stdout, stderr } = await runFerry(['migrate', '--qmp', source.qmpPath, uri, '--max-bandwidth', '64M', '--no-progress', '--postcopy', '--release-ram', '--dest-qmp', dest.qmpPath]);
+  assert.equal(code, 0, stderr + stdout);
+  assert.match(stdout, /Migration completed/);
+  const after = resident();
+  t.diagnostic(`source resident ${(before / MiB).toFixed(0)} MiB before, ${(after / MiB).toFixed(0)} MiB after`);
+  assert.ok(before - after > 200 * MiB, `the source kept its RAM: ${(before / MiB).toFixed(0)} MiB resident before, ${(after / MiB).toFixed(0)} MiB after`);
+  assert.match(source.stderr, /migration: completed in post-copy/);
+  // The guest's RAM is gone here: cont must not run what is left of it.
+  await assert.rejects(source.execute('cont'), /given back to the host as post-copy sent it \(release-ram\): it cannot run here again/);
+  assert.equal(await status(source), 'postmigrate');
+  await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'completed', 'the destination to complete');
+  await dest.execute('stop');
+  const check = await dest.execute<Check>('x-ferry-check-memory');
+  assert.ok(check.ok, check.problem);
+});
+
 test('sim: post-copy of a paused guest over tcp: it stays paused, and the destination\'s RAM and CPU state are the source\'s, byte for byte', async (t) => {
   const dir = scratch(t);
   const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer']);
@@ -151,6 +178,27 @@ test('sim: a destination lost after the switch to post-copy: the source pauses w
   assert.ok(check.ok, check.problem);
   await source.execute('cont');
   await waitFor(async () => (await passOf(source)) > check.pass, 'the pass counter to move on the source');
+});
+
+test('sim: with release-ram, a destination lost after the switch leaves nothing to recover: migrate with resume is refused in QEMU\'s words, and cont after the cancel', async (t) => {
+  const dir = scratch(t);
+  const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer']);
+  const source = await started(t, dir, 'src', GUEST);
+  const uri = await listening(dest);
+  await source.execute('migrate-set-capabilities', { capabilities: [...POSTCOPY.capabilities, { capability: 'release-ram', state: true }] });
+  await source.execute('migrate-set-parameters', { 'max-bandwidth': 8 * MiB, 'max-postcopy-bandwidth': MiB });
+  await source.execute('migrate', { uri });
+  await waitMigration(source, (i) => i.status === 'active');
+  await source.execute('migrate-start-postcopy');
+  await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'postcopy-active', 'the destination to run the guest');
+  dest.kill();
+  await waitMigration(source, (i) => i.status === 'postcopy-paused', 20_000);
+  await assert.rejects(source.execute('migrate', { uri, resume: true }), /^.*Postcopy recovery cannot work when release-ram capability is set$/);
+  await source.execute('migrate_cancel');
+  const failed = await waitMigration(source, (i) => i.status === 'failed', 20_000) as unknown as Info;
+  assert.match(failed['error-desc'] ?? '', /with release-ram: the guest's RAM here was given back as it went, so it cannot run here again/);
+  await assert.rejects(source.execute('cont'), /it cannot run here again/);
+  assert.equal(await status(source), 'paused');
 });
 
 test('sim: a source lost after the switch to post-copy: the destination pauses, its guest waiting for the missing pages; what reads guest RAM is refused, and quit ends it at once', async (t) => {

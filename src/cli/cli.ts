@@ -109,6 +109,7 @@ program
   .option('--validate-uuid', 'turn on the validate-uuid capability (a destination with a UUID of its own loads only a stream from the same UUID)')
   .option('--postcopy', 'turn on the postcopy-ram capability (on the destination too with --dest-qmp; otherwise turn it on there first) and switch to post-copy once the first pass is sent: the guest then runs on the destination while the rest of its RAM follows')
   .option('--background-snapshot', 'turn on the background-snapshot capability: save the VM as it was when the migration began while it runs on (e.g. to "exec:cat > FILE"; ferry run --incoming "exec:cat FILE" restores it)')
+  .option('--release-ram', 'turn on the release-ram capability: with --postcopy, the source gives its guest\'s RAM back to the host as post-copy sends it (it can then never run the guest again)')
   .option('--multifd [channels]', 'turn on the multifd capability: pages of data go over this many more connections (multifd-channels; 2 unless given), on the destination too with --dest-qmp (otherwise turn it on there first); tcp: and unix: only', intArg('--multifd', 1))
   .option('--no-progress', 'no progress bar, only the summary')
   .option('--report <file.html>', 'write a self-contained HTML report of the migration')
@@ -120,7 +121,7 @@ program
       uri,
       ...(opts.downtimeLimit !== undefined ? { downtimeLimitMs: opts.downtimeLimit } : {}),
       ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
-      capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : []), ...(opts.validateUuid ? ['validate-uuid'] : []), ...(opts.backgroundSnapshot ? ['background-snapshot'] : [])],
+      capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : []), ...(opts.validateUuid ? ['validate-uuid'] : []), ...(opts.backgroundSnapshot ? ['background-snapshot'] : []), ...(opts.releaseRam ? ['release-ram'] : [])],
       progress: opts.progress,
       ...(opts.postcopy ? { postcopy: true } : {}),
       ...(opts.multifd !== undefined ? { multifd: opts.multifd === true ? true : opts.multifd } : {}),

@@ -41,6 +41,11 @@ export interface GuestMemoryBlock {
    * is backed already (--mem-prealloc), and skips the ZERO pages of the stream.
    */
   takeFreshZero?(): boolean;
+  /**
+   * Optional: give [offset, offset + length) (whole pages) back to the host (MADV_DONTNEED);
+   * it reads as zero afterwards. The `release-ram` capability frees what post-copy sent.
+   */
+  discard?(offset: number, length: number): void;
 }
 
 /** One bit per page, bit (i & 31) of word (i >> 5) for page i of the block. */

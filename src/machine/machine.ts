@@ -167,8 +167,17 @@ export class Machine extends EventEmitter<MachineEvents> {
     this.emit('stop');
   }
 
+  /** Set once release-ram gave this guest's RAM away in post-copy: it must never run here again. */
+  #ramReleased: string | undefined;
+
+  /** MigrationVm.ramReleased. */
+  readonly ramReleased = (why: string): void => {
+    this.#ramReleased = why;
+  };
+
   /** QMP `cont`. */
   cont(): void {
+    if (this.#ramReleased !== undefined && this.state !== 'running') throw new MigrationError(this.#ramReleased);
     switch (this.state) {
       case 'inmigrate':
         this.autostart = true;

@@ -157,6 +157,7 @@ export class Migration {
       now: this.#o.now,
       limiter,
       ...(backgroundSnapshot ? { snapshot: true } : {}),
+      ...(this.#capabilities['release-ram'] ? { releaseRam: true } : {}),
       // The cache is sized when a migration starts; QEMU also resizes a running one.
       ...(this.#capabilities.xbzrle ? { xbzrleCacheSize: this.#parameters['xbzrle-cache-size'] } : {}),
       onSync: (pass) => {
@@ -390,6 +391,8 @@ export class Migration {
     if (this.#outgoingState.status !== 'postcopy-paused' || !outgoing) {
       throw new MigrationError('Cannot resume if there is no paused migration');
     }
+    // QEMU's words: what went out before the break may never have arrived, and it is gone here.
+    if (this.#capabilities['release-ram']) throw new MigrationError('Postcopy recovery cannot work when release-ram capability is set');
     this.#o.connect(uri).then(
       (channel) => {
         if (!outgoing.resume(channel)) channel.destroy(new MigrationError('The migration is no longer paused'));
@@ -590,7 +593,8 @@ export class Migration {
     const vm = this.#o.vm;
     return new Set([...IMPLEMENTED_CAPABILITIES].filter((c) =>
       (c !== 'auto-converge' || vm.setThrottle !== undefined) &&
-      (c !== 'postcopy-ram' || vm.memory.every((b) => b.hostAddress !== undefined))));
+      (c !== 'postcopy-ram' || vm.memory.every((b) => b.hostAddress !== undefined)) &&
+      (c !== 'release-ram' || vm.memory.every((b) => b.discard !== undefined))));
   }
 
   #stopThrottle(): void {

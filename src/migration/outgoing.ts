@@ -603,6 +603,7 @@ export class OutgoingMigration {
     writeCommand(w, MIG_CMD_PACKAGED, be32Bytes(length));
     for (const part of parts) w.bytes(part);
     await this.#flush(w);
+    this.#releaseSent();
     const packagedAt = this.#o.now();
     // QEMU's downtime in post-copy: the guest stopped here until its state went out.
     this.#downtime = packagedAt - stopStart;
@@ -622,7 +623,10 @@ export class OutgoingMigration {
       get returnPath() { return self.#returnPath; },
       set returnPath(rp) { self.#returnPath = rp; },
       cancelRequested: () => this.#cancelRequested,
-      flush: (writer) => this.#flush(writer),
+      flush: async (writer) => {
+        await this.#flush(writer);
+        this.#releaseSent();
+      },
       waitDelivered: (writer) => this.#waitDelivered(writer),
       updateCounters: (writer) => this.#updateCounters(writer),
       onPageRequest: this.#onPageRequest,
@@ -640,7 +644,8 @@ export class OutgoingMigration {
     ram.finishPasses();
     this.#o.trace?.(
       `migration: completed in post-copy in ${this.#totalTime.toFixed(1)} ms (the switch at ${(stopStart - this.#startTime).toFixed(1)} ms, ` +
-        `downtime ${this.#downtime.toFixed(1)} ms; ${ram.stats.postcopyRequests} page requests, ${ram.stats.postcopyBytes} B after the switch, ${stream.bytesOnEarlierChannels + w.bytesWritten} B in all)`,
+        `downtime ${this.#downtime.toFixed(1)} ms; ${ram.stats.postcopyRequests} page requests, ${ram.stats.postcopyBytes} B after the switch, ${stream.bytesOnEarlierChannels + w.bytesWritten} B in all` +
+        `${ram.stats.releasedBytes > 0 ? `; ${ram.stats.releasedBytes} B of guest RAM given back here (release-ram)` : ''})`,
     );
     registry.cleanupAll();
     vm.setRunState('postmigrate');
@@ -785,6 +790,19 @@ export class OutgoingMigration {
     await this.#multifd?.flush();
   }
 
+  /**
+   * release-ram, after a flush in post-copy: give back what the channel has taken. From the
+   * first page given back, the guest cannot run here again.
+   */
+  #releaseSent(): void {
+    if (this.#o.ram.releaseSent() > 0 && !this.#ramReleased) {
+      this.#ramReleased = true;
+      this.#o.vm.ramReleased?.('The guest\'s RAM here was given back to the host as post-copy sent it (release-ram): it cannot run here again');
+    }
+  }
+
+  #ramReleased = false;
+
   #checkCancelled(): void {
     if (this.#cancelRequested) throw new MigrationCancelledError();
   }
@@ -801,7 +819,9 @@ export class OutgoingMigration {
       // The destination may run the guest already: running it here too would make two.
       // It stays stopped, whole; `cont` runs it here if the destination did not.
       this.#pausedByUs = false;
-      this.#errorDesc = `${errorMessage(err)} — after the switch to post-copy: the guest is stopped here with all of its state, and may be running on the destination; if it is not, 'cont' runs it here`;
+      this.#errorDesc = this.#ramReleased
+        ? `${errorMessage(err)} — after the switch to post-copy, with release-ram: the guest's RAM here was given back as it went, so it cannot run here again; it may be running on the destination`
+        : `${errorMessage(err)} — after the switch to post-copy: the guest is stopped here with all of its state, and may be running on the destination; if it is not, 'cont' runs it here`;
       this.#o.trace?.(`migration: failed: ${this.#errorDesc}`);
       vm.setRunState('paused');
       if (state.status === 'postcopy-active' || state.status === 'postcopy-paused' || state.status === 'postcopy-recover' || state.status === 'pre-switchover') state.transition('failed');

@@ -209,7 +209,7 @@ export type MigrationCapability = (typeof MIGRATION_CAPABILITIES)[number];
 /** The capabilities Ferry carries out; turning any other one on is refused. */
 export const IMPLEMENTED_CAPABILITIES: ReadonlySet<MigrationCapability> = new Set<MigrationCapability>([
   'events', 'xbzrle', 'auto-converge', 'postcopy-ram', 'postcopy-blocktime', 'return-path', 'pause-before-switchover', 'validate-uuid',
-  'background-snapshot', 'multifd',
+  'background-snapshot', 'multifd', 'release-ram',
 ]);
 
 export type MigrationCapabilities = Record<MigrationCapability, boolean>;

@@ -66,6 +66,8 @@ export class RamStats {
   remainingPages = 0;
   /** Bytes of multifd packets (headers and pages), part of `transferred` (QEMU's multifd_bytes). */
   multifdBytes = 0;
+  /** release-ram: bytes of guest RAM given back to the host here in post-copy. */
+  releasedBytes = 0;
   totalBytes = 0;
 
   get normalBytes(): number {
@@ -104,6 +106,13 @@ export interface RamHandlerOptions {
    * wants to write first (queueWrite()) and sends with sendPostcopy().
    */
   readonly snapshot?: boolean;
+  /**
+   * The `release-ram` capability: after the switch to post-copy, the pages already sent,
+   * then each page as it goes, are given back to the host (releaseSent(); QEMU's
+   * ram_postcopy_migrated_memory_release and ram_release_page). The source can then no
+   * longer run the guest.
+   */
+  readonly releaseRam?: boolean;
 }
 
 export class RamHandler implements SaveVmHandler {
@@ -669,7 +678,62 @@ export class RamHandler implements SaveVmHandler {
       chunks.pageOf(block.idstr, block.bytes, offset, snapshot ? undefined : block.hostAddress);
       this.stats.normal++;
     }
-    if (snapshot) this.#sentLog.push(b, page);
+    if (snapshot || this.#opts.releaseRam === true) this.#sentLog.push(b, page);
+  }
+
+  /**
+   * release-ram, in post-copy, once the channel has taken what was written (the pages are
+   * the kernel's copies then, or held by a pipe): the first call gives back every page not
+   * still to send — all that went before the switch — and each later one the pages sent
+   * since. Returns the bytes given back. Nothing before the switch, nor without the capability.
+   */
+  releaseSent(): number {
+    if (this.#opts.releaseRam !== true || !this.#postcopy) return 0;
+    let bytes = 0;
+    if (!this.#releasedBeforeSwitch) {
+      this.#releasedBeforeSwitch = true;
+      this.#sentLog = [];
+      for (let b = 0; b < this.#memory.length; b++) {
+        const toSend = this.#toSend[b]!;
+        const total = this.#blockPages[b]!;
+        for (let page = 0; page < total;) {
+          if (bitSet(toSend, page)) {
+            page++;
+            continue;
+          }
+          const first = page;
+          while (page < total && !bitSet(toSend, page)) page++;
+          bytes += this.#discard(b, first, page - first);
+        }
+      }
+      this.stats.releasedBytes += bytes;
+      return bytes;
+    }
+    const sent = this.#sentLog;
+    this.#sentLog = [];
+    // Runs of consecutive pages of one block, one madvise each.
+    for (let i = 0; i < sent.length;) {
+      const b = sent[i]!;
+      const first = sent[i + 1]!;
+      let count = 1;
+      i += 2;
+      while (i < sent.length && sent[i] === b && sent[i + 1] === first + count) {
+        count++;
+        i += 2;
+      }
+      bytes += this.#discard(b, first, count);
+    }
+    this.stats.releasedBytes += bytes;
+    return bytes;
+  }
+
+  #releasedBeforeSwitch = false;
+
+  #discard(b: number, page: number, count: number): number {
+    const block = this.#memory[b]!;
+    if (block.discard === undefined) return 0;
+    block.discard(page * PAGE_SIZE, count * PAGE_SIZE);
+    return count * PAGE_SIZE;
   }
 
   #postcopy = false;

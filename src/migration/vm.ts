@@ -36,4 +36,9 @@ export interface MigrationVm {
    * runs them on threads of this process: post-copy's blocktime attributes faults by them.
    */
   readonly vcpuThreadIds?: (() => readonly number[]) | undefined;
+  /**
+   * The guest's RAM here is no longer whole (release-ram gave it back to the host in
+   * post-copy): `cont` must refuse to run it, saying `why`.
+   */
+  readonly ramReleased?: ((why: string) => void) | undefined;
 }

@@ -168,6 +168,13 @@ class HostMemoryBlock implements GuestMemoryBlock {
     return this.#host.populateInBackground(this.#offset + offset, Math.min(length, this.size - offset));
   }
 
+  discard(offset: number, length: number): void {
+    const range = pageRange(this.size, offset, length);
+    if (range === undefined) return;
+    const errno = madviseRange(BigInt(this.hostAddress) + BigInt(range.start), range.length, MADV_DONTNEED);
+    if (errno !== 0) throw new RangeError(`Cannot discard [${range.start}, ${range.start + range.length}) of RAM block "${this.idstr}": madvise failed with errno ${errno}`);
+  }
+
   takeFreshZero(): boolean {
     const was = this.#freshZero;
     this.#freshZero = false;
