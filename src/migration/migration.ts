@@ -618,8 +618,13 @@ export class Migration {
 
   #buildRegistry(ram: RamHandler, runState: () => RunState, globalState = globalStateHandler(runState)): SaveVmRegistry {
     const registry = new SaveVmRegistry();
-    registry.register(ram);
+    // Section ids follow registration from 0, as QEMU's. The global state takes 0, RAM 1:
+    // a QEMU destination finds the section of a PART or END by comparing its id with every
+    // handler's load_section_id, which is 0 for each one no START or FULL named yet — its
+    // "timer" first — so RAM's PARTs under id 0 went to QEMU's timer and its load failed
+    // after the first pass's START (QEMU's own RAM never has id 0).
     registry.register(globalState);
+    registry.register(ram);
     for (const section of this.#o.vm.stateSections) registry.register(stateSectionHandler(section));
     return registry;
   }
