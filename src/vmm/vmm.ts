@@ -22,6 +22,7 @@ import { connect, listen, parseMigrationUri } from '../transport/index.js';
 import { checkSweepCounters, readGuestParams } from '../guests/params.js';
 import { formatUuid, NIL_UUID, uuidOption } from '../uuid.js';
 import { formatRamBlocks } from './ramblock-info.js';
+import { pmemsave } from './pmemsave.js';
 
 const trace = debuglog('ferry');
 
@@ -264,6 +265,20 @@ export class Vmm {
   /** Ferry's own commands (x-ferry-*, as QEMU prefixes its extensions): inspection for tests and people. */
   private registerFerryCommands(): void {
     const { qmp, machine } = this;
+    // QEMU's pmemsave, here for the same reason: a look at guest memory from outside.
+    qmp.register({
+      name: 'pmemsave',
+      args: { val: t.int, size: t.int, filename: t.str },
+      handler: async (args) => {
+        this.refuseWhileRamArrives();
+        try {
+          await pmemsave(machine.memory, args.val, args.size, args.filename);
+        } catch (err) {
+          throw new QmpError('GenericError', (err as Error).message);
+        }
+        return {};
+      },
+    });
     qmp.register({
       name: 'x-ferry-query-guest',
       handler: () => {
