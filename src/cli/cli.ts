@@ -50,6 +50,19 @@ function intArg(what: string, min = 0) {
 }
 
 /** Rates as QEMU takes them: bytes/s, with K/M/G suffixes (128M = 128 MiB/s). */
+/** --multifd-compression METHOD[:LEVEL]: QEMU's multifd-compression and the method's level parameter. */
+function compressionArg(value: string): { method: 'none' | 'zlib' | 'zstd'; level?: number } {
+  const m = /^(none|zlib|zstd)(?::(\d+))?$/.exec(value);
+  if (!m) throw new InvalidArgumentError(`--multifd-compression takes none, zlib or zstd, optionally with :LEVEL (zlib:6, zstd:3), got "${value}"`);
+  const method = m[1] as 'none' | 'zlib' | 'zstd';
+  if (m[2] === undefined) return { method };
+  const level = Number(m[2]);
+  const max = method === 'zlib' ? 9 : method === 'zstd' ? 20 : undefined;
+  if (max === undefined) throw new InvalidArgumentError('--multifd-compression none takes no level');
+  if (level > max) throw new InvalidArgumentError(`--multifd-compression ${method} takes a level from 0 to ${max}, got ${level}`);
+  return { method, level };
+}
+
 function rateArg(value: string): number {
   try {
     return parseSize(value, 'bandwidth');
@@ -111,6 +124,7 @@ program
   .option('--background-snapshot', 'turn on the background-snapshot capability: save the VM as it was when the migration began while it runs on (e.g. to "exec:cat > FILE"; ferry run --incoming "exec:cat FILE" restores it)')
   .option('--release-ram', 'turn on the release-ram capability: with --postcopy, the source gives its guest\'s RAM back to the host as post-copy sends it (it can then never run the guest again)')
   .option('--multifd [channels]', 'turn on the multifd capability: pages of data go over this many more connections (multifd-channels; 2 unless given), on the destination too with --dest-qmp (otherwise turn it on there first); tcp: and unix: only', intArg('--multifd', 1))
+  .option('--multifd-compression <method[:level]>', 'compress the pages on the multifd channels: none, zlib or zstd, with an optional level (zlib 0-9, zstd 0-20; 1 unless given), as QEMU\'s multifd-compression; turns --multifd on, and is set on the destination too with --dest-qmp (the two must agree)', compressionArg)
   .option('--no-progress', 'no progress bar, only the summary')
   .option('--report <file.html>', 'write a self-contained HTML report of the migration')
   .option('--dest-qmp <socket>', 'the destination\'s QMP socket: the summary then also says how long the guest was paused (source STOP to destination RESUME) and how the destination ended')
@@ -124,7 +138,8 @@ program
       capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : []), ...(opts.validateUuid ? ['validate-uuid'] : []), ...(opts.backgroundSnapshot ? ['background-snapshot'] : []), ...(opts.releaseRam ? ['release-ram'] : [])],
       progress: opts.progress,
       ...(opts.postcopy ? { postcopy: true } : {}),
-      ...(opts.multifd !== undefined ? { multifd: opts.multifd === true ? true : opts.multifd } : {}),
+      ...(opts.multifd !== undefined || opts.multifdCompression !== undefined ? { multifd: opts.multifd === undefined || opts.multifd === true ? true : opts.multifd } : {}),
+      ...(opts.multifdCompression !== undefined ? { multifdCompression: opts.multifdCompression } : {}),
       ...(opts.report !== undefined ? { report: opts.report } : {}),
       ...(opts.destQmp !== undefined ? { destinationQmp: opts.destQmp } : {}),
     });

@@ -42,12 +42,19 @@ export interface MigrateCommandOptions {
    * set); migrateCommand sets both on the destination too when it has its QMP socket.
    */
   readonly multifd?: boolean | number;
+  /** multifd-compression (and its method's level parameter), on the destination too. */
+  readonly multifdCompression?: { readonly method: 'none' | 'zlib' | 'zstd'; readonly level?: number };
 }
 
-/** The migrate-set-parameters a run asks for beside its capabilities (multifd-channels). */
-function multifdSettings(multifd: boolean | number | undefined): { capabilities: { capability: string; state: boolean }[]; parameters: Record<string, number> } {
+/** The migrate-set-parameters a run asks for beside its capabilities (multifd-channels, multifd-compression). */
+function multifdSettings(multifd: boolean | number | undefined, compression?: MigrateCommandOptions['multifdCompression']): { capabilities: { capability: string; state: boolean }[]; parameters: Record<string, number | string> } {
   if (multifd === undefined || multifd === false) return { capabilities: [], parameters: {} };
-  return { capabilities: [{ capability: 'multifd', state: true }], parameters: typeof multifd === 'number' ? { 'multifd-channels': multifd } : {} };
+  const parameters: Record<string, number | string> = typeof multifd === 'number' ? { 'multifd-channels': multifd } : {};
+  if (compression !== undefined) {
+    parameters['multifd-compression'] = compression.method;
+    if (compression.level !== undefined) parameters[`multifd-${compression.method}-level`] = compression.level;
+  }
+  return { capabilities: [{ capability: 'multifd', state: true }], parameters };
 }
 
 /** What the destination said, when its QMP socket was given. */
@@ -154,10 +161,10 @@ async function hintSettings(client: QmpClient): Promise<HintSettings> {
 
 /** Run a migration to its end through an open QMP client; resolves with the final query-migrate. */
 export async function runMigration(client: QmpClient, options: MigrateCommandOptions): Promise<MigrationOutcome> {
-  const params: Record<string, number> = {};
+  const params: Record<string, number | string> = {};
   if (options.downtimeLimitMs !== undefined) params['downtime-limit'] = options.downtimeLimitMs;
   if (options.maxBandwidth !== undefined) params['max-bandwidth'] = options.maxBandwidth;
-  Object.assign(params, multifdSettings(options.multifd).parameters);
+  Object.assign(params, multifdSettings(options.multifd, options.multifdCompression).parameters);
   if (Object.keys(params).length > 0) await client.execute('migrate-set-parameters', params);
   const wanted = [...(options.capabilities ?? []), ...(options.postcopy ? ['postcopy-ram'] : []), ...(options.multifd !== undefined && options.multifd !== false ? ['multifd'] : [])];
   const caps = [{ capability: 'events', state: true }, ...wanted.map((c) => ({ capability: c, state: true }))];
@@ -259,7 +266,11 @@ export function formatSummary(outcome: MigrationOutcome, destination?: Destinati
     lines.push(`  RAM             ${formatBytes(ram.total)}`);
     if (info['total-time']) lines.push(`  throughput      ${formatRate(ram.transferred / (info['total-time'] / 1000))} average, ${formatRate((ram.mbps * 1e6) / 8)} last`);
   }
-  if (ram?.['multifd-bytes']) lines.push(`  multifd         ${formatBytes(ram['multifd-bytes'])} of it on the multifd channels (pages of data; zero pages on the main stream)`);
+  if (ram?.['multifd-bytes']) {
+    // Fewer bytes on the channels than the pages they carried: multifd-compression.
+    const compressed = ram['multifd-bytes'] < ram['normal-bytes'];
+    lines.push(`  multifd         ${formatBytes(ram['multifd-bytes'])} of it on the multifd channels (${compressed ? `${formatBytes(ram['normal-bytes'])} of pages, compressed, with their packet headers` : 'pages of data'}; zero pages on the main stream)`);
+  }
   if (outcome.peakThrottle > 0) lines.push(`  CPU throttle    up to ${outcome.peakThrottle} % (auto-converge)`);
   if (ram?.['postcopy-bytes']) {
     lines.push(`  post-copy       ${formatBytes(ram['postcopy-bytes'])} sent after the switch, ${ram['postcopy-requests'] ?? 0} page requests from the destination`);
@@ -305,7 +316,7 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
       throw err;
     }
   }
-  const multifd = multifdSettings(options.multifd);
+  const multifd = multifdSettings(options.multifd, options.multifdCompression);
   if (destination && multifd.capabilities.length > 0) {
     // Before the source connects: the destination takes connections after the main one as
     // its channels only with the capability on, and expects as many as it is told.

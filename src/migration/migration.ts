@@ -18,6 +18,7 @@ import {
   MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, defaultCapabilities,
 } from './parameters.js';
 import { acceptAfterMain, type MultifdReceiver } from './multifd-recv.js';
+import { checkCompressionAvailable, type MultifdCompression } from '../stream/multifd-compression.js';
 import type { CapabilityStatus, MigrationCapabilities, MigrationCapability, MigrationParameters } from './parameters.js';
 import { buildMigrationInfo, formatInfoMigrate, socketAddressInfo } from './query.js';
 import type { MigrationInfo, SocketAddressInfo } from './query.js';
@@ -146,8 +147,7 @@ export class Migration {
     const multifd = this.#capabilities.multifd;
     if (multifd) {
       if (!allowsMultipleChannels(uri)) throw new MigrationError(MULTIFD_PROTOCOL_REFUSED);
-      const compression = this.#parameters['multifd-compression'];
-      if (compression !== 'none') throw new MigrationError(`multifd-compression '${compression}' is not supported by Ferry: its multifd channels carry pages uncompressed (set it to 'none')`);
+      checkCompressionAvailable(this.#parameters['multifd-compression']);
     }
     const limiter = new RateLimiter(this.#o.now, this.#parameters['max-bandwidth']);
     const autoConverge = this.#capabilities['auto-converge'] && vm.setThrottle ? new AutoConverge() : undefined;
@@ -190,7 +190,7 @@ export class Migration {
       pauseBeforeSwitchover: this.#capabilities['pause-before-switchover'],
       postcopy: this.#capabilities['postcopy-ram'],
       backgroundSnapshot,
-      ...(multifd ? { multifd: { channels: this.#parameters['multifd-channels'], uuid: this.#o.uuid ?? NIL_UUID } } : {}),
+      ...(multifd ? { multifd: { channels: this.#parameters['multifd-channels'], uuid: this.#o.uuid ?? NIL_UUID, ...this.#multifdCompression() } } : {}),
       ...(this.#capabilities['validate-uuid'] ? { uuid: this.#o.uuid ?? NIL_UUID } : {}),
     });
     this.#outgoing = outgoing;
@@ -214,6 +214,7 @@ export class Migration {
       throw new MigrationError('The incoming migration has already been started');
     }
     if (this.#capabilities.multifd && !allowsMultipleChannels(uri)) throw new MigrationError(MULTIFD_PROTOCOL_REFUSED);
+    if (this.#capabilities.multifd) checkCompressionAvailable(this.#parameters['multifd-compression']);
     this.#incomingError = undefined;
     this.#incomingState.transition('setup');
     let listener: Listener;
@@ -256,6 +257,7 @@ export class Migration {
         multifd: this.#capabilities.multifd,
         channels: this.#parameters['multifd-channels'],
         uuid: this.#o.uuid ?? NIL_UUID,
+        compression: this.#parameters['multifd-compression'],
         ram,
         ...(this.#o.multifdConnectWaitMs !== undefined ? { connectWaitMs: this.#o.multifdConnectWaitMs } : {}),
         breakMain: (cause) => {
@@ -589,6 +591,12 @@ export class Migration {
    * What this VM can carry out: auto-converge needs an accelerator that can throttle its
    * vCPUs; post-copy guest RAM this process maps (userfaultfd registers it).
    */
+  /** multifd-compression and its level, for the source's channels. */
+  #multifdCompression(): { compression: MultifdCompression; level: number } {
+    const compression = this.#parameters['multifd-compression'];
+    return { compression, level: compression === 'zstd' ? this.#parameters['multifd-zstd-level'] : this.#parameters['multifd-zlib-level'] };
+  }
+
   #implementedCapabilities(): ReadonlySet<MigrationCapability> {
     const vm = this.#o.vm;
     return new Set([...IMPLEMENTED_CAPABILITIES].filter((c) =>

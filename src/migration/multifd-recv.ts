@@ -2,12 +2,15 @@
 // the main one opens with an initial packet naming its channel, then carries packets of
 // pages, each copied straight into guest RAM. A packet flagged SYNC holds its channel
 // until the main stream reaches the EOS that follows it (syncMain()): every page the
-// source sent before that EOS has then landed, whichever channel it took.
+// source sent before that EOS has then landed, whichever channel it took. With
+// `multifd-compression` each channel's pages come through its own decompression stream
+// (multifd-compression.ts), then are copied into guest RAM.
 
 import { MigrationError, StreamFormatError, StreamTruncatedError } from '../errors.js';
 import type { Channel, Listener, ScatteredReader } from '../transport/channel.js';
 import { readExactly } from '../stream/ram-scatter.js';
 import { StreamReader } from '../stream/reader.js';
+import { compressionFlag, packetDecompressor, type MultifdCompression, type PacketDecompressor } from '../stream/multifd-compression.js';
 import {
   MULTIFD_FLAG_SYNC, MULTIFD_INIT_BYTES, MULTIFD_PACKET_BYTES, MULTIFD_PACKET_PAGES, decodeMultifdInit, decodeMultifdPacket, readMultifdPagesStraight,
 } from '../stream/multifd.js';
@@ -51,6 +54,8 @@ interface ChannelState {
    * straight into guest RAM — and the socket never reads into a buffer of its own again.
    */
   io: ScatteredReader | null;
+  /** The channel's decompression stream, with `multifd-compression`. */
+  readonly decompressor: PacketDecompressor | undefined;
 }
 
 export class MultifdReceiver {
@@ -64,13 +69,16 @@ export class MultifdReceiver {
   /** Wakes syncMain() when a channel connects, reaches a SYNC, ends or fails. */
   #changed: (() => void) | undefined;
   #connectTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly #compression: MultifdCompression;
 
   /**
    * `channels`: multifd-channels here; `uuid`: this VM's (QEMU compares the source's with
-   * it); `onError`: a channel failed — the caller breaks the main stream with the error,
-   * so that the load stops wherever it is.
+   * it); `compression`: multifd-compression here (the source's must be the same);
+   * `onError`: a channel failed — the caller breaks the main stream with the error, so
+   * that the load stops wherever it is.
    */
-  constructor(options: { channels: number; uuid: Uint8Array; sink: MultifdPageSink; onError: (error: Error) => void; connectWaitMs?: number }) {
+  constructor(options: { channels: number; uuid: Uint8Array; sink: MultifdPageSink; onError: (error: Error) => void; connectWaitMs?: number; compression?: MultifdCompression }) {
+    this.#compression = options.compression ?? 'none';
     this.#channels = options.channels;
     this.#uuid = options.uuid;
     this.#sink = options.sink;
@@ -144,7 +152,8 @@ export class MultifdReceiver {
     await r.ensure(MULTIFD_INIT_BYTES, 'multifd');
     const { id } = decodeMultifdInit(r.bytes(MULTIFD_INIT_BYTES), this.#uuid, this.#channels, where);
     if (this.#slots[id] !== undefined) throw new StreamFormatError(`${where}: multifd: received id '${id}' already setup'`, 24, 'multifd');
-    const s: ChannelState = { id, channel, where: `multifd channel ${id} (${channel.description})`, syncs: 0, released: 0, wake: undefined, ended: false, packets: 0, pages: 0, io: null };
+    const decompressor = this.#compression === 'none' ? undefined : packetDecompressor(this.#compression);
+    const s: ChannelState = { id, channel, where: `multifd channel ${id} (${channel.description})`, syncs: 0, released: 0, wake: undefined, ended: false, packets: 0, pages: 0, io: null, decompressor };
     this.#slots[id] = s;
     if (this.#slots.every((slot) => slot !== undefined) && this.#connectTimer !== undefined) {
       clearTimeout(this.#connectTimer);
@@ -154,12 +163,13 @@ export class MultifdReceiver {
     const blocks = this.#sink.blocks();
     const addresses = new Float64Array(MULTIFD_PACKET_PAGES);
     const scratch = new Uint8Array(MULTIFD_PACKET_BYTES);
-    // Pages can go straight into guest RAM where the blocks have a fixed address.
-    const straight = blocks.length > 0 && blocks.every((_, b) => this.#sink.blockAddress?.(b) !== undefined);
+    // Pages can go straight into guest RAM where the blocks have a fixed address (and come uncompressed).
+    const straight = decompressor === undefined && blocks.length > 0 && blocks.every((_, b) => this.#sink.blockAddress?.(b) !== undefined);
     try {
       await this.#packets(r, s, blocks, addresses, scratch, straight);
     } finally {
       s.io?.resume();
+      decompressor?.close();
     }
   }
 
@@ -181,7 +191,7 @@ export class MultifdReceiver {
       }
       if (this.#error) return;
       const at = r.offset;
-      const packet = decodeMultifdPacket(r.bytes(MULTIFD_PACKET_BYTES), at, s.where);
+      const packet = decodeMultifdPacket(r.bytes(MULTIFD_PACKET_BYTES), at, s.where, compressionFlag(this.#compression));
       s.packets++;
       if (packet.normalPages > 0) {
         const b = blocks.findIndex((block) => block.idstr === packet.ramblock);
@@ -194,7 +204,8 @@ export class MultifdReceiver {
             throw new StreamFormatError(`${s.where}: multifd: offset ${offset % PAGE_BYTES !== 0 && offset <= size - PAGE_BYTES ? 'not page-aligned' : 'too long'} ${offset} (max ${size})`, at + MULTIFD_PACKET_BYTES - 8 * (128 - i), 'multifd');
           }
         }
-        await this.#readPages(r, s, b, offsets, packet.normalPages, addresses, scratch);
+        if (s.decompressor !== undefined) await this.#readCompressed(r, s, b, offsets, packet.normalPages, packet.nextPacketSize, at);
+        else await this.#readPages(r, s, b, offsets, packet.normalPages, addresses, scratch);
         if (this.#error) return;
         s.pages += packet.normalPages;
       }
@@ -251,6 +262,29 @@ export class MultifdReceiver {
     }
   }
 
+  /**
+   * A compressed packet's data (QEMU's zlib_recv_pages / zstd_recv_pages): `size` bytes
+   * (checked against the cap by the header's decoder) through the channel's stream, which
+   * must make exactly `count` pages, each then copied to its place.
+   */
+  async #readCompressed(r: StreamReader, s: ChannelState, b: number, offsets: Float64Array, count: number, size: number, at: number): Promise<void> {
+    if (!(await r.fill(size))) {
+      throw new StreamTruncatedError(`${s.where}: ended at offset ${r.offset + r.available()} inside the compressed pages of the packet at offset ${at} (${size} bytes from offset ${r.offset})`, r.offset + r.available(), 'multifd');
+    }
+    const data = r.bytes(size);
+    let pages: Uint8Array;
+    try {
+      pages = await s.decompressor!.decompress(data, count * PAGE_BYTES);
+    } catch (err) {
+      throw new StreamFormatError(`${s.where}: multifd: the packet at offset ${at}: ${(err as Error).message}`, at + MULTIFD_PACKET_BYTES, 'multifd');
+    }
+    if (this.#error) return;
+    for (let i = 0; i < count; i++) {
+      const offset = offsets[i]!;
+      this.#sink.multifdPage(b, offset).set(pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), offset);
+    }
+  }
+
   #notify(): void {
     const changed = this.#changed;
     this.#changed = undefined;
@@ -286,7 +320,7 @@ export class MultifdReceiver {
 export function acceptAfterMain(
   listener: Listener,
   o: {
-    multifd: boolean; channels: number; uuid: Uint8Array; connectWaitMs?: number;
+    multifd: boolean; channels: number; uuid: Uint8Array; connectWaitMs?: number; compression?: MultifdCompression;
     ram: { readonly multifdSink: MultifdPageSink; receiveMultifd(receiver: MultifdReceiver): void };
     breakMain: (cause: Error) => void;
   },
@@ -305,6 +339,7 @@ export function acceptAfterMain(
   const receiver = new MultifdReceiver({
     channels: o.channels, uuid: o.uuid, sink: o.ram.multifdSink, onError: o.breakMain,
     ...(o.connectWaitMs !== undefined ? { connectWaitMs: o.connectWaitMs } : {}),
+    ...(o.compression !== undefined ? { compression: o.compression } : {}),
   });
   o.ram.receiveMultifd(receiver);
   const acceptNext = (): void => {

@@ -2,7 +2,11 @@
 // packets of up to 128 pages of one block, each packet handed whole to the next channel
 // that is not pushing back (QEMU: the next channel with no job pending, round robin), and
 // before every EOS a SYNC packet on every channel. One writer per channel; pages go by
-// reference where the channel takes references, as on the main stream.
+// reference where the channel takes references, as on the main stream. With
+// `multifd-compression` each channel has its own compression stream (multifd-compression.ts):
+// a packet's pages are copied out of guest RAM (the guest may be writing them) and
+// compressed on the thread pool, and the packet goes on its channel once they are, in the
+// order the channel was given its packets.
 
 import { MigrationCancelledError, MigrationError, errorMessage } from '../errors.js';
 import type { Channel } from '../transport/channel.js';
@@ -11,9 +15,23 @@ import {
   MULTIFD_FLAG_SYNC, MULTIFD_PACKET_PAGES, encodeMultifdInit, multifdBlockName, writeMultifdPacketHeader,
 } from '../stream/multifd.js';
 import { keepShape } from '../hot-shapes.js';
+import { compressionFlag, packetCompressor, type MultifdCompression, type PacketCompressor } from '../stream/multifd-compression.js';
 
 const PAGE_BYTES = 4096;
 const EMPTY_NAME = new Uint8Array(256);
+/** Packets a channel may have being compressed before it counts as pushing back. */
+const MAX_COMPRESSING = 2;
+
+/** A channel's compression: its stream, and the packets still on their way through it. */
+interface Compressing {
+  readonly compressor: PacketCompressor;
+  /** Packets handed to the stream and not yet written to the channel. */
+  pending: number;
+  /** Settles once everything given to this channel so far is written to its writer. */
+  tail: Promise<void>;
+  /** Woken when `pending` falls. */
+  wake: (() => void) | undefined;
+}
 
 export class MultifdSender {
   readonly #channels: readonly Channel[];
@@ -28,19 +46,34 @@ export class MultifdSender {
   readonly #offsets = new Float64Array(MULTIFD_PACKET_PAGES);
   #count = 0;
   readonly #names = new Map<string, Uint8Array>();
+  /** Per channel, with `multifd-compression`: its stream; else empty. */
+  readonly #compressing: readonly Compressing[];
+  readonly #flag: number;
   /** Packets sent, SYNC ones included, and pages in them (for traces and tests). */
   packets = 0;
   pages = 0;
+  /** With compression: the bytes of the pages that went into it, and what came out. */
+  compressedFrom = 0;
+  compressedTo = 0;
 
-  /** Takes the connected channels, in id order, and writes each one's initial packet. */
-  constructor(channels: readonly Channel[], uuid: Uint8Array, options?: { bufferSize?: number }) {
+  /**
+   * Takes the connected channels, in id order, and writes each one's initial packet.
+   * `compression` (QEMU's multifd-compression, at `level`) other than none compresses every
+   * packet's pages.
+   */
+  constructor(channels: readonly Channel[], uuid: Uint8Array, options?: { bufferSize?: number; compression?: MultifdCompression; level?: number }) {
     keepShape(this);
     this.#channels = channels;
+    const compression = options?.compression ?? 'none';
+    this.#flag = compressionFlag(compression);
     this.#writers = channels.map((c, id) => {
-      const w = new StreamWriter(c, options);
+      const w = new StreamWriter(c, options?.bufferSize !== undefined ? { bufferSize: options.bufferSize } : undefined);
       w.bytes(encodeMultifdInit(uuid, id));
       return w;
     });
+    this.#compressing = compression === 'none' ? [] : channels.map(() => ({
+      compressor: packetCompressor(compression, options?.level ?? 1), pending: 0, tail: Promise.resolve(), wake: undefined,
+    }));
   }
 
   get channels(): number {
@@ -69,13 +102,25 @@ export class MultifdSender {
 
   /** True when every channel is pushing back: the sender should wait (settled()). */
   get backlogged(): boolean {
-    for (const w of this.#writers) if (!w.backlogged) return false;
+    for (let i = 0; i < this.#writers.length; i++) if (!this.#busy(i)) return false;
     return true;
+  }
+
+  /** Channel `i` pushes back: its socket, or (compressing) packets still in its stream. */
+  #busy(i: number): boolean {
+    const c = this.#compressing[i];
+    return this.#writers[i]!.backlogged || (c !== undefined && c.pending >= MAX_COMPRESSING);
   }
 
   /** Resolves once some channel can take more; rejects with a channel's error. */
   settled(): Promise<void> {
-    return Promise.race(this.#writers.map((w) => w.settled()));
+    return Promise.race(this.#writers.map((w, i) => {
+      const c = this.#compressing[i];
+      if (c === undefined || c.pending < MAX_COMPRESSING) return w.settled();
+      return new Promise<void>((resolve) => (c.wake = resolve)).then(() => {
+        if (this.error) throw this.error;
+      });
+    }));
   }
 
   /** Page `offset` of block `idstr` (whose memory is `ram`, at `address` in this process when known). */
@@ -103,20 +148,31 @@ export class MultifdSender {
    */
   sync(): void {
     if (this.#count > 0) this.#sendPacket();
-    for (const w of this.#writers) {
-      writeMultifdPacketHeader(w, MULTIFD_FLAG_SYNC, this.#packetNum++, EMPTY_NAME, this.#offsets, 0);
+    for (const [i, w] of this.#writers.entries()) {
+      const num = this.#packetNum++;
       this.packets++;
-      w.flush().catch(() => {});
+      const send = (): void => {
+        writeMultifdPacketHeader(w, MULTIFD_FLAG_SYNC, num, EMPTY_NAME, this.#offsets, 0);
+        w.flush().catch(() => {});
+      };
+      const c = this.#compressing[i];
+      if (c === undefined) send();
+      else c.tail = c.tail.then(send);
     }
   }
 
   #sendPacket(): void {
     const writers = this.#writers;
     let i = this.#next;
-    for (let tried = 0; tried < writers.length && writers[i]!.backlogged; tried++) i = (i + 1) % writers.length;
+    for (let tried = 0; tried < writers.length && this.#busy(i); tried++) i = (i + 1) % writers.length;
     const w = writers[i]!;
     this.#next = (i + 1) % writers.length;
     const count = this.#count;
+    const c = this.#compressing[i];
+    if (c !== undefined) {
+      this.#compressPacket(w, c, count);
+      return;
+    }
     writeMultifdPacketHeader(w, 0, this.#packetNum++, this.#name, this.#offsets, count);
     const ram = this.#ram!;
     const address = this.#address;
@@ -124,6 +180,47 @@ export class MultifdSender {
     this.#count = 0;
     this.packets++;
     this.pages += count;
+  }
+
+  /**
+   * The packet being filled, through channel `c`'s compression: its pages copied now (QEMU
+   * copies each page before deflate too: the guest may change it meanwhile, and a page
+   * written after it was queued goes again anyway), then compressed, and the packet —
+   * header with the compressed size, then the data — written once that is done and every
+   * packet given to this channel before it is written.
+   */
+  #compressPacket(w: StreamWriter, c: Compressing, count: number): void {
+    const ram = this.#ram!;
+    const pages = new Uint8Array(count * PAGE_BYTES);
+    for (let p = 0; p < count; p++) {
+      const offset = this.#offsets[p]!;
+      pages.set(ram.subarray(offset, offset + PAGE_BYTES), p * PAGE_BYTES);
+    }
+    const offsets = this.#offsets.slice(0, count);
+    const name = this.#name;
+    const num = this.#packetNum++;
+    this.#count = 0;
+    this.packets++;
+    this.pages += count;
+    c.pending++;
+    const compressed = c.compressor.compress(pages);
+    c.tail = c.tail
+      .then(() => compressed)
+      .then(
+        (data) => {
+          this.compressedFrom += pages.byteLength;
+          this.compressedTo += data.byteLength;
+          writeMultifdPacketHeader(w, this.#flag, num, name, offsets, count, data.byteLength);
+          w.bytes(data);
+        },
+        (err: unknown) => w.setError(err instanceof Error ? err : new MigrationError(String(err))),
+      )
+      .finally(() => {
+        c.pending--;
+        const wake = c.wake;
+        c.wake = undefined;
+        wake?.();
+      });
   }
 
   /** Hand everything written to the channels and wait until they can take more; rejects with the first channel's error. */
@@ -138,17 +235,28 @@ export class MultifdSender {
 
   /** Flush and end every channel's sending side. */
   async close(): Promise<void> {
-    await this.#all((w) => w.close());
+    try {
+      await this.#all((w) => w.close());
+    } finally {
+      for (const c of this.#compressing) c.compressor.close();
+    }
   }
 
-  /** `step` on every channel, all of them settled before the first error is thrown. */
+  /**
+   * `step` on every channel once what it was given is through its compression, all of
+   * them settled before the first error is thrown.
+   */
   async #all(step: (w: StreamWriter) => Promise<void>): Promise<void> {
-    await Promise.allSettled(this.#writers.map(step));
+    await Promise.allSettled(this.#writers.map(async (w, i) => {
+      await this.#compressing[i]?.tail;
+      await step(w);
+    }));
     const error = this.error;
     if (error) throw error;
   }
 
   destroy(error?: Error): void {
+    for (const c of this.#compressing) c.compressor.close();
     for (const c of this.#channels) c.destroy(error);
   }
 }

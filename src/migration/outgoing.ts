@@ -31,6 +31,7 @@ import { settledBy } from './deadline.js';
 import { saveDevicesAhead, stopDeadlines, stopGiveUp, type SavedDevices } from './switchover-guard.js';
 import { keepShape } from '../hot-shapes.js';
 import { MultifdSender, connectMultifdChannels } from './multifd-send.js';
+import type { MultifdCompression } from '../stream/multifd-compression.js';
 
 export interface OutgoingOptions {
   readonly vm: MigrationVm;
@@ -66,9 +67,9 @@ export interface OutgoingOptions {
   /**
    * The `multifd` capability: `channels` more connections through `connect`, each opened
    * with the VM's `uuid` (QEMU sends its -uuid whatever validate-uuid says); pages of data
-   * go on them (multifd-send.ts).
+   * go on them (multifd-send.ts), compressed as `compression` says at `level`.
    */
-  readonly multifd?: { readonly channels: number; readonly uuid: Uint8Array };
+  readonly multifd?: { readonly channels: number; readonly uuid: Uint8Array; readonly compression?: MultifdCompression; readonly level?: number };
   /** The `validate-uuid` capability: the UUID sent in the configuration for the destination to check. */
   readonly uuid?: Uint8Array;
   /** Diagnostics (the Node side wires util.debuglog('ferry') here). */
@@ -251,9 +252,11 @@ export class OutgoingMigration {
       // QEMU 7.2's destination takes the first connection as the main stream and every
       // later one as a multifd channel: they connect only once the main one has.
       if (this.#o.multifd) {
-        const { channels, uuid } = this.#o.multifd;
+        const { channels, uuid, compression, level } = this.#o.multifd;
         const connected = await connectMultifdChannels(channels, () => this.#o.connect(), this.#multifdChannels, () => this.#cancelRequested, this.#cancelSignal);
-        this.#multifd = new MultifdSender(connected, uuid, writerOptions);
+        this.#multifd = new MultifdSender(connected, uuid, {
+          ...writerOptions, ...(compression !== undefined ? { compression } : {}), ...(level !== undefined ? { level } : {}),
+        });
         this.#o.ram.useMultifd(this.#multifd);
       }
 

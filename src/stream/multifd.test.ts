@@ -117,6 +117,29 @@ test('multifd: a hostile packet header is refused, naming the channel and the by
   }
 });
 
+test('multifd: with multifd-compression, a packet must name the same method and carry 1 to 1 MiB of compressed data', async () => {
+  const ZLIB = 1 << 1;
+  const ZSTD = 2 << 1;
+  const header = (flags: number, size: number): Promise<Uint8Array> =>
+    writtenBytes((w) => writeMultifdPacketHeader(w, flags, 1, multifdBlockName('pc.ram'), new Float64Array(128), 4, size));
+  const zlibPacket = decodeMultifdPacket(await header(ZLIB, 1234), 0, 'ch', ZLIB);
+  assert.equal(zlibPacket.nextPacketSize, 1234);
+  assert.equal(decodeMultifdPacket(await header(ZSTD, 2 * 512 * 1024), 0, 'ch', ZSTD).nextPacketSize, 2 * 512 * 1024);
+  const refuse = async (flags: number, size: number, expected: number, message: RegExp, field: number): Promise<void> => {
+    const bytes = await header(flags, size);
+    assert.throws(() => decodeMultifdPacket(bytes, 100, 'ch', expected), (err: unknown) => {
+      assert.ok(err instanceof StreamFormatError, String(err));
+      assert.match(err.message, message);
+      assert.equal(err.offset, 100 + field);
+      return true;
+    });
+  };
+  await refuse(0, 4 * 4096, ZLIB, /flags received 0 flags expected 2: pages compressed with none, and multifd-compression is zlib here/, 8);
+  await refuse(ZSTD, 100, ZLIB, /flags received 4 flags expected 2: pages compressed with zstd, and multifd-compression is zlib here/, 8);
+  await refuse(ZLIB, 2 * 512 * 1024 + 1, ZLIB, /received a packet of 1048577 compressed bytes \(1 to 1048576 for 4 pages\)/, 20);
+  await refuse(ZSTD, 0, ZSTD, /received a packet of 0 compressed bytes/, 20);
+});
+
 test('multifd: what QEMU 7.2 leaves in a SYNC packet is taken as QEMU takes it: a stale next_packet_size, flags it never reads', async () => {
   // QEMU's SYNC packet after a full one says 524288 bytes follow; none do (its receiver reads normal_pages pages).
   const sync = await writtenBytes((w) => writeMultifdPacketHeader(w, MULTIFD_FLAG_SYNC, 9, new Uint8Array(256), new Float64Array(128), 0));

@@ -14,6 +14,7 @@ import type { ScatteredReader } from '../transport/channel.js';
 import { IOVEC_BYTES, consumeIovec, setIovec } from '../transport/iovec.js';
 import type { StreamReader } from './reader.js';
 import type { StreamWriter } from './writer.js';
+import { MULTIFD_MAX_COMPRESSED_BYTES, compressionName } from './multifd-compression.js';
 
 const PAGE_BYTES = 4096;
 
@@ -113,16 +114,17 @@ export interface MultifdPacket {
 
 /**
  * Write one packet header (multifd_send_fill_packet): `count` pages of block `ramblock` at
- * `offsets` (bytes into the block), `flags` (SYNC), the global packet number. The pages
- * themselves are the caller's to write after it.
+ * `offsets` (bytes into the block), `flags` (SYNC, the compression), the global packet
+ * number, and how many bytes follow (the pages, or their compressed form). Those bytes
+ * are the caller's to write after it.
  */
-export function writeMultifdPacketHeader(w: StreamWriter, flags: number, packetNum: number, ramblock: Uint8Array, offsets: Float64Array, count: number): void {
+export function writeMultifdPacketHeader(w: StreamWriter, flags: number, packetNum: number, ramblock: Uint8Array, offsets: Float64Array, count: number, nextPacketSize = count * PAGE_BYTES): void {
   w.be32(MULTIFD_MAGIC);
   w.be32(MULTIFD_VERSION);
   w.be32(flags);
   w.be32(MULTIFD_PACKET_PAGES);
   w.be32(count);
-  w.be32(count * 4096);
+  w.be32(nextPacketSize);
   w.be64(packetNum);
   for (let i = 0; i < 4; i++) w.be64(0);
   w.bytes(ramblock);
@@ -142,11 +144,13 @@ export function multifdBlockName(idstr: string): Uint8Array {
 /**
  * One packet header, checked as multifd_recv_unfill_packet does and in its words: the
  * magic and version, no more pages than a packet holds, and — for a packet with pages, as
- * QEMU's nocomp_recv_pages — no compression (Ferry sends and takes `multifd-compression`
- * none only). Offsets are checked against the block by the caller, who knows the blocks. `at` is the
- * header's byte offset in its channel, `where` the channel, for errors.
+ * QEMU's recv_pages methods — the compression this side's `multifd-compression` expects
+ * (`compression`: its flag value, 0 for none); a compressed packet's size at most
+ * MULTIFD_MAX_COMPRESSED_BYTES. Offsets are checked against the block by the caller, who
+ * knows the blocks. `at` is the header's byte offset in its channel, `where` the channel,
+ * for errors.
  */
-export function decodeMultifdPacket(bytes: Uint8Array, at: number, where: string): MultifdPacket {
+export function decodeMultifdPacket(bytes: Uint8Array, at: number, where: string, compression = 0): MultifdPacket {
   const view = new DataView(bytes.buffer, bytes.byteOffset, MULTIFD_PACKET_BYTES);
   const fail = (message: string, field: number): never => {
     throw new StreamFormatError(`${where}: multifd: ${message}`, at + field, 'multifd');
@@ -160,11 +164,14 @@ export function decodeMultifdPacket(bytes: Uint8Array, at: number, where: string
   if (pagesAlloc > MULTIFD_PACKET_PAGES) fail(`received packet with size ${pagesAlloc} and expected a size of ${MULTIFD_PACKET_PAGES}`, 12);
   const normalPages = view.getUint32(16);
   if (normalPages > pagesAlloc) fail(`received packet with ${normalPages} pages and expected maximum pages are ${pagesAlloc}`, 16);
-  const compression = (flags & MULTIFD_FLAG_COMPRESSION_MASK) >>> 1;
-  if (compression !== 0 && normalPages > 0) {
-    fail(`flags received ${(flags & MULTIFD_FLAG_COMPRESSION_MASK).toString(16)} flags expected 0: pages compressed with ${compression === 1 ? 'zlib' : compression === 2 ? 'zstd' : `method ${compression}`}, and multifd-compression is none here`, 8);
+  const method = flags & MULTIFD_FLAG_COMPRESSION_MASK;
+  if (method !== compression && normalPages > 0) {
+    fail(`flags received ${method.toString(16)} flags expected ${compression.toString(16)}: pages compressed with ${compressionName(method)}, and multifd-compression is ${compressionName(compression)} here`, 8);
   }
   const nextPacketSize = view.getUint32(20);
+  if (compression !== 0 && normalPages > 0 && (nextPacketSize === 0 || nextPacketSize > MULTIFD_MAX_COMPRESSED_BYTES)) {
+    fail(`received a packet of ${nextPacketSize} compressed bytes (1 to ${MULTIFD_MAX_COMPRESSED_BYTES} for ${normalPages} pages)`, 20);
+  }
   const high = view.getUint32(24);
   const packetNum = high * 0x100000000 + view.getUint32(28);
   let ramblock = '';
