@@ -12,6 +12,7 @@
 // start, and each run here waits for both ends to have done so).
 // --multifd N turns the multifd capability on at both ends with N channels: pages of data
 // then go over N more connections (the ceilings stay those of one connection).
+// --multifd-compression zlib|zstd (with --multifd) compresses them at both ends.
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -45,7 +46,7 @@ interface Run {
   ceilingAround: number;
 }
 
-const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up] [--multifd CHANNELS]';
+const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up] [--multifd CHANNELS] [--multifd-compression zlib|zstd]';
 
 const usageError: (message: string) => never = benchUsage('bench:migrate', USAGE);
 const { values } = parseBenchArgs({
@@ -60,6 +61,7 @@ const { values } = parseBenchArgs({
   guests: { type: 'string' },
   'no-warm-up': { type: 'boolean', default: false },
   multifd: { type: 'string', default: '0' },
+  'multifd-compression': { type: 'string', default: 'none' },
 }, usageError);
 const reps = Number(values.reps);
 if (!Number.isInteger(reps) || reps < 1) usageError(`--reps must be a whole number of at least 1, not "${values.reps}"`);
@@ -75,6 +77,9 @@ const stopped = values.stopped ?? false;
 const warmUp = !(values['no-warm-up'] ?? false);
 const multifdChannels = Number(values.multifd);
 if (!Number.isInteger(multifdChannels) || multifdChannels < 0 || multifdChannels > 255) usageError(`--multifd takes a channel count from 1 to 255 (0: off), not "${values.multifd}"`);
+const multifdCompression = values['multifd-compression'] ?? 'none';
+if (!['none', 'zlib', 'zstd'].includes(multifdCompression)) usageError(`--multifd-compression takes none, zlib or zstd, not "${multifdCompression}"`);
+if (multifdCompression !== 'none' && multifdChannels === 0) usageError('--multifd-compression needs --multifd CHANNELS');
 const TRANSPORTS = ['tcp', 'unix'] as const;
 const transports = (values.transport ?? 'tcp,unix').split(',');
 for (const t of transports) if (!(TRANSPORTS as readonly string[]).includes(t)) usageError(`--transport takes tcp and/or unix (comma-separated), not "${t}"`);
@@ -182,7 +187,7 @@ async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Pr
       // Both ends, before the source connects (the destination reads them when it does),
       // and before the warm-up is waited for: turning multifd on warms its paths up too.
       for (const vm of [dest, source]) {
-        await vm.execute('migrate-set-parameters', { 'multifd-channels': multifdChannels });
+        await vm.execute('migrate-set-parameters', { 'multifd-channels': multifdChannels, 'multifd-compression': multifdCompression });
         await vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
       }
     }
@@ -244,7 +249,7 @@ async function main(): Promise<void> {
     }
   }
 
-  console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${multifdChannels > 0 ? `multifd with ${multifdChannels} channels, ` : ''}${reps} reps per cell; median [min–max]`);
+  console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${multifdChannels > 0 ? `multifd with ${multifdChannels} channels${multifdCompression !== 'none' ? `, pages compressed with ${multifdCompression} (level 1: "sent" and "throughput" count the compressed bytes)` : ''}, ` : ''}${reps} reps per cell; median [min–max]`);
   if (accel === 'sim') console.log('(sim: no guest code runs; a workload model writes guest RAM — the sweep at 250 000 pages/s, about what the real sweep guest does under this machine\'s KVM)');
   if (stopped) console.log('--stopped: each source guest was stopped (QMP stop) after warming up, before the migration: no guest thread runs meanwhile.');
   console.log(warmUp
@@ -308,6 +313,6 @@ async function main(): Promise<void> {
   }
 }
 
-const saveOutput = keepOutput(`migrate-${accel}${stopped ? '-stopped' : ''}${warmUp ? '' : '-cold'}${multifdChannels > 0 ? `-multifd${multifdChannels}` : ''}`);
+const saveOutput = keepOutput(`migrate-${accel}${stopped ? '-stopped' : ''}${warmUp ? '' : '-cold'}${multifdChannels > 0 ? `-multifd${multifdChannels}` : ''}${multifdCompression !== 'none' ? `-${multifdCompression}` : ''}`);
 await main();
 console.log(`\nWritten to ${saveOutput()}`);

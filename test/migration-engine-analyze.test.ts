@@ -39,9 +39,10 @@ test('analyze-migration.py decodes an engine-written stream of a dirtying guest'
   const run = spawnSync('python3', [SCRIPT, '-f', file], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(run.status, 0, run.stderr);
   const decoded = JSON.parse(run.stdout) as Record<string, Record<string, unknown>>;
-  assert.deepEqual(Object.keys(decoded), ['ram (0)', 'globalstate (1)', 'fake-cpu (2)', 'fake-serial (3)']);
-  assert.deepEqual(decoded['ram (0)'], { 'section sizes': { 'pc.ram': '0x0000000000100000' } });
-  const runstate = String(decoded['globalstate (1)']!['runstate']).split(' ').slice(0, 7).map((h) => parseInt(h, 16));
+  // In stream order; the ids are the sections' (the global state 0, RAM 1: migration.ts).
+  assert.deepEqual(Object.keys(decoded), ['ram (1)', 'globalstate (0)', 'fake-cpu (2)', 'fake-serial (3)']);
+  assert.deepEqual(decoded['ram (1)'], { 'section sizes': { 'pc.ram': '0x0000000000100000' } });
+  const runstate = String(decoded['globalstate (0)']!['runstate']).split(' ').slice(0, 7).map((h) => parseInt(h, 16));
   assert.equal(Buffer.from(runstate).toString('latin1'), 'paused\0');
   assert.equal(decoded['fake-cpu (2)']!['rip'], '0x000000000000fff0');
   assert.equal(decoded['fake-cpu (2)']!['halted'], true);

@@ -204,6 +204,10 @@ export class MultifdSender {
     this.pages += count;
     c.pending++;
     const compressed = c.compressor.compress(pages);
+    // Handled below once the packets before it are written. A channel's packets settle in
+    // order, so that handler is there in time; caught here as well, so that a failure (a
+    // cancel closing the stream) can never count as unhandled, whatever the order.
+    compressed.catch(() => {});
     c.tail = c.tail
       .then(() => compressed)
       .then(
