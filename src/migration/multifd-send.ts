@@ -31,6 +31,8 @@ interface Compressing {
   tail: Promise<void>;
   /** Woken when `pending` falls. */
   wake: (() => void) | undefined;
+  /** Packet buffers the compressor is done with, to fill again (fresh memory costs the host's first touch). */
+  readonly free: Uint8Array[];
 }
 
 export class MultifdSender {
@@ -72,7 +74,7 @@ export class MultifdSender {
       return w;
     });
     this.#compressing = compression === 'none' ? [] : channels.map(() => ({
-      compressor: packetCompressor(compression, options?.level ?? 1), pending: 0, tail: Promise.resolve(), wake: undefined,
+      compressor: packetCompressor(compression, options?.level ?? 1), pending: 0, tail: Promise.resolve(), wake: undefined, free: [],
     }));
   }
 
@@ -191,7 +193,8 @@ export class MultifdSender {
    */
   #compressPacket(w: StreamWriter, c: Compressing, count: number): void {
     const ram = this.#ram!;
-    const pages = new Uint8Array(count * PAGE_BYTES);
+    const buffer = c.free.pop() ?? new Uint8Array(MULTIFD_PACKET_PAGES * PAGE_BYTES);
+    const pages = buffer.subarray(0, count * PAGE_BYTES);
     for (let p = 0; p < count; p++) {
       const offset = this.#offsets[p]!;
       pages.set(ram.subarray(offset, offset + PAGE_BYTES), p * PAGE_BYTES);
@@ -204,6 +207,10 @@ export class MultifdSender {
     this.pages += count;
     c.pending++;
     const compressed = c.compressor.compress(pages);
+    const giveBack = (): void => {
+      if (c.free.length <= MAX_COMPRESSING) c.free.push(buffer);
+    };
+    compressed.then(giveBack, giveBack);
     // Handled below once the packets before it are written. A channel's packets settle in
     // order, so that handler is there in time; caught here as well, so that a failure (a
     // cancel closing the stream) can never count as unhandled, whatever the order.

@@ -32,6 +32,8 @@ export function compressionName(flags: number): string {
  * bigger next_packet_size is refused before anything is read.
  */
 export const MULTIFD_MAX_COMPRESSED_BYTES = 2 * 512 * 1024;
+/** The pages of a full packet: 128 of 4 KiB. */
+const MULTIFD_PACKET_DATA_BYTES = 512 * 1024;
 
 /** The sending end of one channel's stream. */
 export interface PacketCompressor {
@@ -43,8 +45,10 @@ export interface PacketCompressor {
 /** The receiving end of one channel's stream. */
 export interface PacketDecompressor {
   /**
-   * One packet's compressed bytes: its `expected` bytes of pages. Throws, saying what was
-   * wrong, when the data is corrupt or makes more or fewer bytes than that.
+   * One packet's compressed bytes: its `expected` bytes of pages, in memory the
+   * decompressor uses again for the next packet (the caller copies the pages out first).
+   * Throws, saying what was wrong, when the data is corrupt or makes more or fewer bytes
+   * than that.
    */
   decompress(input: Uint8Array, expected: number): Promise<Uint8Array>;
   close(): void;
@@ -83,6 +87,8 @@ class ZlibPackets {
   #bytes = 0;
   /** Output beyond this fails the packet (a decompression bomb stops here). */
   #limit = Number.POSITIVE_INFINITY;
+  /** Where the packet's output goes as it comes, instead of being gathered in #chunks. */
+  #into: Uint8Array | undefined;
   #error: Error | null = null;
   #reject: ((err: Error) => void) | undefined;
   #tail: Promise<unknown> = Promise.resolve();
@@ -90,20 +96,36 @@ class ZlibPackets {
   constructor(stream: zlib.Deflate | zlib.Inflate, what: string) {
     this.#stream = stream;
     stream.on('data', (chunk: Buffer) => {
-      this.#chunks.push(chunk);
+      const at = this.#bytes;
       this.#bytes += chunk.byteLength;
-      if (this.#bytes > this.#limit) this.#fail(new MigrationError(`${what}: the packet made more than the ${this.#limit} bytes it holds`));
+      if (this.#bytes > this.#limit) {
+        this.#fail(new MigrationError(`${what}: the packet made more than the ${this.#limit} bytes it holds`));
+        return;
+      }
+      if (this.#into !== undefined) this.#into.set(chunk, at);
+      else this.#chunks.push(chunk);
     });
     stream.on('error', (err: Error) => this.#fail(new MigrationError(`${what}: ${err.message}`, { cause: err })));
   }
 
-  run(input: Uint8Array, limit: number): Promise<Buffer> {
-    const next = this.#tail.then(() => this.#one(input, limit));
+  /** `input` through the stream, flushed: all that came out. */
+  async run(input: Uint8Array): Promise<Buffer> {
+    const { chunks, bytes } = await this.#serially(input, Number.POSITIVE_INFINITY, undefined);
+    return Buffer.concat(chunks, bytes);
+  }
+
+  /** `input` through the stream, flushed, its output written to `into` (at most its length): how many bytes came out. */
+  async runInto(input: Uint8Array, into: Uint8Array): Promise<number> {
+    return (await this.#serially(input, into.byteLength, into)).bytes;
+  }
+
+  #serially(input: Uint8Array, limit: number, into: Uint8Array | undefined): Promise<{ chunks: Buffer[]; bytes: number }> {
+    const next = this.#tail.then(() => this.#one(input, limit, into));
     this.#tail = next.catch(() => {});
     return next;
   }
 
-  #one(input: Uint8Array, limit: number): Promise<Buffer> {
+  #one(input: Uint8Array, limit: number, into: Uint8Array | undefined): Promise<{ chunks: Buffer[]; bytes: number }> {
     return new Promise((resolve, reject) => {
       if (this.#error) {
         reject(this.#error);
@@ -112,12 +134,13 @@ class ZlibPackets {
       this.#chunks = [];
       this.#bytes = 0;
       this.#limit = limit;
+      this.#into = into;
       this.#reject = reject;
       this.#stream.write(input);
       this.#stream.flush(zlib.constants.Z_SYNC_FLUSH, () => {
         this.#reject = undefined;
         if (this.#error) reject(this.#error);
-        else resolve(Buffer.concat(this.#chunks, this.#bytes));
+        else resolve({ chunks: this.#chunks, bytes: this.#bytes });
       });
     });
   }
@@ -142,7 +165,7 @@ class ZlibCompressor implements PacketCompressor {
   }
 
   compress(pages: Uint8Array): Promise<Uint8Array> {
-    return this.#packets.run(pages, Number.POSITIVE_INFINITY);
+    return this.#packets.run(pages);
   }
 
   close(): void {
@@ -152,11 +175,14 @@ class ZlibCompressor implements PacketCompressor {
 
 class ZlibDecompressor implements PacketDecompressor {
   readonly #packets = new ZlibPackets(zlib.createInflate(), 'zlib');
+  /** Where each packet's output is gathered, kept from packet to packet. */
+  #out = new Uint8Array(MULTIFD_PACKET_DATA_BYTES);
 
   async decompress(input: Uint8Array, expected: number): Promise<Uint8Array> {
-    const out = await this.#packets.run(input, expected);
-    if (out.byteLength !== expected) throw new MigrationError(`zlib: packet size received ${out.byteLength} size expected ${expected}`);
-    return out;
+    if (this.#out.byteLength < expected) this.#out = new Uint8Array(expected);
+    const n = await this.#packets.runInto(input, this.#out.subarray(0, expected));
+    if (n !== expected) throw new MigrationError(`zlib: packet size received ${n} size expected ${expected}`);
+    return this.#out.subarray(0, n);
   }
 
   close(): void {
@@ -184,13 +210,19 @@ class ZstdCompressor implements PacketCompressor {
     this.#stream = new ZstdCompressStream(level);
   }
 
+  /** Where every packet is compressed (one at a time), its bytes then copied out. */
+  #out: Uint8Array | undefined;
+
   compress(pages: Uint8Array): Promise<Uint8Array> {
     return this.#serial.run(async () => {
       if (this.#error) throw this.#error;
-      const out = new Uint8Array(zstdCompressBound(pages.byteLength));
+      const bound = zstdCompressBound(pages.byteLength);
+      // Kept: a fresh buffer per packet costs the host's first touch of its pages each time.
+      if (this.#out === undefined || this.#out.byteLength < bound) this.#out = new Uint8Array(bound);
+      const out = this.#out;
       try {
         const n = await this.#stream.compress(pages, out);
-        return out.subarray(0, n);
+        return out.slice(0, n);
       } catch (err) {
         this.#error = err as Error;
         throw err;
@@ -207,14 +239,17 @@ class ZstdCompressor implements PacketCompressor {
 
 class ZstdDecompressor implements PacketDecompressor {
   readonly #stream = new ZstdDecompressStream();
+  #out: Uint8Array | undefined;
   readonly #serial = new Serial();
   #error: Error | null = null;
 
   decompress(input: Uint8Array, expected: number): Promise<Uint8Array> {
     return this.#serial.run(async () => {
       if (this.#error) throw this.#error;
-      // One byte more than expected: a packet that makes more says so by filling it.
-      const out = new Uint8Array(expected + 1);
+      // One byte more than expected: a packet that makes more says so by filling it. Kept
+      // from packet to packet (fresh memory costs the host's first touch every time).
+      if (this.#out === undefined || this.#out.byteLength < expected + 1) this.#out = new Uint8Array(Math.max(expected + 1, MULTIFD_PACKET_DATA_BYTES + 1));
+      const out = this.#out.subarray(0, expected + 1);
       let n: number;
       try {
         n = await this.#stream.decompress(input, out);
