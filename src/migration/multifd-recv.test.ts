@@ -5,6 +5,8 @@ import { MULTIFD_FLAG_SYNC, encodeMultifdInit, multifdBlockName, writeMultifdPac
 import { prng, writtenBytes } from '../stream/testing.js';
 import { FerryError } from '../errors.js';
 import { MultifdReceiver } from './multifd-recv.js';
+import { compressionFlag, packetCompressor } from '../stream/multifd-compression.js';
+import { zstdAvailable } from '../sys/zstd.js';
 
 const UUID = new Uint8Array(16);
 const BLOCK = 64 * 4096;
@@ -144,3 +146,94 @@ test('multifd receiver: 400 mutations of a real channel\'s bytes end in a typed 
     }
   }
 });
+
+for (const method of ['zlib', 'zstd'] as const) {
+  test(`multifd receiver, ${method}: a channel's compressed packets land whole, and 200 mutations of its bytes end in a typed error naming the channel, or load pages inside the RAM`, { skip: method === 'zstd' && !zstdAvailable() ? 'libzstd.so.1 did not load on this host' : false }, async () => {
+    const random = prng(11);
+    const compressor = packetCompressor(method, 1);
+    const expected = new Uint8Array(BLOCK);
+    const pieces: Uint8Array[] = [];
+    /** Where each packet's compressed data lies in the channel's bytes. */
+    const dataRanges: Array<[number, number]> = [];
+    let length = 0;
+    const push = (bytes: Uint8Array): void => {
+      pieces.push(bytes);
+      length += bytes.byteLength;
+    };
+    let syncs = 0;
+    const header = async (flags: number, offsets: Float64Array, count: number, size: number): Promise<Uint8Array> =>
+      writtenBytes((w) => writeMultifdPacketHeader(w, flags, 0, multifdBlockName('pc.ram'), offsets, count, size));
+    push(encodeMultifdInit(UUID, 0));
+    for (let p = 0; p < 6; p++) {
+      const count = 1 + Math.floor(random() * 8);
+      const offsets = new Float64Array(128);
+      const data = new Uint8Array(count * 4096);
+      for (let i = 0; i < count; i++) {
+        offsets[i] = Math.floor(random() * 64) * 4096;
+        for (let j = 0; j < 4096; j++) data[i * 4096 + j] = (j * (p + 3) + i) & 0xff;
+      }
+      // Within a packet a page named twice lands as its last copy.
+      for (let i = 0; i < count; i++) expected.set(data.subarray(i * 4096, (i + 1) * 4096), offsets[i]!);
+      const compressed = await compressor.compress(data);
+      push(await header(compressionFlag(method), offsets, count, compressed.byteLength));
+      dataRanges.push([length, length + compressed.byteLength]);
+      push(compressed);
+      if (p % 2 === 1) {
+        push(await header(MULTIFD_FLAG_SYNC, new Float64Array(128), 0, 0));
+        syncs++;
+      }
+    }
+    compressor.close();
+    const good = Buffer.concat(pieces);
+
+    const feed = async (bytes: Uint8Array): Promise<{ ram: Uint8Array; error?: unknown }> => {
+      const ram = new Uint8Array(BLOCK);
+      const rx = new MultifdReceiver({
+        channels: 1, uuid: UUID, connectWaitMs: 2000, compression: method,
+        sink: { blocks: () => [{ idstr: 'pc.ram', size: BLOCK }], multifdPage: (_b, offset) => { assert.ok(offset >= 0 && offset + 4096 <= BLOCK && offset % 4096 === 0, `page at ${offset}`); return ram; } },
+        onError: () => {},
+      });
+      rx.add(channelFromBytes(bytes, { chunkSize: 1 + Math.floor(random() * 5000) }));
+      try {
+        for (let i = 0; i < syncs; i++) await rx.syncMain();
+        return { ram };
+      } catch (error) {
+        return { ram, error };
+      } finally {
+        rx.close();
+      }
+    };
+    const whole = await feed(good);
+    assert.equal(whole.error, undefined);
+    assert.ok(Buffer.from(whole.ram).equals(Buffer.from(expected)), 'every page as sent');
+
+    // A changed byte of compressed data may still decompress (to other bytes: QEMU's format
+    // has no checksum, as for uncompressed pages); what must never happen is anything but a
+    // typed error, or a page outside the RAM.
+    let refused = 0;
+    let refusedByCodec = 0;
+    for (let round = 0; round < 200; round++) {
+      const bytes = new Uint8Array(good);
+      if (round % 4 === 3) {
+        const { error } = await feed(bytes.subarray(0, Math.floor(random() * bytes.byteLength)));
+        if (error !== undefined) refused++;
+        assert.ok(error === undefined || error instanceof FerryError, `not a typed error: ${String(error)}`);
+        continue;
+      }
+      // Half the rounds in the compressed data, the rest anywhere (mostly headers).
+      for (let n = 0; n < 1 + Math.floor(random() * 3); n++) {
+        const [from, to] = dataRanges[Math.floor(random() * dataRanges.length)]!;
+        const at = round % 2 === 0 ? from + Math.floor(random() * (to - from)) : Math.floor(random() * bytes.byteLength);
+        bytes[at] = Math.floor(random() * 256);
+      }
+      const { error } = await feed(bytes);
+      if (error !== undefined) {
+        refused++;
+        assert.ok(error instanceof FerryError, `not a typed error: ${String(error)}`);
+        assert.match(error.message, /multifd/);
+        if (error.message.includes(`${method}: `)) refusedByCodec++;
+      }
+    }
+    assert.ok(refused > 60 && refusedByCodec > 20, `${refused} of 200 refused, ${refusedByCodec} of them by ${method}`);
+  });
+}

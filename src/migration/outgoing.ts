@@ -532,7 +532,7 @@ export class OutgoingMigration {
         `${acknowledgedAt === undefined ? '' : `, the destination's SHUT ${(acknowledgedAt - drainedAt).toFixed(1)} ms`}; ` +
         `${this.#written(w) - bytesAtStop} B after the stop; then closing the channel ${(closedAt - end).toFixed(1)} ms), ` +
         `${this.#written(w)} B in all, ${w.bytesByReference} B of it from guest RAM by reference` +
-        `${this.#multifd ? ` (the main stream; ${this.#multifd.packets} multifd packets on ${this.#multifd.channels} channels carried ${this.#multifd.pages} pages)` : ''}`,
+        `${this.#multifd ? ` (the main stream; ${this.#multifd.packets} multifd packets on ${this.#multifd.channels} channels carried ${this.#multifd.pages} pages${this.#multifd.compressedFrom > 0 ? `, ${this.#multifd.compressedFrom} B of them compressed to ${this.#multifd.compressedTo} B` : ''})` : ''}`,
     );
     registry.cleanupAll();
     vm.setRunState('postmigrate');
