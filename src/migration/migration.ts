@@ -15,7 +15,7 @@ import { OutgoingMigration } from './outgoing.js';
 import { AutoConverge } from './auto-converge.js';
 import {
   DEFAULT_MIGRATION_PARAMETERS, IMPLEMENTED_CAPABILITIES, applyCapabilities, applyParameters,
-  MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, defaultCapabilities,
+  MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, checkTls, defaultCapabilities,
 } from './parameters.js';
 import { acceptAfterMain, type MultifdReceiver } from './multifd-recv.js';
 import { checkCompressionAvailable, type MultifdCompression } from '../stream/multifd-compression.js';
@@ -136,6 +136,7 @@ export class Migration {
    */
   migrate(uri: string, options: { resume?: boolean } = {}): void {
     const vm = this.#o.vm;
+    checkTls(this.#parameters);
     if (options.resume) {
       this.#resume(uri);
       return;
@@ -207,6 +208,7 @@ export class Migration {
    */
   async migrateIncoming(uri: string): Promise<{ address: string }> {
     const vm = this.#o.vm;
+    checkTls(this.#parameters);
     if (vm.runState !== 'inmigrate') {
       throw new MigrationError("'-incoming' was not specified on the command line");
     }
@@ -446,6 +448,7 @@ export class Migration {
       throw new MigrationError('Migrate recover can only be run when postcopy is paused.');
     }
     if (this.#recoverListening) throw new MigrationError('Migrate recovery is triggered already');
+    checkTls(this.#parameters);
     this.#recoverListening = true;
     let listener: Listener;
     try {

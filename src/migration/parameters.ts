@@ -289,6 +289,18 @@ export function allowsMultipleChannels(uri: string): boolean {
 /** QEMU 7.2's words when it is not. */
 export const MULTIFD_PROTOCOL_REFUSED = 'multifd is not supported by current protocol';
 
+/**
+ * `tls-creds` names a TLS credentials object: QEMU then wraps every channel of the migration
+ * in TLS. Ferry has no such objects (no object-add tls-creds-x509), so a migration asked to
+ * be encrypted is refused, in the words QEMU 7.2 fails it with when the object is missing —
+ * never sent in clear instead.
+ */
+export function checkTls(p: Readonly<MigrationParameters>): void {
+  const creds = p['tls-creds'];
+  if (creds === '') return;
+  throw new MigrationError(`No TLS credentials with id '${creds}' (Ferry has no TLS: it does not send a stream asked to be encrypted in clear; clear tls-creds to migrate unencrypted)`);
+}
+
 export function capabilityList(caps: Readonly<MigrationCapabilities>): CapabilityStatus[] {
   return MIGRATION_CAPABILITIES.map((capability) => ({ capability, state: caps[capability] }));
 }
