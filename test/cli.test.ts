@@ -29,6 +29,8 @@ const BAD_INPUT: Array<[string, string[], RegExp]> = [
   ['kvm where /dev/kvm cannot be opened', ['run', '--accel', 'kvm'], /dev\/kvm/],
   ['a kernel without v86', ['run', '--accel', 'sim', '--kernel', '/nonexistent'], /--accel v86/],
   ['a migrate without a reachable QMP socket', ['migrate', '--qmp', '/nonexistent/qmp.sock', 'tcp:127.0.0.1:1'], /nonexistent/],
+  ['an unknown multifd compression', ['migrate', '--qmp', '/tmp/x.sock', 'tcp:127.0.0.1:1', '--multifd-compression', 'lz4'], /--multifd-compression takes none, zlib or zstd.*got "lz4"/],
+  ['a compression level out of range', ['migrate', '--qmp', '/tmp/x.sock', 'tcp:127.0.0.1:1', '--multifd-compression', 'zlib:10'], /--multifd-compression zlib takes a level from 0 to 9, got 10/],
 ];
 
 for (const [what, args, message] of BAD_INPUT) {
