@@ -29,6 +29,25 @@ function topLevelResults(tap: string): TapSummary {
   return summary;
 }
 
+/** "name 34.7 s" for each test that ran (not skipped), from a TAP report: where a run's time goes. */
+function durations(tap: string): string[] {
+  const out: string[] = [];
+  let current: string | undefined;
+  for (const line of tap.split('\n')) {
+    const m = /^(?:not ok|ok) \d+ - (.*?)( # SKIP\b.*)?$/.exec(line);
+    if (m) {
+      current = m[2] === undefined ? m[1] : undefined;
+      continue;
+    }
+    const d = /^ {2}duration_ms: ([\d.]+)/.exec(line);
+    if (d && current !== undefined) {
+      out.push(`${current}: ${(Number(d[1]) / 1000).toFixed(1)} s`);
+      current = undefined;
+    }
+  }
+  return out;
+}
+
 /**
  * The --test-name-pattern for a run after a hang: what `pattern` (a `^prefix`) matches but
  * the tests that passed already, so the second run does not do them again — a negative
@@ -59,6 +78,26 @@ test('after a hang, the second run leaves out what passed: a pattern that matche
   assert.equal(patternWithout(undefined, ['boots']), undefined);
   assert.equal(patternWithout('^kvm: ', []), '^kvm: ');
   assert.equal(shellQuote("QEMU's"), `'QEMU'\\''s'`);
+});
+
+test('durations reads each top-level test\'s time from TAP, not a subtest\'s or a skipped one\'s', () => {
+  const tap = [
+    'ok 1 - sim: over tcp # SKIP test name does not match pattern',
+    '  ---',
+    '  duration_ms: 1.5',
+    '  ...',
+    '# Subtest: kvm: over tcp',
+    '    ok 1 - inner',
+    '      ---',
+    '      duration_ms: 999',
+    'ok 2 - kvm: over tcp',
+    '  ---',
+    '  duration_ms: 34660.97895',
+    'not ok 3 - kvm: over unix',
+    '  ---',
+    '  duration_ms: 1200',
+  ].join('\n');
+  assert.deepEqual(durations(tap), ['kvm: over tcp: 34.7 s', 'kvm: over unix: 1.2 s']);
 });
 
 test('topLevelResults reads passes, failures and real skips, not subtests or pattern misses', () => {
@@ -118,7 +157,7 @@ for (const { file, pattern, atLeast, timeoutMs } of FILES) {
     // Now and then a run goes silent part-way and never finishes: the KVM host's kernel
     // locks up under TCG, every CPU at once (its console then reports kthreadd and the idle
     // task stuck, or nothing at all; runInNestedHost stops such a run after a minute of
-    // stuck CPUs or 150 s of silence rather than at the timeout). A run that hangs is
+    // stuck CPUs or 120 s of silence rather than at the timeout). A run that hangs is
     // tried once more — without the tests that passed before it hung, so that a hang costs
     // the CI run minutes less — and said so; a second hang, or any failure, fails the test.
     let run = await runInNestedHost(found.host, script(pattern), { timeoutMs });
@@ -146,6 +185,7 @@ for (const { file, pattern, atLeast, timeoutMs } of FILES) {
     const after = topLevelResults(run.output);
     const results: TapSummary = { passed: [...before.passed, ...after.passed], failed: [...before.failed, ...after.failed], skipped: [...before.skipped, ...after.skipped] };
     t.diagnostic(`in the KVM host: ${results.passed.length} passed, ${results.failed.length} failed, ${results.skipped.length} skipped${before.passed.length > 0 ? ` (${before.passed.length} of them before the hang)` : ''}`);
+    t.diagnostic(`time per test there: ${durations(run.output).join('; ')}`);
     assert.deepEqual(results.failed, [], `failed under KVM:\n${failures(run.output)}`);
     assert.deepEqual(results.skipped, [], 'skipped under KVM');
     assert.ok(results.passed.length >= atLeast, `only ${results.passed.length} tests passed under KVM (expected ${atLeast} or more):\n${tail(run.output)}`);
