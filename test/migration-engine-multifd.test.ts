@@ -88,6 +88,18 @@ async function completes(src: Side, dst: Side): Promise<void> {
   assert.equal(digest(dst.vm.ram), digest(src.vm.ram), 'the RAM differs (a stale copy of a page landed last?)');
 }
 
+/** Migrate, and see the destination fail with `error` without starting a guest, and the source fail and run its guest again. */
+async function failsBoth(t: TestContext, src: Side, dst: Side, error: RegExp): Promise<void> {
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  await settle(src, dst);
+  assert.equal(dst.migration.incomingStatus, 'failed');
+  assert.match(dst.migration.incomingError ?? '', error);
+  assert.equal(dst.vm.runState, 'inmigrate', 'the destination never started a guest');
+  assert.equal(src.migration.status, 'failed');
+  runningAgain(t, src);
+}
+
 function runningAgain(t: TestContext, src: Side): void {
   assert.equal(src.vm.runState, 'running', 'the source guest runs again');
   assert.equal(src.vm.dirtyLog.active, false);
@@ -154,14 +166,7 @@ for (const [source, destination, error] of [
     multifd(dst, 2);
     src.migration.setParameters({ 'max-bandwidth': 0, 'multifd-compression': source });
     dst.migration.setParameters({ 'multifd-compression': destination });
-    await dst.migration.migrateIncoming(URI);
-    src.migration.migrate(URI);
-    await settle(src, dst);
-    assert.equal(dst.migration.incomingStatus, 'failed');
-    assert.match(dst.migration.incomingError ?? '', error);
-    assert.equal(dst.vm.runState, 'inmigrate', 'the destination never started a guest');
-    assert.equal(src.migration.status, 'failed');
-    runningAgain(t, src);
+    await failsBoth(t, src, dst, error);
   });
 }
 
@@ -231,14 +236,7 @@ for (const { name, source, destination, waitMs, error } of MISMATCHES) {
     multifd(src, source);
     if (destination !== undefined) multifd(dst, destination);
     src.migration.setParameters({ 'max-bandwidth': 0 });
-    await dst.migration.migrateIncoming(URI);
-    src.migration.migrate(URI);
-    await settle(src, dst);
-    assert.equal(dst.migration.incomingStatus, 'failed');
-    assert.match(dst.migration.incomingError ?? '', error);
-    assert.equal(dst.vm.runState, 'inmigrate', 'the destination never started a guest');
-    assert.equal(src.migration.status, 'failed');
-    runningAgain(t, src);
+    await failsBoth(t, src, dst, error);
   });
 }
 
