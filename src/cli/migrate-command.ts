@@ -78,6 +78,8 @@ export interface QueryMigrateInfo {
   'error-desc'?: string;
   /** Present while auto-converge throttles the guest's vCPUs. */
   'cpu-throttle-percentage'?: number;
+  /** Ferry's, with multifd-compression: bytes of pages into the compression and out of it. */
+  'x-ferry-multifd-compression'?: { pages: number; 'compressed-size': number; 'compression-rate': number };
   ram?: {
     transferred: number;
     remaining: number;
@@ -267,9 +269,11 @@ export function formatSummary(outcome: MigrationOutcome, destination?: Destinati
     if (info['total-time']) lines.push(`  throughput      ${formatRate(ram.transferred / (info['total-time'] / 1000))} average, ${formatRate((ram.mbps * 1e6) / 8)} last`);
   }
   if (ram?.['multifd-bytes']) {
-    // Fewer bytes on the channels than the pages they carried: multifd-compression.
-    const compressed = ram['multifd-bytes'] < ram['normal-bytes'];
-    lines.push(`  multifd         ${formatBytes(ram['multifd-bytes'])} of it on the multifd channels (${compressed ? `${formatBytes(ram['normal-bytes'])} of pages, compressed, with their packet headers` : 'pages of data'}; zero pages on the main stream)`);
+    lines.push(`  multifd         ${formatBytes(ram['multifd-bytes'])} of it on the multifd channels (pages of data with their packet headers; zero pages on the main stream)`);
+  }
+  const mc = info['x-ferry-multifd-compression'];
+  if (mc) {
+    lines.push(`  compressed      ${formatBytes(mc.pages * 4096)} of pages went as ${formatBytes(mc['compressed-size'])} (${mc['compression-rate'].toFixed(1)} : 1, multifd-compression)`);
   }
   if (outcome.peakThrottle > 0) lines.push(`  CPU throttle    up to ${outcome.peakThrottle} % (auto-converge)`);
   if (ram?.['postcopy-bytes']) {

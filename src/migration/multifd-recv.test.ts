@@ -237,3 +237,47 @@ for (const method of ['zlib', 'zstd'] as const) {
     assert.ok(refused > 60 && refusedByCodec > 20, `${refused} of 200 refused, ${refusedByCodec} of them by ${method}`);
   });
 }
+
+test('multifd receiver, zlib: a compressed channel holds its receive queue to 4 MiB of pages at the ratio so far, from 128 KiB to 8 MiB', async () => {
+  const random = prng(5);
+  const compressor = packetCompressor('zlib', 1);
+  const pieces: Uint8Array[] = [encodeMultifdInit(UUID, 0)];
+  const offsets = new Float64Array(128);
+  for (let i = 0; i < 64; i++) offsets[i] = i * 4096;
+  /** Per packet: compressed bytes in, bytes of pages out. */
+  const sizes: Array<[number, number]> = [];
+  // Two packets of near-zero pages (a ratio in the hundreds), then three of random bytes.
+  for (const kind of ['zeros', 'zeros', 'random', 'random', 'random']) {
+    const data = new Uint8Array(64 * 4096);
+    if (kind === 'random') for (let j = 0; j < data.length; j++) data[j] = Math.floor(random() * 256);
+    else for (let i = 0; i < 64; i++) data[i * 4096] = i + 1;
+    const compressed = await compressor.compress(data);
+    pieces.push(await writtenBytes((w) => writeMultifdPacketHeader(w, compressionFlag('zlib'), 0, multifdBlockName('pc.ram'), offsets, 64, compressed.byteLength)), compressed);
+    sizes.push([compressed.byteLength, data.byteLength]);
+  }
+  pieces.push(await writtenBytes((w) => writeMultifdPacketHeader(w, MULTIFD_FLAG_SYNC, 0, multifdBlockName('pc.ram'), new Float64Array(128), 0)));
+  compressor.close();
+  const held: number[] = [];
+  const ram = new Uint8Array(BLOCK);
+  const rx = new MultifdReceiver({
+    channels: 1, uuid: UUID, connectWaitMs: 2000, compression: 'zlib',
+    sink: { blocks: () => [{ idstr: 'pc.ram', size: BLOCK }], multifdPage: () => ram },
+    onError: () => {},
+  });
+  rx.add(Object.assign(channelFromBytes(Buffer.concat(pieces), { chunkSize: 4096 }), { holdReceived: (bytes: number) => held.push(bytes) }));
+  await rx.syncMain();
+  rx.close();
+  // After the first packet: far under 128 KiB at its ratio, so 128 KiB.
+  assert.equal(held[0], 128 * 1024, `held ${held.join(', ')}`);
+  // After the last: 4 MiB of pages at the ratio of all five (set again when it moved by a quarter).
+  let inBytes = 0;
+  let outBytes = 0;
+  for (const [i, o] of sizes) {
+    inBytes += i;
+    outBytes += o;
+  }
+  const wanted = Math.round((4 * 1024 * 1024 * inBytes) / outBytes);
+  const last = held[held.length - 1]!;
+  assert.ok(held.length >= 2 && last > 0.75 * wanted && last < 1.25 * wanted, `held ${held.join(', ')}; 4 MiB at the ratio of all is ${wanted}`);
+  assert.ok(held.every((b) => b >= 128 * 1024 && b <= 8 * 1024 * 1024), `held ${held.join(', ')}`);
+});

@@ -23,6 +23,24 @@ const PAGE_BYTES = 4096;
  */
 export const MULTIFD_CONNECT_WAIT_MS = 10_000;
 
+/**
+ * With multifd-compression, what a channel may hold received and not yet decompressed, in
+ * bytes of the pages it stands for. The source decides the switchover on the bytes the
+ * destination has taken, and over tcp it cannot see what waits in this side's receive
+ * queue; compressed, a few MiB there can be a GiB of pages (a sweeping guest's compress
+ * ~2000 : 1), which this side then decompresses with the guest stopped — a guest paused
+ * 1.8 s with downtime 211 ms, by hand with zlib. So each channel's receive queue is held
+ * to this many bytes of pages at the ratio its packets have had (Channel.holdReceived).
+ */
+export const MULTIFD_HIDDEN_PAGE_BYTES = 4 * 1024 * 1024;
+/**
+ * The least a compressed channel's receive queue is held to, and the most. Not below a
+ * loopback segment (64 KiB): with 4 KiB, a zstd migration of a sweeping guest stalled in
+ * its first pass, the sender waiting on a window too small for one segment.
+ */
+const MIN_HELD_BYTES = 128 * 1024;
+const MAX_HELD_BYTES = 8 * 1024 * 1024;
+
 /** Where multifd pages land: the RAM loader (ram-load.ts). */
 export interface MultifdPageSink {
   /** The blocks pages may name, in the loader's order. */
@@ -56,6 +74,10 @@ interface ChannelState {
   io: ScatteredReader | null;
   /** The channel's decompression stream, with `multifd-compression`. */
   readonly decompressor: PacketDecompressor | undefined;
+  /** Compressed: bytes read into the stream and bytes of pages out of it, and the receive queue set last (0: not yet). */
+  compressedIn: number;
+  pagesOut: number;
+  held: number;
 }
 
 export class MultifdReceiver {
@@ -153,7 +175,7 @@ export class MultifdReceiver {
     const { id } = decodeMultifdInit(r.bytes(MULTIFD_INIT_BYTES), this.#uuid, this.#channels, where);
     if (this.#slots[id] !== undefined) throw new StreamFormatError(`${where}: multifd: received id '${id}' already setup'`, 24, 'multifd');
     const decompressor = this.#compression === 'none' ? undefined : packetDecompressor(this.#compression);
-    const s: ChannelState = { id, channel, where: `multifd channel ${id} (${channel.description})`, syncs: 0, released: 0, wake: undefined, ended: false, packets: 0, pages: 0, io: null, decompressor };
+    const s: ChannelState = { id, channel, where: `multifd channel ${id} (${channel.description})`, syncs: 0, released: 0, wake: undefined, ended: false, packets: 0, pages: 0, io: null, decompressor, compressedIn: 0, pagesOut: 0, held: 0 };
     this.#slots[id] = s;
     if (this.#slots.every((slot) => slot !== undefined) && this.#connectTimer !== undefined) {
       clearTimeout(this.#connectTimer);
@@ -283,6 +305,9 @@ export class MultifdReceiver {
       const offset = offsets[i]!;
       this.#sink.multifdPage(b, offset).set(pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), offset);
     }
+    s.compressedIn += size;
+    s.pagesOut += count * PAGE_BYTES;
+    holdReceived(s);
   }
 
   #notify(): void {
@@ -350,4 +375,17 @@ export function acceptAfterMain(
   };
   acceptNext();
   return receiver;
+}
+
+/**
+ * A compressed channel's receive queue held to MULTIFD_HIDDEN_PAGE_BYTES of pages at the
+ * ratio so far (MIN_HELD_BYTES to MAX_HELD_BYTES), set again only when that moved by a
+ * quarter or more.
+ */
+function holdReceived(s: ChannelState): void {
+  if (s.channel.holdReceived === undefined || s.pagesOut === 0) return;
+  const wanted = Math.round(Math.min(MAX_HELD_BYTES, Math.max(MIN_HELD_BYTES, (MULTIFD_HIDDEN_PAGE_BYTES * s.compressedIn) / s.pagesOut)));
+  if (s.held !== 0 && wanted > s.held * 0.75 && wanted < s.held * 1.25) return;
+  s.held = wanted;
+  s.channel.holdReceived(wanted);
 }

@@ -12,7 +12,7 @@ import { MigrationCancelledError, MigrationError, errorMessage } from '../errors
 import type { Channel } from '../transport/channel.js';
 import { StreamWriter } from '../stream/writer.js';
 import {
-  MULTIFD_FLAG_SYNC, MULTIFD_PACKET_PAGES, encodeMultifdInit, multifdBlockName, writeMultifdPacketHeader,
+  MULTIFD_FLAG_SYNC, MULTIFD_PACKET_BYTES, MULTIFD_PACKET_PAGES, encodeMultifdInit, multifdBlockName, writeMultifdPacketHeader,
 } from '../stream/multifd.js';
 import { keepShape } from '../hot-shapes.js';
 import { compressionFlag, packetCompressor, type MultifdCompression, type PacketCompressor } from '../stream/multifd-compression.js';
@@ -33,6 +33,55 @@ interface Compressing {
   wake: (() => void) | undefined;
   /** Packet buffers the compressor is done with, to fill again (fresh memory costs the host's first touch). */
   readonly free: Uint8Array[];
+  /** Where its packets ended on the wire and in QEMU's count. */
+  readonly marks: WireMarks;
+}
+
+/**
+ * A compressed channel's packets as written, each as where it ended in the channel's bytes
+ * and in QEMU's count (pages at their own size): what the destination has taken of the
+ * count, told from how much of the channel's bytes it has taken. Exact at each packet's
+ * end, in proportion inside one.
+ */
+class WireMarks {
+  #wire: number[] = [];
+  #counted: number[] = [];
+  #head = 0;
+  /** The last mark the destination has passed. */
+  #baseWire = 0;
+  #baseCounted = 0;
+  #total = 0;
+
+  /** `written`: the channel's bytes so far (its initial packet), counted as they are. */
+  constructor(written: number) {
+    this.written(written, written);
+  }
+
+  /** A packet counted as `counted` bytes was written; the channel's bytes now end at `wireEnd`. */
+  written(wireEnd: number, counted: number): void {
+    this.#total += counted;
+    this.#wire.push(wireEnd);
+    this.#counted.push(this.#total);
+  }
+
+  /** Of the count, what the destination has when it has taken `wire` of the channel's bytes. */
+  delivered(wire: number): number {
+    const ends = this.#wire;
+    while (this.#head < ends.length && ends[this.#head]! <= wire) {
+      this.#baseWire = ends[this.#head]!;
+      this.#baseCounted = this.#counted[this.#head]!;
+      this.#head++;
+    }
+    if (this.#head > 1024) {
+      ends.splice(0, this.#head);
+      this.#counted.splice(0, this.#head);
+      this.#head = 0;
+    }
+    if (this.#head === ends.length || wire <= this.#baseWire) return this.#baseCounted;
+    const nextWire = ends[this.#head]!;
+    const nextCounted = this.#counted[this.#head]!;
+    return this.#baseCounted + ((wire - this.#baseWire) * (nextCounted - this.#baseCounted)) / (nextWire - this.#baseWire);
+  }
 }
 
 export class MultifdSender {
@@ -57,6 +106,13 @@ export class MultifdSender {
   /** With compression: the bytes of the pages that went into it, and what came out. */
   compressedFrom = 0;
   compressedTo = 0;
+  /**
+   * The bytes QEMU 7.2 counts for what was handed to the channels (multifd_send_pages):
+   * each packet as its header plus its pages *uncompressed*, when it is queued — so that
+   * `transferred`, the bandwidth the switchover is decided on and `max-bandwidth` mean page
+   * bytes whatever the compression. Without compression, every byte written.
+   */
+  #counted = 0;
 
   /**
    * Takes the connected channels, in id order, and writes each one's initial packet.
@@ -71,10 +127,11 @@ export class MultifdSender {
     this.#writers = channels.map((c, id) => {
       const w = new StreamWriter(c, options?.bufferSize !== undefined ? { bufferSize: options.bufferSize } : undefined);
       w.bytes(encodeMultifdInit(uuid, id));
+      this.#counted += w.bytesWritten;
       return w;
     });
-    this.#compressing = compression === 'none' ? [] : channels.map(() => ({
-      compressor: packetCompressor(compression, options?.level ?? 1), pending: 0, tail: Promise.resolve(), wake: undefined, free: [],
+    this.#compressing = compression === 'none' ? [] : this.#writers.map((w) => ({
+      compressor: packetCompressor(compression, options?.level ?? 1), pending: 0, tail: Promise.resolve(), wake: undefined, free: [], marks: new WireMarks(w.bytesWritten),
     }));
   }
 
@@ -82,11 +139,24 @@ export class MultifdSender {
     return this.#writers.length;
   }
 
-  /** Every byte handed to the channels: initial packets, packet headers, pages (QEMU's multifd_bytes counts the last two). */
+  /** True with multifd-compression other than none. */
+  get compressing(): boolean {
+    return this.#compressing.length > 0;
+  }
+
+  /** Every byte handed to the channels: initial packets, packet headers, pages — compressed where they are. */
   get bytesWritten(): number {
     let sum = 0;
     for (const w of this.#writers) sum += w.bytesWritten;
     return sum;
+  }
+
+  /**
+   * Bytes as QEMU counts them (#counted): initial packets, packet headers and pages, the
+   * pages at their own size even where they went compressed, each packet as it is queued.
+   */
+  get bytesCounted(): number {
+    return this.#counted;
   }
 
   /** Bytes written that the destination has not taken yet (where the channels can tell). */
@@ -94,6 +164,21 @@ export class MultifdSender {
     let sum = 0;
     for (const c of this.#channels) sum += c.unsent?.() ?? 0;
     return sum;
+  }
+
+  /**
+   * unsent() as bytesCounted counts: what was counted less what the destination has taken
+   * of it — with compression, packets still being compressed, and the compressed bytes
+   * still queued standing for the pages they hold (WireMarks).
+   */
+  unsentCounted(): number {
+    let delivered = 0;
+    for (let i = 0; i < this.#writers.length; i++) {
+      const wire = this.#writers[i]!.bytesWritten - (this.#channels[i]!.unsent?.() ?? 0);
+      const c = this.#compressing[i];
+      delivered += c === undefined ? wire : c.marks.delivered(wire);
+    }
+    return this.#counted - delivered;
   }
 
   /** The first error any channel met. */
@@ -153,11 +238,13 @@ export class MultifdSender {
     for (const [i, w] of this.#writers.entries()) {
       const num = this.#packetNum++;
       this.packets++;
+      this.#counted += MULTIFD_PACKET_BYTES;
+      const c = this.#compressing[i];
       const send = (): void => {
         writeMultifdPacketHeader(w, MULTIFD_FLAG_SYNC, num, EMPTY_NAME, this.#offsets, 0);
+        c?.marks.written(w.bytesWritten, MULTIFD_PACKET_BYTES);
         w.flush().catch(() => {});
       };
-      const c = this.#compressing[i];
       if (c === undefined) send();
       else c.tail = c.tail.then(send);
     }
@@ -170,6 +257,7 @@ export class MultifdSender {
     const w = writers[i]!;
     this.#next = (i + 1) % writers.length;
     const count = this.#count;
+    this.#counted += MULTIFD_PACKET_BYTES + count * PAGE_BYTES;
     const c = this.#compressing[i];
     if (c !== undefined) {
       this.#compressPacket(w, c, count);
@@ -223,6 +311,7 @@ export class MultifdSender {
           this.compressedTo += data.byteLength;
           writeMultifdPacketHeader(w, this.#flag, num, name, offsets, count, data.byteLength);
           w.bytes(data);
+          c.marks.written(w.bytesWritten, MULTIFD_PACKET_BYTES + count * PAGE_BYTES);
         },
         (err: unknown) => w.setError(err instanceof Error ? err : new MigrationError(String(err))),
       )

@@ -736,14 +736,14 @@ export class OutgoingMigration {
     return this.#written(w) - this.#unsent();
   }
 
-  /** Bytes written on the main stream and, with multifd, on its channels. */
+  /** Bytes written on the main stream and, with multifd, on its channels (compressed pages at their own size, as QEMU counts them). */
   #written(w: StreamWriter): number {
-    return w.bytesWritten + (this.#multifd?.bytesWritten ?? 0);
+    return w.bytesWritten + (this.#multifd?.bytesCounted ?? 0);
   }
 
-  /** Bytes written that the destination has not taken yet, on every connection (where the OS tells). */
+  /** Bytes written that the destination has not taken yet, on every connection (where the OS tells), counted as #written counts. */
   #unsent(): number {
-    return (this.#channel?.unsent?.() ?? 0) + (this.#multifd?.unsent() ?? 0);
+    return (this.#channel?.unsent?.() ?? 0) + (this.#multifd?.unsentCounted() ?? 0);
   }
 
   /**

@@ -29,6 +29,18 @@ export interface MigrationStatsInfo {
   'dirty-sync-missed-zero-copy': number;
 }
 
+/**
+ * Ferry's own (QEMU 7.2 reports nothing of the kind for multifd-compression, and counts
+ * the pages at their own size in `transferred` and `multifd-bytes`, as Ferry does): how
+ * many bytes of pages went into the channels' compression and how many came out.
+ */
+export interface MultifdCompressionInfo {
+  pages: number;
+  'compressed-size': number;
+  /** Bytes of pages per compressed byte. */
+  'compression-rate': number;
+}
+
 export interface XbzrleCacheInfo {
   'cache-size': number;
   bytes: number;
@@ -50,6 +62,8 @@ export interface MigrationInfo {
   'socket-address'?: SocketAddressInfo[];
   ram?: MigrationStatsInfo;
   'xbzrle-cache'?: XbzrleCacheInfo;
+  /** With multifd-compression: Ferry's extension (MultifdCompressionInfo). */
+  'x-ferry-multifd-compression'?: MultifdCompressionInfo;
   /** Present while auto-converge throttles the vCPUs (QEMU: while cpu_throttle_active()). */
   'cpu-throttle-percentage'?: number;
   'total-time'?: number;
@@ -139,6 +153,14 @@ export function buildMigrationInfo(source: SourceView | undefined, destinationSt
       overflow: x.overflow,
     };
   }
+  const mc = ram.multifdCompression;
+  if (mc) {
+    info['x-ferry-multifd-compression'] = {
+      pages: mc.compressedFrom / PAGE_SIZE,
+      'compressed-size': mc.compressedTo,
+      'compression-rate': mc.compressedTo === 0 ? 0 : mc.compressedFrom / mc.compressedTo,
+    };
+  }
   if (source.throttlePercentage) info['cpu-throttle-percentage'] = source.throttlePercentage;
   return info;
 }
@@ -210,6 +232,11 @@ export function formatInfoMigrate(info: MigrationInfo): string {
       `xbzrle encoding rate: ${x['encoding-rate'].toFixed(2)}`,
       `xbzrle overflow: ${x.overflow}`,
     );
+  }
+  const mc = info['x-ferry-multifd-compression'];
+  if (mc) {
+    // Ferry's: QEMU 7.2 prints nothing of the kind for multifd-compression.
+    lines.push(`multifd compressed pages: ${mc.pages} pages`, `multifd compressed size: ${kb(mc['compressed-size'])} kbytes`, `multifd compression rate: ${mc['compression-rate'].toFixed(2)}`);
   }
   if (info['cpu-throttle-percentage'] !== undefined) lines.push(`cpu throttle percentage: ${info['cpu-throttle-percentage']}`);
   if (info['postcopy-blocktime'] !== undefined) lines.push(`postcopy blocktime: ${info['postcopy-blocktime']}`);

@@ -66,6 +66,8 @@ export class RamStats {
   remainingPages = 0;
   /** Bytes of multifd packets (headers and pages), part of `transferred` (QEMU's multifd_bytes). */
   multifdBytes = 0;
+  /** multifd-compression: what the channels' compression took in and gave out so far (the sender's own counts). */
+  multifdCompression: { readonly compressedFrom: number; readonly compressedTo: number } | undefined;
   /** release-ram: bytes of guest RAM given back to the host here in post-copy. */
   releasedBytes = 0;
   totalBytes = 0;
@@ -180,14 +182,15 @@ export class RamHandler implements SaveVmHandler {
   useMultifd(sender: MultifdSender): void {
     if (this.xbzrle !== undefined || this.#opts.snapshot) throw new MigrationError('multifd carries whole pages only: not with xbzrle or a background snapshot');
     this.#multifd = sender;
-    this.#multifdMark = sender.bytesWritten;
+    this.#multifdMark = sender.bytesCounted;
+    if (sender.compressing) this.stats.multifdCompression = sender;
   }
 
   /** The multifd channels' bytes already counted in stats.multifdBytes. */
   #multifdMark = 0;
 
   #noteMultifd(mf: MultifdSender): void {
-    const now = mf.bytesWritten;
+    const now = mf.bytesCounted;
     this.stats.multifdBytes += now - this.#multifdMark;
     this.#multifdMark = now;
   }
@@ -241,10 +244,10 @@ export class RamHandler implements SaveVmHandler {
       this.#sync();
     }
     const mf = this.#multifd;
-    const mfBefore = mf?.bytesWritten ?? 0;
+    const mfBefore = mf?.bytesCounted ?? 0;
     mf?.sync();
     new RamChunkWriter(w).eos();
-    this.#account(w.bytesWritten - before + (mf === undefined ? 0 : mf.bytesWritten - mfBefore));
+    this.#account(w.bytesWritten - before + (mf === undefined ? 0 : mf.bytesCounted - mfBefore));
     if (mf !== undefined) this.#noteMultifd(mf);
   }
 
@@ -373,8 +376,9 @@ export class RamHandler implements SaveVmHandler {
     const stats = this.stats;
     const xbz = this.xbzrle;
     const mf = this.#multifd;
-    // Bytes on the main stream and, with multifd, on its channels: what is accounted.
-    const written = (): number => (mf === undefined ? w.bytesWritten : w.bytesWritten + mf.bytesWritten);
+    // Bytes on the main stream and, with multifd, on its channels (pages at their own size,
+    // compressed or not, as QEMU counts them): what is accounted.
+    const written = (): number => (mf === undefined ? w.bytesWritten : w.bytesWritten + mf.bytesCounted);
     let bytesMark = written();
     let sinceCheck = 0;
     let visitedBlocks = 0;

@@ -54,6 +54,14 @@ export interface Channel {
    * has not acknowledged). Where the OS cannot tell, absent.
    */
   unsent?(): number;
+  /**
+   * Optional: hold what this end keeps received but unread to about `bytes` — the kernel's
+   * receive queue and the channel's own read-ahead. Where present (a tcp socket), the
+   * sender's unsent() cannot see what waits here: a receiver that takes its bytes slower
+   * than they arrive (one decompressing them) keeps this small so that what is hidden
+   * from the sender stays small.
+   */
+  holdReceived?(bytes: number): void;
   /** Flush everything written and close the sending side; resolves when flushed. */
   end(): Promise<void>;
   /** Tear the channel down now; pending reads and writes reject with `error` (or a closed error). */

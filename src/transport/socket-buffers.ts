@@ -80,6 +80,17 @@ export function sizeSocketBuffers(fd: number, tcp: boolean, description: string)
 }
 
 /**
+ * A tcp socket's receiving side set to `bytes` (the kernel doubles it), taken as asked with
+ * CAP_NET_ADMIN, else capped at rmem_max; never fails. Used where a receiver takes its
+ * bytes slower than they can arrive (Channel.holdReceived).
+ */
+export function holdReceiveBuffer(fd: number, bytes: number, description: string): void {
+  let errno = setSocketBufferSize(fd, 'receive', bytes, true);
+  if (errno === EPERM) errno = setSocketBufferSize(fd, 'receive', Math.min(bytes, bufferLimits('receive', true).cap));
+  if (errno !== 0) debug('transport: %s: the receive buffer was not set to %d B (errno %d)', description, bytes, errno);
+}
+
+/**
  * A connected migration socket whose peer is on this host (always for unix): its buffers
  * as sizeSocketBuffers() says, and a tcp one a congestion control that does not pace
  * (loopback-congestion.ts).

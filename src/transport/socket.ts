@@ -9,7 +9,7 @@ import { TransportError } from '../errors.js';
 import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { adoptWithPooledReads, PooledReads } from './read-pool.js';
-import { tuneIfLocal, sizeSocketBuffers, isLoopbackAddress } from './socket-buffers.js';
+import { tuneIfLocal, sizeSocketBuffers, isLoopbackAddress, holdReceiveBuffer } from './socket-buffers.js';
 import { useLoopbackCongestion } from './loopback-congestion.js';
 import { closeFd, setSocketBufferSize, tcpSocket } from '../sys/libc.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
@@ -64,6 +64,8 @@ export function socketChannel(
     ...(socketFd(socket) !== undefined ? { directFd: () => socketFd(socket) } : {}),
     // Over a unix socket, by reference through a pipe: the peer's read is the only copy.
     ...(tcp ? {} : { spliceWrites: true }),
+    // A unix socket's unread bytes stay charged to the sender, which sees them (socket-buffers.ts).
+    ...(tcp && fd !== undefined ? { receiveBuffer: (bytes: number) => holdReceiveBuffer(fd, bytes, description) } : {}),
   });
 }
 

@@ -41,6 +41,8 @@ export interface StreamChannelOptions {
    * undefined once it is closed. Without it the channel has no `vectored`.
    */
   readonly directFd?: () => number | undefined;
+  /** Set the kernel's receive buffer of the descriptor to `bytes` (Channel.holdReceived); absent where that hides nothing from the sender. */
+  readonly receiveBuffer?: (bytes: number) => void;
   /**
    * Vectored writes to `directFd` go through a pipe by reference (spliced-writes.ts) rather
    * than writev: for unix-domain sockets, where the peer then copies guest pages once.
@@ -63,7 +65,7 @@ export class StreamChannel implements Channel {
   readonly description: string;
   readonly #readable: Readable | null;
   readonly #writable: Writable | null;
-  readonly #readHighWaterMark: number;
+  #readHighWaterMark: number;
   readonly #pool: ReadBufferPool | null;
 
   // Received chunks not yet read(): an array with a moving head, so taking one is O(1).
@@ -81,6 +83,7 @@ export class StreamChannel implements Channel {
   #scatterPaused = false;
   #scatteredSinceTurn = 0;
   readonly duplex: boolean;
+  readonly holdReceived?: (bytes: number) => void;
   readonly #direct: DirectWrites | SplicedWrites | null = null;
   readonly #directFd: (() => number | undefined) | undefined;
   /** A vectored write the socket has not taken all of yet; everything after it waits. */
@@ -130,6 +133,13 @@ export class StreamChannel implements Channel {
       this.#writeClosed = true;
     }
     this.#directFd = options.directFd;
+    const receiveBuffer = options.receiveBuffer;
+    if (receiveBuffer) {
+      this.holdReceived = (bytes: number): void => {
+        receiveBuffer(bytes);
+        this.#readHighWaterMark = Math.min(this.#readHighWaterMark, bytes);
+      };
+    }
     if (writable && options.directFd) {
       const spliced = options.spliceWrites ? SplicedWrites.open(this.description, options.directFd) : null;
       // A process that cannot have a pipe writes with writev, as over tcp.
