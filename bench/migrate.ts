@@ -33,6 +33,8 @@ const CEILING_RUNS = 5;
 interface Cell { memory: string; guest: string; transport: 'tcp' | 'unix'; prealloc: boolean }
 interface Run {
   status: string; totalMs: number; downtimeMs: number; pauseMs: number; bytes: number; passes: number; throughput: number; expectedDowntimeOk: boolean;
+  /** With multifd-compression: what the pages went as on the channels (x-ferry-multifd-compression). */
+  compressedBytes: number;
   /** Main-thread CPU of source and destination during the migration, and how busy the machine was (0–1). */
   srcMainMs: number; dstMainMs: number; machineBusy: number;
   /** CPU of both processes, every thread, during the migration. */
@@ -218,6 +220,7 @@ async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Pr
       downtimeMs: info.downtime ?? NaN,
       pauseMs: pauseMs ?? NaN,
       bytes,
+      compressedBytes: info['x-ferry-multifd-compression']?.['compressed-size'] ?? NaN,
       passes: outcome.passes,
       throughput: bytes / (totalMs / 1000),
       expectedDowntimeOk: (info.downtime ?? Infinity) <= downtimeLimit,
@@ -249,7 +252,7 @@ async function main(): Promise<void> {
     }
   }
 
-  console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${multifdChannels > 0 ? `multifd with ${multifdChannels} channels${multifdCompression !== 'none' ? `, pages compressed with ${multifdCompression} (level 1: "sent" and "throughput" count the compressed bytes)` : ''}, ` : ''}${reps} reps per cell; median [min–max]`);
+  console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${multifdChannels > 0 ? `multifd with ${multifdChannels} channels${multifdCompression !== 'none' ? `, pages compressed with ${multifdCompression} (level 1: "sent" and "throughput" count pages at their own size, as QEMU counts them; "sent" adds what the pages went as)` : ''}, ` : ''}${reps} reps per cell; median [min–max]`);
   if (accel === 'sim') console.log('(sim: no guest code runs; a workload model writes guest RAM — the sweep at 250 000 pages/s, about what the real sweep guest does under this machine\'s KVM)');
   if (stopped) console.log('--stopped: each source guest was stopped (QMP stop) after warming up, before the migration: no guest thread runs meanwhile.');
   console.log(warmUp
@@ -298,7 +301,7 @@ async function main(): Promise<void> {
       const cpuPerGB = median(ok.map((r) => r.bothMs / 1000 / (r.bytes / 1e9)));
       const isIdle = /idle/.test(cell.guest);
       const paused = ok.map((r) => r.pauseMs).filter((x) => Number.isFinite(x));
-      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${isIdle ? '—' : pairedShare(ok)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / memoryCeiling)} %`} | ${range(ok.map((r) => r.bytes), mb)} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'}${calledOffNote(ok)} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
+      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${isIdle ? '—' : pairedShare(ok)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / memoryCeiling)} %`} | ${range(ok.map((r) => r.bytes), mb)}${multifdCompression !== 'none' ? ` (pages as ${range(ok.map((r) => r.compressedBytes), mb)})` : ''} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'}${calledOffNote(ok)} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
     }
     if (calledOff.length > 0) {
       console.log("\nSwitchovers the downtime guard called off (the source's trace):");
