@@ -35,7 +35,7 @@ export function listenerFor(channel: Promise<Channel> | Channel): Listener {
   };
 }
 
-export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise<Channel>; listen?: () => Promise<Listener> }, uuid?: Uint8Array, extra?: { multifdConnectWaitMs?: number }): Side {
+export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise<Channel>; listen?: () => Promise<Listener> }, uuid?: Uint8Array, extra?: { multifdConnectWaitMs?: number; findObject?: (id: string) => { readonly type: string } | undefined }): Side {
   const vm = new FakeVm(vmOptions);
   const events: RecordedEvent[] = [];
   const migration = new Migration({

@@ -44,6 +44,13 @@ export interface MigrateCommandOptions {
   readonly multifd?: boolean | number;
   /** multifd-compression (and its method's level parameter), on the destination too. */
   readonly multifdCompression?: { readonly method: 'none' | 'zlib' | 'zstd'; readonly level?: number };
+  /**
+   * tls-creds (a tls-creds-x509 object with endpoint=client on the source) and
+   * tls-hostname: set on the source only — a destination listens with TLS from its
+   * migrate-incoming on, so its own tls-creds must be set before that.
+   */
+  readonly tlsCreds?: string;
+  readonly tlsHostname?: string;
 }
 
 /** The migrate-set-parameters a run asks for beside its capabilities (multifd-channels, multifd-compression). */
@@ -167,6 +174,8 @@ export async function runMigration(client: QmpClient, options: MigrateCommandOpt
   if (options.downtimeLimitMs !== undefined) params['downtime-limit'] = options.downtimeLimitMs;
   if (options.maxBandwidth !== undefined) params['max-bandwidth'] = options.maxBandwidth;
   Object.assign(params, multifdSettings(options.multifd, options.multifdCompression).parameters);
+  if (options.tlsCreds !== undefined) params['tls-creds'] = options.tlsCreds;
+  if (options.tlsHostname !== undefined) params['tls-hostname'] = options.tlsHostname;
   if (Object.keys(params).length > 0) await client.execute('migrate-set-parameters', params);
   const wanted = [...(options.capabilities ?? []), ...(options.postcopy ? ['postcopy-ram'] : []), ...(options.multifd !== undefined && options.multifd !== false ? ['multifd'] : [])];
   const caps = [{ capability: 'events', state: true }, ...wanted.map((c) => ({ capability: c, state: true }))];

@@ -30,6 +30,8 @@ export interface RunCommandOptions {
   memPrealloc?: boolean;
   /** commander's `--no-warm-up`: false turns the migration warm-up off. */
   warmUp?: boolean;
+  /** QEMU's -object specs (tls-creds-x509). */
+  object?: string[];
 }
 
 /** The warm-up waits this long after start-up, so the guest's first output and QMP come first. */
@@ -44,6 +46,15 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
   }
   const guest = parseGuestSpec(opts.guest);
   if (opts.uuid !== undefined) uuidOption(opts.uuid);
+  if (opts.object !== undefined && opts.object.length > 0) {
+    // Each object made once here, before the guest starts, so that a bad one changes nothing.
+    const { ObjectRegistry, parseObjectOption } = await import('../vmm/objects.js');
+    const check = new ObjectRegistry();
+    for (const spec of opts.object) {
+      const { type, id, props } = parseObjectOption(spec);
+      check.add(type, id, props);
+    }
+  }
   const console = await openCharBackend(opts.serial);
   let vmm: Vmm | undefined;
   let ending = false;
@@ -78,6 +89,7 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
       qmp: opts.qmp,
       ...(opts.name !== undefined ? { name: opts.name } : {}),
       ...(opts.uuid !== undefined ? { uuid: opts.uuid } : {}),
+      ...(opts.object !== undefined && opts.object.length > 0 ? { objects: opts.object } : {}),
       onQuit: (code) => void end(code),
     };
     // The machine first, and the guest running, before the QMP and migration modules load:

@@ -15,7 +15,7 @@ import { OutgoingMigration } from './outgoing.js';
 import { AutoConverge } from './auto-converge.js';
 import {
   DEFAULT_MIGRATION_PARAMETERS, IMPLEMENTED_CAPABILITIES, applyCapabilities, applyParameters,
-  MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, checkTls, defaultCapabilities,
+  MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, tlsCredsFor, tlsHostname, defaultCapabilities,
 } from './parameters.js';
 import { acceptAfterMain, type MultifdReceiver } from './multifd-recv.js';
 import { checkCompressionAvailable, type MultifdCompression } from '../stream/multifd-compression.js';
@@ -32,6 +32,8 @@ import type { MigrationVm } from './vm.js';
 import type { RunState } from '../machine/run-state.js';
 import { NIL_UUID } from '../uuid.js';
 import { keepShape } from '../hot-shapes.js';
+import type { TlsCredsX509 } from '../crypto/tls-creds.js';
+import { tlsClientChannel, tlsListener } from '../transport/tls.js';
 
 export interface MigrationOptions {
   readonly vm: MigrationVm;
@@ -56,6 +58,8 @@ export interface MigrationOptions {
   readonly uuid?: Uint8Array;
   /** How long a multifd destination waits for its channels after the main connection (MULTIFD_CONNECT_WAIT_MS; tests shorten it). */
   readonly multifdConnectWaitMs?: number;
+  /** The objects object-add made, by id: what `tls-creds` names (vmm/objects.ts). */
+  readonly findObject?: (id: string) => { readonly type: string } | undefined;
 }
 
 export type MigrationSide = 'outgoing' | 'incoming';
@@ -136,9 +140,9 @@ export class Migration {
    */
   migrate(uri: string, options: { resume?: boolean } = {}): void {
     const vm = this.#o.vm;
-    checkTls(this.#parameters);
+    const connect = this.#connector(uri);
     if (options.resume) {
-      this.#resume(uri);
+      this.#resume(uri, connect);
       return;
     }
     if (isMigrationRunning(this.#outgoingState.status)) throw new MigrationError(MIGRATION_ACTIVE);
@@ -177,7 +181,7 @@ export class Migration {
     const registry = this.#buildRegistry(ram, () => outgoing?.stateBeforeStop ?? vm.runState);
     outgoing = new OutgoingMigration({
       vm,
-      connect: () => this.#o.connect(uri),
+      connect,
       state: this.#outgoingState,
       registry,
       ram,
@@ -208,7 +212,7 @@ export class Migration {
    */
   async migrateIncoming(uri: string): Promise<{ address: string }> {
     const vm = this.#o.vm;
-    checkTls(this.#parameters);
+    const tls = tlsCredsFor(this.#parameters, 'server', this.#o.findObject);
     if (vm.runState !== 'inmigrate') {
       throw new MigrationError("'-incoming' was not specified on the command line");
     }
@@ -221,7 +225,7 @@ export class Migration {
     this.#incomingState.transition('setup');
     let listener: Listener;
     try {
-      listener = await this.#o.listen(uri);
+      listener = await this.#listen(uri, tls);
     } catch (err) {
       this.#incomingError = errorMessage(err);
       this.#incomingState.transition('failed');
@@ -390,14 +394,35 @@ export class Migration {
    * over a new one to `uri` (where the destination's migrate-recover listens). Returns at
    * once; a connection that fails leaves it paused, and says so in the trace.
    */
-  #resume(uri: string): void {
+  /**
+   * How the source opens each connection of a migration to `uri` — the main one and each
+   * multifd channel: through TLS when tls-creds says so (checked now, before anything
+   * connects).
+   */
+  #connector(uri: string): () => Promise<Channel> {
+    const creds = tlsCredsFor(this.#parameters, 'client', this.#o.findObject);
+    if (creds === undefined) return () => this.#o.connect(uri);
+    const hostname = tlsHostname(this.#parameters, uri);
+    if (creds.verifyPeer && hostname === undefined) {
+      throw new MigrationError(`No hostname for certificate validation: ${uri} names no host; set tls-hostname to the name in the destination's certificate`);
+    }
+    return async () => tlsClientChannel(await this.#o.connect(uri), creds, hostname);
+  }
+
+  /** Listen on `uri`; with TLS credentials, every connection accepted is a TLS session. */
+  async #listen(uri: string, tls: TlsCredsX509 | undefined): Promise<Listener> {
+    const listener = await this.#o.listen(uri);
+    return tls === undefined ? listener : tlsListener(listener, tls);
+  }
+
+  #resume(uri: string, connect: () => Promise<Channel>): void {
     const outgoing = this.#outgoing;
     if (this.#outgoingState.status !== 'postcopy-paused' || !outgoing) {
       throw new MigrationError('Cannot resume if there is no paused migration');
     }
     // QEMU's words: what went out before the break may never have arrived, and it is gone here.
     if (this.#capabilities['release-ram']) throw new MigrationError('Postcopy recovery cannot work when release-ram capability is set');
-    this.#o.connect(uri).then(
+    connect().then(
       (channel) => {
         if (!outgoing.resume(channel)) channel.destroy(new MigrationError('The migration is no longer paused'));
       },
@@ -448,11 +473,11 @@ export class Migration {
       throw new MigrationError('Migrate recover can only be run when postcopy is paused.');
     }
     if (this.#recoverListening) throw new MigrationError('Migrate recovery is triggered already');
-    checkTls(this.#parameters);
+    const tls = tlsCredsFor(this.#parameters, 'server', this.#o.findObject);
     this.#recoverListening = true;
     let listener: Listener;
     try {
-      listener = await this.#o.listen(uri);
+      listener = await this.#listen(uri, tls);
     } catch (err) {
       this.#recoverListening = false;
       throw err;

@@ -5,6 +5,8 @@
 
 import { MigrationError } from '../errors.js';
 import { PAGE_SIZE } from '../hypervisor/types.js';
+import type { TlsCredsX509, TlsEndpoint } from '../crypto/tls-creds.js';
+import { parseMigrationUri } from '../transport/uri.js';
 
 export interface MigrationParameters {
   'announce-initial': number;
@@ -290,15 +292,37 @@ export function allowsMultipleChannels(uri: string): boolean {
 export const MULTIFD_PROTOCOL_REFUSED = 'multifd is not supported by current protocol';
 
 /**
- * `tls-creds` names a TLS credentials object: QEMU then wraps every channel of the migration
- * in TLS. Ferry has no such objects (no object-add tls-creds-x509), so a migration asked to
- * be encrypted is refused, in the words QEMU 7.2 fails it with when the object is missing —
- * never sent in clear instead.
+ * `tls-creds` names a TLS credentials object (object-add tls-creds-x509): every channel of
+ * the migration — the main one and each multifd channel — then goes through TLS, the
+ * source as the client, the destination as the server (QEMU's migration_tls_get_creds).
+ * Returns the credentials for this side, or undefined without tls-creds; refuses, in
+ * QEMU 7.2's words, a missing object, one that is no TLS credentials, or credentials made
+ * for the other end — before anything connects, and never in clear instead. `tls-authz`
+ * names an authorization object, which Ferry does not create: refused on a destination,
+ * rather than letting any certified client in.
  */
-export function checkTls(p: Readonly<MigrationParameters>): void {
-  const creds = p['tls-creds'];
-  if (creds === '') return;
-  throw new MigrationError(`No TLS credentials with id '${creds}' (Ferry has no TLS: it does not send a stream asked to be encrypted in clear; clear tls-creds to migrate unencrypted)`);
+export function tlsCredsFor(p: Readonly<MigrationParameters>, endpoint: TlsEndpoint, find: ((id: string) => { readonly type: string } | undefined) | undefined): TlsCredsX509 | undefined {
+  const id = p['tls-creds'];
+  if (id === '') return undefined;
+  const object = find?.(id);
+  if (object === undefined) throw new MigrationError(`No TLS credentials with id '${id}'`);
+  if (object.type !== 'tls-creds-x509') throw new MigrationError(`Object with id '${id}' is not TLS credentials`);
+  const creds = object as TlsCredsX509;
+  if (creds.endpoint !== endpoint) throw new MigrationError(`Expected TLS credentials for a ${endpoint} endpoint`);
+  if (endpoint === 'server' && p['tls-authz'] !== '') {
+    throw new MigrationError(`No authorization object with id '${p['tls-authz']}' (Ferry does not create authz objects: clear tls-authz, and the CA alone decides which sources may connect)`);
+  }
+  return creds;
+}
+
+/**
+ * The name a source checks the destination's certificate against: tls-hostname, else the
+ * host of a tcp: URI (QEMU's migration_tls_client_create); none for unix:, fd:, exec:.
+ */
+export function tlsHostname(p: Readonly<MigrationParameters>, uri: string): string | undefined {
+  if (p['tls-hostname'] !== '') return p['tls-hostname'];
+  const parsed = parseMigrationUri(uri);
+  return parsed.kind === 'tcp' && parsed.host !== '' ? parsed.host : undefined;
 }
 
 export function capabilityList(caps: Readonly<MigrationCapabilities>): CapabilityStatus[] {

@@ -23,6 +23,7 @@ import { checkSweepCounters, readGuestParams } from '../guests/params.js';
 import { formatUuid, NIL_UUID, uuidOption } from '../uuid.js';
 import { formatRamBlocks } from './ramblock-info.js';
 import { pmemsave } from './pmemsave.js';
+import { ObjectRegistry, parseObjectOption } from './objects.js';
 
 const trace = debuglog('ferry');
 
@@ -61,6 +62,8 @@ export interface VmmOptions extends MachineOptions {
   readonly qmp?: readonly string[];
   /** Called when the VM should end (QMP quit, guest shutdown) with the exit code. */
   readonly onQuit?: (code: number) => void;
+  /** QEMU's -object: objects to make before anything else (e.g. "tls-creds-x509,id=tls0,dir=/etc/pki/qemu,endpoint=server"). */
+  readonly objects?: readonly string[];
 }
 
 export class Vmm {
@@ -71,6 +74,8 @@ export class Vmm {
   readonly dirtyRate: DirtyRateMeter;
   readonly name: string | undefined;
   readonly uuid: Uint8Array | undefined;
+  /** What -object and object-add made (tls-creds-x509 for `tls-creds`). */
+  readonly objects = new ObjectRegistry();
   private readonly onQuit: (code: number) => void;
 
   private constructor(machine: Machine, options: VmmOptions, uuid: Uint8Array | undefined) {
@@ -89,6 +94,7 @@ export class Vmm {
       schedule: engineSchedule,
       trace: (message) => trace('%s', message),
       ...(uuid !== undefined ? { uuid } : {}),
+      findObject: (id) => this.objects.get(id),
     });
     this.dirtyRate = new DirtyRateMeter({
       memory: () => machine.memory,
@@ -112,9 +118,11 @@ export class Vmm {
   /** Create the machine (or take one already created from the same options) and serve QMP. */
   static async create(options: VmmOptions, created?: Machine): Promise<Vmm> {
     const uuid = options.uuid === undefined ? undefined : uuidOption(options.uuid);
+    const objects = (options.objects ?? []).map(parseObjectOption);
     const machine = created ?? (await Machine.create(options));
     const vmm = new Vmm(machine, options, uuid);
     try {
+      for (const { type, id, props } of objects) vmm.objects.add(type, id, props);
       for (const address of options.qmp ?? []) await vmm.qmp.listen(stripQemuServerOptions(address));
     } catch (err) {
       await vmm.destroy();
@@ -250,6 +258,16 @@ export class Vmm {
     });
     qmp.register({ name: 'query-dirty-rate', handler: () => this.dirtyRate.query() as unknown as Record<string, unknown> });
     qmp.register({ name: 'migrate-start-postcopy', handler: () => wrap(() => migration.startPostcopy()) });
+    // QEMU's ObjectOptions for the types Ferry makes: tls-creds-x509's members.
+    qmp.register({
+      name: 'object-add',
+      args: { 'qom-type': t.str, id: t.str, 'dir?': t.str, 'endpoint?': t.str, 'verify-peer?': t.bool, 'sanity-check?': t.bool, 'passwordid?': t.str, 'loaded?': t.bool },
+      handler: (args) => {
+        const { 'qom-type': type, id, ...props } = args;
+        wrap(() => this.objects.add(type, id, props));
+      },
+    });
+    qmp.register({ name: 'object-del', args: { id: t.str }, handler: (args) => wrap(() => this.objects.delete(args.id)) });
   }
 
   /**

@@ -1,0 +1,570 @@
+// QEMU 7.2's `tls-creds-x509` object: X.509 credentials read once, when the object is made,
+// from a directory by QEMU's file names, and checked as qcrypto_tls_creds_x509_load checks
+// them (crypto/tlscredsx509.c, crypto/tlscreds.c), so that a directory QEMU accepts loads
+// here and one QEMU refuses is refused in QEMU's words. What comes out is PEM for node:tls;
+// who verifies whom during a session is not this file's business (transport/tls.ts).
+
+import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
+import { ConfigError, errorMessage } from '../errors.js';
+import { errnoName } from '../sys/libc.js';
+
+export type TlsEndpoint = 'client' | 'server';
+
+export interface TlsCredsX509 {
+  readonly type: 'tls-creds-x509';
+  readonly id: string;
+  readonly endpoint: TlsEndpoint;
+  readonly verifyPeer: boolean;
+  readonly dir: string;
+  /** PEM contents as read at load time (QEMU reads them once, at object creation). */
+  readonly ca: Buffer;
+  /** ca-crl.pem: read for a server only, and only when it is there. */
+  readonly crl: Buffer | undefined;
+  /**
+   * server-cert.pem (a server must have it) or client-cert.pem (a client may). Set only
+   * together with `key`: QEMU presents a certificate only when it has both files.
+   */
+  readonly cert: Buffer | undefined;
+  /** server-key.pem or client-key.pem; set only together with `cert`. */
+  readonly key: Buffer | undefined;
+}
+
+/** QEMU's file names in a credentials directory (include/crypto/tlscredsx509.h). */
+export const CA_CERT_FILE = 'ca-cert.pem';
+export const CA_CRL_FILE = 'ca-crl.pem';
+export const SERVER_CERT_FILE = 'server-cert.pem';
+export const SERVER_KEY_FILE = 'server-key.pem';
+export const CLIENT_CERT_FILE = 'client-cert.pem';
+export const CLIENT_KEY_FILE = 'client-key.pem';
+
+const TYPE = 'tls-creds-x509';
+
+/** What `-object` / `object-add` set, once every property has been read. */
+interface CredsProperties {
+  dir: string | undefined;
+  endpoint: TlsEndpoint;
+  verifyPeer: boolean;
+  sanityCheck: boolean;
+}
+
+/**
+ * Make a tls-creds-x509 object called `id` from its properties, as object-add or -object
+ * give them (without `qom-type` and `id`): JSON values from QMP, or strings from the
+ * command line, which booleans accept as QEMU's do ('on'/'off', 'yes'/'no', …). Reads and
+ * checks the files now; throws ConfigError in QEMU's words for anything QEMU refuses, and
+ * for the two properties Ferry cannot honour (`passwordid`, `priority`).
+ */
+export function loadTlsCredsX509(id: string, props: Record<string, unknown>): TlsCredsX509 {
+  const p = readProperties(id, props);
+  const isServer = p.endpoint === 'server';
+
+  // The order QEMU looks for the files in, so the first missing one is the one named.
+  // QEMU's server also takes dh-params.pem; Ferry does not look for it: Node negotiates
+  // ECDHE (and TLS 1.3 has no use for the file), so finite-field DH parameters go unused.
+  const caPath = credentialPath(p.dir, CA_CERT_FILE, true);
+  const crlPath = isServer ? credentialPath(p.dir, CA_CRL_FILE, false) : undefined;
+  const certPath = credentialPath(p.dir, isServer ? SERVER_CERT_FILE : CLIENT_CERT_FILE, isServer);
+  const keyPath = credentialPath(p.dir, isServer ? SERVER_KEY_FILE : CLIENT_KEY_FILE, isServer);
+  // ca-cert.pem is required at both ends, so a missing dir has been refused by now.
+  const dir = p.dir ?? '';
+
+  const ca = readCredential(caPath);
+  const cert = certPath === undefined ? undefined : readCredential(certPath);
+  const key = keyPath === undefined ? undefined : readCredential(keyPath);
+  const crl = crlPath === undefined ? undefined : readCredential(crlPath);
+
+  if (p.sanityCheck) sanityCheck(isServer, ca, cert);
+
+  const caPem = loadTrust(ca);
+  // As QEMU: a certificate without its key (or a key without its certificate) is not
+  // used. The certificate was still checked above, as QEMU checks it.
+  let pair: { cert: Buffer; key: Buffer } | undefined;
+  if (cert !== undefined && key !== undefined) pair = loadCertAndKey(cert, key);
+  const crlPem = crl === undefined ? undefined : loadCrl(crl);
+
+  return Object.freeze({
+    type: TYPE,
+    id,
+    endpoint: p.endpoint,
+    verifyPeer: p.verifyPeer,
+    dir,
+    ca: caPem,
+    crl: crlPem,
+    cert: pair?.cert,
+    key: pair?.key,
+  });
+}
+
+// --- Properties -----------------------------------------------------------------------
+
+function readProperties(id: string, props: Record<string, unknown>): CredsProperties {
+  const p: CredsProperties = { dir: undefined, endpoint: 'client', verifyPeer: true, sanityCheck: true };
+  // In the order given: QEMU sets properties one by one and stops at the first it refuses.
+  for (const [name, value] of Object.entries(props)) {
+    switch (name) {
+      case 'dir':
+        p.dir = stringProperty(name, value);
+        break;
+      case 'endpoint': {
+        const endpoint = stringProperty(name, value);
+        if (endpoint !== 'client' && endpoint !== 'server') {
+          throw new ConfigError(`Parameter 'endpoint' does not accept value '${endpoint}'`);
+        }
+        p.endpoint = endpoint;
+        break;
+      }
+      case 'verify-peer':
+        p.verifyPeer = boolProperty(name, value);
+        break;
+      case 'sanity-check':
+        p.sanityCheck = boolProperty(name, value);
+        break;
+      case 'loaded':
+        // Deprecated in QEMU and without effect: credentials are loaded when the object
+        // is complete whatever it says. Checked as a boolean, then ignored.
+        boolProperty(name, value);
+        break;
+      case 'passwordid':
+        stringProperty(name, value);
+        throw new ConfigError(
+          `Cannot use 'passwordid' for ${TYPE} '${id}': Ferry has no secret objects to hold the key's password; ` +
+            'decrypt the key (openssl pkey -in KEY -out KEY) and leave passwordid out',
+        );
+      case 'priority':
+        stringProperty(name, value);
+        throw new ConfigError(
+          `Cannot use 'priority' for ${TYPE} '${id}': it is a GnuTLS priority string, and Ferry's TLS is Node's ` +
+            '(OpenSSL), which cannot apply one; leave priority out',
+        );
+      default:
+        throw new ConfigError(`Property '${TYPE}.${name}' not found`);
+    }
+  }
+  return p;
+}
+
+function stringProperty(name: string, value: unknown): string {
+  if (typeof value !== 'string') throw new ConfigError(`Invalid parameter type for '${name}', expected: string`);
+  return value;
+}
+
+// The spellings QEMU's qapi_bool_parse takes from the command line.
+const ON = new Set(['on', 'yes', 'true', 'y']);
+const OFF = new Set(['off', 'no', 'false', 'n']);
+
+function boolProperty(name: string, value: unknown): boolean {
+  if (typeof value === 'boolean') return value;
+  if (typeof value !== 'string') throw new ConfigError(`Invalid parameter type for '${name}', expected: boolean`);
+  if (ON.has(value)) return true;
+  if (OFF.has(value)) return false;
+  throw new ConfigError(`Parameter '${name}' expects 'on' or 'off'`);
+}
+
+// --- Files ----------------------------------------------------------------------------
+
+/**
+ * qcrypto_tls_creds_get_path: DIR/FILE if it can be stat()ed; undefined for an optional
+ * file that does not exist (or when there is no directory and the file is optional).
+ */
+function credentialPath(dir: string | undefined, file: string, required: true): string;
+function credentialPath(dir: string | undefined, file: string, required: boolean): string | undefined;
+function credentialPath(dir: string | undefined, file: string, required: boolean): string | undefined {
+  if (dir === undefined) {
+    if (required) throw new ConfigError("Missing 'dir' property value");
+    return undefined;
+  }
+  // Joined as QEMU joins them ("%s/%s"), so the path in a message is the one QEMU prints.
+  const path = `${dir}/${file}`;
+  try {
+    statSync(path);
+    return path;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && !required) return undefined;
+    throw new ConfigError(`Unable to access credentials ${path}: ${strerror(err)}`, { cause: err });
+  }
+}
+
+/** The C library's text for a failed fs call's errno, as QEMU's error_setg_errno prints it. */
+function strerror(err: unknown): string {
+  const errno = (err as NodeJS.ErrnoException).errno;
+  // Node reports errno negated (libuv's convention).
+  return typeof errno === 'number' ? errnoName(Math.abs(errno)) : errorMessage(err);
+}
+
+/** A credentials file: its path and its bytes, or why they could not be read. */
+interface Credential {
+  readonly path: string;
+  readonly data: Buffer | undefined;
+  readonly readError: unknown;
+}
+
+function readCredential(path: string): Credential {
+  try {
+    return { path, data: readFileSync(path), readError: undefined };
+  } catch (err) {
+    // stat() found it, but it cannot be read (permissions, a directory). QEMU's sanity
+    // check skips such a file and GnuTLS's loader then fails on it; so do these.
+    return { path, data: undefined, readError: err };
+  }
+}
+
+/** Why a file that stat() found could not be read: GnuTLS's words, and the errno's. */
+function readFailure(file: Credential): string {
+  return `Error while reading file (${strerror(file.readError)})`;
+}
+
+// --- PEM ------------------------------------------------------------------------------
+
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
+
+/** QEMU's MAX_CERTS: at most this many CA certificates in ca-cert.pem are checked. */
+const MAX_CA_CERTS = 16;
+
+/** Every certificate in a PEM file, in order; text around them is ignored, as GnuTLS does. */
+function parseCertificates(pem: Buffer): X509Certificate[] {
+  const blocks = pem.toString('latin1').match(PEM_CERTIFICATE) ?? [];
+  if (blocks.length === 0) throw new Error('no PEM certificate found');
+  return blocks.map((block, i) => {
+    try {
+      return new X509Certificate(block);
+    } catch (err) {
+      throw new Error(`certificate ${i + 1} in the file is not valid (${errorMessage(err)})`, { cause: err });
+    }
+  });
+}
+
+/** The first certificate of a PEM file (the rest, if any, is its chain). */
+function parseFirstCertificate(pem: Buffer): X509Certificate {
+  const first = parseCertificates(pem)[0];
+  if (first === undefined) throw new Error('no PEM certificate found');
+  return first;
+}
+
+function parsePrivateKey(pem: Buffer): KeyObject {
+  try {
+    return createPrivateKey(pem);
+  } catch (err) {
+    // An encrypted key lands here too: Node says a passphrase is required.
+    throw new Error(`the key is not a usable PEM private key (${errorMessage(err)})`, { cause: err });
+  }
+}
+
+// --- Loading, as GnuTLS would load the files -----------------------------------------
+
+function loadTrust(ca: Credential): Buffer {
+  const fail = (reason: string, cause?: unknown): ConfigError =>
+    new ConfigError(`Cannot load CA certificate '${ca.path}': ${reason}`, { cause });
+  if (ca.data === undefined) throw fail(readFailure(ca), ca.readError);
+  try {
+    parseCertificates(ca.data);
+  } catch (err) {
+    throw fail(errorMessage(err), err);
+  }
+  return ca.data;
+}
+
+function loadCertAndKey(cert: Credential, key: Credential): { cert: Buffer; key: Buffer } {
+  const fail = (reason: string, cause?: unknown): ConfigError =>
+    new ConfigError(`Cannot load certificate '${cert.path}' & key '${key.path}': ${reason}`, { cause });
+  if (cert.data === undefined) throw fail(readFailure(cert), cert.readError);
+  if (key.data === undefined) throw fail(readFailure(key), key.readError);
+  let x509: X509Certificate;
+  let privateKey: KeyObject;
+  try {
+    x509 = parseFirstCertificate(cert.data);
+    privateKey = parsePrivateKey(key.data);
+  } catch (err) {
+    throw fail(errorMessage(err), err);
+  }
+  // GnuTLS's text for GNUTLS_E_CERTIFICATE_KEY_MISMATCH.
+  if (!x509.checkPrivateKey(privateKey)) throw fail('The certificate and the given key do not match.');
+  return { cert: cert.data, key: key.data };
+}
+
+function loadCrl(crl: Credential): Buffer {
+  const fail = (reason: string, cause?: unknown): ConfigError => new ConfigError(`Cannot load CRL '${crl.path}': ${reason}`, { cause });
+  if (crl.data === undefined) throw fail(readFailure(crl), crl.readError);
+  // node:crypto has no CRL parser; a secure context parses it as a session would.
+  try {
+    createSecureContext({ crl: crl.data });
+  } catch (err) {
+    throw fail(errorMessage(err), err);
+  }
+  return crl.data;
+}
+
+// --- Sanity check (qcrypto_tls_creds_x509_sanity_check) -------------------------------
+
+/**
+ * Check our own certificate (when there is one) and every CA certificate as QEMU does:
+ * validity times, basic constraints, key usage, and for our own certificate its purpose
+ * and that one of the CAs issued it. Files that could not be read are skipped, as QEMU
+ * skips what access(R_OK) refuses; loading them fails afterwards.
+ */
+function sanityCheck(isServer: boolean, ca: Credential, cert: Credential | undefined): void {
+  const role = isServer ? 'server' : 'client';
+  let own: X509Certificate | undefined;
+  if (cert?.data !== undefined) {
+    try {
+      own = parseFirstCertificate(cert.data);
+    } catch (err) {
+      throw new ConfigError(`Unable to import ${role} certificate ${cert.path}: ${errorMessage(err)}`, { cause: err });
+    }
+  }
+  let cas: X509Certificate[] = [];
+  if (ca.data !== undefined) {
+    try {
+      cas = parseCertificates(ca.data);
+    } catch (err) {
+      throw new ConfigError(`Unable to import CA certificate list ${ca.path}: ${errorMessage(err)}`, { cause: err });
+    }
+    // GnuTLS's list import refuses a list longer than the array QEMU gives it.
+    if (cas.length > MAX_CA_CERTS) {
+      throw new ConfigError(`Unable to import CA certificate list ${ca.path}: more than ${MAX_CA_CERTS} certificates`);
+    }
+  }
+
+  if (own !== undefined && cert !== undefined) checkCertificate(own, cert.path, isServer, false);
+  for (const caCert of cas) checkCertificate(caCert, ca.path, isServer, true);
+  if (own !== undefined && cert !== undefined && cas.length > 0) checkIssuedBy(own, cert.path, cas, ca.path);
+}
+
+function checkCertificate(cert: X509Certificate, path: string, isServer: boolean, isCA: boolean): void {
+  checkTimes(cert, path, isServer, isCA);
+  // Node's X509Certificate tells neither whether an extension is critical nor whether
+  // basicConstraints is there at all (`ca` is false both for CA:FALSE and for no
+  // extension), and QEMU's checks turn on both: so the extensions are read from the DER.
+  let ext: CertificateExtensions;
+  try {
+    ext = readExtensions(cert.raw);
+  } catch (err) {
+    throw new ConfigError(`Unable to query certificate ${path} extensions: ${errorMessage(err)}`, { cause: err });
+  }
+  checkBasicConstraints(ext, path, isServer, isCA);
+  checkKeyUsage(ext, path, isCA);
+  if (!isCA) checkKeyPurpose(ext, path, isServer);
+}
+
+function checkTimes(cert: X509Certificate, path: string, isServer: boolean, isCA: boolean): void {
+  const what = isCA ? 'CA' : isServer ? 'server' : 'client';
+  // Node 20 gives the times as OpenSSL prints them ("Dec  7 22:39:33 2026 GMT").
+  const notBefore = Date.parse(cert.validFrom);
+  const notAfter = Date.parse(cert.validTo);
+  if (Number.isNaN(notBefore) || Number.isNaN(notAfter)) {
+    throw new ConfigError(`Unable to read the validity times of certificate ${path} ('${cert.validFrom}' to '${cert.validTo}')`);
+  }
+  // GnuTLS compares whole seconds.
+  const now = Math.floor(Date.now() / 1000) * 1000;
+  if (notAfter < now) throw new ConfigError(`The ${what} certificate ${path} has expired`);
+  if (notBefore > now) throw new ConfigError(`The ${what} certificate ${path} is not yet active`);
+}
+
+function checkBasicConstraints(ext: CertificateExtensions, path: string, isServer: boolean, isCA: boolean): void {
+  const bc = ext.basicConstraints;
+  if (bc === undefined) {
+    if (isCA) throw new ConfigError(`The certificate ${path} is missing basic constraints for a CA`);
+  } else if (bc.ca) {
+    if (!isCA) {
+      throw new ConfigError(`The certificate ${path} basic constraints show a CA, but we need one for a ${isServer ? 'server' : 'client'}`);
+    }
+  } else if (isCA) {
+    throw new ConfigError(`The certificate ${path} basic constraints do not show a CA`);
+  }
+}
+
+/** Only a critical keyUsage that lacks a bit is refused, as in QEMU. */
+function checkKeyUsage(ext: CertificateExtensions, path: string, isCA: boolean): void {
+  const ku = ext.keyUsage;
+  if (ku === undefined || !ku.critical) return;
+  if (isCA) {
+    if (!hasKeyUsage(ku.bits, KU_KEY_CERT_SIGN)) throw new ConfigError(`Certificate ${path} usage does not permit certificate signing`);
+    return;
+  }
+  if (!hasKeyUsage(ku.bits, KU_DIGITAL_SIGNATURE)) throw new ConfigError(`Certificate ${path} usage does not permit digital signature`);
+  if (!hasKeyUsage(ku.bits, KU_KEY_ENCIPHERMENT)) throw new ConfigError(`Certificate ${path} usage does not permit key encipherment`);
+}
+
+/**
+ * extendedKeyUsage: no extension allows both ends; otherwise serverAuth (or anyExtendedKeyUsage)
+ * allows a server, clientAuth a client. As in QEMU, a purpose that does not fit is refused
+ * only when the extension is critical. (OpenSSL, which Node's TLS is, checks the peer's
+ * purpose during the handshake whatever the criticality; that is the session's affair.)
+ */
+function checkKeyPurpose(ext: CertificateExtensions, path: string, isServer: boolean): void {
+  const eku = ext.extKeyUsage;
+  if (eku === undefined || !eku.critical) return;
+  const any = eku.purposes.includes(OID_ANY_EXTENDED_KEY_USAGE);
+  if (isServer && !any && !eku.purposes.includes(OID_SERVER_AUTH)) {
+    throw new ConfigError(`Certificate ${path} purpose does not allow use with a TLS server`);
+  }
+  if (!isServer && !any && !eku.purposes.includes(OID_CLIENT_AUTH)) {
+    throw new ConfigError(`Certificate ${path} purpose does not allow use with a TLS client`);
+  }
+}
+
+/**
+ * qcrypto_tls_creds_check_cert_pair: one of the CA certificates issued ours. Every
+ * certificate in ca-cert.pem is a trust anchor, so there is no chain to build: one
+ * that names ours as issued by it (subject and key identifier, checkIssued) and whose
+ * key checks our signature is enough. Times and CA-ness were checked above.
+ */
+function checkIssuedBy(cert: X509Certificate, certPath: string, cas: readonly X509Certificate[], caPath: string): void {
+  const issuers = cas.filter((ca) => cert.checkIssued(ca));
+  if (issuers.some((ca) => cert.verify(ca.publicKey))) return;
+  // GnuTLS's reasons: no CA by the issuer's name, or one whose key does not check the signature.
+  const reason = issuers.length === 0 ? "The certificate hasn't got a known issuer" : 'The certificate is not trusted';
+  throw new ConfigError(`Our own certificate ${certPath} failed validation against ${caPath}: ${reason}`);
+}
+
+// --- X.509 extensions, read from the certificate's DER --------------------------------
+
+/** The extensions QEMU's sanity check looks at; undefined when the certificate has none of that kind. */
+interface CertificateExtensions {
+  readonly basicConstraints: { readonly ca: boolean } | undefined;
+  /** The KeyUsage BIT STRING's content (first byte: the count of unused bits). */
+  readonly keyUsage: { readonly bits: Uint8Array; readonly critical: boolean } | undefined;
+  readonly extKeyUsage: { readonly purposes: readonly string[]; readonly critical: boolean } | undefined;
+}
+
+const OID_BASIC_CONSTRAINTS = '2.5.29.19';
+const OID_KEY_USAGE = '2.5.29.15';
+const OID_EXT_KEY_USAGE = '2.5.29.37';
+const OID_ANY_EXTENDED_KEY_USAGE = '2.5.29.37.0';
+const OID_SERVER_AUTH = '1.3.6.1.5.5.7.3.1';
+const OID_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
+
+// KeyUsage bit numbers (RFC 5280 4.2.1.3); bit 0 is the first bit of the string.
+const KU_DIGITAL_SIGNATURE = 0;
+const KU_KEY_ENCIPHERMENT = 2;
+const KU_KEY_CERT_SIGN = 5;
+
+function hasKeyUsage(bits: Uint8Array, bit: number): boolean {
+  const byte = bits[1 + (bit >> 3)];
+  return byte !== undefined && (byte & (0x80 >> (bit & 7))) !== 0;
+}
+
+const TAG_BOOLEAN = 0x01;
+const TAG_BIT_STRING = 0x03;
+const TAG_OCTET_STRING = 0x04;
+const TAG_OID = 0x06;
+const TAG_SEQUENCE = 0x30;
+/** [3] EXPLICIT, constructed: where TBSCertificate keeps its extensions. */
+const TAG_EXTENSIONS = 0xa3;
+
+/** One DER element: its tag, and where its content starts and ends in the buffer. */
+interface Tlv {
+  readonly tag: number;
+  readonly start: number;
+  readonly end: number;
+}
+
+/**
+ * Certificate → TBSCertificate → [3] → Extensions, keeping the three QEMU asks about.
+ * OpenSSL has already parsed this certificate, but the reader still checks every length
+ * against its container: it trusts nothing it has not bounded itself.
+ */
+function readExtensions(der: Uint8Array): CertificateExtensions {
+  let basicConstraints: CertificateExtensions['basicConstraints'];
+  let keyUsage: CertificateExtensions['keyUsage'];
+  let extKeyUsage: CertificateExtensions['extKeyUsage'];
+
+  const certificate = expectTag(readTlv(der, 0, der.length), TAG_SEQUENCE, 'Certificate');
+  const tbs = expectTag(readTlv(der, certificate.start, certificate.end), TAG_SEQUENCE, 'TBSCertificate');
+  const wrapper = children(der, tbs).find((t) => t.tag === TAG_EXTENSIONS);
+  if (wrapper !== undefined) {
+    const list = expectTag(readTlv(der, wrapper.start, wrapper.end), TAG_SEQUENCE, 'Extensions');
+    for (const extension of children(der, list)) {
+      expectTag(extension, TAG_SEQUENCE, 'Extension');
+      const [idTlv, second, third] = children(der, extension);
+      if (idTlv === undefined || second === undefined) throw new Error('an extension is missing its id or value');
+      const oid = oidText(der, expectTag(idTlv, TAG_OID, 'extnID'));
+      // critical BOOLEAN DEFAULT FALSE: present only when there is a third element.
+      const critical = third !== undefined && booleanValue(der, expectTag(second, TAG_BOOLEAN, 'critical'));
+      const value = expectTag(third ?? second, TAG_OCTET_STRING, 'extnValue');
+      switch (oid) {
+        case OID_BASIC_CONSTRAINTS: {
+          // BasicConstraints ::= SEQUENCE { cA BOOLEAN DEFAULT FALSE, pathLenConstraint INTEGER OPTIONAL }
+          const seq = expectTag(readTlv(der, value.start, value.end), TAG_SEQUENCE, 'BasicConstraints');
+          const first = children(der, seq)[0];
+          basicConstraints = { ca: first !== undefined && first.tag === TAG_BOOLEAN && booleanValue(der, first) };
+          break;
+        }
+        case OID_KEY_USAGE: {
+          const bits = expectTag(readTlv(der, value.start, value.end), TAG_BIT_STRING, 'KeyUsage');
+          keyUsage = { bits: der.subarray(bits.start, bits.end), critical };
+          break;
+        }
+        case OID_EXT_KEY_USAGE: {
+          const seq = expectTag(readTlv(der, value.start, value.end), TAG_SEQUENCE, 'ExtKeyUsageSyntax');
+          const purposes = children(der, seq).map((t) => oidText(der, expectTag(t, TAG_OID, 'KeyPurposeId')));
+          extKeyUsage = { purposes, critical };
+          break;
+        }
+      }
+    }
+  }
+  return { basicConstraints, keyUsage, extKeyUsage };
+}
+
+function readTlv(der: Uint8Array, pos: number, limit: number): Tlv {
+  const tag = der[pos];
+  let length = der[pos + 1];
+  if (tag === undefined || length === undefined || pos + 2 > limit) throw new Error(`element at byte ${pos} is truncated`);
+  if ((tag & 0x1f) === 0x1f) throw new Error(`element at byte ${pos} has a multi-byte tag`);
+  let start = pos + 2;
+  if (length & 0x80) {
+    const count = length & 0x7f;
+    // Four length bytes cover any certificate; DER forbids the indefinite form (0x80).
+    if (count === 0 || count > 4 || start + count > limit) throw new Error(`element at byte ${pos} has a bad length`);
+    length = 0;
+    for (let i = 0; i < count; i++) length = length * 256 + (der[start + i] ?? 0);
+    start += count;
+  }
+  const end = start + length;
+  if (end > limit) throw new Error(`element at byte ${pos} runs past its container`);
+  return { tag, start, end };
+}
+
+function children(der: Uint8Array, parent: Tlv): Tlv[] {
+  const out: Tlv[] = [];
+  for (let pos = parent.start; pos < parent.end; ) {
+    const child = readTlv(der, pos, parent.end);
+    out.push(child);
+    pos = child.end;
+  }
+  return out;
+}
+
+function expectTag(tlv: Tlv, tag: number, what: string): Tlv {
+  if (tlv.tag !== tag) throw new Error(`${what} has tag 0x${tlv.tag.toString(16)}, expected 0x${tag.toString(16)}`);
+  return tlv;
+}
+
+function booleanValue(der: Uint8Array, tlv: Tlv): boolean {
+  if (tlv.end - tlv.start !== 1) throw new Error(`BOOLEAN at byte ${tlv.start} is not one byte long`);
+  return der[tlv.start] !== 0;
+}
+
+/** An OBJECT IDENTIFIER's content as dotted text ("2.5.29.19"). */
+function oidText(der: Uint8Array, tlv: Tlv): string {
+  const arcs: number[] = [];
+  let value = 0;
+  let open = false;
+  for (let i = tlv.start; i < tlv.end; i++) {
+    const byte = der[i] ?? 0;
+    value = value * 128 + (byte & 0x7f);
+    open = (byte & 0x80) !== 0;
+    if (!open) {
+      arcs.push(value);
+      value = 0;
+    }
+  }
+  const first = arcs[0];
+  if (first === undefined || open) throw new Error(`OBJECT IDENTIFIER at byte ${tlv.start} is malformed`);
+  // The first encoded number packs the first two arcs (40 * X + Y).
+  const head = first < 80 ? [Math.floor(first / 40), first % 40] : [2, first - 80];
+  return [...head, ...arcs.slice(1)].join('.');
+}

@@ -1,0 +1,274 @@
+// TLS around a migration channel, as QEMU 7.2 puts it around every channel of a migration
+// whose `tls-creds` names a credentials object (migration/tls.c): the source is the TLS
+// client, the destination the server, and the main connection and each multifd channel
+// has its own session. It works over any Channel — tcp, unix, fd:, exec: — because it sits
+// on top of one: the inner channel carries the encrypted bytes, and the channel handed back
+// carries the stream in clear. The cost is that guest pages can no longer go from guest RAM
+// to the kernel by reference (vectored writes) or be read straight into it (scattered
+// reads): every byte is encrypted or decrypted in this process, as in QEMU's.
+
+import { Duplex } from 'node:stream';
+import tls from 'node:tls';
+import { isIP } from 'node:net';
+import { TransportError } from '../errors.js';
+import type { TlsCredsX509 } from '../crypto/tls-creds.js';
+import type { Channel, Listener } from './channel.js';
+import { StreamChannel } from './stream-channel.js';
+
+/** How long a TLS handshake may take before the connection is given up. */
+export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/**
+ * A Channel as a Node Duplex, for Node's TLS to read its encrypted bytes from and write
+ * them to. Reads one chunk at a time, as the TLS layer asks; a write completes when the
+ * inner channel can take more; ending it ends the inner channel's sending side.
+ */
+class ChannelDuplex extends Duplex {
+  readonly #inner: Channel;
+  #reading = false;
+
+  constructor(inner: Channel) {
+    super({ allowHalfOpen: true });
+    this.#inner = inner;
+  }
+
+  override _read(): void {
+    if (this.#reading) return;
+    this.#reading = true;
+    this.#inner.read().then(
+      (chunk) => {
+        this.#reading = false;
+        if (chunk === null) {
+          this.push(null);
+          return;
+        }
+        if (this.push(chunk)) this._read();
+      },
+      () => {
+        this.#reading = false;
+        // A peer that read this side's last record (close_notify) may tear the connection
+        // down at once, before this side has finished ending its own: for the session that
+        // is its end. Read as one here. A connection broken in the middle still fails where
+        // it matters: a source's next write fails, and a destination's stream ends before
+        // its EOF section (a truncated stream, never a started guest).
+        this.push(null);
+      },
+    );
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.#inner.write(chunk).then(() => callback(), callback);
+  }
+
+  /**
+   * The session's last record (close_notify) is out: the inner channel is flushed, then its
+   * sending side ended. The peer may have read that record and closed the connection before
+   * the end reaches it — an end that fails once everything was flushed is no failure.
+   */
+  override _final(callback: (error?: Error | null) => void): void {
+    const inner = this.#inner;
+    (inner.drain ? inner.drain() : Promise.resolve()).then(
+      () => inner.end().then(() => callback(), () => callback()),
+      callback,
+    );
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.#inner.destroy(error ?? undefined);
+    callback(error);
+  }
+}
+
+/**
+ * The stream in clear over a TLS session on `inner`: reads and writes through the TLS
+ * socket; unsent(), drain() and end() also cover what the inner channel still holds.
+ */
+class TlsChannel implements Channel {
+  readonly description: string;
+  readonly duplex = true;
+  readonly #clear: StreamChannel;
+  readonly #inner: Channel;
+  readonly #duplex: ChannelDuplex;
+  readonly holdReceived?: (bytes: number) => void;
+
+  constructor(socket: tls.TLSSocket, duplex: ChannelDuplex, inner: Channel) {
+    this.description = `${inner.description} (TLS)`;
+    this.#inner = inner;
+    this.#duplex = duplex;
+    this.#clear = new StreamChannel({ description: this.description, readable: socket, writable: socket });
+    const hold = inner.holdReceived?.bind(inner);
+    if (hold) this.holdReceived = hold;
+  }
+
+  read(): Promise<Uint8Array | null> {
+    return this.#clear.read();
+  }
+
+  write(data: Uint8Array, done?: () => void): Promise<void> {
+    return this.#clear.write(data, done);
+  }
+
+  unsent(): number {
+    return this.#clear.unsent() + this.#duplex.writableLength + (this.#inner.unsent?.() ?? 0);
+  }
+
+  async drain(): Promise<void> {
+    await this.#clear.drain();
+    // The TLS socket has handed its records to the duplex: wait until the inner channel has them all.
+    while (this.#duplex.writableLength > 0) await new Promise((resolve) => setImmediate(resolve));
+    await this.#inner.drain?.();
+  }
+
+  /**
+   * Everything written flushed through the session and the inner channel (failures here
+   * are real), then the session closed (close_notify) and the inner channel ended. The
+   * peer may close as soon as it has read the last of the stream — a destination is done
+   * at its EOF section — so a close that fails then has lost nothing: it is not an error.
+   */
+  async end(): Promise<void> {
+    await this.drain();
+    try {
+      await this.#clear.end();
+      if (!this.#duplex.writableFinished) {
+        await new Promise<void>((resolve, reject) => {
+          this.#duplex.once('finish', resolve);
+          this.#duplex.once('error', reject);
+          this.#duplex.once('close', resolve);
+        });
+      }
+    } catch {
+      this.destroy();
+    }
+  }
+
+  destroy(error?: Error): void {
+    this.#clear.destroy(error);
+    this.#duplex.destroy(error);
+    this.#inner.destroy(error);
+  }
+}
+
+/** What a TLS handshake error says, in QEMU's words where it has them (crypto/tlssession.c). */
+function handshakeMessage(err: Error & { code?: string }): string {
+  switch (err.code) {
+    case 'ERR_TLS_CERT_ALTNAME_INVALID':
+      return err.message.replace(/^Hostname\/IP does not match certificate's altnames: /, 'Certificate does not match the hostname: ');
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+      return "The certificate hasn't got a known issuer";
+    case 'CERT_HAS_EXPIRED':
+      return 'The certificate has expired';
+    case 'CERT_NOT_YET_VALID':
+      return 'The certificate is not yet activated';
+    case 'CERT_REVOKED':
+      return 'The certificate has been revoked';
+    default:
+      return err.message;
+  }
+}
+
+/** Wait for `event` (the handshake's end) on `socket`, or fail with its error, a close, or the timeout. */
+function handshake(socket: tls.TLSSocket, event: 'secureConnect', description: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => fail(new TransportError(`TLS handshake failed on ${description}: no answer within ${TLS_HANDSHAKE_TIMEOUT_MS / 1000} s`)), TLS_HANDSHAKE_TIMEOUT_MS);
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      socket.off(event, done);
+      socket.off('error', onError);
+      socket.off('close', onClose);
+    };
+    const fail = (error: Error): void => {
+      cleanup();
+      socket.destroy();
+      reject(error);
+    };
+    const done = (): void => {
+      cleanup();
+      resolve();
+    };
+    const onError = (err: Error & { code?: string }): void => fail(new TransportError(`TLS handshake failed on ${description}: ${handshakeMessage(err)}`, { cause: err }));
+    const onClose = (): void => fail(new TransportError(`TLS handshake failed on ${description}: the peer closed the connection (does it use TLS too?)`));
+    socket.once(event, done);
+    socket.once('error', onError);
+    socket.once('close', onClose);
+  });
+}
+
+/**
+ * The source's side: a TLS client session on `inner` with client credentials `creds`.
+ * With verify-peer, the destination's certificate must chain to the CA and name
+ * `hostname` (tls-hostname, else the tcp: URI's host); without one, refused before
+ * anything is sent, in QEMU's words.
+ */
+export async function tlsClientChannel(inner: Channel, creds: TlsCredsX509, hostname: string | undefined): Promise<Channel> {
+  if (creds.verifyPeer && hostname === undefined) {
+    inner.destroy();
+    throw new TransportError(`TLS handshake failed on ${inner.description}: No hostname for certificate validation (set tls-hostname)`);
+  }
+  const duplex = new ChannelDuplex(inner);
+  const socket = tls.connect({
+    socket: duplex,
+    ca: creds.ca,
+    ...(creds.cert && creds.key ? { cert: creds.cert, key: creds.key } : {}),
+    rejectUnauthorized: creds.verifyPeer,
+    // SNI takes a DNS name only.
+    ...(hostname !== undefined && isIP(hostname) === 0 ? { servername: hostname } : {}),
+    checkServerIdentity: (_host, cert) => (creds.verifyPeer && hostname !== undefined ? tls.checkServerIdentity(hostname, cert) : undefined),
+  });
+  await handshake(socket, 'secureConnect', inner.description);
+  return new TlsChannel(socket, duplex, inner);
+}
+
+/**
+ * The destination's side: a TLS server session on `inner` with server credentials
+ * `creds`; with verify-peer, the source must present a certificate that chains to the CA.
+ * The session comes from a tls.Server handed the connection (its documented way to take
+ * any Duplex): a TLSSocket made by hand would not check the client's certificate. The
+ * check is this function's, so that a refusal says why.
+ */
+export async function tlsServerChannel(inner: Channel, creds: TlsCredsX509): Promise<Channel> {
+  const duplex = new ChannelDuplex(inner);
+  const server = tls.createServer({
+    ca: creds.ca,
+    ...(creds.cert && creds.key ? { cert: creds.cert, key: creds.key } : {}),
+    ...(creds.crl ? { crl: creds.crl } : {}),
+    requestCert: creds.verifyPeer,
+    rejectUnauthorized: false,
+  });
+  const socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
+    const timer = setTimeout(() => fail(new TransportError(`TLS handshake failed on ${inner.description}: no answer within ${TLS_HANDSHAKE_TIMEOUT_MS / 1000} s`)), TLS_HANDSHAKE_TIMEOUT_MS);
+    const fail = (error: Error): void => {
+      clearTimeout(timer);
+      duplex.destroy();
+      reject(error);
+    };
+    const onClose = (): void => fail(new TransportError(`TLS handshake failed on ${inner.description}: the peer closed the connection (does it use TLS too?)`));
+    server.once('secureConnection', (s: tls.TLSSocket) => {
+      clearTimeout(timer);
+      duplex.off('close', onClose);
+      if (creds.verifyPeer && !s.authorized) {
+        const code = String(s.authorizationError ?? 'no certificate');
+        s.destroy();
+        fail(new TransportError(`TLS handshake failed on ${inner.description}: the source's certificate was refused: ${handshakeMessage(Object.assign(new Error(code), { code }))} (${code})`));
+        return;
+      }
+      resolve(s);
+    });
+    server.once('tlsClientError', (err: Error & { code?: string }) => fail(new TransportError(`TLS handshake failed on ${inner.description}: ${handshakeMessage(err)}`, { cause: err })));
+    duplex.once('close', onClose);
+    server.emit('connection', duplex);
+  });
+  return new TlsChannel(socket, duplex, inner);
+}
+
+/** A listener whose every accepted connection is a TLS server session (the main one and each multifd channel). */
+export function tlsListener(inner: Listener, creds: TlsCredsX509): Listener {
+  return {
+    description: inner.description,
+    address: inner.address,
+    accept: async () => tlsServerChannel(await inner.accept(), creds),
+    close: () => inner.close(),
+  };
+}

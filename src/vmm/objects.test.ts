@@ -1,0 +1,40 @@
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ObjectRegistry, parseObjectOption } from './objects.js';
+import { makeTestCerts } from '../crypto/test-certs.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'ferry-objects-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+const certs = makeTestCerts(dir);
+
+test('-object: QEMU\'s TYPE,id=ID,key=value and qom-type=TYPE forms; values stay strings', () => {
+  assert.deepEqual(parseObjectOption('tls-creds-x509,id=tls0,dir=/etc/pki/qemu,endpoint=server,verify-peer=off'), {
+    type: 'tls-creds-x509', id: 'tls0', props: { dir: '/etc/pki/qemu', endpoint: 'server', 'verify-peer': 'off' },
+  });
+  assert.deepEqual(parseObjectOption('qom-type=tls-creds-x509,id=a,dir=/d'), { type: 'tls-creds-x509', id: 'a', props: { dir: '/d' } });
+  assert.throws(() => parseObjectOption('tls-creds-x509,dir=/d'), /Invalid -object "tls-creds-x509,dir=\/d": Parameter 'id' is missing/);
+  assert.throws(() => parseObjectOption('id=x,dir=/d'), /no type/);
+  assert.throws(() => parseObjectOption('tls-creds-x509,id=x,oops'), /"oops" is not key=value/);
+  assert.throws(() => parseObjectOption('tls-creds-x509,id=x,dir=/a,dir=/b'), /dir given twice/);
+});
+
+test('object registry: add, get, list and delete; every refusal changes nothing', () => {
+  const objects = new ObjectRegistry();
+  const made = objects.add('tls-creds-x509', 'tls0', { dir: certs.serverDir, endpoint: 'server' });
+  assert.equal(made.type, 'tls-creds-x509');
+  assert.equal(objects.get('tls0'), made);
+  assert.throws(() => objects.add('tls-creds-x509', 'tls0', { dir: certs.clientDir }), /attempt to add duplicate property 'tls0' to object \(type 'container'\)/);
+  assert.throws(() => objects.add('tls-creds-x509', '0bad', { dir: certs.clientDir }), /Parameter 'id' expects an identifier/);
+  assert.throws(() => objects.add('no-such-type', 'x', {}), /Parameter 'qom-type' does not accept value 'no-such-type'/);
+  assert.throws(() => objects.add('tls-creds-psk', 'x', {}), /Ferry does not create objects of type 'tls-creds-psk' \(it creates: tls-creds-x509\)/);
+  // A type's own refusal (a missing file) leaves no object behind.
+  assert.throws(() => objects.add('tls-creds-x509', 'tls1', { dir: join(dir, 'nowhere') }), /Unable to access credentials .*nowhere\/ca-cert\.pem: No such file or directory/);
+  assert.equal(objects.get('tls1'), undefined);
+  assert.deepEqual(objects.list(), [{ id: 'tls0', type: 'tls-creds-x509' }]);
+  objects.delete('tls0');
+  assert.equal(objects.get('tls0'), undefined);
+  assert.throws(() => objects.delete('tls0'), /object 'tls0' not found/);
+});

@@ -1,0 +1,89 @@
+// User-creatable objects, as QEMU's `-object` and QMP `object-add` / `object-del` make
+// them: for now the one kind a migration uses, `tls-creds-x509` (what `tls-creds` names).
+// QEMU keeps them under /objects by id; so does this registry.
+
+import { ConfigError } from '../errors.js';
+import { loadTlsCredsX509, type TlsCredsX509 } from '../crypto/tls-creds.js';
+
+export type UserObject = TlsCredsX509;
+
+/** The object types Ferry creates, and how each is built from its properties. */
+const MAKERS: Readonly<Record<string, (id: string, props: Record<string, unknown>) => UserObject>> = {
+  'tls-creds-x509': loadTlsCredsX509,
+};
+
+/**
+ * QEMU object types Ferry knows of and does not create, so that asking for one says that
+ * rather than that no such type exists.
+ */
+const NOT_CREATED = new Set(['tls-creds-psk', 'tls-creds-anon', 'secret', 'secret_keyring', 'authz-simple', 'authz-list', 'authz-listfile', 'authz-pam', 'memory-backend-ram', 'memory-backend-file', 'memory-backend-memfd', 'iothread', 'rng-random', 'rng-builtin', 'throttle-group']);
+
+/** QEMU's id_wellformed: a letter, then letters, digits, '-', '.' and '_'. */
+const ID = /^[A-Za-z][A-Za-z0-9_.-]*$/;
+
+export class ObjectRegistry {
+  readonly #objects = new Map<string, UserObject>();
+
+  /**
+   * object-add / -object: make an object of `type` called `id` from `props`. Refused, with
+   * nothing changed, for a bad id, a taken one, a type Ferry does not create, or
+   * properties the type refuses (its own words: a missing file, a certificate that does
+   * not verify).
+   */
+  add(type: string, id: string, props: Record<string, unknown>): UserObject {
+    if (!ID.test(id)) throw new ConfigError("Parameter 'id' expects an identifier");
+    const make = MAKERS[type];
+    if (make === undefined) {
+      if (NOT_CREATED.has(type)) throw new ConfigError(`Ferry does not create objects of type '${type}' (it creates: ${Object.keys(MAKERS).join(', ')})`);
+      throw new ConfigError(`Parameter 'qom-type' does not accept value '${type}'`);
+    }
+    if (this.#objects.has(id)) throw new ConfigError(`attempt to add duplicate property '${id}' to object (type 'container')`);
+    const object = make(id, props);
+    this.#objects.set(id, object);
+    return object;
+  }
+
+  /** object-del. A migration that is running keeps what it took when it began. */
+  delete(id: string): void {
+    if (!this.#objects.delete(id)) throw new ConfigError(`object '${id}' not found`);
+  }
+
+  get(id: string): UserObject | undefined {
+    return this.#objects.get(id);
+  }
+
+  /** Ids and types, in the order they were made (qom-list /objects). */
+  list(): Array<{ id: string; type: string }> {
+    return [...this.#objects].map(([id, o]) => ({ id, type: o.type }));
+  }
+}
+
+/**
+ * QEMU's `-object TYPE,id=ID,key=value,…` (also `qom-type=TYPE,…`) as the type, id and
+ * properties; values stay strings, which each type reads as it reads the command line.
+ */
+export function parseObjectOption(text: string): { type: string; id: string; props: Record<string, string> } {
+  const parts = text.split(',');
+  let type: string | undefined;
+  const props: Record<string, string> = {};
+  parts.forEach((part, i) => {
+    const eq = part.indexOf('=');
+    if (eq < 0) {
+      if (i === 0 && part !== '') type = part;
+      else throw new ConfigError(`Invalid -object "${text}": "${part}" is not key=value`);
+      return;
+    }
+    const key = part.slice(0, eq);
+    if (key in props) throw new ConfigError(`Invalid -object "${text}": ${key} given twice`);
+    props[key] = part.slice(eq + 1);
+  });
+  if (type === undefined) {
+    type = props['qom-type'];
+    delete props['qom-type'];
+  }
+  if (type === undefined) throw new ConfigError(`Invalid -object "${text}": no type (TYPE,id=ID,… or qom-type=TYPE,id=ID,…)`);
+  const id = props['id'];
+  delete props['id'];
+  if (id === undefined) throw new ConfigError(`Invalid -object "${text}": Parameter 'id' is missing`);
+  return { type, id, props };
+}

@@ -1,0 +1,207 @@
+// `tls-creds` between two fake VMs in one process: every connection of the migration — the
+// main one and each multifd channel — is a TLS session (the source the client, the
+// destination the server, QEMU 7.2's tls-creds-x509 files), nothing goes in clear, and
+// every way the two ends can disagree fails both, in words that say why, with the source
+// guest running and the destination never started.
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
+import type { Channel, Listener } from '../src/transport/channel.js';
+import { ObjectRegistry } from '../src/vmm/objects.js';
+import { makeTestCerts } from '../src/crypto/test-certs.js';
+import { digest, makeSide, statuses, type Side } from './migration-engine-helpers.js';
+
+const MiB = 1024 * 1024;
+const dir = mkdtempSync(join(tmpdir(), 'ferry-tls-engine-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+const certs = makeTestCerts(dir);
+/** A client with the CA's certificate alone: it can check the destination, and has no certificate to show. */
+const caOnlyDir = join(dir, 'ca-only');
+mkdirSync(caOnlyDir);
+copyFileSync(join(certs.clientDir, 'ca-cert.pem'), join(caOnlyDir, 'ca-cert.pem'));
+
+/**
+ * Connections through memory pairs; `wire` keeps the first bytes each connection carried
+ * from the source (what a sniffer on the network would see).
+ */
+function network(): { connect: () => Promise<Channel>; listen: () => Promise<Listener>; wire: Uint8Array[] } {
+  const queue: Channel[] = [];
+  const waiters: Array<(c: Channel) => void> = [];
+  const wire: Uint8Array[] = [];
+  const connect = async (): Promise<Channel> => {
+    const [near, far] = createMemoryChannelPair({ highWaterMark: 256 * 1024 });
+    const index = wire.push(new Uint8Array(0)) - 1;
+    const sniffed: Channel = {
+      ...near,
+      description: near.description,
+      read: () => near.read(),
+      write: (data, done) => {
+        if (wire[index]!.byteLength < 64) wire[index] = Buffer.concat([wire[index]!, data]).subarray(0, 64);
+        return near.write(data, done);
+      },
+      end: () => near.end(),
+      destroy: (error) => near.destroy(error),
+    };
+    const waiter = waiters.shift();
+    if (waiter) waiter(far);
+    else queue.push(far);
+    return sniffed;
+  };
+  const listener: Listener = {
+    description: 'memory:listen',
+    address: 'tcp:127.0.0.1:4444',
+    accept: () => {
+      const next = queue.shift();
+      return next ? Promise.resolve(next) : new Promise((resolve) => waiters.push(resolve));
+    },
+    close: async () => {},
+  };
+  return { connect, listen: async () => listener, wire };
+}
+
+/** A source and a destination, each with its own objects (as two processes would have). */
+function pair(net: ReturnType<typeof network>, objects: { src: ObjectRegistry; dst: ObjectRegistry }): { src: Side; dst: Side } {
+  const src = makeSide({ memorySize: 4 * MiB }, { connect: net.connect }, undefined, { findObject: (id) => objects.src.get(id) });
+  const dst = makeSide({ memorySize: 4 * MiB, incoming: true }, { listen: net.listen }, undefined, { findObject: (id) => objects.dst.get(id), multifdConnectWaitMs: 3000 });
+  for (const side of [src, dst]) side.migration.setCapabilities([{ capability: 'events', state: true }]);
+  src.vm.fillPages(0, 512);
+  return { src, dst };
+}
+
+function registries(client: Record<string, unknown> = {}, server: Record<string, unknown> = {}): { src: ObjectRegistry; dst: ObjectRegistry } {
+  const src = new ObjectRegistry();
+  const dst = new ObjectRegistry();
+  src.add('tls-creds-x509', 'tls0', { dir: certs.clientDir, endpoint: 'client', ...client });
+  dst.add('tls-creds-x509', 'tls0', { dir: certs.serverDir, endpoint: 'server', ...server });
+  return { src, dst };
+}
+
+const URI = 'tcp:127.0.0.1:4444';
+const QEVM = Buffer.from('QEVM');
+
+async function settle(src: Side, dst: Side): Promise<void> {
+  await src.migration.whenSettled();
+  await dst.migration.whenIncomingSettled();
+}
+
+for (const channels of [0, 2]) {
+  test(`tls-creds: a dirtying guest migrates${channels > 0 ? ` with ${channels} multifd channels` : ''}; every connection is a TLS session, none carries the stream in clear`, async (t) => {
+    const net = network();
+    const { src, dst } = pair(net, registries());
+    src.vm.startWorkload(20, 1);
+    t.after(() => src.vm.stopWorkload());
+    for (const side of [src, dst]) {
+      side.migration.setParameters({ 'tls-creds': 'tls0' });
+      if (channels > 0) {
+        side.migration.setParameters({ 'multifd-channels': channels });
+        side.migration.setCapabilities([{ capability: 'multifd', state: true }]);
+      }
+    }
+    src.migration.setParameters({ 'max-bandwidth': 0 });
+    await dst.migration.migrateIncoming(URI);
+    src.migration.migrate(URI);
+    await settle(src, dst);
+    const why = `source: ${src.migration.queryMigrate()['error-desc']}; destination: ${dst.migration.incomingError}`;
+    assert.equal(src.migration.status, 'completed', why);
+    assert.equal(dst.migration.incomingStatus, 'completed', why);
+    src.vm.stopWorkload();
+    assert.equal(digest(dst.vm.ram), digest(src.vm.ram), 'the destination\'s RAM is the source\'s');
+    assert.equal(net.wire.length, 1 + channels, 'the main connection and each channel');
+    for (const [i, bytes] of net.wire.entries()) {
+      // A TLS handshake record (content type 22, version 3.x) opens every connection.
+      assert.deepEqual([bytes[0], bytes[1]], [0x16, 0x03], `connection ${i} opens with a TLS handshake`);
+      assert.equal(Buffer.from(bytes).indexOf(QEVM), -1, `connection ${i} does not show the stream's magic`);
+    }
+    assert.deepEqual(statuses(dst.events), ['setup', 'active', 'completed']);
+  });
+}
+
+/** Both ends fail with errors matching `source` and `destination`; the source guest runs on, the destination never starts. */
+async function bothFail(src: Side, dst: Side, source: RegExp, destination: RegExp | undefined): Promise<void> {
+  await settle(src, dst);
+  assert.equal(src.migration.status, 'failed');
+  assert.match(src.migration.queryMigrate()['error-desc'] ?? '', source);
+  assert.equal(src.vm.runState, 'running', 'the source guest runs on');
+  if (destination) {
+    assert.equal(dst.migration.incomingStatus, 'failed');
+    assert.match(dst.migration.incomingError ?? '', destination);
+  }
+  assert.equal(dst.vm.runState, 'inmigrate', 'the destination never starts');
+}
+
+test('tls-creds: a destination without TLS and a source with it fail both, and nothing of the stream went in clear', async () => {
+  const net = network();
+  const { src, dst } = pair(net, registries());
+  src.migration.setParameters({ 'tls-creds': 'tls0' });
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  await bothFail(src, dst, /TLS handshake failed/, /.+/);
+  assert.equal(Buffer.from(net.wire[0]!).indexOf(QEVM), -1);
+});
+
+test('tls-creds: a source without TLS and a destination with it fail both', async () => {
+  const net = network();
+  const { src, dst } = pair(net, registries());
+  dst.migration.setParameters({ 'tls-creds': 'tls0' });
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  await bothFail(src, dst, /.+/, /TLS handshake failed/);
+});
+
+test('tls-creds: a destination whose certificate does not carry the name asked for is refused by the source', async () => {
+  const net = network();
+  const { src, dst } = pair(net, registries());
+  for (const side of [src, dst]) side.migration.setParameters({ 'tls-creds': 'tls0' });
+  src.migration.setParameters({ 'tls-hostname': 'elsewhere.example' });
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  await bothFail(src, dst, /TLS handshake failed on .*: Certificate does not match the hostname.*elsewhere\.example/, undefined);
+});
+
+test('tls-creds: a source whose certificate another CA signed, or that has none, is refused by a destination that verifies its peer', async () => {
+  for (const client of [{ dir: certs.otherCaClientDir, 'verify-peer': false }, { dir: caOnlyDir }]) {
+    const net = network();
+    const { src, dst } = pair(net, registries(client));
+    for (const side of [src, dst]) side.migration.setParameters({ 'tls-creds': 'tls0' });
+    await dst.migration.migrateIncoming(URI);
+    src.migration.migrate(URI);
+    await bothFail(src, dst, /.+/, /TLS handshake failed/);
+  }
+});
+
+test('tls-creds: with verify-peer off on the destination, a source with no certificate of its own migrates', async () => {
+  const net = network();
+  const { src, dst } = pair(net, registries({ dir: caOnlyDir }, { 'verify-peer': false }));
+  for (const side of [src, dst]) side.migration.setParameters({ 'tls-creds': 'tls0' });
+  await dst.migration.migrateIncoming(URI);
+  src.migration.migrate(URI);
+  await settle(src, dst);
+  assert.equal(src.migration.status, 'completed', src.migration.queryMigrate()['error-desc']);
+  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+});
+
+test('tls-creds: credentials for the wrong end, a unix: URI with no tls-hostname, and tls-authz are refused before anything connects, in QEMU\'s words', async () => {
+  let connects = 0;
+  let listens = 0;
+  const objects = registries();
+  const src = makeSide({ memorySize: 1 * MiB }, { connect: () => { connects++; return Promise.reject(new Error('unreachable')); } }, undefined, { findObject: (id) => objects.src.get(id) });
+  const dst = makeSide({ memorySize: 1 * MiB, incoming: true }, { listen: () => { listens++; return Promise.reject(new Error('unreachable')); } }, undefined, { findObject: (id) => objects.dst.get(id) });
+  // The server's credentials on the source, the client's on the destination.
+  const swapped = { src: objects.dst, dst: objects.src };
+  const srcSwapped = makeSide({ memorySize: 1 * MiB }, { connect: () => { connects++; return Promise.reject(new Error('unreachable')); } }, undefined, { findObject: (id) => swapped.src.get(id) });
+  const dstSwapped = makeSide({ memorySize: 1 * MiB, incoming: true }, { listen: () => { listens++; return Promise.reject(new Error('unreachable')); } }, undefined, { findObject: (id) => swapped.dst.get(id) });
+  for (const side of [src, dst, srcSwapped, dstSwapped]) side.migration.setParameters({ 'tls-creds': 'tls0' });
+  assert.throws(() => srcSwapped.migration.migrate(URI), /^MigrationError: Expected TLS credentials for a client endpoint$/);
+  await assert.rejects(dstSwapped.migration.migrateIncoming(URI), /^MigrationError: Expected TLS credentials for a server endpoint$/);
+  assert.throws(() => src.migration.migrate('unix:/tmp/ferry-nowhere.sock'), /No hostname for certificate validation/);
+  src.migration.setParameters({ 'tls-hostname': 'localhost' });
+  dst.migration.setParameters({ 'tls-authz': 'auth0' });
+  await assert.rejects(dst.migration.migrateIncoming(URI), /No authorization object with id 'auth0'/);
+  assert.deepEqual([connects, listens], [0, 0]);
+  for (const side of [src, srcSwapped]) assert.equal(side.migration.status, 'none');
+  for (const side of [dst, dstSwapped]) assert.equal(side.migration.incomingStatus, 'none');
+});
