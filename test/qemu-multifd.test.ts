@@ -1,5 +1,5 @@
 // Ferry's RAM next to QEMU 7.2's, both ways, over one connection and over multifd channels
-// (uncompressed, zlib, zstd). A QEMU destination loads a stopped Ferry guest's RAM — paused
+// (uncompressed, zlib, zstd, and inside TLS sessions: Node's OpenSSL against QEMU's GnuTLS). A QEMU destination loads a stopped Ferry guest's RAM — paused
 // before the switchover, QEMU's pmemsave equals Ferry's page for page — and then stops at
 // Ferry's vCPU state (Ferry's devices are not QEMU's). And Ferry's receiver reads what a real
 // QEMU source sent on its channels: every page lands where the stopped guest's own memory
@@ -19,6 +19,10 @@ import { channelFromBytes } from '../src/stream/memory-channel.js';
 import { MULTIFD_FLAG_SYNC, MULTIFD_INIT_BYTES, MULTIFD_PACKET_BYTES, decodeMultifdInit, decodeMultifdPacket } from '../src/stream/multifd.js';
 import { MultifdReceiver } from '../src/migration/multifd-recv.js';
 import { compressionFlag } from '../src/stream/multifd-compression.js';
+import { makeTestCerts } from '../src/crypto/test-certs.js';
+import { loadTlsCredsX509 } from '../src/crypto/tls-creds.js';
+import { tlsServerChannel } from '../src/transport/tls.js';
+import { socketChannel } from '../src/transport/socket.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const QEMU = 'qemu-system-x86_64';
@@ -74,26 +78,31 @@ async function migrated(client: QmpClient): Promise<{ status: string; 'error-des
 }
 
 const COMPRESSIONS = ['none', 'zlib', 'zstd'] as const;
-/** "", or ", pages compressed with zlib" — the test names' tails. */
-const compressed = (c: (typeof COMPRESSIONS)[number]): string => (c === 'none' ? '' : `, pages compressed with ${c}`);
+/** "", or ", pages compressed with zlib", or ", inside TLS sessions" — the test names' tails. */
+const compressed = (c: (typeof COMPRESSIONS)[number] | 'tls'): string => (c === 'none' ? '' : c === 'tls' ? ', every one inside a TLS session (x509, each end verifying the other)' : `, pages compressed with ${c}`);
 
 // 'single': no multifd, the RAM on the main stream alone — the same check for plain pre-copy.
-for (const compression of ['single', ...COMPRESSIONS] as const) {
+// 'tls': uncompressed multifd, the main connection and each channel a TLS session.
+for (const compression of ['single', ...COMPRESSIONS, 'tls'] as const) {
 const multifd = compression !== 'single';
+const tls = compression === 'tls';
+const method = tls ? 'none' : compression;
 test(`QEMU 7.2 loads a Ferry source's ${multifd ? `multifd channels${compressed(compression)}` : 'RAM over one connection (no multifd)'}: its RAM then holds the Ferry guest's, page for page`, { skip: QEMU_SKIP, timeout: 180_000 }, async (t) => {
   const dir = scratch(t);
   const sock = join(dir, 'mig.sock');
   const RAM = 64 * 1024 * 1024;
+  const certs = tls ? makeTestCerts(join(dir, 'pki')) : undefined;
   // Ferry's sim machine has one RAM block, pc.ram, as QEMU's: QEMU needs the same size.
-  const dest = qemu(t, dir, 'dst', ['-m', '64', '-incoming', 'defer']);
+  const dest = qemu(t, dir, 'dst', ['-m', '64', '-incoming', 'defer', ...(certs ? ['-object', `tls-creds-x509,id=tls0,dir=${certs.serverDir},endpoint=server,verify-peer=on`] : [])]);
   const dstQmp = await qmpOf(dest);
   t.after(() => dstQmp.close());
   if (multifd) {
-    await dstQmp.execute('migrate-set-parameters', { 'multifd-channels': 3, 'multifd-compression': compression });
+    await dstQmp.execute('migrate-set-parameters', { 'multifd-channels': 3, 'multifd-compression': method });
     await dstQmp.execute('migrate-set-capabilities', { capabilities: MULTIFD });
   }
+  if (tls) await dstQmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0' });
   await dstQmp.execute('migrate-incoming', { uri: `unix:${sock}` });
-  const source = await FerryProcess.start({ dir, name: 'src', args: ['--accel', 'sim', '-m', '64M', '--guest', 'builtin:sweep,rate=20000'], serial: 'null' });
+  const source = await FerryProcess.start({ dir, name: 'src', args: ['--accel', 'sim', '-m', '64M', '--guest', 'builtin:sweep,rate=20000', ...(certs ? ['--object', `tls-creds-x509,id=tls0,dir=${certs.clientDir},endpoint=client`] : [])], serial: 'null' });
   t.after(() => source.quit());
   // A guest that wrote RAM, then stopped: at the switchover QEMU must hold exactly that.
   const deadline = Date.now() + 30_000;
@@ -102,7 +111,10 @@ test(`QEMU 7.2 loads a Ferry source's ${multifd ? `multifd channels${compressed(
     await new Promise((r) => setTimeout(r, 50));
   }
   await source.execute('stop');
-  await source.execute('migrate-set-parameters', { ...(multifd ? { 'multifd-channels': 3, 'multifd-compression': compression } : {}), 'max-bandwidth': 0 });
+  // A downtime limit of 1 ms: the source switches over only once (the guest stopped) nothing
+  // is left, so that at the pause every page has gone — with the default 300 ms a slower
+  // link (TLS) switched over with 31 MB still to send, which goes after the pause.
+  await source.execute('migrate-set-parameters', { ...(multifd ? { 'multifd-channels': 3, 'multifd-compression': method } : {}), ...(tls ? { 'tls-creds': 'tls0', 'tls-hostname': 'localhost' } : {}), 'max-bandwidth': 0, 'downtime-limit': 1 });
   await source.execute('migrate-set-capabilities', { capabilities: [...(multifd ? MULTIFD : []), { capability: 'pause-before-switchover', state: true }] });
   await source.execute('migrate', { uri: `unix:${sock}` });
   // Paused before the device state: every page went, and QEMU — loading nothing until all
@@ -144,15 +156,19 @@ test(`QEMU 7.2 loads a Ferry source's ${multifd ? `multifd channels${compressed(
   const qemuErr = dest.stderr();
   // Then Ferry's devices, which are not QEMU's.
   assert.match(qemuErr, FERRY_CPU_REFUSED);
-  assert.doesNotMatch(qemuErr, /multifd|RAM block|Unknown combination/i);
+  assert.doesNotMatch(qemuErr, /multifd|RAM block|Unknown combination|TLS|handshake/i);
 });
 }
 
-for (const compression of COMPRESSIONS) {
-test(`Ferry's multifd receiver reads a QEMU 7.2 source's channels: each page lands where the guest's own memory says it belongs${compressed(compression)}`, { skip: QEMU_SKIP, timeout: 180_000 }, async (t) => {
+for (const mode of [...COMPRESSIONS, 'tls'] as const) {
+const tls = mode === 'tls';
+const compression = tls ? 'none' : mode;
+test(`Ferry's multifd receiver reads a QEMU 7.2 source's channels: each page lands where the guest's own memory says it belongs${compressed(mode)}`, { skip: QEMU_SKIP, timeout: 180_000 }, async (t) => {
   const dir = scratch(t);
   const serial = join(dir, 'src.serial');
-  const source = qemu(t, dir, 'src', ['-m', '32', '-serial', `file:${serial}`, '-drive', `file=${BOOTSECTOR},format=raw,if=ide`]);
+  const certs = tls ? makeTestCerts(join(dir, 'pki')) : undefined;
+  const source = qemu(t, dir, 'src', ['-m', '32', '-serial', `file:${serial}`, '-drive', `file=${BOOTSECTOR},format=raw,if=ide`,
+    ...(certs ? ['-object', `tls-creds-x509,id=tls0,dir=${certs.clientDir},endpoint=client`] : [])]);
   const client = await qmpOf(source);
   t.after(() => client.close());
   // Let the boot-sector guest write RAM for a while (a byte on the serial port per pass), then stop it: both saves see the same RAM.
@@ -164,19 +180,30 @@ test(`Ferry's multifd receiver reads a QEMU 7.2 source's channels: each page lan
   await client.execute('stop');
   const RAM = 32 * 1024 * 1024;
 
-  // A destination that only records: the first connection is QEMU's main stream, every later one a channel.
+  // A destination that only records: the first connection is QEMU's main stream, every later
+  // one a channel. With TLS, each is first a session with Ferry's TLS server (verifying QEMU's
+  // client certificate), and what is recorded is the stream in clear.
   const sock = join(dir, 'record.sock');
   const recorded: Buffer[][] = [];
   const ended: Promise<void>[] = [];
+  const serverCreds = certs ? loadTlsCredsX509('tls0', { dir: certs.serverDir, endpoint: 'server' }) : undefined;
   const server = net.createServer((conn) => {
     const chunks: Buffer[] = [];
     recorded.push(chunks);
-    conn.on('data', (b: Buffer) => chunks.push(b));
-    ended.push(new Promise((resolve) => conn.on('close', () => resolve())));
+    if (serverCreds === undefined) {
+      conn.on('data', (b: Buffer) => chunks.push(b));
+      ended.push(new Promise((resolve) => conn.on('close', () => resolve())));
+      return;
+    }
+    ended.push((async () => {
+      const channel = await tlsServerChannel(socketChannel(conn, 'unix:record', {}), serverCreds);
+      for (let chunk = await channel.read(); chunk !== null; chunk = await channel.read()) chunks.push(Buffer.from(chunk));
+      channel.destroy();
+    })().catch((err: unknown) => assert.fail(`the TLS session with QEMU: ${String(err)}`)));
   });
   await new Promise<void>((resolve) => server.listen(sock, resolve));
   t.after(() => server.close());
-  await client.execute('migrate-set-parameters', { 'multifd-channels': 3, 'multifd-compression': compression });
+  await client.execute('migrate-set-parameters', { 'multifd-channels': 3, 'multifd-compression': compression, ...(tls ? { 'tls-creds': 'tls0', 'tls-hostname': 'localhost' } : {}) });
   await client.execute('migrate-set-capabilities', { capabilities: MULTIFD });
   await client.execute('migrate', { uri: `unix:${sock}` });
   const info = await migrated(client);

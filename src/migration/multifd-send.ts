@@ -12,7 +12,7 @@ import { MigrationCancelledError, MigrationError, errorMessage } from '../errors
 import type { Channel } from '../transport/channel.js';
 import { StreamWriter } from '../stream/writer.js';
 import {
-  MULTIFD_FLAG_SYNC, MULTIFD_PACKET_BYTES, MULTIFD_PACKET_PAGES, encodeMultifdInit, multifdBlockName, writeMultifdPacketHeader,
+  MULTIFD_FLAG_SYNC, MULTIFD_INIT_BYTES, MULTIFD_PACKET_BYTES, MULTIFD_PACKET_PAGES, encodeMultifdInit, multifdBlockName, writeMultifdPacketHeader,
 } from '../stream/multifd.js';
 import { keepShape } from '../hot-shapes.js';
 import { compressionFlag, packetCompressor, type MultifdCompression, type PacketCompressor } from '../stream/multifd-compression.js';
@@ -119,21 +119,26 @@ export class MultifdSender {
    * `compression` (QEMU's multifd-compression, at `level`) other than none compresses every
    * packet's pages.
    */
-  constructor(channels: readonly Channel[], uuid: Uint8Array, options?: { bufferSize?: number; compression?: MultifdCompression; level?: number }) {
+  constructor(channels: readonly Channel[], uuid: Uint8Array, options?: { bufferSize?: number; compression?: MultifdCompression; level?: number; initialPacketsSent?: boolean }) {
     keepShape(this);
     this.#channels = channels;
     const compression = options?.compression ?? 'none';
     this.#flag = compressionFlag(compression);
+    // connectMultifdChannels may have sent them already, each as its channel connected.
+    this.#initialBytes = options?.initialPacketsSent ? MULTIFD_INIT_BYTES : 0;
     this.#writers = channels.map((c, id) => {
       const w = new StreamWriter(c, options?.bufferSize !== undefined ? { bufferSize: options.bufferSize } : undefined);
-      w.bytes(encodeMultifdInit(uuid, id));
-      this.#counted += w.bytesWritten;
+      if (!options?.initialPacketsSent) w.bytes(encodeMultifdInit(uuid, id));
+      this.#counted += this.#initialBytes + w.bytesWritten;
       return w;
     });
     this.#compressing = compression === 'none' ? [] : this.#writers.map((w) => ({
-      compressor: packetCompressor(compression, options?.level ?? 1), pending: 0, tail: Promise.resolve(), wake: undefined, free: [], marks: new WireMarks(w.bytesWritten),
+      compressor: packetCompressor(compression, options?.level ?? 1), pending: 0, tail: Promise.resolve(), wake: undefined, free: [], marks: new WireMarks(this.#initialBytes + w.bytesWritten),
     }));
   }
+
+  /** Bytes each channel carried before its writer: its initial packet when connectMultifdChannels sent it. */
+  readonly #initialBytes: number;
 
   get channels(): number {
     return this.#writers.length;
@@ -147,7 +152,7 @@ export class MultifdSender {
   /** Every byte handed to the channels: initial packets, packet headers, pages — compressed where they are. */
   get bytesWritten(): number {
     let sum = 0;
-    for (const w of this.#writers) sum += w.bytesWritten;
+    for (const w of this.#writers) sum += this.#initialBytes + w.bytesWritten;
     return sum;
   }
 
@@ -174,7 +179,7 @@ export class MultifdSender {
   unsentCounted(): number {
     let delivered = 0;
     for (let i = 0; i < this.#writers.length; i++) {
-      const wire = this.#writers[i]!.bytesWritten - (this.#channels[i]!.unsent?.() ?? 0);
+      const wire = this.#initialBytes + this.#writers[i]!.bytesWritten - (this.#channels[i]!.unsent?.() ?? 0);
       const c = this.#compressing[i];
       delivered += c === undefined ? wire : c.marks.delivered(wire);
     }
@@ -242,7 +247,7 @@ export class MultifdSender {
       const c = this.#compressing[i];
       const send = (): void => {
         writeMultifdPacketHeader(w, MULTIFD_FLAG_SYNC, num, EMPTY_NAME, this.#offsets, 0);
-        c?.marks.written(w.bytesWritten, MULTIFD_PACKET_BYTES);
+        c?.marks.written(this.#initialBytes + w.bytesWritten, MULTIFD_PACKET_BYTES);
         w.flush().catch(() => {});
       };
       if (c === undefined) send();
@@ -311,7 +316,7 @@ export class MultifdSender {
           this.compressedTo += data.byteLength;
           writeMultifdPacketHeader(w, this.#flag, num, name, offsets, count, data.byteLength);
           w.bytes(data);
-          c.marks.written(w.bytesWritten, MULTIFD_PACKET_BYTES + count * PAGE_BYTES);
+          c.marks.written(this.#initialBytes + w.bytesWritten, MULTIFD_PACKET_BYTES + count * PAGE_BYTES);
         },
         (err: unknown) => w.setError(err instanceof Error ? err : new MigrationError(String(err))),
       )
@@ -362,16 +367,23 @@ export class MultifdSender {
 }
 
 /**
- * Connect `count` multifd channels through `connect`, all at once as QEMU does. Each one
- * is pushed to `opened` as it connects, so that a cancel or a failure can tear it down;
- * one that connects after `cancelled()` is closed at once. If any fails, the migration
- * fails with its error (the caller closes the others with the rest).
+ * Connect `count` multifd channels through `connect`, all at once as QEMU does, each one
+ * sending its initial packet (channel i says it is number i, for `uuid`) the moment it
+ * connects, as QEMU's channel threads do: a QEMU destination reads a channel's initial
+ * packet as soon as the channel is there, blocking its main loop meanwhile — over TLS,
+ * where that loop also carries the other channels' handshakes, waiting for all of them
+ * before sending any would leave both ends waiting. Each one is pushed to `opened` as it
+ * connects, so that a cancel or a failure can tear it down; one that connects after
+ * `cancelled()` is closed at once. If any fails, the migration fails with its error (the
+ * caller closes the others with the rest). The sender is then made with
+ * `initialPacketsSent`.
  */
-export async function connectMultifdChannels(count: number, connect: () => Promise<Channel>, opened: Channel[], cancelled: () => boolean, cancelSignal: Promise<never>): Promise<Channel[]> {
-  const attempts = Array.from({ length: count }, () =>
+export async function connectMultifdChannels(count: number, connect: () => Promise<Channel>, uuid: Uint8Array, opened: Channel[], cancelled: () => boolean, cancelSignal: Promise<never>): Promise<Channel[]> {
+  const attempts = Array.from({ length: count }, (_, id) =>
     connect().then((c) => {
       opened.push(c);
       if (cancelled()) c.destroy(new MigrationCancelledError());
+      else c.write(encodeMultifdInit(uuid, id)).catch(() => {});
       return c;
     }),
   );

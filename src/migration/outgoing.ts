@@ -253,9 +253,9 @@ export class OutgoingMigration {
       // later one as a multifd channel: they connect only once the main one has.
       if (this.#o.multifd) {
         const { channels, uuid, compression, level } = this.#o.multifd;
-        const connected = await connectMultifdChannels(channels, () => this.#o.connect(), this.#multifdChannels, () => this.#cancelRequested, this.#cancelSignal);
+        const connected = await connectMultifdChannels(channels, () => this.#o.connect(), uuid, this.#multifdChannels, () => this.#cancelRequested, this.#cancelSignal);
         this.#multifd = new MultifdSender(connected, uuid, {
-          ...writerOptions, ...(compression !== undefined ? { compression } : {}), ...(level !== undefined ? { level } : {}),
+          ...writerOptions, ...(compression !== undefined ? { compression } : {}), ...(level !== undefined ? { level } : {}), initialPacketsSent: true,
         });
         this.#o.ram.useMultifd(this.#multifd);
       }
