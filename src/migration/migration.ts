@@ -33,14 +33,18 @@ import type { RunState } from '../machine/run-state.js';
 import { NIL_UUID } from '../uuid.js';
 import { keepShape } from '../hot-shapes.js';
 import type { TlsCredsX509 } from '../crypto/tls-creds.js';
-import { tlsClientChannel, tlsListener } from '../transport/tls.js';
+import { tlsClientChannel, tlsListener, type TlsSetup } from '../transport/tls.js';
 
 export interface MigrationOptions {
   readonly vm: MigrationVm;
-  /** Open the outgoing channel for a migrate URI (transport/). */
-  readonly connect: (uri: string) => Promise<Channel>;
-  /** Start listening for a migrate-incoming URI (transport/). */
-  readonly listen: (uri: string) => Promise<Listener>;
+  /**
+   * Open the outgoing channel for a migrate URI (transport/). With `tls`, a transport that
+   * can make the connection a TLS session itself returns it so (Channel.tls); otherwise
+   * the migration wraps it (transport/tls.ts).
+   */
+  readonly connect: (uri: string, options?: { tls?: TlsSetup }) => Promise<Channel>;
+  /** Start listening for a migrate-incoming URI (transport/); `tls` as for connect, for every connection accepted. */
+  readonly listen: (uri: string, options?: { tls?: TlsSetup }) => Promise<Listener>;
   /** Milliseconds, high resolution (performance.now). */
   readonly now: () => number;
   /** Send a QMP event (MIGRATION, MIGRATION_PASS); called only when the `events` capability is on. */
@@ -406,13 +410,17 @@ export class Migration {
     if (creds.verifyPeer && hostname === undefined) {
       throw new MigrationError(`No hostname for certificate validation: ${uri} names no host; set tls-hostname to the name in the destination's certificate`);
     }
-    return async () => tlsClientChannel(await this.#o.connect(uri), creds, hostname);
+    const tls: TlsSetup = { role: 'client', creds, hostname };
+    return async () => {
+      const channel = await this.#o.connect(uri, { tls });
+      return channel.tls === true ? channel : tlsClientChannel(channel, creds, hostname);
+    };
   }
 
   /** Listen on `uri`; with TLS credentials, every connection accepted is a TLS session. */
-  async #listen(uri: string, tls: TlsCredsX509 | undefined): Promise<Listener> {
-    const listener = await this.#o.listen(uri);
-    return tls === undefined ? listener : tlsListener(listener, tls);
+  async #listen(uri: string, creds: TlsCredsX509 | undefined): Promise<Listener> {
+    if (creds === undefined) return this.#o.listen(uri);
+    return tlsListener(await this.#o.listen(uri, { tls: { role: 'server', creds } }), creds);
   }
 
   #resume(uri: string, connect: () => Promise<Channel>): void {

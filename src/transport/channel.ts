@@ -10,6 +10,11 @@ export interface Channel {
    */
   readonly duplex?: boolean;
   /**
+   * True when the channel is a TLS session already: the transport made it one (tcp:,
+   * unix: — Node's TLS straight on the socket), so the migration does not wrap it again.
+   */
+  readonly tls?: boolean;
+  /**
    * The next chunk of bytes, or null at a clean end of stream. Rejects with a
    * TransportError when the peer broke the connection. The chunk is the caller's.
    */

@@ -10,6 +10,7 @@ import type { Channel, Listener } from './channel.js';
 import { toTransportError } from './errors.js';
 import { adoptWithPooledReads, PooledReads } from './read-pool.js';
 import { tuneIfLocal, sizeSocketBuffers, isLoopbackAddress, holdReceiveBuffer } from './socket-buffers.js';
+import { secureSocketChannel, type TlsSetup } from './tls.js';
 import { useLoopbackCongestion } from './loopback-congestion.js';
 import { closeFd, setSocketBufferSize, tcpSocket } from '../sys/libc.js';
 import { DEFAULT_READ_HIGH_WATER_MARK, DEFAULT_WRITE_HIGH_WATER_MARK, StreamChannel } from './stream-channel.js';
@@ -30,6 +31,20 @@ export interface SocketOptions {
    * their sockets fill up as a real migration's do.
    */
   readonly socketBufferBytes?: number;
+  /** Make every connection a TLS session (Node's TLS on the socket itself: tls.ts). */
+  readonly tls?: TlsSetup;
+}
+
+/**
+ * A connected socket as a TLS session (tls.ts): tuned as socketChannel() tunes a plain one,
+ * then the handshake; the socket is destroyed if it fails.
+ */
+function secureChannel(socket: net.Socket, description: string, options: SocketOptions, setup: TlsSetup): Promise<Channel> {
+  const tcp = socket.remoteFamily !== undefined;
+  if (tcp) socket.setNoDelay(true);
+  const fd = socketFd(socket);
+  if (fd !== undefined) tuneIfLocal(fd, tcp, socket.remoteAddress, description);
+  return secureSocketChannel(socket, setup, description, fd, tcp && fd !== undefined ? (bytes) => holdReceiveBuffer(fd, bytes, description) : undefined);
 }
 
 /**
@@ -73,8 +88,9 @@ export function connectSocket(uri: SocketUri, options: SocketOptions = {}): Prom
   const description = formatMigrationUri(uri);
   const highWaterMark = options.writeHighWaterMark ?? DEFAULT_WRITE_HIGH_WATER_MARK;
   return new Promise<Channel>((resolve, reject) => {
-    const pooledReads = new PooledReads();
-    const common = { writableHighWaterMark: highWaterMark, onread: pooledReads.onread } as net.SocketConstructorOpts;
+    // A TLS session reads the socket itself: no pooled reads under it.
+    const pooledReads = options.tls ? undefined : new PooledReads();
+    const common = { writableHighWaterMark: highWaterMark, ...(pooledReads ? { onread: pooledReads.onread } : {}) } as net.SocketConstructorOpts;
     let socket: net.Socket | undefined;
     let timer: NodeJS.Timeout | undefined;
     let settled = false;
@@ -89,7 +105,8 @@ export function connectSocket(uri: SocketUri, options: SocketOptions = {}): Prom
       if (settled) return;
       settled = true;
       if (timer) clearTimeout(timer);
-      resolve(socketChannel(socket!, description, options, pooledReads));
+      if (options.tls) secureChannel(socket!, description, options, options.tls).then(resolve, reject);
+      else resolve(socketChannel(socket!, description, options, pooledReads));
     };
     if (options.connectTimeoutMs !== undefined) {
       timer = setTimeout(
@@ -237,7 +254,8 @@ class SocketListener implements Listener {
   readonly #server: net.Server;
   readonly #uri: SocketUri;
   readonly #options: SocketOptions;
-  #pending: Channel[] = [];
+  /** Connections accepted and not yet taken; with TLS, each once its handshake ends (or fails). */
+  #pending: Promise<Channel>[] = [];
   #waiters: { resolve(channel: Channel): void; reject(error: Error): void }[] = [];
   #error: Error | null = null;
   #closePromise: Promise<void> | null = null;
@@ -261,7 +279,7 @@ class SocketListener implements Listener {
 
   accept(): Promise<Channel> {
     const channel = this.#pending.shift();
-    if (channel) return Promise.resolve(channel);
+    if (channel) return channel;
     if (this.#error) return Promise.reject(this.#error);
     return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
   }
@@ -269,7 +287,7 @@ class SocketListener implements Listener {
   close(): Promise<void> {
     if (this.#closePromise) return this.#closePromise;
     this.#fail(new TransportError(`Listener on ${this.address} was closed`));
-    for (const channel of this.#pending) channel.destroy();
+    for (const channel of this.#pending) channel.then((c) => c.destroy(), () => {});
     this.#pending = [];
     // Stop listening only: the server's close callback would also wait for every accepted
     // connection to end, and those belong to whoever accepted them.
@@ -283,17 +301,26 @@ class SocketListener implements Listener {
       accepted.destroy();
       return;
     }
-    const highWaterMark = this.#options.writeHighWaterMark ?? DEFAULT_WRITE_HIGH_WATER_MARK;
-    // net.Server has no `onread` option: the accepted socket (taken paused, before any
-    // read) is rebuilt around the same handle with one.
-    const { socket, pooledReads } = adoptWithPooledReads(accepted, { writable: true, writableHighWaterMark: highWaterMark });
-    const peer =
+    const peerOf = (socket: net.Socket): string =>
       this.#uri.kind === 'tcp' && socket.remoteAddress !== undefined
         ? ` from ${socket.remoteAddress.includes(':') ? `[${socket.remoteAddress}]` : socket.remoteAddress}:${socket.remotePort}`
         : '';
-    const channel = socketChannel(socket, `${this.address}${peer}`, this.#options, pooledReads);
+    let channel: Promise<Channel>;
+    const tls = this.#options.tls;
+    if (tls) {
+      // The TLS session reads the socket itself.
+      channel = secureChannel(accepted, `${this.address}${peerOf(accepted)}`, this.#options, tls);
+    } else {
+      const highWaterMark = this.#options.writeHighWaterMark ?? DEFAULT_WRITE_HIGH_WATER_MARK;
+      // net.Server has no `onread` option: the accepted socket (taken paused, before any
+      // read) is rebuilt around the same handle with one.
+      const { socket, pooledReads } = adoptWithPooledReads(accepted, { writable: true, writableHighWaterMark: highWaterMark });
+      channel = Promise.resolve(socketChannel(socket, `${this.address}${peerOf(socket)}`, this.#options, pooledReads));
+    }
+    // Handed out in the order the connections came (the first is the main stream).
+    channel.catch(() => {});
     const waiter = this.#waiters.shift();
-    if (waiter) waiter.resolve(channel);
+    if (waiter) channel.then(waiter.resolve, waiter.reject);
     else this.#pending.push(channel);
   }
 

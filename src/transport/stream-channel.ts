@@ -41,6 +41,13 @@ export interface StreamChannelOptions {
    * undefined once it is closed. Without it the channel has no `vectored`.
    */
   readonly directFd?: () => number | undefined;
+  /**
+   * The descriptor under the writable when it is not written directly (a TLS session on a
+   * socket): its send queue still counts in unsent().
+   */
+  readonly sendQueueFd?: () => number | undefined;
+  /** The channel is a TLS session (Channel.tls). */
+  readonly tls?: boolean;
   /** Set the kernel's receive buffer of the descriptor to `bytes` (Channel.holdReceived); absent where that hides nothing from the sender. */
   readonly receiveBuffer?: (bytes: number) => void;
   /**
@@ -83,7 +90,9 @@ export class StreamChannel implements Channel {
   #scatterPaused = false;
   #scatteredSinceTurn = 0;
   readonly duplex: boolean;
+  readonly tls: boolean;
   readonly holdReceived?: (bytes: number) => void;
+  readonly #sendQueueFd: (() => number | undefined) | undefined;
   readonly #direct: DirectWrites | SplicedWrites | null = null;
   readonly #directFd: (() => number | undefined) | undefined;
   /** A vectored write the socket has not taken all of yet; everything after it waits. */
@@ -133,6 +142,8 @@ export class StreamChannel implements Channel {
       this.#writeClosed = true;
     }
     this.#directFd = options.directFd;
+    this.#sendQueueFd = options.sendQueueFd ?? options.directFd;
+    this.tls = options.tls === true;
     const receiveBuffer = options.receiveBuffer;
     if (receiveBuffer) {
       this.holdReceived = (bytes: number): void => {
@@ -340,7 +351,7 @@ export class StreamChannel implements Channel {
   }
 
   unsent(): number {
-    const fd = this.#directFd?.();
+    const fd = this.#sendQueueFd?.();
     const queued = (this.#writable?.writableLength ?? 0) + (this.#directBusy ? this.#direct!.remaining : 0);
     return queued + (fd === undefined ? 0 : socketSendQueue(fd));
   }

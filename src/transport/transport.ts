@@ -8,6 +8,7 @@ import { execChannel } from './exec.js';
 import { fdChannel, SingleChannelListener } from './fd.js';
 import { connectSocket, listenSocket } from './socket.js';
 import { formatMigrationUri, parseMigrationUri, type MigrationUri } from './uri.js';
+import type { TlsSetup } from './tls.js';
 
 export interface TransportOptions {
   /** Maps a getfd name to its descriptor (the QMP server's FdRegistry.take); needed for fd:NAME. */
@@ -22,6 +23,11 @@ export interface TransportOptions {
   readonly socketBufferBytes?: number;
   /** exec: only: the shell that runs the command with -c (default /bin/sh). */
   readonly shell?: string;
+  /**
+   * tcp:/unix: make every connection a TLS session, Node's TLS on the socket itself; the
+   * channels then say `tls`. Other transports leave it to the caller (tls.ts wraps any channel).
+   */
+  readonly tls?: TlsSetup;
 }
 
 const debug = debuglog('ferry');

@@ -87,8 +87,8 @@ export class Vmm {
     const resolveFdName = (name: string): number => this.qmp.fds.take(name);
     this.migration = new Migration({
       vm: machine,
-      connect: (uri) => connect(uri, { resolveFdName }),
-      listen: (uri) => listen(uri, { resolveFdName }),
+      connect: (uri, options) => connect(uri, { resolveFdName, ...options }),
+      listen: (uri, options) => listen(uri, { resolveFdName, ...options }),
       now: engineNow,
       emit: (event, data) => this.qmp.emit(event, data),
       schedule: engineSchedule,
