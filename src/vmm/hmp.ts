@@ -8,6 +8,10 @@ import { errorMessage } from '../errors.js';
 import { parameterType } from '../migration/parameters.js';
 import { formatInfoMigrate, type MigrationInfo } from '../migration/query.js';
 import { parseSize } from '../size.js';
+import { parseObjectOption } from './objects.js';
+
+/** The object properties that are booleans (tls-creds-x509's). */
+const BOOLEAN_OBJECT_PROPERTIES = new Set(['verify-peer', 'sanity-check', 'loaded']);
 
 export interface HmpContext {
   /** Run the QMP command behind an HMP command; throws what it throws. */
@@ -268,6 +272,31 @@ const COMMANDS: Record<string, HmpCommand> = {
   migrate_recover: plain('migrate-recover', 'on a destination whose post-copy paused: listen on URI for the source to resume', ['uri']),
   migrate_start_postcopy: plain('migrate-start-postcopy', 'switch the outgoing migration to post-copy (postcopy-ram on both sides): the guest runs on the destination while the rest of its RAM follows'),
   migrate_incoming: plain('migrate-incoming', 'start listening for the incoming migration of a VM started with --incoming defer', ['uri']),
+  object_add: {
+    args: '[qom-type=]type,id=str[,prop=value][,...]',
+    help: 'make an object, as -object: tls-creds-x509,id=ID,dir=DIR[,endpoint=client|server][,verify-peer=on|off]',
+    async run(words, ctx) {
+      const spec = words.next();
+      words.end();
+      let parsed: ReturnType<typeof parseObjectOption>;
+      try {
+        parsed = parseObjectOption(spec);
+      } catch (err) {
+        throw new HmpValueError(errorMessage(err));
+      }
+      // The command line's on/off for the boolean properties, as QEMU's keyval input reads them.
+      const props: Record<string, unknown> = {};
+      for (const [key, value] of Object.entries(parsed.props)) {
+        if (!BOOLEAN_OBJECT_PROPERTIES.has(key)) props[key] = value;
+        else if (ON.has(value)) props[key] = true;
+        else if (OFF.has(value)) props[key] = false;
+        else throw new HmpValueError(`Parameter '${key}' expects 'on' or 'off'`);
+      }
+      await ctx.qmp('object-add', { 'qom-type': parsed.type, id: parsed.id, ...props });
+      return '';
+    },
+  },
+  object_del: plain('object-del', 'delete an object made by -object or object_add', ['id']),
   stop: plain('stop', 'stop the vCPUs'),
   cont: plain('cont', 'run the vCPUs again (also: c)'),
   quit: plain('quit', 'end this Ferry process (also: q)'),
