@@ -6,7 +6,7 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
@@ -204,4 +204,60 @@ test('tls-creds: credentials for the wrong end, a unix: URI with no tls-hostname
   assert.deepEqual([connects, listens], [0, 0]);
   for (const side of [src, srcSwapped]) assert.equal(side.migration.status, 'none');
   for (const side of [dst, dstSwapped]) assert.equal(side.migration.incomingStatus, 'none');
+});
+
+// tls-creds-psk: keys.psk at each end, as QEMU's (psktool writes `name:hexkey` lines).
+const pskDir = (name: string, lines: string[]): string => {
+  const d = join(dir, name);
+  mkdirSync(d, { recursive: true });
+  writeFileSync(join(d, 'keys.psk'), `${lines.join('\n')}\n`);
+  return d;
+};
+const KEY = 'a1'.repeat(32);
+const pskServer = pskDir('psk-server', ['other:' + 'b2'.repeat(32), `qemu:${KEY}`, `ferry:${'c3'.repeat(16)}`]);
+
+function pskRegistries(client: Record<string, unknown>): { src: ObjectRegistry; dst: ObjectRegistry } {
+  const src = new ObjectRegistry();
+  const dst = new ObjectRegistry();
+  src.add('tls-creds-psk', 'tls0', client);
+  dst.add('tls-creds-psk', 'tls0', { dir: pskServer, endpoint: 'server' });
+  return { src, dst };
+}
+
+test('tls-creds-psk: a dirtying guest migrates with 2 multifd channels over sessions keyed by a pre-shared key (the default username, and another)', async (t) => {
+  for (const client of [{ dir: pskDir('psk-client', [`qemu:${KEY}`]) }, { dir: pskDir('psk-client-ferry', [`ferry:${'c3'.repeat(16)}`]), username: 'ferry' }]) {
+    const net = network();
+    const { src, dst } = pair(net, pskRegistries(client));
+    src.vm.startWorkload(20, 1);
+    t.after(() => src.vm.stopWorkload());
+    for (const side of [src, dst]) {
+      side.migration.setParameters({ 'tls-creds': 'tls0', 'multifd-channels': 2 });
+      side.migration.setCapabilities([{ capability: 'multifd', state: true }]);
+    }
+    src.migration.setParameters({ 'max-bandwidth': 0 });
+    // No hostname is needed: the key is what both ends check.
+    await dst.migration.migrateIncoming('unix:/memory/psk');
+    src.migration.migrate('unix:/memory/psk');
+    await settle(src, dst);
+    const why = `source: ${src.migration.queryMigrate()['error-desc']}; destination: ${dst.migration.incomingError}`;
+    assert.equal(src.migration.status, 'completed', why);
+    assert.equal(dst.migration.incomingStatus, 'completed', why);
+    src.vm.stopWorkload();
+    assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+    for (const bytes of net.wire) {
+      assert.deepEqual([bytes[0], bytes[1]], [0x16, 0x03]);
+      assert.equal(Buffer.from(bytes).indexOf(QEVM), -1);
+    }
+  }
+});
+
+test('tls-creds-psk: a source whose key differs from the destination\'s, or whose name it does not know, fails both ends', async () => {
+  for (const client of [{ dir: pskDir('psk-wrong-key', [`qemu:${'d4'.repeat(32)}`]) }, { dir: pskDir('psk-unknown', [`stranger:${KEY}`]), username: 'stranger' }]) {
+    const net = network();
+    const { src, dst } = pair(net, pskRegistries(client));
+    for (const side of [src, dst]) side.migration.setParameters({ 'tls-creds': 'tls0' });
+    await dst.migration.migrateIncoming(URI);
+    src.migration.migrate(URI);
+    await bothFail(src, dst, /TLS handshake failed/, /TLS handshake failed/);
+  }
 });

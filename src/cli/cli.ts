@@ -104,7 +104,7 @@ program
   .option('--incoming <uri>', 'wait for a migration: tcp:HOST:PORT, unix:PATH, fd:N, exec:COMMAND, or "defer" for QMP migrate-incoming')
   .option('--mem-prealloc', 'back all guest RAM with host memory at start (QEMU\'s -mem-prealloc): a destination then takes pages at wire speed')
   .option('--no-warm-up', 'do not warm the migration code up once the VM has started (a scratch migration within this process, so that a real one does not start with cold code)')
-  .option('--object <spec>', 'make an object, as QEMU\'s -object: tls-creds-x509,id=ID,dir=DIR[,endpoint=client|server][,verify-peer=on|off] (what tls-creds names); repeatable', collect, [])
+  .option('--object <spec>', 'make an object, as QEMU\'s -object: tls-creds-x509,id=ID,dir=DIR[,endpoint=client|server][,verify-peer=on|off] or tls-creds-psk,id=ID,dir=DIR[,endpoint=client|server][,username=NAME] (what tls-creds names); repeatable', collect, [])
   .action(async (opts) => {
     const { runCommand } = await import('./run-command.js');
     await runCommand(opts);
@@ -126,7 +126,7 @@ program
   .option('--release-ram', 'turn on the release-ram capability: with --postcopy, the source gives its guest\'s RAM back to the host as post-copy sends it (it can then never run the guest again)')
   .option('--multifd [channels]', 'turn on the multifd capability: pages of data go over this many more connections (multifd-channels; 2 unless given), on the destination too with --dest-qmp (otherwise turn it on there first); tcp: and unix: only', intArg('--multifd', 1))
   .option('--multifd-compression <method[:level]>', 'compress the pages on the multifd channels: none, zlib or zstd, with an optional level (zlib 0-9, zstd 0-20; 1 unless given), as QEMU\'s multifd-compression; turns --multifd on, and is set on the destination too with --dest-qmp (the two must agree)', compressionArg)
-  .option('--tls-creds <id>', 'encrypt every connection with TLS, with the source\'s tls-creds-x509 object ID (endpoint=client; ferry run --object or object-add); the destination needs its own (endpoint=server) set as tls-creds before migrate-incoming')
+  .option('--tls-creds <id>', 'encrypt every connection with TLS, with the source\'s tls-creds-x509 or tls-creds-psk object ID (endpoint=client; ferry run --object or object-add); the destination needs its own (endpoint=server) set as tls-creds before migrate-incoming')
   .option('--tls-hostname <name>', 'the name the destination\'s certificate must carry (tls-hostname; default: the tcp: URI\'s host; needed for unix:, fd: and exec:)')
   .option('--no-progress', 'no progress bar, only the summary')
   .option('--report <file.html>', 'write a self-contained HTML report of the migration')

@@ -31,6 +31,30 @@ export interface TlsCredsX509 {
   readonly key: Buffer | undefined;
 }
 
+/**
+ * QEMU's tls-creds-psk: pre-shared keys from DIR/keys.psk, lines of `name:hexkey` (as
+ * psktool writes them). A client holds the key of its `username` (QEMU's default "qemu");
+ * a server every key, found by the name the client gives.
+ */
+export interface TlsCredsPsk {
+  readonly type: 'tls-creds-psk';
+  readonly id: string;
+  readonly endpoint: TlsEndpoint;
+  readonly dir: string;
+  /** A client's identity (username, or "qemu"); undefined for a server. */
+  readonly username: string | undefined;
+  /** name → key: a client's one, or all of a server's. */
+  readonly keys: ReadonlyMap<string, Buffer>;
+}
+
+/** Either kind of TLS credentials `tls-creds` may name. */
+export type TlsCreds = TlsCredsX509 | TlsCredsPsk;
+
+/** QEMU's pre-shared key file name (include/crypto/tlscredspsk.h). */
+export const PSK_FILE = 'keys.psk';
+/** The identity a QEMU PSK client uses without a username. */
+export const DEFAULT_PSK_USERNAME = 'qemu';
+
 /** QEMU's file names in a credentials directory (include/crypto/tlscredsx509.h). */
 export const CA_CERT_FILE = 'ca-cert.pem';
 export const CA_CRL_FILE = 'ca-crl.pem';
@@ -47,6 +71,8 @@ interface CredsProperties {
   endpoint: TlsEndpoint;
   verifyPeer: boolean;
   sanityCheck: boolean;
+  /** tls-creds-psk only. */
+  username: string | undefined;
 }
 
 /**
@@ -57,7 +83,7 @@ interface CredsProperties {
  * for the two properties Ferry cannot honour (`passwordid`, `priority`).
  */
 export function loadTlsCredsX509(id: string, props: Record<string, unknown>): TlsCredsX509 {
-  const p = readProperties(id, props);
+  const p = readProperties(TYPE, id, props);
   const isServer = p.endpoint === 'server';
 
   // The order QEMU looks for the files in, so the first missing one is the one named.
@@ -99,11 +125,53 @@ export function loadTlsCredsX509(id: string, props: Record<string, unknown>): Tl
 
 // --- Properties -----------------------------------------------------------------------
 
-function readProperties(id: string, props: Record<string, unknown>): CredsProperties {
-  const p: CredsProperties = { dir: undefined, endpoint: 'client', verifyPeer: true, sanityCheck: true };
+/**
+ * Make a tls-creds-psk object called `id` (properties as for loadTlsCredsX509): reads
+ * DIR/keys.psk now, as QEMU's qcrypto_tls_creds_psk_load does, in its words — a server
+ * may not have a username, a client's username (or "qemu") must have a key there. Each
+ * key must be hex (GnuTLS's GNUTLS_PSK_KEY_HEX).
+ */
+export function loadTlsCredsPsk(id: string, props: Record<string, unknown>): TlsCredsPsk {
+  const p = readProperties(PSK_TYPE, id, props);
+  const isServer = p.endpoint === 'server';
+  if (isServer && p.username !== undefined) throw new ConfigError('username should not be set when endpoint=server');
+  const path = credentialPath(p.dir, PSK_FILE, true);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`Cannot read PSK file ${path}: ${strerror(err)}`, { cause: err });
+  }
+  const keys = new Map<string, Buffer>();
+  const wanted = isServer ? undefined : (p.username ?? DEFAULT_PSK_USERNAME);
+  for (const [i, line] of text.split('\n').entries()) {
+    const colon = line.indexOf(':');
+    if (colon <= 0) continue;
+    const name = line.slice(0, colon);
+    if (wanted !== undefined && name !== wanted) continue;
+    const hex = line.slice(colon + 1).trim();
+    if (!/^(?:[0-9a-fA-F]{2})+$/.test(hex)) {
+      throw new ConfigError(`Cannot set PSK ${isServer ? 'server' : 'client'} credentials: the key of '${name}' (line ${i + 1} of ${path}) is not hex`);
+    }
+    // The first line for a name wins, as QEMU's lookup_key takes the first.
+    if (!keys.has(name)) keys.set(name, Buffer.from(hex, 'hex'));
+  }
+  if (wanted !== undefined && !keys.has(wanted)) throw new ConfigError(`Username ${wanted} not found in PSK file ${path}`);
+  return Object.freeze({ type: PSK_TYPE, id, endpoint: p.endpoint, dir: p.dir ?? '', username: wanted, keys });
+}
+
+const PSK_TYPE = 'tls-creds-psk';
+
+function readProperties(type: typeof TYPE | typeof PSK_TYPE, id: string, props: Record<string, unknown>): CredsProperties {
+  const p: CredsProperties = { dir: undefined, endpoint: 'client', verifyPeer: true, sanityCheck: true, username: undefined };
   // In the order given: QEMU sets properties one by one and stops at the first it refuses.
   for (const [name, value] of Object.entries(props)) {
+    if (type === PSK_TYPE && (name === 'sanity-check' || name === 'passwordid')) throw new ConfigError(`Property '${type}.${name}' not found`);
+    if (type === TYPE && name === 'username') throw new ConfigError(`Property '${type}.${name}' not found`);
     switch (name) {
+      case 'username':
+        p.username = stringProperty(name, value);
+        break;
       case 'dir':
         p.dir = stringProperty(name, value);
         break;
@@ -135,11 +203,11 @@ function readProperties(id: string, props: Record<string, unknown>): CredsProper
       case 'priority':
         stringProperty(name, value);
         throw new ConfigError(
-          `Cannot use 'priority' for ${TYPE} '${id}': it is a GnuTLS priority string, and Ferry's TLS is Node's ` +
+          `Cannot use 'priority' for ${type} '${id}': it is a GnuTLS priority string, and Ferry's TLS is Node's ` +
             '(OpenSSL), which cannot apply one; leave priority out',
         );
       default:
-        throw new ConfigError(`Property '${TYPE}.${name}' not found`);
+        throw new ConfigError(`Property '${type}.${name}' not found`);
     }
   }
   return p;

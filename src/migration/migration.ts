@@ -32,7 +32,7 @@ import type { MigrationVm } from './vm.js';
 import type { RunState } from '../machine/run-state.js';
 import { NIL_UUID } from '../uuid.js';
 import { keepShape } from '../hot-shapes.js';
-import type { TlsCredsX509 } from '../crypto/tls-creds.js';
+import type { TlsCreds } from '../crypto/tls-creds.js';
 import { tlsClientChannel, tlsListener, type TlsSetup } from '../transport/tls.js';
 
 export interface MigrationOptions {
@@ -407,7 +407,7 @@ export class Migration {
     const creds = tlsCredsFor(this.#parameters, 'client', this.#o.findObject);
     if (creds === undefined) return () => this.#o.connect(uri);
     const hostname = tlsHostname(this.#parameters, uri);
-    if (creds.verifyPeer && hostname === undefined) {
+    if (creds.type === 'tls-creds-x509' && creds.verifyPeer && hostname === undefined) {
       throw new MigrationError(`No hostname for certificate validation: ${uri} names no host; set tls-hostname to the name in the destination's certificate`);
     }
     const tls: TlsSetup = { role: 'client', creds, hostname };
@@ -418,7 +418,7 @@ export class Migration {
   }
 
   /** Listen on `uri`; with TLS credentials, every connection accepted is a TLS session. */
-  async #listen(uri: string, creds: TlsCredsX509 | undefined): Promise<Listener> {
+  async #listen(uri: string, creds: TlsCreds | undefined): Promise<Listener> {
     if (creds === undefined) return this.#o.listen(uri);
     return tlsListener(await this.#o.listen(uri, { tls: { role: 'server', creds } }), creds);
   }

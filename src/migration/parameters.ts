@@ -5,7 +5,7 @@
 
 import { MigrationError } from '../errors.js';
 import { PAGE_SIZE } from '../hypervisor/types.js';
-import type { TlsCredsX509, TlsEndpoint } from '../crypto/tls-creds.js';
+import type { TlsCreds, TlsEndpoint } from '../crypto/tls-creds.js';
 import { parseMigrationUri } from '../transport/uri.js';
 
 export interface MigrationParameters {
@@ -301,13 +301,13 @@ export const MULTIFD_PROTOCOL_REFUSED = 'multifd is not supported by current pro
  * names an authorization object, which Ferry does not create: refused on a destination,
  * rather than letting any certified client in.
  */
-export function tlsCredsFor(p: Readonly<MigrationParameters>, endpoint: TlsEndpoint, find: ((id: string) => { readonly type: string } | undefined) | undefined): TlsCredsX509 | undefined {
+export function tlsCredsFor(p: Readonly<MigrationParameters>, endpoint: TlsEndpoint, find: ((id: string) => { readonly type: string } | undefined) | undefined): TlsCreds | undefined {
   const id = p['tls-creds'];
   if (id === '') return undefined;
   const object = find?.(id);
   if (object === undefined) throw new MigrationError(`No TLS credentials with id '${id}'`);
-  if (object.type !== 'tls-creds-x509') throw new MigrationError(`Object with id '${id}' is not TLS credentials`);
-  const creds = object as TlsCredsX509;
+  if (object.type !== 'tls-creds-x509' && object.type !== 'tls-creds-psk') throw new MigrationError(`Object with id '${id}' is not TLS credentials`);
+  const creds = object as TlsCreds;
   if (creds.endpoint !== endpoint) throw new MigrationError(`Expected TLS credentials for a ${endpoint} endpoint`);
   if (endpoint === 'server' && p['tls-authz'] !== '') {
     throw new MigrationError(`No authorization object with id '${p['tls-authz']}' (Ferry does not create authz objects: clear tls-authz, and the CA alone decides which sources may connect)`);

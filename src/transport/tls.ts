@@ -11,14 +11,14 @@ import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { isIP, type Socket } from 'node:net';
 import { TransportError } from '../errors.js';
-import type { TlsCredsX509 } from '../crypto/tls-creds.js';
+import type { TlsCreds } from '../crypto/tls-creds.js';
 import type { Channel, Listener } from './channel.js';
 import { StreamChannel } from './stream-channel.js';
 
 /** What a connection's TLS session is to be: the source's client side, or the destination's server side. */
 export type TlsSetup =
-  | { readonly role: 'client'; readonly creds: TlsCredsX509; readonly hostname: string | undefined }
-  | { readonly role: 'server'; readonly creds: TlsCredsX509 };
+  | { readonly role: 'client'; readonly creds: TlsCreds; readonly hostname: string | undefined }
+  | { readonly role: 'server'; readonly creds: TlsCreds };
 
 /** How long a TLS handshake may take before the connection is given up. */
 export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -191,7 +191,7 @@ function handshakeMessage(err: Error & { code?: string }): string {
  */
 function secure(under: Duplex, setup: TlsSetup, description: string): Promise<tls.TLSSocket> {
   const { creds } = setup;
-  const own = creds.cert && creds.key ? { cert: creds.cert, key: creds.key } : {};
+  const verify = creds.type === 'tls-creds-x509' && creds.verifyPeer;
   return new Promise<tls.TLSSocket>((resolve, reject) => {
     let done = false;
     const timer = setTimeout(() => fail(new TransportError(`TLS handshake failed on ${description}: no answer within ${TLS_HANDSHAKE_TIMEOUT_MS / 1000} s`)), TLS_HANDSHAKE_TIMEOUT_MS);
@@ -218,19 +218,11 @@ function secure(under: Duplex, setup: TlsSetup, description: string): Promise<tl
     under.once('end', onClose);
     if (setup.role === 'client') {
       const { hostname } = setup;
-      if (creds.verifyPeer && hostname === undefined) {
+      if (verify && hostname === undefined) {
         fail(new TransportError(`TLS handshake failed on ${description}: No hostname for certificate validation (set tls-hostname)`));
         return;
       }
-      const socket = tls.connect({
-        socket: under,
-        ca: creds.ca,
-        ...own,
-        rejectUnauthorized: creds.verifyPeer,
-        // SNI takes a DNS name only.
-        ...(hostname !== undefined && isIP(hostname) === 0 ? { servername: hostname } : {}),
-        checkServerIdentity: (_host, cert) => (creds.verifyPeer && hostname !== undefined ? tls.checkServerIdentity(hostname, cert) : undefined),
-      });
+      const socket = tls.connect({ socket: under, ...clientOptions(creds, hostname) });
       socket.once('error', failed);
       socket.once('secureConnect', () => {
         if (!finish()) return;
@@ -239,10 +231,10 @@ function secure(under: Duplex, setup: TlsSetup, description: string): Promise<tl
       });
       return;
     }
-    const server = tls.createServer({ ca: creds.ca, ...own, ...(creds.crl ? { crl: creds.crl } : {}), requestCert: creds.verifyPeer, rejectUnauthorized: false });
+    const server = tls.createServer(serverOptions(creds));
     server.once('tlsClientError', failed);
     server.once('secureConnection', (socket: tls.TLSSocket) => {
-      if (creds.verifyPeer && !socket.authorized) {
+      if (verify && !socket.authorized) {
         const code = String(socket.authorizationError ?? 'no certificate');
         socket.destroy();
         fail(new TransportError(`TLS handshake failed on ${description}: the source's certificate was refused: ${handshakeMessage(Object.assign(new Error(code), { code }))} (${code})`));
@@ -254,14 +246,53 @@ function secure(under: Duplex, setup: TlsSetup, description: string): Promise<tl
   });
 }
 
+/**
+ * With pre-shared keys: TLS 1.3's suites (whose hash is SHA-256: OpenSSL's PSK callbacks
+ * use a key with them only), then TLS 1.2's PSK suites — what QEMU's GnuTLS adds for PSK
+ * ("+ECDHE-PSK:+DHE-PSK:+PSK").
+ */
+const PSK_CIPHERS = 'TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES128-CBC-SHA256:DHE-PSK-AES128-GCM-SHA256:PSK-AES128-GCM-SHA256';
+
+/** Node's options for a client with `creds`, checking the server against `hostname` (x509 with verify-peer). */
+function clientOptions(creds: TlsCreds, hostname: string | undefined): tls.ConnectionOptions {
+  if (creds.type === 'tls-creds-psk') {
+    const identity = creds.username!;
+    const psk = creds.keys.get(identity)!;
+    return { ciphers: PSK_CIPHERS, pskCallback: () => ({ identity, psk }), checkServerIdentity: () => undefined };
+  }
+  return {
+    ca: creds.ca,
+    ...(creds.cert && creds.key ? { cert: creds.cert, key: creds.key } : {}),
+    rejectUnauthorized: creds.verifyPeer,
+    // SNI takes a DNS name only.
+    ...(hostname !== undefined && isIP(hostname) === 0 ? { servername: hostname } : {}),
+    checkServerIdentity: (_host, cert) => (creds.verifyPeer && hostname !== undefined ? tls.checkServerIdentity(hostname, cert) : undefined),
+  };
+}
+
+/** Node's options for a server with `creds`: an x509 one asks for the client's certificate with verify-peer (and checks it itself). */
+function serverOptions(creds: TlsCreds): tls.TlsOptions {
+  if (creds.type === 'tls-creds-psk') {
+    // A name with no key here ends the handshake (the client's key cannot be known).
+    return { ciphers: PSK_CIPHERS, pskCallback: (_socket, identity) => creds.keys.get(identity) ?? null };
+  }
+  return {
+    ca: creds.ca,
+    ...(creds.cert && creds.key ? { cert: creds.cert, key: creds.key } : {}),
+    ...(creds.crl ? { crl: creds.crl } : {}),
+    requestCert: creds.verifyPeer,
+    rejectUnauthorized: false,
+  };
+}
+
 /** The source's side over any channel: a TLS client session on `inner` (the bytes go through a Duplex). */
-export async function tlsClientChannel(inner: Channel, creds: TlsCredsX509, hostname: string | undefined): Promise<Channel> {
+export async function tlsClientChannel(inner: Channel, creds: TlsCreds, hostname: string | undefined): Promise<Channel> {
   const duplex = new ChannelDuplex(inner);
   return new TlsChannel(await secure(duplex, { role: 'client', creds, hostname }, inner.description), duplex, inner);
 }
 
 /** The destination's side over any channel: a TLS server session on `inner`. */
-export async function tlsServerChannel(inner: Channel, creds: TlsCredsX509): Promise<Channel> {
+export async function tlsServerChannel(inner: Channel, creds: TlsCreds): Promise<Channel> {
   const duplex = new ChannelDuplex(inner);
   return new TlsChannel(await secure(duplex, { role: 'server', creds }, inner.description), duplex, inner);
 }
@@ -288,7 +319,7 @@ export async function secureSocketChannel(raw: Socket, setup: TlsSetup, descript
  * A listener whose every accepted connection is a TLS server session (the main one and
  * each multifd channel): as the inner listener made it (Channel.tls), or wrapped here.
  */
-export function tlsListener(inner: Listener, creds: TlsCredsX509): Listener {
+export function tlsListener(inner: Listener, creds: TlsCreds): Listener {
   return {
     description: inner.description,
     address: inner.address,

@@ -274,7 +274,7 @@ const COMMANDS: Record<string, HmpCommand> = {
   migrate_incoming: plain('migrate-incoming', 'start listening for the incoming migration of a VM started with --incoming defer', ['uri']),
   object_add: {
     args: '[qom-type=]type,id=str[,prop=value][,...]',
-    help: 'make an object, as -object: tls-creds-x509,id=ID,dir=DIR[,endpoint=client|server][,verify-peer=on|off]',
+    help: 'make an object, as -object: tls-creds-x509,id=ID,dir=DIR[,endpoint=client|server][,verify-peer=on|off], or tls-creds-psk,id=ID,dir=DIR[,endpoint=…][,username=NAME]',
     async run(words, ctx) {
       const spec = words.next();
       words.end();

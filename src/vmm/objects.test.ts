@@ -29,7 +29,7 @@ test('object registry: add, get, list and delete; every refusal changes nothing'
   assert.throws(() => objects.add('tls-creds-x509', 'tls0', { dir: certs.clientDir }), /attempt to add duplicate property 'tls0' to object \(type 'container'\)/);
   assert.throws(() => objects.add('tls-creds-x509', '0bad', { dir: certs.clientDir }), /Parameter 'id' expects an identifier/);
   assert.throws(() => objects.add('no-such-type', 'x', {}), /Parameter 'qom-type' does not accept value 'no-such-type'/);
-  assert.throws(() => objects.add('tls-creds-psk', 'x', {}), /Ferry does not create objects of type 'tls-creds-psk' \(it creates: tls-creds-x509\)/);
+  assert.throws(() => objects.add('tls-creds-anon', 'x', {}), /Ferry does not create objects of type 'tls-creds-anon' \(it creates: tls-creds-x509, tls-creds-psk\)/);
   // A type's own refusal (a missing file) leaves no object behind.
   assert.throws(() => objects.add('tls-creds-x509', 'tls1', { dir: join(dir, 'nowhere') }), /Unable to access credentials .*nowhere\/ca-cert\.pem: No such file or directory/);
   assert.equal(objects.get('tls1'), undefined);

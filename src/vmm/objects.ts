@@ -1,22 +1,24 @@
 // User-creatable objects, as QEMU's `-object` and QMP `object-add` / `object-del` make
-// them: for now the one kind a migration uses, `tls-creds-x509` (what `tls-creds` names).
+// them: for now the kinds a migration uses, `tls-creds-x509` and `tls-creds-psk` (what
+// `tls-creds` names).
 // QEMU keeps them under /objects by id; so does this registry.
 
 import { ConfigError } from '../errors.js';
-import { loadTlsCredsX509, type TlsCredsX509 } from '../crypto/tls-creds.js';
+import { loadTlsCredsPsk, loadTlsCredsX509, type TlsCreds } from '../crypto/tls-creds.js';
 
-export type UserObject = TlsCredsX509;
+export type UserObject = TlsCreds;
 
 /** The object types Ferry creates, and how each is built from its properties. */
 const MAKERS: Readonly<Record<string, (id: string, props: Record<string, unknown>) => UserObject>> = {
   'tls-creds-x509': loadTlsCredsX509,
+  'tls-creds-psk': loadTlsCredsPsk,
 };
 
 /**
  * QEMU object types Ferry knows of and does not create, so that asking for one says that
  * rather than that no such type exists.
  */
-const NOT_CREATED = new Set(['tls-creds-psk', 'tls-creds-anon', 'secret', 'secret_keyring', 'authz-simple', 'authz-list', 'authz-listfile', 'authz-pam', 'memory-backend-ram', 'memory-backend-file', 'memory-backend-memfd', 'iothread', 'rng-random', 'rng-builtin', 'throttle-group']);
+const NOT_CREATED = new Set(['tls-creds-anon', 'secret', 'secret_keyring', 'authz-simple', 'authz-list', 'authz-listfile', 'authz-pam', 'memory-backend-ram', 'memory-backend-file', 'memory-backend-memfd', 'iothread', 'rng-random', 'rng-builtin', 'throttle-group']);
 
 /** QEMU's id_wellformed: a letter, then letters, digits, '-', '.' and '_'. */
 const ID = /^[A-Za-z][A-Za-z0-9_.-]*$/;
