@@ -26,6 +26,7 @@ import { describeFirstTouch, measureCeilings, measureChannelOnce } from './ceili
 import { cpuBetween, sampleCpu, waitForQuiet } from './cpu-usage.js';
 import { keepOutput } from './lib/results-log.js';
 import { benchUsage, parseBenchArgs } from './lib/usage.js';
+import { makeTestCerts } from '../src/crypto/test-certs.js';
 
 /** Runs of each ceiling at the start of a run. */
 const CEILING_RUNS = 5;
@@ -48,7 +49,7 @@ interface Run {
   ceilingAround: number;
 }
 
-const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up] [--multifd CHANNELS] [--multifd-compression zlib|zstd]';
+const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up] [--multifd CHANNELS] [--multifd-compression zlib|zstd] [--tls]';
 
 const usageError: (message: string) => never = benchUsage('bench:migrate', USAGE);
 const { values } = parseBenchArgs({
@@ -64,6 +65,7 @@ const { values } = parseBenchArgs({
   'no-warm-up': { type: 'boolean', default: false },
   multifd: { type: 'string', default: '0' },
   'multifd-compression': { type: 'string', default: 'none' },
+  tls: { type: 'boolean', default: false },
 }, usageError);
 const reps = Number(values.reps);
 if (!Number.isInteger(reps) || reps < 1) usageError(`--reps must be a whole number of at least 1, not "${values.reps}"`);
@@ -82,6 +84,8 @@ if (!Number.isInteger(multifdChannels) || multifdChannels < 0 || multifdChannels
 const multifdCompression = values['multifd-compression'] ?? 'none';
 if (!['none', 'zlib', 'zstd'].includes(multifdCompression)) usageError(`--multifd-compression takes none, zlib or zstd, not "${multifdCompression}"`);
 if (multifdCompression !== 'none' && multifdChannels === 0) usageError('--multifd-compression needs --multifd CHANNELS');
+// --tls: every connection a TLS session (tls-creds-x509, certificates made for the run).
+const useTls = values.tls ?? false;
 const TRANSPORTS = ['tcp', 'unix'] as const;
 const transports = (values.transport ?? 'tcp,unix').split(',');
 for (const t of transports) if (!(TRANSPORTS as readonly string[]).includes(t)) usageError(`--transport takes tcp and/or unix (comma-separated), not "${t}"`);
@@ -157,15 +161,31 @@ function calledOffStops(trace: string): number[] {
   return [...trace.matchAll(/migration: switchover called off after ([\d.]+) ms/g)].map((m) => Number(m[1]));
 }
 
+/** The run's certificates (--tls), made once in the bench's directory. */
+let certs: ReturnType<typeof makeTestCerts> | undefined;
+function tlsCerts(dir: string): ReturnType<typeof makeTestCerts> {
+  certs ??= makeTestCerts(join(dir, 'pki'));
+  return certs;
+}
+
 /** Start a source and a destination, migrate once between them, and stop both. */
 async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Promise<Omit<Run, 'ceilingAround'>> {
   const args = ['--accel', accel, '-m', cell.memory, ...(accel === 'v86' ? [] : ['--guest', cell.guest]), ...(warmUp ? [] : ['--no-warm-up'])];
   const incoming = cell.transport === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, `mig-${rep}.sock`)}`;
   const serial = (name: string) => (accel === 'v86' ? `unix:${join(dir, `${name}-${rep}.console`)}` : 'null');
-  const destArgs = [...args, ...(cell.prealloc ? ['--mem-prealloc'] : []), '--incoming', incoming];
+  const pki = useTls ? tlsCerts(dir) : undefined;
+  // With TLS the destination listens only once its tls-creds is set (as QEMU's: -incoming defer).
+  const destArgs = [...args, ...(cell.prealloc ? ['--mem-prealloc'] : []), '--incoming', pki ? 'defer' : incoming,
+    ...(pki ? ['--object', `tls-creds-x509,id=tls0,dir=${pki.serverDir},endpoint=server`] : [])];
   const dest = await FerryProcess.start({ dir, name: `dst-${rep}`, args: destArgs, serial: serial('dst'), startTimeoutMs: 120_000 });
+  if (pki) {
+    await dest.execute('migrate-set-parameters', { 'tls-creds': 'tls0' });
+    await dest.execute('migrate-incoming', { uri: incoming });
+  }
   // The engine's trace (a few lines on stderr) says where a run's downtime went, should it overrun the limit.
-  const source = await FerryProcess.start({ dir, name: `src-${rep}`, args, serial: serial('src'), startTimeoutMs: 120_000, env: { NODE_DEBUG: 'ferry' } });
+  const sourceArgs = [...args, ...(pki ? ['--object', `tls-creds-x509,id=tls0,dir=${pki.clientDir},endpoint=client`] : [])];
+  const source = await FerryProcess.start({ dir, name: `src-${rep}`, args: sourceArgs, serial: serial('src'), startTimeoutMs: 120_000, env: { NODE_DEBUG: 'ferry' } });
+  if (pki) await source.execute('migrate-set-parameters', { 'tls-creds': 'tls0', 'tls-hostname': 'localhost' });
   let console: ConsoleClient | undefined;
   try {
     if (accel === 'v86') {
@@ -252,7 +272,7 @@ async function main(): Promise<void> {
     }
   }
 
-  console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${multifdChannels > 0 ? `multifd with ${multifdChannels} channels${multifdCompression !== 'none' ? `, pages compressed with ${multifdCompression} (level 1: "sent" and "throughput" count pages at their own size, as QEMU counts them; "sent" adds what the pages went as)` : ''}, ` : ''}${reps} reps per cell; median [min–max]`);
+  console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${multifdChannels > 0 ? `multifd with ${multifdChannels} channels${multifdCompression !== 'none' ? `, pages compressed with ${multifdCompression} (level 1: "sent" and "throughput" count pages at their own size, as QEMU counts them; "sent" adds what the pages went as)` : ''}, ` : ''}${useTls ? 'every connection a TLS session (tls-creds-x509, verify-peer: certificates made for the run), ' : ''}${reps} reps per cell; median [min–max]`);
   if (accel === 'sim') console.log('(sim: no guest code runs; a workload model writes guest RAM — the sweep at 250 000 pages/s, about what the real sweep guest does under this machine\'s KVM)');
   if (stopped) console.log('--stopped: each source guest was stopped (QMP stop) after warming up, before the migration: no guest thread runs meanwhile.');
   console.log(warmUp
@@ -316,6 +336,6 @@ async function main(): Promise<void> {
   }
 }
 
-const saveOutput = keepOutput(`migrate-${accel}${stopped ? '-stopped' : ''}${warmUp ? '' : '-cold'}${multifdChannels > 0 ? `-multifd${multifdChannels}` : ''}${multifdCompression !== 'none' ? `-${multifdCompression}` : ''}`);
+const saveOutput = keepOutput(`migrate-${accel}${stopped ? '-stopped' : ''}${warmUp ? '' : '-cold'}${multifdChannels > 0 ? `-multifd${multifdChannels}` : ''}${multifdCompression !== 'none' ? `-${multifdCompression}` : ''}${useTls ? '-tls' : ''}`);
 await main();
 console.log(`\nWritten to ${saveOutput()}`);

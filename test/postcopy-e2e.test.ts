@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import type { FerryProcess } from '../src/cli/ferry-process.js';
 import { kvmAvailable } from '../src/hypervisor/kvm-accelerator.js';
 import { runFerry, scratch, started, waitFor, waitMigration } from './e2e-helpers.js';
+import { makeTestCerts } from '../src/crypto/test-certs.js';
 
 interface Guest { pass: number }
 interface Check { ok: boolean; pass: number; problem?: string }
@@ -233,10 +234,14 @@ test('sim: a source lost after the switch to post-copy: the destination pauses, 
  * what arrived, and the guest is whole. The destination measures postcopy-blocktime: its
  * vCPU waits on missing pages while paused, and the figure grows.
  */
-async function recoverAfter(t: TestContext, how: 'cut' | 'pause-source' | 'pause-destination'): Promise<void> {
+async function recoverAfter(t: TestContext, how: 'cut' | 'pause-source' | 'pause-destination', tls = false): Promise<void> {
   const dir = scratch(t);
-  const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer'], { NODE_DEBUG: 'ferry' });
-  const source = await started(t, dir, 'src', GUEST, { NODE_DEBUG: 'ferry' });
+  // With TLS, every connection — the first, and the one recovery opens — is a TLS session,
+  // and the return path runs inside the first.
+  const certs = tls ? makeTestCerts(join(dir, 'pki')) : undefined;
+  const dest = await started(t, dir, 'dst', [...GUEST, '--incoming', 'defer', ...(certs ? ['--object', `tls-creds-x509,id=tls0,dir=${certs.serverDir},endpoint=server`] : [])], { NODE_DEBUG: 'ferry' });
+  const source = await started(t, dir, 'src', [...GUEST, ...(certs ? ['--object', `tls-creds-x509,id=tls0,dir=${certs.clientDir},endpoint=client`] : [])], { NODE_DEBUG: 'ferry' });
+  if (certs) for (const side of [source, dest]) await side.execute('migrate-set-parameters', { 'tls-creds': 'tls0' });
   await dest.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-blocktime', state: true }] });
   const target = await listening(dest);
   // The connection runs through a relay here, so that the test can cut it. A side that
@@ -291,7 +296,9 @@ async function recoverAfter(t: TestContext, how: 'cut' | 'pause-source' | 'pause
   assert.equal(done.status, 'completed', done['error-desc']);
   await waitFor(async () => (await dest.execute<Info>('query-migrate')).status === 'completed', 'the destination to complete');
   assert.match(source.stderr, /post-copy paused: .*migrate-recover on the destination, then migrate with resume here, goes on/);
-  assert.match(source.stderr, /post-copy resumed on tcp:[^:]+:\d+: \d+ pages to send again/);
+  assert.match(source.stderr, /post-copy resumed on tcp:[^:]+:\d+( \(TLS\))?: \d+ pages to send again/);
+  // The recovered connection is a TLS session too.
+  if (tls) assert.match(source.stderr, /post-copy resumed on tcp:[^:]+:\d+ \(TLS\): /);
   assert.match(dest.stderr, /post-copy resumed: \d+ pages still to come/);
   assert.equal(await status(source), 'postmigrate');
   // One vCPU: the time it waited is the time the whole guest waited.
@@ -316,6 +323,10 @@ test('sim: migrate-pause on the source breaks post-copy\'s connection; both side
 
 test('sim: migrate-pause on the destination does the same from its side', async (t) => {
   await recoverAfter(t, 'pause-destination');
+});
+
+test('sim: post-copy inside TLS sessions (tls-creds-x509): paused by migrate-pause, recovered over a new session, the guest whole', async (t) => {
+  await recoverAfter(t, 'pause-source', true);
 });
 
 test('sim: post-copy refused cleanly — a destination without postcopy-ram, exec:, start-postcopy too late — and the source guest runs on', async (t) => {
