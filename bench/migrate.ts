@@ -161,6 +161,14 @@ function calledOffStops(trace: string): number[] {
   return [...trace.matchAll(/migration: switchover called off after ([\d.]+) ms/g)].map((m) => Number(m[1]));
 }
 
+/** Where a destination that took migrate-incoming over QMP listens (query-migrate's socket-address). */
+async function listeningOn(dest: FerryProcess): Promise<string> {
+  const info = await dest.execute<{ 'socket-address'?: Array<{ type: string; host?: string; port?: string; path?: string }> }>('query-migrate');
+  const at = info['socket-address']?.[0];
+  if (at === undefined) throw new Error(`the destination is not listening: ${JSON.stringify(info)}`);
+  return at.type === 'unix' ? `unix:${at.path}` : `tcp:${at.host}:${at.port}`;
+}
+
 /** The run's certificates (--tls), made once in the bench's directory. */
 let certs: ReturnType<typeof makeTestCerts> | undefined;
 function tlsCerts(dir: string): ReturnType<typeof makeTestCerts> {
@@ -216,7 +224,7 @@ async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Pr
     // A VM that has been up a while: both ends have compiled their migration code (four
     // scratch migrations, and two more with multifd).
     if (warmUp) await Promise.all([warmedUp(source, multifdChannels > 0 ? 6 : 4), warmedUp(dest, multifdChannels > 0 ? 6 : 4)]);
-    const address = await dest.incomingAddress();
+    const address = pki ? await listeningOn(dest) : await dest.incomingAddress();
     const pids = [source.child.pid!, dest.child.pid!];
     const before = sampleCpu(pids);
     forgetEvents(source.qmp, dest.qmp);
