@@ -1,11 +1,13 @@
 // TLS around a migration channel, as QEMU 7.2 puts it around every channel of a migration
 // whose `tls-creds` names a credentials object (migration/tls.c): the source is the TLS
 // client, the destination the server, and the main connection and each multifd channel
-// has its own session. It works over any Channel — tcp, unix, fd:, exec: — because it sits
-// on top of one: the inner channel carries the encrypted bytes, and the channel handed back
-// carries the stream in clear. The cost is that guest pages can no longer go from guest RAM
-// to the kernel by reference (vectored writes) or be read straight into it (scattered
-// reads): every byte is encrypted or decrypted in this process, as in QEMU's.
+// has its own session. Two ways: on a tcp: or unix: socket Node's TLS sits on the socket
+// itself (secureSocketChannel, which the transport uses); around any other Channel — fd:,
+// exec:, tests' memory channels — it sits on top of one, the inner channel carrying the
+// encrypted bytes (tlsClientChannel, tlsServerChannel), several times slower. Either way
+// guest pages can no longer go from guest RAM to the kernel by reference (vectored writes)
+// or be read straight into it (scattered reads): every byte is encrypted or decrypted in
+// this process, as in QEMU's.
 
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
@@ -119,8 +121,12 @@ class TlsChannel implements Channel {
 
   async drain(): Promise<void> {
     await this.#clear.drain();
-    // The TLS socket has handed its records to the duplex: wait until the inner channel has them all.
-    while (this.#duplex.writableLength > 0) await new Promise((resolve) => setImmediate(resolve));
+    // The TLS socket has handed its records to the duplex: wait until the inner channel has
+    // them all (the duplex says no more than how much it still holds).
+    while (this.#duplex.writableLength > 0) {
+      if (this.#duplex.destroyed) throw new TransportError(`${this.description} was closed before everything written was flushed`);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
     await this.#inner.drain?.();
   }
 
