@@ -159,6 +159,22 @@ class TlsChannel implements Channel {
   }
 }
 
+/**
+ * A TLS session on a socket: a StreamChannel over the TLS socket, whose end() is as
+ * TlsChannel's — what was written flushed (failures real), then the close a courtesy the
+ * peer may no longer take.
+ */
+class SocketTlsChannel extends StreamChannel {
+  override async end(): Promise<void> {
+    await this.drain();
+    try {
+      await super.end();
+    } catch {
+      this.destroy();
+    }
+  }
+}
+
 /** What a TLS handshake error says, in QEMU's words where it has them (crypto/tlssession.c). */
 function handshakeMessage(err: Error & { code?: string }): string {
   switch (err.code) {
@@ -311,7 +327,7 @@ export async function tlsServerChannel(inner: Channel, creds: TlsCreds): Promise
  */
 export async function secureSocketChannel(raw: Socket, setup: TlsSetup, description: string, fd: number | undefined, receiveBuffer?: (bytes: number) => void): Promise<Channel> {
   const socket = await secure(raw, setup, description);
-  return new StreamChannel({
+  return new SocketTlsChannel({
     description: `${description} (TLS)`,
     readable: socket,
     writable: socket,
