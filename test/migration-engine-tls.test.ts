@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
 import type { Channel, Listener } from '../src/transport/channel.js';
 import { ObjectRegistry } from '../src/vmm/objects.js';
-import { makeTestCerts } from '../src/crypto/test-certs.js';
+import { clientExtensions, makeTestCert, makeTestCerts } from '../src/crypto/test-certs.js';
 import { digest, makeSide, statuses, type Side } from './migration-engine-helpers.js';
 
 const MiB = 1024 * 1024;
@@ -184,7 +184,7 @@ test('tls-creds: with verify-peer off on the destination, a source with no certi
   assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
 });
 
-test('tls-creds: credentials for the wrong end, a unix: URI with no tls-hostname, and tls-authz are refused before anything connects, in QEMU\'s words', async () => {
+test('tls-creds: credentials for the wrong end, a unix: URI with no tls-hostname, and a tls-authz naming no authz object are refused before anything connects, in QEMU\'s words', async () => {
   let connects = 0;
   let listens = 0;
   const objects = registries();
@@ -200,7 +200,7 @@ test('tls-creds: credentials for the wrong end, a unix: URI with no tls-hostname
   assert.throws(() => src.migration.migrate('unix:/tmp/ferry-nowhere.sock'), /No hostname for certificate validation/);
   src.migration.setParameters({ 'tls-hostname': 'localhost' });
   dst.migration.setParameters({ 'tls-authz': 'auth0' });
-  await assert.rejects(dst.migration.migrateIncoming(URI), /No authorization object with id 'auth0'/);
+  await assert.rejects(dst.migration.migrateIncoming(URI), /^MigrationError: Cannot find QAuthZ object ID auth0$/);
   assert.deepEqual([connects, listens], [0, 0]);
   for (const side of [src, srcSwapped]) assert.equal(side.migration.status, 'none');
   for (const side of [dst, dstSwapped]) assert.equal(side.migration.incomingStatus, 'none');
@@ -260,4 +260,44 @@ test('tls-creds-psk: a source whose key differs from the destination\'s, or whos
     src.migration.migrate(URI);
     await bothFail(src, dst, /TLS handshake failed/, /TLS handshake failed/);
   }
+});
+
+// tls-authz: an authz-simple object's identity, matched against the source certificate's name
+// as QEMU's GnuTLS gives it (the certificate's order), which QEMU's users write.
+test('tls-authz: the source whose certificate carries the identity is let in; any other is refused at the handshake; tls-authz without certificates to check is refused', async () => {
+  // A client certificate of two attributes, CN first in the certificate: "CN=…,O=…" as GnuTLS prints it.
+  const twoPart = join(dir, 'two-part-client');
+  mkdirSync(twoPart);
+  copyFileSync(join(certs.clientDir, 'ca-cert.pem'), join(twoPart, 'ca-cert.pem'));
+  makeTestCert(certs.ca, join(twoPart, 'client-cert.pem'), join(twoPart, 'client-key.pem'), { subject: 'Ferry client/O=Ferry Org', extensions: clientExtensions() });
+  for (const [identity, allowed] of [['CN=Ferry client,O=Ferry Org', true], ['O=Ferry Org,CN=Ferry client', false], ['CN=someone else', false]] as const) {
+    const net = network();
+    const objects = registries({ dir: twoPart });
+    objects.dst.add('authz-simple', 'auth0', { identity });
+    const { src, dst } = pair(net, objects);
+    for (const side of [src, dst]) side.migration.setParameters({ 'tls-creds': 'tls0' });
+    dst.migration.setParameters({ 'tls-authz': 'auth0' });
+    await dst.migration.migrateIncoming(URI);
+    src.migration.migrate(URI);
+    if (allowed) {
+      await settle(src, dst);
+      assert.equal(src.migration.status, 'completed', src.migration.queryMigrate()['error-desc']);
+      assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+    } else {
+      await bothFail(src, dst, /.+/, /TLS handshake failed on .*: TLS x509 authz check for CN=Ferry client,O=Ferry Org is denied/);
+    }
+  }
+  // With certificates not checked (verify-peer off), or pre-shared keys, there is no name to check.
+  for (const [objects, what] of [[registries({}, { 'verify-peer': false }), 'verify-peer off'], [pskRegistries({ dir: pskServer, endpoint: 'client' }), 'psk']] as const) {
+    objects.dst.add('authz-simple', 'auth0', { identity: 'CN=x' });
+    const { dst } = pair(network(), objects);
+    dst.migration.setParameters({ 'tls-creds': 'tls0', 'tls-authz': 'auth0' });
+    await assert.rejects(dst.migration.migrateIncoming(URI), /tls-authz 'auth0' checks the name in a source's certificate: it needs tls-creds naming tls-creds-x509 credentials with verify-peer=on/, what);
+    assert.equal(dst.migration.incomingStatus, 'none');
+  }
+  // An object that is not an authz object.
+  const objects = registries();
+  const { dst } = pair(network(), objects);
+  dst.migration.setParameters({ 'tls-creds': 'tls0', 'tls-authz': 'tls0' });
+  await assert.rejects(dst.migration.migrateIncoming(URI), /^MigrationError: Object 'tls0' is not a QAuthZ subclass$/);
 });

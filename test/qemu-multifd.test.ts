@@ -19,7 +19,7 @@ import { channelFromBytes } from '../src/stream/memory-channel.js';
 import { MULTIFD_FLAG_SYNC, MULTIFD_INIT_BYTES, MULTIFD_PACKET_BYTES, decodeMultifdInit, decodeMultifdPacket } from '../src/stream/multifd.js';
 import { MultifdReceiver } from '../src/migration/multifd-recv.js';
 import { compressionFlag } from '../src/stream/multifd-compression.js';
-import { makeTestCerts } from '../src/crypto/test-certs.js';
+import { clientExtensions, makeTestCert, makeTestCerts } from '../src/crypto/test-certs.js';
 import { loadTlsCredsPsk, loadTlsCredsX509 } from '../src/crypto/tls-creds.js';
 import { tlsServerChannel } from '../src/transport/tls.js';
 import { socketChannel } from '../src/transport/socket.js';
@@ -211,7 +211,7 @@ test(`Ferry's multifd receiver reads a QEMU 7.2 source's channels: each page lan
       return;
     }
     ended.push((async () => {
-      const channel = await tlsServerChannel(socketChannel(conn, 'unix:record', {}), serverCreds);
+      const channel = await tlsServerChannel(socketChannel(conn, 'unix:record', {}), { role: 'server', creds: serverCreds });
       for (let chunk = await channel.read(); chunk !== null; chunk = await channel.read()) chunks.push(Buffer.from(chunk));
       channel.destroy();
     })().catch((err: unknown) => assert.fail(`the TLS session with QEMU: ${String(err)}`)));
@@ -309,3 +309,44 @@ test(`Ferry's multifd receiver reads a QEMU 7.2 source's channels: each page lan
   assert.ok(nonZero > 1000, `only ${nonZero} pages of data: the guest did not write RAM`);
 });
 }
+
+// tls-authz on a QEMU destination: QEMU matches its authz-simple identity against the name
+// of the source's certificate as GnuTLS prints it — the same string Ferry's destination
+// builds (transport/tls.ts distinguishedName), checked here against QEMU's own verdict.
+test('QEMU 7.2 with tls-authz lets in a Ferry source whose certificate name is the identity, as Ferry writes that name, and denies it otherwise', { skip: QEMU_SKIP, timeout: 180_000 }, async (t) => {
+  const dir = scratch(t);
+  const certs = makeTestCerts(join(dir, 'pki'));
+  const client = join(dir, 'two-part');
+  mkdirSync(client);
+  writeFileSync(join(client, 'ca-cert.pem'), readFileSync(join(certs.clientDir, 'ca-cert.pem')));
+  makeTestCert(certs.ca, join(client, 'client-cert.pem'), join(client, 'client-key.pem'), { subject: 'Ferry client/O=Ferry Org', extensions: clientExtensions() });
+  for (const [identity, allowed] of [['CN=Ferry client,O=Ferry Org', true], ['O=Ferry Org,CN=Ferry client', false]] as const) {
+    const sock = join(dir, `authz-${allowed}.sock`);
+    const dest = qemu(t, dir, `dst-authz-${allowed}`, ['-m', '32', '-incoming', 'defer']);
+    const dstQmp = await qmpOf(dest);
+    t.after(() => dstQmp.close());
+    await dstQmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: 'tls0', dir: certs.serverDir, endpoint: 'server', 'verify-peer': true });
+    await dstQmp.execute('object-add', { 'qom-type': 'authz-simple', id: 'auth0', identity });
+    await dstQmp.execute('migrate-set-parameters', { 'tls-creds': 'tls0', 'tls-authz': 'auth0' });
+    await dstQmp.execute('migrate-incoming', { uri: `unix:${sock}` });
+    const source = await FerryProcess.start({ dir, name: `src-authz-${allowed}`, args: ['--accel', 'sim', '-m', '32M', '--no-warm-up', '--object', `tls-creds-x509,id=tls0,dir=${client}`], serial: 'null' });
+    t.after(() => source.quit());
+    await source.execute('stop');
+    await source.execute('migrate-set-parameters', { 'tls-creds': 'tls0', 'tls-hostname': 'localhost', 'max-bandwidth': 0 });
+    await source.execute('migrate', { uri: `unix:${sock}` });
+    const info = await migrated(source.qmp);
+    if (allowed) {
+      assert.equal(info.status, 'completed', info['error-desc']);
+      // In, and loaded up to Ferry's vCPU state (Ferry's devices are not QEMU's).
+      await dest.exited;
+      assert.match(dest.stderr(), FERRY_CPU_REFUSED);
+    } else {
+      assert.equal(info.status, 'failed');
+      // QEMU reports the refused session and goes on waiting for another.
+      const denied = /TLS x509 authz check for CN=Ferry client,O=Ferry Org is denied/;
+      for (const until = Date.now() + 10_000; !denied.test(dest.stderr()) && Date.now() < until;) await new Promise((r) => setTimeout(r, 50));
+      assert.match(dest.stderr(), denied);
+      dest.child.kill('SIGKILL');
+    }
+  }
+});

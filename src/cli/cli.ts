@@ -104,7 +104,7 @@ program
   .option('--incoming <uri>', 'wait for a migration: tcp:HOST:PORT, unix:PATH, fd:N, exec:COMMAND, or "defer" for QMP migrate-incoming')
   .option('--mem-prealloc', 'back all guest RAM with host memory at start (QEMU\'s -mem-prealloc): a destination then takes pages at wire speed')
   .option('--no-warm-up', 'do not warm the migration code up once the VM has started (a scratch migration within this process, so that a real one does not start with cold code)')
-  .option('--object <spec>', 'make an object, as QEMU\'s -object: tls-creds-x509,id=ID,dir=DIR[,endpoint=client|server][,verify-peer=on|off] or tls-creds-psk,id=ID,dir=DIR[,endpoint=client|server][,username=NAME] (what tls-creds names); repeatable', collect, [])
+  .option('--object <spec>', 'make an object, as QEMU\'s -object: tls-creds-x509,id=ID,dir=DIR[,endpoint=client|server][,verify-peer=on|off] or tls-creds-psk,id=ID,dir=DIR[,endpoint=client|server][,username=NAME] (what tls-creds names), or authz-simple,id=ID,identity=NAME (what tls-authz names; ,, is a comma); repeatable', collect, [])
   .action(async (opts) => {
     const { runCommand } = await import('./run-command.js');
     await runCommand(opts);

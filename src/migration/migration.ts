@@ -15,7 +15,7 @@ import { OutgoingMigration } from './outgoing.js';
 import { AutoConverge } from './auto-converge.js';
 import {
   DEFAULT_MIGRATION_PARAMETERS, IMPLEMENTED_CAPABILITIES, applyCapabilities, applyParameters,
-  MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, tlsCredsFor, tlsHostname, defaultCapabilities,
+  MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, tlsAuthzFor, tlsCredsFor, tlsHostname, defaultCapabilities,
 } from './parameters.js';
 import { acceptAfterMain, type MultifdReceiver } from './multifd-recv.js';
 import { checkCompressionAvailable, type MultifdCompression } from '../stream/multifd-compression.js';
@@ -217,6 +217,7 @@ export class Migration {
   async migrateIncoming(uri: string): Promise<{ address: string }> {
     const vm = this.#o.vm;
     const tls = tlsCredsFor(this.#parameters, 'server', this.#o.findObject);
+    const authz = tlsAuthzFor(this.#parameters, tls, this.#o.findObject);
     if (vm.runState !== 'inmigrate') {
       throw new MigrationError("'-incoming' was not specified on the command line");
     }
@@ -229,7 +230,7 @@ export class Migration {
     this.#incomingState.transition('setup');
     let listener: Listener;
     try {
-      listener = await this.#listen(uri, tls);
+      listener = await this.#listen(uri, tls, authz);
     } catch (err) {
       this.#incomingError = errorMessage(err);
       this.#incomingState.transition('failed');
@@ -417,10 +418,14 @@ export class Migration {
     };
   }
 
-  /** Listen on `uri`; with TLS credentials, every connection accepted is a TLS session. */
-  async #listen(uri: string, creds: TlsCreds | undefined): Promise<Listener> {
+  /**
+   * Listen on `uri`; with TLS credentials, every connection accepted is a TLS session (its
+   * source's certificate name checked against tls-authz's identity, where set).
+   */
+  async #listen(uri: string, creds: TlsCreds | undefined, authz: string | undefined): Promise<Listener> {
     if (creds === undefined) return this.#o.listen(uri);
-    return tlsListener(await this.#o.listen(uri, { tls: { role: 'server', creds } }), creds);
+    const tls: TlsSetup = { role: 'server', creds, ...(authz !== undefined ? { authz } : {}) };
+    return tlsListener(await this.#o.listen(uri, { tls }), tls);
   }
 
   #resume(uri: string, connect: () => Promise<Channel>): void {
@@ -482,10 +487,11 @@ export class Migration {
     }
     if (this.#recoverListening) throw new MigrationError('Migrate recovery is triggered already');
     const tls = tlsCredsFor(this.#parameters, 'server', this.#o.findObject);
+    const authz = tlsAuthzFor(this.#parameters, tls, this.#o.findObject);
     this.#recoverListening = true;
     let listener: Listener;
     try {
-      listener = await this.#listen(uri, tls);
+      listener = await this.#listen(uri, tls, authz);
     } catch (err) {
       this.#recoverListening = false;
       throw err;

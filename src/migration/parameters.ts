@@ -309,10 +309,25 @@ export function tlsCredsFor(p: Readonly<MigrationParameters>, endpoint: TlsEndpo
   if (object.type !== 'tls-creds-x509' && object.type !== 'tls-creds-psk') throw new MigrationError(`Object with id '${id}' is not TLS credentials`);
   const creds = object as TlsCreds;
   if (creds.endpoint !== endpoint) throw new MigrationError(`Expected TLS credentials for a ${endpoint} endpoint`);
-  if (endpoint === 'server' && p['tls-authz'] !== '') {
-    throw new MigrationError(`No authorization object with id '${p['tls-authz']}' (Ferry does not create authz objects: clear tls-authz, and the CA alone decides which sources may connect)`);
-  }
   return creds;
+}
+
+/**
+ * A destination's `tls-authz`: the authz-simple object it names, whose identity is the one
+ * source certificate name let in (QEMU's qauthz_is_allowed_by_id, in its words); undefined
+ * without tls-authz. QEMU checks it only for x509 credentials that verify the peer and
+ * ignores it otherwise; Ferry refuses it there, rather than let every source in.
+ */
+export function tlsAuthzFor(p: Readonly<MigrationParameters>, creds: TlsCreds | undefined, find: ((id: string) => { readonly type: string } | undefined) | undefined): string | undefined {
+  const id = p['tls-authz'];
+  if (id === '') return undefined;
+  const object = find?.(id);
+  if (object === undefined) throw new MigrationError(`Cannot find QAuthZ object ID ${id}`);
+  if (object.type !== 'authz-simple') throw new MigrationError(`Object '${id}' is not a QAuthZ subclass`);
+  if (creds === undefined || creds.type !== 'tls-creds-x509' || !creds.verifyPeer) {
+    throw new MigrationError(`tls-authz '${id}' checks the name in a source's certificate: it needs tls-creds naming tls-creds-x509 credentials with verify-peer=on`);
+  }
+  return (object as unknown as { readonly identity: string }).identity;
 }
 
 /**

@@ -20,7 +20,7 @@ import { StreamChannel } from './stream-channel.js';
 /** What a connection's TLS session is to be: the source's client side, or the destination's server side. */
 export type TlsSetup =
   | { readonly role: 'client'; readonly creds: TlsCreds; readonly hostname: string | undefined }
-  | { readonly role: 'server'; readonly creds: TlsCreds };
+  | { readonly role: 'server'; readonly creds: TlsCreds; readonly authz?: string };
 
 /** How long a TLS handshake may take before the connection is given up. */
 export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -262,6 +262,15 @@ function secure(under: Duplex, setup: TlsSetup, description: string): Promise<tl
         fail(new TransportError(`TLS handshake failed on ${description}: the source's certificate was refused: ${handshakeMessage(Object.assign(new Error(code), { code }))} (${code})`));
         return;
       }
+      const allowed = setup.authz;
+      if (allowed !== undefined) {
+        const name = distinguishedName(socket);
+        if (name !== allowed) {
+          socket.destroy();
+          fail(new TransportError(`TLS handshake failed on ${description}: TLS x509 authz check for ${name} is denied`));
+          return;
+        }
+      }
       if (finish()) resolve(socket);
     });
     server.emit('connection', under);
@@ -313,10 +322,22 @@ export async function tlsClientChannel(inner: Channel, creds: TlsCreds, hostname
   return new TlsChannel(await secure(duplex, { role: 'client', creds, hostname }, inner.description), duplex, inner);
 }
 
-/** The destination's side over any channel: a TLS server session on `inner`. */
-export async function tlsServerChannel(inner: Channel, creds: TlsCreds): Promise<Channel> {
+/** The destination's side over any channel: a TLS server session on `inner`, as `setup` says. */
+export async function tlsServerChannel(inner: Channel, setup: Extract<TlsSetup, { role: 'server' }>): Promise<Channel> {
   const duplex = new ChannelDuplex(inner);
-  return new TlsChannel(await secure(duplex, { role: 'server', creds }, inner.description), duplex, inner);
+  return new TlsChannel(await secure(duplex, setup, inner.description), duplex, inner);
+}
+
+/**
+ * A client certificate's name as QEMU 7.2's GnuTLS gives it (gnutls_x509_crt_get_dn), which
+ * its authz objects match: the attributes in the certificate's order, joined by commas — a
+ * certificate made with `-subj /CN=Ferry client/O=Ferry Org` is "CN=Ferry client,O=Ferry
+ * Org" (QEMU's own denial said so, by hand; not RFC 4514's reversed order). Node lists the
+ * subject in the certificate's order too, one attribute a line.
+ */
+export function distinguishedName(socket: tls.TLSSocket): string {
+  const subject = socket.getPeerX509Certificate()?.subject ?? '';
+  return subject.split('\n').filter((part) => part !== '').join(',');
 }
 
 /**
@@ -341,13 +362,13 @@ export async function secureSocketChannel(raw: Socket, setup: TlsSetup, descript
  * A listener whose every accepted connection is a TLS server session (the main one and
  * each multifd channel): as the inner listener made it (Channel.tls), or wrapped here.
  */
-export function tlsListener(inner: Listener, creds: TlsCreds): Listener {
+export function tlsListener(inner: Listener, setup: Extract<TlsSetup, { role: 'server' }>): Listener {
   return {
     description: inner.description,
     address: inner.address,
     accept: async () => {
       const channel = await inner.accept();
-      return channel.tls === true ? channel : tlsServerChannel(channel, creds);
+      return channel.tls === true ? channel : tlsServerChannel(channel, setup);
     },
     close: () => inner.close(),
   };

@@ -15,6 +15,8 @@ test('-object: QEMU\'s TYPE,id=ID,key=value and qom-type=TYPE forms; values stay
     type: 'tls-creds-x509', id: 'tls0', props: { dir: '/etc/pki/qemu', endpoint: 'server', 'verify-peer': 'off' },
   });
   assert.deepEqual(parseObjectOption('qom-type=tls-creds-x509,id=a,dir=/d'), { type: 'tls-creds-x509', id: 'a', props: { dir: '/d' } });
+  // A doubled comma is a comma in the value, as in QEMU's.
+  assert.deepEqual(parseObjectOption('authz-simple,id=auth0,identity=CN=Ferry client,,O=Ferry Org'), { type: 'authz-simple', id: 'auth0', props: { identity: 'CN=Ferry client,O=Ferry Org' } });
   assert.throws(() => parseObjectOption('tls-creds-x509,dir=/d'), /Invalid -object "tls-creds-x509,dir=\/d": Parameter 'id' is missing/);
   assert.throws(() => parseObjectOption('id=x,dir=/d'), /no type/);
   assert.throws(() => parseObjectOption('tls-creds-x509,id=x,oops'), /"oops" is not key=value/);
@@ -29,11 +31,14 @@ test('object registry: add, get, list and delete; every refusal changes nothing'
   assert.throws(() => objects.add('tls-creds-x509', 'tls0', { dir: certs.clientDir }), /attempt to add duplicate property 'tls0' to object \(type 'container'\)/);
   assert.throws(() => objects.add('tls-creds-x509', '0bad', { dir: certs.clientDir }), /Parameter 'id' expects an identifier/);
   assert.throws(() => objects.add('no-such-type', 'x', {}), /Parameter 'qom-type' does not accept value 'no-such-type'/);
-  assert.throws(() => objects.add('tls-creds-anon', 'x', {}), /Ferry does not create objects of type 'tls-creds-anon' \(it creates: tls-creds-x509, tls-creds-psk\)/);
+  assert.throws(() => objects.add('tls-creds-anon', 'x', {}), /Ferry does not create objects of type 'tls-creds-anon' \(it creates: tls-creds-x509, tls-creds-psk, authz-simple\)/);
+  assert.equal(objects.add('authz-simple', 'auth0', { identity: 'CN=a' }).type, 'authz-simple');
+  assert.throws(() => objects.add('authz-simple', 'auth1', {}), /The 'identity' property must be set/);
+  assert.throws(() => objects.add('authz-simple', 'auth1', { identity: 'CN=a', rules: [] }), /Property 'authz-simple.rules' not found/);
   // A type's own refusal (a missing file) leaves no object behind.
   assert.throws(() => objects.add('tls-creds-x509', 'tls1', { dir: join(dir, 'nowhere') }), /Unable to access credentials .*nowhere\/ca-cert\.pem: No such file or directory/);
   assert.equal(objects.get('tls1'), undefined);
-  assert.deepEqual(objects.list(), [{ id: 'tls0', type: 'tls-creds-x509' }]);
+  assert.deepEqual(objects.list(), [{ id: 'tls0', type: 'tls-creds-x509' }, { id: 'auth0', type: 'authz-simple' }]);
   objects.delete('tls0');
   assert.equal(objects.get('tls0'), undefined);
   assert.throws(() => objects.delete('tls0'), /object 'tls0' not found/);

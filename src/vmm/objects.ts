@@ -6,19 +6,39 @@
 import { ConfigError } from '../errors.js';
 import { loadTlsCredsPsk, loadTlsCredsX509, type TlsCreds } from '../crypto/tls-creds.js';
 
-export type UserObject = TlsCreds;
+/** QEMU's authz-simple: the one identity (an x509 client certificate's name) it lets in. */
+export interface AuthzSimple {
+  readonly type: 'authz-simple';
+  readonly id: string;
+  readonly identity: string;
+}
+
+export type UserObject = TlsCreds | AuthzSimple;
+
+/** authz-simple from its properties, as QEMU's (the identity is required). */
+function makeAuthzSimple(id: string, props: Record<string, unknown>): AuthzSimple {
+  let identity: string | undefined;
+  for (const [name, value] of Object.entries(props)) {
+    if (name !== 'identity') throw new ConfigError(`Property 'authz-simple.${name}' not found`);
+    if (typeof value !== 'string') throw new ConfigError("Invalid parameter type for 'identity', expected: string");
+    identity = value;
+  }
+  if (identity === undefined) throw new ConfigError("The 'identity' property must be set");
+  return Object.freeze({ type: 'authz-simple', id, identity });
+}
 
 /** The object types Ferry creates, and how each is built from its properties. */
 const MAKERS: Readonly<Record<string, (id: string, props: Record<string, unknown>) => UserObject>> = {
   'tls-creds-x509': loadTlsCredsX509,
   'tls-creds-psk': loadTlsCredsPsk,
+  'authz-simple': makeAuthzSimple,
 };
 
 /**
  * QEMU object types Ferry knows of and does not create, so that asking for one says that
  * rather than that no such type exists.
  */
-const NOT_CREATED = new Set(['tls-creds-anon', 'secret', 'secret_keyring', 'authz-simple', 'authz-list', 'authz-listfile', 'authz-pam', 'memory-backend-ram', 'memory-backend-file', 'memory-backend-memfd', 'iothread', 'rng-random', 'rng-builtin', 'throttle-group']);
+const NOT_CREATED = new Set(['tls-creds-anon', 'secret', 'secret_keyring', 'authz-list', 'authz-listfile', 'authz-pam', 'memory-backend-ram', 'memory-backend-file', 'memory-backend-memfd', 'iothread', 'rng-random', 'rng-builtin', 'throttle-group']);
 
 /** QEMU's id_wellformed: a letter, then letters, digits, '-', '.' and '_'. */
 const ID = /^[A-Za-z][A-Za-z0-9_.-]*$/;
@@ -62,10 +82,11 @@ export class ObjectRegistry {
 
 /**
  * QEMU's `-object TYPE,id=ID,key=value,…` (also `qom-type=TYPE,…`) as the type, id and
- * properties; values stay strings, which each type reads as it reads the command line.
+ * properties; values stay strings, which each type reads as it reads the command line. A
+ * doubled comma is a comma in a value, as in QEMU's (an authz identity "CN=a,,O=b").
  */
 export function parseObjectOption(text: string): { type: string; id: string; props: Record<string, string> } {
-  const parts = text.split(',');
+  const parts = text.replaceAll(',,', '\u0000').split(',').map((part) => part.replaceAll('\u0000', ','));
   let type: string | undefined;
   const props: Record<string, string> = {};
   parts.forEach((part, i) => {

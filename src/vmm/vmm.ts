@@ -258,10 +258,10 @@ export class Vmm {
     });
     qmp.register({ name: 'query-dirty-rate', handler: () => this.dirtyRate.query() as unknown as Record<string, unknown> });
     qmp.register({ name: 'migrate-start-postcopy', handler: () => wrap(() => migration.startPostcopy()) });
-    // QEMU's ObjectOptions for the types Ferry makes: tls-creds-x509's and tls-creds-psk's members.
+    // QEMU's ObjectOptions for the types Ferry makes: tls-creds-x509's, tls-creds-psk's and authz-simple's members.
     qmp.register({
       name: 'object-add',
-      args: { 'qom-type': t.str, id: t.str, 'dir?': t.str, 'endpoint?': t.str, 'verify-peer?': t.bool, 'sanity-check?': t.bool, 'passwordid?': t.str, 'loaded?': t.bool, 'username?': t.str },
+      args: { 'qom-type': t.str, id: t.str, 'dir?': t.str, 'endpoint?': t.str, 'verify-peer?': t.bool, 'sanity-check?': t.bool, 'passwordid?': t.str, 'loaded?': t.bool, 'username?': t.str, 'identity?': t.str },
       handler: (args) => {
         const { 'qom-type': type, id, ...props } = args;
         wrap(() => this.objects.add(type, id, props));
