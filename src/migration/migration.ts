@@ -15,7 +15,7 @@ import { OutgoingMigration } from './outgoing.js';
 import { AutoConverge } from './auto-converge.js';
 import {
   DEFAULT_MIGRATION_PARAMETERS, IMPLEMENTED_CAPABILITIES, applyCapabilities, applyParameters,
-  MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, tlsAuthzFor, tlsCredsFor, tlsHostname, defaultCapabilities,
+  MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, defaultCapabilities,
 } from './parameters.js';
 import { acceptAfterMain, type MultifdReceiver } from './multifd-recv.js';
 import { checkCompressionAvailable, type MultifdCompression } from '../stream/multifd-compression.js';
@@ -32,8 +32,8 @@ import type { MigrationVm } from './vm.js';
 import type { RunState } from '../machine/run-state.js';
 import { NIL_UUID } from '../uuid.js';
 import { keepShape } from '../hot-shapes.js';
-import type { TlsCreds } from '../crypto/tls-creds.js';
-import { tlsClientChannel, tlsListener, type TlsSetup } from '../transport/tls.js';
+import type { TlsSetup } from '../transport/tls.js';
+import { incomingTls, listenWith, outgoingConnector } from './tls-setup.js';
 
 export interface MigrationOptions {
   readonly vm: MigrationVm;
@@ -144,7 +144,7 @@ export class Migration {
    */
   migrate(uri: string, options: { resume?: boolean } = {}): void {
     const vm = this.#o.vm;
-    const connect = this.#connector(uri);
+    const connect = outgoingConnector(this.#parameters, this.#o.findObject, uri, this.#o.connect);
     if (options.resume) {
       this.#resume(uri, connect);
       return;
@@ -216,8 +216,7 @@ export class Migration {
    */
   async migrateIncoming(uri: string): Promise<{ address: string }> {
     const vm = this.#o.vm;
-    const tls = tlsCredsFor(this.#parameters, 'server', this.#o.findObject);
-    const authz = tlsAuthzFor(this.#parameters, tls, this.#o.findObject);
+    const tls = incomingTls(this.#parameters, this.#o.findObject);
     if (vm.runState !== 'inmigrate') {
       throw new MigrationError("'-incoming' was not specified on the command line");
     }
@@ -230,7 +229,7 @@ export class Migration {
     this.#incomingState.transition('setup');
     let listener: Listener;
     try {
-      listener = await this.#listen(uri, tls, authz);
+      listener = await listenWith(uri, tls, this.#o.listen);
     } catch (err) {
       this.#incomingError = errorMessage(err);
       this.#incomingState.transition('failed');
@@ -399,35 +398,6 @@ export class Migration {
    * over a new one to `uri` (where the destination's migrate-recover listens). Returns at
    * once; a connection that fails leaves it paused, and says so in the trace.
    */
-  /**
-   * How the source opens each connection of a migration to `uri` — the main one and each
-   * multifd channel: through TLS when tls-creds says so (checked now, before anything
-   * connects).
-   */
-  #connector(uri: string): () => Promise<Channel> {
-    const creds = tlsCredsFor(this.#parameters, 'client', this.#o.findObject);
-    if (creds === undefined) return () => this.#o.connect(uri);
-    const hostname = tlsHostname(this.#parameters, uri);
-    if (creds.type === 'tls-creds-x509' && creds.verifyPeer && hostname === undefined) {
-      throw new MigrationError(`No hostname for certificate validation: ${uri} names no host; set tls-hostname to the name in the destination's certificate`);
-    }
-    const tls: TlsSetup = { role: 'client', creds, hostname };
-    return async () => {
-      const channel = await this.#o.connect(uri, { tls });
-      return channel.tls === true ? channel : tlsClientChannel(channel, creds, hostname);
-    };
-  }
-
-  /**
-   * Listen on `uri`; with TLS credentials, every connection accepted is a TLS session (its
-   * source's certificate name checked against tls-authz's identity, where set).
-   */
-  async #listen(uri: string, creds: TlsCreds | undefined, authz: string | undefined): Promise<Listener> {
-    if (creds === undefined) return this.#o.listen(uri);
-    const tls: TlsSetup = { role: 'server', creds, ...(authz !== undefined ? { authz } : {}) };
-    return tlsListener(await this.#o.listen(uri, { tls }), tls);
-  }
-
   #resume(uri: string, connect: () => Promise<Channel>): void {
     const outgoing = this.#outgoing;
     if (this.#outgoingState.status !== 'postcopy-paused' || !outgoing) {
@@ -486,12 +456,11 @@ export class Migration {
       throw new MigrationError('Migrate recover can only be run when postcopy is paused.');
     }
     if (this.#recoverListening) throw new MigrationError('Migrate recovery is triggered already');
-    const tls = tlsCredsFor(this.#parameters, 'server', this.#o.findObject);
-    const authz = tlsAuthzFor(this.#parameters, tls, this.#o.findObject);
+    const tls = incomingTls(this.#parameters, this.#o.findObject);
     this.#recoverListening = true;
     let listener: Listener;
     try {
-      listener = await this.#listen(uri, tls, authz);
+      listener = await listenWith(uri, tls, this.#o.listen);
     } catch (err) {
       this.#recoverListening = false;
       throw err;

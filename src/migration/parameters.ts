@@ -5,8 +5,6 @@
 
 import { MigrationError } from '../errors.js';
 import { PAGE_SIZE } from '../hypervisor/types.js';
-import type { TlsCreds, TlsEndpoint } from '../crypto/tls-creds.js';
-import { parseMigrationUri } from '../transport/uri.js';
 
 export interface MigrationParameters {
   'announce-initial': number;
@@ -290,55 +288,6 @@ export function allowsMultipleChannels(uri: string): boolean {
 
 /** QEMU 7.2's words when it is not. */
 export const MULTIFD_PROTOCOL_REFUSED = 'multifd is not supported by current protocol';
-
-/**
- * `tls-creds` names a TLS credentials object (object-add tls-creds-x509): every channel of
- * the migration — the main one and each multifd channel — then goes through TLS, the
- * source as the client, the destination as the server (QEMU's migration_tls_get_creds).
- * Returns the credentials for this side, or undefined without tls-creds; refuses, in
- * QEMU 7.2's words, a missing object, one that is no TLS credentials, or credentials made
- * for the other end — before anything connects, and never in clear instead. `tls-authz`
- * names an authorization object, which Ferry does not create: refused on a destination,
- * rather than letting any certified client in.
- */
-export function tlsCredsFor(p: Readonly<MigrationParameters>, endpoint: TlsEndpoint, find: ((id: string) => { readonly type: string } | undefined) | undefined): TlsCreds | undefined {
-  const id = p['tls-creds'];
-  if (id === '') return undefined;
-  const object = find?.(id);
-  if (object === undefined) throw new MigrationError(`No TLS credentials with id '${id}'`);
-  if (object.type !== 'tls-creds-x509' && object.type !== 'tls-creds-psk') throw new MigrationError(`Object with id '${id}' is not TLS credentials`);
-  const creds = object as TlsCreds;
-  if (creds.endpoint !== endpoint) throw new MigrationError(`Expected TLS credentials for a ${endpoint} endpoint`);
-  return creds;
-}
-
-/**
- * A destination's `tls-authz`: the authz-simple object it names, whose identity is the one
- * source certificate name let in (QEMU's qauthz_is_allowed_by_id, in its words); undefined
- * without tls-authz. QEMU checks it only for x509 credentials that verify the peer and
- * ignores it otherwise; Ferry refuses it there, rather than let every source in.
- */
-export function tlsAuthzFor(p: Readonly<MigrationParameters>, creds: TlsCreds | undefined, find: ((id: string) => { readonly type: string } | undefined) | undefined): string | undefined {
-  const id = p['tls-authz'];
-  if (id === '') return undefined;
-  const object = find?.(id);
-  if (object === undefined) throw new MigrationError(`Cannot find QAuthZ object ID ${id}`);
-  if (object.type !== 'authz-simple') throw new MigrationError(`Object '${id}' is not a QAuthZ subclass`);
-  if (creds === undefined || creds.type !== 'tls-creds-x509' || !creds.verifyPeer) {
-    throw new MigrationError(`tls-authz '${id}' checks the name in a source's certificate: it needs tls-creds naming tls-creds-x509 credentials with verify-peer=on`);
-  }
-  return (object as unknown as { readonly identity: string }).identity;
-}
-
-/**
- * The name a source checks the destination's certificate against: tls-hostname, else the
- * host of a tcp: URI (QEMU's migration_tls_client_create); none for unix:, fd:, exec:.
- */
-export function tlsHostname(p: Readonly<MigrationParameters>, uri: string): string | undefined {
-  if (p['tls-hostname'] !== '') return p['tls-hostname'];
-  const parsed = parseMigrationUri(uri);
-  return parsed.kind === 'tcp' && parsed.host !== '' ? parsed.host : undefined;
-}
 
 export function capabilityList(caps: Readonly<MigrationCapabilities>): CapabilityStatus[] {
   return MIGRATION_CAPABILITIES.map((capability) => ({ capability, state: caps[capability] }));
