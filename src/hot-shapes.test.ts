@@ -53,7 +53,7 @@ test('keepShape: a scratch migration leaves an instance of each class on the pag
   const outcome = await warmUpMigration('pc-i440fx-7.2', { rounds: 1 });
   assert.ok(!(outcome instanceof Error), outcome instanceof Error ? outcome.message : '');
   const kept = new Set(keptShapeNames());
-  for (const name of ['Migration', 'OutgoingMigration', 'RamHandler', 'RamLoader', 'RamChunkWriter', 'StreamWriter', 'StreamReader', 'StreamChannel', 'DirectVectoredWriter', 'DirectWrites', 'ReadBufferPool', 'PooledReads', 'RateLimiter']) {
+  for (const name of ['Migration', 'OutgoingMigration', 'RamHandler', 'RamBitmaps', 'RamLoader', 'RamChunkWriter', 'StreamWriter', 'StreamReader', 'StreamChannel', 'DirectVectoredWriter', 'DirectWrites', 'ReadBufferPool', 'PooledReads', 'RateLimiter']) {
     assert.ok(kept.has(name), `no ${name} kept (kept: ${[...kept].join(', ')})`);
   }
 });

@@ -156,17 +156,17 @@ export class BackgroundSnapshot {
       if (w.error) throw w.error;
       this.#takeFaults();
       const held = this.#h.unsent() > QUEUE_BYTES || limiter.exceeded();
-      if (held && !ram.requestsQueued) {
+      if (held && !ram.requests.queued) {
         // Until the socket drains or the cap's window ends — or at once for a write held.
         const wait = limiter.exceeded() ? Math.max(1, Math.min(5, limiter.waitMs())) : 1;
         await Promise.race([this.#h.sleep(wait), this.#waitForFault()]);
         continue;
       }
       writeSectionPart(w, 'part', this.#ramSectionId);
-      ram.sendPostcopy(w, held ? 0 : BACKGROUND_PAGES);
+      ram.requests.send(w, held ? 0 : BACKGROUND_PAGES);
       writeSectionFooter(w, this.#ramSectionId);
       // Copied into the stream's buffer: the guest may write them from now on.
-      this.#release(ram.takeSent());
+      this.#release(ram.requests.takeSent());
       await this.#h.flush(w);
       this.#h.updateCounters(w);
       // A macrotask boundary: QMP commands, timers and the fault waits come in here.
@@ -223,10 +223,10 @@ export class BackgroundSnapshot {
       // The page first, then the rest of its region: it is let go with them.
       const page = Number((fault.address - BigInt(memory[b]!.hostAddress!)) / BigInt(PAGE_SIZE));
       const ram = this.#h.ram;
-      ram.queueWrite(b, page);
+      ram.requests.queueWrite(b, page);
       const first = page - (page % REGION_PAGES);
       const end = Math.min(first + REGION_PAGES, memory[b]!.size / PAGE_SIZE);
-      for (let p = first; p < end; p++) if (p !== page) ram.queueWrite(b, p);
+      for (let p = first; p < end; p++) if (p !== page) ram.requests.queueWrite(b, p);
     }
   }
 

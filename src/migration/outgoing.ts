@@ -153,7 +153,7 @@ export class OutgoingMigration {
   /** A post-copy destination asks for pages (on any connection, the resumed ones too). */
   readonly #onPageRequest = (idstr: string | undefined, start: number, length: number): void => {
     if (!this.#postcopyCommitted) throw new MigrationError('The destination asked for pages before the switch to post-copy');
-    this.#o.ram.queuePages(idstr, start, length);
+    this.#o.ram.requests.queuePages(idstr, start, length);
     this.#postcopyStream?.wake();
   };
 

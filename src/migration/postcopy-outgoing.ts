@@ -79,7 +79,7 @@ export class PostcopyStream {
       // A page asked for goes at once; background pages wait while the socket is full, so
       // that one asked for is never far behind, and while the cap's window is spent.
       const held = (channel.unsent?.() ?? 0) > POSTCOPY_QUEUE_BYTES || limiter.exceeded();
-      if (held && !ram.requestsQueued) {
+      if (held && !ram.requests.queued) {
         // Until the socket drains or the cap's window ends — or at once, for a page asked for.
         const asked = new Promise<void>((resolve) => (this.#pageRequested = resolve));
         await Promise.race([this.#host.options.sleep(limiter.exceeded() ? Math.max(1, Math.min(5, limiter.waitMs())) : 1), asked, this.#brokenSignal(channel)]);
@@ -89,7 +89,7 @@ export class PostcopyStream {
       for (const { sectionId, handler } of registry.iterative) {
         writeSectionPart(w, 'part', sectionId);
         // Held back: the pages asked for alone.
-        if (handler === ram) ram.sendPostcopy(w, held ? 0 : POSTCOPY_BACKGROUND_PAGES);
+        if (handler === ram) ram.requests.send(w, held ? 0 : POSTCOPY_BACKGROUND_PAGES);
         else await handler.iterate!(w);
         writeSectionFooter(w, sectionId);
       }

@@ -439,16 +439,16 @@ test('snapshot mode (background-snapshot): no dirty log, each page once — a pa
   assert.equal(src.dirtyLog.active, false, 'no dirty log');
   ram.snapshotPoint();
   await assert.rejects(ram.complete(w), /The snapshot ended with 64 pages of RAM not sent/);
-  ram.queueWrite(0, 40);
-  ram.sendPostcopy(w, 2);
-  assert.deepEqual(ram.takeSent(), [0, 40, 0, 0, 0, 1], 'the page waited for first, then the rest in order');
-  assert.deepEqual(ram.takeSent(), []);
+  ram.requests.queueWrite(0, 40);
+  ram.requests.send(w, 2);
+  assert.deepEqual(ram.requests.takeSent(), [0, 40, 0, 0, 0, 1], 'the page waited for first, then the rest in order');
+  assert.deepEqual(ram.requests.takeSent(), []);
   // What the stream holds is what the page held when it went, whatever is written after.
   const page40 = src.ram.slice(40 * PAGE_SIZE, 41 * PAGE_SIZE);
   src.ram.fill(0x77, 40 * PAGE_SIZE, 41 * PAGE_SIZE);
-  ram.queueWrite(0, 40); // sent already: not again
-  ram.sendPostcopy(w, 100);
-  assert.equal(ram.takeSent().length, 2 * 61);
+  ram.requests.queueWrite(0, 40); // sent already: not again
+  ram.requests.send(w, 100);
+  assert.equal(ram.requests.takeSent().length, 2 * 61);
   assert.equal(ram.stats.remainingPages, 0);
   await ram.complete(w);
   await w.flush();
