@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
 import type { Channel } from '../src/transport/channel.js';
-import { digest, listenerFor, makePair, makeSide, migrateToEnd, waitFor } from './migration-engine-helpers.js';
+import { digest, makePair, makeSide, migrateToEnd, waitFor } from './migration-engine-helpers.js';
 
 const MiB = 1024 * 1024;
 const RETURN_PATH = [{ capability: 'return-path', state: true }];

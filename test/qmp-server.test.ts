@@ -7,7 +7,6 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { QmpServer } from '../src/qmp/server.js';
-import { t } from '../src/qmp/schema.js';
 import { Raw, err, newServer, sockPath, stillServes, track, type Json } from './qmp-test-helpers.js';
 
 describe('greeting and negotiation', () => {

@@ -23,7 +23,6 @@ import type { Channel } from '../src/transport/index.js';
 
 const PAGE = 4096;
 const RAM_BYTES = 8 * 1024 * 1024;
-const PAGES = RAM_BYTES / PAGE;
 
 /** A page of bytes that depend on `seed` (never all zero). */
 function pageOf(seed: number): Uint8Array {

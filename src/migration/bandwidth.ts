@@ -3,9 +3,10 @@
 // (BUFFER_DELAY_MS), the first one sooner once it can tell (convergence.ts windowClosed) —
 // and read cautiously. One window can read high (the channel's queue filling, a burst
 // while the other core was free), and acting on it overruns the downtime limit, while
-// erring low only costs another pass.
+// erring low only costs another pass. SwitchoverCounters derives from it what the
+// switchover decision and query-migrate use.
 
-import { BUFFER_DELAY_MS, FIRST_WINDOW_MIN_MS, measureBandwidth, windowClosed } from './convergence.js';
+import { BUFFER_DELAY_MS, FIRST_WINDOW_MIN_MS, expectedDowntimeMs, measureBandwidth, thresholdBytes, windowClosed } from './convergence.js';
 import { keepShape } from '../hot-shapes.js';
 
 /** Windows whose median the estimate stays under. */
@@ -82,5 +83,53 @@ export class BandwidthEstimate {
     if (activeMs >= 2 * BUFFER_DELAY_MS) cautious = Math.min(cautious, (taken - this.#activeBytes) / activeMs);
     this.startWindow(now, taken, pagesSent);
     return { bytes, mbps: figures.mbps, pagesPerSecond: figures.pagesPerSecond, cautiousBytesPerMs: cautious };
+  }
+}
+
+/** A tenth of the measured bandwidth held back for what the switchover costs besides pages: stopping the vCPUs, the device state, the last flush. */
+const SWITCHOVER_MARGIN = 0.9;
+
+/**
+ * What the source derives from the estimate (QEMU's migration_update_counters): the
+ * bandwidth counted on, the threshold the passes are held to (bandwidth × downtime-limit),
+ * the expected downtime, and the rates query-migrate reports.
+ */
+export class SwitchoverCounters {
+  readonly estimate = new BandwidthEstimate();
+  /** Bytes per ms the switchover counts on. */
+  bytesPerMs = 0;
+  thresholdBytes = 0;
+  expectedDowntimeMs = 0;
+  mbps = 0;
+  pagesPerSecond = 0;
+
+  /** If a window has closed by `now`, re-derive everything from it. */
+  update(now: number, delivered: () => number, pagesSent: number, remainingBytes: number, downtimeLimitMs: number): void {
+    const window = this.estimate.close(now, delivered, pagesSent);
+    if (window === undefined) return;
+    this.bytesPerMs = window.cautiousBytesPerMs * SWITCHOVER_MARGIN;
+    this.mbps = window.mbps;
+    this.pagesPerSecond = Math.round(window.pagesPerSecond);
+    this.thresholdBytes = thresholdBytes(this.bytesPerMs, downtimeLimitMs);
+    if (window.bytes > 10000) this.expectedDowntimeMs = expectedDowntimeMs(remainingBytes, this.bytesPerMs);
+  }
+
+  /** The migration is over: its rates over all of it, as QEMU's final mbps. */
+  final(bytes: number, pages: number, elapsedMs: number): void {
+    const whole = measureBandwidth({ bytes, pages, elapsedMs });
+    this.mbps = whole.mbps;
+    this.pagesPerSecond = Math.round(whole.pagesPerSecond);
+  }
+
+  /**
+   * A switchover was called off after getting `rate` bytes per ms while the guest was
+   * stopped: count on no more than that (the estimate until `capUntil`, the threshold now),
+   * and measure afresh from `now`.
+   */
+  calledOff(rate: number, now: number, capUntil: number, downtimeLimitMs: number, delivered: number, pagesSent: number): void {
+    this.estimate.cap(rate, now, capUntil);
+    this.bytesPerMs = Math.min(this.bytesPerMs, rate * SWITCHOVER_MARGIN);
+    this.thresholdBytes = thresholdBytes(this.bytesPerMs, downtimeLimitMs);
+    this.estimate.startWindow(now, delivered, pagesSent);
   }
 }

@@ -2,22 +2,17 @@
 // query-migrate, parameters and capabilities, "info migrate", status listeners. It owns
 // the status machines and builds the savevm handler table for each run.
 
-import { MigrationError, TransportError, errorMessage, streamErrorMessage } from '../errors.js';
+import { MigrationError, TransportError, errorMessage } from '../errors.js';
 import type { Channel, Listener } from '../transport/channel.js';
-import { StreamReader } from '../stream/reader.js';
-import { loadVmStream } from './incoming.js';
-import { DestinationReturnPath } from './return-path.js';
-import { PostcopyIncoming } from './postcopy-incoming.js';
-import { PostcopyBlocktime } from './postcopy-blocktime.js';
 import { writeTrackingAvailable } from './background-snapshot.js';
 import { Userfaultfd } from '../sys/userfaultfd.js';
 import { OutgoingMigration } from './outgoing.js';
+import { IncomingMigration } from './incoming-migration.js';
 import { AutoConverge } from './auto-converge.js';
 import {
   DEFAULT_MIGRATION_PARAMETERS, IMPLEMENTED_CAPABILITIES, applyCapabilities, applyParameters,
   MULTIFD_PROTOCOL_REFUSED, allowsMultipleChannels, capabilityList, checkBackgroundSnapshot, checkMultifd, defaultCapabilities,
 } from './parameters.js';
-import { acceptAfterMain, type MultifdReceiver } from './multifd-recv.js';
 import { checkCompressionAvailable, type MultifdCompression } from '../stream/multifd-compression.js';
 import type { CapabilityStatus, MigrationCapabilities, MigrationCapability, MigrationParameters } from './parameters.js';
 import { buildMigrationInfo, formatInfoMigrate, socketAddressInfo } from './query.js';
@@ -90,7 +85,10 @@ export class Migration {
   #autoConverge: AutoConverge | undefined;
   #running: Promise<void> = Promise.resolve();
   #incomingRun: Promise<void> = Promise.resolve();
+  /** Why listening for the incoming migration failed (a failure after that is the run's own). */
   #incomingError: string | undefined;
+  /** The last incoming migration run (incoming-migration.ts). */
+  #incoming: IncomingMigration | undefined;
   #listener: Listener | undefined;
   /** Where the listener listens, for query-migrate's socket-address (tcp: and unix: only). */
   #incomingAddress: SocketAddressInfo | undefined;
@@ -117,7 +115,7 @@ export class Migration {
 
   /** Why the last incoming migration failed, if it did. */
   get incomingError(): string | undefined {
-    return this.#incomingError;
+    return this.#incomingError ?? this.#incoming?.error;
   }
 
   onStatus(listener: MigrationStatusListener): () => void {
@@ -226,6 +224,7 @@ export class Migration {
     if (this.#capabilities.multifd && !allowsMultipleChannels(uri)) throw new MigrationError(MULTIFD_PROTOCOL_REFUSED);
     if (this.#capabilities.multifd) checkCompressionAvailable(this.#parameters['multifd-compression']);
     this.#incomingError = undefined;
+    this.#incoming = undefined;
     this.#incomingState.transition('setup');
     let listener: Listener;
     try {
@@ -242,138 +241,22 @@ export class Migration {
   }
 
   async #runIncoming(listener: Listener): Promise<void> {
-    const vm = this.#o.vm;
-    let channel: Channel | undefined;
-    let registry: SaveVmRegistry | undefined;
-    let returnPath: DestinationReturnPath | undefined;
-    let postcopy: PostcopyIncoming | undefined;
-    let multifd: MultifdReceiver | undefined;
+    const incoming = new IncomingMigration({
+      vm: this.#o.vm,
+      listener,
+      state: this.#incomingState,
+      capabilities: () => this.#capabilities,
+      parameters: () => this.#parameters,
+      buildRegistry: (ram, runState, globalState) => this.#buildRegistry(ram, runState, globalState),
+      now: this.#o.now,
+      ...(this.#o.trace ? { trace: this.#o.trace } : {}),
+      ...(this.#o.uuid ? { uuid: this.#o.uuid } : {}),
+      ...(this.#o.multifdConnectWaitMs !== undefined ? { multifdConnectWaitMs: this.#o.multifdConnectWaitMs } : {}),
+    });
+    this.#incoming = incoming;
     try {
-      const ram = new RamHandler(vm, { now: this.#o.now, limiter: new RateLimiter(this.#o.now, 0) });
-      const globalState = globalStateHandler(() => vm.runState);
-      registry = this.#buildRegistry(ram, () => vm.runState, globalState);
-      channel = await listener.accept();
-      this.#breakIncoming = (cause) => {
-        if (!channel) return false;
-        channel.destroy(cause);
-        return true;
-      };
-      const acceptedAt = this.#o.now();
-      this.#incomingState.transition('active');
-      // A connection after the main one that fails the migration: the load must not
-      // complete on a main stream whose pages went elsewhere, however late it is told.
-      let sideError: Error | undefined;
-      multifd = acceptAfterMain(listener, {
-        multifd: this.#capabilities.multifd,
-        channels: this.#parameters['multifd-channels'],
-        uuid: this.#o.uuid ?? NIL_UUID,
-        compression: this.#parameters['multifd-compression'],
-        ram,
-        ...(this.#o.multifdConnectWaitMs !== undefined ? { connectWaitMs: this.#o.multifdConnectWaitMs } : {}),
-        breakMain: (cause) => {
-          sideError ??= cause;
-          channel?.destroy(cause);
-        },
-      });
-      let rp = new DestinationReturnPath(channel, this.#o.trace);
-      returnPath = rp;
-      // QEMU: a source that was not running gives a destination in the same state; otherwise autostart decides.
-      const startGuest = (): void => {
-        const source = globalState.received;
-        if (source !== undefined && source !== 'running') vm.setRunState('paused');
-        else vm.startAfterIncoming();
-      };
-      let runAt = 0;
-      if (this.#capabilities['postcopy-ram']) {
-        postcopy = new PostcopyIncoming({
-          vm,
-          returnPath: rp,
-          placeWith: (sink) => ram.placeWith(sink),
-          backgroundSettled: () => ram.backgroundSettled(),
-          run: () => {
-            runAt = this.#o.now();
-            startGuest();
-            this.#incomingState.transition('postcopy-active');
-          },
-          // QEMU's postcopy-paused: the guest runs on what it has until the source is back.
-          awaitRecovery: async (cause) => {
-            channel?.destroy(cause);
-            this.#incomingState.transition('postcopy-paused');
-            this.#incomingPausedBy = streamErrorMessage(cause);
-            const next = await new Promise<Channel>((resolve, reject) => (this.#incomingRecovery = { resolve, reject }));
-            this.#incomingPausedBy = undefined;
-            channel = next;
-            this.#incomingState.transition('postcopy-recover');
-            rp = new DestinationReturnPath(next, this.#o.trace);
-            rp.openForRecovery();
-            returnPath = rp;
-            this.#o.trace?.(`migration: post-copy recovering on ${next.description}`);
-            return { reader: new StreamReader(next), returnPath: rp };
-          },
-          resumed: () => this.#incomingState.transition('postcopy-active'),
-          // QEMU's blocktime context: with the capability, where the vCPUs' threads are known.
-          ...(this.#capabilities['postcopy-blocktime'] && vm.vcpuThreadIds ? { blocktime: new PostcopyBlocktime(vm.vcpuThreadIds) } : {}),
-          ...(this.#o.trace ? { trace: this.#o.trace } : {}),
-        });
-        this.#incomingPostcopy = postcopy;
-      }
-      const loaded = await loadVmStream(new StreamReader(channel), registry, vm.machineType, {
-        onCommand: (command, offset) => rp.onCommand(command, offset),
-        ...(this.#o.uuid ? { localUuid: this.#o.uuid } : {}),
-        ...(postcopy ? { postcopy } : {}),
-      });
-      const loadedAt = this.#o.now();
-      if (sideError) throw sideError;
-      if (loaded.startedEarly && postcopy) {
-        // Post-copy: the guest has run since RUN; the last page is in. The source hears it
-        // first (it completes on that), then RAM is let go of userfaultfd.
-        postcopy.checkAllArrived();
-        // The guest here is whole and runs: that stands even if the source cannot be told
-        // (it then keeps its copy stopped, as after any failure past the switch).
-        await rp.shut(0).catch((err: unknown) => this.#o.trace?.(`migration: the source could not be told that post-copy completed: ${errorMessage(err)}`));
-        await postcopy.finish();
-        registry.cleanupAll();
-        this.#incomingState.transition('completed');
-        rp.close();
-        const f = postcopy.figures;
-        this.#o.trace?.(
-          `migration: incoming completed in post-copy: the guest ran ${(loadedAt - runAt).toFixed(1)} ms before the last page arrived ` +
-            `(${f.discardedPages} pages to come at the switch, ${f.requests} asked for by faults, ${f.localZeroPages} zeroed here)`,
-        );
-        return;
-      }
-      registry.cleanupAll();
-      multifd?.close();
-      const installedAt = this.#o.now();
-      // With a return path, the source hears that the stream is in before the guest runs
-      // here; if it cannot be told, it runs its own guest again and this one must not start.
-      await rp.shut(0);
-      const shutAt = this.#o.now();
-      startGuest();
-      const startedAt = this.#o.now();
-      this.#incomingState.transition('completed');
-      rp.close();
-      this.#o.trace?.(
-        `migration: incoming completed: the stream read and checked in ${(loadedAt - acceptedAt).toFixed(1)} ms, ` +
-          `CPU and device state installed in ${(installedAt - loadedAt).toFixed(1)} ms, ` +
-          `the return path's SHUT ${(shutAt - installedAt).toFixed(1)} ms, ` +
-          `the guest ${vm.runState === 'running' ? 'started' : 'left paused'} in ${(startedAt - shutAt).toFixed(1)} ms`,
-      );
-    } catch (err) {
-      const startedEarly = postcopy?.running === true;
-      await postcopy?.abort();
-      multifd?.close(err instanceof Error ? err : undefined);
-      registry?.cleanupAll();
-      // The source waits for this to run its guest again (QEMU sends SHUT 1 as well).
-      await returnPath?.shutAfterFailure();
-      channel?.destroy(err instanceof Error ? err : undefined);
-      this.#incomingError = startedEarly
-        ? `${streamErrorMessage(err)} — in post-copy, after the guest started here: it cannot go on (part of its RAM never arrived; its vCPUs wait for it), and the source still holds the whole guest, stopped`
-        : streamErrorMessage(err);
-      this.#o.trace?.(`migration: incoming failed: ${this.#incomingError}`);
-      if (isMigrationRunning(this.#incomingState.status)) this.#incomingState.transition('failed');
+      await incoming.run();
     } finally {
-      this.#breakIncoming = undefined;
       this.#listener = undefined;
       this.#incomingAddress = undefined;
       await listener.close().catch(() => {
@@ -434,15 +317,9 @@ export class Migration {
    * process must not read it — a page not placed yet would stop the thread reading it.
    */
   get ramArriving(): boolean {
-    return this.#incomingPostcopy?.ramArriving === true;
+    return this.#incoming?.postcopy?.ramArriving === true;
   }
 
-  /** The incoming migration's post-copy side, while one runs (and after it failed past RUN). */
-  #incomingPostcopy: PostcopyIncoming | undefined;
-  /** While post-copy is paused here: hands the load the connection migrate-recover accepted. */
-  #incomingRecovery: { resolve: (channel: Channel) => void; reject: (err: Error) => void } | undefined;
-  /** Why post-copy paused here (query-migrate has no field for it; the trace and migrate-recover's errors say it). */
-  #incomingPausedBy: string | undefined;
   #recoverListening = false;
 
   /**
@@ -451,8 +328,8 @@ export class Migration {
    * Resolves once listening (query-migrate's socket-address says where).
    */
   async recover(uri: string): Promise<void> {
-    const recovery = this.#incomingRecovery;
-    if (this.#incomingState.status !== 'postcopy-paused' || !recovery) {
+    const incoming = this.#incoming;
+    if (this.#incomingState.status !== 'postcopy-paused' || !incoming?.awaitingRecovery) {
       throw new MigrationError('Migrate recover can only be run when postcopy is paused.');
     }
     if (this.#recoverListening) throw new MigrationError('Migrate recovery is triggered already');
@@ -469,8 +346,7 @@ export class Migration {
     this.#o.trace?.(`migration: post-copy recovery: waiting for the source on ${listener.address}`);
     void listener.accept().then(
       (channel) => {
-        this.#incomingRecovery = undefined;
-        recovery.resolve(channel);
+        if (!incoming.recoverOn(channel)) channel.destroy(new MigrationError('Post-copy is no longer paused here'));
       },
       (err: unknown) => this.#o.trace?.(`migration: post-copy recovery: no connection on ${listener.address}: ${errorMessage(err)}`),
     ).finally(() => {
@@ -491,14 +367,11 @@ export class Migration {
       return;
     }
     if (this.#incomingState.status === 'postcopy-active') {
-      if (!this.#breakIncoming?.(new TransportError('Paused by migrate-pause'))) throw new MigrationError('Failed to pause destination migration');
+      if (!this.#incoming?.breakConnection(new TransportError('Paused by migrate-pause'))) throw new MigrationError('Failed to pause destination migration');
       return;
     }
     throw new MigrationError('migrate-pause is currently only supported during postcopy-active state');
   }
-
-  /** Breaks the incoming migration's connection while one is open; false otherwise. */
-  #breakIncoming: ((cause: Error) => boolean) | undefined;
 
   /** QMP `migrate_cancel`: nothing to do unless an outgoing migration is in setup or active (as QEMU). */
   cancel(): void {
@@ -515,13 +388,14 @@ export class Migration {
         : undefined,
       this.#incomingState.status,
     );
-    if (this.#outgoingState.status === 'none' && this.#incomingState.status === 'failed' && this.#incomingError !== undefined) {
-      info['error-desc'] = this.#incomingError;
+    const incomingError = this.incomingError;
+    if (this.#outgoingState.status === 'none' && this.#incomingState.status === 'failed' && incomingError !== undefined) {
+      info['error-desc'] = incomingError;
     }
     if (this.#incomingAddress !== undefined) info['socket-address'] = [{ ...this.#incomingAddress }];
     const incoming = this.#incomingState.status;
     // On the clock the faults and placements were timed on (performance.now, whatever `now` is).
-    const blocktime = BLOCKTIME_SHOWN.has(incoming) ? this.#incomingPostcopy?.blocktime(performance.now()) : undefined;
+    const blocktime = BLOCKTIME_SHOWN.has(incoming) ? this.#incoming?.postcopy?.blocktime(performance.now()) : undefined;
     if (blocktime) {
       info['postcopy-blocktime'] = blocktime.total;
       info['postcopy-vcpu-blocktime'] = [...blocktime.perVcpu];
@@ -598,16 +472,16 @@ export class Migration {
     this.#capabilityListeners.push(listener);
   }
 
-  /**
-   * What this VM can carry out: auto-converge needs an accelerator that can throttle its
-   * vCPUs; post-copy guest RAM this process maps (userfaultfd registers it).
-   */
   /** multifd-compression and its level, for the source's channels. */
   #multifdCompression(): { compression: MultifdCompression; level: number } {
     const compression = this.#parameters['multifd-compression'];
     return { compression, level: compression === 'zstd' ? this.#parameters['multifd-zstd-level'] : this.#parameters['multifd-zlib-level'] };
   }
 
+  /**
+   * What this VM can carry out: auto-converge needs an accelerator that can throttle its
+   * vCPUs; post-copy guest RAM this process maps (userfaultfd registers it).
+   */
   #implementedCapabilities(): ReadonlySet<MigrationCapability> {
     const vm = this.#o.vm;
     return new Set([...IMPLEMENTED_CAPABILITIES].filter((c) =>
@@ -631,7 +505,7 @@ export class Migration {
   /** Stop listening for an incoming migration that has not connected yet. */
   async close(): Promise<void> {
     this.cancel();
-    this.#incomingRecovery?.reject(new MigrationError('The VM is closing'));
+    this.#incoming?.giveUp(new MigrationError('The VM is closing'));
     await this.#listener?.close();
   }
 

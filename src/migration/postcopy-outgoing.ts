@@ -1,17 +1,21 @@
-// The source's side of post-copy after the switch (QEMU's migration thread in
-// postcopy-active, and its postcopy-paused / postcopy-recover): the rest of the RAM, the
+// The source's side of post-copy: the switch (QEMU's postcopy_start), then its migration
+// thread in postcopy-active, postcopy-paused and postcopy-recover: the rest of the RAM, the
 // pages the destination asks for first, then END, EOF and the destination's SHUT 0. A
 // connection that breaks meanwhile pauses here — the guest stays stopped on this side,
 // whole — until `migrate` with resume hands over a new one, on which the destination
 // says which pages it has and the rest goes from there. OutgoingMigration (outgoing.ts)
-// makes the switch and lends what this needs (PostcopyStreamHost).
+// decides when to switch and lends what this needs (PostcopyStreamHost).
 
 import { MigrationCancelledError, MigrationError, errorMessage } from '../errors.js';
 import { writeEof, writeSectionFooter, writeSectionPart } from '../stream/format.js';
-import { MIG_CMD_POSTCOPY_RESUME, MIG_CMD_RECV_BITMAP, RESUME_ACK_VALUE, recvBitmapData, writeCommand } from '../stream/return-path.js';
+import {
+  MAX_PACKAGED_BYTES, MIG_CMD_PACKAGED, MIG_CMD_PING, MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RESUME, MIG_CMD_POSTCOPY_RUN,
+  MIG_CMD_RECV_BITMAP, RESUME_ACK_VALUE, be32Bytes, encodeCommand, recvBitmapData, writeCommand,
+} from '../stream/return-path.js';
 import { StreamWriter } from '../stream/writer.js';
 import type { Channel } from '../transport/channel.js';
-import type { OutgoingOptions } from './outgoing.js';
+import type { OutgoingOptions } from './outgoing-options.js';
+import { saveDevicesAhead } from './switchover-guard.js';
 import { REFUSED_PREFIX, SourceReturnPath, refusedByDestination, type PostcopyListeners } from './return-path.js';
 import { keepShape } from '../hot-shapes.js';
 
@@ -32,6 +36,15 @@ export interface PostcopyStreamHost {
   channel: Channel | undefined;
   returnPath: SourceReturnPath | undefined;
   readonly cancelRequested: () => boolean;
+  /** Throws if migrate_cancel has arrived. */
+  readonly checkCancelled: () => void;
+  /** Stop the vCPUs for the switch (noting how the guest was). */
+  readonly stopGuest: (at: number) => Promise<void>;
+  /** pause-before-switchover: pre-switchover until migrate-continue, then postcopy-active. */
+  readonly pauseBeforeSwitchover: () => Promise<void>;
+  /** The package is about to go: from here the destination may run the guest. */
+  readonly committed: () => void;
+  /** Flush the writer (and, with release-ram, give back what went). */
   readonly flush: (w: StreamWriter) => Promise<void>;
   readonly waitDelivered: (w: StreamWriter) => Promise<boolean>;
   readonly updateCounters: (w: StreamWriter) => void;
@@ -48,6 +61,41 @@ export class PostcopyStream {
   constructor(host: PostcopyStreamHost) {
     keepShape(this);
     this.#host = host;
+  }
+
+  /**
+   * The switch (QEMU's postcopy_start), the migration having started at `startTime`: stop
+   * the guest at `stopStart`, discard on the destination what it must not keep, send the
+   * device state in a package that ends with RUN — the destination runs the guest from
+   * there. Returns the downtime: until the package went out.
+   */
+  async switchOver(w: StreamWriter, stopStart: number, startTime: number): Promise<number> {
+    const host = this.#host;
+    const { registry, ram, state, now, trace } = host.options;
+    const pauseFirst = host.options.pauseBeforeSwitchover === true;
+    if (!pauseFirst) state.transition('postcopy-active');
+    await host.stopGuest(stopStart);
+    if (pauseFirst) await host.pauseBeforeSwitchover();
+    const discarded = ram.startPostcopy(w);
+    writeCommand(w, MIG_CMD_PING, be32Bytes(2));
+    const saved = await saveDevicesAhead(registry.nonIterative, now);
+    const parts = [encodeCommand(MIG_CMD_POSTCOPY_LISTEN), ...saved.chunks, encodeCommand(MIG_CMD_PING, be32Bytes(3)), encodeCommand(MIG_CMD_POSTCOPY_RUN)];
+    const length = parts.reduce((sum, p) => sum + p.byteLength, 0);
+    if (length > MAX_PACKAGED_BYTES) throw new MigrationError(`The device state (${length} bytes) does not fit a post-copy package (${MAX_PACKAGED_BYTES} bytes at most)`);
+    host.checkCancelled();
+    // From the first byte of the package on, the destination may come to run the guest.
+    host.committed();
+    writeCommand(w, MIG_CMD_PACKAGED, be32Bytes(length));
+    for (const part of parts) w.bytes(part);
+    await host.flush(w);
+    const packagedAt = now();
+    writeCommand(w, MIG_CMD_PING, be32Bytes(4));
+    trace?.(
+      `migration: post-copy: the guest stopped ${(packagedAt - stopStart).toFixed(1)} ms after ${(stopStart - startTime).toFixed(1)} ms ` +
+        `(${discarded.pages} pages still to send, in ${discarded.ranges} discard ranges; device state ${saved.length} B); the destination runs it now`,
+    );
+    // QEMU's downtime in post-copy: the guest stopped here until its state went out.
+    return packagedAt - stopStart;
   }
 
   /**

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { OutgoingFigures } from './outgoing.js';
+import type { OutgoingFigures } from './outgoing-options.js';
 import { buildMigrationInfo, formatInfoMigrate, integerListText, socketAddressInfo } from './query.js';
 import { RamStats } from './ram.js';
 

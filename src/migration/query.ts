@@ -3,7 +3,7 @@
 // in QEMU's layout, built from that same object.
 
 import { PAGE_SIZE } from '../hypervisor/types.js';
-import type { OutgoingFigures } from './outgoing.js';
+import type { OutgoingFigures } from './outgoing-options.js';
 import type { RamStats } from './ram.js';
 import type { MigrationStatus } from './states.js';
 import type { XbzrleCache } from './xbzrle-cache.js';

@@ -7,8 +7,10 @@
 import { MigrationError, StreamFormatError, TransportError } from '../errors.js';
 import { StreamReader } from '../stream/reader.js';
 import {
-  MIG_RP_MSG_PONG, MIG_RP_MSG_RESUME_ACK, MIG_RP_MSG_SHUT, RESUME_ACK_VALUE, be32Bytes, encodePageRequest, encodeRecvBitmap, encodeRpMessage, readRpMessage,
+  MIG_CMD_OPEN_RETURN_PATH, MIG_CMD_PING, MIG_RP_MSG_PONG, MIG_RP_MSG_RESUME_ACK, MIG_RP_MSG_SHUT, RESUME_ACK_VALUE,
+  be32Bytes, encodePageRequest, encodeRecvBitmap, encodeRpMessage, readRpMessage, writeCommand,
 } from '../stream/return-path.js';
+import type { StreamWriter } from '../stream/writer.js';
 import type { ReturnPathCommand } from '../stream/return-path.js';
 import type { Channel } from '../transport/channel.js';
 import { keepShape } from '../hot-shapes.js';
@@ -196,4 +198,31 @@ export class SourceReturnPath {
     // Read from the start; looked at only at the end (or never, if the migration fails first).
     this.shut.catch(() => {});
   }
+}
+
+/**
+ * The source asks for the return path at the start of the stream `w` writes on `channel`
+ * (MIG_CMD_OPEN_RETURN_PATH, then a PING so that a dead one shows early, as QEMU's
+ * migration thread does) and reads it from then on. A destination that fails part-way
+ * says so at once (QEMU's return-path thread marks the migration bad): the connection is
+ * torn down with its SHUT as the error, so nothing more is sent into it. `why` names
+ * what needs it, for the refusal over a channel nobody can answer on.
+ */
+export function openReturnPath(
+  channel: Channel,
+  w: StreamWriter,
+  why: string,
+  trace?: (message: string) => void,
+  postcopy?: PostcopyListeners,
+): SourceReturnPath {
+  if (!channel.duplex) {
+    throw new MigrationError(`Cannot use the ${why} capability over ${channel.description}: the destination has no way to answer on it (use tcp:, unix: or fd: with a socket)`);
+  }
+  const rp = new SourceReturnPath(channel, trace, postcopy);
+  rp.shut.then((value) => {
+    if (value !== 0) channel.destroy(new MigrationError(refusedByDestination(value)));
+  }, () => {});
+  writeCommand(w, MIG_CMD_OPEN_RETURN_PATH);
+  writeCommand(w, MIG_CMD_PING, be32Bytes(1));
+  return rp;
 }

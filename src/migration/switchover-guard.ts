@@ -1,14 +1,85 @@
 // The downtime guard's pieces (Ferry's, not QEMU 7.2's): once the source has stopped the
 // guest for the switchover, the rest of the RAM must reach the destination in time for the
-// downtime limit, or the switchover is called off and the guest runs again. Here: where
-// the deadlines fall, when a stop is hopeless, and the device state saved ahead of the RAM.
+// downtime limit, or the switchover is called off and the guest runs again. Here: the
+// stopped guest's RAM sent against the limit, where the deadlines fall, when a stop is
+// hopeless, and the device state saved ahead of the RAM.
 
 import { PAGE_SIZE } from '../hypervisor/types.js';
 import type { Channel } from '../transport/channel.js';
 import { StreamWriter } from '../stream/writer.js';
 import { writeSectionFooter, writeSectionStart } from '../stream/format.js';
 import type { VmdescDevice } from '../stream/format.js';
+import { writeSectionPart } from '../stream/format.js';
 import type { SaveVmEntry } from './savevm.js';
+import type { RamHandler } from './ram.js';
+import type { OutgoingDelivery } from './outgoing-delivery.js';
+import { settledBy } from './deadline.js';
+
+/** What the guard needs at a stop. */
+export interface GuardedStop {
+  readonly ram: RamHandler;
+  /** The RAM section's id: its pages go in a PART section. */
+  readonly sectionId: number;
+  /** The non-iterative handlers: their state is saved ahead, into memory. */
+  readonly devices: readonly SaveVmEntry[];
+  readonly io: OutgoingDelivery;
+  readonly now: () => number;
+  readonly limitMs: number;
+  /** The bandwidth counted on (bandwidth.ts). */
+  readonly bytesPerMs: number;
+  /** When the stop began, and when the vCPUs were stopped (engine clock). */
+  readonly stopStart: number;
+  readonly pausedAt: number;
+  /** Bytes the destination had taken when the vCPUs were stopped. */
+  readonly deliveredAtStop: number;
+  /** Whether the guest ran before the stop. */
+  readonly wasRunning: boolean;
+}
+
+/**
+ * The guest is stopped: save its device state ahead, into memory — what it costs (the
+ * time, its bytes) comes off the RAM's budget exactly, instead of a share of the limit
+ * guessed for every kind of VM — then send the RAM still pending in a PART section
+ * against the deadline. Nothing is final before the END section: the saved devices when
+ * the RAM reached the destination in time, undefined when the switchover is to be called
+ * off (the guest runs again and the passes go on, knowing the real rate).
+ */
+export async function sendRamWhileStopped(w: StreamWriter, g: GuardedStop): Promise<SavedDevices | undefined> {
+  const { ram, io, now } = g;
+  const saved = await saveDevicesAhead(g.devices, now);
+  writeSectionPart(w, 'part', g.sectionId);
+  const deadlines = stopDeadlines(g.stopStart, g.limitMs, saved.length, g.bytesPerMs);
+  const { deadline } = deadlines;
+  const pagesBefore = ram.stats.pagesSent;
+  const giveUp = stopGiveUp({
+    now,
+    pausedAt: g.pausedAt,
+    deadlines,
+    deliveredAtStop: g.deliveredAtStop,
+    written: () => io.written(w),
+    unsent: () => io.unsent(),
+    remainingPages: () => ram.stats.remainingPages,
+  });
+  const sent = await ram.sendWhileStopped(w, deadline, giveUp);
+  writeSectionFooter(w, g.sectionId);
+  // In the stream buffer is not yet on its way: the pages must reach the channel before
+  // the deadline too, or the final flush would spend the downtime after the check —
+  // waited for no longer than the deadline (a full socket can take seconds). And
+  // the destination must have taken them, as far as the OS tells: a local socket holds
+  // tens of MiB, which a destination slower than the source (one backing fresh memory)
+  // took 84–133 ms more to read after RAM had "gone out" in time.
+  const multifd = io.multifd;
+  const flushed = sent && (await settledBy(multifd ? Promise.all([w.flush(), multifd.flush()]).then(() => {}) : w.flush(), deadline, now, giveUp));
+  if (w.error) throw w.error;
+  const delivered = flushed && (await io.waitDelivered(w, deadline, giveUp));
+  // A paused guest's stop that sent no pages and flushed late met the channel's latency,
+  // not the RAM's volume: more passes cannot make the next stop faster, and calling it
+  // off would repeat it for ever. It completes (nobody waits on a paused guest). A
+  // running guest's does not: it stays active, as a migration that cannot converge.
+  const pagesWhileStopped = ram.stats.pagesSent - pagesBefore;
+  const done = sent && ((delivered && now() <= deadline) || (!g.wasRunning && pagesWhileStopped === 0));
+  return done ? saved : undefined;
+}
 
 /**
  * Once the guest is stopped (and its device state saved, into memory), RAM must be out
