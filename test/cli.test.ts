@@ -30,6 +30,11 @@ const BAD_INPUT: Array<[string, string[], RegExp]> = [
   ['a kernel without v86', ['run', '--accel', 'sim', '--kernel', '/nonexistent'], /--accel v86/],
   ['a migrate without a reachable QMP socket', ['migrate', '--qmp', '/nonexistent/qmp.sock', 'tcp:127.0.0.1:1'], /nonexistent/],
   ['an unknown multifd compression', ['migrate', '--qmp', '/tmp/x.sock', 'tcp:127.0.0.1:1', '--multifd-compression', 'lz4'], /--multifd-compression takes none, zlib or zstd.*got "lz4"/],
+  ['a machine memory backend no -object made', ['run', '--accel', 'sim', '--machine', 'memory-backend=mem0'], /Memory backend 'mem0' not found/],
+  ['a machine property Ferry does not take', ['run', '--accel', 'sim', '--machine', 'type=q35'], /Invalid --machine "type=q35": Ferry's machine takes memory-backend=ID, not "type=q35"/],
+  ['-m that differs from the memory backend\'s size', ['run', '--accel', 'sim', '-m', '32M', '--object', 'memory-backend-ram,id=mem0,size=64M', '--machine', 'memory-backend=mem0'], /Machine memory size does not match the size of the memory backend/],
+  ['a memory backend file that cannot be made', ['run', '--accel', 'sim', '--object', 'memory-backend-file,id=mem0,size=64M,mem-path=/nonexistent/dir/ram', '--machine', 'memory-backend=mem0'], /can't open backing store \/nonexistent\/dir\/ram for guest RAM: No such file or directory/],
+  ['a memory backend without a size', ['run', '--accel', 'sim', '--object', 'memory-backend-file,id=mem0,mem-path=/tmp/x'], /can't create backend with size 0/],
   ['a compression level out of range', ['migrate', '--qmp', '/tmp/x.sock', 'tcp:127.0.0.1:1', '--multifd-compression', 'zlib:10'], /--multifd-compression zlib takes a level from 0 to 9, got 10/],
 ];
 

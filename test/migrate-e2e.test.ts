@@ -175,6 +175,24 @@ for (const { accel, skip } of accelerators()) {
     await assertSameGuest(source, dest);
   });
 
+  test(`${accel}: x-ignore-shared between two VMs mapping one file (memory-backend-file, share=on): no RAM is sent, and the guest goes on`, { skip }, async (t) => {
+    const dir = scratch(t);
+    const path = join(dir, 'migration.sock');
+    const memory = ['--object', `memory-backend-file,id=pc.ram,size=64M,mem-path=${join(dir, 'guest-ram')},share=on`, '--machine', 'memory-backend=pc.ram'];
+    const dest = await started(t, dir, 'dst', [...guestArgs, ...memory, '-S', '--incoming', 'defer']);
+    await dest.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    await dest.execute('migrate-incoming', { uri: `unix:${path}` });
+    const source = await started(t, dir, 'src', [...guestArgs, ...memory]);
+    await sleep(200);
+    const outcome = await runMigration(source.qmp, { qmp: source.qmpPath, uri: `unix:${path}`, maxBandwidth: 0, progress: false, capabilities: ['x-ignore-shared'], ...limit });
+    assert.equal(outcome.status, 'completed', outcome.info['error-desc']);
+    // pc.ram is the one block, and it is left out: QEMU's ram total counts none of it.
+    assert.equal(outcome.info.ram?.total, 0);
+    assert.ok((outcome.info.ram?.transferred ?? Infinity) < 64 * 1024, `RAM bytes sent: ${outcome.info.ram?.transferred}`);
+    t.diagnostic(`total ${outcome.info['total-time']} ms, downtime ${outcome.info.downtime} ms, ${outcome.info.ram?.transferred} B of RAM section`);
+    await assertSameGuest(source, dest);
+  });
+
   // Under KVM over a unix socket alone: the nested KVM host took 86 s for both.
   test(`${accel}: multifd over ${accel === 'sim' ? 'tcp and over ' : ''}a unix socket (ferry migrate --multifd 3 --dest-qmp)`, { skip }, async (t) => {
     const dir = scratch(t);

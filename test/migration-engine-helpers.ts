@@ -56,10 +56,10 @@ export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise
 /** A source and a destination joined by an in-memory pair with socket-like backpressure. */
 export function makePair(
   memorySize: number,
-  options?: { highWaterMark?: number; destination?: Partial<FakeVmOptions>; uuids?: { src?: Uint8Array; dst?: Uint8Array } },
+  options?: { highWaterMark?: number; source?: Partial<FakeVmOptions>; destination?: Partial<FakeVmOptions>; uuids?: { src?: Uint8Array; dst?: Uint8Array } },
 ): { src: Side; dst: Side; channels: [Channel, Channel] } {
   const channels = createMemoryChannelPair(options?.highWaterMark !== undefined ? { highWaterMark: options.highWaterMark } : undefined);
-  const src = makeSide({ memorySize }, { connect: async () => channels[0] }, options?.uuids?.src);
+  const src = makeSide({ memorySize, ...options?.source }, { connect: async () => channels[0] }, options?.uuids?.src);
   const dst = makeSide({ memorySize, incoming: true, ...options?.destination }, { listen: async () => listenerFor(channels[1]) }, options?.uuids?.dst);
   return { src, dst, channels };
 }

@@ -89,7 +89,7 @@ program
 program
   .command('run')
   .description('run a guest (and optionally wait for an incoming migration)')
-  .option('-m, --memory <size>', 'guest RAM, e.g. 256M or 1G (a bare number means MiB, as in QEMU)', sizeArg('memory size'), 128 * 1024 * 1024)
+  .option('-m, --memory <size>', 'guest RAM, e.g. 256M or 1G (a bare number means MiB, as in QEMU); 128M, or the memory backend\'s size, unless given', sizeArg('memory size'))
   .addOption(new Option('--accel <name>', 'accelerator: kvm, sim (a workload model, no guest code) or v86 (x86 emulator, boots Linux); default kvm where /dev/kvm opens, else sim').choices(['kvm', 'sim', 'v86']))
   .option('--guest <spec>', 'built-in guest: builtin:sweep[,from=1M,to=100M], builtin:hot,mib=N, builtin:random, builtin:idle (sim also takes rate=PAGES_PER_SEC)', 'builtin:sweep')
   .option('--kernel <file>', 'Linux kernel (bzImage) to boot (v86)')
@@ -104,7 +104,8 @@ program
   .option('--incoming <uri>', 'wait for a migration: tcp:HOST:PORT, unix:PATH, fd:N, exec:COMMAND, or "defer" for QMP migrate-incoming')
   .option('--mem-prealloc', 'back all guest RAM with host memory at start (QEMU\'s -mem-prealloc): a destination then takes pages at wire speed')
   .option('--no-warm-up', 'do not warm the migration code up once the VM has started (a scratch migration within this process, so that a real one does not start with cold code)')
-  .option('--object <spec>', 'make an object, as QEMU\'s -object: tls-creds-x509,id=ID,dir=DIR[,endpoint=client|server][,verify-peer=on|off] or tls-creds-psk,id=ID,dir=DIR[,endpoint=client|server][,username=NAME] (what tls-creds names), or authz-simple,id=ID,identity=NAME (what tls-authz names; ,, is a comma); repeatable', collect, [])
+  .option('--object <spec>', 'make an object, as QEMU\'s -object: tls-creds-x509,id=ID,dir=DIR[,endpoint=client|server][,verify-peer=on|off] or tls-creds-psk,id=ID,dir=DIR[,endpoint=client|server][,username=NAME] (what tls-creds names), authz-simple,id=ID,identity=NAME (what tls-authz names; ,, is a comma), or memory-backend-file,id=ID,size=SIZE,mem-path=PATH[,share=on][,prealloc=on] / memory-backend-ram,id=ID,size=SIZE (what --machine memory-backend names); repeatable', collect, [])
+  .option('--machine <props>', 'machine properties, as QEMU\'s -machine: memory-backend=ID takes guest RAM from that memory backend object (its id names the RAM block; with share=on another Ferry can map the same RAM, and the x-ignore-shared capability then migrates without copying it)')
   .action(async (opts) => {
     const { runCommand } = await import('./run-command.js');
     await runCommand(opts);
@@ -123,6 +124,7 @@ program
   .option('--validate-uuid', 'turn on the validate-uuid capability (a destination with a UUID of its own loads only a stream from the same UUID)')
   .option('--postcopy', 'turn on the postcopy-ram capability (on the destination too with --dest-qmp; otherwise turn it on there first) and switch to post-copy once the first pass is sent: the guest then runs on the destination while the rest of its RAM follows')
   .option('--background-snapshot', 'turn on the background-snapshot capability: save the VM as it was when the migration began while it runs on (e.g. to "exec:cat > FILE"; ferry run --incoming "exec:cat FILE" restores it)')
+  .option('--x-ignore-shared', 'turn on the x-ignore-shared capability (on the destination too with --dest-qmp): RAM both VMs map from one file (ferry run --object memory-backend-file,…,share=on --machine memory-backend=ID) is not sent at all — a same-host migration moves only CPU and device state')
   .option('--release-ram', 'turn on the release-ram capability: with --postcopy, the source gives its guest\'s RAM back to the host as post-copy sends it (it can then never run the guest again)')
   .option('--multifd [channels]', 'turn on the multifd capability: pages of data go over this many more connections (multifd-channels; 2 unless given), on the destination too with --dest-qmp (otherwise turn it on there first); tcp: and unix: only', intArg('--multifd', 1))
   .option('--multifd-compression <method[:level]>', 'compress the pages on the multifd channels: none, zlib or zstd, with an optional level (zlib 0-9, zstd 0-20; 1 unless given), as QEMU\'s multifd-compression; turns --multifd on, and is set on the destination too with --dest-qmp (the two must agree)', compressionArg)
@@ -138,7 +140,7 @@ program
       uri,
       ...(opts.downtimeLimit !== undefined ? { downtimeLimitMs: opts.downtimeLimit } : {}),
       ...(opts.maxBandwidth !== undefined ? { maxBandwidth: opts.maxBandwidth } : {}),
-      capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : []), ...(opts.validateUuid ? ['validate-uuid'] : []), ...(opts.backgroundSnapshot ? ['background-snapshot'] : []), ...(opts.releaseRam ? ['release-ram'] : [])],
+      capabilities: [...(opts.xbzrle ? ['xbzrle'] : []), ...(opts.autoConverge ? ['auto-converge'] : []), ...(opts.returnPath ? ['return-path'] : []), ...(opts.validateUuid ? ['validate-uuid'] : []), ...(opts.backgroundSnapshot ? ['background-snapshot'] : []), ...(opts.releaseRam ? ['release-ram'] : []), ...(opts.xIgnoreShared ? ['x-ignore-shared'] : [])],
       progress: opts.progress,
       ...(opts.postcopy ? { postcopy: true } : {}),
       ...(opts.multifd !== undefined || opts.multifdCompression !== undefined ? { multifd: opts.multifd === undefined || opts.multifd === true ? true : opts.multifd } : {}),

@@ -318,6 +318,16 @@ export async function migrateCommand(options: MigrateCommandOptions): Promise<nu
       throw err;
     }
   }
+  if (options.capabilities?.includes('x-ignore-shared') && destination) {
+    // It changes the stream's RAM section: the destination must have it on as well.
+    try {
+      await destination.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    } catch (err) {
+      await client.close();
+      await destination.close();
+      throw err;
+    }
+  }
   if (options.postcopy && destination) {
     // Both sides must have it before the stream starts (the destination checks at ADVISE);
     // the destination also measures what the switch costs the guest (postcopy-blocktime).

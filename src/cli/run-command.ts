@@ -10,11 +10,13 @@ import { uuidOption } from '../uuid.js';
 import { exitImmediately } from '../sys/libc.js';
 import type { AccelKind } from '../hypervisor/types.js';
 import type { Vmm, VmmOptions } from '../vmm/vmm.js';
+import type { MemoryBackend, ObjectRegistry } from '../vmm/objects.js';
 
 const trace = debuglog('ferry');
 
 export interface RunCommandOptions {
-  memory: number;
+  /** -m; 128 MiB, or the memory backend's size, when absent. */
+  memory?: number;
   accel?: AccelKind;
   guest: string;
   kernel?: string;
@@ -32,29 +34,28 @@ export interface RunCommandOptions {
   warmUp?: boolean;
   /** QEMU's -object specs (tls-creds-x509). */
   object?: string[];
+  /** QEMU's -machine properties: memory-backend=ID. */
+  machine?: string;
 }
+
+/** -m when neither it nor a memory backend says otherwise (QEMU's default). */
+const DEFAULT_MEMORY = 128 * 1024 * 1024;
 
 /** The warm-up waits this long after start-up, so the guest's first output and QMP come first. */
 const WARM_UP_DELAY_MS = 100;
 
 export async function runCommand(opts: RunCommandOptions): Promise<void> {
-  if (opts.memory % 4096 !== 0 || opts.memory < 2 * 1024 * 1024) {
-    throw new ConfigError(`Invalid memory size ${opts.memory} bytes: it must be a multiple of 4 KiB and at least 2 MiB`);
+  const objects = await checkObjects(opts.object ?? []);
+  const backend = await memoryBackendOf(opts.machine, objects);
+  const memory = memorySizeOf(opts.memory, backend);
+  if (memory % 4096 !== 0 || memory < 2 * 1024 * 1024) {
+    throw new ConfigError(`Invalid memory size ${memory} bytes: it must be a multiple of 4 KiB and at least 2 MiB`);
   }
   if (opts.accel !== 'v86' && (opts.kernel !== undefined || opts.initrd !== undefined || opts.append !== undefined)) {
     throw new ConfigError('--kernel, --initrd and --append boot Linux, which needs --accel v86 here');
   }
   const guest = parseGuestSpec(opts.guest);
   if (opts.uuid !== undefined) uuidOption(opts.uuid);
-  if (opts.object !== undefined && opts.object.length > 0) {
-    // Each object made once here, before the guest starts, so that a bad one changes nothing.
-    const { ObjectRegistry, parseObjectOption } = await import('../vmm/objects.js');
-    const check = new ObjectRegistry();
-    for (const spec of opts.object) {
-      const { type, id, props } = parseObjectOption(spec);
-      check.add(type, id, props);
-    }
-  }
   const console = await openCharBackend(opts.serial);
   let vmm: Vmm | undefined;
   let ending = false;
@@ -75,7 +76,7 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
   try {
     const options: VmmOptions = {
       accel: opts.accel ?? 'auto',
-      memorySize: opts.memory,
+      memorySize: memory,
       vcpus: opts.smp,
       guest,
       ...(opts.kernel !== undefined ? { kernel: opts.kernel } : {}),
@@ -84,7 +85,8 @@ export async function runCommand(opts: RunCommandOptions): Promise<void> {
       ...(console.kind !== 'none' ? { console } : {}),
       startPaused: Boolean(opts.S),
       incoming: opts.incoming !== undefined,
-      memPrealloc: Boolean(opts.memPrealloc),
+      memPrealloc: Boolean(opts.memPrealloc) || backend?.prealloc === true,
+      ...(backend !== undefined ? { memoryBackend: { id: backend.id, ...(backend.memPath !== undefined ? { path: backend.memPath } : {}), share: backend.share } } : {}),
       notice: (message) => process.stderr.write(`ferry: ${message}\n`),
       qmp: opts.qmp,
       ...(opts.name !== undefined ? { name: opts.name } : {}),
@@ -203,4 +205,39 @@ function serveWarmUp(vmm: Vmm, enabled: boolean): void {
     multifdWarm = true;
     warmUp(true);
   });
+}
+
+/** Each -object made once here, before the guest starts, so that a bad one changes nothing. */
+async function checkObjects(specs: readonly string[]): Promise<ObjectRegistry | undefined> {
+  if (specs.length === 0) return undefined;
+  const { ObjectRegistry, parseObjectOption } = await import('../vmm/objects.js');
+  const check = new ObjectRegistry();
+  for (const spec of specs) {
+    const { type, id, props } = parseObjectOption(spec);
+    check.add(type, id, props);
+  }
+  return check;
+}
+
+/** --machine: the memory backend memory-backend=ID names (QEMU's -machine memory-backend), checked. */
+async function memoryBackendOf(machine: string | undefined, objects: ObjectRegistry | undefined): Promise<MemoryBackend | undefined> {
+  if (machine === undefined) return undefined;
+  const { isMemoryBackend } = await import('../vmm/objects.js');
+  let id: string | undefined;
+  for (const part of machine.split(',')) {
+    const eq = part.indexOf('=');
+    const key = eq < 0 ? part : part.slice(0, eq);
+    if (key !== 'memory-backend' || eq < 0) throw new ConfigError(`Invalid --machine "${machine}": Ferry's machine takes memory-backend=ID, not "${part}"`);
+    id = part.slice(eq + 1);
+  }
+  const object = id === undefined ? undefined : objects?.get(id);
+  if (!isMemoryBackend(object)) throw new ConfigError(`Memory backend '${id ?? ''}' not found`);
+  return object;
+}
+
+/** -m, or the backend's size: they must agree when both are given (QEMU's check). */
+function memorySizeOf(memory: number | undefined, backend: MemoryBackend | undefined): number {
+  if (backend === undefined) return memory ?? DEFAULT_MEMORY;
+  if (memory !== undefined && memory !== backend.size) throw new ConfigError('Machine memory size does not match the size of the memory backend');
+  return backend.size;
 }

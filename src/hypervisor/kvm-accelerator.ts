@@ -18,7 +18,7 @@ import type { KvmCpuidEntry } from '../kvm/structs.js';
 import { VcpuThread } from '../kvm/vcpu-thread.js';
 import { STATE_PAUSED as VCPU_PAUSED, STATE_STOPPED as VCPU_STOPPED } from '../kvm/vcpu-mailbox.js';
 import type { KvmVm } from '../kvm/vm.js';
-import { HostMemory } from '../sys/host-memory.js';
+import { HostMemory, hostMemoryOptions } from '../sys/host-memory.js';
 import { MAX_GUEST_RAM, planRamBlocks, type RamBlockPlan } from './ram-layout.js';
 import { CPU_SECTION_IDSTR, CPU_STATE_DESCRIPTION, cpuStateFromValue, cpuStateToValue } from './kvm-cpu-state.js';
 import { PAGE_SIZE } from './types.js';
@@ -260,10 +260,10 @@ export async function createKvmAccelerator(config: AcceleratorConfig): Promise<A
     // Transparent huge pages, as QEMU asks for: fewer faults on the host and fewer TLB
     // misses in the guest; KVM's dirty log stays per 4 KiB page. Backed now only with
     // --mem-prealloc; otherwise an incoming migration backs it 2 MiB at a time (ram.ts).
-    const host = HostMemory.allocate(config.memorySize, { prealloc: config.memPrealloc ?? false });
+    const host = HostMemory.allocate(config.memorySize, hostMemoryOptions(config));
     cleanup.unshift(() => host.unmap());
     // One slot per block: below the PCI hole, then from 4 GiB up.
-    const blocks = planRamBlocks(config.memorySize, LOW_RAM_LIMIT);
+    const blocks = planRamBlocks(config.memorySize, LOW_RAM_LIMIT, config.memoryBackend?.id);
     blocks.forEach((b, slot) => vm.addMemorySlot(slot, b.guestAddress, host.regionAt(b.offset, b.size)));
     const ram = host.regionAt(0, blocks[0]!.size);
 

@@ -31,19 +31,20 @@ export interface RamBlockPlan {
 /**
  * The blocks of `size` bytes of guest RAM: the first up to `lowLimit` bytes at guest address
  * 0, the rest in blocks of at most 4 GiB from guest address 4 GiB, back to back in the host
- * mapping. `lowLimit` is where the accelerator's 32-bit hole begins (4 GiB: none).
+ * mapping. `lowLimit` is where the accelerator's 32-bit hole begins (4 GiB: none). `name`
+ * is the first block's (a memory backend's id; "pc.ram" by default), the others add ".N".
  */
-export function planRamBlocks(size: number, lowLimit = RAM_BLOCK_MAX_BYTES): RamBlockPlan[] {
+export function planRamBlocks(size: number, lowLimit = RAM_BLOCK_MAX_BYTES, name = RAM_IDSTR): RamBlockPlan[] {
   if (!Number.isSafeInteger(size) || size <= 0) throw new RangeError(`Cannot lay out ${size} bytes of guest RAM`);
   if (!Number.isSafeInteger(lowLimit) || lowLimit <= 0 || lowLimit > HIGH_RAM_BASE) {
     throw new RangeError(`Cannot lay out guest RAM below ${lowLimit}: the first block ends at most at 4 GiB`);
   }
-  const blocks: RamBlockPlan[] = [{ idstr: RAM_IDSTR, guestAddress: 0, offset: 0, size: Math.min(size, lowLimit) }];
+  const blocks: RamBlockPlan[] = [{ idstr: name, guestAddress: 0, offset: 0, size: Math.min(size, lowLimit) }];
   let offset = blocks[0]!.size;
   while (offset < size) {
     const n = blocks.length;
     const length = Math.min(size - offset, RAM_BLOCK_MAX_BYTES);
-    blocks.push({ idstr: `${RAM_IDSTR}.${n}`, guestAddress: HIGH_RAM_BASE + (n - 1) * RAM_BLOCK_MAX_BYTES, offset, size: length });
+    blocks.push({ idstr: `${name}.${n}`, guestAddress: HIGH_RAM_BASE + (n - 1) * RAM_BLOCK_MAX_BYTES, offset, size: length });
     offset += length;
   }
   return blocks;

@@ -46,6 +46,30 @@ export interface GuestMemoryBlock {
    * it reads as zero afterwards. The `release-ram` capability frees what post-copy sent.
    */
   discard?(offset: number, length: number): void;
+  /**
+   * Optional: the file that backs the block (memory-backend-file). Its pages are not known
+   * to be zero where the host holds none, and cannot be dropped to zero: such a block has
+   * no residency() and no discard(). `shared` (share=on): another process may map the same
+   * memory — the x-ignore-shared capability then leaves the block out of the stream.
+   */
+  readonly file?: MemoryFile;
+}
+
+/** A file that backs guest RAM, as a memory-backend-file maps it. */
+export interface MemoryFile {
+  readonly path: string;
+  /** share=on: mapped MAP_SHARED. */
+  readonly shared: boolean;
+}
+
+/** QEMU's -machine memory-backend=ID: the memory backend object guest RAM is taken from. */
+export interface MemoryBackendConfig {
+  /** The backend's id: the RAM block's name, as QEMU names a machine's RAM after its backend. */
+  readonly id: string;
+  /** memory-backend-file's mem-path (a file, or a directory for a file of this process's own); absent for memory-backend-ram. */
+  readonly path?: string;
+  /** share=on: mapped MAP_SHARED. */
+  readonly share: boolean;
 }
 
 /** One bit per page, bit (i & 31) of word (i >> 5) for page i of the block. */
@@ -104,6 +128,8 @@ export interface AcceleratorConfig {
   readonly incoming: boolean;
   /** QEMU's -mem-prealloc: back all guest RAM with host memory before the guest (or a migration) starts. */
   readonly memPrealloc?: boolean;
+  /** Guest RAM from a memory backend (-machine memory-backend=ID); anonymous memory named pc.ram when absent. */
+  readonly memoryBackend?: MemoryBackendConfig;
   /** A Linux kernel, initrd and command line (accelerators that boot an OS: v86). */
   readonly kernel?: string;
   readonly initrd?: string;

@@ -4,7 +4,7 @@
 
 import { EventEmitter } from 'node:events';
 import { ConfigError, FerryError, MigrationError } from '../errors.js';
-import type { Accelerator, AccelKind, GuestExit, StateSection } from '../hypervisor/types.js';
+import type { Accelerator, AccelKind, GuestExit, MemoryBackendConfig, StateSection } from '../hypervisor/types.js';
 import type { GuestSpec } from '../guests/spec.js';
 import { PortIoBus } from './io-bus.js';
 import { canTransition, type RunState } from './run-state.js';
@@ -28,6 +28,8 @@ export interface MachineOptions {
   readonly incoming?: boolean;
   /** QEMU's -mem-prealloc: back all guest RAM before the guest or a migration starts. */
   readonly memPrealloc?: boolean;
+  /** Guest RAM from a memory backend (-object memory-backend-…, -machine memory-backend=ID). */
+  readonly memoryBackend?: MemoryBackendConfig;
   /** Told when `auto` had to fall back to sim, and why. */
   readonly notice?: (message: string) => void;
 }
@@ -76,10 +78,14 @@ export class Machine extends EventEmitter<MachineEvents> {
       ioBus,
       incoming: options.incoming ?? false,
       memPrealloc: options.memPrealloc ?? false,
+      ...(options.memoryBackend !== undefined ? { memoryBackend: options.memoryBackend } : {}),
       ...(options.kernel !== undefined ? { kernel: options.kernel } : {}),
       ...(options.initrd !== undefined ? { initrd: options.initrd } : {}),
       ...(options.append !== undefined ? { append: options.append } : {}),
     };
+    if (kind === 'v86' && options.memoryBackend !== undefined) {
+      throw new ConfigError(`memory-backend=${options.memoryBackend.id}: the v86 accelerator's guest RAM is WebAssembly memory, which no backend can provide (use --accel kvm or sim)`);
+    }
     const accel = await createAccelerator(kind, config);
     const devices: StateSection[] = [];
     let consoleInput: ((bytes: Uint8Array) => void) | undefined;

@@ -106,6 +106,12 @@ export interface FakeVmOptions {
   readonly extraBlocks?: readonly { readonly idstr: string; readonly size: number }[];
   /** Whether the VM can be throttled (auto-converge); default true. */
   readonly throttle?: boolean;
+  /**
+   * pc.ram is this memory, a file mapped share=on (memory-backend-file): give two VMs the
+   * same `bytes` and they map the same RAM, as two processes mapping one file do. At
+   * `guestAddress` (0 unless given).
+   */
+  readonly sharedRam?: { readonly bytes: Uint8Array; readonly guestAddress?: number };
 }
 
 export class FakeVm implements MigrationVm {
@@ -135,7 +141,13 @@ export class FakeVm implements MigrationVm {
     };
     const blocks = [{ idstr: 'pc.ram', size: options.memorySize }, ...(options.extraBlocks ?? [])];
     let guestAddress = 0;
-    this.memory = blocks.map(({ idstr, size }) => {
+    const shared = options.sharedRam;
+    if (shared !== undefined && shared.bytes.byteLength !== options.memorySize) throw new RangeError('sharedRam must be memorySize bytes');
+    this.memory = blocks.map(({ idstr, size }, i) => {
+      if (i === 0 && shared !== undefined) {
+        guestAddress += size;
+        return { idstr, guestAddress: shared.guestAddress ?? 0, size, bytes: shared.bytes, file: { path: '/fake/shared-ram', shared: true } };
+      }
       const bytes = new Uint8Array(size);
       if (options.prefault ?? true) bytes.fill(0);
       const block = { idstr, guestAddress, size, bytes };

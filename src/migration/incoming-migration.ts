@@ -64,9 +64,6 @@ export class IncomingMigration {
     let postcopy: PostcopyIncoming | undefined;
     let multifd: MultifdReceiver | undefined;
     try {
-      const ram = new RamHandler(vm, { now: this.#o.now, limiter: new RateLimiter(this.#o.now, 0) });
-      const globalState = globalStateHandler(() => vm.runState);
-      registry = this.#o.buildRegistry(ram, () => vm.runState, globalState);
       channel = await listener.accept();
       this.#break = (cause) => {
         if (!channel) return false;
@@ -76,6 +73,9 @@ export class IncomingMigration {
       const acceptedAt = this.#o.now();
       const capabilities = this.#o.capabilities();
       const parameters = this.#o.parameters();
+      const ram = new RamHandler(vm, { now: this.#o.now, limiter: new RateLimiter(this.#o.now, 0), ignoreShared: capabilities['x-ignore-shared'] });
+      const globalState = globalStateHandler(() => vm.runState);
+      registry = this.#o.buildRegistry(ram, () => vm.runState, globalState);
       state.transition('active');
       // A connection after the main one that fails the migration: the load must not
       // complete on a main stream whose pages went elsewhere, however late it is told.
@@ -136,6 +136,7 @@ export class IncomingMigration {
         onCommand: (command, offset) => rp.onCommand(command, offset),
         ...(this.#o.uuid ? { localUuid: this.#o.uuid } : {}),
         ...(postcopy ? { postcopy } : {}),
+        ignoreShared: capabilities['x-ignore-shared'],
       });
       const loadedAt = this.#o.now();
       if (sideError) throw sideError;

@@ -11,6 +11,7 @@ import { channelFromBytes } from '../stream/memory-channel.js';
 import { streamCommand, type BlockRange, type ReturnPathCommand, type StreamCommand } from '../stream/return-path.js';
 import { formatUuid } from '../uuid.js';
 import type { SaveVmEntry, SaveVmRegistry } from './savevm.js';
+import { MIGRATION_CAPABILITIES } from './parameters.js';
 
 export interface LoadedStream {
   readonly machineType: string;
@@ -50,6 +51,8 @@ export interface LoadOptions {
   readonly localUuid?: Uint8Array;
   /** Present when this side has postcopy-ram on. */
   readonly postcopy?: PostcopyLoadHooks;
+  /** This side's x-ignore-shared: the configuration's capabilities must say the same. */
+  readonly ignoreShared?: boolean;
 }
 
 /** What one load carries from the stream into its packages. */
@@ -75,7 +78,7 @@ export async function loadVmStream(
   localMachineType: string,
   options: LoadOptions = {},
 ): Promise<LoadedStream> {
-  const { machineType, uuid } = await readHeader(r);
+  const { machineType, uuid, capabilities } = await readHeader(r);
   if (machineType !== localMachineType) {
     // QEMU's words for the same check in its configuration section.
     throw new StreamFormatError(`Machine type received is '${machineType}' and local is '${localMachineType}'`, r.offset, 'configuration');
@@ -85,6 +88,7 @@ export async function loadVmStream(
   if (uuid !== undefined && localUuid !== undefined && formatUuid(uuid) !== formatUuid(localUuid)) {
     throw new StreamFormatError(`UUID received is ${formatUuid(uuid)} and local is ${formatUuid(localUuid)}`, r.offset, 'configuration');
   }
+  checkCapabilities(capabilities ?? [], options.ignoreShared === true, r.offset);
   const context: LoadContext = { registry, options, open: new Map(), sections: 0, postcopy: 'none', committed: false };
   await loadSections(r, context, false);
   // A stream may end at EOF (older writers); a vmdesc after it is read and checked when
@@ -262,5 +266,19 @@ async function runCommand(r: StreamReader, context: LoadContext, command: Stream
       }
       return false;
     }
+  }
+}
+
+/**
+ * QEMU's configuration_validate_capabilities: the capabilities it validates — in 7.2
+ * x-ignore-shared alone, which changes the RAM section's format — must be on at both
+ * ends or at neither; a name QEMU does not know is refused (get_capability).
+ */
+function checkCapabilities(received: readonly string[], ignoreShared: boolean, offset: number): void {
+  const unknown = received.find((name) => !(MIGRATION_CAPABILITIES as readonly string[]).includes(name));
+  if (unknown !== undefined) throw new StreamFormatError(`Received unknown capability ${unknown}`, offset, 'configuration');
+  const sent = received.includes('x-ignore-shared');
+  if (sent !== ignoreShared) {
+    throw new StreamFormatError(`Capability x-ignore-shared is ${ignoreShared ? 'on' : 'off'}, but received capability is ${sent ? 'on' : 'off'}`, offset, 'configuration');
   }
 }

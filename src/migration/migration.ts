@@ -165,6 +165,7 @@ export class Migration {
       limiter,
       ...(backgroundSnapshot ? { snapshot: true } : {}),
       ...(this.#capabilities['release-ram'] ? { releaseRam: true } : {}),
+      ...(this.#capabilities['x-ignore-shared'] ? { ignoreShared: true } : {}),
       // The cache is sized when a migration starts; QEMU also resizes a running one.
       ...(this.#capabilities.xbzrle ? { xbzrleCacheSize: this.#parameters['xbzrle-cache-size'] } : {}),
       onSync: (pass) => {
@@ -199,6 +200,7 @@ export class Migration {
       backgroundSnapshot,
       ...(multifd ? { multifd: { channels: this.#parameters['multifd-channels'], uuid: this.#o.uuid ?? NIL_UUID, ...this.#multifdCompression() } } : {}),
       ...(this.#capabilities['validate-uuid'] ? { uuid: this.#o.uuid ?? NIL_UUID } : {}),
+      ...(this.#capabilities['x-ignore-shared'] ? { headerCapabilities: ['x-ignore-shared'] } : {}),
     });
     this.#outgoing = outgoing;
     this.#ram = ram;
@@ -457,7 +459,8 @@ export class Migration {
       }
     }
     if (next['background-snapshot']) {
-      checkBackgroundSnapshot(next, { writeTracking: writeTrackingAvailable(), ownMemory: this.#o.vm.memory.every((b) => b.hostAddress !== undefined) });
+      // Write-protecting a file's pages (shmem) is not what Ferry's userfaultfd does: anonymous memory only.
+      checkBackgroundSnapshot(next, { writeTracking: writeTrackingAvailable(), ownMemory: this.#o.vm.memory.every((b) => b.hostAddress !== undefined && b.file === undefined) });
     }
     checkMultifd(next);
     // QEMU's "incoming side only" check: a destination already listening where no more
@@ -480,13 +483,14 @@ export class Migration {
 
   /**
    * What this VM can carry out: auto-converge needs an accelerator that can throttle its
-   * vCPUs; post-copy guest RAM this process maps (userfaultfd registers it).
+   * vCPUs; post-copy anonymous guest RAM this process maps (userfaultfd registers it, and
+   * a discarded page must read as zero — a file's does not).
    */
   #implementedCapabilities(): ReadonlySet<MigrationCapability> {
     const vm = this.#o.vm;
     return new Set([...IMPLEMENTED_CAPABILITIES].filter((c) =>
       (c !== 'auto-converge' || vm.setThrottle !== undefined) &&
-      (c !== 'postcopy-ram' || vm.memory.every((b) => b.hostAddress !== undefined)) &&
+      (c !== 'postcopy-ram' || vm.memory.every((b) => b.hostAddress !== undefined && b.file === undefined)) &&
       (c !== 'release-ram' || vm.memory.every((b) => b.discard !== undefined))));
   }
 

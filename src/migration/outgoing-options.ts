@@ -50,6 +50,8 @@ export interface OutgoingOptions {
   readonly multifd?: { readonly channels: number; readonly uuid: Uint8Array; readonly compression?: MultifdCompression; readonly level?: number };
   /** The `validate-uuid` capability: the UUID sent in the configuration for the destination to check. */
   readonly uuid?: Uint8Array;
+  /** Capabilities the configuration asks the destination to have on too (QEMU validates x-ignore-shared). */
+  readonly headerCapabilities?: readonly string[];
   /** Diagnostics (the Node side wires util.debuglog('ferry') here). */
   readonly trace?: (message: string) => void;
 }

@@ -178,7 +178,10 @@ export class OutgoingMigration {
         this.#o.ram.useMultifd(multifd);
       }
 
-      writeHeader(w, vm.machineType, this.#o.uuid !== undefined ? { uuid: this.#o.uuid } : undefined);
+      writeHeader(w, vm.machineType, {
+        ...(this.#o.uuid !== undefined ? { uuid: this.#o.uuid } : {}),
+        ...(this.#o.headerCapabilities !== undefined ? { capabilities: this.#o.headerCapabilities } : {}),
+      });
       // Post-copy opens the return path whatever the capability says (QEMU's migrate_fd_connect).
       if (this.#o.returnPath || this.#o.postcopy) {
         const why = this.#o.postcopy ? 'postcopy-ram' : 'return-path';

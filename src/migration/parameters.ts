@@ -209,7 +209,7 @@ export type MigrationCapability = (typeof MIGRATION_CAPABILITIES)[number];
 /** The capabilities Ferry carries out; turning any other one on is refused. */
 export const IMPLEMENTED_CAPABILITIES: ReadonlySet<MigrationCapability> = new Set<MigrationCapability>([
   'events', 'xbzrle', 'auto-converge', 'postcopy-ram', 'postcopy-blocktime', 'return-path', 'pause-before-switchover', 'validate-uuid',
-  'background-snapshot', 'multifd', 'release-ram',
+  'background-snapshot', 'multifd', 'release-ram', 'x-ignore-shared',
 ]);
 
 export type MigrationCapabilities = Record<MigrationCapability, boolean>;

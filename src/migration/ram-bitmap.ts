@@ -30,6 +30,8 @@ export class RamBitmaps {
    * reaches it.
    */
   untouched: (Uint8Array | undefined)[] = [];
+  /** x-ignore-shared: blocks left out of the stream (never to send; their dirty log is not read). */
+  ignored: boolean[] = [];
   /** Where the walk over the to-send bitmaps goes on from. */
   cursorBlock = 0;
   cursorWord = 0;
@@ -38,14 +40,19 @@ export class RamBitmaps {
     keepShape(this);
   }
 
-  /** Every page of `memory` is to send. Returns how many pages that is. */
-  setup(memory: readonly GuestMemoryBlock[]): number {
+  /** Every page of `memory` is to send, but those of the `ignored` blocks. Returns how many pages that is. */
+  setup(memory: readonly GuestMemoryBlock[], ignored: readonly boolean[] = []): number {
     this.memory = memory;
+    this.ignored = memory.map((_, b) => ignored[b] === true);
     this.words = memory.map((b) => wordsOf(b));
     this.blockPages = memory.map((b) => b.size / PAGE_SIZE);
-    this.toSend = this.blockPages.map((pages) => {
-      const bitmap = new Uint32Array(Math.ceil(pages / 32)).fill(0xffffffff);
+    let pending = 0;
+    this.toSend = this.blockPages.map((pages, b) => {
+      const bitmap = new Uint32Array(Math.ceil(pages / 32));
+      if (this.ignored[b]) return bitmap;
+      bitmap.fill(0xffffffff);
       if (pages % 32 !== 0) bitmap[bitmap.length - 1] = (2 ** (pages % 32) - 1) >>> 0;
+      pending += pages;
       return bitmap;
     });
     let base = 0;
@@ -54,7 +61,7 @@ export class RamBitmaps {
       base += pages;
       return first;
     });
-    return base;
+    return pending;
   }
 
   /** Take the host's residency now: pages it never backed by now will go as zero unread. */
@@ -73,7 +80,7 @@ export class RamBitmaps {
     for (let b = 0; b < this.toSend.length; b++) {
       const toSend = this.toSend[b]!;
       const log = logged[b];
-      if (!log) continue;
+      if (!log || this.ignored[b]) continue;
       const n = Math.min(log.length, toSend.length);
       // A page written since setup no longer reads as zero, whatever the host said then:
       // its dirty bit may be folded into a to-send bit that is still pending, and the

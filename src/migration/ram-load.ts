@@ -59,9 +59,20 @@ export class RamLoader implements RamChunkSink, MultifdPageSink {
   /** The `multifd` capability: pages of data come on these channels; every EOS waits for their SYNC. */
   #multifd: MultifdReceiver | undefined;
 
-  constructor(vm: MigrationVm) {
+  /** x-ignore-shared: blocks another process maps too get no pages (their memory is the source's), and MEM_SIZE names addresses. */
+  readonly #ignoreShared: boolean;
+  /** Per block: left out of the stream (x-ignore-shared and shared). */
+  #ignored: boolean[] = [];
+
+  constructor(vm: MigrationVm, ignoreShared = false) {
     keepShape(this);
     this.#vm = vm;
+    this.#ignoreShared = ignoreShared;
+  }
+
+  /** MEM_SIZE carries each block's guest-physical address (x-ignore-shared). */
+  get memSizeWithAddresses(): boolean {
+    return this.#ignoreShared;
   }
 
   async load(r: StreamReader, versionId: number, section: string): Promise<void> {
@@ -108,6 +119,7 @@ export class RamLoader implements RamChunkSink, MultifdPageSink {
         return residency;
       });
       this.#populated = memory.map((b) => (b.populate ? new Uint8Array(Math.ceil(b.size / POPULATE_CHUNK)) : undefined));
+      this.#ignored = memory.map((b) => this.#ignoreShared && b.file?.shared === true);
     }
   }
 
@@ -138,8 +150,10 @@ export class RamLoader implements RamChunkSink, MultifdPageSink {
   #find(idstr: string, offset: number): number {
     let last = this.#last;
     if (last === undefined || last.idstr !== idstr) {
-      this.#lastIndex = this.#memory.findIndex((b) => b.idstr === idstr);
-      last = this.#last = this.#memory[this.#lastIndex];
+      const index = this.#memory.findIndex((b) => b.idstr === idstr);
+      if (this.#ignored[index] === true) throw new StreamFormatError(`block ${idstr} should not be migrated !`, this.#reader!.offset, this.#section);
+      this.#lastIndex = index;
+      last = this.#last = this.#memory[index];
       if (last === undefined) {
         throw new StreamFormatError(`Cannot load RAM page: unknown block "${idstr}"`, this.#reader!.offset, this.#section);
       }
@@ -157,13 +171,18 @@ export class RamLoader implements RamChunkSink, MultifdPageSink {
     this.#memory[b]!.bytes.fill(fill, offset, offset + PAGE_SIZE);
   }
 
-  memSize(total: number, blocks: readonly { idstr: string; size: number }[]): void {
+  memSize(total: number, blocks: readonly { idstr: string; size: number; address?: number }[]): void {
     const memory = this.#memory;
     const r = this.#reader!;
     const section = this.#section;
     for (const sent of blocks) {
-      const local = memory.find((b) => b.idstr === sent.idstr);
+      const b = memory.findIndex((m) => m.idstr === sent.idstr);
+      const local = memory[b];
       if (!local) throw new StreamFormatError(`Cannot load RAM: unknown block "${sent.idstr}" (${sent.size} bytes)`, r.offset, section);
+      // QEMU's words: the same memory at another guest address is not the same guest.
+      if (this.#ignored[b] === true && sent.address !== local.guestAddress) {
+        throw new StreamFormatError(`Mismatched GPAs for block ${sent.idstr} ${sent.address ?? '?'}!= ${local.guestAddress}`, r.offset, section);
+      }
       if (local.size !== sent.size) {
         // QEMU: "Length mismatch: %s: 0x..." — the destination must be started with the same -m.
         throw new StreamFormatError(`Cannot load RAM block "${sent.idstr}": length ${sent.size} differs from the local ${local.size}`, r.offset, section);
@@ -224,7 +243,9 @@ export class RamLoader implements RamChunkSink, MultifdPageSink {
   #blockIndex(idstr: string): number {
     const last = this.#last;
     if (last !== undefined && last.idstr === idstr) return this.#lastIndex;
-    return this.#memory.findIndex((b) => b.idstr === idstr);
+    const index = this.#memory.findIndex((b) => b.idstr === idstr);
+    // A block left out of the stream takes no page: the slow path (#find) says so.
+    return this.#ignored[index] === true ? -1 : index;
   }
 
   xbzrle(idstr: string, offset: number, encoded: Uint8Array): void {
@@ -249,7 +270,7 @@ export class RamLoader implements RamChunkSink, MultifdPageSink {
   }
 
   zeroRun(idstr: string, offset: number, count: number): boolean {
-    const b = this.#memory.findIndex((m) => m.idstr === idstr);
+    const b = this.#blockIndex(idstr);
     const block = this.#memory[b];
     if (block === undefined || offset % PAGE_SIZE !== 0 || offset + count * PAGE_SIZE > block.size) return false;
     const knownZero = this.#knownZero[b];

@@ -65,6 +65,13 @@ export interface RamHandlerOptions {
    * longer run the guest.
    */
   readonly releaseRam?: boolean;
+  /**
+   * The `x-ignore-shared` capability: blocks another process maps too (memory-backend-file,
+   * share=on) stay out of the stream — the destination maps the same memory — and MEM_SIZE
+   * gives each block's guest-physical address, for the destination to check (QEMU's
+   * ramblock_is_ignored). Both sides.
+   */
+  readonly ignoreShared?: boolean;
 }
 
 export class RamHandler implements SaveVmHandler {
@@ -105,7 +112,7 @@ export class RamHandler implements SaveVmHandler {
     this.#opts = options;
     this.#sliceMs = options.sliceMs ?? 20;
     this.xbzrle = options.xbzrleCacheSize !== undefined ? new XbzrleCache(options.xbzrleCacheSize) : undefined;
-    this.#loader = new RamLoader(vm);
+    this.#loader = new RamLoader(vm, options.ignoreShared === true);
     this.requests = new RamPageRequests(this.#bm, this.stats, {
       snapshot: options.snapshot === true,
       releaseRam: options.releaseRam === true,
@@ -157,10 +164,13 @@ export class RamHandler implements SaveVmHandler {
 
   async setup(w: StreamWriter): Promise<void> {
     const memory = this.#vm.memory;
-    this.stats.totalBytes = memory.reduce((sum, b) => sum + b.size, 0);
-    this.stats.remainingPages = this.#bm.setup(memory);
+    const ignoreShared = this.#opts.ignoreShared === true;
+    const ignored = memory.map((b) => ignoreShared && b.file?.shared === true);
+    // QEMU's ram_bytes_total: the blocks that are migrated.
+    this.stats.totalBytes = memory.reduce((sum, b, i) => sum + (ignored[i] ? 0 : b.size), 0);
+    this.stats.remainingPages = this.#bm.setup(memory, ignored);
     const before = w.bytesWritten;
-    new RamChunkWriter(w).memSize(memory.map((b) => ({ idstr: b.idstr, size: b.size })));
+    new RamChunkWriter(w).memSize(memory.map((b) => ({ idstr: b.idstr, size: b.size, ...(ignoreShared ? { address: b.guestAddress } : {}) })));
     this.#rateWindowStart = this.#opts.now();
     // A snapshot needs no dirty log (QEMU's ram_init_bitmaps neither starts nor syncs one
     // for background-snapshot); which pages were never backed is asked at its moment.

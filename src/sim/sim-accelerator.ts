@@ -25,7 +25,7 @@ import {
   CPU_STATE_BYTES, WORKLOAD_HOT, WORKLOAD_IDLE, WORKLOAD_RANDOM, WORKLOAD_SWEEP, readCpuState, seedPrng, writeCpuState,
 } from './workload.js';
 import type { WorkloadCpuState } from './workload.js';
-import { HostMemory } from '../sys/host-memory.js';
+import { HostMemory, hostMemoryOptions } from '../sys/host-memory.js';
 import { checkThrottlePercent } from '../hypervisor/cpu-throttle.js';
 import { MAX_GUEST_RAM, planRamBlocks, type RamBlockPlan } from '../hypervisor/ram-layout.js';
 
@@ -151,7 +151,7 @@ class SimAccelerator implements Accelerator {
     this.config = config;
     // mmap'd rather than a SharedArrayBuffer: the migration asks the kernel which pages
     // were never touched and populates a destination's RAM in bulk (host-memory.ts).
-    const host = HostMemory.allocate(config.memorySize, { prealloc: config.memPrealloc ?? false });
+    const host = HostMemory.allocate(config.memorySize, hostMemoryOptions(config));
     this.host = host;
     const pages = config.memorySize / PAGE_SIZE;
     const dirty = new SharedArrayBuffer(Math.ceil(pages / 32) * 4);
@@ -162,7 +162,7 @@ class SimAccelerator implements Accelerator {
     // An incoming VM's RAM stays untouched until the migration loads it (no guest parameters).
     // No hole below 4 GiB: guest addresses are offsets in the mapping, and so the pages of
     // the worker's one dirty bitmap.
-    const blocks = planRamBlocks(config.memorySize);
+    const blocks = planRamBlocks(config.memorySize, undefined, config.memoryBackend?.id);
     this.memory = blocks.map((b) => host.block(b.idstr, b.guestAddress, { offset: b.offset, size: b.size, freshZero: config.incoming }));
     this.dirtyLog = new SimDirtyLog(new Uint32Array(dirty), blocks);
 

@@ -103,6 +103,19 @@ test('format: a header written with a UUID carries QEMU\'s configuration/uuid su
   await assert.rejects(writtenBytes((w) => writeHeader(w, 'pc', { uuid: new Uint8Array(15) })), /UUID of 15 bytes/);
 });
 
+test('format: a header written with capabilities carries configuration/capabilities before the uuid, as QEMU\'s', async () => {
+  const uuid = fromHex('00112233445566778899aabbccddeeff');
+  const bytes = await writtenBytes((w) => writeHeader(w, 'pc', { uuid, capabilities: ['x-ignore-shared'] }));
+  assert.equal(toHex(bytes), [
+    '5145564d', '00000003', '07', '00000002', asciiHex('pc'),
+    '05', (26).toString(16), asciiHex('configuration/capabilities'), '00000001', '00000001', '0f', asciiHex('x-ignore-shared'),
+    '05', (18).toString(16), asciiHex('configuration/uuid'), '00000001', '00112233445566778899aabbccddeeff',
+  ].join(''));
+  const header = await readHeader(readerOf(bytes, 4));
+  assert.deepEqual(header.capabilities, ['x-ignore-shared']);
+  assert.equal(toHex(header.uuid!), '00112233445566778899aabbccddeeff');
+});
+
 test('format: header refuses bad magic, version 2, other versions, a missing configuration, odd page bits', async () => {
   const cases: Array<[string, RegExp]> = [
     ['5145564e 00000003 07 00000000', /magic/],

@@ -102,10 +102,12 @@ function checkU32(w: StreamWriter, what: string, v: number, section?: string): v
 
 /**
  * Magic, version, and the CONFIGURATION section carrying the machine type (savevm.c
- * qemu_savevm_state_header); with `uuid`, its configuration/uuid subsection too (the
- * validate-uuid capability: the destination checks it against its own).
+ * qemu_savevm_state_header); with `capabilities`, its configuration/capabilities
+ * subsection (those the destination must have on too: QEMU 7.2 validates x-ignore-shared
+ * alone), and with `uuid` its configuration/uuid subsection (the validate-uuid capability:
+ * the destination checks it against its own).
  */
-export function writeHeader(w: StreamWriter, machineType: string, options?: { readonly uuid?: Uint8Array }): void {
+export function writeHeader(w: StreamWriter, machineType: string, options?: { readonly uuid?: Uint8Array; readonly capabilities?: readonly string[] }): void {
   const name = encoder.encode(machineType);
   if (name.byteLength > MAX_MACHINE_TYPE_LENGTH) {
     throw new StreamFormatError(`Cannot write machine type of ${name.byteLength} bytes: at most ${MAX_MACHINE_TYPE_LENGTH}`, w.bytesWritten, 'configuration');
@@ -117,16 +119,32 @@ export function writeHeader(w: StreamWriter, machineType: string, options?: { re
   // subsections, a 4 KiB-page target with no validated capabilities needs only the UUID's.
   w.be32(name.byteLength);
   w.bytes(name);
+  const capabilities = options?.capabilities ?? [];
+  if (capabilities.length > 0) {
+    // VMSTATE_UINT32_V(caps_count), then each as QEMU's put_capability: a length byte and the name.
+    writeSubsectionName(w, CONFIG_SUB_CAPABILITIES);
+    w.be32(capabilities.length);
+    for (const capability of capabilities) {
+      const bytes = shortString(w, 'capability', capability);
+      w.u8(bytes.byteLength);
+      w.bytes(bytes);
+    }
+  }
   const uuid = options?.uuid;
   if (uuid !== undefined) {
     if (uuid.byteLength !== 16) throw new StreamFormatError(`Cannot write a UUID of ${uuid.byteLength} bytes: it has 16`, w.bytesWritten, 'configuration');
-    const sub = encoder.encode(CONFIG_SUB_UUID);
-    w.u8(QEMU_VM_SUBSECTION);
-    w.u8(sub.byteLength);
-    w.bytes(sub);
-    w.be32(1);
+    writeSubsectionName(w, CONFIG_SUB_UUID);
     w.bytes(uuid);
   }
+}
+
+/** A configuration subsection's marker, name and version (1). */
+function writeSubsectionName(w: StreamWriter, name: string): void {
+  const sub = encoder.encode(name);
+  w.u8(QEMU_VM_SUBSECTION);
+  w.u8(sub.byteLength);
+  w.bytes(sub);
+  w.be32(1);
 }
 
 /** Read magic, version and CONFIGURATION (with its optional subsections). */

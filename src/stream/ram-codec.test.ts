@@ -68,6 +68,29 @@ test('ram: MEM_SIZE chunk golden bytes', async () => {
   assert.deepEqual(calls, ['mem 2101248 pc.ram:2097152,vga.vram:4096']);
 });
 
+test('ram: MEM_SIZE with x-ignore-shared — each block\'s guest-physical address after its length (QEMU 7.2\'s block->mr->addr)', async () => {
+  const bytes = await writtenBytes((w) => {
+    const c = new RamChunkWriter(w);
+    c.memSize([{ idstr: 'pc.ram', size: 0x200000, address: 0 }, { idstr: 'pc.ram.1', size: 0x1000, address: 2 ** 32 }]);
+    c.eos();
+  });
+  assert.equal(
+    toHex(bytes),
+    [
+      '0000000000201004',
+      '06', asciiHex('pc.ram'), '0000000000200000', '0000000000000000',
+      '08', asciiHex('pc.ram.1'), '0000000000001000', '0000000100000000',
+      '0000000000000010',
+    ].join(''),
+  );
+  const addresses: Array<number | undefined> = [];
+  const sink: RamChunkSink = { ...recordingSink({}).sink, memSizeWithAddresses: true, memSize: (_, list) => addresses.push(...list.map((b) => b.address)) };
+  await readRamChunks(readerOf(bytes, 3), sink, 'ram');
+  assert.deepEqual(addresses, [0, 2 ** 32]);
+  // Read by a sink that does not expect the addresses, the first one is taken for a block name: refused.
+  await assert.rejects(readRamChunks(readerOf(bytes), recordingSink({}).sink, 'ram'), StreamFormatError);
+});
+
 test('ram: PAGE, ZERO and XBZRLE chunks golden bytes, with CONTINUE after the first chunk of a block', async () => {
   const page = new Uint8Array(PAGE).fill(0xaa);
   const encoded = fromHex('0a 02 1122');

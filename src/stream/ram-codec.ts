@@ -46,7 +46,12 @@ export class RamChunkWriter {
   }
 
   /** The setup chunk: total RAM bytes, then every block's idstr and used length (ram_save_setup). */
-  memSize(blocks: ReadonlyArray<{ idstr: string; size: number }>): void {
+  /**
+   * MEM_SIZE: the total, then each block's name and length — and, with x-ignore-shared,
+   * its guest-physical address (`address`, which every block then has), as QEMU 7.2's
+   * ram_save_setup writes block->mr->addr.
+   */
+  memSize(blocks: ReadonlyArray<{ idstr: string; size: number; address?: number }>): void {
     let total = 0;
     for (const b of blocks) {
       if (!Number.isSafeInteger(b.size) || b.size < 0) {
@@ -63,6 +68,7 @@ export class RamChunkWriter {
       this.#w.u8(name.byteLength);
       this.#w.bytes(name);
       this.#w.be64(b.size);
+      if (b.address !== undefined) this.#w.be64(b.address);
     }
   }
 
@@ -152,7 +158,10 @@ export class RamChunkWriter {
 }
 
 export interface RamChunkSink {
-  memSize(total: number, blocks: Array<{ idstr: string; size: number }>): void;
+  /** `address`: each block's guest-physical address, when memSizeWithAddresses. */
+  memSize(total: number, blocks: Array<{ idstr: string; size: number; address?: number }>): void;
+  /** x-ignore-shared: each MEM_SIZE block carries its guest-physical address after its length. */
+  readonly memSizeWithAddresses?: boolean;
   /** returns the RAM to copy the page into, and the byte offset in it; throws if the block/offset is unknown */
   pageTarget(idstr: string, offset: number): { ram: Uint8Array; offset: number };
   /**
@@ -403,7 +412,8 @@ export async function readRamChunks(r: StreamReader, sink: RamChunkSink, section
 
 /** MEM_SIZE: blocks follow until their lengths add up to the total (ram.c ram_load_precopy). */
 async function readMemSize(r: StreamReader, sink: RamChunkSink, section: string, total: number): Promise<void> {
-  const blocks: Array<{ idstr: string; size: number }> = [];
+  const blocks: Array<{ idstr: string; size: number; address?: number }> = [];
+  const withAddresses = sink.memSizeWithAddresses === true;
   let remaining = total;
   while (remaining > 0) {
     if (blocks.length >= MAX_RAM_BLOCKS) {
@@ -418,7 +428,15 @@ async function readMemSize(r: StreamReader, sink: RamChunkSink, section: string,
     if (high > MAX_OFFSET_HIGH_WORD || size > remaining) {
       throw new StreamFormatError(`RAM block "${idstr}" at offset ${at}: length ${high > MAX_OFFSET_HIGH_WORD ? 'beyond 2^53' : size} exceeds the ${remaining} bytes left of the ${total} announced`, at, section);
     }
-    blocks.push({ idstr, size });
+    if (withAddresses) {
+      await r.ensure(8, section);
+      const addressHigh = r.be32();
+      const address = addressHigh * TWO_32 + r.be32();
+      if (addressHigh > MAX_OFFSET_HIGH_WORD) throw new StreamFormatError(`RAM block "${idstr}" at offset ${at}: guest address beyond 2^53`, at, section);
+      blocks.push({ idstr, size, address });
+    } else {
+      blocks.push({ idstr, size });
+    }
     remaining -= size;
   }
   sink.memSize(total, blocks);

@@ -1,6 +1,12 @@
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { HostMemory } from './host-memory.js';
+
+const scratch = mkdtempSync(join(tmpdir(), 'ferry-host-memory-'));
+after(() => rmSync(scratch, { recursive: true, force: true }));
 
 const MiB = 1024 * 1024;
 const resident = (vec: Uint8Array): number => vec.reduce((n, b) => n + (b & 1), 0);
@@ -90,4 +96,52 @@ test('host memory: populating preallocated RAM is a no-op until release() gives 
   } finally {
     host.unmap();
   }
+});
+
+test('host memory from a file (memory-backend-file): share=on is one memory for every mapping of it, share=off is this mapping\'s own', () => {
+  const path = join(scratch, 'ram-shared');
+  const a = HostMemory.allocate(4 * MiB, { file: { path, share: true } });
+  const b = HostMemory.allocate(4 * MiB, { file: { path, share: true } });
+  const own = HostMemory.allocate(4 * MiB, { file: { path, share: false } });
+  try {
+    assert.equal(statSync(path).size, 4 * MiB, 'an empty file is grown to the size');
+    a.bytes[3 * MiB + 5] = 0xab;
+    assert.equal(b.bytes[3 * MiB + 5], 0xab, 'a write through one shared mapping is seen through the other');
+    assert.equal(own.bytes[3 * MiB + 5], 0xab, 'a private mapping reads the file as it is');
+    own.bytes[7] = 0xcd;
+    assert.equal(a.bytes[7], 0, 'and keeps its own writes');
+    const block = a.block('mem0');
+    assert.deepEqual(block.file, { path, shared: true });
+    assert.equal(block.residency, undefined, 'a file\'s page the host does not hold is not known to be zero');
+    assert.equal(block.discard, undefined, 'nor does dropping one make it zero');
+    assert.equal(block.takeFreshZero, undefined);
+    assert.equal(own.block('mem0').file?.shared, false);
+  } finally {
+    a.unmap();
+    b.unmap();
+    own.unmap();
+  }
+});
+
+test('host memory from a file: a longer file is used from its start, a shorter one refused in QEMU\'s words, a directory holds a file of this VM\'s own', () => {
+  const short = join(scratch, 'short');
+  writeFileSync(short, new Uint8Array(4096));
+  assert.throws(() => HostMemory.allocate(4 * MiB, { file: { path: short, share: true } }), /backing store size 0x1000 does not match 'size' option 0x400000/);
+  const long = join(scratch, 'long');
+  writeFileSync(long, new Uint8Array(8 * MiB).fill(1));
+  const fromLong = HostMemory.allocate(4 * MiB, { file: { path: long, share: false } });
+  try {
+    assert.equal(fromLong.bytes[4 * MiB - 1], 1);
+  } finally {
+    fromLong.unmap();
+  }
+  const inDir = HostMemory.allocate(2 * MiB, { file: { path: scratch, share: true } });
+  try {
+    inDir.bytes[0] = 9;
+    assert.equal(inDir.bytes[0], 9);
+    assert.ok(!readdirSync(scratch).some((name) => name.startsWith('ferry_back_mem.')), 'the file made in a directory is unlinked at once');
+  } finally {
+    inDir.unmap();
+  }
+  assert.throws(() => HostMemory.allocate(2 * MiB, { file: { path: join(scratch, 'no', 'such', 'dir', 'f'), share: true } }), /can't open backing store .*no\/such\/dir\/f for guest RAM: No such file or directory/);
 });

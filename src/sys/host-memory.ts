@@ -2,11 +2,18 @@
 // things a migration wants from the kernel that Node cannot ask for — which pages were
 // never backed (page-residency.ts: they must read as zero) and backing a range in one go
 // (MADV_POPULATE_WRITE), because a page fault taken from JavaScript costs tens of µs on
-// these machines while the kernel populates gigabytes per second.
+// these machines while the kernel populates gigabytes per second. Or a file mapped as
+// QEMU's memory-backend-file maps it (share=on: another process may map the same memory).
 
+import { closeSync, constants, fstatSync, ftruncateSync, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { debuglog } from 'node:util';
-import { MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, addressOf, mmapAnonymousUnseen, madviseRange, madviseRangeInBackground, munmap, viewAt, MAX_VIEW_BYTES, type MappedRange } from './libc.js';
-import type { GuestMemoryBlock } from '../hypervisor/types.js';
+import { ConfigError } from '../errors.js';
+import {
+  MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_WRITE, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE,
+  addressOf, mmapAnonymousUnseen, mmapUnseen, madviseRange, madviseRangeInBackground, munmap, viewAt, MAX_VIEW_BYTES, type MappedRange,
+} from './libc.js';
+import type { AcceleratorConfig, GuestMemoryBlock, MemoryFile } from '../hypervisor/types.js';
 import { MAX_GUEST_RAM } from '../hypervisor/ram-layout.js';
 import { residencyAt } from './page-residency.js';
 
@@ -27,13 +34,18 @@ export class HostMemory {
    * parameters go. Larger RAM is seen a block at a time (block(), regionAt()).
    */
   readonly bytes: Uint8Array;
+  /** The file mapped, for memory a file backs; undefined for anonymous memory. */
+  readonly file: MemoryFile | undefined;
   private populateWorks = true;
   /** Every page is backed already (--mem-prealloc): populating is a no-op, not a system call. */
   private allBacked = false;
 
-  private constructor(mapping: MappedRange, size: number) {
+  private constructor(mapping: MappedRange, size: number, file?: MemoryFile) {
     this.mapping = mapping;
-    this.address = (mapping.address + BigInt(HUGE_PAGE - 1)) & ~BigInt(HUGE_PAGE - 1);
+    this.file = file;
+    // Anonymous memory starts at the first 2 MiB boundary of its mapping; a file's first
+    // byte is where its mapping starts.
+    this.address = file !== undefined ? mapping.address : (mapping.address + BigInt(HUGE_PAGE - 1)) & ~BigInt(HUGE_PAGE - 1);
     this.size = size;
     this.bytes = viewAt(this.address, Math.min(size, MAX_VIEW_BYTES));
   }
@@ -45,12 +57,11 @@ export class HostMemory {
    * 2 MiB page takes one trap for 512 of them. One mapping however large; each view of it
    * (a block) is at most 4 GiB.
    */
-  static allocate(size: number, options?: { prealloc?: boolean }): HostMemory {
+  static allocate(size: number, options?: { prealloc?: boolean; file?: { readonly path: string; readonly share: boolean } }): HostMemory {
     if (!Number.isSafeInteger(size) || size <= 0 || size > MAX_GUEST_RAM) {
       throw new RangeError(`Cannot allocate ${size} bytes of guest RAM: 1 byte to ${MAX_GUEST_RAM} bytes (1 TiB)`);
     }
-    const mapping = mmapAnonymousUnseen(size + HUGE_PAGE);
-    const memory = new HostMemory(mapping, size);
+    const memory = options?.file !== undefined ? HostMemory.#fromFile(size, options.file.path, options.file.share) : new HostMemory(mmapAnonymousUnseen(size + HUGE_PAGE), size);
     const errno = madviseRange(memory.address, size, MADV_HUGEPAGE);
     if (errno !== 0) trace('MADV_HUGEPAGE failed with errno %d; guest RAM uses 4 KiB pages', errno);
     // QEMU's -mem-prealloc: pay for backing every page now rather than while the guest
@@ -71,7 +82,13 @@ export class HostMemory {
   block(idstr: string, guestAddress = 0, options?: { offset?: number; size?: number; freshZero?: boolean }): GuestMemoryBlock {
     const offset = options?.offset ?? 0;
     const region = this.regionAt(offset, options?.size ?? this.size - offset);
+    if (this.file !== undefined) return new FileMemoryBlock(this, idstr, guestAddress, offset, region.bytes, this.file);
     return new HostMemoryBlock(this, idstr, guestAddress, offset, region.bytes, options?.freshZero ?? false);
+  }
+
+  /** `size` bytes of the file at `path`, mapped (mapFile). */
+  static #fromFile(size: number, path: string, share: boolean): HostMemory {
+    return new HostMemory(mapFile(size, path, share), size, { path, shared: share });
   }
 
   /**
@@ -129,43 +146,57 @@ export class HostMemory {
   }
 }
 
+/** What an accelerator's config asks of guest RAM (HostMemory.allocate's options): -mem-prealloc, a memory backend's file. */
+export function hostMemoryOptions(config: AcceleratorConfig): { prealloc: boolean; file?: { path: string; share: boolean } } {
+  const backend = config.memoryBackend;
+  return { prealloc: config.memPrealloc ?? false, ...(backend?.path !== undefined ? { file: { path: backend.path, share: backend.share } } : {}) };
+}
+
 /**
  * A HostMemory as the guest's RAM block. A class, not an object of closures made per block:
  * the migration's page paths call populate() from compiled code, and that code must stay
  * valid from one block to the next (the warm-up's scratch blocks, then the guest's).
  */
-class HostMemoryBlock implements GuestMemoryBlock {
+abstract class MappedBlock implements GuestMemoryBlock {
   readonly idstr: string;
   readonly guestAddress: number;
   readonly size: number;
   readonly bytes: Uint8Array;
   readonly hostAddress: number;
-  readonly #host: HostMemory;
+  protected readonly host: HostMemory;
   /** Where the block starts in its HostMemory. */
-  readonly #offset: number;
-  #freshZero: boolean;
+  protected readonly offset: number;
 
-  constructor(host: HostMemory, idstr: string, guestAddress: number, offset: number, bytes: Uint8Array, freshZero: boolean) {
-    this.#host = host;
+  constructor(host: HostMemory, idstr: string, guestAddress: number, offset: number, bytes: Uint8Array) {
+    this.host = host;
     this.idstr = idstr;
     this.guestAddress = guestAddress;
     this.size = bytes.byteLength;
     this.bytes = bytes;
     this.hostAddress = Number(host.address) + offset;
-    this.#offset = offset;
+    this.offset = offset;
+  }
+
+  populate(offset: number, length: number): void {
+    this.host.populate(this.offset + offset, Math.min(length, this.size - offset));
+  }
+
+  populateInBackground(offset: number, length: number): Promise<void> {
+    return this.host.populateInBackground(this.offset + offset, Math.min(length, this.size - offset));
+  }
+}
+
+/** A block of anonymous memory: a page the host never backed reads as zero, and so does one given back. */
+class HostMemoryBlock extends MappedBlock {
+  #freshZero: boolean;
+
+  constructor(host: HostMemory, idstr: string, guestAddress: number, offset: number, bytes: Uint8Array, freshZero: boolean) {
+    super(host, idstr, guestAddress, offset, bytes);
     this.#freshZero = freshZero;
   }
 
   residency(): Uint8Array {
-    return this.#host.residency(this.#offset, this.size);
-  }
-
-  populate(offset: number, length: number): void {
-    this.#host.populate(this.#offset + offset, Math.min(length, this.size - offset));
-  }
-
-  populateInBackground(offset: number, length: number): Promise<void> {
-    return this.#host.populateInBackground(this.#offset + offset, Math.min(length, this.size - offset));
+    return this.host.residency(this.offset, this.size);
   }
 
   discard(offset: number, length: number): void {
@@ -179,6 +210,62 @@ class HostMemoryBlock implements GuestMemoryBlock {
     const was = this.#freshZero;
     this.#freshZero = false;
     return was;
+  }
+}
+
+/**
+ * A block of memory a file backs (memory-backend-file). A page the host does not hold may
+ * still hold data (the file's), and dropping one does not make it zero: no residency(),
+ * no discard(), nothing known to be zero — a destination writes every page it is sent.
+ */
+class FileMemoryBlock extends MappedBlock {
+  readonly file: MemoryFile;
+
+  constructor(host: HostMemory, idstr: string, guestAddress: number, offset: number, bytes: Uint8Array, file: MemoryFile) {
+    super(host, idstr, guestAddress, offset, bytes);
+    this.file = file;
+  }
+}
+
+/**
+ * QEMU's file_ram_alloc: `path` names a file (made if missing) or a directory, in which an
+ * unnamed file is made for this process alone. A file shorter than `size` is grown to it
+ * if empty and refused otherwise, in QEMU's words; a longer one is used from its start.
+ * share=on maps it MAP_SHARED: writes reach the file, and every process that maps it sees
+ * the same memory; off, MAP_PRIVATE: the file is read as it was, writes stay here.
+ */
+function mapFile(size: number, path: string, share: boolean): MappedRange {
+  let file = path;
+  let scratchDir: string | undefined;
+  let isDirectory = false;
+  try {
+    isDirectory = statSync(path).isDirectory();
+  } catch {
+    // Not there yet: made below.
+  }
+  if (isDirectory) {
+    scratchDir = mkdtempSync(join(path, 'ferry_back_mem.'));
+    file = join(scratchDir, 'ram');
+  }
+  let fd: number;
+  try {
+    fd = openSync(file, constants.O_RDWR | constants.O_CREAT, 0o600);
+  } catch (err) {
+    if (scratchDir !== undefined) rmSync(scratchDir, { recursive: true, force: true });
+    const code = (err as NodeJS.ErrnoException).code ?? '';
+    throw new ConfigError(`can't open backing store ${path} for guest RAM: ${code === 'ENOENT' ? 'No such file or directory' : code === 'EACCES' ? 'Permission denied' : (err as Error).message}`);
+  }
+  try {
+    const current = fstatSync(fd).size;
+    if (current > 0 && current < size) {
+      throw new ConfigError(`backing store size 0x${current.toString(16)} does not match 'size' option 0x${size.toString(16)}`);
+    }
+    if (current === 0) ftruncateSync(fd, size);
+    return mmapUnseen(size, PROT_READ | PROT_WRITE, share ? MAP_SHARED : MAP_PRIVATE, fd, 0);
+  } finally {
+    closeSync(fd);
+    // A file made in a directory is this process's alone: it lives on only in the mapping.
+    if (scratchDir !== undefined) rmSync(scratchDir, { recursive: true, force: true });
   }
 }
 

@@ -31,7 +31,7 @@ test('object registry: add, get, list and delete; every refusal changes nothing'
   assert.throws(() => objects.add('tls-creds-x509', 'tls0', { dir: certs.clientDir }), /attempt to add duplicate property 'tls0' to object \(type 'container'\)/);
   assert.throws(() => objects.add('tls-creds-x509', '0bad', { dir: certs.clientDir }), /Parameter 'id' expects an identifier/);
   assert.throws(() => objects.add('no-such-type', 'x', {}), /Parameter 'qom-type' does not accept value 'no-such-type'/);
-  assert.throws(() => objects.add('tls-creds-anon', 'x', {}), /Ferry does not create objects of type 'tls-creds-anon' \(it creates: tls-creds-x509, tls-creds-psk, authz-simple\)/);
+  assert.throws(() => objects.add('tls-creds-anon', 'x', {}), /Ferry does not create objects of type 'tls-creds-anon' \(it creates: tls-creds-x509, tls-creds-psk, authz-simple, memory-backend-file, memory-backend-ram\)/);
   assert.equal(objects.add('authz-simple', 'auth0', { identity: 'CN=a' }).type, 'authz-simple');
   assert.throws(() => objects.add('authz-simple', 'auth1', {}), /The 'identity' property must be set/);
   assert.throws(() => objects.add('authz-simple', 'auth1', { identity: 'CN=a', rules: [] }), /Property 'authz-simple.rules' not found/);
@@ -42,4 +42,25 @@ test('object registry: add, get, list and delete; every refusal changes nothing'
   objects.delete('tls0');
   assert.equal(objects.get('tls0'), undefined);
   assert.throws(() => objects.delete('tls0'), /object 'tls0' not found/);
+});
+
+test('memory backends: memory-backend-file and memory-backend-ram with QEMU\'s properties and checks', () => {
+  const objects = new ObjectRegistry();
+  assert.deepEqual(objects.add('memory-backend-file', 'mem0', { size: '64M', 'mem-path': '/dev/shm/ferry-vm', share: 'on', prealloc: 'yes' }), {
+    type: 'memory-backend-file', id: 'mem0', size: 64 * 1024 * 1024, memPath: '/dev/shm/ferry-vm', share: true, prealloc: true,
+  });
+  // From QMP the values are JSON: a number of bytes, booleans.
+  assert.deepEqual(objects.add('memory-backend-file', 'mem1', { size: 8192, 'mem-path': '/tmp/f', share: false }), {
+    type: 'memory-backend-file', id: 'mem1', size: 8192, memPath: '/tmp/f', share: false, prealloc: false,
+  });
+  assert.deepEqual(objects.add('memory-backend-ram', 'mem2', { size: '1G' }), { type: 'memory-backend-ram', id: 'mem2', size: 1024 ** 3, share: false, prealloc: false });
+  assert.throws(() => objects.add('memory-backend-file', 'm', { 'mem-path': '/tmp/f' }), /^ConfigError: can't create backend with size 0$/);
+  assert.throws(() => objects.add('memory-backend-file', 'm', { size: '4M' }), /mem-path property not set/);
+  assert.throws(() => objects.add('memory-backend-file', 'm', { size: '4M', 'mem-path': '/f', share: 'maybe' }), /Parameter 'share' expects 'on' or 'off'/);
+  assert.throws(() => objects.add('memory-backend-file', 'm', { size: '4M', 'mem-path': '/f', 'host-nodes': '0' }), /Ferry's memory-backend-file takes size, mem-path, share and prealloc, not 'host-nodes'/);
+  assert.throws(() => objects.add('memory-backend-ram', 'm', { size: '4M', 'mem-path': '/f' }), /Ferry's memory-backend-ram takes size, share and prealloc, not 'mem-path'/);
+  assert.throws(() => objects.add('memory-backend-ram', 'm', { size: '4M', share: 'on' }), /share=on would share anonymous memory no other process can map; use memory-backend-file/);
+  assert.throws(() => objects.add('memory-backend-file', 'm', { size: '4097', 'mem-path': '/f' }), /size 4097 is not a multiple of 4 KiB/);
+  assert.throws(() => objects.add('memory-backend-memfd', 'm', { size: '4M' }), /Ferry does not create objects of type 'memory-backend-memfd'/);
+  assert.deepEqual(objects.list().map((o) => o.id), ['mem0', 'mem1', 'mem2']);
 });

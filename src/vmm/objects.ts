@@ -1,10 +1,12 @@
 // User-creatable objects, as QEMU's `-object` and QMP `object-add` / `object-del` make
-// them: for now the kinds a migration uses, `tls-creds-x509` and `tls-creds-psk` (what
-// `tls-creds` names).
+// them: for now the kinds a migration uses — `tls-creds-x509` and `tls-creds-psk` (what
+// `tls-creds` names), `authz-simple` (what `tls-authz` names) — and the memory backends
+// guest RAM can come from (`-machine memory-backend=ID`).
 // QEMU keeps them under /objects by id; so does this registry.
 
 import { ConfigError } from '../errors.js';
 import { loadTlsCredsPsk, loadTlsCredsX509, type TlsCreds } from '../crypto/tls-creds.js';
+import { parseSize } from '../size.js';
 
 /** QEMU's authz-simple: the one identity (an x509 client certificate's name) it lets in. */
 export interface AuthzSimple {
@@ -13,7 +15,67 @@ export interface AuthzSimple {
   readonly identity: string;
 }
 
-export type UserObject = TlsCreds | AuthzSimple;
+/** QEMU's memory-backend-file and memory-backend-ram, with the properties Ferry takes. */
+export interface MemoryBackend {
+  readonly type: 'memory-backend-file' | 'memory-backend-ram';
+  readonly id: string;
+  readonly size: number;
+  /** memory-backend-file: the file (or a directory for a file of this VM's own). */
+  readonly memPath?: string;
+  /** MAP_SHARED: another process mapping the file sees the same memory. */
+  readonly share: boolean;
+  readonly prealloc: boolean;
+}
+
+export type UserObject = TlsCreds | AuthzSimple | MemoryBackend;
+
+/** A boolean property as QEMU reads one from -object (on/off, yes/no, true/false) or from QMP (a JSON boolean). */
+function boolProperty(name: string, value: unknown): boolean {
+  if (typeof value === 'boolean') return value;
+  if (typeof value === 'string') {
+    if (['on', 'yes', 'true', 'y'].includes(value)) return true;
+    if (['off', 'no', 'false', 'n'].includes(value)) return false;
+  }
+  throw new ConfigError(`Parameter '${name}' expects 'on' or 'off'`);
+}
+
+/** memory-backend-file / memory-backend-ram from their properties, checked as QEMU checks them. */
+function memoryBackendMaker(type: MemoryBackend['type']): (id: string, props: Record<string, unknown>) => MemoryBackend {
+  return (id, props) => {
+    let size = 0;
+    let memPath: string | undefined;
+    let share = false;
+    let prealloc = false;
+    for (const [name, value] of Object.entries(props)) {
+      if (name === 'size') {
+        if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) size = value;
+        else if (typeof value === 'string') size = parseSize(value, `${type} size`);
+        else throw new ConfigError("Parameter 'size' expects a size");
+      } else if (name === 'mem-path' && type === 'memory-backend-file') {
+        if (typeof value !== 'string') throw new ConfigError("Invalid parameter type for 'mem-path', expected: string");
+        memPath = value;
+      } else if (name === 'share') {
+        share = boolProperty(name, value);
+      } else if (name === 'prealloc') {
+        prealloc = boolProperty(name, value);
+      } else {
+        throw new ConfigError(`Ferry's ${type} takes ${type === 'memory-backend-file' ? 'size, mem-path, share and prealloc' : 'size, share and prealloc'}, not '${name}'`);
+      }
+    }
+    if (size === 0) throw new ConfigError("can't create backend with size 0");
+    if (size % 4096 !== 0) throw new ConfigError(`${type} '${id}': size ${size} is not a multiple of 4 KiB`);
+    if (type === 'memory-backend-file' && (memPath === undefined || memPath === '')) throw new ConfigError('mem-path property not set');
+    if (type === 'memory-backend-ram' && share) {
+      throw new ConfigError(`memory-backend-ram '${id}': share=on would share anonymous memory no other process can map; use memory-backend-file with a mem-path (e.g. under /dev/shm)`);
+    }
+    return Object.freeze({ type, id, size, ...(memPath !== undefined ? { memPath } : {}), share, prealloc });
+  };
+}
+
+/** Whether `object` is a memory backend. */
+export function isMemoryBackend(object: UserObject | undefined): object is MemoryBackend {
+  return object?.type === 'memory-backend-file' || object?.type === 'memory-backend-ram';
+}
 
 /** authz-simple from its properties, as QEMU's (the identity is required). */
 function makeAuthzSimple(id: string, props: Record<string, unknown>): AuthzSimple {
@@ -32,13 +94,15 @@ const MAKERS: Readonly<Record<string, (id: string, props: Record<string, unknown
   'tls-creds-x509': loadTlsCredsX509,
   'tls-creds-psk': loadTlsCredsPsk,
   'authz-simple': makeAuthzSimple,
+  'memory-backend-file': memoryBackendMaker('memory-backend-file'),
+  'memory-backend-ram': memoryBackendMaker('memory-backend-ram'),
 };
 
 /**
  * QEMU object types Ferry knows of and does not create, so that asking for one says that
  * rather than that no such type exists.
  */
-const NOT_CREATED = new Set(['tls-creds-anon', 'secret', 'secret_keyring', 'authz-list', 'authz-listfile', 'authz-pam', 'memory-backend-ram', 'memory-backend-file', 'memory-backend-memfd', 'iothread', 'rng-random', 'rng-builtin', 'throttle-group']);
+const NOT_CREATED = new Set(['tls-creds-anon', 'secret', 'secret_keyring', 'authz-list', 'authz-listfile', 'authz-pam', 'memory-backend-memfd', 'iothread', 'rng-random', 'rng-builtin', 'throttle-group']);
 
 /** QEMU's id_wellformed: a letter, then letters, digits, '-', '.' and '_'. */
 const ID = /^[A-Za-z][A-Za-z0-9_.-]*$/;

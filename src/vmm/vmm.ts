@@ -77,9 +77,12 @@ export class Vmm {
   /** What -object and object-add made (tls-creds-x509 for `tls-creds`). */
   readonly objects = new ObjectRegistry();
   private readonly onQuit: (code: number) => void;
+  /** The memory backend guest RAM was taken from (-machine memory-backend=ID): in use for the VM's life. */
+  readonly #memoryBackendId: string | undefined;
 
   private constructor(machine: Machine, options: VmmOptions, uuid: Uint8Array | undefined) {
     this.machine = machine;
+    this.#memoryBackendId = options.memoryBackend?.id;
     this.name = options.name;
     this.uuid = uuid;
     this.onQuit = options.onQuit ?? (() => {});
@@ -258,16 +261,30 @@ export class Vmm {
     });
     qmp.register({ name: 'query-dirty-rate', handler: () => this.dirtyRate.query() as unknown as Record<string, unknown> });
     qmp.register({ name: 'migrate-start-postcopy', handler: () => wrap(() => migration.startPostcopy()) });
-    // QEMU's ObjectOptions for the types Ferry makes: tls-creds-x509's, tls-creds-psk's and authz-simple's members.
+    // QEMU's ObjectOptions for the types Ferry makes: tls-creds-x509's, tls-creds-psk's,
+    // authz-simple's and the memory backends' members.
     qmp.register({
       name: 'object-add',
-      args: { 'qom-type': t.str, id: t.str, 'dir?': t.str, 'endpoint?': t.str, 'verify-peer?': t.bool, 'sanity-check?': t.bool, 'passwordid?': t.str, 'loaded?': t.bool, 'username?': t.str, 'identity?': t.str },
+      args: {
+        'qom-type': t.str, id: t.str, 'dir?': t.str, 'endpoint?': t.str, 'verify-peer?': t.bool, 'sanity-check?': t.bool, 'passwordid?': t.str, 'loaded?': t.bool,
+        'username?': t.str, 'identity?': t.str, 'size?': t.int, 'mem-path?': t.str, 'share?': t.bool, 'prealloc?': t.bool,
+      },
       handler: (args) => {
         const { 'qom-type': type, id, ...props } = args;
+        if (type.startsWith('memory-backend-')) {
+          throw new QmpError('GenericError', `Ferry takes memory backends on the command line only (ferry run --object ${type},…): it has no memory hotplug to give one made now to the guest`);
+        }
         wrap(() => this.objects.add(type, id, props));
       },
     });
-    qmp.register({ name: 'object-del', args: { id: t.str }, handler: (args) => wrap(() => this.objects.delete(args.id)) });
+    qmp.register({
+      name: 'object-del',
+      args: { id: t.str },
+      handler: (args) => {
+        if (args.id === this.#memoryBackendId) throw new QmpError('GenericError', `object '${args.id}' is in use, can not be deleted`);
+        wrap(() => this.objects.delete(args.id));
+      },
+    });
   }
 
   /**
