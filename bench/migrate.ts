@@ -13,6 +13,8 @@
 // --multifd N turns the multifd capability on at both ends with N channels: pages of data
 // then go over N more connections (the ceilings stay those of one connection).
 // --multifd-compression zlib|zstd (with --multifd) compresses them at both ends.
+// --x-ignore-shared maps both ends' RAM from one file (memory-backend-file, share=on, in
+// /dev/shm) and turns x-ignore-shared on at both: the RAM is not sent at all.
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -49,7 +51,7 @@ interface Run {
   ceilingAround: number;
 }
 
-const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up] [--multifd CHANNELS] [--multifd-compression zlib|zstd] [--tls]';
+const USAGE = 'usage: npm run bench:migrate [-- --accel sim|kvm|v86] [--reps N] [--quick] [--mem-prealloc both|on|off] [--memory 256M,1G] [--transport tcp,unix] [--downtime-limit MS] [--stopped] [--guests sweep,idle] [--no-warm-up] [--multifd CHANNELS] [--multifd-compression zlib|zstd] [--tls] [--x-ignore-shared]';
 
 const usageError: (message: string) => never = benchUsage('bench:migrate', USAGE);
 const { values } = parseBenchArgs({
@@ -66,6 +68,7 @@ const { values } = parseBenchArgs({
   multifd: { type: 'string', default: '0' },
   'multifd-compression': { type: 'string', default: 'none' },
   tls: { type: 'boolean', default: false },
+  'x-ignore-shared': { type: 'boolean', default: false },
 }, usageError);
 const reps = Number(values.reps);
 if (!Number.isInteger(reps) || reps < 1) usageError(`--reps must be a whole number of at least 1, not "${values.reps}"`);
@@ -86,6 +89,8 @@ if (!['none', 'zlib', 'zstd'].includes(multifdCompression)) usageError(`--multif
 if (multifdCompression !== 'none' && multifdChannels === 0) usageError('--multifd-compression needs --multifd CHANNELS');
 // --tls: every connection a TLS session (tls-creds-x509, certificates made for the run).
 const useTls = values.tls ?? false;
+const ignoreShared = values['x-ignore-shared'] ?? false;
+if (ignoreShared && accel === 'v86') usageError('--x-ignore-shared needs --accel sim or kvm (v86\'s RAM is WebAssembly memory)');
 const TRANSPORTS = ['tcp', 'unix'] as const;
 const transports = (values.transport ?? 'tcp,unix').split(',');
 for (const t of transports) if (!(TRANSPORTS as readonly string[]).includes(t)) usageError(`--transport takes tcp and/or unix (comma-separated), not "${t}"`);
@@ -178,7 +183,10 @@ function tlsCerts(dir: string): ReturnType<typeof makeTestCerts> {
 
 /** Start a source and a destination, migrate once between them, and stop both. */
 async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Promise<Omit<Run, 'ceilingAround'>> {
-  const args = ['--accel', accel, '-m', cell.memory, ...(accel === 'v86' ? [] : ['--guest', cell.guest]), ...(warmUp ? [] : ['--no-warm-up'])];
+  // --x-ignore-shared: both ends map one file in /dev/shm, removed once both have quit.
+  const sharedFile = ignoreShared ? join('/dev/shm', `ferry-bench-${process.pid}-${rep}-${cell.memory}-${cell.transport}`) : undefined;
+  const memoryBackend = sharedFile ? ['--object', `memory-backend-file,id=pc.ram,size=${cell.memory},mem-path=${sharedFile},share=on`, '--machine', 'memory-backend=pc.ram'] : [];
+  const args = ['--accel', accel, '-m', cell.memory, ...memoryBackend, ...(accel === 'v86' ? [] : ['--guest', cell.guest]), ...(warmUp ? [] : ['--no-warm-up'])];
   const incoming = cell.transport === 'tcp' ? 'tcp:127.0.0.1:0' : `unix:${join(dir, `mig-${rep}.sock`)}`;
   const serial = (name: string) => (accel === 'v86' ? `unix:${join(dir, `${name}-${rep}.console`)}` : 'null');
   const pki = useTls ? tlsCerts(dir) : undefined;
@@ -213,6 +221,9 @@ async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Pr
       }
     }
     if (stopped) await source.execute('stop');
+    if (ignoreShared) {
+      for (const vm of [dest, source]) await vm.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    }
     if (multifdChannels > 0) {
       // Both ends, before the source connects (the destination reads them when it does),
       // and before the warm-up is waited for: turning multifd on warms its paths up too.
@@ -265,6 +276,7 @@ async function migrateBetweenProcesses(dir: string, cell: Cell, rep: number): Pr
     console?.close();
     await source.quit();
     await dest.quit();
+    if (sharedFile) rmSync(sharedFile, { force: true });
   }
 }
 
@@ -280,7 +292,7 @@ async function main(): Promise<void> {
     }
   }
 
-  console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${multifdChannels > 0 ? `multifd with ${multifdChannels} channels${multifdCompression !== 'none' ? `, pages compressed with ${multifdCompression} (level 1: "sent" and "throughput" count pages at their own size, as QEMU counts them; "sent" adds what the pages went as)` : ''}, ` : ''}${useTls ? 'every connection a TLS session (tls-creds-x509, verify-peer: certificates made for the run), ' : ''}${reps} reps per cell; median [min–max]`);
+  console.log(`Ferry live-migration benchmark — accel ${accel}, downtime-limit ${downtimeLimit} ms, max-bandwidth unlimited, ${multifdChannels > 0 ? `multifd with ${multifdChannels} channels${multifdCompression !== 'none' ? `, pages compressed with ${multifdCompression} (level 1: "sent" and "throughput" count pages at their own size, as QEMU counts them; "sent" adds what the pages went as)` : ''}, ` : ''}${useTls ? 'every connection a TLS session (tls-creds-x509, verify-peer: certificates made for the run), ' : ''}${ignoreShared ? 'x-ignore-shared: both ends map their RAM from one file in /dev/shm (memory-backend-file, share=on), which is not sent, ' : ''}${reps} reps per cell; median [min–max]`);
   if (accel === 'sim') console.log('(sim: no guest code runs; a workload model writes guest RAM — the sweep at 250 000 pages/s, about what the real sweep guest does under this machine\'s KVM)');
   if (stopped) console.log('--stopped: each source guest was stopped (QMP stop) after warming up, before the migration: no guest thread runs meanwhile.');
   console.log(warmUp
@@ -327,9 +339,10 @@ async function main(): Promise<void> {
       const ceiling = cell.transport === 'tcp' ? tcpCeiling : unixCeiling;
       const memoryCeiling = cell.transport === 'tcp' ? ceilings.memoryTcpBytesPerSec : ceilings.memoryUnixBytesPerSec;
       const cpuPerGB = median(ok.map((r) => r.bothMs / 1000 / (r.bytes / 1e9)));
-      const isIdle = /idle/.test(cell.guest);
+      // No throughput to speak of: an idle guest sends zero pages, x-ignore-shared no RAM at all.
+      const isIdle = /idle/.test(cell.guest) || ignoreShared;
       const paused = ok.map((r) => r.pauseMs).filter((x) => Number.isFinite(x));
-      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? '— (zero pages)' : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${isIdle ? '—' : pairedShare(ok)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / memoryCeiling)} %`} | ${range(ok.map((r) => r.bytes), mb)}${multifdCompression !== 'none' ? ` (pages as ${range(ok.map((r) => r.compressedBytes), mb)})` : ''} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'}${calledOffNote(ok)} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
+      console.log(`| ${cell.memory} | ${cell.guest.replace('builtin:', '')}${stopped ? ' (stopped)' : ''} | ${cell.prealloc ? 'prealloc' : 'lazy'} | ${cell.transport} | ${range(ok.map((r) => r.totalMs), ms)} | ${range(ok.map((r) => r.downtimeMs), ms)} | ${paused.length > 0 ? range(paused, ms) : '—'} | ${isIdle ? (ignoreShared ? '— (RAM not sent)' : '— (zero pages)') : range(ok.map((r) => r.throughput), gbs)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / ceiling)} %`} | ${isIdle ? '—' : pairedShare(ok)} | ${isIdle ? '—' : `${Math.round((100 * median(ok.map((r) => r.throughput))) / memoryCeiling)} %`} | ${range(ok.map((r) => r.bytes), mb)}${multifdCompression !== 'none' ? ` (pages as ${range(ok.map((r) => r.compressedBytes), mb)})` : ''} | ${range(ok.map((r) => r.passes), (x) => String(x))} | ${ok.length}/${runs.length}${ok.every((r) => r.expectedDowntimeOk) ? '' : ' (downtime over the limit!)'}${calledOffNote(ok)} | ${ms(median(ok.map((r) => r.srcMainMs)))} / ${ms(median(ok.map((r) => r.dstMainMs)))} | ${Math.round(100 * median(ok.map((r) => r.machineBusy)))} % | ${isIdle ? '—' : secondsPerGB(cpuPerGB)} |`);
     }
     if (calledOff.length > 0) {
       console.log("\nSwitchovers the downtime guard called off (the source's trace):");
@@ -344,6 +357,6 @@ async function main(): Promise<void> {
   }
 }
 
-const saveOutput = keepOutput(`migrate-${accel}${stopped ? '-stopped' : ''}${warmUp ? '' : '-cold'}${multifdChannels > 0 ? `-multifd${multifdChannels}` : ''}${multifdCompression !== 'none' ? `-${multifdCompression}` : ''}${useTls ? '-tls' : ''}`);
+const saveOutput = keepOutput(`migrate-${accel}${stopped ? '-stopped' : ''}${warmUp ? '' : '-cold'}${multifdChannels > 0 ? `-multifd${multifdChannels}` : ''}${multifdCompression !== 'none' ? `-${multifdCompression}` : ''}${useTls ? '-tls' : ''}${ignoreShared ? '-ignore-shared' : ''}`);
 await main();
 console.log(`\nWritten to ${saveOutput()}`);
