@@ -175,3 +175,27 @@ test('HMP: QEMU 7.2 and Ferry answer the same migration and run-state command li
   assert.equal(ferry[LINES.indexOf('stop') + 1], 'VM status: paused\r\n');
   assert.match(ferry[LINES.indexOf('calc_dirty_rate 61')]!, /^Error: calc-time is out of range\[1, 60\]\.\r\n$/);
 });
+
+test('query-memdev and HMP info memdev: QEMU 7.2 and Ferry describe guest RAM alike, from -m and from a shared memory-backend-file', { skip: QEMU_SKIP, timeout: 60_000 }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-hmp-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const describe = async (qmp: QmpClient) => ({
+    memdev: await qmp.execute<unknown[]>('query-memdev'),
+    text: await qmp.execute<string>('human-monitor-command', { 'command-line': 'info memdev' }),
+  });
+  const spec = `memory-backend-file,id=mem0,size=64M,mem-path=${join(dir, 'ram')},share=on`;
+  for (const shared of [false, true]) {
+    const qemu = await describe(await qemuClient(t, dir, ['-S', ...(shared ? ['-object', spec, '-machine', 'memory-backend=mem0'] : [])]));
+    const path = join(dir, `ferry-${shared}.qmp`);
+    const vmm = await Vmm.create({
+      accel: 'sim', memorySize: 64 * 1024 * 1024, guest: parseGuestSpec('builtin:idle'), qmp: [`unix:${path}`], startPaused: true, onQuit: () => {},
+      ...(shared ? { objects: [spec], memoryBackend: { id: 'mem0', path: join(dir, 'ram'), share: true } } : {}),
+    });
+    t.after(() => vmm.destroy());
+    const client = await QmpClient.connect(path);
+    t.after(() => client.close());
+    const ferry = await describe(client);
+    assert.deepEqual(ferry, qemu, shared ? 'memory-backend-file' : '-m');
+    assert.match(ferry.text, shared ? /^memory backend: mem0\r\n  size:  67108864\r\n.*  share: true\r\n/s : /^memory backend: pc\.ram\r\n/);
+  }
+});

@@ -9,6 +9,7 @@ import { parameterType } from '../migration/parameters.js';
 import { formatInfoMigrate, type MigrationInfo } from '../migration/query.js';
 import { parseSize } from '../size.js';
 import { parseObjectOption } from './objects.js';
+import { formatMemdev, type Memdev } from './memdev.js';
 
 /** The object properties that are booleans (tls-creds-x509's). */
 const BOOLEAN_OBJECT_PROPERTIES = new Set(['verify-peer', 'sanity-check', 'loaded']);
@@ -323,6 +324,12 @@ const INFO: Record<string, { help: string; run(ctx: HmpContext): Promise<string>
     help: 'the migration\'s status and figures (query-migrate)',
     async run(ctx) {
       return formatInfoMigrate((await ctx.qmp('query-migrate')) as MigrationInfo);
+    },
+  },
+  memdev: {
+    help: 'the memory backends: guest RAM\'s first, with their size, prealloc and share (query-memdev)',
+    async run(ctx) {
+      return formatMemdev((await ctx.qmp('query-memdev')) as Memdev[]);
     },
   },
   ramblock: {

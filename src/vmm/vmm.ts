@@ -23,7 +23,8 @@ import { checkSweepCounters, readGuestParams } from '../guests/params.js';
 import { formatUuid, NIL_UUID, uuidOption } from '../uuid.js';
 import { formatRamBlocks } from './ramblock-info.js';
 import { pmemsave } from './pmemsave.js';
-import { ObjectRegistry, parseObjectOption } from './objects.js';
+import { ObjectRegistry, isMemoryBackend, parseObjectOption } from './objects.js';
+import { memdevList } from './memdev.js';
 
 const trace = debuglog('ferry');
 
@@ -79,10 +80,14 @@ export class Vmm {
   private readonly onQuit: (code: number) => void;
   /** The memory backend guest RAM was taken from (-machine memory-backend=ID): in use for the VM's life. */
   readonly #memoryBackendId: string | undefined;
+  /** What query-memdev says of guest RAM. */
+  readonly #ram: { size: number; prealloc: boolean; backend?: { id: string; share: boolean } };
 
   private constructor(machine: Machine, options: VmmOptions, uuid: Uint8Array | undefined) {
     this.machine = machine;
     this.#memoryBackendId = options.memoryBackend?.id;
+    const backend = options.memoryBackend;
+    this.#ram = { size: machine.memorySize, prealloc: options.memPrealloc ?? false, ...(backend ? { backend: { id: backend.id, share: backend.share } } : {}) };
     this.name = options.name;
     this.uuid = uuid;
     this.onQuit = options.onQuit ?? (() => {});
@@ -172,6 +177,10 @@ export class Vmm {
     });
     qmp.register({ name: 'query-name', handler: () => (this.name !== undefined ? { name: this.name } : {}) });
     qmp.register({ name: 'query-uuid', handler: () => ({ UUID: formatUuid(this.uuid ?? NIL_UUID) }) });
+    qmp.register({
+      name: 'query-memdev',
+      handler: () => memdevList(this.#ram, this.objects.list().map(({ id }) => this.objects.get(id)).filter(isMemoryBackend)),
+    });
     qmp.register({ name: 'x-query-ramblock', handler: () => ({ 'human-readable-text': formatRamBlocks(this.machine.memory) }) });
     qmp.register({
       name: 'human-monitor-command',
