@@ -301,3 +301,47 @@ test('tls-authz: the source whose certificate carries the identity is let in; an
   dst.migration.setParameters({ 'tls-creds': 'tls0', 'tls-authz': 'tls0' });
   await assert.rejects(dst.migration.migrateIncoming(URI), /^MigrationError: Object 'tls0' is not a QAuthZ subclass$/);
 });
+
+// tls-creds-anon: anonymous Diffie-Hellman, encrypted and authenticated by nothing.
+test('tls-creds-anon: a dirtying guest migrates with 2 multifd channels over anonymous sessions; anon against x509 fails both ends; tls-authz is refused', async (t) => {
+  const net = network();
+  const anon = { src: new ObjectRegistry(), dst: new ObjectRegistry() };
+  anon.src.add('tls-creds-anon', 'tls0', { endpoint: 'client' });
+  anon.dst.add('tls-creds-anon', 'tls0', { endpoint: 'server' });
+  const { src, dst } = pair(net, anon);
+  src.vm.startWorkload(20, 1);
+  t.after(() => src.vm.stopWorkload());
+  for (const side of [src, dst]) {
+    side.migration.setParameters({ 'tls-creds': 'tls0', 'multifd-channels': 2 });
+    side.migration.setCapabilities([{ capability: 'multifd', state: true }]);
+  }
+  src.migration.setParameters({ 'max-bandwidth': 0 });
+  // No hostname: there is no certificate to check it against.
+  await dst.migration.migrateIncoming('unix:/memory/anon');
+  src.migration.migrate('unix:/memory/anon');
+  await settle(src, dst);
+  const why = `source: ${src.migration.queryMigrate()['error-desc']}; destination: ${dst.migration.incomingError}`;
+  assert.equal(src.migration.status, 'completed', why);
+  assert.equal(dst.migration.incomingStatus, 'completed', why);
+  src.vm.stopWorkload();
+  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+  assert.equal(net.wire.length, 3, 'the main connection and two channels');
+  for (const bytes of net.wire) {
+    assert.deepEqual([bytes[0], bytes[1]], [0x16, 0x03]);
+    assert.equal(Buffer.from(bytes).indexOf(QEVM), -1);
+  }
+
+  // A source with anonymous credentials and a destination with a certificate share no suite.
+  const mixed = { src: anon.src, dst: registries().dst };
+  const net2 = network();
+  const sides = pair(net2, mixed);
+  for (const side of [sides.src, sides.dst]) side.migration.setParameters({ 'tls-creds': 'tls0' });
+  await sides.dst.migration.migrateIncoming(URI);
+  sides.src.migration.migrate(URI);
+  await bothFail(sides.src, sides.dst, /TLS handshake failed/, /TLS handshake failed/);
+
+  anon.dst.add('authz-simple', 'auth0', { identity: 'CN=anyone' });
+  const guarded = pair(network(), anon).dst;
+  guarded.migration.setParameters({ 'tls-creds': 'tls0', 'tls-authz': 'auth0' });
+  await assert.rejects(guarded.migration.migrateIncoming(URI), /tls-authz 'auth0' checks the name in a source's certificate: it needs tls-creds naming tls-creds-x509 credentials with verify-peer=on/);
+});

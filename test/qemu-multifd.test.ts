@@ -20,7 +20,7 @@ import { MULTIFD_FLAG_SYNC, MULTIFD_INIT_BYTES, MULTIFD_PACKET_BYTES, decodeMult
 import { MultifdReceiver } from '../src/migration/multifd-recv.js';
 import { compressionFlag } from '../src/stream/multifd-compression.js';
 import { clientExtensions, makeTestCert, makeTestCerts } from '../src/crypto/test-certs.js';
-import { loadTlsCredsPsk, loadTlsCredsX509 } from '../src/crypto/tls-creds.js';
+import { loadTlsCredsAnon, loadTlsCredsPsk, loadTlsCredsX509 } from '../src/crypto/tls-creds.js';
 import { tlsServerChannel } from '../src/transport/tls.js';
 import { socketChannel } from '../src/transport/socket.js';
 
@@ -79,8 +79,9 @@ async function migrated(client: QmpClient): Promise<{ status: string; 'error-des
 
 const COMPRESSIONS = ['none', 'zlib', 'zstd'] as const;
 /** "", or ", pages compressed with zlib", or ", inside TLS sessions" — the test names' tails. */
-const compressed = (c: (typeof COMPRESSIONS)[number] | 'tls' | 'psk'): string =>
-  c === 'none' ? '' : c === 'tls' ? ', every one inside a TLS session (x509, each end verifying the other)' : c === 'psk' ? ', every one inside a TLS session keyed by a pre-shared key (tls-creds-psk)' : `, pages compressed with ${c}`;
+const compressed = (c: (typeof COMPRESSIONS)[number] | 'tls' | 'psk' | 'anon'): string =>
+  c === 'none' ? '' : c === 'tls' ? ', every one inside a TLS session (x509, each end verifying the other)' : c === 'psk' ? ', every one inside a TLS session keyed by a pre-shared key (tls-creds-psk)'
+    : c === 'anon' ? ', every one inside an anonymous TLS session (tls-creds-anon: Diffie-Hellman, no certificates)' : `, pages compressed with ${c}`;
 
 /** A keys.psk in its own directory, as QEMU's tls-creds-psk reads it (psktool's `name:hexkey`). */
 function pskDir(dir: string, name: string, line: string): string {
@@ -93,9 +94,9 @@ const PSK_LINE = `qemu:${'5a'.repeat(32)}`;
 
 // 'single': no multifd, the RAM on the main stream alone — the same check for plain pre-copy.
 // 'tls': uncompressed multifd, the main connection and each channel a TLS session.
-for (const compression of ['single', ...COMPRESSIONS, 'tls', 'psk'] as const) {
+for (const compression of ['single', ...COMPRESSIONS, 'tls', 'psk', 'anon'] as const) {
 const multifd = compression !== 'single';
-const tls = compression === 'tls' || compression === 'psk';
+const tls = compression === 'tls' || compression === 'psk' || compression === 'anon';
 const method = tls ? 'none' : compression;
 test(`QEMU 7.2 loads a Ferry source's ${multifd ? `multifd channels${compressed(compression)}` : 'RAM over one connection (no multifd)'}: its RAM then holds the Ferry guest's, page for page`, { skip: QEMU_SKIP, timeout: 180_000 }, async (t) => {
   const dir = scratch(t);
@@ -103,8 +104,9 @@ test(`QEMU 7.2 loads a Ferry source's ${multifd ? `multifd channels${compressed(
   const RAM = 64 * 1024 * 1024;
   const certs = compression === 'tls' ? makeTestCerts(join(dir, 'pki')) : undefined;
   const psk = compression === 'psk' ? pskDir(dir, 'psk', PSK_LINE) : undefined;
-  const serverObject = certs ? `tls-creds-x509,id=tls0,dir=${certs.serverDir},endpoint=server,verify-peer=on` : psk ? `tls-creds-psk,id=tls0,dir=${psk},endpoint=server` : undefined;
-  const clientObject = certs ? `tls-creds-x509,id=tls0,dir=${certs.clientDir},endpoint=client` : psk ? `tls-creds-psk,id=tls0,dir=${psk},endpoint=client` : undefined;
+  const anon = compression === 'anon';
+  const serverObject = certs ? `tls-creds-x509,id=tls0,dir=${certs.serverDir},endpoint=server,verify-peer=on` : psk ? `tls-creds-psk,id=tls0,dir=${psk},endpoint=server` : anon ? 'tls-creds-anon,id=tls0,endpoint=server' : undefined;
+  const clientObject = certs ? `tls-creds-x509,id=tls0,dir=${certs.clientDir},endpoint=client` : psk ? `tls-creds-psk,id=tls0,dir=${psk},endpoint=client` : anon ? 'tls-creds-anon,id=tls0,endpoint=client' : undefined;
   // Ferry's sim machine has one RAM block, pc.ram, as QEMU's: QEMU needs the same size.
   const dest = qemu(t, dir, 'dst', ['-m', '64', '-incoming', 'defer', ...(serverObject ? ['-object', serverObject] : [])]);
   const dstQmp = await qmpOf(dest);
@@ -173,8 +175,8 @@ test(`QEMU 7.2 loads a Ferry source's ${multifd ? `multifd channels${compressed(
 });
 }
 
-for (const mode of [...COMPRESSIONS, 'tls', 'psk'] as const) {
-const tls = mode === 'tls' || mode === 'psk';
+for (const mode of [...COMPRESSIONS, 'tls', 'psk', 'anon'] as const) {
+const tls = mode === 'tls' || mode === 'psk' || mode === 'anon';
 const compression = tls ? 'none' : mode;
 test(`Ferry's multifd receiver reads a QEMU 7.2 source's channels: each page lands where the guest's own memory says it belongs${compressed(mode)}`, { skip: QEMU_SKIP, timeout: 180_000 }, async (t) => {
   const dir = scratch(t);
@@ -183,7 +185,8 @@ test(`Ferry's multifd receiver reads a QEMU 7.2 source's channels: each page lan
   const psk = mode === 'psk' ? pskDir(dir, 'psk', PSK_LINE) : undefined;
   const source = qemu(t, dir, 'src', ['-m', '32', '-serial', `file:${serial}`, '-drive', `file=${BOOTSECTOR},format=raw,if=ide`,
     ...(certs ? ['-object', `tls-creds-x509,id=tls0,dir=${certs.clientDir},endpoint=client`] : []),
-    ...(psk ? ['-object', `tls-creds-psk,id=tls0,dir=${psk},endpoint=client`] : [])]);
+    ...(psk ? ['-object', `tls-creds-psk,id=tls0,dir=${psk},endpoint=client`] : []),
+    ...(mode === 'anon' ? ['-object', 'tls-creds-anon,id=tls0,endpoint=client'] : [])]);
   const client = await qmpOf(source);
   t.after(() => client.close());
   // Let the boot-sector guest write RAM for a while (a byte on the serial port per pass), then stop it: both saves see the same RAM.
@@ -201,7 +204,8 @@ test(`Ferry's multifd receiver reads a QEMU 7.2 source's channels: each page lan
   const sock = join(dir, 'record.sock');
   const recorded: Buffer[][] = [];
   const ended: Promise<void>[] = [];
-  const serverCreds = certs ? loadTlsCredsX509('tls0', { dir: certs.serverDir, endpoint: 'server' }) : psk ? loadTlsCredsPsk('tls0', { dir: psk, endpoint: 'server' }) : undefined;
+  const serverCreds = certs ? loadTlsCredsX509('tls0', { dir: certs.serverDir, endpoint: 'server' }) : psk ? loadTlsCredsPsk('tls0', { dir: psk, endpoint: 'server' })
+    : mode === 'anon' ? loadTlsCredsAnon('tls0', { endpoint: 'server' }) : undefined;
   const server = net.createServer((conn) => {
     const chunks: Buffer[] = [];
     recorded.push(chunks);

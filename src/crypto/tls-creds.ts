@@ -48,8 +48,24 @@ export interface TlsCredsPsk {
   readonly keys: ReadonlyMap<string, Buffer>;
 }
 
-/** Either kind of TLS credentials `tls-creds` may name. */
-export type TlsCreds = TlsCredsX509 | TlsCredsPsk;
+/**
+ * QEMU's tls-creds-anon: anonymous Diffie-Hellman, no certificate and no key — the session
+ * is encrypted, but neither end knows who the other is. A server may take its DH
+ * parameters from DIR/dh-params.pem.
+ */
+export interface TlsCredsAnon {
+  readonly type: 'tls-creds-anon';
+  readonly id: string;
+  readonly endpoint: TlsEndpoint;
+  /** A server's DH parameters (PEM), when DIR/dh-params.pem was there. */
+  readonly dhParams: Buffer | undefined;
+}
+
+/** Any kind of TLS credentials `tls-creds` may name. */
+export type TlsCreds = TlsCredsX509 | TlsCredsPsk | TlsCredsAnon;
+
+/** QEMU's DH parameters file in a credentials directory (include/crypto/tlscreds.h). */
+export const DH_PARAMS_FILE = 'dh-params.pem';
 
 /** QEMU's pre-shared key file name (include/crypto/tlscredspsk.h). */
 export const PSK_FILE = 'keys.psk';
@@ -162,13 +178,32 @@ export function loadTlsCredsPsk(id: string, props: Record<string, unknown>): Tls
 }
 
 const PSK_TYPE = 'tls-creds-psk';
+const ANON_TYPE = 'tls-creds-anon';
 
-function readProperties(type: typeof TYPE | typeof PSK_TYPE, id: string, props: Record<string, unknown>): CredsProperties {
+/**
+ * Make a tls-creds-anon object called `id` (properties as for loadTlsCredsX509): nothing
+ * to load but a server's DIR/dh-params.pem, when a dir is given and the file is there
+ * (QEMU's qcrypto_tls_creds_anon_load; without it, it makes parameters, as Node does).
+ */
+export function loadTlsCredsAnon(id: string, props: Record<string, unknown>): TlsCredsAnon {
+  const p = readProperties(ANON_TYPE, id, props);
+  const path = p.endpoint === 'server' && p.dir !== undefined ? credentialPath(p.dir, DH_PARAMS_FILE, false) : undefined;
+  let dhParams: Buffer | undefined;
+  if (path !== undefined) {
+    const file = readCredential(path);
+    if (file.data === undefined) throw new ConfigError(`Cannot load DH parameters from ${path}: ${readFailure(file)}`, { cause: file.readError });
+    if (!/-----BEGIN DH PARAMETERS-----/.test(file.data.toString('latin1'))) throw new ConfigError(`Cannot load DH parameters from ${path}: not PEM-encoded DH parameters`);
+    dhParams = file.data;
+  }
+  return Object.freeze({ type: ANON_TYPE, id, endpoint: p.endpoint, dhParams });
+}
+
+function readProperties(type: typeof TYPE | typeof PSK_TYPE | typeof ANON_TYPE, id: string, props: Record<string, unknown>): CredsProperties {
   const p: CredsProperties = { dir: undefined, endpoint: 'client', verifyPeer: true, sanityCheck: true, username: undefined };
   // In the order given: QEMU sets properties one by one and stops at the first it refuses.
   for (const [name, value] of Object.entries(props)) {
-    if (type === PSK_TYPE && (name === 'sanity-check' || name === 'passwordid')) throw new ConfigError(`Property '${type}.${name}' not found`);
-    if (type === TYPE && name === 'username') throw new ConfigError(`Property '${type}.${name}' not found`);
+    if (type !== TYPE && (name === 'sanity-check' || name === 'passwordid')) throw new ConfigError(`Property '${type}.${name}' not found`);
+    if (type !== PSK_TYPE && name === 'username') throw new ConfigError(`Property '${type}.${name}' not found`);
     switch (name) {
       case 'username':
         p.username = stringProperty(name, value);

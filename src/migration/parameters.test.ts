@@ -83,7 +83,7 @@ test("capabilities: QEMU's list, all off; events can be turned on", () => {
 
 test('capabilities Ferry does not carry out are refused when turned on, never silently accepted', () => {
   const caps = defaultCapabilities();
-  for (const capability of ['postcopy-preempt', 'zero-copy-send', 'x-colo', 'compress', 'x-ignore-shared']) {
+  for (const capability of ['postcopy-preempt', 'zero-copy-send', 'x-colo', 'compress', 'late-block-activate']) {
     assert.throws(() => applyCapabilities(caps, [{ capability, state: true }]), (err: unknown) => {
       return err instanceof MigrationError && err.message.includes(`'${capability}' is not supported by Ferry`);
     });

@@ -7,6 +7,9 @@
 
 import { MigrationError } from '../errors.js';
 import type { TlsCreds, TlsEndpoint } from '../crypto/tls-creds.js';
+
+/** The object types that are TLS credentials (src/crypto/tls-creds.ts). */
+const TLS_CREDS_TYPES: ReadonlySet<string> = new Set<TlsCreds['type']>(['tls-creds-x509', 'tls-creds-psk', 'tls-creds-anon']);
 import type { Channel, Listener } from '../transport/channel.js';
 import { tlsClientChannel, tlsListener, type TlsSetup } from '../transport/tls.js';
 import { parseMigrationUri } from '../transport/uri.js';
@@ -28,7 +31,7 @@ export function tlsCredsFor(p: Readonly<MigrationParameters>, endpoint: TlsEndpo
   if (id === '') return undefined;
   const object = find?.(id);
   if (object === undefined) throw new MigrationError(`No TLS credentials with id '${id}'`);
-  if (object.type !== 'tls-creds-x509' && object.type !== 'tls-creds-psk') throw new MigrationError(`Object with id '${id}' is not TLS credentials`);
+  if (!TLS_CREDS_TYPES.has(object.type)) throw new MigrationError(`Object with id '${id}' is not TLS credentials`);
   const creds = object as TlsCreds;
   if (creds.endpoint !== endpoint) throw new MigrationError(`Expected TLS credentials for a ${endpoint} endpoint`);
   return creds;

@@ -284,8 +284,16 @@ function secure(under: Duplex, setup: TlsSetup, description: string): Promise<tl
  */
 const PSK_CIPHERS = 'TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES128-CBC-SHA256:DHE-PSK-AES128-GCM-SHA256:PSK-AES128-GCM-SHA256';
 
+/**
+ * Anonymous credentials: TLS 1.2's anonymous Diffie-Hellman suites — what QEMU's GnuTLS
+ * adds for them ("+ANON-DH"; TLS 1.3 has none) — at OpenSSL's security level 0, the only
+ * one that allows a suite without authentication.
+ */
+const ANON_OPTIONS = { ciphers: 'ADH-AES256-GCM-SHA384:ADH-AES128-GCM-SHA256:ADH-AES256-SHA256:ADH-AES128-SHA256:@SECLEVEL=0', maxVersion: 'TLSv1.2' } as const;
+
 /** Node's options for a client with `creds`, checking the server against `hostname` (x509 with verify-peer). */
 function clientOptions(creds: TlsCreds, hostname: string | undefined): tls.ConnectionOptions {
+  if (creds.type === 'tls-creds-anon') return { ...ANON_OPTIONS, rejectUnauthorized: false, checkServerIdentity: () => undefined };
   if (creds.type === 'tls-creds-psk') {
     const identity = creds.username!;
     const psk = creds.keys.get(identity)!;
@@ -303,6 +311,8 @@ function clientOptions(creds: TlsCreds, hostname: string | undefined): tls.Conne
 
 /** Node's options for a server with `creds`: an x509 one asks for the client's certificate with verify-peer (and checks it itself). */
 function serverOptions(creds: TlsCreds): tls.TlsOptions {
+  // Node's 'auto': well-known parameters of the key's strength (RFC 7919's groups).
+  if (creds.type === 'tls-creds-anon') return { ...ANON_OPTIONS, dhparam: creds.dhParams ?? 'auto' };
   if (creds.type === 'tls-creds-psk') {
     // A name with no key here ends the handshake (the client's key cannot be known).
     return { ciphers: PSK_CIPHERS, pskCallback: (_socket, identity) => creds.keys.get(identity) ?? null };

@@ -12,7 +12,7 @@ import { parseObjectOption } from './objects.js';
 import { formatMemdev, type Memdev } from './memdev.js';
 
 /** The object properties that are booleans (tls-creds-x509's). */
-const BOOLEAN_OBJECT_PROPERTIES = new Set(['verify-peer', 'sanity-check', 'loaded']);
+const BOOLEAN_OBJECT_PROPERTIES = new Set(['verify-peer', 'sanity-check', 'loaded', 'share', 'prealloc']);
 
 export interface HmpContext {
   /** Run the QMP command behind an HMP command; throws what it throws. */
@@ -288,7 +288,9 @@ const COMMANDS: Record<string, HmpCommand> = {
       // The command line's on/off for the boolean properties, as QEMU's keyval input reads them.
       const props: Record<string, unknown> = {};
       for (const [key, value] of Object.entries(parsed.props)) {
-        if (!BOOLEAN_OBJECT_PROPERTIES.has(key)) props[key] = value;
+        // A memory backend's size as QEMU's size visitor reads one (suffixes; bare bytes).
+        if (key === 'size') props[key] = sizeArgument(key, value);
+        else if (!BOOLEAN_OBJECT_PROPERTIES.has(key)) props[key] = value;
         else if (ON.has(value)) props[key] = true;
         else if (OFF.has(value)) props[key] = false;
         else throw new HmpValueError(`Parameter '${key}' expects 'on' or 'off'`);
@@ -303,6 +305,14 @@ const COMMANDS: Record<string, HmpCommand> = {
   quit: plain('quit', 'end this Ferry process (also: q)'),
 };
 const ALIASES: Record<string, string> = { c: 'cont', q: 'quit' };
+
+function sizeArgument(name: string, text: string): number {
+  try {
+    return parseSize(text, name);
+  } catch {
+    throw new HmpValueError(`Parameter '${name}' expects a size value`);
+  }
+}
 
 /** An integer argument (decimal or 0x hex), with the words of QEMU's expression parser for anything else. */
 function integerArgument(words: Words, text: string): number {

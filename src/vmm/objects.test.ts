@@ -31,7 +31,7 @@ test('object registry: add, get, list and delete; every refusal changes nothing'
   assert.throws(() => objects.add('tls-creds-x509', 'tls0', { dir: certs.clientDir }), /attempt to add duplicate property 'tls0' to object \(type 'container'\)/);
   assert.throws(() => objects.add('tls-creds-x509', '0bad', { dir: certs.clientDir }), /Parameter 'id' expects an identifier/);
   assert.throws(() => objects.add('no-such-type', 'x', {}), /Parameter 'qom-type' does not accept value 'no-such-type'/);
-  assert.throws(() => objects.add('tls-creds-anon', 'x', {}), /Ferry does not create objects of type 'tls-creds-anon' \(it creates: tls-creds-x509, tls-creds-psk, authz-simple, memory-backend-file, memory-backend-ram\)/);
+  assert.throws(() => objects.add('secret', 'x', {}), /Ferry does not create objects of type 'secret' \(it creates: tls-creds-x509, tls-creds-psk, tls-creds-anon, authz-simple, memory-backend-file, memory-backend-ram\)/);
   assert.equal(objects.add('authz-simple', 'auth0', { identity: 'CN=a' }).type, 'authz-simple');
   assert.throws(() => objects.add('authz-simple', 'auth1', {}), /The 'identity' property must be set/);
   assert.throws(() => objects.add('authz-simple', 'auth1', { identity: 'CN=a', rules: [] }), /Property 'authz-simple.rules' not found/);

@@ -5,7 +5,7 @@
 // QEMU keeps them under /objects by id; so does this registry.
 
 import { ConfigError } from '../errors.js';
-import { loadTlsCredsPsk, loadTlsCredsX509, type TlsCreds } from '../crypto/tls-creds.js';
+import { loadTlsCredsAnon, loadTlsCredsPsk, loadTlsCredsX509, type TlsCreds } from '../crypto/tls-creds.js';
 import { parseSize } from '../size.js';
 
 /** QEMU's authz-simple: the one identity (an x509 client certificate's name) it lets in. */
@@ -93,6 +93,7 @@ function makeAuthzSimple(id: string, props: Record<string, unknown>): AuthzSimpl
 const MAKERS: Readonly<Record<string, (id: string, props: Record<string, unknown>) => UserObject>> = {
   'tls-creds-x509': loadTlsCredsX509,
   'tls-creds-psk': loadTlsCredsPsk,
+  'tls-creds-anon': loadTlsCredsAnon,
   'authz-simple': makeAuthzSimple,
   'memory-backend-file': memoryBackendMaker('memory-backend-file'),
   'memory-backend-ram': memoryBackendMaker('memory-backend-ram'),
@@ -102,7 +103,7 @@ const MAKERS: Readonly<Record<string, (id: string, props: Record<string, unknown
  * QEMU object types Ferry knows of and does not create, so that asking for one says that
  * rather than that no such type exists.
  */
-const NOT_CREATED = new Set(['tls-creds-anon', 'secret', 'secret_keyring', 'authz-list', 'authz-listfile', 'authz-pam', 'memory-backend-memfd', 'iothread', 'rng-random', 'rng-builtin', 'throttle-group']);
+const NOT_CREATED = new Set(['secret', 'secret_keyring', 'authz-list', 'authz-listfile', 'authz-pam', 'memory-backend-memfd', 'iothread', 'rng-random', 'rng-builtin', 'throttle-group']);
 
 /** QEMU's id_wellformed: a letter, then letters, digits, '-', '.' and '_'. */
 const ID = /^[A-Za-z][A-Za-z0-9_.-]*$/;
