@@ -4,7 +4,7 @@
 // every way the two ends can disagree fails both, in words that say why, with the source
 // guest running and the destination never started.
 
-import { test, after } from 'node:test';
+import { test, after, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -224,30 +224,39 @@ function pskRegistries(client: Record<string, unknown>): { src: ObjectRegistry; 
   return { src, dst };
 }
 
+/**
+ * A dirtying guest migrated with 2 multifd channels to unix:/memory/tls (no hostname: only
+ * x509 checks one), with `objects`' tls0 at each end: it completes with the same RAM, and
+ * every connection opens with a TLS handshake record and never shows the stream.
+ */
+async function migrateWithChannels(t: TestContext, objects: { src: ObjectRegistry; dst: ObjectRegistry }): Promise<void> {
+  const net = network();
+  const { src, dst } = pair(net, objects);
+  src.vm.startWorkload(20, 1);
+  t.after(() => src.vm.stopWorkload());
+  for (const side of [src, dst]) {
+    side.migration.setParameters({ 'tls-creds': 'tls0', 'multifd-channels': 2 });
+    side.migration.setCapabilities([{ capability: 'multifd', state: true }]);
+  }
+  src.migration.setParameters({ 'max-bandwidth': 0 });
+  await dst.migration.migrateIncoming('unix:/memory/tls');
+  src.migration.migrate('unix:/memory/tls');
+  await settle(src, dst);
+  const why = `source: ${src.migration.queryMigrate()['error-desc']}; destination: ${dst.migration.incomingError}`;
+  assert.equal(src.migration.status, 'completed', why);
+  assert.equal(dst.migration.incomingStatus, 'completed', why);
+  src.vm.stopWorkload();
+  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
+  assert.equal(net.wire.length, 3, 'the main connection and two channels');
+  for (const bytes of net.wire) {
+    assert.deepEqual([bytes[0], bytes[1]], [0x16, 0x03]);
+    assert.equal(Buffer.from(bytes).indexOf(QEVM), -1);
+  }
+}
+
 test('tls-creds-psk: a dirtying guest migrates with 2 multifd channels over sessions keyed by a pre-shared key (the default username, and another)', async (t) => {
   for (const client of [{ dir: pskDir('psk-client', [`qemu:${KEY}`]) }, { dir: pskDir('psk-client-ferry', [`ferry:${'c3'.repeat(16)}`]), username: 'ferry' }]) {
-    const net = network();
-    const { src, dst } = pair(net, pskRegistries(client));
-    src.vm.startWorkload(20, 1);
-    t.after(() => src.vm.stopWorkload());
-    for (const side of [src, dst]) {
-      side.migration.setParameters({ 'tls-creds': 'tls0', 'multifd-channels': 2 });
-      side.migration.setCapabilities([{ capability: 'multifd', state: true }]);
-    }
-    src.migration.setParameters({ 'max-bandwidth': 0 });
-    // No hostname is needed: the key is what both ends check.
-    await dst.migration.migrateIncoming('unix:/memory/psk');
-    src.migration.migrate('unix:/memory/psk');
-    await settle(src, dst);
-    const why = `source: ${src.migration.queryMigrate()['error-desc']}; destination: ${dst.migration.incomingError}`;
-    assert.equal(src.migration.status, 'completed', why);
-    assert.equal(dst.migration.incomingStatus, 'completed', why);
-    src.vm.stopWorkload();
-    assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
-    for (const bytes of net.wire) {
-      assert.deepEqual([bytes[0], bytes[1]], [0x16, 0x03]);
-      assert.equal(Buffer.from(bytes).indexOf(QEVM), -1);
-    }
+    await migrateWithChannels(t, pskRegistries(client));
   }
 });
 
@@ -304,32 +313,10 @@ test('tls-authz: the source whose certificate carries the identity is let in; an
 
 // tls-creds-anon: anonymous Diffie-Hellman, encrypted and authenticated by nothing.
 test('tls-creds-anon: a dirtying guest migrates with 2 multifd channels over anonymous sessions; anon against x509 fails both ends; tls-authz is refused', async (t) => {
-  const net = network();
   const anon = { src: new ObjectRegistry(), dst: new ObjectRegistry() };
   anon.src.add('tls-creds-anon', 'tls0', { endpoint: 'client' });
   anon.dst.add('tls-creds-anon', 'tls0', { endpoint: 'server' });
-  const { src, dst } = pair(net, anon);
-  src.vm.startWorkload(20, 1);
-  t.after(() => src.vm.stopWorkload());
-  for (const side of [src, dst]) {
-    side.migration.setParameters({ 'tls-creds': 'tls0', 'multifd-channels': 2 });
-    side.migration.setCapabilities([{ capability: 'multifd', state: true }]);
-  }
-  src.migration.setParameters({ 'max-bandwidth': 0 });
-  // No hostname: there is no certificate to check it against.
-  await dst.migration.migrateIncoming('unix:/memory/anon');
-  src.migration.migrate('unix:/memory/anon');
-  await settle(src, dst);
-  const why = `source: ${src.migration.queryMigrate()['error-desc']}; destination: ${dst.migration.incomingError}`;
-  assert.equal(src.migration.status, 'completed', why);
-  assert.equal(dst.migration.incomingStatus, 'completed', why);
-  src.vm.stopWorkload();
-  assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
-  assert.equal(net.wire.length, 3, 'the main connection and two channels');
-  for (const bytes of net.wire) {
-    assert.deepEqual([bytes[0], bytes[1]], [0x16, 0x03]);
-    assert.equal(Buffer.from(bytes).indexOf(QEVM), -1);
-  }
+  await migrateWithChannels(t, anon);
 
   // A source with anonymous credentials and a destination with a certificate share no suite.
   const mixed = { src: anon.src, dst: registries().dst };
