@@ -53,6 +53,36 @@ export function makeSide(vmOptions: FakeVmOptions, io: { connect?: () => Promise
   return { vm, migration, events };
 }
 
+/**
+ * Connections through memory pairs, as many as a source makes (the main one and multifd
+ * channels): the listener hands out the far end of each in order. `wrap` may stand in for
+ * the source's end of connection `n` (a slower link, a sniffer); `made` holds those ends.
+ */
+export function memoryNetwork(options?: { address?: string; wrap?: (near: Channel, n: number) => Channel }): { connect: () => Promise<Channel>; listen: () => Promise<Listener>; made: Channel[] } {
+  const queue: Channel[] = [];
+  const waiters: Array<(c: Channel) => void> = [];
+  const made: Channel[] = [];
+  const connect = async (): Promise<Channel> => {
+    const [near, far] = createMemoryChannelPair({ highWaterMark: 256 * 1024 });
+    const out = options?.wrap?.(near, made.length) ?? near;
+    made.push(out);
+    const waiter = waiters.shift();
+    if (waiter) waiter(far);
+    else queue.push(far);
+    return out;
+  };
+  const listener: Listener = {
+    description: 'memory:listen',
+    address: options?.address ?? 'unix:/memory/listen',
+    accept: () => {
+      const next = queue.shift();
+      return next ? Promise.resolve(next) : new Promise((resolve) => waiters.push(resolve));
+    },
+    close: async () => {},
+  };
+  return { connect, listen: async () => listener, made };
+}
+
 /** A source and a destination joined by an in-memory pair with socket-like backpressure. */
 export function makePair(
   memorySize: number,

@@ -4,7 +4,7 @@
 // and MEM_SIZE gives each block's guest-physical address, for it to check.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { digest, makePair, migrateToEnd } from './migration-engine-helpers.js';
+import { digest, makePair, makeSide, memoryNetwork, migrateToEnd } from './migration-engine-helpers.js';
 
 const MiB = 1024 * 1024;
 const IGNORE_SHARED = [{ capability: 'x-ignore-shared', state: true }];
@@ -88,4 +88,32 @@ test('x-ignore-shared: without a shared block it changes only the stream\'s head
   assert.equal(dst.migration.incomingStatus, 'completed', dst.migration.queryMigrate()['error-desc']);
   assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
   assert.equal(src.migration.queryMigrate().ram?.total, 8 * MiB);
+});
+
+test('x-ignore-shared with multifd: the shared block goes on no channel, the other block\'s pages do', async (t) => {
+  const shared = new Uint8Array(16 * MiB);
+  const extraBlocks = [{ idstr: 'vga.vram', size: MiB }];
+  const net = memoryNetwork();
+  const src = makeSide({ memorySize: 16 * MiB, sharedRam: { bytes: shared }, extraBlocks }, { connect: net.connect });
+  const dst = makeSide({ memorySize: 16 * MiB, incoming: true, sharedRam: { bytes: shared }, extraBlocks }, { listen: net.listen });
+  src.migration.setParameters({ 'max-bandwidth': 0 });
+  for (const side of [src, dst]) {
+    side.migration.setCapabilities(IGNORE_SHARED);
+    side.migration.setParameters({ 'multifd-channels': 2 });
+    side.migration.setCapabilities([{ capability: 'multifd', state: true }]);
+  }
+  src.vm.fillPages(0, 4096, 5);
+  src.vm.memory[1]!.bytes.fill(0x3c, 0, 128 * 4096);
+  src.vm.startWorkload(32);
+  t.after(() => src.vm.stopWorkload());
+  await dst.migration.migrateIncoming('unix:/memory/listen');
+  src.migration.migrate('unix:/memory/listen');
+  await src.migration.whenSettled();
+  await dst.migration.whenIncomingSettled();
+  const info = src.migration.queryMigrate();
+  assert.equal(info.status, 'completed', info['error-desc']);
+  assert.equal(dst.migration.incomingStatus, 'completed', dst.migration.queryMigrate()['error-desc']);
+  assert.equal(digest(dst.vm.memory[1]!.bytes), digest(src.vm.memory[1]!.bytes));
+  assert.equal(net.made.length, 3, 'the main connection and two channels');
+  assert.ok((info.ram?.['multifd-bytes'] ?? 0) > 128 * 4096 && (info.ram?.['multifd-bytes'] ?? 0) < 2 * MiB, `multifd bytes: ${info.ram?.['multifd-bytes']}`);
 });

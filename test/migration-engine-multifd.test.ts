@@ -7,40 +7,21 @@ import { test, type TestContext } from 'node:test';
 import { randomBytes } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
-import type { Channel, Listener } from '../src/transport/channel.js';
+import type { Channel } from '../src/transport/channel.js';
 import { MultifdSender } from '../src/migration/multifd-send.js';
 import { zstdAvailable } from '../src/sys/zstd.js';
-import { digest, makeSide, statuses, type Side } from './migration-engine-helpers.js';
+import { digest, makeSide, memoryNetwork, statuses, type Side } from './migration-engine-helpers.js';
 
 const MiB = 1024 * 1024;
 const URI = 'unix:/memory/multifd';
 
-/** A listener that queues the far end of every connection the source makes, in order. */
-function network(options?: { slow?: (n: number) => number }): { connect: () => Promise<Channel>; listen: () => Promise<Listener>; made: Channel[] } {
-  const queue: Channel[] = [];
-  const waiters: Array<(c: Channel) => void> = [];
-  const made: Channel[] = [];
-  let n = 0;
-  const connect = async (): Promise<Channel> => {
-    const [near, far] = createMemoryChannelPair({ highWaterMark: 256 * 1024 });
-    const delay = options?.slow?.(n++) ?? 0;
-    const out = delay > 0 ? slowed(near, delay) : near;
-    made.push(out);
-    const waiter = waiters.shift();
-    if (waiter) waiter(far);
-    else queue.push(far);
-    return out;
-  };
-  const listener: Listener = {
-    description: 'memory:listen',
+/** The source's connections through memory pairs; with `slow`, connection n's writes each wait that many ms. */
+function network(options?: { slow?: (n: number) => number }): ReturnType<typeof memoryNetwork> {
+  const slow = options?.slow;
+  return memoryNetwork({
     address: URI,
-    accept: () => {
-      const next = queue.shift();
-      return next ? Promise.resolve(next) : new Promise((resolve) => waiters.push(resolve));
-    },
-    close: async () => {},
-  };
-  return { connect, listen: async () => listener, made };
+    ...(slow ? { wrap: (near: Channel, n: number) => { const delay = slow(n); return delay > 0 ? slowed(near, delay) : near; } } : {}),
+  });
 }
 
 /** A channel whose every write waits `ms` first, in order: a slower link. */

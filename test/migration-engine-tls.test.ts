@@ -9,11 +9,10 @@ import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createMemoryChannelPair } from '../src/stream/memory-channel.js';
-import type { Channel, Listener } from '../src/transport/channel.js';
+import type { Channel } from '../src/transport/channel.js';
 import { ObjectRegistry } from '../src/vmm/objects.js';
 import { clientExtensions, makeTestCert, makeTestCerts } from '../src/crypto/test-certs.js';
-import { digest, makeSide, statuses, type Side } from './migration-engine-helpers.js';
+import { digest, makeSide, memoryNetwork, statuses, type Side } from './migration-engine-helpers.js';
 
 const MiB = 1024 * 1024;
 const dir = mkdtempSync(join(tmpdir(), 'ferry-tls-engine-'));
@@ -28,14 +27,11 @@ copyFileSync(join(certs.clientDir, 'ca-cert.pem'), join(caOnlyDir, 'ca-cert.pem'
  * Connections through memory pairs; `wire` keeps the first bytes each connection carried
  * from the source (what a sniffer on the network would see).
  */
-function network(): { connect: () => Promise<Channel>; listen: () => Promise<Listener>; wire: Uint8Array[] } {
-  const queue: Channel[] = [];
-  const waiters: Array<(c: Channel) => void> = [];
+function network(): ReturnType<typeof memoryNetwork> & { wire: Uint8Array[] } {
   const wire: Uint8Array[] = [];
-  const connect = async (): Promise<Channel> => {
-    const [near, far] = createMemoryChannelPair({ highWaterMark: 256 * 1024 });
+  const sniff = (near: Channel): Channel => {
     const index = wire.push(new Uint8Array(0)) - 1;
-    const sniffed: Channel = {
+    return {
       ...near,
       description: near.description,
       read: () => near.read(),
@@ -46,21 +42,8 @@ function network(): { connect: () => Promise<Channel>; listen: () => Promise<Lis
       end: () => near.end(),
       destroy: (error) => near.destroy(error),
     };
-    const waiter = waiters.shift();
-    if (waiter) waiter(far);
-    else queue.push(far);
-    return sniffed;
   };
-  const listener: Listener = {
-    description: 'memory:listen',
-    address: 'tcp:127.0.0.1:4444',
-    accept: () => {
-      const next = queue.shift();
-      return next ? Promise.resolve(next) : new Promise((resolve) => waiters.push(resolve));
-    },
-    close: async () => {},
-  };
-  return { connect, listen: async () => listener, wire };
+  return { ...memoryNetwork({ address: 'tcp:127.0.0.1:4444', wrap: sniff }), wire };
 }
 
 /** A source and a destination, each with its own objects (as two processes would have). */
