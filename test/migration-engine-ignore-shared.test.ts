@@ -36,6 +36,7 @@ test('x-ignore-shared: the shared block is not sent, the other is; the destinati
   assert.equal(dst.vm.runState, 'running');
   assert.equal(digest(dst.vm.memory[1]!.bytes), digest(src.vm.memory[1]!.bytes), 'vga.vram came over');
   assert.equal(dst.vm.memory[0]!.bytes, src.vm.memory[0]!.bytes, 'pc.ram is the one memory');
+  assert.deepEqual(src.vm.dirtyLog.startedFor, [false, true], 'the shared block is not logged (QEMU logs no ignored block)');
   // QEMU's ram_bytes_total leaves ignored blocks out; nothing of pc.ram went.
   assert.equal(info.ram?.total, MiB);
   assert.ok((info.ram?.normal ?? 0) >= 64 && (info.ram?.normal ?? 0) <= 256, `pages sent: ${info.ram?.normal}`);
@@ -88,6 +89,7 @@ test('x-ignore-shared: without a shared block it changes only the stream\'s head
   assert.equal(dst.migration.incomingStatus, 'completed', dst.migration.queryMigrate()['error-desc']);
   assert.equal(digest(dst.vm.ram), digest(src.vm.ram));
   assert.equal(src.migration.queryMigrate().ram?.total, 8 * MiB);
+  assert.equal(src.vm.dirtyLog.startedFor, undefined, 'every block logged');
 });
 
 test('x-ignore-shared with multifd: the shared block goes on no channel, the other block\'s pages do', async (t) => {

@@ -48,33 +48,48 @@ export function kvmAvailable(): { ok: true } | { ok: false; reason: string } {
   return probeKvm();
 }
 
-/** KVM's dirty log of every RAM slot; slot i holds block i. */
+/**
+ * KVM's dirty log of the RAM slots; slot i holds block i. A slot not logged (start()'s
+ * `blocks`) costs the guest nothing — no write-protection — and syncs as all clean.
+ */
 class KvmDirtyLog implements DirtyLog {
   private on = false;
-  constructor(private readonly vm: KvmVm, private readonly slots: readonly number[]) {}
+  /** Per slot, whether KVM logs it while on. */
+  private logged: boolean[] = [];
+  constructor(private readonly vm: KvmVm, private readonly slots: readonly number[], private readonly slotPages: readonly number[]) {}
 
   get active(): boolean {
     return this.on;
   }
 
-  start(): void {
+  start(blocks?: readonly boolean[]): void {
+    const wanted = this.slots.map((_, i) => blocks?.[i] ?? true);
     if (this.on) {
-      // Forget what was logged so far, as the interface asks.
-      for (const slot of this.slots) this.vm.fetchDirtyLog(slot);
+      // Forget what was logged so far, as the interface asks; slots change as asked.
+      this.slots.forEach((slot, i) => {
+        if (this.logged[i] && wanted[i]) this.vm.fetchDirtyLog(slot);
+        else if (this.logged[i] !== wanted[i]) this.vm.setDirtyLogging(slot, wanted[i]!);
+      });
+      this.logged = wanted;
       return;
     }
-    for (const slot of this.slots) this.vm.setDirtyLogging(slot, true);
+    this.slots.forEach((slot, i) => {
+      if (wanted[i]) this.vm.setDirtyLogging(slot, true);
+    });
+    this.logged = wanted;
     this.on = true;
   }
 
   sync(): DirtyBitmap[] {
     if (!this.on) throw new RangeError('Dirty log sync() before start()');
-    return this.slots.map((slot) => this.vm.fetchDirtyLog(slot));
+    return this.slots.map((slot, i) => (this.logged[i] ? this.vm.fetchDirtyLog(slot) : new Uint32Array(Math.ceil(this.slotPages[i]! / 32))));
   }
 
   stop(): void {
     if (!this.on) return;
-    for (const slot of this.slots) this.vm.setDirtyLogging(slot, false);
+    this.slots.forEach((slot, i) => {
+      if (this.logged[i]) this.vm.setDirtyLogging(slot, false);
+    });
     this.on = false;
   }
 }
@@ -129,7 +144,7 @@ class KvmAccelerator implements Accelerator {
     this.stoppedTsc = vcpus.map(() => undefined);
     // An incoming VM's RAM stays untouched until the migration loads it (no guest loaded).
     this.memory = blocks.map((b) => ram.block(b.idstr, b.guestAddress, { offset: b.offset, size: b.size, freshZero: incoming }));
-    this.dirtyLog = new KvmDirtyLog(vm, blocks.map((_, slot) => slot));
+    this.dirtyLog = new KvmDirtyLog(vm, blocks.map((_, slot) => slot), blocks.map((b) => b.size / PAGE_SIZE));
     // KVM would happily read registers of a vCPU that is about to run again; the
     // interface promises these run only while paused, so hold callers to it.
     const requirePaused = (i: number, action: string): void => {

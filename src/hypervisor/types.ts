@@ -76,8 +76,12 @@ export interface MemoryBackendConfig {
 export type DirtyBitmap = Uint32Array;
 
 export interface DirtyLog {
-  /** Begin logging writes to every block; what was logged before is forgotten. */
-  start(): void;
+  /**
+   * Begin logging writes to every block — or, with `blocks`, to those marked true (an
+   * accelerator may log the others too: only a hint that they are not wanted, as QEMU
+   * leaves x-ignore-shared's blocks unlogged); what was logged before is forgotten.
+   */
+  start(blocks?: readonly boolean[]): void;
   /** Pages written since start() or the previous sync(), one bitmap per block (in `memory` order); resets the log. */
   sync(): DirtyBitmap[];
   stop(): void;

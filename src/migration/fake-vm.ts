@@ -23,8 +23,12 @@ export class FakeDirtyLog implements DirtyLog {
     return this.#active;
   }
 
-  start(): void {
+  /** The blocks the last start() asked to log (undefined: all), for tests. */
+  startedFor: readonly boolean[] | undefined;
+
+  start(blocks?: readonly boolean[]): void {
     for (const b of this.#bitmaps) b.fill(0);
+    this.startedFor = blocks;
     this.#active = true;
   }
 

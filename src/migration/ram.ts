@@ -175,7 +175,8 @@ export class RamHandler implements SaveVmHandler {
     // A snapshot needs no dirty log (QEMU's ram_init_bitmaps neither starts nor syncs one
     // for background-snapshot); which pages were never backed is asked at its moment.
     if (!this.#opts.snapshot) {
-      this.#vm.dirtyLog.start();
+      // Blocks left out of the stream need no log (QEMU's RAMBLOCK_FOREACH_NOT_IGNORED).
+      this.#vm.dirtyLog.start(ignored.some((x) => x) ? ignored.map((x) => !x) : undefined);
       this.#loggingStarted = true;
       // After logging started: a page touched from here on is in the log, whatever this says.
       this.#bm.takeResidency();
