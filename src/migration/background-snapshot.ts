@@ -19,6 +19,7 @@ import type { RamHandler } from './ram.js';
 import type { RateLimiter } from './rate-limiter.js';
 import type { SaveVmRegistry } from './savevm.js';
 import { saveDevicesAhead } from './switchover-guard.js';
+import type { OutgoingDelivery } from './outgoing-delivery.js';
 
 /** Background pages per section: enough to keep the socket busy, few enough that a vCPU waiting to write is served soon. */
 const BACKGROUND_PAGES = 256;
@@ -42,11 +43,8 @@ export interface SnapshotHost {
   readonly limiter: RateLimiter;
   readonly now: () => number;
   readonly sleep: (ms: number) => Promise<void>;
-  /** Bytes the channel holds that the peer has not taken (0 where it cannot tell). */
-  readonly unsent: () => number;
-  readonly flush: (w: StreamWriter) => Promise<void>;
-  /** After the last flush: until the peer has taken what the channel holds (as far as the OS tells). */
-  readonly waitDelivered: (w: StreamWriter) => Promise<unknown>;
+  /** The connection: what it holds that the peer has not taken, flushing, waiting until the peer has taken it. */
+  readonly io: Pick<OutgoingDelivery, 'unsent' | 'flush' | 'waitDelivered'>;
   readonly updateCounters: (w: StreamWriter) => void;
   /** Throws once the migration was cancelled. */
   readonly checkCancelled: () => void;
@@ -109,7 +107,7 @@ export class BackgroundSnapshot {
       writeVmdesc(w, { page_size: PAGE_SIZE, devices: [...saved.devices] });
       await w.drain();
       if (w.error) throw w.error;
-      await this.#h.waitDelivered(w);
+      await this.#h.io.waitDelivered(w);
       await w.close();
       if (w.error) throw w.error;
       return downtime;
@@ -155,7 +153,7 @@ export class BackgroundSnapshot {
       this.#h.checkCancelled();
       if (w.error) throw w.error;
       this.#takeFaults();
-      const held = this.#h.unsent() > QUEUE_BYTES || limiter.exceeded();
+      const held = this.#h.io.unsent() > QUEUE_BYTES || limiter.exceeded();
       if (held && !ram.requests.queued) {
         // Until the socket drains or the cap's window ends — or at once for a write held.
         const wait = limiter.exceeded() ? Math.max(1, Math.min(5, limiter.waitMs())) : 1;
@@ -167,7 +165,7 @@ export class BackgroundSnapshot {
       writeSectionFooter(w, this.#ramSectionId);
       // Copied into the stream's buffer: the guest may write them from now on.
       this.#release(ram.requests.takeSent());
-      await this.#h.flush(w);
+      await this.#h.io.flush(w);
       this.#h.updateCounters(w);
       // A macrotask boundary: QMP commands, timers and the fault waits come in here.
       await this.#h.sleep(0);

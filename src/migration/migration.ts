@@ -199,8 +199,10 @@ export class Migration {
       postcopy: this.#capabilities['postcopy-ram'],
       backgroundSnapshot,
       ...(multifd ? { multifd: { channels: this.#parameters['multifd-channels'], uuid: this.#o.uuid ?? NIL_UUID, ...this.#multifdCompression() } } : {}),
-      ...(this.#capabilities['validate-uuid'] ? { uuid: this.#o.uuid ?? NIL_UUID } : {}),
-      ...(this.#capabilities['x-ignore-shared'] ? { headerCapabilities: ['x-ignore-shared'] } : {}),
+      header: {
+        ...(this.#capabilities['validate-uuid'] ? { uuid: this.#o.uuid ?? NIL_UUID } : {}),
+        ...(this.#capabilities['x-ignore-shared'] ? { capabilities: ['x-ignore-shared'] } : {}),
+      },
     });
     this.#outgoing = outgoing;
     this.#ram = ram;

@@ -48,10 +48,12 @@ export interface OutgoingOptions {
    * go on them (multifd-send.ts), compressed as `compression` says at `level`.
    */
   readonly multifd?: { readonly channels: number; readonly uuid: Uint8Array; readonly compression?: MultifdCompression; readonly level?: number };
-  /** The `validate-uuid` capability: the UUID sent in the configuration for the destination to check. */
-  readonly uuid?: Uint8Array;
-  /** Capabilities the configuration asks the destination to have on too (QEMU validates x-ignore-shared). */
-  readonly headerCapabilities?: readonly string[];
+  /**
+   * What the configuration section carries besides the machine type: the `validate-uuid`
+   * capability's UUID, for the destination to check, and the capabilities the destination
+   * must have on too (QEMU 7.2 validates x-ignore-shared).
+   */
+  readonly header?: { readonly uuid?: Uint8Array; readonly capabilities?: readonly string[] };
   /** Diagnostics (the Node side wires util.debuglog('ferry') here). */
   readonly trace?: (message: string) => void;
 }

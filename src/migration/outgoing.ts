@@ -178,10 +178,7 @@ export class OutgoingMigration {
         this.#o.ram.useMultifd(multifd);
       }
 
-      writeHeader(w, vm.machineType, {
-        ...(this.#o.uuid !== undefined ? { uuid: this.#o.uuid } : {}),
-        ...(this.#o.headerCapabilities !== undefined ? { capabilities: this.#o.headerCapabilities } : {}),
-      });
+      writeHeader(w, vm.machineType, this.#o.header);
       // Post-copy opens the return path whatever the capability says (QEMU's migrate_fd_connect).
       if (this.#o.returnPath || this.#o.postcopy) {
         const why = this.#o.postcopy ? 'postcopy-ram' : 'return-path';
@@ -394,9 +391,7 @@ export class OutgoingMigration {
       limiter: this.#o.limiter,
       now: this.#o.now,
       sleep: this.#o.sleep,
-      unsent: () => this.#io.channel?.unsent?.() ?? 0,
-      flush: (writer) => this.#io.flush(writer),
-      waitDelivered: (writer) => this.#io.waitDelivered(writer),
+      io: this.#io,
       updateCounters: (writer) => this.#updateCounters(writer),
       checkCancelled: () => self.#checkCancelled(),
       stopGuest: (at) => this.#stopGuest(at),
@@ -431,8 +426,7 @@ export class OutgoingMigration {
     const io = this.#io;
     const stream = new PostcopyStream({
       options: this.#o,
-      get channel() { return io.channel; },
-      set channel(channel) { io.channel = channel; },
+      io,
       get returnPath() { return self.#returnPath; },
       set returnPath(rp) { self.#returnPath = rp; },
       cancelRequested: () => this.#cancelRequested,
@@ -446,7 +440,6 @@ export class OutgoingMigration {
         await io.flush(writer);
         this.#releaseSent();
       },
-      waitDelivered: (writer) => io.waitDelivered(writer),
       updateCounters: (writer) => this.#updateCounters(writer),
       onPageRequest: this.#onPageRequest,
     });

@@ -15,6 +15,7 @@ import {
 import { StreamWriter } from '../stream/writer.js';
 import type { Channel } from '../transport/channel.js';
 import type { OutgoingOptions } from './outgoing-options.js';
+import type { OutgoingDelivery } from './outgoing-delivery.js';
 import { saveDevicesAhead } from './switchover-guard.js';
 import { REFUSED_PREFIX, SourceReturnPath, refusedByDestination, type PostcopyListeners } from './return-path.js';
 import { keepShape } from '../hot-shapes.js';
@@ -32,8 +33,8 @@ const RECOVERY_WAIT_MS = 30_000;
 /** What OutgoingMigration lends the post-copy stream. */
 export interface PostcopyStreamHost {
   readonly options: OutgoingOptions;
-  /** The connection in use (recovery sets a new one: cancel, the counters and the drain read it). */
-  channel: Channel | undefined;
+  /** The connections; `io.channel` is the one in use (recovery sets a new one: cancel, the counters and the drain read it). */
+  readonly io: OutgoingDelivery;
   returnPath: SourceReturnPath | undefined;
   readonly cancelRequested: () => boolean;
   /** Throws if migrate_cancel has arrived. */
@@ -46,7 +47,6 @@ export interface PostcopyStreamHost {
   readonly committed: () => void;
   /** Flush the writer (and, with release-ram, give back what went). */
   readonly flush: (w: StreamWriter) => Promise<void>;
-  readonly waitDelivered: (w: StreamWriter) => Promise<boolean>;
   readonly updateCounters: (w: StreamWriter) => void;
   readonly onPageRequest: PostcopyListeners['onPageRequest'];
 }
@@ -120,7 +120,7 @@ export class PostcopyStream {
   /** Post-copy on one connection: the rest of the RAM (pages asked for first), END, EOF, and the destination's SHUT 0. */
   async #sendOn(w: StreamWriter): Promise<void> {
     const { registry, ram } = this.#host.options;
-    const channel = this.#host.channel!;
+    const channel = this.#host.io.channel!;
     const limiter = this.#host.options.limiter;
     while (ram.stats.remainingPages > 0) {
       if (w.error) throw w.error;
@@ -155,7 +155,7 @@ export class PostcopyStream {
     writeEof(w);
     await w.drain();
     if (w.error) throw w.error;
-    await this.#host.waitDelivered(w);
+    await this.#host.io.waitDelivered(w);
     // The destination says whether it has everything (post-copy always has the return path).
     const shut = await this.#host.returnPath!.shut;
     if (shut !== 0) throw new MigrationError(refusedByDestination(shut));
@@ -167,7 +167,7 @@ export class PostcopyStream {
     return new Promise<never>((_, reject) => {
       rp?.shut.then(
         (value) => { if (value !== 0) reject(new MigrationError(refusedByDestination(value))); },
-        (err: unknown) => { if (this.#host.channel === channel) reject(err instanceof Error ? err : new Error(String(err))); },
+        (err: unknown) => { if (this.#host.io.channel === channel) reject(err instanceof Error ? err : new Error(String(err))); },
       );
     });
   }
@@ -183,12 +183,12 @@ export class PostcopyStream {
     const { state, ram } = this.#host.options;
     let why = cause;
     for (;;) {
-      this.#host.channel?.destroy(why instanceof Error ? why : new MigrationError(errorMessage(why)));
+      this.#host.io.channel?.destroy(why instanceof Error ? why : new MigrationError(errorMessage(why)));
       state.transition('postcopy-paused');
       this.#host.options.trace?.(`migration: post-copy paused: ${errorMessage(why)}; ${ram.stats.remainingPages} pages still to send. migrate-recover on the destination, then migrate with resume here, goes on`);
       const channel = await new Promise<Channel>((resolve, reject) => (this.#resumeWith = { resolve, reject }));
       this.#resumeWith = undefined;
-      this.#host.channel = channel;
+      this.#host.io.channel = channel;
       state.transition('postcopy-recover');
       try {
         return await this.#recoverOn(channel);
