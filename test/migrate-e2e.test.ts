@@ -379,6 +379,31 @@ test('sim: with return-path the source completes once the destination answered, 
   }
 });
 
+test('sim: ferry migrate --x-ignore-shared --dest-qmp turns the capability on at both ends; a destination without it refuses the stream, and the source guest runs on', async (t) => {
+  const dir = scratch(t);
+  const memory = (file: string) => ['--object', `memory-backend-file,id=pc.ram,size=64M,mem-path=${join(dir, file)},share=on`, '--machine', 'memory-backend=pc.ram'];
+  // The destination listens from the start: ferry migrate sets its capability before the source connects.
+  const path = join(dir, 'mig.sock');
+  const dest = await started(t, dir, 'dst', [...GUEST, '--accel', 'sim', ...memory('ram'), '--incoming', `unix:${path}`]);
+  const source = await started(t, dir, 'src', [...GUEST, '--accel', 'sim', ...memory('ram')]);
+  await dest.incomingAddress();
+  const { code, stdout, stderr } = await runFerry(['migrate', '--qmp', source.qmpPath, `unix:${path}`, '--x-ignore-shared', '--dest-qmp', dest.qmpPath, '--max-bandwidth', '0', '--no-progress']);
+  assert.equal(code, 0, stderr);
+  assert.match(stdout, /Migration completed/);
+  assert.match(stdout, /RAM\s+0 B/);
+  const caps = await dest.execute<Array<{ capability: string; state: boolean }>>('query-migrate-capabilities');
+  assert.equal(caps.find((c) => c.capability === 'x-ignore-shared')?.state, true);
+  await waitFor(async () => (await dest.execute<{ status: string }>('query-status')).status === 'running', 'the destination to run the guest');
+  // A destination with a file of its own, and the capability only at the source: refused at the configuration.
+  const other = await started(t, dir, 'dst2', [...GUEST, '--accel', 'sim', ...memory('other-ram'), '--incoming', 'tcp:127.0.0.1:0']);
+  const second = await started(t, dir, 'src2', [...GUEST, '--accel', 'sim', ...memory('ram2')]);
+  const refused = await runFerry(['migrate', '--qmp', second.qmpPath, await other.incomingAddress(), '--x-ignore-shared', '--return-path', '--max-bandwidth', '0', '--no-progress']);
+  assert.notEqual(refused.code, 0);
+  assert.equal(await other.exited, 1);
+  assert.match(other.stderr, /Capability x-ignore-shared is off, but received capability is on/);
+  assert.equal((await second.execute<{ status: string }>('query-status')).status, 'running');
+});
+
 test('sim: ferry migrate --validate-uuid --return-path into a destination with another UUID fails, and the source guest runs on', async (t) => {
   const dir = scratch(t);
   const dest = await started(t, dir, 'dst', [...GUEST, '--accel', 'sim', '--uuid', '0d9e8b7a-6c5d-4e3f-8a1b-2c3d4e5f6a7b', '--incoming', 'tcp:127.0.0.1:0']);
